@@ -1,0 +1,48 @@
+"""tfattr: attribution methods for Keras 3 / TensorFlow image classifiers.
+
+One verb for every method::
+
+    import tfattr
+    ig = tfattr.IntegratedGradients(model, baseline="zero", steps=50)
+    explanation = ig.attribute(images, target=None)      # top-1 class
+    explanation.attributions, explanation.delta          # maps, completeness delta
+
+See README.md for the list of methods, baselines and options.
+"""
+
+import os as _os
+
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras as _keras  # noqa: E402
+
+if _keras.backend.backend() != "tensorflow":  # pragma: no cover - environment guard
+    raise ImportError(
+        "tfattr needs Keras 3 with the TensorFlow backend; set KERAS_BACKEND=tensorflow before "
+        f"importing keras. Received: keras.backend.backend()={_keras.backend.backend()!r}"
+    )
+
+__version__ = "0.1.0"
+
+from tfattr import errors  # noqa: E402
+from tfattr.baselines import BASELINES, make_baselines  # noqa: E402
+from tfattr.core.engine import PathEngine, PathRows  # noqa: E402
+from tfattr.core.noise import NoiseTunnel  # noqa: E402
+from tfattr.core.quadrature import quadrature  # noqa: E402
+from tfattr.core.result import Explanation  # noqa: E402
+from tfattr.methods import Gradient, InputXGradient, IntegratedGradients  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "errors",
+    "BASELINES",
+    "make_baselines",
+    "PathEngine",
+    "PathRows",
+    "NoiseTunnel",
+    "quadrature",
+    "Explanation",
+    "Gradient",
+    "InputXGradient",
+    "IntegratedGradients",
+]

@@ -1,0 +1,237 @@
+"""Baselines for path methods (IG and friends), by name, array or callable.
+
+The names follow Sturmfels, Lundberg & Lee, "Visualizing the Impact of Feature
+Attribution Baselines" (Distill 2020) and the SmoothTaylor paper (eq. 3):
+
+==================  ===========================================================  ==========
+name                baseline ``z`` for an input ``x`` in ``[low, high]``           draws
+==================  ===========================================================  ==========
+``"zero"``          all zeros in the model's input space                         1
+``"black"``         ``low`` everywhere (black for images in ``[low, high]``)     1
+``"constant"``      ``value`` everywhere (``value=`` option)                     1
+``"uniform"``       i.i.d. ``U[low, high)`` noise (``"uniform_noise"`` alias)    N
+``"gaussian"``      ``clip(x + ε, low, high)``, ``ε ~ N(0, σ²)``                 N
+``"blur"``          ``x`` blurred by a Gaussian filter of ``σ`` (default 5)      1
+``"max_distance"``  per value the end of ``[low, high]`` farthest from ``x``     1
+==================  ===========================================================  ==========
+
+"draws" says whether ``n_baselines > 1`` averages IG over several draws
+(IG_noise, SmoothTaylor paper eq. 3); deterministic baselines always use one.
+An array (one baseline ``(…)``, one per example ``(N, …)``, or ``K`` per example
+``(N, K, …)``; a leading 1 broadcasts) or a callable ``x -> array`` of those shapes
+covers everything else, trained baselines included.
+
+Random draws depend on ``seed`` and on the draw's index only, never on the batch:
+every example of a batch gets the same noise draws, so an image's attribution is
+the same whether it is explained alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from tfattr.errors import InvalidInputError, InvalidTypeError, received
+
+__all__ = ["BASELINES", "BaselineSet", "make_baselines", "rng"]
+
+BaselineLike = Union[str, float, int, np.ndarray, tf.Tensor, Callable]
+
+# Independent random streams per purpose, all derived from the user's seed.
+STREAM_UNIFORM = 1
+STREAM_GAUSSIAN = 2
+STREAM_NOISE_TUNNEL = 3
+STREAM_SMOOTH_TAYLOR = 4
+
+
+def rng(seed: Optional[int], stream: int) -> np.random.Generator:
+    """The NumPy generator of one random stream for a user seed (``None`` = fresh entropy)."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([int(seed), stream])
+
+
+@dataclass
+class BaselineSet:
+    """Baselines of a batch.
+
+    Attributes:
+        array: ``(M, K, …)`` with ``M = N`` (per-example) or ``M = 1`` (shared by all examples).
+        name: a short description for results and logs.
+    """
+
+    array: np.ndarray
+    name: str
+
+    @property
+    def per_example(self) -> bool:
+        return self.array.shape[0] != 1
+
+    @property
+    def count(self) -> int:
+        return int(self.array.shape[1])
+
+    def flat(self) -> np.ndarray:
+        return self.array.reshape((-1,) + self.array.shape[2:])
+
+    def for_example(self, index: int) -> np.ndarray:
+        return self.array[index if self.per_example else 0]
+
+
+def _zero(x, low, high, n, seed, **_):
+    return np.zeros((1, 1) + x.shape[1:])
+
+
+def _black(x, low, high, n, seed, **_):
+    return np.full((1, 1) + x.shape[1:], low)
+
+
+def _constant(x, low, high, n, seed, value=None, **_):
+    if value is None:
+        raise InvalidInputError(
+            'baseline="constant" needs a `value=` option (a float in the input space). '
+            + received("value", value)
+        )
+    return np.full((1, 1) + x.shape[1:], float(value))
+
+
+def _uniform(x, low, high, n, seed, **_):
+    return rng(seed, STREAM_UNIFORM).uniform(low, high, size=(1, n) + x.shape[1:])
+
+
+def _gaussian(x, low, high, n, seed, sigma=None, **_):
+    sigma = 0.1 * (high - low) if sigma is None else float(sigma)
+    noise = rng(seed, STREAM_GAUSSIAN).normal(0.0, sigma, size=(1, n) + x.shape[1:])
+    return np.clip(x[:, None].astype(np.float64) + noise, low, high)
+
+
+def _blur(x, low, high, n, seed, blur_sigma=5.0, **_):
+    if x.ndim != 4:
+        raise InvalidInputError(
+            'baseline="blur" needs images (batch, height, width, channels). ' + received("inputs.shape", x.shape)
+        )
+    sigma = float(blur_sigma)
+    if sigma <= 0:
+        return x[:, None].astype(np.float64)
+    radius = int(4.0 * sigma + 0.5)  # scipy.ndimage.gaussian_filter's truncate=4
+    size = (2 * radius + 1, 2 * radius + 1)
+    out = np.empty(x.shape, dtype=np.float64)
+    for i, image in enumerate(x.astype(np.float64)):
+        blurred = cv2.GaussianBlur(image, size, sigma, borderType=cv2.BORDER_REFLECT)
+        out[i] = blurred.reshape(image.shape)
+    return out[:, None]
+
+
+def _max_distance(x, low, high, n, seed, **_):
+    middle = (low + high) / 2.0
+    return np.where(x < middle, high, low)[:, None].astype(np.float64)
+
+
+BASELINES = {
+    "zero": _zero,
+    "black": _black,
+    "constant": _constant,
+    "uniform": _uniform,
+    "gaussian": _gaussian,
+    "blur": _blur,
+    "max_distance": _max_distance,
+}
+_ALIASES = {
+    "zeros": "zero",
+    "uniform_noise": "uniform",
+    "noise": "uniform",
+    "gaussian_noise": "gaussian",
+    "blurred": "blur",
+    "maximum_distance": "max_distance",
+    "max-distance": "max_distance",
+}
+_RANDOM = {"uniform", "gaussian"}
+
+
+def _from_array(array: np.ndarray, x: np.ndarray, where: str) -> np.ndarray:
+    example_rank = x.ndim - 1
+    array = np.asarray(array)
+    if not tf.as_dtype(array.dtype).is_floating and not np.issubdtype(array.dtype, np.integer):
+        raise InvalidTypeError(f"{where} must hold numbers. " + received(f"{where}.dtype", str(array.dtype)))
+    if array.ndim == example_rank:
+        array = array[None, None]
+    elif array.ndim == example_rank + 1:
+        array = array[:, None]
+    elif array.ndim != example_rank + 2:
+        raise InvalidInputError(
+            f"{where} must have shape {x.shape[1:]} (one baseline), (batch, *{x.shape[1:]}) "
+            f"or (batch, draws, *{x.shape[1:]}). " + received(f"{where}.shape", array.shape)
+        )
+    if array.shape[2:] != x.shape[1:] or array.shape[0] not in (1, x.shape[0]):
+        raise InvalidInputError(
+            f"{where} does not match the inputs {x.shape}. " + received(f"{where}.shape", array.shape)
+        )
+    if not np.isfinite(array.astype(np.float64)).all():
+        raise InvalidInputError(f"{where} contains NaN or Inf. " + received(f"{where}.shape", array.shape))
+    return array.astype(np.float64)
+
+
+def make_baselines(
+    baseline: BaselineLike,
+    x: np.ndarray,
+    value_range: Tuple[float, float] = (0.0, 1.0),
+    n_baselines: int = 1,
+    seed: Optional[int] = 0,
+    **options,
+) -> BaselineSet:
+    """Build the baselines of a batch ``x`` (``(N, …)``).
+
+    Args:
+        baseline: a name from :data:`BASELINES` (or alias), a number (constant baseline),
+            an array/tensor, or a callable ``x -> array``.
+        x: the validated inputs.
+        value_range: ``(low, high)`` of the model's input space, used by ``black``,
+            ``uniform``, ``gaussian`` (clipping) and ``max_distance``.
+        n_baselines: draws of a random baseline (IG_noise's ``N``).
+        seed: seed of the random draws (``None``: fresh entropy, not reproducible).
+        options: ``value`` (constant), ``sigma`` (gaussian; default ``0.1·(high − low)``),
+            ``blur_sigma`` (blur; default 5).
+
+    Returns:
+        A :class:`BaselineSet` of shape ``(N or 1, K, …)``.
+
+    Example:
+        >>> make_baselines("uniform", np.zeros((2, 8, 8, 3)), n_baselines=5, seed=1).array.shape
+        (1, 5, 8, 8, 3)
+    """
+    low, high = value_range
+    if isinstance(n_baselines, bool) or not isinstance(n_baselines, (int, np.integer)) or n_baselines < 1:
+        raise InvalidInputError("`n_baselines` must be a positive integer. " + received("n_baselines", n_baselines))
+    if isinstance(baseline, str):
+        key = _ALIASES.get(baseline.lower(), baseline.lower())
+        if key not in BASELINES:
+            raise InvalidInputError(
+                f"Unknown baseline; expected one of {sorted(BASELINES)}, a number, an array or a "
+                "callable. " + received("baseline", baseline)
+            )
+        draws = int(n_baselines) if key in _RANDOM else 1
+        array = BASELINES[key](x, low, high, draws, seed, **options)
+        name = key if draws == 1 else f"{key} x{draws}"
+        return BaselineSet(array, name)
+    if isinstance(baseline, (bool, np.bool_)):
+        raise InvalidTypeError("`baseline` must be a name, a number, an array or a callable. " + received("baseline", baseline))
+    if isinstance(baseline, (int, float, np.integer, np.floating)):
+        return BaselineSet(np.full((1, 1) + x.shape[1:], float(baseline)), f"constant {float(baseline):g}")
+    if isinstance(baseline, (tf.Tensor, tf.Variable)):
+        baseline = baseline.numpy()
+    if isinstance(baseline, np.ndarray):
+        return BaselineSet(_from_array(baseline, x, "`baseline`"), "array")
+    if callable(baseline):
+        produced = baseline(x)
+        if isinstance(produced, (tf.Tensor, tf.Variable)):
+            produced = produced.numpy()
+        name = getattr(baseline, "__name__", type(baseline).__name__)
+        return BaselineSet(_from_array(np.asarray(produced), x, "the output of the `baseline` callable"), name)
+    raise InvalidTypeError(
+        "`baseline` must be a name, a number, an array, a tensor or a callable. "
+        + received("type(baseline)", type(baseline).__name__)
+    )

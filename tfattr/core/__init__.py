@@ -1,0 +1,1 @@
+"""The engine room: inputs, targets, gradients, quadrature, the path engine, noise."""

@@ -1,0 +1,92 @@
+"""The only module that opens a ``tf.GradientTape``.
+
+A *gradient function* maps a chunk of points and the class index of each row to
+``(scores, gradients)``. Methods differ in which gradient function they hand to the
+engine (:mod:`tfattr.core.engine`): the plain input gradient here, later a guided
+clone's input gradient or a layer gradient. The engine traces the gradient function
+inside its own ``tf.function`` together with the interpolation and the weighted
+accumulation, so one chunk is one graph call.
+
+The forward helpers are compiled once per model with a batch-free input signature,
+so calls with different batch sizes do not retrace.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfattr.core.targets import select_scores
+
+__all__ = ["InputGradients", "compiled_forward", "input_gradients"]
+
+
+def _call_model(model, inputs):
+    return model(inputs, training=False)
+
+
+class InputGradients:
+    """``∂ score / ∂ input`` for each row of a chunk.
+
+    Args:
+        model: a Keras model (any model callable on a batch tensor).
+        score_fn: ``None`` to explain class indices, or the user's callable target.
+
+    Calling it (inside or outside ``tf.function``) with ``points`` ``(B, …)`` and
+    ``target_rows`` ``(B,)`` int32 returns ``(scores (B,), gradients (B, …))``. The rows
+    are independent (the model runs with ``training=False``), so the gradient of the
+    sum of scores is the per-row gradient.
+    """
+
+    def __init__(self, model, score_fn: Optional[Callable] = None):
+        self.model = model
+        self.score_fn = score_fn
+
+    def __call__(self, points: tf.Tensor, target_rows: tf.Tensor):
+        with tf.GradientTape() as tape:
+            tape.watch(points)
+            outputs = _call_model(self.model, points)
+            scores = select_scores(outputs, target_rows, self.score_fn)
+        gradients = tape.gradient(
+            scores, points, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        return scores, gradients
+
+
+_FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A ``tf.function`` computing ``model(inputs, training=False)``, cached per model.
+
+    ``reduce_retracing`` lets one trace serve every batch size.
+    """
+    try:
+        return _FORWARD_CACHE[model]
+    except (KeyError, TypeError):
+        pass
+
+    @tf.function(reduce_retracing=True)
+    def forward(inputs):
+        return _call_model(model, inputs)
+
+    try:
+        _FORWARD_CACHE[model] = forward
+    except TypeError:  # not weak-referenceable: do not cache
+        pass
+    return forward
+
+
+def input_gradients(model, inputs, target_rows, score_fn: Optional[Callable] = None):
+    """Convenience: ``(scores, gradients)`` of one batch as NumPy arrays (no chunking).
+
+    Methods go through the engine instead; this is for users and tests that want the
+    raw gradient of a batch.
+    """
+    fn = tf.function(InputGradients(model, score_fn), reduce_retracing=True)
+    inputs = tf.convert_to_tensor(inputs)
+    scores, grads = fn(inputs, tf.convert_to_tensor(np.asarray(target_rows, dtype=np.int32)))
+    return scores.numpy(), grads.numpy()

@@ -1,0 +1,180 @@
+"""Validate and normalise the images handed to a method, once, at the public boundary.
+
+The checks follow what a user gets wrong most often: integer images straight
+from a decoder, a single image without its batch axis, the wrong number of
+channels, NaN/Inf from a broken preprocessing step, an empty batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfattr.errors import InvalidInputError, InvalidTypeError, received
+
+__all__ = ["ModelSpec", "model_spec", "Images", "validate_images", "validate_value_range"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What tfattr needs to know about a model's input and output.
+
+    Attributes:
+        input_shape: input shape without the batch axis; ``None`` entries are free.
+            ``None`` as a whole when the model has not been built (a subclassed model).
+        input_dtype: dtype the model's input expects (``"float32"``, ...).
+        num_classes: size of the last output axis for rank-2 outputs, else ``None``.
+    """
+
+    input_shape: Optional[Tuple[Optional[int], ...]]
+    input_dtype: str
+    num_classes: Optional[int]
+
+
+def _dtype_name(dtype) -> str:
+    return tf.as_dtype(dtype).name
+
+
+def model_spec(model) -> ModelSpec:
+    """Read the input shape/dtype and the number of classes of a Keras model."""
+    inputs = getattr(model, "inputs", None)
+    try:
+        inputs = list(inputs) if inputs is not None else []
+    except TypeError:
+        inputs = []
+    if len(inputs) > 1:
+        raise InvalidTypeError(
+            "tfattr explains models with a single image input; this model has "
+            f"{len(inputs)} inputs. Wrap it in a model that takes one tensor. "
+            + received("model.inputs", [tuple(t.shape) for t in inputs])
+        )
+    if inputs:
+        shape = tuple(inputs[0].shape)[1:]
+        dtype = _dtype_name(inputs[0].dtype)
+    else:
+        shape = None
+        policy = getattr(model, "dtype_policy", None)
+        dtype = getattr(policy, "variable_dtype", None) or "float32"
+    num_classes = None
+    outputs = getattr(model, "outputs", None)
+    try:
+        outputs = list(outputs) if outputs is not None else []
+    except TypeError:
+        outputs = []
+    if len(outputs) == 1 and len(outputs[0].shape) == 2:
+        num_classes = outputs[0].shape[-1]
+    return ModelSpec(shape, dtype, num_classes)
+
+
+@dataclass
+class Images:
+    """A validated batch.
+
+    Attributes:
+        array: the batch as a NumPy array in its original floating dtype, rank = model rank.
+        single: ``True`` when the caller passed one example without a batch axis; results
+            are then returned without the batch axis too.
+        as_tensor: ``True`` when the caller passed a ``tf.Tensor``; results come back as tensors.
+    """
+
+    array: np.ndarray
+    single: bool
+    as_tensor: bool
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.array.shape[0])
+
+
+def validate_images(inputs, spec: ModelSpec, name: str = "inputs") -> Images:
+    """Check a batch against a model and return it as an :class:`Images`.
+
+    Rules (each violation raises a message naming ``name``):
+
+    * rank: the model's input rank plus a batch axis (``(N, H, W, C)`` for image models);
+      one example without the batch axis (``(H, W, C)``) is accepted and flagged ``single``;
+    * dtype: floating point (float16/bfloat16/float32/float64). Integer images raise a
+      ``TypeError`` suggesting a cast such as ``images.astype("float32") / 255``;
+    * values: all finite (NaN/Inf raise ``ValueError``);
+    * shape: every fixed axis of the model's input shape (channels above all) must match;
+    * batch: at least one example.
+    """
+    as_tensor = isinstance(inputs, (tf.Tensor, tf.Variable))
+    if as_tensor:
+        array = inputs.numpy()
+    elif isinstance(inputs, np.ndarray):
+        array = inputs
+    elif isinstance(inputs, (list, tuple)):
+        array = np.asarray(inputs)
+    else:
+        raise InvalidTypeError(
+            f"`{name}` must be a NumPy array or a tf.Tensor of images. "
+            + received(f"type({name})", type(inputs).__name__)
+        )
+    try:
+        is_float = tf.as_dtype(array.dtype).is_floating
+    except TypeError:
+        is_float = False
+    if not is_float:
+        raise InvalidTypeError(
+            f"`{name}` must have a floating-point dtype (float16, bfloat16, float32 or float64); "
+            f"cast integer images first, e.g. `{name}.astype('float32') / 255.0` for a model "
+            f"trained on [0, 1]. " + received(f"{name}.dtype", str(array.dtype))
+        )
+    model_rank = len(spec.input_shape) if spec.input_shape is not None else 3
+    single = False
+    if array.ndim == model_rank:
+        array = array[None]
+        single = True
+    elif array.ndim != model_rank + 1:
+        expected = (
+            "(batch, height, width, channels) or one (height, width, channels) image"
+            if model_rank == 3
+            else f"rank {model_rank + 1} (batch first) or rank {model_rank} (one example)"
+        )
+        raise InvalidInputError(
+            f"`{name}` must be {expected}. " + received(f"{name}.shape", tuple(array.shape))
+        )
+    if array.shape[0] == 0:
+        raise InvalidInputError(
+            f"`{name}` is an empty batch; pass at least one example. "
+            + received(f"{name}.shape", tuple(array.shape))
+        )
+    if spec.input_shape is not None:
+        for axis, (want, got) in enumerate(zip(spec.input_shape, array.shape[1:]), start=1):
+            if want is not None and want != got:
+                what = "channels" if axis == model_rank else f"axis {axis}"
+                raise InvalidInputError(
+                    f"`{name}` does not fit the model: {what} must be {want} "
+                    f"(model input shape {(None,) + tuple(spec.input_shape)}). "
+                    + received(f"{name}.shape", tuple(array.shape))
+                )
+    finite = np.isfinite(array.astype(np.float64, copy=False))
+    if not finite.all():
+        bad = int(array.size - finite.sum())
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise InvalidInputError(
+            f"`{name}` contains {bad} NaN or Inf value(s), first at index {first}; "
+            "attributions of non-finite inputs are meaningless. "
+            + received(f"{name}[{first}]", float(array[first]))
+        )
+    return Images(array=array, single=single, as_tensor=as_tensor)
+
+
+def validate_value_range(value_range, name: str = "value_range") -> Tuple[float, float]:
+    """Check a ``(low, high)`` pair of finite floats with ``low < high``."""
+    try:
+        low, high = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise InvalidTypeError(
+            f"`{name}` must be a pair (low, high) of numbers, e.g. (0.0, 1.0) or (0.0, 255.0). "
+            + received(name, value_range)
+        ) from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise InvalidInputError(
+            f"`{name}` must satisfy low < high with finite values. " + received(name, value_range)
+        )
+    return low, high

@@ -1,0 +1,81 @@
+"""The object every ``attribute`` call returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["Explanation"]
+
+
+@dataclass
+class Explanation:
+    """Attributions of a batch plus what a user needs to judge them.
+
+    Behaves like the attribution array: ``np.asarray(expl)``, ``expl[0]``,
+    ``expl.shape`` and ``len(expl)`` all act on :attr:`attributions`.
+
+    Attributes:
+        attributions: same shape, kind (NumPy or ``tf.Tensor``) and float dtype as the
+            inputs. Without a batch axis when a single example was passed (``single``).
+        method: the method's name and main options.
+        targets: explained class per example (``None`` for callable targets).
+        scores: ``f(x)``, the explained score of each input.
+        baseline_scores: ``f(z)`` averaged over the baselines (path methods), or ``None``.
+        delta: completeness delta ``Σ attributions − (f(x) − f(z))`` per example for
+            methods that satisfy completeness (IG family), else ``None``.
+        gradients: number of gradient evaluations spent (points, all examples).
+        single: ``True`` when the input was one example without a batch axis.
+        info: method-specific extras (e.g. the baseline name, the quadrature rule).
+    """
+
+    attributions: Any
+    method: str
+    targets: Optional[np.ndarray] = None
+    scores: Optional[np.ndarray] = None
+    baseline_scores: Optional[np.ndarray] = None
+    delta: Optional[np.ndarray] = None
+    gradients: int = 0
+    single: bool = False
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def relative_delta(self) -> Optional[np.ndarray]:
+        """``|delta| / |f(x) − f(z)|`` per example (``inf`` where the difference is 0)."""
+        if self.delta is None:
+            return None
+        gap = np.abs(np.asarray(self.scores) - np.asarray(self.baseline_scores))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(gap > 0, np.abs(self.delta) / np.where(gap > 0, gap, 1.0), np.inf)
+
+    def numpy(self) -> np.ndarray:
+        """The attributions as a NumPy array."""
+        if isinstance(self.attributions, tf.Tensor):
+            return self.attributions.numpy()
+        return np.asarray(self.attributions)
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.numpy()
+        return array if dtype is None else array.astype(dtype)
+
+    def __getitem__(self, index):
+        return self.attributions[index]
+
+    def __len__(self) -> int:
+        return len(self.attributions)
+
+    @property
+    def shape(self):
+        return tuple(self.attributions.shape)
+
+    def __repr__(self) -> str:
+        parts = [f"method={self.method!r}", f"shape={self.shape}"]
+        if self.delta is not None:
+            parts.append(f"max|delta|={float(np.max(np.abs(self.delta))):.3g}")
+        parts.append(f"gradients={self.gradients}")
+        if self.single:
+            parts.append("single=True")
+        return f"Explanation({', '.join(parts)})"

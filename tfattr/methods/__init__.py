@@ -1,0 +1,6 @@
+"""Attribution methods; each builds engine rows and picks a gradient function."""
+
+from tfattr.methods.gradient import Gradient, InputXGradient
+from tfattr.methods.integrated_gradients import IntegratedGradients
+
+__all__ = ["Gradient", "InputXGradient", "IntegratedGradients"]

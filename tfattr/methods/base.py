@@ -1,0 +1,210 @@
+"""The base every method stands on: options, validation, targets, the engine.
+
+A method subclass declares its options (:attr:`AttributionMethod.options`, with
+defaults), its gradient function (:meth:`gradient_function`, the plain input
+gradient unless overridden) and its rows (:meth:`_explain`). Validation and target
+resolution happen once, here, at the public boundary.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfattr.baselines.registry import BaselineSet
+from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outputs
+from tfattr.core.gradients import InputGradients
+from tfattr.core.inputs import Images, model_spec, validate_images
+from tfattr.core.result import Explanation
+from tfattr.core.targets import Targets, resolve_targets, select_scores
+from tfattr.errors import InvalidInputError, InvalidTypeError, received
+
+__all__ = ["AttributionMethod", "Explained"]
+
+_COMMON = {"batch_size": 16, "verbose": "auto"}
+
+
+class Explained(dict):
+    """What :meth:`AttributionMethod._explain` returns: ``attributions`` (float64) plus optional
+    ``delta``, ``baseline_scores``, ``gradients`` and ``info``."""
+
+
+def _check_batch_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(
+            "`batch_size` (points per forward+backward pass) must be a positive integer. "
+            + received("batch_size", value)
+        )
+    return int(value)
+
+
+class AttributionMethod:
+    """Base class: ``method.attribute(inputs, target=None, **options) -> Explanation``.
+
+    Args:
+        model: a Keras 3 model (TensorFlow backend) taking one image batch.
+        batch_size: points per forward+backward pass (memory bound); default 16.
+        verbose: progress bar: ``"auto"`` (long runs only), ``1`` or ``0``.
+        **options: the method's own options (see its docstring); each can also be
+            given to :meth:`attribute` to override it for one call.
+    """
+
+    name = "method"
+    #: the method's own options and their defaults
+    options: Dict[str, Any] = {}
+    #: multiply weighted gradients by (x − z) in the engine
+    multiply_by_delta = True
+
+    def __init__(self, model, **options):
+        if not callable(model):
+            raise InvalidTypeError(
+                "`model` must be a Keras model (callable on a batch). " + received("type(model)", type(model).__name__)
+            )
+        self.model = model
+        self.spec = model_spec(model)
+        self.config = self._merge(dict(_COMMON, **self.options), options)
+        self._engines: Dict[Any, PathEngine] = {}
+
+    # -- options ---------------------------------------------------------------------------
+    def _merge(self, base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+        unknown = sorted(set(overrides) - set(base))
+        if unknown:
+            raise InvalidTypeError(
+                f"{type(self).__name__} got unknown option(s) {unknown}; its options are "
+                f"{sorted(base)}. " + received(unknown[0], overrides[unknown[0]])
+            )
+        merged = dict(base, **overrides)
+        merged["batch_size"] = _check_batch_size(merged["batch_size"])
+        self._check_options(merged)
+        return merged
+
+    def _check_options(self, config: Dict[str, Any]) -> None:
+        """Validate the method's own options (subclasses raise on bad values)."""
+
+    # -- gradients -------------------------------------------------------------------------
+    def gradient_function(self, score_fn=None):
+        """The gradient function handed to the engine; guided/layer methods override it."""
+        return InputGradients(self.model, score_fn)
+
+    def engine(self, targets: Targets, config: Dict[str, Any]) -> PathEngine:
+        """A cached :class:`PathEngine` for the target kind (callables get their own)."""
+        key = ("index",) if targets.score_fn is None else ("callable", targets.score_fn)
+        engine = self._engines.get(key)
+        if engine is None:
+            if targets.score_fn is not None:  # keep one callable engine at a time
+                for old in [k for k in self._engines if k[0] == "callable"]:
+                    del self._engines[old]
+            engine = PathEngine(self.gradient_function(targets.score_fn), multiply_by_delta=self.multiply_by_delta)
+            self._engines[key] = engine
+        engine.batch_size = config["batch_size"]
+        engine.verbose = config["verbose"]
+        return engine
+
+    # -- forward passes ---------------------------------------------------------------------
+    def scores(self, x: tf.Tensor, targets: Targets, batch_size: int, example_of_row: Optional[np.ndarray] = None) -> np.ndarray:
+        """Explained score of each row of ``x``; row ``r`` uses the target of ``example_of_row[r]``."""
+        example_of_row = np.arange(int(x.shape[0])) if example_of_row is None else example_of_row
+        if targets.score_fn is None:
+            outputs = forward_outputs(self.model, x, batch_size)
+            return outputs[np.arange(len(outputs)), targets.indices[example_of_row]]
+        values = []
+        for start in range(0, int(x.shape[0]), batch_size):
+            out = self.model(x[start : start + batch_size], training=False)
+            values.append(np.asarray(select_scores(out, None, targets.score_fn), dtype=np.float64))
+        return np.concatenate(values)
+
+    def resolve(self, x: tf.Tensor, target, batch_size: int):
+        """Resolve ``target`` on ``x`` and return ``(Targets, f(x))`` from one forward pass."""
+        if callable(target) and not isinstance(target, (np.ndarray, tf.Tensor)):
+            targets = Targets(None, target)
+            return targets, self.scores(x, targets, batch_size)
+        outputs = forward_outputs(self.model, x, batch_size)
+        targets = resolve_targets(target, outputs, int(x.shape[0]))
+        return targets, outputs[np.arange(len(outputs)), targets.indices]
+
+    def to_model_dtype(self, array: np.ndarray) -> tf.Tensor:
+        return tf.convert_to_tensor(np.asarray(array), dtype=self.spec.input_dtype)
+
+    # -- the integration shared by path methods ---------------------------------------------
+    def integrate(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows, config) -> EngineResult:
+        """Run ``rows`` through the engine with ``baselines`` (flattened)."""
+        flat = self.to_model_dtype(baselines.flat())
+        indices = targets.indices if targets.indices is not None else np.zeros(int(x.shape[0]), np.int32)
+        return self.engine(targets, config).integrate(x, flat, indices, rows)
+
+    def baseline_scores(self, baselines: BaselineSet, targets: Targets, rows: PathRows, result: EngineResult, config) -> np.ndarray:
+        """``f(z)`` averaged over each example's baselines.
+
+        Reuses the scores of rows at ``α = 0`` (the baseline itself) when every baseline has
+        one; otherwise runs forward passes over the baselines.
+        """
+        num_examples = int(rows.example.max()) + 1
+        count = baselines.count
+        at_start = rows.alpha == 0.0
+        if at_start.any():
+            per_pair = {}
+            for e, b, s in zip(rows.example[at_start], rows.baseline[at_start], result.row_scores[at_start]):
+                per_pair[(int(e), int(b))] = s
+            if len(per_pair) == num_examples * count:
+                table = np.zeros((num_examples, count))
+                for (e, b), s in per_pair.items():
+                    table[e, b % count] = s
+                return table.mean(axis=1)
+        flat = self.to_model_dtype(baselines.flat())
+        if baselines.per_example:
+            owner = np.repeat(np.arange(num_examples), count)
+            return self.scores(flat, targets, config["batch_size"], owner).reshape(num_examples, count).mean(axis=1)
+        if targets.score_fn is not None:
+            shared = self.scores(flat, targets, config["batch_size"])
+            return np.full(num_examples, shared.mean())
+        outputs = forward_outputs(self.model, flat, config["batch_size"])
+        return outputs[:, targets.indices].mean(axis=0)
+
+    # -- the public verb ----------------------------------------------------------------------
+    def attribute(self, inputs, target=None, **options) -> Explanation:
+        """Explain ``inputs`` for ``target``.
+
+        Args:
+            inputs: ``(N, H, W, C)`` float images (or one ``(H, W, C)`` image), NumPy or tensor.
+            target: ``None`` (top-1 class), an int, one int per example, or a callable
+                ``outputs -> (batch,)`` score (see :mod:`tfattr.core.targets`).
+            **options: override any of the method's options for this call.
+
+        Returns:
+            An :class:`~tfattr.core.result.Explanation`.
+        """
+        config = self._merge(self.config, options)
+        images = validate_images(inputs, self.spec)
+        x = self.to_model_dtype(images.array)
+        targets, fx = self.resolve(x, target, config["batch_size"])
+        out = self._explain(x, targets, fx, config)
+        return self._package(out, images, targets, fx, config)
+
+    def _explain(self, x: tf.Tensor, targets: Targets, fx: np.ndarray, config) -> Explained:
+        raise NotImplementedError
+
+    def describe(self, config) -> str:
+        return self.name
+
+    def _package(self, out: Explained, images: Images, targets: Targets, fx: np.ndarray, config) -> Explanation:
+        attributions = out["attributions"].astype(images.array.dtype)
+        delta = out.get("delta")
+        baseline_scores = out.get("baseline_scores")
+        scores = fx
+        if images.single:
+            attributions = attributions[0]
+        if images.as_tensor:
+            attributions = tf.convert_to_tensor(attributions)
+        return Explanation(
+            attributions=attributions,
+            method=self.describe(config),
+            targets=targets.indices,
+            scores=scores,
+            baseline_scores=baseline_scores,
+            delta=delta,
+            gradients=int(out.get("gradients", 0)),
+            single=images.single,
+            info=dict(out.get("info", {})),
+        )

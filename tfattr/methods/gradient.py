@@ -1,0 +1,54 @@
+"""Plain gradient (saliency) and input × gradient: one engine row per example."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfattr.baselines.registry import BaselineSet
+from tfattr.core.engine import PathRows
+from tfattr.methods.base import AttributionMethod, Explained
+
+__all__ = ["Gradient", "InputXGradient"]
+
+
+def _single_point(method: AttributionMethod, x, targets, config):
+    """Rows ``α = 1`` from a zero baseline: the gradient at ``x`` itself, weight 1."""
+    num_examples = int(x.shape[0])
+    zero = BaselineSet(np.zeros((1, 1) + tuple(x.shape[1:])), "zero")
+    rows = PathRows.grid(num_examples, 1, np.ones(1), np.ones(1), per_example_baselines=False)
+    return method.integrate(x, zero, targets, rows, config), len(rows)
+
+
+class Gradient(AttributionMethod):
+    """The gradient of the target score w.r.t. the input, ``∂f(x)/∂x`` (Simonyan et al. 2014).
+
+    Options:
+        absolute: return ``|∂f/∂x|`` as in the saliency-map paper (default ``False``: signed).
+        batch_size, verbose: see :class:`~tfattr.methods.base.AttributionMethod`.
+
+    Example:
+        >>> Gradient(model).attribute(images, target=3).attributions
+    """
+
+    name = "gradient"
+    options = {"absolute": False}
+    multiply_by_delta = False
+
+    def _explain(self, x, targets, fx, config) -> Explained:
+        result, count = _single_point(self, x, targets, config)
+        attributions = np.abs(result.attributions) if config["absolute"] else result.attributions
+        return Explained(attributions=attributions, gradients=count)
+
+
+class InputXGradient(AttributionMethod):
+    """Input × gradient, ``x ⊙ ∂f(x)/∂x`` (Shrikumar et al. 2016).
+
+    For a ReLU network without biases this equals IG from a zero baseline.
+    """
+
+    name = "input_x_gradient"
+    multiply_by_delta = True
+
+    def _explain(self, x, targets, fx, config) -> Explained:
+        result, count = _single_point(self, x, targets, config)
+        return Explained(attributions=result.attributions, gradients=count)
