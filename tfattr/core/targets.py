@@ -102,6 +102,7 @@ def resolve_targets(target, outputs: Optional[np.ndarray], batch_size: int) -> T
             "`target` must be an int class index, a sequence of ints, None or a callable. "
             + received("target", target)
         )
+    original = target
     array = np.asarray(target)
     if not (np.issubdtype(array.dtype, np.integer)):
         raise InvalidTypeError(
@@ -119,6 +120,7 @@ def resolve_targets(target, outputs: Optional[np.ndarray], batch_size: int) -> T
     if bad.any():
         raise InvalidInputError(
             f"`target` class indices must lie in [0, {num_classes}) for this model. "
-            + received("target", array.tolist() if array.size <= 16 else int(array[bad][0]))
+            + received("target", original if np.ndim(original) == 0 else
+                       (array.tolist() if array.size <= 16 else int(array[bad][0])))
         )
     return Targets(array.astype(np.int32))

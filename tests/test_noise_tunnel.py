@@ -1,0 +1,73 @@
+"""NoiseTunnel: SmoothGrad / SmoothGrad² / VarGrad, seeded, batched through the engine."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import small_cnn
+
+from tfattr import Gradient, IntegratedGradients, NoiseTunnel
+from tfattr.core.gradients import input_gradients
+
+
+def test_zero_noise_smoothgrad_equals_the_wrapped_method(relu_cnn, images):
+    for method in (Gradient(relu_cnn), IntegratedGradients(relu_cnn, steps=6)):
+        base = np.asarray(method.attribute(images, target=2))
+        tunnel = NoiseTunnel(method, nt_samples=4, stdevs=0.0).attribute(images, target=2)
+        np.testing.assert_allclose(np.asarray(tunnel), base, atol=1e-6)
+    var = NoiseTunnel(Gradient(relu_cnn), nt_type="vargrad", nt_samples=3, stdevs=0.0).attribute(images)
+    np.testing.assert_allclose(np.asarray(var), 0.0, atol=1e-10)
+
+
+def test_smoothgrad_is_the_mean_of_gradients_at_the_drawn_noisy_inputs(relu_cnn, images):
+    tunnel = NoiseTunnel(Gradient(relu_cnn), nt_samples=5, noise_level=0.2, seed=11)
+    expl = tunnel.attribute(images, target=1)
+    noise = tunnel.noise(images.shape[1:], tunnel.config)
+    assert noise.std() == pytest.approx(0.2, rel=0.05)  # noise_level · (high − low)
+    noisy = (images[:, None] + noise[None]).reshape((-1,) + images.shape[1:]).astype(np.float32)
+    _, grads = input_gradients(relu_cnn, noisy, np.full(len(noisy), 1))
+    grads = grads.reshape((len(images), 5) + images.shape[1:])
+    np.testing.assert_allclose(np.asarray(expl), grads.mean(axis=1), atol=1e-6)
+    sq = NoiseTunnel(Gradient(relu_cnn), "smoothgrad_sq", nt_samples=5, noise_level=0.2, seed=11).attribute(images, target=1)
+    var = NoiseTunnel(Gradient(relu_cnn), "vargrad", nt_samples=5, noise_level=0.2, seed=11).attribute(images, target=1)
+    np.testing.assert_allclose(np.asarray(sq), (grads**2).mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(var), grads.var(axis=1), atol=1e-6)
+
+
+def test_seeded_determinism_and_batch_invariance(relu_cnn, images):
+    tunnel = NoiseTunnel(Gradient(relu_cnn), nt_samples=6, seed=5)
+    a, b = np.asarray(tunnel.attribute(images)), np.asarray(tunnel.attribute(images))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(np.asarray(tunnel.attribute(images, seed=6)) - a).max() > 1e-4
+    alone = np.asarray(tunnel.attribute(images[1:2]))
+    np.testing.assert_allclose(alone, a[1:2], atol=1e-6)
+
+
+def test_targets_are_resolved_on_the_clean_input(relu_cnn, images):
+    clean_top1 = np.argmax(relu_cnn(images).numpy(), axis=1)
+    expl = NoiseTunnel(Gradient(relu_cnn), nt_samples=3, noise_level=0.5).attribute(images)
+    np.testing.assert_array_equal(expl.targets, clean_top1)
+
+
+def test_smoothgrad_of_ig_keeps_completeness_and_samples_are_batched(images):
+    model = small_cnn("relu", counter=True)
+    counter = model.get_layer("counter").calls
+    before = int(counter.numpy())
+    tunnel = NoiseTunnel(IntegratedGradients(model, steps=64, rule="riemann_trapezoid", batch_size=32), nt_samples=4)
+    expl = tunnel.attribute(images, target=0)
+    points = len(images) * 4 * 64
+    calls = int(counter.numpy()) - before
+    # f(x) on the clean batch, f(x+ε) on the noisy batch, then full chunks of 32 points
+    assert calls == 1 + math.ceil(len(images) * 4 / 32) + math.ceil(points / 32)
+    recomputed = np.asarray(expl).reshape(len(images), -1).sum(axis=1) - (expl.scores - expl.baseline_scores)
+    np.testing.assert_allclose(expl.delta, recomputed, atol=1e-5)
+    assert np.abs(expl.delta).max() < 0.05 * np.abs(expl.scores - expl.baseline_scores).max()
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="nt_type"):
+        NoiseTunnel(Gradient(small_cnn()), nt_type="smoothgrad2")
+    with pytest.raises(ValueError, match="nt_samples"):
+        NoiseTunnel(Gradient(small_cnn()), nt_samples=0)
+    with pytest.raises(TypeError, match="attribution method instance"):
+        NoiseTunnel(small_cnn())
