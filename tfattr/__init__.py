@@ -30,7 +30,7 @@ from tfattr.core.engine import PathEngine, PathRows  # noqa: E402
 from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.core.quadrature import quadrature  # noqa: E402
 from tfattr.core.result import Explanation  # noqa: E402
-from tfattr.methods import Gradient, InputXGradient, IntegratedGradients  # noqa: E402
+from tfattr.methods import GradCAM, Gradient, InputXGradient, IntegratedGradients, RSIGradCAM  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -42,6 +42,8 @@ __all__ = [
     "NoiseTunnel",
     "quadrature",
     "Explanation",
+    "GradCAM",
+    "RSIGradCAM",
     "Gradient",
     "InputXGradient",
     "IntegratedGradients",

@@ -6,7 +6,9 @@ gradient`` (times ``x_e − z_b`` for integrated methods) to example ``e``'s
 attribution". Integrated Gradients is the grid examples × baselines × quadrature
 nodes; the gradient is the single row ``α = 1``; input × gradient is one row
 ``α = 1`` from a zero baseline with the multiplication; SmoothTaylor is IG with
-its noisy roots as baselines and one node ``α = 0``. A method only builds rows.
+its noisy roots as baselines and one node ``α = 0``; Grad-CAM and RSI-Grad-CAM are
+the same rows with a layer's gradient function and another way to combine. A method
+only builds rows and picks a gradient function and a combination.
 
 The engine slices the rows into chunks of ``batch_size`` and runs one compiled
 ``tf.function`` per chunk that interpolates the points, calls the gradient
@@ -30,7 +32,7 @@ import tensorflow as tf
 
 from tfattr.core.gradients import compiled_forward
 
-__all__ = ["PathRows", "EngineResult", "PathEngine", "forward_outputs", "progress_bar"]
+__all__ = ["PathRows", "EngineResult", "PathEngine", "COMBINES", "forward_outputs", "progress_bar"]
 
 Verbose = Union[int, bool, str]
 
@@ -101,22 +103,38 @@ class EngineResult:
         attributions: ``(N, …)`` float64 per-example weighted sums.
         row_scores: ``(R,)`` float64 score of the model at each row's point.
         chunks: number of compiled chunk calls (= model forward+backward passes).
+        endpoint: ``(N, …)`` mean differentiated values at ``α = 1`` (``collect_endpoint``), else ``None``.
     """
 
     attributions: np.ndarray
     row_scores: np.ndarray
     chunks: int
+    endpoint: Optional[np.ndarray] = None
+
+
+COMBINES = ("path", "plain", "stieltjes")
 
 
 class PathEngine:
     """Chunked, compiled evaluation of a list of :class:`PathRows`.
 
     Args:
-        gradient_fn: ``(points, target_rows) -> (scores, gradients)``, e.g.
-            :class:`tfattr.core.gradients.InputGradients`.
+        gradient_fn: ``(points, target_rows) -> (scores, gradients, values)`` where
+            ``gradients = ∂scores/∂values`` and ``values`` is the differentiated tensor:
+            the points themselves (:class:`~tfattr.core.gradients.InputGradients`) or a
+            layer's activations (:class:`~tfattr.core.gradients.LayerGradients`).
         batch_size: points per chunk (one forward+backward pass each).
-        multiply_by_delta: multiply each row's weighted gradient by ``x_e − z_b``
-            (integrated methods) or not (gradient averages such as SmoothGrad).
+        combine: how a row's gradient ``g_r`` enters its example's sum:
+
+            * ``"path"``: ``w_r · g_r ⊙ (x_e − z_b)`` — Integrated Gradients (eq. 3 of
+              Sundararajan et al.), input × gradient, SmoothTaylor;
+            * ``"plain"``: ``w_r · g_r`` — gradients and their averages (SmoothGrad, Grad-CAM);
+            * ``"stieltjes"``: ``w_r · g_r ⊙ (v_r − v_{r−1})`` with ``v`` the values of the
+              previous row — a Riemann–Stieltjes sum along the path (RSI-Grad-CAM eq. 6).
+              Rows must list each path's nodes in increasing ``α`` starting at ``α₀`` with
+              weight 0; the previous value is carried across chunk boundaries.
+        collect_endpoint: also return the mean of ``values`` over each example's rows at
+            ``α = 1`` (a layer's activations at the input itself).
         verbose: ``0``/``False``, ``1``/``True`` or ``"auto"`` (progress for long runs).
     """
 
@@ -124,12 +142,16 @@ class PathEngine:
         self,
         gradient_fn: Callable,
         batch_size: int = 16,
-        multiply_by_delta: bool = True,
+        combine: str = "path",
+        collect_endpoint: bool = False,
         verbose: Verbose = "auto",
     ):
+        if combine not in COMBINES:
+            raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
         self.gradient_fn = gradient_fn
         self.batch_size = int(batch_size)
-        self.multiply_by_delta = bool(multiply_by_delta)
+        self.combine = combine
+        self.collect_endpoint = bool(collect_endpoint)
         self.verbose = verbose
         self._compiled = {}
         self.traces = 0
@@ -140,12 +162,15 @@ class PathEngine:
             return self._compiled[key]
         rank = len(shape) + 1
         acc_dtype = tf.float64 if dtype == tf.float64 else tf.float32
-        broadcast = [-1] + [1] * (rank - 1)
         gradient_fn = self.gradient_fn
-        multiply = self.multiply_by_delta
+        combine = self.combine
+        collect = self.collect_endpoint
         point_spec = tf.TensorSpec([None, *shape], dtype)
         index_spec = tf.TensorSpec([None], tf.int32)
         real_spec = tf.TensorSpec([None], tf.float64)
+
+        def per_row(vector, like):
+            return tf.reshape(tf.cast(vector, like.dtype), [-1] + [1] * (like.shape.rank - 1))
 
         @tf.function(
             input_signature=[
@@ -158,20 +183,35 @@ class PathEngine:
                 index_spec,  # class of each row
                 tf.TensorSpec([], tf.int32),  # first example in the chunk
                 tf.TensorSpec([], tf.int32),  # number of examples in the chunk
+                tf.TensorSpec(None, acc_dtype),  # stieltjes: values of the row before the chunk (0 or 1 rows)
             ]
         )
-        def chunk(x, baselines, example, baseline, alpha, weight, target_rows, first, count):
+        def chunk(x, baselines, example, baseline, alpha, weight, target_rows, first, count, carry):
             self.traces += 1  # runs only while tracing
             inputs = tf.gather(x, example)
             starts = tf.gather(baselines, baseline)
             delta = inputs - starts
-            points = starts + tf.reshape(tf.cast(alpha, dtype), broadcast) * delta
-            scores, gradients = gradient_fn(points, target_rows)
-            contribution = tf.cast(gradients, acc_dtype) * tf.reshape(tf.cast(weight, acc_dtype), broadcast)
-            if multiply:
+            points = starts + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta
+            scores, gradients, values = gradient_fn(points, target_rows)
+            gradients = tf.cast(gradients, acc_dtype)
+            values = tf.cast(values, acc_dtype)
+            contribution = gradients * per_row(weight, gradients)
+            if combine == "path":
                 contribution = contribution * tf.cast(delta, acc_dtype)
-            sums = tf.math.unsorted_segment_sum(contribution, example - first, count)
-            return tf.cast(scores, tf.float64), sums
+            elif combine == "stieltjes":
+                head = tf.cond(tf.shape(carry)[0] > 0,
+                               lambda: tf.reshape(carry, tf.shape(values[:1])), lambda: values[:1])
+                previous = tf.concat([head, values[:-1]], axis=0)
+                contribution = contribution * (values - previous)
+            local = example - first
+            sums = tf.math.unsorted_segment_sum(contribution, local, count)
+            if collect:
+                at_end = tf.cast(tf.equal(alpha, 1.0), acc_dtype)
+                endpoint = tf.math.unsorted_segment_sum(values * per_row(at_end, values), local, count)
+                ends = tf.math.unsorted_segment_sum(at_end, local, count)
+            else:
+                endpoint, ends = tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype)
+            return tf.cast(scores, tf.float64), sums, endpoint, ends, values[-1:]
 
         self._compiled[key] = chunk
         return chunk
@@ -188,19 +228,21 @@ class PathEngine:
         num_examples = int(x.shape[0])
         shape = tuple(int(d) for d in x.shape[1:])
         chunk = self._chunk_function(shape, x.dtype)
+        acc_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         total = len(rows)
-        attributions = np.zeros((num_examples,) + shape, dtype=np.float64)
+        attributions = endpoint = ends = None
         row_scores = np.zeros(total, dtype=np.float64)
         example = rows.example.astype(np.int32)
         baseline = rows.baseline.astype(np.int32)
         targets = np.asarray(target_indices, dtype=np.int32)[example]
+        carry = tf.zeros([0], acc_dtype)
         num_chunks = math.ceil(total / self.batch_size)
         bar = progress_bar(num_chunks, self.verbose)
         for i, start in enumerate(range(0, total, self.batch_size)):
             part = slice(start, start + self.batch_size)
             first = int(example[start])
             count = int(example[min(start + self.batch_size, total) - 1]) - first + 1
-            scores, sums = chunk(
+            scores, sums, chunk_endpoint, chunk_ends, carry = chunk(
                 x,
                 baselines,
                 tf.constant(example[part]),
@@ -210,12 +252,25 @@ class PathEngine:
                 tf.constant(targets[part]),
                 tf.constant(first, tf.int32),
                 tf.constant(count, tf.int32),
+                carry,
             )
-            attributions[first : first + count] += sums.numpy()
+            sums = sums.numpy()
+            if attributions is None:
+                attributions = np.zeros((num_examples,) + sums.shape[1:], dtype=np.float64)
+                if self.collect_endpoint:
+                    endpoint = np.zeros_like(attributions)
+                    ends = np.zeros(num_examples)
+            attributions[first : first + count] += sums
+            if self.collect_endpoint:
+                endpoint[first : first + count] += chunk_endpoint.numpy()
+                ends[first : first + count] += chunk_ends.numpy()
             row_scores[part] = scores.numpy()
             if bar is not None:
                 bar.update(i + 1)
-        return EngineResult(attributions, row_scores, num_chunks)
+        if self.collect_endpoint:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                endpoint = endpoint / ends.reshape((-1,) + (1,) * (endpoint.ndim - 1))
+        return EngineResult(attributions, row_scores, num_chunks, endpoint)
 
 
 def forward_outputs(model, points, batch_size: int) -> np.ndarray:

@@ -36,7 +36,8 @@ class InputGradients:
         score_fn: ``None`` to explain class indices, or the user's callable target.
 
     Calling it (inside or outside ``tf.function``) with ``points`` ``(B, …)`` and
-    ``target_rows`` ``(B,)`` int32 returns ``(scores (B,), gradients (B, …))``. The rows
+    ``target_rows`` ``(B,)`` int32 returns ``(scores (B,), gradients (B, …), points)``
+    (the third item is the differentiated tensor, as for every gradient function). The rows
     are independent (the model runs with ``training=False``), so the gradient of the
     sum of scores is the per-row gradient.
     """
@@ -53,7 +54,7 @@ class InputGradients:
         gradients = tape.gradient(
             scores, points, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        return scores, gradients
+        return scores, gradients, points
 
 
 _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -88,5 +89,59 @@ def input_gradients(model, inputs, target_rows, score_fn: Optional[Callable] = N
     """
     fn = tf.function(InputGradients(model, score_fn), reduce_retracing=True)
     inputs = tf.convert_to_tensor(inputs)
-    scores, grads = fn(inputs, tf.convert_to_tensor(np.asarray(target_rows, dtype=np.int32)))
+    scores, grads, _ = fn(inputs, tf.convert_to_tensor(np.asarray(target_rows, dtype=np.int32)))
     return scores.numpy(), grads.numpy()
+
+
+class LayerGradients:
+    """``∂ score / ∂ A`` for the activations ``A`` of one layer, from one forward pass.
+
+    The layer's ``call`` is tapped for the duration of the model call (while the engine's
+    ``tf.function`` traces), so the tap sees the layer inside nested models too, shares
+    the model's weights (no clone: it always uses the current weights) and leaves the
+    model untouched afterwards.
+
+    Args:
+        model: the Keras model.
+        layer: the ``keras.layers.Layer`` object (see :func:`tfattr.core.layers.find_layer`).
+        score_fn: ``None`` to explain class indices, or the user's callable target.
+
+    Returns from a call ``(scores (B,), gradients (B, …layer shape), activations (B, …))``.
+    """
+
+    def __init__(self, model, layer, score_fn: Optional[Callable] = None):
+        self.model = model
+        self.layer = layer
+        self.score_fn = score_fn
+
+    def __call__(self, points: tf.Tensor, target_rows: tf.Tensor):
+        captured = []
+        layer = self.layer
+        original = layer.call
+
+        def tapped(*args, **kwargs):
+            out = original(*args, **kwargs)
+            captured.append(out)
+            return out
+
+        layer.call = tapped
+        try:
+            with tf.GradientTape() as tape:
+                tape.watch(points)
+                outputs = _call_model(self.model, points)
+                scores = select_scores(outputs, target_rows, self.score_fn)
+        finally:
+            del layer.call
+        if len(captured) != 1:
+            from tfattr.errors import InvalidInputError, received
+
+            raise InvalidInputError(
+                f"Layer {layer.name!r} ran {len(captured)} times in one forward pass; layer methods "
+                "need a layer that runs exactly once (a shared layer is ambiguous). "
+                + received("layer", layer.name)
+            )
+        activations = captured[0]
+        if isinstance(activations, (list, tuple)):
+            activations = activations[0]
+        gradients = tape.gradient(scores, activations, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return scores, gradients, activations

@@ -54,8 +54,10 @@ class AttributionMethod:
     name = "method"
     #: the method's own options and their defaults
     options: Dict[str, Any] = {}
-    #: multiply weighted gradients by (x − z) in the engine
-    multiply_by_delta = True
+    #: how the engine combines a row's gradient: "path" (× (x − z)), "plain" or "stieltjes"
+    combine = "path"
+    #: ask the engine for the differentiated values at α = 1 (layer activations of the input)
+    collect_endpoint = False
 
     def __init__(self, model, **options):
         if not callable(model):
@@ -96,7 +98,8 @@ class AttributionMethod:
             if targets.score_fn is not None:  # keep one callable engine at a time
                 for old in [k for k in self._engines if k[0] == "callable"]:
                     del self._engines[old]
-            engine = PathEngine(self.gradient_function(targets.score_fn), multiply_by_delta=self.multiply_by_delta)
+            engine = PathEngine(self.gradient_function(targets.score_fn), combine=self.combine,
+                                collect_endpoint=self.collect_endpoint)
             self._engines[key] = engine
         engine.batch_size = config["batch_size"]
         engine.verbose = config["verbose"]

@@ -32,7 +32,7 @@ class Gradient(AttributionMethod):
 
     name = "gradient"
     options = {"absolute": False}
-    multiply_by_delta = False
+    combine = "plain"
 
     def _explain(self, x, targets, fx, config) -> Explained:
         result, count = _single_point(self, x, targets, config)
@@ -47,7 +47,7 @@ class InputXGradient(AttributionMethod):
     """
 
     name = "input_x_gradient"
-    multiply_by_delta = True
+    combine = "path"
 
     def _explain(self, x, targets, fx, config) -> Explained:
         result, count = _single_point(self, x, targets, config)

@@ -1,0 +1,148 @@
+"""Grad-CAM and RSI-Grad-CAM: analytic maps, layer completeness, the documented special case."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import small_cnn
+
+from tfattr import GradCAM, RSIGradCAM
+
+
+def analytic_conv_model(separate_relu=True):
+    """4×4×1 input → 3×3 all-ones conv (2 channels, biases −50, −75) → ReLU → flatten → dense.
+
+    The dense weights are "five +1 then three −1" in channels-first order
+    (channel 0's four outputs, then channel 1's): ch0 → [1, 1, 1, 1], ch1 → [1, −1, −1, −1].
+    Keras flattens channels-last, position (i, j, k) at index 4·... → 2·(2i + j) + k, so the
+    kernel is reordered accordingly.
+    """
+    inputs = keras.Input((4, 4, 1))
+    conv = keras.layers.Conv2D(2, 3, name="conv")
+    relu = keras.layers.ReLU(name="relu")
+    dense = keras.layers.Dense(1, name="dense")
+    out = dense(keras.layers.Flatten()(relu(conv(inputs))))
+    model = keras.Model(inputs, out)
+    conv.set_weights([np.ones((3, 3, 1, 2)), np.array([-50.0, -75.0])])
+    channels_first = np.array([1, 1, 1, 1, 1, -1, -1, -1], dtype=np.float64).reshape(2, 2, 2)  # (k, i, j)
+    channels_last = channels_first.transpose(1, 2, 0).reshape(8, 1)  # (i, j, k) flattened
+    dense.set_weights([channels_last, np.zeros(1)])
+    return model
+
+
+X16 = np.arange(16, dtype=np.float32).reshape(4, 4, 1)  # one image, no batch axis
+
+
+def test_gradcam_analytic_channel_maps_at_the_conv_and_the_relu():
+    model = analytic_conv_model()
+    # conv window sums 45, 54, 81, 90 → ch0 = sums − 50 = [[−5, 4], [31, 40]], ch1 = sums − 75 = [[−30, −21], [6, 15]]
+    # at the conv: ∂y/∂A = dense weight · 1[A > 0]: ch0 [[0,1],[1,1]] → w0 = 0.75, ch1 [[0,0],[−1,−1]] → w1 = −0.5
+    expl = GradCAM(model, layer="conv", upsample=False).attribute(X16, target=0)
+    weights, activations = expl.info["weights"][0], expl.info["activations"][0]
+    np.testing.assert_allclose(weights, [0.75, -0.5])
+    np.testing.assert_allclose(weights[0] * activations[..., 0], [[-3.75, 3], [23.25, 30]])
+    np.testing.assert_allclose(weights[1] * activations[..., 1], [[15, 10.5], [-3, -7.5]])
+    np.testing.assert_allclose(np.asarray(expl), [[11.25, 13.5], [20.25, 22.5]])
+    # at the ReLU: ∂y/∂A = the dense weights: w0 = 1, w1 = −0.5; A = ch0 [[0,4],[31,40]], ch1 [[0,0],[6,15]]
+    at_relu = GradCAM(model, layer="relu", upsample=False).attribute(X16, target=0)
+    np.testing.assert_allclose(at_relu.info["weights"][0], [1.0, -0.5])
+    np.testing.assert_allclose(np.asarray(at_relu), [[0, 4], [28, 32.5]])
+
+
+def test_gradcam_upsampling_relu_and_normalisation():
+    model = analytic_conv_model()
+    raw = np.asarray(GradCAM(model, layer="conv", upsample=False, relu=False).attribute(X16, target=0))
+    up = GradCAM(model, layer="conv").attribute(X16, target=0)
+    assert up.shape == (4, 4)  # one image in, one map out
+    assert np.asarray(up).min() == pytest.approx(raw.min()) and np.asarray(up).max() == pytest.approx(raw.max())
+    normed = np.asarray(GradCAM(model, layer="conv", normalize=True).attribute(X16, target=0))
+    assert normed.max() == pytest.approx(1.0)
+    negative = np.asarray(GradCAM(model, layer="relu", upsample=False, relu=False).attribute(X16, target=0,
+                                                                                          weighting="gradient"))
+    np.testing.assert_allclose(negative, [[0, 4], [28, 32.5]])
+
+
+def linear_head_model():
+    """Conv → ReLU ("features") → linear head: y is a linear function of the layer's activations."""
+    keras.utils.set_random_seed(4)
+    bias = keras.initializers.RandomUniform(-0.2, 0.2, seed=4)
+    inputs = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(6, 3, activation="tanh", bias_initializer=bias)(inputs)
+    h = keras.layers.Conv2D(5, 3, activation="relu", bias_initializer=bias, name="features")(h)
+    out = keras.layers.Dense(4, bias_initializer=bias)(keras.layers.Flatten()(h))
+    return keras.Model(inputs, out)
+
+
+def test_rsi_terms_telescope_to_the_output_difference_for_a_linear_head():
+    model = linear_head_model()
+    x = np.random.default_rng(2).uniform(0, 1, (3, 12, 12, 3)).astype(np.float32)
+    for baseline in ("zero", "blur"):
+        expl = RSIGradCAM(model, layer="features", steps=7, baseline=baseline, upsample=False).attribute(x, target=2)
+        gap = expl.scores - expl.baseline_scores
+        assert np.abs(gap).min() > 1e-3
+        np.testing.assert_allclose(expl.delta, 0.0, atol=1e-4)
+        # Σ_k Σ_ij terms = Z · Σ_k w_k
+        z = 8 * 8
+        np.testing.assert_allclose(expl.info["weights"].sum(axis=1) * z, gap, atol=1e-4)
+
+
+def test_rsi_with_one_step_and_zero_activation_baseline_is_gradient_x_activation_gradcam():
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((12, 12, 3))
+    # non-negative kernel and negative biases: at the black image the ReLU layer is exactly 0
+    h = keras.layers.Conv2D(5, 3, activation="relu", name="features",
+                            kernel_initializer=keras.initializers.RandomUniform(0.0, 0.3, seed=5),
+                            bias_initializer=keras.initializers.RandomUniform(-0.3, -0.05, seed=5))(inputs)
+    h = keras.layers.Conv2D(4, 3, activation="tanh")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+    x = np.random.default_rng(3).uniform(0, 1, (2, 12, 12, 3)).astype(np.float32)
+    baseline = np.zeros((12, 12, 3), np.float32)
+    rsi = RSIGradCAM(model, layer="features", steps=1, baseline=baseline, upsample=False, relu=False).attribute(x, target=1)
+    _, _, at_baseline = GradCAM(model, layer="features").gradient_function()(
+        tf.constant(baseline[None]), tf.constant([1], tf.int32))
+    assert np.all(at_baseline.numpy() == 0)
+    cam = GradCAM(model, layer="features", upsample=False, relu=False, weighting="gradient_x_activation").attribute(x, target=1)
+    np.testing.assert_allclose(rsi.info["weights"], cam.info["weights"], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(rsi), np.asarray(cam), atol=1e-5)
+
+
+def test_layer_methods_are_batch_size_invariant_and_share_the_engine(relu_cnn, images):
+    a = RSIGradCAM(relu_cnn, steps=9, batch_size=1).attribute(images, target=1)
+    b = RSIGradCAM(relu_cnn, steps=9, batch_size=7).attribute(images, target=1)
+    c = RSIGradCAM(relu_cnn, steps=9, batch_size=64).attribute(images, target=1)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5)
+    assert a.gradients == len(images) * 10
+    g1 = GradCAM(relu_cnn, batch_size=1).attribute(images)
+    g2 = GradCAM(relu_cnn, batch_size=3).attribute(images)
+    np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), atol=1e-6)
+    assert np.asarray(g1).min() >= 0 and np.asarray(g1).max() > 0
+
+
+def test_nested_layer_paths_and_default_layer(images):
+    inner = small_cnn("relu", seed=5)
+    backbone = keras.Model(inner.inputs, inner.layers[3].output, name="backbone")  # the second conv
+    inputs = keras.Input((16, 16, 3))
+    outer = keras.Model(inputs, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(backbone(inputs))))
+    conv_name = backbone.layers[-1].name
+    by_path = GradCAM(outer, layer=f"backbone/{conv_name}").attribute(images, target=0)
+    by_name = GradCAM(outer, layer=conv_name).attribute(images, target=0)
+    by_default = GradCAM(outer).attribute(images, target=0)
+    np.testing.assert_allclose(np.asarray(by_path), np.asarray(by_name))
+    np.testing.assert_allclose(np.asarray(by_path), np.asarray(by_default))
+    assert np.asarray(by_path).max() > 0
+    # the tap leaves the model as it was
+    np.testing.assert_allclose(outer(images).numpy(), outer(images).numpy())
+    assert "call" not in vars(backbone.get_layer(conv_name))
+
+
+def test_unknown_layers_list_close_names(relu_cnn):
+    with pytest.raises(ValueError, match=r"No layer 'conv2d_9x'.*closest names"):
+        GradCAM(relu_cnn, layer="conv2d_9x")
+    with pytest.raises(ValueError, match="index out of range"):
+        GradCAM(relu_cnn, layer=99)
+    with pytest.raises(ValueError, match="input layer has no activations"):
+        GradCAM(relu_cnn, layer=0)
+    flat = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="no layer with a 4-D output"):
+        GradCAM(flat)

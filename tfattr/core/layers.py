@@ -1,0 +1,98 @@
+"""Find a layer by name, index, nested path or object, with helpful errors."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterator, List, Tuple, Union
+
+from tfattr.errors import InvalidInputError, InvalidTypeError, received
+
+__all__ = ["find_layer", "layer_paths", "last_layer_with_rank"]
+
+
+def _children(layer):
+    return list(getattr(layer, "layers", None) or [])
+
+
+def layer_paths(model, prefix: str = "") -> Iterator[Tuple[str, object]]:
+    """Every layer of ``model`` in order, nested models included, as ``("outer/inner", layer)``."""
+    for layer in _children(model):
+        path = f"{prefix}{layer.name}"
+        yield path, layer
+        if _children(layer):
+            yield from layer_paths(layer, prefix=path + "/")
+
+
+def _rank(layer) -> int:
+    try:
+        output = layer.output
+    except (AttributeError, ValueError, RuntimeError):
+        return -1
+    if isinstance(output, (list, tuple)):
+        return -1
+    return len(output.shape)
+
+
+def last_layer_with_rank(model, rank: int = 4):
+    """The last layer (in graph order, nested models included) whose output has ``rank`` axes.
+
+    Nested models themselves are skipped in favour of their inner layers.
+    """
+    found = None
+    for _, layer in layer_paths(model):
+        if _children(layer):
+            continue
+        if _rank(layer) == rank:
+            found = layer
+    if found is None:
+        raise InvalidInputError(
+            f"The model has no layer with a {rank}-D output (batch, height, width, channels); pass "
+            "`layer=` explicitly. " + received("model.name", getattr(model, "name", None))
+        )
+    return found
+
+
+def find_layer(model, layer: Union[str, int, object]):
+    """Resolve ``layer`` on ``model``.
+
+    Args:
+        layer: a layer name (searched at the top level, then uniquely inside nested models),
+            a path ``"backbone/block5_conv4"`` into nested models, an index into
+            ``model.layers``, or a ``keras.layers.Layer`` of the model.
+
+    Raises:
+        ValueError listing the closest layer names when nothing matches.
+    """
+    paths: List[Tuple[str, object]] = list(layer_paths(model))
+    if isinstance(layer, bool):
+        raise InvalidTypeError("`layer` must be a name, a path, an index or a layer. " + received("layer", layer))
+    if isinstance(layer, int):
+        layers = _children(model)
+        if not -len(layers) <= layer < len(layers):
+            raise InvalidInputError(f"`layer` index out of range for {len(layers)} layers. " + received("layer", layer))
+        return layers[layer]
+    if isinstance(layer, str):
+        for path, candidate in paths:
+            if path == layer:
+                return candidate
+        by_name = [candidate for path, candidate in paths if path.rsplit("/", 1)[-1] == layer]
+        if len(by_name) == 1:
+            return by_name[0]
+        names = [path for path, _ in paths]
+        if len(by_name) > 1:
+            raise InvalidInputError(
+                f"Several nested layers are called {layer!r}; give the full path, one of "
+                f"{[p for p in names if p.rsplit('/', 1)[-1] == layer]}. " + received("layer", layer)
+            )
+        close = difflib.get_close_matches(layer, names + [n.rsplit("/", 1)[-1] for n in names], n=5, cutoff=0.5)
+        raise InvalidInputError(
+            f"No layer {layer!r} in model {getattr(model, 'name', '')!r}; closest names: {close or names[-5:]}. "
+            + received("layer", layer)
+        )
+    for _, candidate in paths:
+        if candidate is layer:
+            return candidate
+    raise InvalidTypeError(
+        "`layer` must be a name, a path, an index or a layer of this model. "
+        + received("layer", getattr(layer, "name", layer))
+    )
