@@ -40,7 +40,7 @@ def test_random_baselines_are_seeded_shared_across_the_batch_and_in_range(x):
     assert np.abs(a - c).max() > 0.1
     assert a.min() >= 0 and a.max() < 1
     assert abs(a.mean() - 0.5) < 0.02  # U[0, 1)
-    g = make_baselines("gaussian", x, n_baselines=3, seed=0, sigma=0.2, value_range=(0, 1)).array
+    g = make_baselines("gaussian", x, n_baselines=3, seed=0, sigma=0.2, value_range=(0, 1)).materialize(x)
     assert g.min() >= 0 and g.max() <= 1  # clipped to the valid range
     # the noise does not depend on the example: same draw around both images where unclipped
     inside = (g[0] > 0) & (g[0] < 1) & (g[1] > 0) & (g[1] < 1)

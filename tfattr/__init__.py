@@ -25,16 +25,30 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover - environment g
 __version__ = "0.1.0"
 
 from tfattr import errors  # noqa: E402
+from tfattr import metrics  # noqa: E402
+from tfattr import surgery  # noqa: E402
 from tfattr.baselines import BASELINES, make_baselines  # noqa: E402
 from tfattr.core.engine import PathEngine, PathRows  # noqa: E402
 from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.core.quadrature import quadrature  # noqa: E402
 from tfattr.core.result import Explanation  # noqa: E402
-from tfattr.methods import GradCAM, Gradient, InputXGradient, IntegratedGradients, RSIGradCAM  # noqa: E402
+from tfattr.methods import (  # noqa: E402
+    GradCAM,
+    Gradient,
+    GuidedBackprop,
+    GuidedIntegratedGradients,
+    InputXGradient,
+    IntegratedGradients,
+    RSIGradCAM,
+    SmoothTaylor,
+    adaptive_noising,
+)
 
 __all__ = [
     "__version__",
     "errors",
+    "metrics",
+    "surgery",
     "BASELINES",
     "make_baselines",
     "PathEngine",
@@ -46,5 +60,9 @@ __all__ = [
     "RSIGradCAM",
     "Gradient",
     "InputXGradient",
+    "GuidedBackprop",
+    "GuidedIntegratedGradients",
     "IntegratedGradients",
+    "SmoothTaylor",
+    "adaptive_noising",
 ]

@@ -62,10 +62,28 @@ class BaselineSet:
     Attributes:
         array: ``(M, K, …)`` with ``M = N`` (per-example) or ``M = 1`` (shared by all examples).
         name: a short description for results and logs.
+        relative: ``array`` holds offsets: the baseline of example ``e`` is ``x_e + array``
+            (noise around the image), built on the fly in the engine so memory stays at
+            ``K`` images instead of ``N × K``.
+        clip: ``(low, high)`` the baselines are clipped to (relative baselines), or ``None``.
+        scale: ``(N,)`` factor of example ``e``'s offsets (relative baselines), or ``None`` for 1:
+            SmoothTaylor's roots ``x_e + σ_e ε`` share the draws ``ε`` across a batch.
     """
 
     array: np.ndarray
     name: str
+    relative: bool = False
+    clip: Optional[Tuple[float, float]] = None
+    scale: Optional[np.ndarray] = None
+
+    def materialize(self, x: np.ndarray, scale: Optional[np.ndarray] = None) -> np.ndarray:
+        """The baselines as absolute values, ``(N or 1, K, …)`` (``scale``: per-example offset factors)."""
+        if not self.relative:
+            return self.array
+        scale = self.scale if scale is None else scale
+        offsets = self.array if scale is None else self.array * np.reshape(scale, (-1,) + (1,) * (self.array.ndim - 1))
+        out = np.asarray(x, np.float64)[:, None] + offsets
+        return out if self.clip is None else np.clip(out, *self.clip)
 
     @property
     def per_example(self) -> bool:
@@ -105,8 +123,7 @@ def _uniform(x, low, high, n, seed, **_):
 
 def _gaussian(x, low, high, n, seed, sigma=None, **_):
     sigma = 0.1 * (high - low) if sigma is None else float(sigma)
-    noise = rng(seed, STREAM_GAUSSIAN).normal(0.0, sigma, size=(1, n) + x.shape[1:])
-    return np.clip(x[:, None].astype(np.float64) + noise, low, high)
+    return rng(seed, STREAM_GAUSSIAN).normal(0.0, sigma, size=(1, n) + x.shape[1:])  # offsets, clipped in use
 
 
 def _blur(x, low, high, n, seed, blur_sigma=5.0, **_):
@@ -216,6 +233,8 @@ def make_baselines(
         draws = int(n_baselines) if key in _RANDOM else 1
         array = BASELINES[key](x, low, high, draws, seed, **options)
         name = key if draws == 1 else f"{key} x{draws}"
+        if key == "gaussian":
+            return BaselineSet(array, name, relative=True, clip=(low, high))
         return BaselineSet(array, name)
     if isinstance(baseline, (bool, np.bool_)):
         raise InvalidTypeError("`baseline` must be a name, a number, an array or a callable. " + received("baseline", baseline))

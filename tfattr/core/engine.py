@@ -156,8 +156,8 @@ class PathEngine:
         self._compiled = {}
         self.traces = 0
 
-    def _chunk_function(self, shape: Tuple[int, ...], dtype: tf.DType):
-        key = (shape, dtype.name)
+    def _chunk_function(self, shape: Tuple[int, ...], dtype: tf.DType, relative: bool = False, clip=None):
+        key = (shape, dtype.name, relative, clip)
         if key in self._compiled:
             return self._compiled[key]
         rank = len(shape) + 1
@@ -184,12 +184,17 @@ class PathEngine:
                 tf.TensorSpec([], tf.int32),  # first example in the chunk
                 tf.TensorSpec([], tf.int32),  # number of examples in the chunk
                 tf.TensorSpec(None, acc_dtype),  # stieltjes: values of the row before the chunk (0 or 1 rows)
+                real_spec,  # relative baselines: per-example factor of the offsets
             ]
         )
-        def chunk(x, baselines, example, baseline, alpha, weight, target_rows, first, count, carry):
+        def chunk(x, baselines, example, baseline, alpha, weight, target_rows, first, count, carry, scale):
             self.traces += 1  # runs only while tracing
             inputs = tf.gather(x, example)
             starts = tf.gather(baselines, baseline)
+            if relative:  # baselines are offsets around each input, scaled per example
+                starts = inputs + starts * tf.reshape(tf.cast(tf.gather(scale, example), dtype), [-1] + [1] * (rank - 1))
+                if clip is not None:
+                    starts = tf.clip_by_value(starts, tf.cast(clip[0], dtype), tf.cast(clip[1], dtype))
             delta = inputs - starts
             points = starts + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta
             scores, gradients, values = gradient_fn(points, target_rows)
@@ -216,7 +221,8 @@ class PathEngine:
         self._compiled[key] = chunk
         return chunk
 
-    def integrate(self, x: tf.Tensor, baselines: tf.Tensor, target_indices: np.ndarray, rows: PathRows) -> EngineResult:
+    def integrate(self, x: tf.Tensor, baselines: tf.Tensor, target_indices: np.ndarray, rows: PathRows,
+                  relative: bool = False, clip=None, scale: Optional[np.ndarray] = None) -> EngineResult:
         """Evaluate all rows and return the per-example weighted gradient sums.
 
         Args:
@@ -224,10 +230,13 @@ class PathEngine:
             baselines: ``(B, …)`` flat baselines, same dtype.
             target_indices: ``(N,)`` class per example (ignored by callable scores).
             rows: the work, sorted by example.
+            relative: the baselines are offsets: a row's start is ``x_e + baselines[b]``.
+            clip: ``(low, high)`` to clip relative starts to, or ``None``.
+            scale: ``(N,)`` factors of the relative offsets per example (default 1).
         """
         num_examples = int(x.shape[0])
         shape = tuple(int(d) for d in x.shape[1:])
-        chunk = self._chunk_function(shape, x.dtype)
+        chunk = self._chunk_function(shape, x.dtype, bool(relative), None if clip is None else tuple(map(float, clip)))
         acc_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         total = len(rows)
         attributions = endpoint = ends = None
@@ -236,6 +245,7 @@ class PathEngine:
         baseline = rows.baseline.astype(np.int32)
         targets = np.asarray(target_indices, dtype=np.int32)[example]
         carry = tf.zeros([0], acc_dtype)
+        scale = tf.constant(np.ones(num_examples) if scale is None else np.asarray(scale, np.float64), tf.float64)
         num_chunks = math.ceil(total / self.batch_size)
         bar = progress_bar(num_chunks, self.verbose)
         for i, start in enumerate(range(0, total, self.batch_size)):
@@ -253,6 +263,7 @@ class PathEngine:
                 tf.constant(first, tf.int32),
                 tf.constant(count, tf.int32),
                 carry,
+                scale,
             )
             sums = sums.numpy()
             if attributions is None:

@@ -61,18 +61,25 @@ _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A ``tf.function`` computing ``model(inputs, training=False)``, cached per model.
+    """``model(inputs, training=False)`` compiled, cached per model.
 
-    ``reduce_retracing`` lets one trace serve every batch size.
+    The compiled function has a batch-free signature per input shape/dtype, so every
+    batch size reuses one trace.
     """
     try:
         return _FORWARD_CACHE[model]
     except (KeyError, TypeError):
         pass
+    traced = {}
 
-    @tf.function(reduce_retracing=True)
     def forward(inputs):
-        return _call_model(model, inputs)
+        inputs = tf.convert_to_tensor(inputs)
+        key = (tuple(inputs.shape[1:]), inputs.dtype.name)
+        fn = traced.get(key)
+        if fn is None:
+            spec = tf.TensorSpec([None, *inputs.shape[1:]], inputs.dtype)
+            fn = traced[key] = tf.function(lambda batch: _call_model(model, batch), input_signature=[spec])
+        return fn(inputs)
 
     try:
         _FORWARD_CACHE[model] = forward

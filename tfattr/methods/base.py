@@ -135,9 +135,11 @@ class AttributionMethod:
         """Run ``rows`` through the engine with ``baselines`` (flattened)."""
         flat = self.to_model_dtype(baselines.flat())
         indices = targets.indices if targets.indices is not None else np.zeros(int(x.shape[0]), np.int32)
-        return self.engine(targets, config).integrate(x, flat, indices, rows)
+        return self.engine(targets, config).integrate(x, flat, indices, rows, relative=baselines.relative,
+                                                      clip=baselines.clip, scale=baselines.scale)
 
-    def baseline_scores(self, baselines: BaselineSet, targets: Targets, rows: PathRows, result: EngineResult, config) -> np.ndarray:
+    def baseline_scores(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows,
+                        result: EngineResult, config) -> np.ndarray:
         """``f(z)`` averaged over each example's baselines.
 
         Reuses the scores of rows at ``α = 0`` (the baseline itself) when every baseline has
@@ -155,6 +157,15 @@ class AttributionMethod:
                 for (e, b), s in per_pair.items():
                     table[e, b % count] = s
                 return table.mean(axis=1)
+        if baselines.relative:  # build each example's baselines only when needed
+            x_host = x.numpy()
+            table = np.stack([
+                self.scores(self.to_model_dtype(baselines.materialize(
+                    x_host[e : e + 1], None if baselines.scale is None else baselines.scale[e : e + 1])[0]), targets,
+                            config["batch_size"], np.full(count, e))
+                for e in range(num_examples)
+            ])
+            return table.mean(axis=1)
         flat = self.to_model_dtype(baselines.flat())
         if baselines.per_example:
             owner = np.repeat(np.arange(num_examples), count)

@@ -167,7 +167,7 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         rows = PathRows.grid(num_examples, baselines.count, alphas, weights, baselines.per_example)
         result = self.integrate(x, baselines, targets, rows, config)
         terms, activations = result.attributions, result.endpoint
-        fz = self.baseline_scores(baselines, targets, rows, result, config)
+        fz = self.baseline_scores(x, baselines, targets, rows, result, config)
         channel_weights = terms.mean(axis=(1, 2))  # (1/Z) Σ_ij
         cam = self._cam(channel_weights, activations, tuple(x.shape[1:]), config)
         total = terms.reshape(num_examples, -1).sum(axis=1)

@@ -89,7 +89,7 @@ class IntegratedGradients(AttributionMethod):
         num_examples = int(x.shape[0])
         rows = PathRows.grid(num_examples, baselines.count, alphas, weights, baselines.per_example)
         result = self.integrate(x, baselines, targets, rows, config)
-        fz = self.baseline_scores(baselines, targets, rows, result, config)
+        fz = self.baseline_scores(x, baselines, targets, rows, result, config)
         if fx is None:
             fx = self.scores(x, targets, config["batch_size"])
         total = result.attributions.reshape(num_examples, -1).sum(axis=1)

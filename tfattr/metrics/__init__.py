@@ -1,0 +1,80 @@
+"""Evaluation metrics for attributions, computed as the papers' authors' code computes them.
+
+Faithfulness (a model is run on perturbed inputs; batched through a compiled forward):
+    :func:`aupc` — area under the perturbation curve (Samek et al. 2017; SmoothTaylor's
+    variant, Goh et al. 2020): logit of the top-1 class, k×k windows, uniform noise.
+    :func:`deletion`, :func:`insertion` — Petsiuk et al. 2018 (RISE): softmax probability
+    of the top-1 class while pixels are deleted (to 0) or inserted (into a blurred copy).
+    :func:`completeness_error` (IG), :func:`taylor_error` (SmoothTaylor eq. 8).
+
+Smoothness (no model): :func:`atv`, :func:`multiscale_atv`, :func:`autvc`.
+
+Localisation (ground-truth masks): :func:`pointing_game`, :func:`mask_energy`.
+
+Every metric works on a batch and returns NumPy arrays (areas and the curves for
+plotting); metrics that draw noise take a ``seed``; long runs show a progress bar.
+
+Scores (the ``score`` option of the model-based metrics):
+
+* ``"logit"`` (alias ``"output"``): the model output as is, at the target class — the
+  pre-softmax logit the AUPC protocol explains. Give a model with a softmax head as its
+  logits clone (``tfattr.surgery.logits_model(model)``, or rebuild the head without the
+  activation); :func:`aupc` warns when the last layer is a softmax.
+* ``"probability"``: the softmax probability (deletion/insertion's default). Per image,
+  the output on the unperturbed image decides: if the model's last layer is a softmax,
+  or that output row is non-negative and sums to 1 within 1e-4, outputs are used as
+  they are; otherwise a float64 softmax is applied, to that image's copies too.
+* a callable ``outputs -> (batch,)``: any score from the output tensor (``target`` must
+  then be ``None``).
+
+``target=None`` explains the top-1 class of each unperturbed image.
+
+Example::
+
+    from tfattr import metrics
+    result = metrics.aupc(logits_model, images, explanation.attributions, seed=0)
+    result.area, result.curve                  # (N,), (N, 31)
+    metrics.autvc(explanation.attributions).area
+    metrics.deletion(model, images, explanation.attributions).auc
+"""
+
+from tfattr.metrics._common import simpson
+from tfattr.metrics.completeness import CompletenessResult, completeness_error, taylor_error
+from tfattr.metrics.localisation import PointingGameResult, mask_energy, pointing_game
+from tfattr.metrics.perturbation import (
+    AUPCResult,
+    CausalResult,
+    aupc,
+    blur,
+    blur_kernel,
+    causal_auc,
+    deletion,
+    insertion,
+    select_windows,
+)
+from tfattr.metrics.smoothness import AUTVCResult, atv, autvc, gaussian_pyramid, multiscale_atv, normalise_maps
+
+__all__ = [
+    "simpson",
+    "aupc",
+    "AUPCResult",
+    "select_windows",
+    "deletion",
+    "insertion",
+    "CausalResult",
+    "causal_auc",
+    "blur",
+    "blur_kernel",
+    "atv",
+    "multiscale_atv",
+    "autvc",
+    "AUTVCResult",
+    "gaussian_pyramid",
+    "normalise_maps",
+    "completeness_error",
+    "taylor_error",
+    "CompletenessResult",
+    "pointing_game",
+    "mask_energy",
+    "PointingGameResult",
+]
