@@ -87,7 +87,10 @@ def digits_on_photos(n: int, size: int = 64, classes: int = 10, split: str = "tr
         k = int(pool[rng.integers(len(pool))])
         digit_size = int(rng.integers(size * 7 // 16, size * 11 // 16 + 1))
         alpha = cv2.resize(digit_images[k], (digit_size, digit_size), interpolation=cv2.INTER_LINEAR)
-        alpha = np.clip((alpha - 0.15) * 2.0, 0.0, 1.0)  # crisp strokes
+        # a little handwriting variety: rotation ±12°, stroke weight
+        turn = cv2.getRotationMatrix2D((digit_size / 2, digit_size / 2), float(rng.uniform(-12, 12)), 1.0)
+        alpha = cv2.warpAffine(alpha, turn, (digit_size, digit_size), flags=cv2.INTER_LINEAR)
+        alpha = np.clip((alpha - rng.uniform(0.1, 0.3)) * 2.0, 0.0, 1.0)  # crisp strokes
         y = int(rng.integers(size - digit_size + 1))
         x = int(rng.integers(size - digit_size + 1))
         region = background[y : y + digit_size, x : x + digit_size]
