@@ -78,6 +78,7 @@ class GuidedIntegratedGradients(IntegratedGradients):
     """
 
     name = "guided_integrated_gradients"
+    convergence = "successive"  # guided gradients do not integrate to f(x) − f(z)
 
     def gradient_function(self, score_fn=None):
         return guided_gradient_function(self.model, score_fn)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from tfattr.baselines.registry import make_baselines
+from tfattr.core.adaptive import level_nodes, max_level_for
 from tfattr.core.engine import PathRows
 from tfattr.core.inputs import validate_value_range
 from tfattr.core.quadrature import quadrature
@@ -37,6 +40,17 @@ class IntegratedGradients(AttributionMethod):
             by the black/uniform/gaussian/max-distance baselines.
         seed: seed of the baseline draws (default 0).
         sigma, blur_sigma, value: options of the gaussian, blur and constant baselines.
+        tolerance: ask for an accuracy instead of a step count: refine each example on
+            nested trapezoid grids (2, 3, 5, 9, 17, … nodes; no gradient is computed twice)
+            until its relative completeness error ``|Σ IG − (f(x) − f(z))| / |f(x) − f(z)|``
+            is at most ``tolerance`` (e.g. 0.01). ``steps`` and ``rule`` are then unused;
+            ``info["steps"]`` and ``info["relative_error"]`` report what each example used.
+            Completeness is a necessary check, not a proof (see :mod:`tfattr.core.adaptive`).
+            Methods whose gradients do not integrate to ``f(x) − f(z)`` (guided IG) check the
+            relative L1 change between successive levels instead.
+        max_steps: gradient budget per path for ``tolerance`` (default 1025 = 2^10 + 1); a
+            ``RuntimeWarning`` names the examples that did not converge.
+        min_steps: at least this many nodes per path with ``tolerance`` (default 3).
         batch_size, verbose: see :class:`~tfattr.methods.base.AttributionMethod`.
 
     Returns from :meth:`attribute` an :class:`~tfattr.Explanation` whose ``delta`` is the
@@ -49,6 +63,9 @@ class IntegratedGradients(AttributionMethod):
     """
 
     name = "integrated_gradients"
+    #: how ``tolerance`` is checked: "completeness" (true gradients) or "successive" (the relative
+    #: L1 change between nested levels, for gradients that do not integrate to f(x) − f(z))
+    convergence = "completeness"
     options = {
         "baseline": "zero",
         "steps": 50,
@@ -59,6 +76,9 @@ class IntegratedGradients(AttributionMethod):
         "sigma": None,
         "blur_sigma": 5.0,
         "value": None,
+        "tolerance": None,
+        "max_steps": 1025,
+        "min_steps": 3,
     }
 
     def _check_options(self, config):
@@ -67,6 +87,15 @@ class IntegratedGradients(AttributionMethod):
         n = config["n_baselines"]
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InvalidInputError("`n_baselines` must be a positive integer. " + received("n_baselines", n))
+        tol = config.get("tolerance")
+        if tol is not None and not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
+            raise InvalidInputError("`tolerance` must be a positive number (a relative completeness error) or "
+                                    "None. " + received("tolerance", tol))
+        for key in ("max_steps", "min_steps"):
+            if key in config:
+                value = config[key]
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+                    raise InvalidInputError(f"`{key}` must be an integer ≥ 2. " + received(key, value))
 
     def describe(self, config) -> str:
         return f"{self.name}(baseline={config['baseline'] if isinstance(config['baseline'], str) else 'custom'}, steps={config['steps']}, rule={config['rule']})"
@@ -84,6 +113,8 @@ class IntegratedGradients(AttributionMethod):
         )
 
     def _explain(self, x, targets, fx, config) -> Explained:
+        if config.get("tolerance") is not None:
+            return self._explain_adaptive(x, targets, fx, config)
         baselines = self.make_baselines(x.numpy(), config)
         alphas, weights = quadrature(config["rule"], config["steps"])
         num_examples = int(x.shape[0])
@@ -101,4 +132,75 @@ class IntegratedGradients(AttributionMethod):
             gradients=len(rows),
             info={"baseline": baselines.name, "rule": config["rule"], "steps": config["steps"],
                   "n_baselines": baselines.count},
+        )
+
+    def _explain_adaptive(self, x, targets, fx, config) -> Explained:
+        """Nested trapezoid levels until ``relative completeness error ≤ tolerance`` per example
+        (:mod:`tfattr.core.adaptive`); only unconverged examples get more rows."""
+        baselines = self.make_baselines(x.numpy(), config)
+        num_examples, count = int(x.shape[0]), baselines.count
+        if fx is None:
+            fx = self.scores(x, targets, config["batch_size"])
+        tolerance = float(config["tolerance"])
+        top = max_level_for(config["max_steps"])
+        bottom = 0  # the first level with at least min_steps nodes
+        while 2**bottom + 1 < config["min_steps"]:
+            bottom += 1
+        bottom = min(bottom, top)
+        shape = tuple(x.shape[1:])
+        ends = np.zeros((num_examples,) + shape)  # ½ G(0) + ½ G(1), averaged over baselines
+        inner = np.zeros((num_examples,) + shape)  # Σ_l S_l, averaged over baselines
+        level = np.zeros(num_examples, int)
+        active = np.ones(num_examples, bool)
+        fz = np.zeros(num_examples)
+        error = np.full(num_examples, np.inf)
+        previous = np.zeros((num_examples,) + shape)
+        nodes = [[] for _ in range(num_examples)]
+        evaluated = 0
+        for k in range(top + 1):
+            todo = np.flatnonzero(active)
+            if len(todo) == 0:
+                break
+            alphas = level_nodes(k)
+            weights = np.full(len(alphas), 1.0)
+            rows = PathRows.grid(num_examples, count, alphas, weights, baselines.per_example)
+            keep = np.isin(rows.example, todo)
+            rows = PathRows(rows.example[keep], rows.baseline[keep], rows.alpha[keep], rows.weight[keep])
+            result = self.integrate(x, baselines, targets, rows, config)
+            evaluated += len(rows)
+            if k == 0:
+                ends += 0.5 * result.attributions
+                fz = self.baseline_scores(x, baselines, targets, rows, result, config)
+            else:
+                inner[todo] += result.attributions[todo]
+            for e in todo:
+                nodes[e].extend(alphas.tolist())
+            level[todo] = k
+            estimate = (ends[todo] + inner[todo]) / 2.0**k
+            if self.convergence == "completeness":
+                gap = fx[todo] - fz[todo]
+                total = estimate.reshape(len(todo), -1).sum(axis=1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    error[todo] = np.where(gap != 0, np.abs(total - gap) / np.abs(np.where(gap != 0, gap, 1)),
+                                           np.abs(total - gap))
+            elif k > 0:
+                change = np.abs(estimate - previous[todo]).reshape(len(todo), -1).sum(axis=1)
+                size = np.abs(estimate).reshape(len(todo), -1).sum(axis=1)
+                error[todo] = np.where(size > 0, change / np.where(size > 0, size, 1), change)
+            previous[todo] = estimate
+            done = todo[(error[todo] <= tolerance) & (k >= bottom)]
+            active[done] = False
+        attributions = (ends + inner) / (2.0**level).reshape((-1,) + (1,) * len(shape))
+        steps = 2**level + 1
+        if active.any():
+            warnings.warn(
+                f"IntegratedGradients: {int(active.sum())} of {num_examples} example(s) did not reach "
+                f"tolerance={tolerance:g} within max_steps={config['max_steps']} (relative {self.convergence} "
+                f"errors {np.round(error[active], 6).tolist()}); returning the finest level.",
+                RuntimeWarning, stacklevel=4)
+        total = attributions.reshape(num_examples, -1).sum(axis=1)
+        return Explained(
+            attributions=attributions, delta=total - (fx - fz), baseline_scores=fz, scores=fx, gradients=evaluated,
+            info={"baseline": baselines.name, "rule": "adaptive_trapezoid", "steps": steps, "converged": ~active,
+                  "relative_error": error, "nodes": nodes, "n_baselines": count, "tolerance": tolerance},
         )
