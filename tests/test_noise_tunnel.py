@@ -71,3 +71,26 @@ def test_bad_options():
         NoiseTunnel(Gradient(small_cnn()), nt_samples=0)
     with pytest.raises(TypeError, match="attribution method instance"):
         NoiseTunnel(small_cnn())
+
+
+def test_nt_tolerance_draws_blocks_until_the_relative_standard_error_holds():
+    """f = v0²: the noisy gradient 2(v0 + ε) has relative standard error σ / (|v0| √n)."""
+    from conftest import scalar_model
+
+    model = scalar_model(lambda v: v[:, 0] ** 2, 1)
+    x = np.array([10.0, 0.5], np.float32).reshape(2, 1, 1, 1)
+    tunnel = NoiseTunnel(Gradient(model), nt_samples=10, stdevs=0.5, nt_tolerance=0.05, nt_max_samples=2000, seed=2)
+    expl = tunnel.attribute(x, target=0)
+    used = expl.info["nt_samples"]
+    assert used[0] == 10  # 0.5 / (10 √10) ≈ 0.016 after the first block
+    assert 300 <= used[1] <= 600  # needs n ≳ (0.5 / (0.5 · 0.05))² = 400
+    assert np.all(expl.info["relative_standard_error"] <= 0.05)
+    np.testing.assert_allclose(np.asarray(expl).ravel(), [20.0, 1.0], rtol=0.1)
+    fixed = NoiseTunnel(Gradient(model), nt_samples=10, stdevs=0.5, seed=2).attribute(x[:1], target=0)
+    np.testing.assert_allclose(np.asarray(expl)[0], np.asarray(fixed)[0], atol=1e-6)  # block 0 = the fixed draw
+    again = tunnel.attribute(x, target=0)
+    np.testing.assert_array_equal(np.asarray(expl), np.asarray(again))
+    with pytest.warns(RuntimeWarning, match="did not reach nt_tolerance"):
+        tunnel.attribute(x, target=0, nt_max_samples=50)
+    with pytest.raises(ValueError, match="nt_tolerance"):
+        NoiseTunnel(Gradient(model), nt_type="vargrad", nt_tolerance=0.1)

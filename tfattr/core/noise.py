@@ -11,6 +11,7 @@ of them (times the method's own points) into full batches.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from tfattr.baselines.registry import STREAM_NOISE_TUNNEL, rng
 from tfattr.core.inputs import validate_images, validate_value_range
 from tfattr.core.result import Explanation
+from tfattr.core.targets import Targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["NoiseTunnel", "NT_TYPES"]
@@ -41,6 +43,12 @@ class NoiseTunnel:
         seed: seed of the noise (default 0). The draws depend on the seed and the sample
             index only, so every image of a batch sees the same noise and an image's result
             does not depend on its batch.
+        nt_tolerance: ask for a Monte-Carlo accuracy instead of a sample count: draw blocks of
+            ``nt_samples`` until, per image, the standard error of the averaged map relative to
+            its norm, ``‖SE‖₂ / ‖mean‖₂``, is at most ``nt_tolerance`` (e.g. 0.05); converged
+            images get no more samples. ``info["nt_samples"]`` reports what each image used.
+        nt_max_samples: sample budget per image with ``nt_tolerance`` (default 1000); a
+            ``RuntimeWarning`` names the images that did not converge.
 
     Targets are resolved once on the clean inputs. Options given to :meth:`attribute` that
     are not the tunnel's own go to the wrapped method.
@@ -50,10 +58,12 @@ class NoiseTunnel:
         >>> sg.attribute(images).attributions
     """
 
-    _OWN = ("nt_type", "nt_samples", "stdevs", "noise_level", "value_range", "seed")
+    _OWN = ("nt_type", "nt_samples", "stdevs", "noise_level", "value_range", "seed", "nt_tolerance",
+            "nt_max_samples")
 
     def __init__(self, method, nt_type: str = "smoothgrad", nt_samples: int = 25, stdevs=None,
-                 noise_level: float = 0.15, value_range=(0.0, 1.0), seed=0):
+                 noise_level: float = 0.15, value_range=(0.0, 1.0), seed=0, nt_tolerance=None,
+                 nt_max_samples: int = 1000):
         if not hasattr(method, "_explain") or not hasattr(method, "resolve"):
             raise InvalidTypeError(
                 "`method` must be a tfattr attribution method instance, e.g. Gradient(model). "
@@ -61,7 +71,8 @@ class NoiseTunnel:
             )
         self.method = method
         self.config = self._check(dict(nt_type=nt_type, nt_samples=nt_samples, stdevs=stdevs,
-                                       noise_level=noise_level, value_range=value_range, seed=seed))
+                                       noise_level=noise_level, value_range=value_range, seed=seed,
+                                       nt_tolerance=nt_tolerance, nt_max_samples=nt_max_samples))
 
     @staticmethod
     def _check(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -78,15 +89,28 @@ class NoiseTunnel:
         if not np.isfinite(sigma) or sigma < 0:
             raise InvalidInputError("The noise standard deviation must be finite and ≥ 0. " + received("stdevs", sigma))
         config["sigma"] = float(sigma)
+        tol = config.get("nt_tolerance")
+        if tol is not None:
+            if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
+                raise InvalidInputError("`nt_tolerance` must be a positive number or None. " + received("nt_tolerance", tol))
+            if config["nt_type"] == "vargrad":
+                raise InvalidInputError("`nt_tolerance` works with nt_type 'smoothgrad' and 'smoothgrad_sq'. "
+                                        + received("nt_type", config["nt_type"]))
+        cap = config.get("nt_max_samples", 1000)
+        if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < n:
+            raise InvalidInputError("`nt_max_samples` must be an integer ≥ nt_samples. " + received("nt_max_samples", cap))
         return config
 
     @property
     def model(self):
         return self.method.model
 
-    def noise(self, shape, config) -> np.ndarray:
-        """The ``(nt_samples, …)`` noise draws for examples of ``shape`` (seeded)."""
-        return rng(config["seed"], STREAM_NOISE_TUNNEL).normal(0.0, config["sigma"], size=(config["nt_samples"],) + tuple(shape))
+    def noise(self, shape, config, block: int = 0) -> np.ndarray:
+        """The ``(nt_samples, …)`` noise draws of sample block ``block`` (seeded; block 0 is the
+        only one without ``nt_tolerance``)."""
+        generator = rng(config["seed"], STREAM_NOISE_TUNNEL) if block == 0 or config["seed"] is None else \
+            np.random.default_rng([int(config["seed"]), STREAM_NOISE_TUNNEL, block])
+        return generator.normal(0.0, config["sigma"], size=(config["nt_samples"],) + tuple(shape))
 
     def attribute(self, inputs, target=None, **options) -> Explanation:
         """Explain ``inputs``; see :meth:`tfattr.methods.base.AttributionMethod.attribute`."""
@@ -99,29 +123,73 @@ class NoiseTunnel:
         batch = method_config["batch_size"]
         targets, fx = method.resolve(x, target, batch)
         samples = config["nt_samples"]
-        noisy = images.array[:, None].astype(np.float64) + self.noise(images.array.shape[1:], config)[None]
-        noisy = method.to_model_dtype(noisy.reshape((-1,) + images.array.shape[1:]))
-        out = method._explain(noisy, targets.repeat(samples), None, method_config)
-        per_sample = out["attributions"].reshape((images.batch_size, samples) + images.array.shape[1:])
+        n, shape = images.batch_size, images.array.shape[1:]
+        square = config["nt_type"] != "smoothgrad"
+        total = np.zeros((n,) + shape)  # Σ a
+        total_sq = np.zeros((n,) + shape)  # Σ a²
+        total_q_sq = np.zeros((n,) + shape)  # Σ q², q = a or a² (the averaged quantity)
+        count = np.zeros(n, int)
+        delta_sum, base_sum, score_sum = np.zeros(n), np.zeros(n), np.zeros(n)
+        has_delta = True
+        active = np.ones(n, bool)
+        error = np.full(n, np.inf)
+        gradients = 0
+        tolerance, cap = config["nt_tolerance"], config["nt_max_samples"]
+        block = 0
+        while active.any():
+            todo = np.flatnonzero(active)
+            noise = self.noise(shape, config, block)
+            noisy = images.array[todo, None].astype(np.float64) + noise[None]
+            noisy = method.to_model_dtype(noisy.reshape((-1,) + shape))
+            out = method._explain(noisy, Targets(None if targets.indices is None else targets.indices[todo],
+                                                 targets.score_fn).repeat(samples), None, method_config)
+            gradients += out.get("gradients", 0)
+            per_sample = out["attributions"].reshape((len(todo), samples) + shape)
+            total[todo] += per_sample.sum(axis=1)
+            total_sq[todo] += (per_sample**2).sum(axis=1)
+            total_q_sq[todo] += (per_sample**4 if square else per_sample**2).sum(axis=1)
+            count[todo] += samples
+            if out.get("delta") is not None:
+                delta_sum[todo] += out["delta"].reshape(len(todo), samples).sum(axis=1)
+                base_sum[todo] += out["baseline_scores"].reshape(len(todo), samples).sum(axis=1)
+                score_sum[todo] += out["scores"].reshape(len(todo), samples).sum(axis=1)
+            else:
+                has_delta = False
+            block += 1
+            if tolerance is None:
+                break
+            k = count[todo].reshape((-1,) + (1,) * len(shape)).astype(np.float64)
+            q_mean = (total_sq[todo] if square else total[todo]) / k
+            q_var = np.maximum(total_q_sq[todo] / k - q_mean**2, 0.0) * k / np.maximum(k - 1, 1)
+            standard_error = np.sqrt((q_var / k).reshape(len(todo), -1).sum(axis=1))
+            size = np.sqrt((q_mean**2).reshape(len(todo), -1).sum(axis=1))
+            error[todo] = np.where(size > 0, standard_error / np.where(size > 0, size, 1), standard_error)
+            active[todo[(error[todo] <= tolerance) | (count[todo] + samples > cap)]] = False
+        if tolerance is not None and np.any(error > tolerance):
+            warnings.warn(
+                f"NoiseTunnel: {int(np.sum(error > tolerance))} of {n} example(s) did not reach "
+                f"nt_tolerance={tolerance:g} within nt_max_samples={cap} (relative standard errors "
+                f"{np.round(error[error > tolerance], 5).tolist()}).", RuntimeWarning, stacklevel=2)
+        k = count.reshape((-1,) + (1,) * len(shape)).astype(np.float64)
+        mean, mean_sq = total / k, total_sq / k
         if config["nt_type"] == "smoothgrad":
-            attributions = per_sample.mean(axis=1)
+            attributions = mean
         elif config["nt_type"] == "smoothgrad_sq":
-            attributions = (per_sample**2).mean(axis=1)
+            attributions = mean_sq
         else:
-            attributions = (per_sample**2).mean(axis=1) - per_sample.mean(axis=1) ** 2
-        delta = None
-        baseline_scores = None
-        if config["nt_type"] == "smoothgrad" and out.get("delta") is not None:
+            attributions = mean_sq - mean**2
+        delta = baseline_scores = None
+        if config["nt_type"] == "smoothgrad" and has_delta:
             # Σ SG − mean_n (f(x+ε_n) − f(z_n)) = mean_n delta_n: completeness of the average.
-            delta = out["delta"].reshape(images.batch_size, samples).mean(axis=1)
-            baseline_scores = out["baseline_scores"].reshape(images.batch_size, samples).mean(axis=1)
             # scores and baseline scores become the averages over the noisy copies, so that
             # delta = Σ attributions − (scores − baseline_scores) still holds.
-            fx = out["scores"].reshape(images.batch_size, samples).mean(axis=1)
+            delta, baseline_scores, fx = delta_sum / count, base_sum / count, score_sum / count
+        info = dict(out.get("info", {}), nt_type=config["nt_type"], nt_samples=count, stdevs=config["sigma"])
+        if tolerance is not None:
+            info["relative_standard_error"] = error
         packed = method._package(
             {"attributions": attributions, "delta": delta, "baseline_scores": baseline_scores,
-             "gradients": out.get("gradients", 0), "info": dict(out.get("info", {}), nt_type=config["nt_type"],
-                                                                nt_samples=samples, stdevs=config["sigma"])},
+             "gradients": gradients, "info": info},
             images, targets, fx, method_config,
         )
         packed.method = f"noise_tunnel[{config['nt_type']}, n={samples}, σ={config['sigma']:g}]({packed.method})"
