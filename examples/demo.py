@@ -74,17 +74,26 @@ def methods(model):
 
 
 def evaluate(model, x, attributions, labels, masks, seed):
-    """The papers' metrics, scaled to 64×64 images (AUPC windows of 6 px instead of 15 at 224)."""
+    """The papers' metrics, scaled to 64×64 images (AUPC windows of 6 px instead of 15 at 224).
+
+    Returns the per-image values and the mean curves (AUPC, deletion, insertion) for plotting.
+    """
     m = tfattr.metrics
-    return {
-        "AUPC": m.aupc(model, x, attributions, target=labels, kernel_size=6, regions=30, perturbations=50,
-                       seed=seed, verbose=0).area,
+    aupc = m.aupc(model, x, attributions, target=labels, kernel_size=6, regions=30, perturbations=50,
+                  seed=seed, verbose=0)
+    deletion = m.deletion(model, x, attributions, target=labels, verbose=0)
+    insertion = m.insertion(model, x, attributions, target=labels, verbose=0)
+    scores = {
+        "AUPC": aupc.area,
         "AUTVC": m.autvc(attributions).area,
-        "deletion": m.deletion(model, x, attributions, target=labels, verbose=0).auc,
-        "insertion": m.insertion(model, x, attributions, target=labels, verbose=0).auc,
+        "deletion": deletion.auc,
+        "insertion": insertion.auc,
         "pointing": m.pointing_game(attributions, masks, tolerance=3).hits.astype(float),
         "on digit": m.mask_energy(attributions, masks, absolute=True),
     }
+    curves = {"AUPC": aupc.curve.mean(axis=0), "deletion": deletion.curve.mean(axis=0),
+              "insertion": insertion.curve.mean(axis=0)}
+    return scores, curves
 
 
 def main():
@@ -106,14 +115,18 @@ def main():
     rows = [[viz.overlay(img, np.zeros(img.shape[:2]), alpha=0.0, size=tile)] for img in x]
     titles = [[f"digit {labels[i]}, predicted {predicted[i]}"] for i in range(len(x))]
     column_titles = ["image"]
-    table, raw = [], {}
+    table, raw, curves, traces = [], {}, {}, None
     for title, method in methods(model):
         start = time.perf_counter()
         expl = method.attribute(x, target=labels)
         seconds = time.perf_counter() - start
         attributions = np.asarray(expl)
         raw[title] = attributions
-        scores = evaluate(model, x, attributions, labels, masks, args.seed)
+        scores, method_curves = evaluate(model, x, attributions, labels, masks, args.seed)
+        for name, curve in method_curves.items():
+            curves.setdefault(name, {})[title] = curve
+        if expl.info.get("trace"):
+            traces = expl.info["trace"]
         completeness = "" if expl.delta is None else f"{100 * float(np.median(expl.relative_delta)):.2f}"
         table.append([title, f"{seconds:.2f}", str(expl.gradients), completeness]
                      + [f"{float(np.mean(v)):.3f}" for v in scores.values()])
@@ -126,6 +139,24 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     picture = viz.grid(rows, titles, column_titles=column_titles)
     png = viz.save_png(os.path.join(args.out, "attributions.png"), picture)
+    shown = ["Gradient", "SmoothGrad", "IG zero", "IG blur", "Guided IG", "SmoothTaylor", "RSI-Grad-CAM"]
+    panels = [viz.plot_curves({k: v for k, v in curves["AUPC"].items() if k in shown},
+                              title="AUPC: logit / |f(x)| as 6x6 windows turn to noise (lower is better)",
+                              xlabel="windows perturbed", ylabel="score"),
+              viz.plot_curves({k: v for k, v in curves["deletion"].items() if k in shown},
+                              title="Deletion: probability as top pixels are zeroed (lower is better)",
+                              xlabel="steps of 64 pixels", ylabel="p"),
+              viz.plot_curves({k: v for k, v in curves["insertion"].items() if k in shown},
+                              title="Insertion: probability as top pixels return (higher is better)",
+                              xlabel="steps of 64 pixels", ylabel="p")]
+    if traces:
+        panels.append(viz.plot_curves({f"image {i}": [t["sigma"] for t in trace] for i, trace in enumerate(traces)},
+                                      title="Adaptive noising (Algorithm 1): sigma tried at each evaluation",
+                                      xlabel="evaluation", ylabel="sigma"))
+        panels.append(viz.plot_curves({f"image {i}": [t["objective"] for t in trace] for i, trace in enumerate(traces)},
+                                      title="Adaptive noising: AUTVC of SmoothTaylor at that sigma (minimised)",
+                                      xlabel="evaluation", ylabel="AUTVC"))
+    curves_png = viz.save_png(os.path.join(args.out, "curves.png"), np.concatenate(panels, axis=0))
 
     mask_share = masks.reshape(len(masks), -1).mean()
     header = ("method", "seconds", "gradients", "completeness err %", "AUPC ↓", "AUTVC ↓", "deletion ↓",
@@ -145,7 +176,7 @@ def main():
     _write_npz(npz, images=x, labels=labels, masks=masks, **{k.replace(" ", "_"): v for k, v in raw.items()})
     print()
     print(text)
-    print(f"wrote {png}\n      {md}\n      {npz}")
+    print(f"wrote {png}\n      {curves_png}\n      {md}\n      {npz}")
 
 
 def _write_text(path, text):

@@ -46,3 +46,17 @@ def test_grid_places_tiles_with_titles():
     out = viz.grid(tiles, [["a", "b"], ["c", "d"]], pad=1)
     assert out.shape == (2 * (16 + 10 + 2), 2 * 12, 3)
     assert out[1 + 16 + 5, 12 + 1 + 5, 0] == 100 and out[28 + 1 + 16 + 5, 1 + 5, 0] == 200
+
+
+def test_plot_curves_draws_each_series_in_its_colour_where_its_values_are():
+    rising = np.linspace(0, 1, 11)
+    picture = viz.plot_curves({"rising": rising, "flat": np.full(11, 0.5)}, title="t", size=(400, 300))
+    assert picture.shape == (300, 400, 3)
+    blue, orange = np.array([31, 119, 180]), np.array([255, 127, 14])
+    plot = picture[30:260, 60:250].astype(int)
+    blue_rows, blue_cols = np.nonzero(np.abs(plot - blue).sum(-1) < 60)
+    orange_rows, _ = np.nonzero(np.abs(plot - orange).sum(-1) < 60)
+    assert blue_rows.size and orange_rows.size
+    # the rising series goes from bottom-left to top-right; the flat one stays on one row band
+    assert np.corrcoef(blue_cols, -blue_rows)[0, 1] > 0.95
+    assert orange_rows.max() - orange_rows.min() <= 4

@@ -136,3 +136,71 @@ def save_png(path: str, image: np.ndarray) -> str:
             os.remove(tmp)
         raise
     return path
+
+
+_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def plot_curves(curves, title: str = "", xlabel: str = "step", ylabel: str = "score", size=(640, 400),
+                x_values=None) -> np.ndarray:
+    """Line plot of named curves (e.g. AUPC, deletion/insertion, an adaptive-noising trace) as RGB uint8.
+
+    Drawn with OpenCV so no plotting library is needed. ``curves`` maps a legend label to a 1-D
+    array (or ``(x, y)`` pair); ``x_values`` gives shared x positions (default ``0, 1, …``).
+    """
+    width, height = size
+    left, right, top, bottom = 60, 150, 30, 40
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    series = []
+    for label, values in curves.items():
+        if isinstance(values, tuple) and len(values) == 2:
+            xs, ys = (np.asarray(v, np.float64) for v in values)
+        else:
+            ys = np.asarray(values, np.float64).ravel()
+            xs = np.arange(len(ys), dtype=np.float64) if x_values is None else np.asarray(x_values, np.float64)
+        series.append((label, xs, ys))
+    all_x = np.concatenate([s[1] for s in series]) if series else np.zeros(1)
+    all_y = np.concatenate([s[2] for s in series]) if series else np.zeros(1)
+    finite = np.isfinite(all_y)
+    x0, x1 = float(all_x.min()), float(all_x.max()) if all_x.max() > all_x.min() else float(all_x.min()) + 1
+    y0, y1 = (float(all_y[finite].min()), float(all_y[finite].max())) if finite.any() else (0.0, 1.0)
+    if y1 <= y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def to_pixel(x, y):
+        px = left + (x - x0) / (x1 - x0) * (width - left - right)
+        py = height - bottom - (y - y0) / (y1 - y0) * (height - top - bottom)
+        return np.stack([px, py], axis=-1).round().astype(np.int32)
+
+    black = (0, 0, 0)
+    cv2.rectangle(canvas, (left, top), (width - right, height - bottom), black, 1)
+    for frac in np.linspace(0, 1, 5):
+        yv = y0 + frac * (y1 - y0)
+        py = int(to_pixel(np.array([x0]), np.array([yv]))[0, 1])
+        cv2.line(canvas, (left - 4, py), (left, py), black, 1)
+        cv2.putText(canvas, f"{yv:.3g}", (2, py + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, black, 1, cv2.LINE_AA)
+        xv = x0 + frac * (x1 - x0)
+        px = int(to_pixel(np.array([xv]), np.array([y0]))[0, 0])
+        cv2.line(canvas, (px, height - bottom), (px, height - bottom + 4), black, 1)
+        cv2.putText(canvas, f"{xv:.3g}", (px - 10, height - bottom + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.35, black, 1,
+                    cv2.LINE_AA)
+    cv2.putText(canvas, title, (left, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, black, 1, cv2.LINE_AA)
+    cv2.putText(canvas, xlabel, ((width - right + left) // 2 - 20, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, black,
+                1, cv2.LINE_AA)
+    cv2.putText(canvas, ylabel, (2, top - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.4, black, 1, cv2.LINE_AA)
+    for i, (label, xs, ys) in enumerate(series):
+        colour = _PALETTE[i % len(_PALETTE)]
+        ok = np.isfinite(ys)
+        points = to_pixel(xs[ok], ys[ok])
+        if len(points) > 1:
+            cv2.polylines(canvas, [points.reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
+        elif len(points) == 1:
+            cv2.circle(canvas, tuple(int(v) for v in points[0]), 3, colour, -1)
+        ly = top + 14 + 16 * i
+        cv2.line(canvas, (width - right + 8, ly - 4), (width - right + 28, ly - 4), colour, 2)
+        cv2.putText(canvas, str(label)[:18], (width - right + 32, ly), cv2.FONT_HERSHEY_SIMPLEX, 0.38, black, 1,
+                    cv2.LINE_AA)
+    return canvas
