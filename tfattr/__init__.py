@@ -24,10 +24,20 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover - environment g
 
 __version__ = "0.1.0"
 
+from tfattr import callbacks  # noqa: E402
 from tfattr import errors  # noqa: E402
 from tfattr import metrics  # noqa: E402
 from tfattr import surgery  # noqa: E402
-from tfattr.baselines import BASELINES, make_baselines  # noqa: E402
+from tfattr.baselines import (  # noqa: E402
+    BASELINES,
+    SavedBaseline,
+    TrainedBaseline,
+    load_baseline,
+    make_baselines,
+    save_baseline,
+    train_uniform_baseline,
+)
+from tfattr.callbacks import SaliencyLogger  # noqa: E402
 from tfattr.core.engine import PathEngine, PathRows  # noqa: E402
 from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.core.quadrature import quadrature  # noqa: E402
@@ -46,11 +56,17 @@ from tfattr.methods import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "callbacks",
     "errors",
     "metrics",
     "surgery",
     "BASELINES",
     "make_baselines",
+    "train_uniform_baseline",
+    "TrainedBaseline",
+    "save_baseline",
+    "load_baseline",
+    "SavedBaseline",
     "PathEngine",
     "PathRows",
     "NoiseTunnel",
@@ -65,4 +81,5 @@ __all__ = [
     "IntegratedGradients",
     "SmoothTaylor",
     "adaptive_noising",
+    "SaliencyLogger",
 ]

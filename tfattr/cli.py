@@ -2,8 +2,12 @@
 
     tfattr explain --model model.keras --images a.png b.jpg --method ig --baseline blur --out out/
     tfattr demo [--out outputs/demo]
+    tfattr baseline train --model model.keras|vgg19 --out saved_baselines/NAME [--lam 0.9 --loss maxabs ...]
+    tfattr baseline show saved_baselines/NAME [--model model.keras]
 
 ``explain`` writes one overlay PNG per image and method plus ``attributions.npz``.
+``baseline train`` trains the uniform-output baseline of Lerma & Lucas (2022) and saves it
+(SavedModel + metadata.json); ``baseline show`` prints its metadata and statistics.
 Errors in the arguments print one line and exit with code 2.
 """
 
@@ -44,6 +48,41 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo (every method on real photos, pictures + table)")
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
     demo.add_argument("--images", type=int, default=6)
+
+    baseline = sub.add_parser("baseline", help="train / show uniform-output baselines (Lerma & Lucas 2022)")
+    baseline_sub = baseline.add_subparsers(dest="baseline_command", required=True)
+    train = baseline_sub.add_parser(
+        "train", help="train a baseline whose output through the model is uniform, save it as a SavedModel folder")
+    train.add_argument("--model", required=True,
+                       help="path to a .keras file loadable by keras, or 'vgg19' (keras.applications.VGG19)")
+    train.add_argument("--weights", default="imagenet",
+                       help="VGG19 weights: 'imagenet' (downloads once) or 'none' (random; for timing)")
+    train.add_argument("--out", required=True, help="destination folder, e.g. saved_baselines/NAME")
+    train.add_argument("--start", default="black", help="starting baseline: black, zero, uniform or a number")
+    train.add_argument("--lam", type=float, default=0.9, help="λ in λ·L_out + (1 − λ)·MSE(b, b0) (default: 0.9)")
+    train.add_argument("--loss", default="maxabs", choices=("maxabs", "mse", "crossentropy"),
+                       help="output loss L_out (default: maxabs, the paper's best)")
+    train.add_argument("--steps", type=int, default=500, help="maximum optimiser steps (default: 500)")
+    train.add_argument("--learning-rate", type=float, default=None,
+                       help="RMSprop learning rate (default: 1e-3 × (high − low))")
+    train.add_argument("--patience", type=int, default=100,
+                       help="stop after this many steps without a better output loss; 0 = never (default: 100)")
+    train.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                       help="the baseline's value range; black = LOW (default: 0 1; 0 255 for vgg19)")
+    train.add_argument("--preprocess", default=None,
+                       help="preprocessing between baseline and model: none, caffe/vgg19, tf, torch "
+                            "(default: none; vgg19 for --model vgg19)")
+    train.add_argument("--target-distribution", default=None, metavar="FILE",
+                       help="target output o_t as a .npy or .json vector (default: uniform)")
+    train.add_argument("--outputs", default="auto", choices=("auto", "probabilities", "logits"),
+                       help="what the model outputs (default: auto: softmax head → probabilities)")
+    train.add_argument("--seed", type=int, default=0, help="seed of a random start")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing saved baseline at --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    show = baseline_sub.add_parser("show", help="print a saved baseline's metadata and before/after statistics")
+    show.add_argument("path", help="saved baseline folder")
+    show.add_argument("--model", default=None, help="also check that this .keras model is the one it was trained for")
+    show.add_argument("--json", action="store_true", help="print metadata.json as it is")
     return parser
 
 
@@ -119,12 +158,75 @@ def _demo(args) -> int:
     return 0
 
 
+def _baseline_model(args):
+    import keras
+
+    if args.model.lower() != "vgg19":
+        return keras.models.load_model(args.model), None, (0.0, 1.0)
+    weights = None if args.weights.lower() == "none" else args.weights
+    try:
+        model = keras.applications.VGG19(weights=weights)
+    except Exception as error:  # keras raises a bare Exception when the download fails
+        raise OSError(f"cannot build VGG19 with weights={args.weights!r} ({error}); without internet "
+                      "use --weights none or a local .keras file") from None
+    return model, "vgg19", (0.0, 255.0)
+
+
+def _baseline(args) -> int:
+    from tfattr.baselines import load_baseline, save_baseline, train_uniform_baseline
+
+    if args.baseline_command == "show":
+        model = None
+        if args.model is not None:
+            import keras
+
+            model = keras.models.load_model(args.model)
+        loaded = load_baseline(args.path, model=model)
+        if args.json:
+            import json
+
+            print(json.dumps(loaded.metadata, indent=2, ensure_ascii=False))
+        else:
+            print(loaded.report())
+        if model is not None:
+            print(f"matches {args.model} (fingerprint and input shape)")
+        return 0
+    model, default_preprocess, default_range = _baseline_model(args)
+    start = args.start
+    try:
+        start = float(start)
+    except ValueError:
+        pass
+    preprocess = default_preprocess if args.preprocess is None else args.preprocess
+    preprocess = None if preprocess is None or preprocess.lower() == "none" else preprocess
+    target = None
+    if args.target_distribution is not None:
+        if args.target_distribution.endswith(".json"):
+            import json
+
+            with open(args.target_distribution, encoding="utf-8") as handle:
+                target = np.asarray(json.load(handle), dtype=np.float64)
+        else:
+            target = np.load(args.target_distribution)
+    trained = train_uniform_baseline(
+        model, start=start, target_distribution=target, lam=args.lam, output_loss=args.loss, steps=args.steps,
+        learning_rate=args.learning_rate, preprocess=preprocess,
+        value_range=tuple(args.value_range) if args.value_range is not None else default_range,
+        outputs=args.outputs, patience=args.patience if args.patience != 0 else None, seed=args.seed,
+        verbose=0 if args.quiet else 1,
+    )
+    if args.quiet:
+        print(trained.report())
+    print(save_baseline(trained, args.out, overwrite=args.overwrite))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     try:
-        return _explain(args) if args.command == "explain" else _demo(args)
+        return {"explain": _explain, "demo": _demo, "baseline": _baseline}[args.command](args)
     except (ValueError, TypeError, OSError) as error:
         print(f"tfattr {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -19,7 +19,8 @@ name                baseline ``z`` for an input ``x`` in ``[low, high]``        
 (IG_noise, SmoothTaylor paper eq. 3); deterministic baselines always use one.
 An array (one baseline ``(…)``, one per example ``(N, …)``, or ``K`` per example
 ``(N, K, …)``; a leading 1 broadcasts) or a callable ``x -> array`` of those shapes
-covers everything else, trained baselines included.
+covers everything else, trained baselines included; the folder of a saved baseline
+(``"saved_baselines/NAME"``, :func:`tfattr.baselines.save_baseline`) is loaded and used as one.
 
 Random draws depend on ``seed`` and on the draw's index only, never on the batch:
 every example of a batch gets the same noise draws, so an image's attribution is
@@ -28,6 +29,7 @@ the same whether it is explained alone or in a batch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple, Union
 
@@ -204,7 +206,9 @@ def make_baselines(
 
     Args:
         baseline: a name from :data:`BASELINES` (or alias), a number (constant baseline),
-            an array/tensor, or a callable ``x -> array``.
+            an array/tensor, a callable ``x -> array`` (e.g. a trained or loaded baseline), or
+            the folder of a saved baseline (``"saved_baselines/NAME"``, see
+            :mod:`tfattr.baselines.saved`).
         x: the validated inputs.
         value_range: ``(low, high)`` of the model's input space, used by ``black``,
             ``uniform``, ``gaussian`` (clipping) and ``max_distance``.
@@ -223,12 +227,16 @@ def make_baselines(
     low, high = value_range
     if isinstance(n_baselines, bool) or not isinstance(n_baselines, (int, np.integer)) or n_baselines < 1:
         raise InvalidInputError("`n_baselines` must be a positive integer. " + received("n_baselines", n_baselines))
+    if isinstance(baseline, str) and os.path.isdir(baseline):  # a saved baseline folder
+        from tfattr.baselines.saved import cached_load
+
+        baseline = cached_load(baseline)  # raises if the folder has no metadata.json
     if isinstance(baseline, str):
         key = _ALIASES.get(baseline.lower(), baseline.lower())
         if key not in BASELINES:
             raise InvalidInputError(
-                f"Unknown baseline; expected one of {sorted(BASELINES)}, a number, an array or a "
-                "callable. " + received("baseline", baseline)
+                f"Unknown baseline; expected one of {sorted(BASELINES)}, a number, an array, a "
+                "callable or the folder of a saved baseline. " + received("baseline", baseline)
             )
         draws = int(n_baselines) if key in _RANDOM else 1
         array = BASELINES[key](x, low, high, draws, seed, **options)

@@ -1,0 +1,307 @@
+"""The uniform-output baseline (Lerma & Lucas 2022, eq. 8): training, SavedModel export/load, CLI.
+
+The classifier is a small VGG-style CNN trained for a few seconds on 16×16 digits 0–3 pasted
+on photographs (``tfattr.data.digits_on_photos``, ~85% training accuracy); on a black image it
+gives one class ~0.58 where uniform is 0.25.
+
+Documented bound: with the defaults (λ = 0.9, max-abs, RMSprop, learning rate
+1e-3·(high − low), ≤ 500 steps, patience 100) the trained baseline stays within a mean squared
+pixel change ``MSE(b, b₀) ≤ 0.01`` of black on the [0, 1] scale (RMS change ≤ 0.1; measured
+0.004), while ``max|o_b − 1/K|`` falls at least 10× (measured ~200×).
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfattr
+from tfattr.baselines import (
+    BaselineMismatchError,
+    BaselineMismatchWarning,
+    MaxAbsStallWarning,
+    load_baseline,
+    model_fingerprint,
+    save_baseline,
+    train_uniform_baseline,
+)
+from tfattr.baselines import saved as saved_module
+from tfattr.baselines.uniform_output import OUTPUT_LOSSES
+from tfattr.cli import main
+from tfattr.data import digits_on_photos
+from tfattr.errors import InvalidInputError, InvalidTypeError
+
+SIZE, CLASSES = 16, 4
+PIXEL_MSE_BOUND = 0.01
+
+
+def tiny_classifier(softmax=True, size=SIZE, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    h = keras.layers.Rescaling(1.0, offset=-0.5)(inputs)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(32, activation="relu")(h)
+    outputs = keras.layers.Dense(CLASSES, activation="softmax" if softmax else None)(h)
+    return keras.Model(inputs, outputs)
+
+
+def fit(model, x, y, epochs):
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    data = digits_on_photos(1024, size=SIZE, classes=CLASSES, seed=0)
+    return fit(tiny_classifier(), data["image"], data["label"], epochs=10)
+
+
+@pytest.fixture(scope="module")
+def trained(classifier):
+    return train_uniform_baseline(classifier, start="black", verbose=0)
+
+
+def probabilities(model, image):
+    return keras.ops.convert_to_numpy(model(image[None].astype("float32"), training=False))[0].astype(np.float64)
+
+
+# -- training ---------------------------------------------------------------------------------
+def test_training_reduces_max_abs_error_tenfold_with_a_small_pixel_change(classifier, trained):
+    weights_before = [w.copy() for w in classifier.get_weights()]
+    uniform = 1.0 / CLASSES
+    black = np.zeros((SIZE, SIZE, 3), np.float32)
+    before = np.abs(probabilities(classifier, black) - uniform).max()
+    after = np.abs(probabilities(classifier, trained.baseline) - uniform).max()
+    assert before > 0.3  # black gets ~0.58 for one class where "I don't know" is 0.25
+    assert after <= before / 10
+    change = np.mean((trained.baseline.astype(np.float64) - black) ** 2)
+    assert change <= PIXEL_MSE_BOUND
+    # the report says what independent forward passes say
+    assert trained.before["max_abs_error"] == pytest.approx(before, abs=1e-6)
+    assert trained.after["max_abs_error"] == pytest.approx(after, abs=1e-6)
+    assert trained.pixels["mean_squared_change"] == pytest.approx(change, rel=1e-6)
+    assert trained.after["entropy"] > trained.before["entropy"]
+    assert "reduced" in trained.report()
+    # the classifier is frozen: untouched by training the baseline
+    for old, new in zip(weights_before, classifier.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_lambda_zero_leaves_the_baseline_equal_to_the_start(classifier):
+    result = train_uniform_baseline(classifier, start="uniform", lam=0.0, steps=25, patience=None, seed=3, verbose=0)
+    assert result.start.std() > 0.2  # a non-trivial start
+    np.testing.assert_array_equal(result.baseline, result.start)
+    assert result.pixels["mean_squared_change"] == 0.0
+
+
+@pytest.mark.parametrize("output_loss", OUTPUT_LOSSES)
+def test_each_output_loss_is_selectable_and_differentiable(classifier, output_loss):
+    result = train_uniform_baseline(classifier, output_loss=output_loss, steps=40, patience=None, verbose=0)
+    assert result.config["output_loss"] == output_loss
+    p = probabilities(classifier, result.start)
+    t = np.full(CLASSES, 1.0 / CLASSES)
+    expected = {"maxabs": np.abs(p - t).max(), "mse": np.mean((p - t) ** 2),
+                "crossentropy": -(t * np.log(p)).sum()}[output_loss]
+    assert result.history["output_loss"][0] == pytest.approx(expected, rel=1e-4)  # the selected loss is used
+    # differentiable: gradients reach the pixels and lower the output loss
+    assert np.isfinite(result.baseline).all() and np.abs(result.baseline - result.start).max() > 0
+    floor = -(t * np.log(t)).sum() if output_loss == "crossentropy" else 0.0  # min of L_out at o_b = o_t
+    assert min(result.history["output_loss"]) - floor < 0.8 * (result.history["output_loss"][0] - floor)
+
+
+def test_logits_are_turned_into_probabilities_and_a_custom_target_is_reached(classifier):
+    logits = tiny_classifier(softmax=False)
+    logits.set_weights(classifier.get_weights())
+    target = np.array([0.1, 0.2, 0.3, 0.4])
+    result = train_uniform_baseline(logits, target_distribution=target, output_loss="crossentropy", verbose=0)
+    assert result.config["outputs"] == "logits"
+    z = keras.ops.convert_to_numpy(logits(np.zeros((1, SIZE, SIZE, 3), np.float32)))[0].astype(np.float64)
+    softmax = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    assert result.before["max"] == pytest.approx(softmax.max(), rel=1e-5)
+    assert result.after["max_abs_error"] < result.before["max_abs_error"] / 10
+
+
+def test_maxabs_stalled_on_a_vanishing_class_warns_and_crossentropy_escapes():
+    """Colours R, G, B and "all lit": black gets one class ~1e-7, so max-abs sees |0 − 1/4| with no gradient."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, CLASSES, 384)
+    x = rng.uniform(0.0, 0.3, (384, SIZE, SIZE, 3))
+    for k in range(3):
+        x[labels == k, :, :, k] += 0.6
+    x[labels == 3] += 0.6
+    model = fit(tiny_classifier(), x.astype("float32"), labels, epochs=4)
+    with pytest.warns(MaxAbsStallWarning, match="crossentropy"):
+        stalled = train_uniform_baseline(model, verbose=0)
+    escaped = train_uniform_baseline(model, output_loss="crossentropy", learning_rate=1e-2, verbose=0)
+    assert escaped.after["max_abs_error"] < stalled.after["max_abs_error"] / 2
+
+
+def test_invalid_arguments_raise_errors_that_name_the_argument(classifier):
+    bad = [
+        (dict(lam=1.5), InvalidInputError, "lam"),
+        (dict(output_loss="l1"), InvalidInputError, "output_loss"),
+        (dict(steps=0), InvalidInputError, "steps"),
+        (dict(learning_rate=-1.0), InvalidInputError, "learning_rate"),
+        (dict(target_distribution=[0.5, 0.5]), InvalidInputError, "target_distribution"),
+        (dict(target_distribution=[0.5, 0.5, 0.5, -0.5]), InvalidInputError, "target_distribution"),
+        (dict(start="blur"), InvalidInputError, "start"),
+        (dict(start=np.zeros((8, 8, 3))), InvalidInputError, "start"),
+        (dict(preprocess="imagenet"), InvalidInputError, "preprocess"),
+        (dict(outputs="scores"), InvalidInputError, "outputs"),
+        (dict(value_range=(1, 0)), InvalidInputError, "value_range"),
+    ]
+    for kwargs, error, name in bad:
+        with pytest.raises(error, match=f"Received: {name}"):
+            train_uniform_baseline(classifier, verbose=0, **kwargs)
+    with pytest.raises(InvalidTypeError, match="Received: type\\(model\\)"):
+        train_uniform_baseline(lambda x: x)
+    free = keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    with pytest.raises(InvalidInputError, match="fully defined input shape"):
+        train_uniform_baseline(free)
+
+
+# -- fingerprint, save, load ----------------------------------------------------------------------
+def test_fingerprint_ignores_layer_names_but_not_weights(classifier):
+    twin = tiny_classifier()  # same architecture, other auto-generated layer names
+    twin.set_weights(classifier.get_weights())
+    assert [l.name for l in twin.layers] != [l.name for l in classifier.layers]
+    assert model_fingerprint(twin) == model_fingerprint(classifier)
+    twin.layers[-1].kernel.assign(twin.layers[-1].kernel + 1e-3)
+    changed = model_fingerprint(twin)
+    assert changed["weights"] != model_fingerprint(classifier)["weights"]
+    assert changed["architecture"] == model_fingerprint(classifier)["architecture"]
+
+
+def test_save_then_load_gives_the_identical_tensor_and_metadata(classifier, trained, tmp_path):
+    path = save_baseline(trained, tmp_path / "baselines" / "tiny_uniform")
+    loaded = load_baseline(path, model=classifier)
+    np.testing.assert_array_equal(loaded.array, trained.baseline)
+    assert loaded.array.dtype == trained.baseline.dtype == np.float32
+    raw = tf.saved_model.load(str(path)).signatures["serving_default"]()["baseline"].numpy()
+    np.testing.assert_array_equal(raw, trained.baseline)  # readable by any TF program
+    with open(os.path.join(path, "metadata.json"), encoding="utf-8") as handle:
+        meta = json.load(handle)
+    assert meta == loaded.metadata
+    assert meta["model"]["fingerprint"] == model_fingerprint(classifier)["fingerprint"]
+    assert meta["baseline"] == {"shape": [SIZE, SIZE, 3], "dtype": "float32", "value_range": [0.0, 1.0],
+                                "preprocessing": None, "start": "black"}
+    assert (meta["training"]["lam"], meta["training"]["output_loss"]) == (0.9, "maxabs")
+    assert meta["training"]["steps"] == 500 and meta["training"]["steps_run"] == trained.steps_run
+    assert meta["target_distribution"] == {"kind": "uniform", "values": [0.25] * CLASSES}
+    assert meta["statistics"] == json.loads(json.dumps({"before": trained.before, "after": trained.after,
+                                                        "pixels": trained.pixels}))
+    assert meta["library_version"] == tfattr.__version__
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+    assert size < 200_000  # one tensor and a tiny module, no classifier inside
+    # a copy of a loaded baseline is the same baseline
+    copy = save_baseline(loaded, tmp_path / "copy")
+    np.testing.assert_array_equal(load_baseline(copy).array, trained.baseline)
+
+
+def test_loading_for_a_wrong_model_raises_or_warns(classifier, trained, tmp_path):
+    path = save_baseline(trained, tmp_path / "tiny_uniform")
+    other = tiny_classifier(seed=1)  # same architecture, other weights
+    with pytest.raises(BaselineMismatchError, match="weights"):
+        load_baseline(path, model=other)
+    with pytest.raises(BaselineMismatchError, match="input shape"):
+        load_baseline(path, model=tiny_classifier(size=8))
+    with pytest.warns(BaselineMismatchWarning, match="trained for another model"):
+        loaded = load_baseline(path, model=other, strict=False)
+    np.testing.assert_array_equal(loaded.array, trained.baseline)
+    with pytest.raises(InvalidInputError, match="no metadata.json"):
+        load_baseline(tmp_path)
+    with pytest.raises(InvalidInputError, match="No saved baseline folder"):
+        load_baseline(tmp_path / "missing")
+
+
+def test_an_interrupted_save_leaves_no_half_written_folder(trained, tmp_path, monkeypatch):
+    parent = tmp_path / "baselines"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("interrupted while writing metadata.json")
+
+    monkeypatch.setattr(saved_module, "_write_metadata", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_baseline(trained, parent / "tiny_uniform")
+    assert os.listdir(parent) == []  # neither the destination nor a temporary folder
+    monkeypatch.undo()
+
+    # overwriting: a crash at the final rename keeps the previous complete baseline
+    path = save_baseline(trained, parent / "tiny_uniform")
+    old_meta = load_baseline(path).metadata
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in os.path.basename(src):
+            raise OSError("disk full")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(saved_module.os, "rename", rename)
+    with pytest.raises(OSError, match="disk full"):
+        save_baseline(trained, path, overwrite=True)
+    monkeypatch.undo()
+    assert os.listdir(parent) == ["tiny_uniform"]
+    assert load_baseline(path).metadata == old_meta
+
+
+def test_save_refuses_to_replace_without_overwrite_or_a_folder_that_is_not_a_baseline(trained, tmp_path):
+    path = save_baseline(trained, tmp_path / "tiny_uniform")
+    with pytest.raises(InvalidInputError, match="overwrite=True"):
+        save_baseline(trained, path)
+    assert save_baseline(trained, path, overwrite=True) == path
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(InvalidInputError, match="not a saved baseline"):
+        save_baseline(trained, tmp_path / "photos", overwrite=True)
+    with pytest.raises(InvalidTypeError, match="TrainedBaseline"):
+        save_baseline(np.zeros((SIZE, SIZE, 3)), tmp_path / "array")
+
+
+# -- use in IG-family methods ---------------------------------------------------------------------
+def test_ig_takes_a_saved_baseline_folder_or_the_loaded_object(classifier, trained, tmp_path):
+    path = save_baseline(trained, tmp_path / "tiny_uniform")
+    x = np.random.default_rng(1).uniform(0, 1, (2, SIZE, SIZE, 3)).astype("float32")
+    ig = tfattr.IntegratedGradients(classifier, steps=8)
+    reference = np.asarray(ig.attribute(x, baseline=trained.baseline))
+    from_path = ig.attribute(x, baseline=str(path))
+    from_object = ig.attribute(x, baseline=load_baseline(path, model=classifier))
+    from_training = ig.attribute(x, baseline=trained)
+    (tmp_path / "empty").mkdir()
+    for expl in (from_path, from_object, from_training):
+        np.testing.assert_array_equal(np.asarray(expl), reference)
+    assert from_path.info["baseline"] == "saved:tiny_uniform"
+    with pytest.raises(InvalidInputError, match="has shape"):
+        tfattr.IntegratedGradients(tiny_classifier(size=8), steps=4).attribute(
+            np.zeros((1, 8, 8, 3), np.float32), baseline=str(path))
+    with pytest.raises(InvalidInputError, match="no metadata.json"):
+        ig.attribute(x, baseline=str(tmp_path / "empty"))
+
+
+# -- command line ---------------------------------------------------------------------------------
+def test_cli_trains_saves_and_shows_a_baseline(classifier, tmp_path, capsys):
+    model_path = str(tmp_path / "tiny.keras")
+    classifier.save(model_path)
+    out = str(tmp_path / "saved_baselines" / "tiny_uniform")
+    code = main(["baseline", "train", "--model", model_path, "--out", out, "--steps", "30", "--quiet"])
+    assert code == 0
+    loaded = load_baseline(out, model=classifier)
+    assert loaded.metadata["training"]["steps"] == 30
+    assert main(["baseline", "show", out, "--model", model_path]) == 0
+    shown = capsys.readouterr().out
+    assert "before:" in shown and "after:" in shown and "matches" in shown
+    assert main(["baseline", "train", "--model", model_path, "--out", out, "--steps", "5", "--quiet"]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert main(["baseline", "train", "--model", model_path, "--out", out, "--lam", "2", "--quiet"]) == 2
+    assert "Received: lam=2.0" in capsys.readouterr().err
+    assert main(["baseline", "show", str(tmp_path / "missing")]) == 2
+    other = str(tmp_path / "other.keras")
+    tiny_classifier(seed=1).save(other)
+    assert main(["baseline", "show", out, "--model", other]) == 2
+    assert "trained for another model" in capsys.readouterr().err

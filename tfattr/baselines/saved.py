@@ -1,0 +1,405 @@
+"""Export and reuse trained baselines: a TF SavedModel plus ``metadata.json``, written atomically.
+
+A saved baseline is a folder::
+
+    saved_baselines/NAME/
+        saved_model.pb, variables/    a tf.Module whose "serving_default" signature takes no
+                                      input and returns {"baseline": (H, W, C) tensor}
+        metadata.json                 the classifier's fingerprint, input shape and dtype, value
+                                      range, preprocessing, λ, loss, steps, target distribution,
+                                      before/after output statistics, library versions
+
+The classifier is *not* inside it (the folder holds one tensor); its fingerprint
+(:func:`~tfattr.baselines.uniform_output.model_fingerprint`) ties the baseline to it.
+Any TensorFlow program reads it with
+``tf.saved_model.load(path).signatures["serving_default"]()["baseline"]``.
+
+:func:`save_baseline` writes into a temporary folder next to the destination and renames
+it into place (an existing destination is renamed aside first and deleted after), so an
+interrupted save never leaves a half-written folder. :func:`load_baseline` checks the
+fingerprint and input shape against a model when given one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import tensorflow as tf
+
+from tfattr.errors import InvalidInputError, InvalidTypeError, received
+
+__all__ = [
+    "METADATA_FILE",
+    "BaselineMismatchError",
+    "BaselineMismatchWarning",
+    "SavedBaseline",
+    "save_baseline",
+    "load_baseline",
+    "is_saved_baseline",
+]
+
+METADATA_FILE = "metadata.json"
+FORMAT = "tfattr.saved_baseline"
+FORMAT_VERSION = 1
+SIGNATURE = "serving_default"
+OUTPUT_KEY = "baseline"
+
+
+class BaselineMismatchError(InvalidInputError):
+    """A saved baseline was trained for another model (fingerprint or input shape differ)."""
+
+
+class BaselineMismatchWarning(UserWarning):
+    """:func:`load_baseline` with ``strict=False``: the baseline was trained for another model."""
+
+
+def is_saved_baseline(path) -> bool:
+    """``True`` when ``path`` is a folder holding a ``metadata.json`` (a saved baseline)."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        return False
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, METADATA_FILE))
+
+
+class _BaselineModule(tf.Module):
+    """What the SavedModel holds: the baseline tensor and a signature that returns it."""
+
+    def __init__(self, baseline: np.ndarray):
+        super().__init__(name="saved_baseline")
+        self.baseline = tf.Variable(baseline, trainable=False, name="baseline")
+
+    @tf.function(input_signature=[])
+    def serve(self):
+        return {OUTPUT_KEY: tf.identity(self.baseline)}
+
+
+# -- saved baseline objects ------------------------------------------------------------------
+class SavedBaseline:
+    """A loaded baseline: the tensor as NumPy (:attr:`array`) and its :attr:`metadata`.
+
+    Calling it returns the baseline, so it can be passed to any IG-family method
+    (``IntegratedGradients(model, baseline=loaded)``); with the batch ``x`` it first
+    checks that the images have the baseline's shape.
+
+    Attributes:
+        path: the folder it was loaded from.
+        array: ``(H, W, C)`` baseline in the metadata's dtype.
+        metadata: the parsed ``metadata.json``.
+        module: the object returned by ``tf.saved_model.load``.
+    """
+
+    def __init__(self, path: str, array: np.ndarray, metadata: Dict[str, Any], module=None):
+        self.path = path
+        self.array = array
+        self.metadata = metadata
+        self.module = module
+
+    @property
+    def __name__(self) -> str:  # the registry names callables by __name__
+        return "saved:" + os.path.basename(os.path.normpath(self.path))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.metadata["model"]["fingerprint"]
+
+    @property
+    def value_range(self):
+        return tuple(self.metadata["baseline"]["value_range"])
+
+    @property
+    def preprocessing(self) -> Optional[str]:
+        return self.metadata["baseline"].get("preprocessing")
+
+    def __call__(self, x=None) -> np.ndarray:
+        if x is not None:
+            shape = tuple(np.shape(x))[1:]
+            if shape != self.array.shape:
+                raise InvalidInputError(
+                    f"The saved baseline {self.path!r} has shape {self.array.shape}; the images must "
+                    f"be (batch, {', '.join(map(str, self.array.shape))}). " + received("inputs.shape", tuple(np.shape(x)))
+                )
+        return self.array
+
+    def __repr__(self) -> str:
+        return f"SavedBaseline({self.path!r}, shape={self.array.shape}, dtype={self.array.dtype})"
+
+    def check_model(self, model, strict: bool = True) -> bool:
+        """Check that ``model`` is the classifier the baseline was trained for.
+
+        Compares the input shape and the fingerprint (architecture and weights hashes).
+        Raises :class:`BaselineMismatchError` on a mismatch, or with ``strict=False`` warns
+        (:class:`BaselineMismatchWarning`) and returns ``False``. Returns ``True`` on a match.
+        """
+        from tfattr.baselines.uniform_output import model_fingerprint
+
+        problems = []
+        inputs = getattr(model, "inputs", None) or []
+        if len(inputs) != 1:
+            raise InvalidTypeError("`model` must be a Keras model with one input. "
+                                   + received("type(model)", type(model).__name__))
+        shape = tuple(inputs[0].shape)[1:]
+        expected = tuple(self.metadata["baseline"]["shape"])
+        if len(shape) != len(expected) or any(d is not None and d != e for d, e in zip(shape, expected)):
+            problems.append(f"input shape {shape} != the baseline's {expected}")
+        saved = self.metadata["model"]
+        actual = model_fingerprint(model)
+        if actual["fingerprint"] != saved["fingerprint"]:
+            which = [part for part in ("architecture", "weights") if actual[part] != saved.get(part)]
+            problems.append(f"fingerprint differs ({' and '.join(which) or 'hash'}): trained for "
+                            f"{saved.get('name')!r} {saved['fingerprint'][:19]}…, got {actual['fingerprint'][:19]}…")
+        if not problems:
+            return True
+        message = (f"The saved baseline {self.path!r} was trained for another model: " + "; ".join(problems)
+                   + ". Retrain it (tfattr baseline train) or pass strict=False. "
+                   + received("model.name", getattr(model, "name", None)))
+        if strict:
+            raise BaselineMismatchError(message)
+        warnings.warn(message, BaselineMismatchWarning, stacklevel=3)
+        return False
+
+    def report(self) -> str:
+        """The before/after statistics recorded at training time, as text."""
+        from tfattr.baselines.uniform_output import format_report
+
+        meta = self.metadata
+        stats = meta["statistics"]
+        training = meta["training"]
+        config = dict(training, value_range=meta["baseline"]["value_range"])
+        header = (f"{self.path}: {tuple(meta['baseline']['shape'])} {meta['baseline']['dtype']} baseline for model "
+                  f"{meta['model'].get('name')!r} ({meta['model']['fingerprint'][:19]}…), start {meta['baseline'].get('start')!r}, "
+                  f"preprocessing {meta['baseline'].get('preprocessing')!r}, tfattr {meta.get('library_version')}")
+        extra = (f"steps {training['steps_run']} of {training['steps']} (best at {training['best_step']}"
+                 f"{', stopped early' if training.get('stopped_early') else ''}), optimizer {training.get('optimizer')}, "
+                 f"learning rate {training.get('learning_rate')}")
+        body = format_report(stats["before"], stats["after"], stats["pixels"], config,
+                             meta["target_distribution"]["values"], extra=extra)
+        return header + "\n" + body
+
+
+# -- save ----------------------------------------------------------------------------------
+def _metadata(result, name: str) -> Dict[str, Any]:
+    import keras
+
+    import tfattr
+    from tfattr.baselines.uniform_output import TrainedBaseline
+
+    if isinstance(result, SavedBaseline):
+        meta = json.loads(json.dumps(result.metadata))
+        meta["name"] = name
+        return meta
+    if not isinstance(result, TrainedBaseline):
+        raise InvalidTypeError(
+            "`result` must be what train_uniform_baseline returns (a TrainedBaseline) or a loaded "
+            "SavedBaseline. " + received("type(result)", type(result).__name__)
+        )
+    target = np.asarray(result.target_distribution, np.float64)
+    config = result.config
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "library_version": tfattr.__version__,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "signature": {"name": SIGNATURE, "output": OUTPUT_KEY},
+        "model": dict(result.model_info),
+        "baseline": {
+            "shape": list(result.baseline.shape),
+            "dtype": str(result.baseline.dtype),
+            "value_range": list(config["value_range"]),
+            "preprocessing": config["preprocessing"],
+            "start": config["start"],
+        },
+        "training": {
+            "method": "Lerma & Lucas 2022, eq. 8: lam * L_out(o_b, o_t) + (1 - lam) * MSE(b, b0)",
+            "lam": config["lam"],
+            "output_loss": config["output_loss"],
+            "outputs": config["outputs"],
+            "steps": config["steps"],
+            "steps_run": result.steps_run,
+            "best_step": result.best_step,
+            "stopped_early": result.stopped_early,
+            "patience": config["patience"],
+            "min_delta": config["min_delta"],
+            "optimizer": config["optimizer"],
+            "learning_rate": config["learning_rate"],
+            "seed": config["seed"],
+            "seconds": round(float(result.seconds), 3),
+        },
+        "target_distribution": {
+            "kind": "uniform" if np.allclose(target, 1.0 / target.size, rtol=0, atol=1e-12) else "custom",
+            "values": [float(v) for v in target],
+        },
+        "statistics": {"before": result.before, "after": result.after, "pixels": result.pixels},
+    }
+
+
+def _write_savedmodel(folder: str, array: np.ndarray) -> None:
+    module = _BaselineModule(array)
+    tf.saved_model.save(module, folder, signatures={SIGNATURE: module.serve.get_concrete_function()})
+
+
+def _write_metadata(folder: str, metadata: Dict[str, Any]) -> None:
+    with open(os.path.join(folder, METADATA_FILE), "w", encoding="utf-8") as handle:
+        json.dump(metadata, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def save_baseline(result, path: Union[str, os.PathLike], overwrite: bool = False) -> str:
+    """Export a trained baseline as a TF SavedModel plus ``metadata.json``, atomically.
+
+    Everything is written into a temporary folder beside ``path``, read back and checked,
+    then renamed to ``path``; an existing ``path`` (only a saved baseline, and only with
+    ``overwrite=True``) is renamed aside first and deleted after. Whatever interrupts the
+    save, ``path`` holds either the old complete baseline or the new one, and the
+    temporary folder is removed.
+
+    Args:
+        result: a :class:`~tfattr.baselines.uniform_output.TrainedBaseline` (or a loaded
+            :class:`SavedBaseline`, to copy it).
+        path: destination folder, e.g. ``"saved_baselines/NAME"``.
+        overwrite: replace an existing saved baseline at ``path``.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> trained = train_uniform_baseline(model)
+        >>> save_baseline(trained, "saved_baselines/my_model_uniform")
+        'saved_baselines/my_model_uniform'
+    """
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise InvalidTypeError("`path` must be a folder path. " + received("path", path)) from None
+    absolute = os.path.abspath(path)
+    name = os.path.basename(absolute)
+    if not name or not path:
+        raise InvalidInputError("`path` must name a folder. " + received("path", path))
+    metadata = _metadata(result, name)
+    array = np.ascontiguousarray(result.array)
+    if os.path.lexists(absolute):
+        if not is_saved_baseline(absolute):
+            raise InvalidInputError(f"{path!r} exists and is not a saved baseline; refusing to replace it. "
+                                    + received("path", path))
+        if not overwrite:
+            raise InvalidInputError(f"{path!r} already exists; pass overwrite=True (CLI: --overwrite) to replace it. "
+                                    + received("overwrite", overwrite))
+    parent = os.path.dirname(absolute)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    aside = None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+        _write_savedmodel(tmp, array)
+        _write_metadata(tmp, metadata)
+        written = load_baseline(tmp)
+        if written.array.shape != array.shape or written.array.dtype != array.dtype \
+                or not np.array_equal(written.array, array):
+            raise OSError(f"the SavedModel written for {path!r} does not read back the same tensor")
+        if os.path.lexists(absolute):
+            aside = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:12]}")
+            os.rename(absolute, aside)
+        os.rename(tmp, absolute)
+    except BaseException:
+        if aside is not None and not os.path.lexists(absolute):
+            os.rename(aside, absolute)
+            aside = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    _CACHE.clear()
+    return path
+
+
+# -- load ----------------------------------------------------------------------------------
+def load_baseline(path: Union[str, os.PathLike], model=None, strict: bool = True) -> SavedBaseline:
+    """Load a saved baseline with ``tf.saved_model.load``; check it against ``model`` if given.
+
+    Args:
+        path: a folder written by :func:`save_baseline`.
+        model: the classifier it will be used with: its input shape and fingerprint
+            (architecture + weights hash) must match the metadata.
+        strict: on a mismatch raise :class:`BaselineMismatchError` (default) or, when
+            ``False``, warn with :class:`BaselineMismatchWarning`.
+
+    Returns:
+        A :class:`SavedBaseline` (``.array``, ``.metadata``; callable, usable as ``baseline=``).
+
+    Example:
+        >>> loaded = load_baseline("saved_baselines/digits_on_photos_uniform", model=model)
+        >>> tfattr.IntegratedGradients(model, baseline=loaded).attribute(images)
+    """
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise InvalidTypeError("`path` must be a folder path. " + received("path", path)) from None
+    if not os.path.isdir(path):
+        raise InvalidInputError(f"No saved baseline folder at {path!r}. " + received("path", path))
+    meta_path = os.path.join(path, METADATA_FILE)
+    if not os.path.isfile(meta_path):
+        raise InvalidInputError(f"{path!r} is not a saved baseline: it has no {METADATA_FILE}. " + received("path", path))
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            metadata = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise InvalidInputError(f"Cannot read {meta_path!r}: {error}. " + received("path", path)) from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise InvalidInputError(f"{meta_path!r} is not tfattr baseline metadata. "
+                                + received("format", metadata.get("format") if isinstance(metadata, dict) else None))
+    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+        raise InvalidInputError(f"{path!r} was written by a newer tfattr (format {metadata.get('format_version')}). "
+                                + received("format_version", metadata.get("format_version")))
+    signature = metadata.get("signature", {})
+    try:
+        module = tf.saved_model.load(path)
+        outputs = module.signatures[signature.get("name", SIGNATURE)]()
+        array = outputs[signature.get("output", OUTPUT_KEY)].numpy()
+    except (OSError, KeyError, ValueError, tf.errors.OpError) as error:
+        raise InvalidInputError(f"Cannot read the SavedModel in {path!r} ({type(error).__name__}: {error}). "
+                                + received("path", path)) from None
+    expected_shape = tuple(metadata["baseline"]["shape"])
+    if array.shape != expected_shape or str(array.dtype) != metadata["baseline"]["dtype"]:
+        raise InvalidInputError(
+            f"{path!r} holds a {array.shape} {array.dtype} tensor but its metadata says "
+            f"{expected_shape} {metadata['baseline']['dtype']}. " + received("path", path)
+        )
+    loaded = SavedBaseline(path, array, metadata, module)
+    if model is not None:
+        loaded.check_model(model, strict=strict)
+    return loaded
+
+
+_CACHE: Dict[Any, SavedBaseline] = {}
+
+
+def cached_load(path: str) -> SavedBaseline:
+    """:func:`load_baseline` without a model, cached while the folder is unchanged (the registry uses it)."""
+    if not is_saved_baseline(path):
+        return load_baseline(path)  # raises the clear error
+    absolute = os.path.realpath(path)
+    meta = os.stat(os.path.join(absolute, METADATA_FILE))
+    key = (absolute, os.stat(absolute).st_ino, meta.st_ino, meta.st_mtime_ns)
+    hit = _CACHE.get(key)
+    if hit is None:
+        hit = load_baseline(path)
+        if len(_CACHE) >= 8:
+            _CACHE.clear()
+        _CACHE[key] = hit
+    return hit
