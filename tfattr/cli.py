@@ -21,7 +21,71 @@ from typing import List, Optional
 
 import numpy as np
 
-METHODS = ("ig", "gradient", "input-x-gradient", "smoothgrad")
+METHODS = ("ig", "guided-ig", "gradient", "input-x-gradient", "guided-backprop", "smoothgrad", "smoothtaylor",
+           "gradcam", "rsi-gradcam")
+
+
+def _method_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", default="zero",
+                        help="IG baseline: zero, black, uniform, gaussian, blur, max_distance, or a saved baseline "
+                             "folder (default: zero)")
+    parser.add_argument("--steps", type=int, default=50, help="IG / RSI-Grad-CAM steps (default: 50)")
+    parser.add_argument("--rule", default="riemann_right", help="IG rule (default: riemann_right)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="IG: refine until this relative completeness error instead of --steps")
+    parser.add_argument("--n-baselines", type=int, default=1, help="draws of a random baseline (default: 1)")
+    parser.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default: 25)")
+    parser.add_argument("--roots", type=int, default=150, help="SmoothTaylor roots R (default: 150)")
+    parser.add_argument("--sigma", default="0.15",
+                        help="SmoothTaylor sigma relative to the value range, or 'adaptive' (default: 0.15)")
+    parser.add_argument("--layer", default=None, help="Grad-CAM layer name or path (default: last 4-D layer)")
+    parser.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="the model's input range; images are scaled to it (default: 0 1; 0 255 for "
+                             "keras.applications names)")
+    parser.add_argument("--batch-size", type=int, default=16, help="points per forward+backward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+
+
+def _load_model(name: str, weights: str):
+    """A .keras path, or a keras.applications name (wrapped to take [0, 255] RGB, logits out)."""
+    import keras
+
+    import tfattr
+    import tfattr.data
+
+    key = name.lower().replace("-", "_")
+    if key in tfattr.data.APPLICATIONS:
+        return tfattr.data.keras_application(key, weights=None if weights == "none" else weights), (0.0, 255.0)
+    if not os.path.exists(name):
+        raise ValueError(f"no model file {name!r} (and not one of {sorted(tfattr.data.APPLICATIONS)})")
+    model = keras.models.load_model(name)
+    return tfattr.surgery.logits_model(model, missing="ignore"), (0.0, 1.0)
+
+
+def _build_method(name: str, model, args, value_range):
+    import tfattr
+
+    common = dict(batch_size=args.batch_size, verbose=args.verbose)
+    ig = dict(baseline=args.baseline, steps=args.steps, rule=args.rule, n_baselines=args.n_baselines,
+              value_range=value_range, seed=args.seed, tolerance=args.tolerance, **common)
+    sigma = args.sigma if args.sigma == "adaptive" else float(args.sigma)
+    builders = {
+        "ig": lambda: tfattr.IntegratedGradients(model, **ig),
+        "guided-ig": lambda: tfattr.GuidedIntegratedGradients(model, **ig),
+        "gradient": lambda: tfattr.Gradient(model, **common),
+        "input-x-gradient": lambda: tfattr.InputXGradient(model, **common),
+        "guided-backprop": lambda: tfattr.GuidedBackprop(model, **common),
+        "smoothgrad": lambda: tfattr.NoiseTunnel(tfattr.Gradient(model, **common), nt_samples=args.samples,
+                                                 value_range=value_range, seed=args.seed),
+        "smoothtaylor": lambda: tfattr.SmoothTaylor(model, roots=args.roots, sigma=sigma, noise_scale="relative",
+                                                    value_range=value_range, seed=args.seed, **common),
+        "gradcam": lambda: tfattr.GradCAM(model, layer=args.layer, **common),
+        "rsi-gradcam": lambda: tfattr.RSIGradCAM(model, layer=args.layer, steps=args.steps, baseline=args.baseline,
+                                                 value_range=value_range, seed=args.seed, **common),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return builders[name]()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,21 +93,31 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     explain = sub.add_parser("explain", help="explain image files with one method, write overlays and an .npz")
-    explain.add_argument("--model", required=True, help="path to a .keras / SavedModel file loadable by keras")
+    explain.add_argument("--model", required=True,
+                         help="a .keras file (its softmax head is stripped: logits are explained) or a "
+                              "keras.applications name: vgg16, vgg19, resnet50, densenet121, mobilenet_v2, inception_v3")
+    explain.add_argument("--weights", default="imagenet", help="keras.applications weights: imagenet or none")
     explain.add_argument("--images", nargs="+", required=True, help="image files (PNG, JPEG, ...)")
     explain.add_argument("--method", choices=METHODS, default="ig", help="attribution method (default: ig)")
-    explain.add_argument("--baseline", default="zero",
-                         help="IG baseline: zero, black, uniform, gaussian, blur, max_distance (default: zero)")
-    explain.add_argument("--steps", type=int, default=50, help="IG quadrature steps (default: 50)")
-    explain.add_argument("--rule", default="riemann_right", help="IG rule (default: riemann_right)")
-    explain.add_argument("--n-baselines", type=int, default=1, help="draws of a random baseline (default: 1)")
-    explain.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default: 25)")
     explain.add_argument("--target", type=int, default=None, help="class index (default: top-1 prediction)")
-    explain.add_argument("--value-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
-                         help="the model's input range; images are scaled to it (default: 0 1)")
-    explain.add_argument("--batch-size", type=int, default=16, help="points per forward+backward pass")
-    explain.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    _method_options(explain)
     explain.add_argument("--out", required=True, help="output folder")
+
+    evaluate = sub.add_parser("evaluate", help="score methods with AUPC, AUTVC, deletion/insertion, pointing game")
+    evaluate.add_argument("--model", default="demo",
+                          help="'demo' (the shipped digits-on-photos classifier), a .keras file, or a "
+                               "keras.applications name")
+    evaluate.add_argument("--weights", default="imagenet", help="keras.applications weights: imagenet or none")
+    evaluate.add_argument("--dataset", default="digits_on_photos",
+                          help="digits_on_photos (offline, with masks) or imagenette (TFDS download)")
+    evaluate.add_argument("--split", default="test", help="dataset split (default: test)")
+    evaluate.add_argument("--images", type=int, default=16, help="number of images (default: 16)")
+    evaluate.add_argument("--methods", default="gradient,smoothgrad,ig,guided-ig,smoothtaylor,gradcam,rsi-gradcam",
+                          help="comma-separated methods (default: a representative set)")
+    evaluate.add_argument("--aupc-kernel", type=int, default=None,
+                          help="AUPC window side (default: 15 scaled to the image side)")
+    _method_options(evaluate)
+    evaluate.add_argument("--out", default=os.path.join("outputs", "evaluate"), help="output folder (tables, cache)")
 
     demo = sub.add_parser("demo", help="run the demo (every method on real photos, pictures + table)")
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
@@ -103,27 +177,17 @@ def _load_images(paths: List[str], size, value_range) -> np.ndarray:
 
 
 def _explain(args) -> int:
-    import keras
-
     import tfattr
     from tfattr import viz
 
-    model = keras.models.load_model(args.model)
+    model, default_range = _load_model(args.model, args.weights)
+    value_range = tuple(args.value_range) if args.value_range else default_range
+    args.value_range = value_range
+    args.verbose = 1
     spec = tfattr.core.inputs.model_spec(model)
     size = spec.input_shape[:2] if spec.input_shape and None not in spec.input_shape[:2] else None
-    x = _load_images(args.images, size, args.value_range)
-    common = dict(batch_size=args.batch_size, verbose=1)
-    if args.method == "ig":
-        method = tfattr.IntegratedGradients(model, baseline=args.baseline, steps=args.steps, rule=args.rule,
-                                            n_baselines=args.n_baselines, value_range=tuple(args.value_range),
-                                            seed=args.seed, **common)
-    elif args.method == "gradient":
-        method = tfattr.Gradient(model, **common)
-    elif args.method == "input-x-gradient":
-        method = tfattr.InputXGradient(model, **common)
-    else:
-        method = tfattr.NoiseTunnel(tfattr.Gradient(model, **common), nt_samples=args.samples,
-                                    value_range=tuple(args.value_range), seed=args.seed)
+    x = _load_images(args.images, size, value_range)
+    method = _build_method(args.method, model, args, value_range)
     expl = method.attribute(x, target=args.target)
     os.makedirs(args.out, exist_ok=True)
     attributions = np.asarray(expl)
@@ -142,6 +206,51 @@ def _explain(args) -> int:
     print(npz)
     if expl.delta is not None:
         print(f"completeness error (relative, per image): {np.round(expl.relative_delta, 4).tolist()}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import tfattr
+    import tfattr.data
+    from tfattr.evaluation import evaluate, format_table
+
+    if args.model == "demo":
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        args.model = os.path.join(here, "examples", "assets", "digits_on_photos_cnn.keras")
+    model, default_range = _load_model(args.model, args.weights)
+    value_range = tuple(args.value_range) if args.value_range else default_range
+    args.verbose = 0
+    masks = None
+    if args.dataset == "digits_on_photos":
+        side = tfattr.core.inputs.model_spec(model).input_shape[0]
+        data = tfattr.data.digits_on_photos(args.images, size=side, split=args.split, seed=args.seed)
+        x, labels, masks = data["image"] * (value_range[1] - value_range[0]) + value_range[0], data["label"], data["mask"]
+    elif args.dataset == "imagenette":
+        side = tfattr.core.inputs.model_spec(model).input_shape[0]
+        pairs = list(tfattr.data.load_imagenette(split="validation" if args.split == "test" else args.split,
+                                                 size=side).take(args.images).as_numpy_iterator())
+        x = np.stack([p[0] for p in pairs]).astype(np.float32)
+        labels = np.array([p[1] for p in pairs])
+    else:
+        raise ValueError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette")
+    x = x.astype(np.float32)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [(name, _build_method(name, model, args, value_range)) for name in names]
+    side = x.shape[1]
+    kernel = args.aupc_kernel or max(2, round(15 * side / 224))
+    print(f"evaluating {len(names)} method(s) on {len(x)} {args.dataset} image(s), {side}x{side}, AUPC windows {kernel}px")
+    rows = evaluate(model, x, methods, labels=labels, masks=masks, value_range=value_range, aupc_kernel=kernel,
+                    pointing_tolerance=max(1, round(15 * side / 224)), seed=args.seed,
+                    cache_dir=os.path.join(args.out, "cache"))
+    text = format_table(rows)
+    print("\n" + text)
+    os.makedirs(args.out, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=args.out)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path = os.path.join(args.out, "table.md")
+    os.replace(tmp, path)
+    print(path)
     return 0
 
 
@@ -226,7 +335,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     try:
-        return {"explain": _explain, "demo": _demo, "baseline": _baseline}[args.command](args)
+        return {"explain": _explain, "evaluate": _evaluate, "demo": _demo, "baseline": _baseline}[args.command](args)
     except (ValueError, TypeError, OSError) as error:
         print(f"tfattr {args.command}: error: {error}", file=sys.stderr)
         return 2
