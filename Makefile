@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench papers install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ test: $(VENV)/.installed
 	$(PY) -m pytest tests
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_engine.py --quick
+	$(PY) benchmarks/bench_methods.py
+	$(PY) benchmarks/bench_guided.py
+	$(PY) benchmarks/bench_metrics.py --model small --size 64 --kernel-size 5 --images 8
+
+papers: $(VENV)/.installed
+	$(PY) benchmarks/evaluate_papers.py
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

@@ -101,6 +101,8 @@ def main():
     parser.add_argument("--out", default=os.path.join("outputs", "demo"))
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated method titles to run (default: all), e.g. 'IG zero,Grad-CAM'")
     args = parser.parse_args()
 
     classifier = load_classifier()
@@ -116,7 +118,10 @@ def main():
     titles = [[f"digit {labels[i]}, predicted {predicted[i]}"] for i in range(len(x))]
     column_titles = ["image"]
     table, raw, curves, traces = [], {}, {}, None
+    wanted = None if args.methods is None else {m.strip() for m in args.methods.split(",")}
     for title, method in methods(model):
+        if wanted is not None and title not in wanted:
+            continue
         start = time.perf_counter()
         expl = method.attribute(x, target=labels)
         seconds = time.perf_counter() - start
@@ -140,6 +145,7 @@ def main():
     picture = viz.grid(rows, titles, column_titles=column_titles)
     png = viz.save_png(os.path.join(args.out, "attributions.png"), picture)
     shown = ["Gradient", "SmoothGrad", "IG zero", "IG blur", "Guided IG", "SmoothTaylor", "RSI-Grad-CAM"]
+    shown = [k for k in shown if k in curves["AUPC"]] or list(curves["AUPC"])
     panels = [viz.plot_curves({k: v for k, v in curves["AUPC"].items() if k in shown},
                               title="AUPC: logit / |f(x)| as 6x6 windows turn to noise (lower is better)",
                               xlabel="windows perturbed", ylabel="score"),

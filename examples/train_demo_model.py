@@ -59,7 +59,7 @@ def train(epochs: int = 20, n_train: int = 8000, n_test: int = 1000, seed: int =
     os.close(fd)
     try:
         # ship the weights and architecture only (no optimizer state): a third of the size
-        shipped = keras.models.clone_model(model)
+        shipped = build_model()
         shipped.set_weights(model.get_weights())
         shipped.save(tmp)
         os.replace(tmp, out)

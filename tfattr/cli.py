@@ -122,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo (every method on real photos, pictures + table)")
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
     demo.add_argument("--images", type=int, default=6)
+    demo.add_argument("--methods", default=None, help="comma-separated method titles (default: all)")
 
     baseline = sub.add_parser("baseline", help="train / show uniform-output baselines (Lerma & Lucas 2022)")
     baseline_sub = baseline.add_subparsers(dest="baseline_command", required=True)
@@ -262,6 +263,8 @@ def _demo(args) -> int:
     if not os.path.exists(script):
         raise ValueError("the demo script examples/demo.py ships with the source tree; run it from a checkout")
     sys.argv = [script, "--out", args.out, "--images", str(args.images)]
+    if args.methods:
+        sys.argv += ["--methods", args.methods]
     sys.path.insert(0, os.path.dirname(script))
     runpy.run_path(script, run_name="__main__")
     return 0

@@ -1,0 +1,52 @@
+"""The shipped demo classifier: its documented accuracy, where IG and Grad-CAM look, the demo command."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import tfattr
+from tfattr.cli import main
+from tfattr.data import digits_on_photos
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = os.path.join(ROOT, "examples", "assets", "digits_on_photos_cnn.keras")
+DOCUMENTED_ACCURACY = 0.964  # README: on the 1,000 held-out test images (seed 0)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return keras.models.load_model(MODEL)
+
+
+def test_shipped_classifier_reaches_the_documented_accuracy(classifier):
+    test = digits_on_photos(1000, split="test", seed=0)
+    accuracy = float(np.mean(np.argmax(classifier.predict(test["image"], verbose=0), axis=1) == test["label"]))
+    assert accuracy == pytest.approx(DOCUMENTED_ACCURACY, abs=0.0015)
+
+
+def test_ig_and_gradcam_concentrate_on_the_digit(classifier):
+    model = tfattr.surgery.logits_model(classifier)
+    data = digits_on_photos(16, split="test", seed=1)
+    x, labels, masks = data["image"], data["label"], data["mask"]
+    share = masks.mean(axis=(1, 2))  # the digit's share of the image
+    for method in (tfattr.IntegratedGradients(model, steps=32, rule="riemann_trapezoid", batch_size=64),
+                   tfattr.GradCAM(model, layer="block3_conv2")):
+        attributions = np.asarray(method.attribute(x, target=labels))
+        energy = tfattr.metrics.mask_energy(attributions, masks, absolute=True)
+        # more attribution per pixel on the digit than off it, for the batch and for most images
+        assert energy.mean() > 2 * share.mean()
+        assert np.mean(energy > share) >= 0.8
+        assert tfattr.metrics.pointing_game(attributions, masks, tolerance=3).accuracy >= 0.75
+
+
+def test_demo_command_writes_the_picture_the_table_and_the_npz(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--images", "2", "--methods", "IG zero,Grad-CAM"]) == 0
+    table = (out / "metrics.md").read_text()
+    assert "| IG zero |" in table and "| Grad-CAM |" in table
+    stored = np.load(out / "attributions.npz")
+    assert stored["IG_zero"].shape == (2, 64, 64, 3) and stored["Grad-CAM"].shape == (2, 64, 64)
+    assert np.abs(stored["IG_zero"]).sum() > 0
+    assert (out / "attributions.png").stat().st_size > 1000 and (out / "curves.png").stat().st_size > 1000
