@@ -1,0 +1,67 @@
+"""Attribution sharded over two logical CPU devices equals the single-device run.
+
+Logical devices must be configured before TensorFlow starts, so the check runs in a fresh
+Python process.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import numpy as np
+    sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+    from conftest import small_cnn
+    import tfattr
+    from tfattr.distribute import distributed_attribute, replica_devices
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert len(replica_devices(strategy)) == 2, replica_devices(strategy)
+    model = small_cnn("relu")
+    x = np.random.default_rng(0).uniform(0, 1, (5, 16, 16, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4])
+    checks = [
+        (tfattr.IntegratedGradients(model, steps=8, baseline="uniform", n_baselines=2, seed=1), labels),
+        (tfattr.NoiseTunnel(tfattr.Gradient(model), nt_samples=4, seed=2), None),
+        (tfattr.GradCAM(model), labels),
+        (tfattr.SmoothTaylor(model, roots=6, sigma=0.1, seed=3), None),
+    ]
+    for method, target in checks:
+        single = method.attribute(x, target=target)
+        spread = distributed_attribute(method, x, target=target, strategy=strategy)
+        assert spread.info["shards"] == [3, 2], spread.info
+        np.testing.assert_allclose(np.asarray(spread), np.asarray(single), atol=1e-6)
+        np.testing.assert_array_equal(spread.targets, single.targets)
+        if single.delta is not None:
+            np.testing.assert_allclose(spread.delta, single.delta, atol=1e-6)
+        assert spread.gradients == single.gradients
+    from tfattr.evaluation import evaluate
+    model32 = small_cnn("relu", size=32)  # AUTVC needs maps of at least 30 px
+    x32 = np.random.default_rng(1).uniform(0, 1, (5, 32, 32, 3)).astype(np.float32)
+    masks = np.zeros((5, 32, 32), bool)
+    masks[:, 8:20, 8:20] = True
+    pairs = [("ig", tfattr.IntegratedGradients(model32, steps=4)), ("gradcam", tfattr.GradCAM(model32))]
+    one = evaluate(model32, x32, pairs, labels=labels, masks=masks, aupc_kernel=3, aupc_regions=4, verbose=False)
+    two = evaluate(model32, x32, pairs, labels=labels, masks=masks, aupc_kernel=3, aupc_regions=4, verbose=False,
+                   strategy=strategy)
+    for a, b in zip(one, two):
+        for key in a.per_image:
+            np.testing.assert_allclose(b.per_image[key], a.per_image[key], atol=1e-6, err_msg=key)
+        for key in a.curves:
+            np.testing.assert_allclose(b.curves[key], a.curves[key], atol=1e-6, err_msg=key)
+    print("OK")
+""")
+
+
+def test_two_logical_devices_give_the_single_device_result():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
+    done = subprocess.run([sys.executable, "-c", SCRIPT, ROOT], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
