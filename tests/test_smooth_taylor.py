@@ -143,3 +143,25 @@ def test_bad_options():
     with pytest.raises(ValueError, match="roots"):
         SmoothTaylor(model, roots=0)
     assert isinstance(NoiseTunnel(SmoothTaylor(model)), NoiseTunnel)
+
+
+def test_tolerance_draws_root_blocks_until_the_relative_standard_error_holds(relu_cnn, images):
+    st = SmoothTaylor(relu_cnn, roots=16, sigma=0.2, seed=5, tolerance=0.5, max_roots=1600)
+    expl = st.attribute(images, target=1)
+    used = expl.info["roots"]
+    assert np.all(used % 16 == 0) and np.all(expl.info["relative_standard_error"] <= 0.5)
+    assert expl.gradients == used.sum()
+    # SmoothTaylor's relative standard error falls like c / √n: a tolerance twice as loose needs
+    # about a quarter of the roots
+    looser = st.attribute(images, target=1, tolerance=1.0)
+    assert np.all(looser.info["roots"] <= used) and looser.info["roots"].sum() < 0.5 * used.sum()
+    # the first block is the fixed-R draw: a loose enough tolerance stops there and equals SmoothTaylor(R=16)
+    first = st.attribute(images, target=1, tolerance=100.0)
+    fixed = SmoothTaylor(relu_cnn, roots=16, sigma=0.2, seed=5).attribute(images, target=1)
+    assert np.all(first.info["roots"] == 16)
+    np.testing.assert_allclose(np.asarray(first), np.asarray(fixed), atol=1e-6)
+    np.testing.assert_allclose(first.delta, fixed.delta, atol=1e-5)
+    again = st.attribute(images, target=1)
+    np.testing.assert_array_equal(np.asarray(expl), np.asarray(again))
+    with pytest.warns(RuntimeWarning, match="did not reach tolerance"):
+        st.attribute(images, target=1, tolerance=1e-4, max_roots=32)

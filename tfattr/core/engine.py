@@ -104,12 +104,14 @@ class EngineResult:
         row_scores: ``(R,)`` float64 score of the model at each row's point.
         chunks: number of compiled chunk calls (= model forward+backward passes).
         endpoint: ``(N, …)`` mean differentiated values at ``α = 1`` (``collect_endpoint``), else ``None``.
+        squares: ``(N, …)`` per-example sums of squared row contributions (``collect_squares``), else ``None``.
     """
 
     attributions: np.ndarray
     row_scores: np.ndarray
     chunks: int
     endpoint: Optional[np.ndarray] = None
+    squares: Optional[np.ndarray] = None
 
 
 COMBINES = ("path", "plain", "stieltjes")
@@ -135,6 +137,8 @@ class PathEngine:
               weight 0; the previous value is carried across chunk boundaries.
         collect_endpoint: also return the mean of ``values`` over each example's rows at
             ``α = 1`` (a layer's activations at the input itself).
+        collect_squares: also return ``Σ_r contribution_r²`` per example (``EngineResult.squares``),
+            from which a Monte-Carlo standard error follows when rows are i.i.d. samples.
         verbose: ``0``/``False``, ``1``/``True`` or ``"auto"`` (progress for long runs).
     """
 
@@ -145,6 +149,7 @@ class PathEngine:
         combine: str = "path",
         collect_endpoint: bool = False,
         verbose: Verbose = "auto",
+        collect_squares: bool = False,
     ):
         if combine not in COMBINES:
             raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
@@ -152,12 +157,13 @@ class PathEngine:
         self.batch_size = int(batch_size)
         self.combine = combine
         self.collect_endpoint = bool(collect_endpoint)
+        self.collect_squares = bool(collect_squares)
         self.verbose = verbose
         self._compiled = {}
         self.traces = 0
 
     def _chunk_function(self, shape: Tuple[int, ...], dtype: tf.DType, relative: bool = False, clip=None):
-        key = (shape, dtype.name, relative, clip)
+        key = (shape, dtype.name, relative, clip, self.collect_squares)
         if key in self._compiled:
             return self._compiled[key]
         rank = len(shape) + 1
@@ -165,6 +171,7 @@ class PathEngine:
         gradient_fn = self.gradient_fn
         combine = self.combine
         collect = self.collect_endpoint
+        squares = self.collect_squares
         point_spec = tf.TensorSpec([None, *shape], dtype)
         index_spec = tf.TensorSpec([None], tf.int32)
         real_spec = tf.TensorSpec([None], tf.float64)
@@ -216,7 +223,11 @@ class PathEngine:
                 ends = tf.math.unsorted_segment_sum(at_end, local, count)
             else:
                 endpoint, ends = tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype)
-            return tf.cast(scores, tf.float64), sums, endpoint, ends, values[-1:]
+            if squares:  # Σ_r contribution_r², for Monte-Carlo standard errors when rows are i.i.d. samples
+                squared = tf.math.unsorted_segment_sum(contribution * contribution, local, count)
+            else:
+                squared = tf.zeros([0], acc_dtype)
+            return tf.cast(scores, tf.float64), sums, endpoint, ends, values[-1:], squared
 
         self._compiled[key] = chunk
         return chunk
@@ -239,7 +250,7 @@ class PathEngine:
         chunk = self._chunk_function(shape, x.dtype, bool(relative), None if clip is None else tuple(map(float, clip)))
         acc_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         total = len(rows)
-        attributions = endpoint = ends = None
+        attributions = endpoint = ends = squares = None
         row_scores = np.zeros(total, dtype=np.float64)
         example = rows.example.astype(np.int32)
         baseline = rows.baseline.astype(np.int32)
@@ -252,7 +263,7 @@ class PathEngine:
             part = slice(start, start + self.batch_size)
             first = int(example[start])
             count = int(example[min(start + self.batch_size, total) - 1]) - first + 1
-            scores, sums, chunk_endpoint, chunk_ends, carry = chunk(
+            scores, sums, chunk_endpoint, chunk_ends, carry, chunk_squares = chunk(
                 x,
                 baselines,
                 tf.constant(example[part]),
@@ -272,6 +283,10 @@ class PathEngine:
                     endpoint = np.zeros_like(attributions)
                     ends = np.zeros(num_examples)
             attributions[first : first + count] += sums
+            if self.collect_squares:
+                if squares is None:
+                    squares = np.zeros_like(attributions)
+                squares[first : first + count] += chunk_squares.numpy()
             if self.collect_endpoint:
                 endpoint[first : first + count] += chunk_endpoint.numpy()
                 ends[first : first + count] += chunk_ends.numpy()
@@ -281,7 +296,7 @@ class PathEngine:
         if self.collect_endpoint:
             with np.errstate(invalid="ignore", divide="ignore"):
                 endpoint = endpoint / ends.reshape((-1,) + (1,) * (endpoint.ndim - 1))
-        return EngineResult(attributions, row_scores, num_chunks, endpoint)
+        return EngineResult(attributions, row_scores, num_chunks, endpoint, squares)
 
 
 def forward_outputs(model, points, batch_size: int) -> np.ndarray:

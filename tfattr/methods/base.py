@@ -58,6 +58,8 @@ class AttributionMethod:
     combine = "path"
     #: ask the engine for the differentiated values at α = 1 (layer activations of the input)
     collect_endpoint = False
+    #: ask the engine for per-example sums of squared row contributions (Monte-Carlo errors)
+    collect_squares = False
 
     def __init__(self, model, **options):
         if not callable(model):
@@ -99,7 +101,7 @@ class AttributionMethod:
                 for old in [k for k in self._engines if k[0] == "callable"]:
                     del self._engines[old]
             engine = PathEngine(self.gradient_function(targets.score_fn), combine=self.combine,
-                                collect_endpoint=self.collect_endpoint)
+                                collect_endpoint=self.collect_endpoint, collect_squares=self.collect_squares)
             self._engines[key] = engine
         engine.batch_size = config["batch_size"]
         engine.verbose = config["verbose"]

@@ -9,6 +9,7 @@ step. The scores at ``α = 0`` are ``f(z⁽ʳ⁾)``, so the Taylor reconstructio
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
@@ -46,6 +47,11 @@ class SmoothTaylor(AttributionMethod):
             batch and scaled by each image's σ, so a result does not depend on its batch.
         objective: for ``sigma="adaptive"``: ``"aupc"``, ``"autvc"`` or a callable (see
             :func:`adaptive_noising`).
+        tolerance: ask for a Monte-Carlo accuracy instead of a root count: draw blocks of
+            ``roots`` until, per image, the standard error of the average relative to its norm,
+            ``‖SE‖₂ / ‖ST‖₂``, is at most ``tolerance``; converged images get no more roots.
+            ``info["roots"]`` and ``info["relative_standard_error"]`` report what each used.
+        max_roots: root budget per image with ``tolerance`` (default 3000).
         batch_size, verbose: see :class:`~tfattr.methods.base.AttributionMethod`.
 
     ``Explanation.delta`` is ``Σ ST − (f(x) − mean_r f(z⁽ʳ⁾))``; ``|delta|`` is the Taylor
@@ -58,11 +64,16 @@ class SmoothTaylor(AttributionMethod):
     """
 
     name = "smooth_taylor"
+    collect_squares = True  # each root is an i.i.d. sample: standard errors for `tolerance`
     options = {"roots": 150, "sigma": 0.5, "noise_scale": "absolute", "value_range": (0.0, 1.0), "seed": 0,
-               "objective": "aupc"}
+               "objective": "aupc", "tolerance": None, "max_roots": 3000}
 
     def _check_options(self, config):
         _positive_int("roots", config["roots"])
+        _positive_int("max_roots", config["max_roots"])
+        tol = config["tolerance"]
+        if tol is not None and not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
+            raise InvalidInputError("`tolerance` must be a positive number or None. " + received("tolerance", tol))
         config["value_range"] = validate_value_range(config["value_range"])
         if config["noise_scale"] not in ("absolute", "relative"):
             raise InvalidInputError("`noise_scale` must be 'absolute' or 'relative'. "
@@ -88,13 +99,18 @@ class SmoothTaylor(AttributionMethod):
         factor = (high - low) if config["noise_scale"] == "relative" else 1.0
         return np.asarray(sigma, dtype=np.float64) * factor
 
-    def roots(self, shape, config) -> np.ndarray:
-        """The standard-normal draws ``ε/σ``, ``(1, R, …)``, seeded."""
-        return rng(config["seed"], STREAM_SMOOTH_TAYLOR).normal(0.0, 1.0, size=(1, config["roots"]) + tuple(shape))
+    def roots(self, shape, config, block: int = 0) -> np.ndarray:
+        """The standard-normal draws ``ε/σ``, ``(1, R, …)``, seeded (``block`` > 0: further blocks
+        drawn for ``tolerance``)."""
+        generator = rng(config["seed"], STREAM_SMOOTH_TAYLOR) if block == 0 or config["seed"] is None else \
+            np.random.default_rng([int(config["seed"]), STREAM_SMOOTH_TAYLOR, block])
+        return generator.normal(0.0, 1.0, size=(1, config["roots"]) + tuple(shape))
 
     def _explain(self, x, targets, fx, config) -> Explained:
         if isinstance(config["sigma"], str):
             return self._adaptive(x, targets, fx, config)
+        if config["tolerance"] is not None:
+            return self._explain_to_tolerance(x, targets, fx, config)
         num_examples = int(x.shape[0])
         sigma = np.broadcast_to(self.absolute_sigma(config["sigma"], config), (num_examples,)).copy()
         roots = BaselineSet(self.roots(x.shape[1:], config), f"roots x{config['roots']}", relative=True,
@@ -109,6 +125,50 @@ class SmoothTaylor(AttributionMethod):
         return Explained(attributions=result.attributions, delta=delta, baseline_scores=fz, scores=fx,
                          gradients=len(rows), info={"sigma": sigma, "taylor_error": np.abs(delta),
                                                     "roots": config["roots"]})
+
+    def _explain_to_tolerance(self, x, targets, fx, config) -> Explained:
+        """Blocks of ``roots`` per image until the relative standard error is ≤ ``tolerance``."""
+        num_examples, shape = int(x.shape[0]), tuple(x.shape[1:])
+        sigma = np.broadcast_to(self.absolute_sigma(config["sigma"], config), (num_examples,)).copy()
+        block_size, tolerance, cap = config["roots"], float(config["tolerance"]), config["max_roots"]
+        total, total_sq = np.zeros((num_examples,) + shape), np.zeros((num_examples,) + shape)
+        fz_sum, count = np.zeros(num_examples), np.zeros(num_examples, int)
+        error = np.full(num_examples, np.inf)
+        active = np.ones(num_examples, bool)
+        gradients, block = 0, 0
+        if fx is None:
+            fx = self.scores(x, targets, config["batch_size"])
+        while active.any():
+            todo = np.flatnonzero(active)
+            roots = BaselineSet(self.roots(shape, config, block), "roots", relative=True, scale=sigma)
+            rows = PathRows.grid(num_examples, block_size, np.zeros(1), np.full(1, float(block_size)),
+                                 per_example_baselines=False)  # weight 1: raw per-root terms
+            keep = np.isin(rows.example, todo)
+            rows = PathRows(rows.example[keep], rows.baseline[keep], rows.alpha[keep], rows.weight[keep])
+            result = self.integrate(x, roots, targets, rows, config)
+            gradients += len(rows)
+            total[todo] += result.attributions[todo]
+            total_sq[todo] += result.squares[todo]
+            fz_sum += np.bincount(rows.example, weights=result.row_scores, minlength=num_examples)
+            count[todo] += block_size
+            k = count[todo].reshape((-1,) + (1,) * len(shape)).astype(np.float64)
+            mean = total[todo] / k
+            variance = np.maximum(total_sq[todo] / k - mean**2, 0.0) * k / np.maximum(k - 1, 1)
+            standard_error = np.sqrt((variance / k).reshape(len(todo), -1).sum(axis=1))
+            size = np.sqrt((mean**2).reshape(len(todo), -1).sum(axis=1))
+            error[todo] = np.where(size > 0, standard_error / np.where(size > 0, size, 1.0), standard_error)
+            active[todo[(error[todo] <= tolerance) | (count[todo] + block_size > cap)]] = False
+            block += 1
+        if np.any(error > tolerance):
+            warnings.warn(f"SmoothTaylor: {int(np.sum(error > tolerance))} of {num_examples} image(s) did not "
+                          f"reach tolerance={tolerance:g} within max_roots={cap} (relative standard errors "
+                          f"{np.round(error[error > tolerance], 5).tolist()}).", RuntimeWarning, stacklevel=4)
+        attributions = total / count.reshape((-1,) + (1,) * len(shape))
+        fz = fz_sum / count
+        delta = attributions.reshape(num_examples, -1).sum(axis=1) - (fx - fz)
+        return Explained(attributions=attributions, delta=delta, baseline_scores=fz, scores=fx, gradients=gradients,
+                         info={"sigma": sigma, "taylor_error": np.abs(delta), "roots": count,
+                               "relative_standard_error": error})
 
     def _adaptive(self, x, targets, fx, config) -> Explained:
         result = adaptive_noising(self, x.numpy(), objective=config["objective"], target=targets.indices,

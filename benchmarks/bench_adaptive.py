@@ -1,0 +1,87 @@
+"""Gradients and seconds to reach a completeness error on the demo classifier.
+
+For each target error (1% and 0.1%, the worst image of the batch): the smallest fixed step
+count (searched over powers of two, then bisected) for the right Riemann rule, the trapezoid
+rule and Gauss–Legendre, and IG with ``tolerance=`` (nested trapezoid levels per image).
+
+    python benchmarks/bench_adaptive.py [--images 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import tfattr  # noqa: E402
+from tfattr.data import digits_on_photos  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worst_error(model, x, labels, rule, steps):
+    start = time.perf_counter()
+    expl = tfattr.IntegratedGradients(model, steps=steps, rule=rule, batch_size=64, verbose=0).attribute(x, target=labels)
+    return float(np.max(expl.relative_delta)), time.perf_counter() - start, expl.gradients
+
+
+def smallest_steps(model, x, labels, rule, target, cap=4096):
+    low, high = 1 if rule != "riemann_trapezoid" else 2, None
+    steps = max(low, 2)
+    while steps <= cap:
+        if worst_error(model, x, labels, rule, steps)[0] <= target:
+            high = steps
+            break
+        low, steps = steps, steps * 2
+    if high is None:
+        return None
+    while high - low > max(1, high // 32):  # bisect to ~3%
+        middle = (low + high) // 2
+        if worst_error(model, x, labels, rule, middle)[0] <= target:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=16)
+    args = parser.parse_args()
+    classifier = keras.models.load_model(os.path.join(ROOT, "examples", "assets", "digits_on_photos_cnn.keras"))
+    model = tfattr.surgery.logits_model(classifier)
+    data = digits_on_photos(args.images, split="test", seed=3)
+    x, labels = data["image"], data["label"]
+    print(f"demo classifier (logits), {len(x)} test images, zero baseline; error = max over images of "
+          "|Σ IG − (f(x) − f(0))| / |f(x) − f(0)|")
+    print(f"{'target':>7} {'method':<22} {'steps/image':>12} {'gradients':>10} {'seconds':>8} {'vs right':>9}")
+    for target in (0.01, 0.001):
+        results = {}
+        for rule in ("riemann_right", "riemann_trapezoid", "gauss_legendre"):
+            steps = smallest_steps(model, x, labels, rule, target)
+            if steps is None:
+                results[rule] = None
+                print(f"{target:>7} {rule:<22} {'> 4096':>12}")
+                continue
+            error, seconds, gradients = worst_error(model, x, labels, rule, steps)
+            results[rule] = gradients
+            print(f"{target:>7} {rule:<22} {steps:>12} {gradients:>10} {seconds:>8.2f} "
+                  f"{results['riemann_right'] / gradients if results.get('riemann_right') else float('nan'):>8.1f}x")
+        start = time.perf_counter()
+        expl = tfattr.IntegratedGradients(model, tolerance=target, max_steps=4097, batch_size=64, verbose=0).attribute(
+            x, target=labels)
+        seconds = time.perf_counter() - start
+        steps = expl.info["steps"]
+        ratio = results["riemann_right"] / expl.gradients if results.get("riemann_right") else float("nan")
+        print(f"{target:>7} {'adaptive (tolerance)':<22} {f'{steps.min()}-{steps.max()}':>12} {expl.gradients:>10} "
+              f"{seconds:>8.2f} {ratio:>8.1f}x   worst error {np.max(expl.relative_delta):.2g}")
+
+
+if __name__ == "__main__":
+    main()
