@@ -109,8 +109,9 @@ def test_batch_size_invariance_and_model_call_count(images):
         expl = IntegratedGradients(model, steps=10, batch_size=batch_size).attribute(images, target=2)
         calls = int(counter.numpy()) - before
         points = len(images) * 10
-        # forward on x (targets, f(x)) + one chunk per batch of points + forward on the shared zero baseline
-        assert calls == math.ceil(len(images) / batch_size) + math.ceil(points / batch_size) + 1
+        # explicit classes: no forward pass on x (f(x) comes from the rows at α = 1); one chunk per
+        # batch of points, plus one forward pass on the shared zero baseline
+        assert calls == math.ceil(points / batch_size) + 1
         assert expl.gradients == points
         results[batch_size] = np.asarray(expl)
     np.testing.assert_allclose(results[1], results[7], atol=1e-6)
@@ -122,7 +123,8 @@ def test_left_rule_reuses_the_baseline_scores_instead_of_extra_forward_passes(im
     counter = model.get_layer("counter").calls
     before = int(counter.numpy())
     expl = IntegratedGradients(model, steps=5, rule="riemann_left", batch_size=15).attribute(images, target=0)
-    assert int(counter.numpy()) - before == 1 + 1  # one forward on x, one chunk of 15 points
+    # one chunk of 15 points (f(z) read off its α = 0 rows) and one forward pass for f(x): no α = 1 node
+    assert int(counter.numpy()) - before == 2
     direct = model(np.zeros_like(images[:1]), training=False).numpy()[0, 0]
     np.testing.assert_allclose(expl.baseline_scores, direct, rtol=1e-6)
 

@@ -139,15 +139,17 @@ class NoiseTunnel:
         while active.any():
             todo = np.flatnonzero(active)
             noise = self.noise(shape, config, block)
-            noisy = images.array[todo, None].astype(np.float64) + noise[None]
+            noisy = images.array[todo, None] + noise[None].astype(images.array.dtype)
             noisy = method.to_model_dtype(noisy.reshape((-1,) + shape))
             out = method._explain(noisy, Targets(None if targets.indices is None else targets.indices[todo],
                                                  targets.score_fn).repeat(samples), None, method_config)
             gradients += out.get("gradients", 0)
             per_sample = out["attributions"].reshape((len(todo), samples) + shape)
             total[todo] += per_sample.sum(axis=1)
-            total_sq[todo] += (per_sample**2).sum(axis=1)
-            total_q_sq[todo] += (per_sample**4 if square else per_sample**2).sum(axis=1)
+            if square or tolerance is not None:
+                total_sq[todo] += np.einsum("ns...,ns...->n...", per_sample, per_sample)
+            if tolerance is not None:
+                total_q_sq[todo] += (per_sample**4 if square else per_sample**2).sum(axis=1)
             count[todo] += samples
             if out.get("delta") is not None:
                 delta_sum[todo] += out["delta"].reshape(len(todo), samples).sum(axis=1)

@@ -75,17 +75,22 @@ def select_scores(outputs: tf.Tensor, target_rows: tf.Tensor, score_fn: Optional
     return tf.gather(outputs, target_rows, axis=1, batch_dims=1)
 
 
-def resolve_targets(target, outputs: Optional[np.ndarray], batch_size: int) -> Targets:
+def resolve_targets(target, outputs: Optional[np.ndarray], batch_size: int,
+                    num_classes: Optional[int] = None) -> Targets:
     """Turn the user's ``target`` into :class:`Targets` for a batch of ``batch_size`` examples.
 
     Args:
         target: ``None``, int, sequence of ints, or callable (see the module docstring).
         outputs: the model's outputs on the inputs, ``(batch, classes)``; used for
-            ``None`` (top-1) and for range checks. May be ``None`` only for callables.
+            ``None`` (top-1) and for range checks. May be ``None`` for callables, and for
+            explicit classes when ``num_classes`` is given.
         batch_size: number of examples.
+        num_classes: the model's number of classes (range check without outputs).
     """
     if callable(target) and not isinstance(target, (np.ndarray, tf.Tensor)):
         return Targets(None, target)
+    if outputs is None and num_classes is not None and target is not None:
+        outputs = np.zeros((0, num_classes))  # explicit classes: only the range check needs the width
     if outputs is None or np.ndim(outputs) != 2:
         shape = None if outputs is None else tuple(np.shape(outputs))
         raise InvalidInputError(

@@ -194,9 +194,30 @@ class AttributionMethod:
         config = self._merge(self.config, options)
         images = validate_images(inputs, self.spec)
         x = self.to_model_dtype(images.array)
-        targets, fx = self.resolve(x, target, config["batch_size"])
+        if self._explicit_classes(target):
+            # no forward pass needed: methods read f(x) off their rows at α = 1 or compute it
+            targets, fx = resolve_targets(target, None, images.batch_size, self.spec.num_classes), None
+        else:
+            targets, fx = self.resolve(x, target, config["batch_size"])
         out = self._explain(x, targets, fx, config)
         return self._package(out, images, targets, fx, config)
+
+    def _explicit_classes(self, target) -> bool:
+        if target is None or self.spec.num_classes is None:
+            return False
+        if callable(target) and not isinstance(target, (np.ndarray, tf.Tensor)):
+            return False
+        return True
+
+    @staticmethod
+    def scores_at_input(rows: PathRows, result: EngineResult, num_examples: int) -> Optional[np.ndarray]:
+        """``f(x)`` per example from the rows at ``α = 1`` (averaged over baselines), or ``None``
+        when some example has no such row."""
+        at_input = rows.alpha == 1.0
+        counts = np.bincount(rows.example[at_input], minlength=num_examples)
+        if np.any(counts == 0):
+            return None
+        return np.bincount(rows.example[at_input], weights=result.row_scores[at_input], minlength=num_examples) / counts
 
     def _explain(self, x: tf.Tensor, targets: Targets, fx: np.ndarray, config) -> Explained:
         raise NotImplementedError
@@ -208,7 +229,7 @@ class AttributionMethod:
         attributions = out["attributions"].astype(images.array.dtype)
         delta = out.get("delta")
         baseline_scores = out.get("baseline_scores")
-        scores = fx
+        scores = out.get("scores", fx)
         if images.single:
             attributions = attributions[0]
         if images.as_tensor:

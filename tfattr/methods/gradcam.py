@@ -115,7 +115,7 @@ class GradCAM(_LayerMethod, AttributionMethod):
             gradients = gradients * activations
         weights = gradients.mean(axis=(1, 2))
         cam = self._cam(weights, activations, tuple(x.shape[1:]), config)
-        return Explained(attributions=cam, gradients=len(rows), scores=fx,
+        return Explained(attributions=cam, gradients=len(rows), scores=result.row_scores,
                          info={"layer": self.layer.name, "weights": weights, "activations": activations})
 
 
@@ -168,6 +168,8 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         result = self.integrate(x, baselines, targets, rows, config)
         terms, activations = result.attributions, result.endpoint
         fz = self.baseline_scores(x, baselines, targets, rows, result, config)
+        if fx is None:
+            fx = self.scores_at_input(rows, result, num_examples)
         channel_weights = terms.mean(axis=(1, 2))  # (1/Z) Σ_ij
         cam = self._cam(channel_weights, activations, tuple(x.shape[1:]), config)
         total = terms.reshape(num_examples, -1).sum(axis=1)

@@ -37,7 +37,7 @@ class Gradient(AttributionMethod):
     def _explain(self, x, targets, fx, config) -> Explained:
         result, count = _single_point(self, x, targets, config)
         attributions = np.abs(result.attributions) if config["absolute"] else result.attributions
-        return Explained(attributions=attributions, gradients=count)
+        return Explained(attributions=attributions, gradients=count, scores=result.row_scores)
 
 
 class InputXGradient(AttributionMethod):
@@ -51,4 +51,4 @@ class InputXGradient(AttributionMethod):
 
     def _explain(self, x, targets, fx, config) -> Explained:
         result, count = _single_point(self, x, targets, config)
-        return Explained(attributions=result.attributions, gradients=count)
+        return Explained(attributions=result.attributions, gradients=count, scores=result.row_scores)

@@ -122,6 +122,8 @@ class IntegratedGradients(AttributionMethod):
         result = self.integrate(x, baselines, targets, rows, config)
         fz = self.baseline_scores(x, baselines, targets, rows, result, config)
         if fx is None:
+            fx = self.scores_at_input(rows, result, num_examples)
+        if fx is None:
             fx = self.scores(x, targets, config["batch_size"])
         total = result.attributions.reshape(num_examples, -1).sum(axis=1)
         return Explained(
