@@ -130,7 +130,7 @@ def main():
     if not args.quick:
         vgg19 = keras.applications.VGG19(weights=None)
         x = rng.uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
-        bench("VGG19 (weights=None)", vgg19, x, args.steps, (8, 16))
+        bench("VGG19 (weights=None)", vgg19, x, args.steps, (16,))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vgg19", action="store_true", help="VGG19 (weights=None, 224×224, 1 image) instead")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-adaptive", action="store_true", help="skip the adaptive-noising run (about 4 minutes)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     if args.vgg19:
@@ -73,7 +74,7 @@ def main():
     ratio_line("Grad-CAM / gradient", best_of(lambda: gradcam.attribute(x, target=target), 5),
                best_of(lambda: gradient.attribute(x, target=target), 5), "~1")
 
-    if not args.vgg19:
+    if not args.vgg19 and not args.no_adaptive:
         start = time.perf_counter()
         result = tfattr.adaptive_noising(tfattr.SmoothTaylor(model, **bs), x, objective="autvc", roots=150,
                                          target=target, verbose=0)

@@ -49,8 +49,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
 
     print(f"SmoothTaylor paper grid on {len(x)} test images of the demo classifier")
-    st_rows = evaluate(model, x, smoothtaylor_grid(model, adaptive=not args.no_adaptive), labels=labels, masks=masks,
-                       **scaled)
+    st_rows = evaluate(model, x, smoothtaylor_grid(model, adaptive=not args.no_adaptive, aupc_kernel=6), labels=labels,
+                       masks=masks, **scaled)
     print(f"\nGuided-IG paper comparison on the same images")
     gig_rows = evaluate(model, x, guided_ig_comparison(model, layer="block3_conv2"), labels=labels, masks=masks,
                         **scaled)

@@ -200,14 +200,16 @@ def format_table(rows: Sequence[EvaluationRow], columns: Optional[Sequence[str]]
 
 
 def smoothtaylor_grid(model, value_range=(0.0, 1.0), batch_size: int = 32, adaptive: bool = True,
-                      noise_sizes=(1, 5, 10, 20), sigmas=(0.3, 0.5, 0.7), roots=(100, 150, 200), seed: int = 0):
+                      noise_sizes=(1, 5, 10, 20), sigmas=(0.3, 0.5, 0.7), roots=(100, 150, 200), seed: int = 0,
+                      aupc_kernel: int = 15):
     """The SmoothTaylor paper's comparison (Goh et al. 2020, Tables I–III) as ``(name, method)`` pairs.
 
     IG with a zero baseline; IG_noise with ``N`` uniform-noise baselines (eq. 3); SmoothTaylor for
     every ``σ × R`` (eq. 6), with the paper's σ (ImageNet-normalised units) converted to the
     model's input units as ``σ · 0.226 · (high − low)``; adaptive noising for AUPC and AUTVC
-    (Algorithm 1). IG uses the right Riemann rule with 50 steps (the IG paper's rule and tfattr's
-    default; the SmoothTaylor paper does not restate ``M`` for its tables).
+    (Algorithm 1; its AUPC objective uses ``aupc_kernel``, scale it with the image side as for
+    :func:`evaluate`). IG uses the right Riemann rule with 50 steps (the IG paper's rule and
+    tfattr's default; the SmoothTaylor paper does not restate ``M`` for its tables).
     """
     from tfattr import IntegratedGradients, SmoothTaylor
 
@@ -223,8 +225,14 @@ def smoothtaylor_grid(model, value_range=(0.0, 1.0), batch_size: int = 32, adapt
                 model, roots=r, sigma=sigma * IMAGENET_STD * (high - low), value_range=value_range, seed=seed,
                 **common)))
     if adaptive:
-        for objective in ("aupc", "autvc"):
-            grid.append((f"SmoothTaylor adaptive-{objective.upper()}", SmoothTaylor(
+        from tfattr import metrics
+
+        def aupc_objective(images, attributions, sigmas, objective_seed, target):
+            return metrics.aupc(model, images, attributions, target=target, kernel_size=aupc_kernel,
+                                value_range=value_range, seed=objective_seed, verbose=0).area
+
+        for name, objective in (("AUPC", aupc_objective), ("AUTVC", "autvc")):
+            grid.append((f"SmoothTaylor adaptive-{name}", SmoothTaylor(
                 model, roots=150, sigma="adaptive", objective=objective, value_range=value_range, seed=seed,
                 **common)))
     return grid
