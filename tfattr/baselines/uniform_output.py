@@ -48,6 +48,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfattr.core.gradients import loss_gradients
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = [
@@ -543,9 +544,7 @@ def train_uniform_baseline(
 
     @tf.function
     def train_step():
-        with tf.GradientTape() as tape:
-            loss, l_out, l_pix, p = losses()
-        gradient = tape.gradient(loss, dense.kernel)
+        (loss, l_out, l_pix, p), gradient = loss_gradients(losses, dense.kernel)
         optimizer.apply([gradient], [dense.kernel])
         return loss, l_out, l_pix, p
 

@@ -152,3 +152,15 @@ class LayerGradients:
             activations = activations[0]
         gradients = tape.gradient(scores, activations, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return scores, gradients, activations
+
+
+def loss_gradients(loss_fn: Callable, variables):
+    """``(loss_fn(), ∂loss/∂variables)`` for training code (e.g. the uniform-output baseline).
+
+    ``loss_fn`` returns the loss or a tuple whose first item is the loss; the whole output is
+    returned alongside the gradients. Traceable inside ``tf.function``.
+    """
+    with tf.GradientTape() as tape:
+        outputs = loss_fn()
+    loss = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+    return outputs, tape.gradient(loss, variables)
