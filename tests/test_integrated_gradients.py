@@ -134,7 +134,7 @@ def test_no_retracing_across_calls_with_other_batch_sizes_steps_and_rules(relu_c
     ig.attribute(images)
     ig.attribute(images[:1], steps=3, rule="gauss_legendre")
     ig.attribute(images[:2], steps=17, baseline="uniform", n_baselines=3)
-    engine = ig._engines[("index",)]
+    engine = ig._engines[("index", False)]
     assert engine.traces == 1
 
 

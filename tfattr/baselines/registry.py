@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["BASELINES", "BaselineSet", "make_baselines", "rng"]
+__all__ = ["BASELINES", "BaselineSet", "is_random", "make_baselines", "rng"]
 
 BaselineLike = Union[str, float, int, np.ndarray, tf.Tensor, Callable]
 
@@ -169,6 +169,11 @@ _ALIASES = {
     "max-distance": "max_distance",
 }
 _RANDOM = {"uniform", "gaussian"}
+
+
+def is_random(baseline) -> bool:
+    """Whether ``baseline`` names a random baseline (one that ``n_baselines`` draws average over)."""
+    return isinstance(baseline, str) and _ALIASES.get(baseline.lower(), baseline.lower()) in _RANDOM
 
 
 def _from_array(array: np.ndarray, x: np.ndarray, where: str) -> np.ndarray:

@@ -105,6 +105,8 @@ class EngineResult:
         chunks: number of compiled chunk calls (= model forward+backward passes).
         endpoint: ``(N, …)`` mean differentiated values at ``α = 1`` (``collect_endpoint``), else ``None``.
         squares: ``(N, …)`` per-example sums of squared row contributions (``collect_squares``), else ``None``.
+        row_gradients: ``(R, …)`` each row's unweighted gradient (``collect_rows``), else ``None``.
+        row_values: ``(R, …)`` each row's differentiated values (``collect_rows``), else ``None``.
     """
 
     attributions: np.ndarray
@@ -112,6 +114,8 @@ class EngineResult:
     chunks: int
     endpoint: Optional[np.ndarray] = None
     squares: Optional[np.ndarray] = None
+    row_gradients: Optional[np.ndarray] = None
+    row_values: Optional[np.ndarray] = None
 
 
 COMBINES = ("path", "plain", "stieltjes")
@@ -139,6 +143,9 @@ class PathEngine:
             ``α = 1`` (a layer's activations at the input itself).
         collect_squares: also return ``Σ_r contribution_r²`` per example (``EngineResult.squares``),
             from which a Monte-Carlo standard error follows when rows are i.i.d. samples.
+        collect_rows: also return every row's gradient and values (``EngineResult.row_gradients``,
+            ``row_values``; host memory grows with the rows), for methods that combine points
+            across refinement levels (adaptive RSI-Grad-CAM).
         verbose: ``0``/``False``, ``1``/``True`` or ``"auto"`` (progress for long runs).
     """
 
@@ -150,6 +157,7 @@ class PathEngine:
         collect_endpoint: bool = False,
         verbose: Verbose = "auto",
         collect_squares: bool = False,
+        collect_rows: bool = False,
     ):
         if combine not in COMBINES:
             raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
@@ -158,12 +166,13 @@ class PathEngine:
         self.combine = combine
         self.collect_endpoint = bool(collect_endpoint)
         self.collect_squares = bool(collect_squares)
+        self.collect_rows = bool(collect_rows)
         self.verbose = verbose
         self._compiled = {}
         self.traces = 0
 
     def _chunk_function(self, shape: Tuple[int, ...], dtype: tf.DType, relative: bool = False, clip=None):
-        key = (shape, dtype.name, relative, clip, self.collect_squares)
+        key = (shape, dtype.name, relative, clip, self.collect_squares, self.collect_rows)
         if key in self._compiled:
             return self._compiled[key]
         rank = len(shape) + 1
@@ -172,6 +181,7 @@ class PathEngine:
         combine = self.combine
         collect = self.collect_endpoint
         squares = self.collect_squares
+        keep_rows = self.collect_rows
         point_spec = tf.TensorSpec([None, *shape], dtype)
         index_spec = tf.TensorSpec([None], tf.int32)
         real_spec = tf.TensorSpec([None], tf.float64)
@@ -227,7 +237,11 @@ class PathEngine:
                 squared = tf.math.unsorted_segment_sum(contribution * contribution, local, count)
             else:
                 squared = tf.zeros([0], acc_dtype)
-            return tf.cast(scores, tf.float64), sums, endpoint, ends, values[-1:], squared
+            if keep_rows:
+                row_out = (gradients, values)
+            else:
+                row_out = (tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype))
+            return (tf.cast(scores, tf.float64), sums, endpoint, ends, values[-1:], squared) + row_out
 
         self._compiled[key] = chunk
         return chunk
@@ -259,11 +273,12 @@ class PathEngine:
         scale = tf.constant(np.ones(num_examples) if scale is None else np.asarray(scale, np.float64), tf.float64)
         num_chunks = math.ceil(total / self.batch_size)
         bar = progress_bar(num_chunks, self.verbose)
+        kept_gradients, kept_values = [], []
         for i, start in enumerate(range(0, total, self.batch_size)):
             part = slice(start, start + self.batch_size)
             first = int(example[start])
             count = int(example[min(start + self.batch_size, total) - 1]) - first + 1
-            scores, sums, chunk_endpoint, chunk_ends, carry, chunk_squares = chunk(
+            scores, sums, chunk_endpoint, chunk_ends, carry, chunk_squares, row_gradients, row_values = chunk(
                 x,
                 baselines,
                 tf.constant(example[part]),
@@ -291,12 +306,20 @@ class PathEngine:
                 endpoint[first : first + count] += chunk_endpoint.numpy()
                 ends[first : first + count] += chunk_ends.numpy()
             row_scores[part] = scores.numpy()
+            if self.collect_rows:
+                kept_gradients.append(row_gradients.numpy())
+                kept_values.append(row_values.numpy())
             if bar is not None:
                 bar.update(i + 1)
         if self.collect_endpoint:
             with np.errstate(invalid="ignore", divide="ignore"):
                 endpoint = endpoint / ends.reshape((-1,) + (1,) * (endpoint.ndim - 1))
-        return EngineResult(attributions, row_scores, num_chunks, endpoint, squares)
+        if self.collect_rows:
+            kept_gradients = np.concatenate(kept_gradients) if kept_gradients else None
+            kept_values = np.concatenate(kept_values) if kept_values else None
+        else:
+            kept_gradients = kept_values = None
+        return EngineResult(attributions, row_scores, num_chunks, endpoint, squares, kept_gradients, kept_values)
 
 
 def forward_outputs(model, points, batch_size: int) -> np.ndarray:

@@ -44,6 +44,12 @@ class Targets:
             return self
         return Targets(np.repeat(self.indices, times), self.score_fn)
 
+    def subset(self, examples: np.ndarray) -> "Targets":
+        """Targets of the examples ``examples`` (indices into the batch)."""
+        if self.indices is None:
+            return self
+        return Targets(self.indices[np.asarray(examples)], self.score_fn)
+
     def rows(self, example_index: np.ndarray) -> np.ndarray:
         """Class index of each row of a flattened (example, point) list; zeros for callables."""
         if self.indices is None:

@@ -92,16 +92,18 @@ class AttributionMethod:
         """The gradient function handed to the engine; guided/layer methods override it."""
         return InputGradients(self.model, score_fn)
 
-    def engine(self, targets: Targets, config: Dict[str, Any]) -> PathEngine:
-        """A cached :class:`PathEngine` for the target kind (callables get their own)."""
-        key = ("index",) if targets.score_fn is None else ("callable", targets.score_fn)
+    def engine(self, targets: Targets, config: Dict[str, Any], collect_rows: bool = False) -> PathEngine:
+        """A cached :class:`PathEngine` for the target kind (callables get their own); with
+        ``collect_rows`` one that also returns every row's gradient and values."""
+        key = ("index", collect_rows) if targets.score_fn is None else ("callable", targets.score_fn, collect_rows)
         engine = self._engines.get(key)
         if engine is None:
             if targets.score_fn is not None:  # keep one callable engine at a time
                 for old in [k for k in self._engines if k[0] == "callable"]:
                     del self._engines[old]
             engine = PathEngine(self.gradient_function(targets.score_fn), combine=self.combine,
-                                collect_endpoint=self.collect_endpoint, collect_squares=self.collect_squares)
+                                collect_endpoint=self.collect_endpoint, collect_squares=self.collect_squares,
+                                collect_rows=collect_rows)
             self._engines[key] = engine
         engine.batch_size = config["batch_size"]
         engine.verbose = config["verbose"]
@@ -133,11 +135,12 @@ class AttributionMethod:
         return tf.convert_to_tensor(np.asarray(array), dtype=self.spec.input_dtype)
 
     # -- the integration shared by path methods ---------------------------------------------
-    def integrate(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows, config) -> EngineResult:
+    def integrate(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows, config,
+                  collect_rows: bool = False) -> EngineResult:
         """Run ``rows`` through the engine with ``baselines`` (flattened)."""
         flat = self.to_model_dtype(baselines.flat())
         indices = targets.indices if targets.indices is not None else np.zeros(int(x.shape[0]), np.int32)
-        return self.engine(targets, config).integrate(x, flat, indices, rows, relative=baselines.relative,
+        return self.engine(targets, config, collect_rows).integrate(x, flat, indices, rows, relative=baselines.relative,
                                                       clip=baselines.clip, scale=baselines.scale)
 
     def baseline_scores(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows,

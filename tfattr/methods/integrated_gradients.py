@@ -6,7 +6,9 @@ import warnings
 
 import numpy as np
 
-from tfattr.baselines.registry import make_baselines
+import tensorflow as tf
+
+from tfattr.baselines.registry import BaselineSet, is_random, make_baselines
 from tfattr.core.adaptive import level_nodes, max_level_for
 from tfattr.core.engine import PathRows
 from tfattr.core.inputs import validate_value_range
@@ -51,6 +53,16 @@ class IntegratedGradients(AttributionMethod):
         max_steps: gradient budget per path for ``tolerance`` (default 1025 = 2^10 + 1); a
             ``RuntimeWarning`` names the examples that did not converge.
         min_steps: at least this many nodes per path with ``tolerance`` (default 3).
+        baseline_tolerance: ask for a Monte-Carlo accuracy instead of a draw count (random
+            baselines only): draw baselines in blocks of ``n_baselines`` until the standard error
+            of each example's IG_noise mean, relative to its norm (``‖SE‖₂ / ‖mean‖₂``, the
+            sample variance of the per-draw IGs over the draws), is at most
+            ``baseline_tolerance`` (e.g. 0.05). Converged examples stop drawing; the draws form
+            one sequence, so a run that used ``K`` draws equals ``n_baselines=K`` with the same
+            seed. Combines with ``tolerance`` (each draw's path is then refined on its own).
+            ``info["n_baselines"]`` and ``info["relative_standard_error"]`` report per example.
+        max_baselines: draw budget per example for ``baseline_tolerance`` (default 64); a
+            ``RuntimeWarning`` names the examples that did not converge.
         batch_size, verbose: see :class:`~tfattr.methods.base.AttributionMethod`.
 
     Returns from :meth:`attribute` an :class:`~tfattr.Explanation` whose ``delta`` is the
@@ -79,6 +91,8 @@ class IntegratedGradients(AttributionMethod):
         "tolerance": None,
         "max_steps": 1025,
         "min_steps": 3,
+        "baseline_tolerance": None,
+        "max_baselines": 64,
     }
 
     def _check_options(self, config):
@@ -91,6 +105,19 @@ class IntegratedGradients(AttributionMethod):
         if tol is not None and not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
             raise InvalidInputError("`tolerance` must be a positive number (a relative completeness error) or "
                                     "None. " + received("tolerance", tol))
+        tol = config.get("baseline_tolerance")
+        if tol is not None:
+            if not (isinstance(tol, (int, float, np.floating)) and not isinstance(tol, bool) and np.isfinite(tol)
+                    and tol > 0):
+                raise InvalidInputError("`baseline_tolerance` must be a positive number (a relative Monte-Carlo "
+                                        "standard error) or None. " + received("baseline_tolerance", tol))
+            if not is_random(config["baseline"]):
+                raise InvalidInputError("`baseline_tolerance` needs a random baseline ('uniform' or 'gaussian'); "
+                                        "a deterministic baseline has no Monte-Carlo error. "
+                                        + received("baseline", config["baseline"]))
+            cap = config["max_baselines"]
+            if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 2:
+                raise InvalidInputError("`max_baselines` must be an integer ≥ 2. " + received("max_baselines", cap))
         for key in ("max_steps", "min_steps"):
             if key in config:
                 value = config[key]
@@ -112,10 +139,13 @@ class IntegratedGradients(AttributionMethod):
             value=config["value"],
         )
 
-    def _explain(self, x, targets, fx, config) -> Explained:
+    def _explain(self, x, targets, fx, config, baselines: BaselineSet = None) -> Explained:
+        if baselines is None and config.get("baseline_tolerance") is not None:
+            return self._explain_draws(x, targets, fx, config)
         if config.get("tolerance") is not None:
-            return self._explain_adaptive(x, targets, fx, config)
-        baselines = self.make_baselines(x.numpy(), config)
+            return self._explain_adaptive(x, targets, fx, config, baselines)
+        if baselines is None:
+            baselines = self.make_baselines(x.numpy(), config)
         alphas, weights = quadrature(config["rule"], config["steps"])
         num_examples = int(x.shape[0])
         rows = PathRows.grid(num_examples, baselines.count, alphas, weights, baselines.per_example)
@@ -136,10 +166,11 @@ class IntegratedGradients(AttributionMethod):
                   "n_baselines": baselines.count},
         )
 
-    def _explain_adaptive(self, x, targets, fx, config) -> Explained:
+    def _explain_adaptive(self, x, targets, fx, config, baselines: BaselineSet = None) -> Explained:
         """Nested trapezoid levels until ``relative completeness error ≤ tolerance`` per example
         (:mod:`tfattr.core.adaptive`); only unconverged examples get more rows."""
-        baselines = self.make_baselines(x.numpy(), config)
+        if baselines is None:
+            baselines = self.make_baselines(x.numpy(), config)
         num_examples, count = int(x.shape[0]), baselines.count
         if fx is None:
             fx = self.scores(x, targets, config["batch_size"])
@@ -206,3 +237,71 @@ class IntegratedGradients(AttributionMethod):
             info={"baseline": baselines.name, "rule": "adaptive_trapezoid", "steps": steps, "converged": ~active,
                   "relative_error": error, "nodes": nodes, "n_baselines": count, "tolerance": tolerance},
         )
+
+    def _explain_draws(self, x, targets, fx, config) -> Explained:
+        """IG_noise to a requested Monte-Carlo accuracy (``baseline_tolerance``).
+
+        Blocks of ``n_baselines`` draws are taken from one sequence (draw ``k`` is the same
+        whatever the block size). Each (example, draw) pair runs as its own path — the example
+        repeated, one baseline per copy — so the per-draw IGs give the sample variance; the
+        standard error of the mean is ``sqrt(Σ_i var_i / K)``, relative to ``‖mean‖₂``.
+        """
+        block, cap, tolerance = int(config["n_baselines"]), int(config["max_baselines"]), float(config["baseline_tolerance"])
+        num_examples, shape = int(x.shape[0]), tuple(x.shape[1:])
+        x_host = x.numpy()
+        if fx is None:
+            fx = self.scores(x, targets, config["batch_size"])
+        total, total_sq = np.zeros((num_examples,) + shape), np.zeros((num_examples,) + shape)
+        delta_sum, base_sum = np.zeros(num_examples), np.zeros(num_examples)
+        count = np.zeros(num_examples, int)
+        active = np.ones(num_examples, bool)
+        error = np.full(num_examples, np.inf)
+        gradients, steps, bank, drawn = 0, {}, None, 0
+        while active.any():
+            todo = np.flatnonzero(active)
+            size = min(block, cap - drawn)
+            if bank is None or bank.count < drawn + size:  # draws 0..K−1 of one sequence, grown by doubling
+                bank = self.make_baselines(x_host, dict(config, n_baselines=min(cap, max(2 * drawn, drawn + size))))
+            part = bank.array[:, drawn:drawn + size]  # shared by every example (random baselines)
+            pseudo = BaselineSet(np.broadcast_to(part, (len(todo),) + part.shape[1:]).reshape((len(todo) * size, 1) + part.shape[2:]),
+                                 bank.name, relative=bank.relative, clip=bank.clip)
+            out = self._explain(tf.repeat(tf.gather(x, todo), size, axis=0),
+                                targets.subset(todo).repeat(size), np.repeat(fx[todo], size),
+                                dict(config, n_baselines=1), baselines=pseudo)
+            gradients += int(out.get("gradients", 0))
+            per_draw = out["attributions"].reshape((len(todo), size) + shape)
+            total[todo] += per_draw.sum(axis=1)
+            total_sq[todo] += (per_draw**2).sum(axis=1)
+            delta_sum[todo] += out["delta"].reshape(len(todo), size).sum(axis=1)
+            base_sum[todo] += out["baseline_scores"].reshape(len(todo), size).sum(axis=1)
+            if "steps" in out.get("info", {}) and np.ndim(out["info"]["steps"]):
+                for i, e in enumerate(todo):
+                    steps.setdefault(int(e), []).extend(np.asarray(out["info"]["steps"]).reshape(len(todo), size)[i].tolist())
+            count[todo] += size
+            drawn += size
+            if drawn >= 2:
+                k = count[todo].reshape((-1,) + (1,) * len(shape)).astype(np.float64)
+                mean = total[todo] / k
+                variance = np.maximum(total_sq[todo] / k - mean**2, 0.0) * k / (k - 1)
+                standard_error = np.sqrt((variance / k).reshape(len(todo), -1).sum(axis=1))
+                norm = np.sqrt((mean**2).reshape(len(todo), -1).sum(axis=1))
+                error[todo] = np.where(norm > 0, standard_error / np.where(norm > 0, norm, 1), standard_error)
+                active[todo[error[todo] <= tolerance]] = False
+            if drawn >= cap:
+                break
+        if active.any():
+            warnings.warn(
+                f"{type(self).__name__}: {int(active.sum())} of {num_examples} example(s) did not reach "
+                f"baseline_tolerance={tolerance:g} within max_baselines={cap} (relative standard errors "
+                f"{np.round(error[active], 5).tolist()}); returning the mean of {cap} draws.",
+                RuntimeWarning, stacklevel=4)
+        k = count.reshape((-1,) + (1,) * len(shape)).astype(np.float64)
+        fz = base_sum / count
+        info = {"baseline": bank.name.split(" x")[0], "n_baselines": count, "relative_standard_error": error,
+                "baseline_converged": ~active, "baseline_tolerance": tolerance}
+        if config.get("tolerance") is not None:
+            info.update(rule="adaptive_trapezoid", steps=[steps.get(e, []) for e in range(num_examples)])
+        else:
+            info.update(rule=config["rule"], steps=config["steps"])
+        return Explained(attributions=total / k, delta=delta_sum / count, baseline_scores=fz, scores=fx,
+                         gradients=gradients, info=info)
