@@ -87,4 +87,9 @@ def test_evaluate_prints_and_writes_the_metrics_table(tmp_path, capsys):
     direct = evaluate(model, data["image"], [("ig", tfattr.IntegratedGradients(model, steps=4))],
                       labels=data["label"], masks=data["mask"], aupc_kernel=2, pointing_tolerance=2, verbose=False)
     assert f"{direct[0].scores['AUPC']:.3f}" == rows["ig"].split("|")[2].strip()
+    mirrored = tmp_path / "mirrored"  # a one-device MirroredStrategy: the same numbers (no cache shared)
+    assert main(["evaluate", "--model", str(model_path), "--images", "2", "--methods", "gradient,ig", "--steps", "4",
+                 "--strategy", "mirrored", "--out", str(mirrored)]) == 0
+    metric_cells = lambda text: [line.split("|")[2:-3] for line in text.splitlines()[2:]]  # noqa: E731
+    assert metric_cells((mirrored / "table.md").read_text()) == metric_cells(table)
     assert main(["evaluate", "--model", str(model_path), "--dataset", "mnist", "--out", str(out)]) == 2

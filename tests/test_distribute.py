@@ -37,12 +37,20 @@ SCRIPT = textwrap.dedent("""
     for method, target in checks:
         single = method.attribute(x, target=target)
         spread = distributed_attribute(method, x, target=target, strategy=strategy)
-        assert spread.info["shards"] == [3, 2], spread.info
+        assert spread.info["replicas"] == 2, spread.info
         np.testing.assert_allclose(np.asarray(spread), np.asarray(single), atol=1e-6)
         np.testing.assert_array_equal(spread.targets, single.targets)
         if single.delta is not None:
             np.testing.assert_allclose(spread.delta, single.delta, atol=1e-6)
         assert spread.gradients == single.gradients
+    # several steps per replica, per-example info gathered in order
+    ig = tfattr.IntegratedGradients(model, tolerance=1e-2, max_steps=65)
+    single = ig.attribute(x, target=labels)
+    spread = distributed_attribute(ig, x, target=labels, strategy=strategy, images_per_replica=1)
+    np.testing.assert_allclose(np.asarray(spread), np.asarray(single), atol=1e-6)
+    np.testing.assert_array_equal(spread.info["steps"], single.info["steps"])
+    np.testing.assert_allclose(spread.info["relative_error"], single.info["relative_error"], atol=1e-5)
+    assert spread.gradients == single.gradients
     from tfattr.evaluation import evaluate
     model32 = small_cnn("relu", size=32)  # AUTVC needs maps of at least 30 px
     x32 = np.random.default_rng(1).uniform(0, 1, (5, 32, 32, 3)).astype(np.float32)
@@ -65,3 +73,79 @@ def test_two_logical_devices_give_the_single_device_result():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow")
     done = subprocess.run([sys.executable, "-c", SCRIPT, ROOT], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
+
+
+WORKER = textwrap.dedent("""
+    import os, sys
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG; first thing in the program
+    import numpy as np
+    sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+    from conftest import small_cnn
+    import tfattr
+    from tfattr.distribute import distributed_attribute
+    from tfattr.evaluation import evaluate
+
+    assert strategy.num_replicas_in_sync == 2
+    model = small_cnn("relu", size=32)
+    x = np.random.default_rng(0).uniform(0, 1, (5, 32, 32, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4])
+    ig = tfattr.IntegratedGradients(model, steps=8, baseline="uniform", n_baselines=2, seed=1)
+    local = []
+
+    class Recording:  # records the rows this worker attributes itself
+        def attribute(self, images, target=None, **options):
+            local.append(len(images))
+            return ig.attribute(images, target=target, **options)
+
+    spread = distributed_attribute(Recording(), x, target=labels, strategy=strategy, images_per_replica=2)
+    assert 0 < sum(local) < len(x), local  # a share, not the whole batch
+    single = ig.attribute(x, target=labels)
+    np.testing.assert_allclose(np.asarray(spread), np.asarray(single), atol=1e-6)
+    np.testing.assert_allclose(spread.delta, single.delta, atol=1e-6)
+    assert spread.gradients == single.gradients and spread.info["replicas"] == 2
+    pairs = [("gradcam", tfattr.GradCAM(model))]
+    kwargs = dict(labels=labels, aupc_kernel=3, aupc_regions=4, verbose=False)
+    two = evaluate(model, x, pairs, strategy=strategy, **kwargs)[0]
+    one = evaluate(model, x, pairs, **kwargs)[0]
+    for key in one.per_image:
+        np.testing.assert_allclose(two.per_image[key], one.per_image[key], atol=1e-6, err_msg=key)
+    print("OK")
+""")
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_of_a_multi_worker_strategy_each_get_the_whole_result():
+    """Two processes on this host form a MultiWorkerMirroredStrategy cluster (TF_CONFIG); the
+    dataset is sharded across them and each receives every worker's rows, in order."""
+    import json
+
+    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", TF_CONFIG=config)
+        workers.append(subprocess.Popen([sys.executable, "-c", WORKER, ROOT], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env))
+    outputs = []
+    try:
+        for worker in workers:
+            outputs.append(worker.communicate(timeout=600) + (worker.returncode,))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for stdout, stderr, code in outputs:
+        assert code == 0 and stdout.strip().endswith("OK"), stdout[-2000:] + stderr[-4000:]

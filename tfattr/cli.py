@@ -114,8 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--images", type=int, default=16, help="number of images (default: 16)")
     evaluate.add_argument("--methods", default="gradient,smoothgrad,ig,guided-ig,smoothtaylor,gradcam,rsi-gradcam",
                           help="comma-separated methods (default: a representative set)")
-    evaluate.add_argument("--strategy", choices=("default", "mirrored"), default="default",
-                          help="mirrored: shard attribution and metrics over every visible GPU (or logical device)")
+    evaluate.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
+                          help="mirrored: shard attribution and metrics over every visible GPU (or logical "
+                               "device); multiworker: over the workers in TF_CONFIG (run the same command "
+                               "on every worker; each writes the whole table)")
     evaluate.add_argument("--aupc-kernel", type=int, default=None,
                           help="AUPC window side (default: 15 scaled to the image side)")
     _method_options(evaluate)
@@ -213,6 +215,9 @@ def _explain(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from tfattr.distribute import strategy_from_name
+
+    strategy = strategy_from_name(args.strategy)  # before any other TensorFlow work (multi-worker)
     import tfattr
     import tfattr.data
     from tfattr.evaluation import evaluate, format_table
@@ -242,9 +247,6 @@ def _evaluate(args) -> int:
     side = x.shape[1]
     kernel = args.aupc_kernel or max(2, round(15 * side / 224))
     print(f"evaluating {len(names)} method(s) on {len(x)} {args.dataset} image(s), {side}x{side}, AUPC windows {kernel}px")
-    import tensorflow as tf
-
-    strategy = tf.distribute.MirroredStrategy() if args.strategy == "mirrored" else None
     rows = evaluate(model, x, methods, labels=labels, masks=masks, value_range=value_range, aupc_kernel=kernel,
                     pointing_tolerance=max(1, round(15 * side / 224)), seed=args.seed,
                     cache_dir=os.path.join(args.out, "cache"), strategy=strategy)

@@ -96,8 +96,9 @@ def evaluate(
         pointing_tolerance: pointing-game tolerance in pixels (paper: 15 at 224 px).
         seed: seed of AUPC's noise.
         cache_dir: folder for cached results (``None``: no cache).
-        strategy: a ``tf.distribute`` strategy: attribution and metrics run on one shard of the
-            images per replica device (:mod:`tfattr.distribute`); results equal the single-device run.
+        strategy: a ``tf.distribute`` strategy: the images are sharded over its replicas (and
+            workers) with ``experimental_distribute_dataset``, attribution and metrics run per
+            replica and are gathered (:mod:`tfattr.distribute`); results equal the single-device run.
 
     Returns:
         One :class:`EvaluationRow` per method, in order.
@@ -151,8 +152,15 @@ def evaluate(
         else:
             from tfattr.distribute import distributed_map
 
-            parts = distributed_map(perturbation_metrics, [images, attributions, labels], strategy)
-            aupc, deletion, insertion = (_Joined([p[i] for p in parts]) for i in range(3))
+            def as_fields(x, a, t):
+                aupc, deletion, insertion = perturbation_metrics(x, a, t)
+                return {"aupc.area": aupc.area, "aupc.curve": aupc.curve, "deletion.auc": deletion.auc,
+                        "deletion.curve": deletion.curve, "insertion.auc": insertion.auc,
+                        "insertion.curve": insertion.curve}
+
+            fields = distributed_map(as_fields, [images, attributions, labels], strategy)
+            aupc, deletion, insertion = (_Joined({k.split(".")[1]: v for k, v in fields.items() if k.startswith(p)})
+                                         for p in ("aupc.", "deletion.", "insertion."))
         per_image = {"AUPC": aupc.area, "AUTVC": metrics.autvc(attributions).area, "deletion": deletion.auc,
                      "insertion": insertion.auc}
         if explanation.delta is not None:
@@ -175,12 +183,11 @@ def evaluate(
 
 
 class _Joined:
-    """Per-shard metric results concatenated along the image axis (``area``, ``auc``, ``curve``)."""
+    """Metric results gathered over replicas along the image axis (``area``, ``auc``, ``curve``)."""
 
-    def __init__(self, parts):
-        for name in ("area", "auc", "curve"):
-            if hasattr(parts[0], name):
-                setattr(self, name, np.concatenate([getattr(p, name) for p in parts]))
+    def __init__(self, fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
 
 
 def format_table(rows: Sequence[EvaluationRow], columns: Optional[Sequence[str]] = None, title: str = "") -> str:
