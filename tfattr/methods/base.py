@@ -23,7 +23,7 @@ from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["AttributionMethod", "Explained"]
 
-_COMMON = {"batch_size": 16, "verbose": "auto"}
+_COMMON = {"batch_size": 16, "verbose": "auto", "parallel_chunks": 2}
 
 
 class Explained(dict):
@@ -46,6 +46,8 @@ class AttributionMethod:
     Args:
         model: a Keras 3 model (TensorFlow backend) taking one image batch.
         batch_size: points per forward+backward pass (memory bound); default 16.
+        parallel_chunks: chunks of ``batch_size`` points in flight at once (default 2; ``1`` runs
+            them one after the other and halves the peak memory); results do not depend on it.
         verbose: progress bar: ``"auto"`` (long runs only), ``1`` or ``0``.
         **options: the method's own options (see its docstring); each can also be
             given to :meth:`attribute` to override it for one call.
@@ -81,6 +83,10 @@ class AttributionMethod:
             )
         merged = dict(base, **overrides)
         merged["batch_size"] = _check_batch_size(merged["batch_size"])
+        chunks = merged["parallel_chunks"]
+        if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
+            raise InvalidInputError("`parallel_chunks` (chunks in flight at once) must be a positive integer. "
+                                    + received("parallel_chunks", chunks))
         self._check_options(merged)
         return merged
 
@@ -106,6 +112,7 @@ class AttributionMethod:
                                 collect_rows=collect_rows)
             self._engines[key] = engine
         engine.batch_size = config["batch_size"]
+        engine.parallel_chunks = int(config["parallel_chunks"])
         engine.verbose = config["verbose"]
         return engine
 
