@@ -9,7 +9,7 @@ the grids ``tolerance=`` uses) whose layer completeness error is below 5% and 1%
 image, against ``tolerance=`` (each image stops at its own ``m``).
 
 IG_noise (uniform baselines, 16 steps each): draws with ``baseline_tolerance=`` (blocks of 4)
-until the relative Monte-Carlo standard error is ≤ 10% per image, against the fixed
+until the relative Monte-Carlo standard error is ≤ 20% per image, against the fixed
 ``n_baselines`` a user would need to cover the slowest image.
 
     python benchmarks/bench_adaptive.py [--images 16] [--only ig|rsi|noise]
@@ -85,12 +85,12 @@ def bench_rsi(model, x, labels, layer="block3_conv2"):
               f"{seconds:>8.2f} {fixed[1] / expl.gradients:>8.1f}x   worst error {np.max(expl.relative_delta):.2g}")
 
 
-def bench_noise(model, x, labels, tolerance=0.1, block=4, steps=16):
+def bench_noise(model, x, labels, tolerance=0.2, block=4, steps=16):
     print(f"IG_noise, uniform baselines, {steps} steps each, {len(x)} images; relative Monte-Carlo standard "
           f"error ≤ {tolerance:.0%} per image")
     start = time.perf_counter()
     expl = tfattr.IntegratedGradients(model, baseline="uniform", n_baselines=block, baseline_tolerance=tolerance,
-                                      max_baselines=256, steps=steps, batch_size=64, verbose=0).attribute(x, target=labels)
+                                      max_baselines=512, steps=steps, batch_size=64, verbose=0).attribute(x, target=labels)
     seconds = time.perf_counter() - start
     draws = expl.info["n_baselines"]
     fixed = int(draws.max()) * steps * len(x)
