@@ -37,6 +37,22 @@ def test_explain_writes_overlays_and_the_npz_of_the_library_result(saved, tmp_pa
     np.testing.assert_allclose(saved_npz["delta"], direct.delta, atol=1e-6)
 
 
+def test_explain_with_requested_accuracies_matches_the_library(saved, tmp_path, relu_cnn):
+    model_path, paths = saved
+    x = _load_images(paths, (16, 16), (0.0, 1.0))
+    out = tmp_path / "rsi"
+    assert main(["explain", "--model", model_path, "--images", *paths, "--method", "rsi-gradcam", "--tolerance",
+                 "0.05", "--out", str(out)]) == 0
+    direct = tfattr.RSIGradCAM(relu_cnn, tolerance=0.05).attribute(x)
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["attributions"], np.asarray(direct), atol=1e-5)
+    out = tmp_path / "noise"
+    assert main(["explain", "--model", model_path, "--images", *paths, "--method", "ig", "--baseline", "uniform",
+                 "--n-baselines", "4", "--baseline-tolerance", "0.5", "--steps", "8", "--out", str(out)]) == 0
+    direct = tfattr.IntegratedGradients(relu_cnn, baseline="uniform", n_baselines=4, baseline_tolerance=0.5,
+                                        steps=8).attribute(x)
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["attributions"], np.asarray(direct), atol=1e-6)
+
+
 def test_bad_arguments_exit_with_code_2(saved, tmp_path, capsys):
     model_path, paths = saved
     with pytest.raises(SystemExit) as exit_info:

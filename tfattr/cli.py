@@ -32,7 +32,11 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=50, help="IG / RSI-Grad-CAM steps (default: 50)")
     parser.add_argument("--rule", default="riemann_right", help="IG rule (default: riemann_right)")
     parser.add_argument("--tolerance", type=float, default=None,
-                        help="IG: refine until this relative completeness error instead of --steps")
+                        help="IG, guided IG, RSI-Grad-CAM: refine each image until this relative completeness "
+                             "error instead of --steps")
+    parser.add_argument("--baseline-tolerance", type=float, default=None,
+                        help="IG with a random baseline: draw blocks of --n-baselines until this relative "
+                             "Monte-Carlo standard error")
     parser.add_argument("--n-baselines", type=int, default=1, help="draws of a random baseline (default: 1)")
     parser.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default: 25)")
     parser.add_argument("--roots", type=int, default=150, help="SmoothTaylor roots R (default: 150)")
@@ -68,6 +72,8 @@ def _build_method(name: str, model, args, value_range):
     common = dict(batch_size=args.batch_size, verbose=args.verbose)
     ig = dict(baseline=args.baseline, steps=args.steps, rule=args.rule, n_baselines=args.n_baselines,
               value_range=value_range, seed=args.seed, tolerance=args.tolerance, **common)
+    if args.baseline_tolerance is not None:
+        ig["baseline_tolerance"] = args.baseline_tolerance
     sigma = args.sigma if args.sigma == "adaptive" else float(args.sigma)
     builders = {
         "ig": lambda: tfattr.IntegratedGradients(model, **ig),
@@ -81,6 +87,7 @@ def _build_method(name: str, model, args, value_range):
                                                     value_range=value_range, seed=args.seed, **common),
         "gradcam": lambda: tfattr.GradCAM(model, layer=args.layer, **common),
         "rsi-gradcam": lambda: tfattr.RSIGradCAM(model, layer=args.layer, steps=args.steps, baseline=args.baseline,
+                                                 n_baselines=args.n_baselines, tolerance=args.tolerance,
                                                  value_range=value_range, seed=args.seed, **common),
     }
     if name not in builders:
