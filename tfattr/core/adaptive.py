@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["level_nodes", "max_level_for"]
+from tfattr.core.engine import PathRows
+
+__all__ = ["level_nodes", "max_level_for", "level_bounds", "level_rows", "relative_error"]
 
 
 def level_nodes(level: int) -> np.ndarray:
@@ -38,3 +40,26 @@ def max_level_for(max_steps: int) -> int:
     while 2 ** (level + 1) + 1 <= max_steps:
         level += 1
     return level
+
+
+def level_bounds(min_steps: int, max_steps: int):
+    """``(bottom, top)``: the first level with at least ``min_steps`` nodes and the last within ``max_steps``."""
+    top = max_level_for(max_steps)
+    bottom = 0
+    while 2**bottom + 1 < min_steps:
+        bottom += 1
+    return min(bottom, top), top
+
+
+def level_rows(level: int, num_examples: int, num_baselines: int, todo: np.ndarray, per_example: bool) -> PathRows:
+    """The rows of ``level``'s new nodes (unit weights) for the examples ``todo`` × every baseline."""
+    alphas = level_nodes(level)
+    rows = PathRows.grid(num_examples, num_baselines, alphas, np.ones(len(alphas)), per_example)
+    keep = np.isin(rows.example, todo)
+    return PathRows(rows.example[keep], rows.baseline[keep], rows.alpha[keep], rows.weight[keep])
+
+
+def relative_error(total: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """``|total − gap| / |gap|`` (the absolute error where ``gap == 0``)."""
+    safe = np.where(gap != 0, np.abs(gap), 1.0)
+    return np.where(gap != 0, np.abs(total - gap) / safe, np.abs(total - gap))

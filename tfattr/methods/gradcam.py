@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfattr.baselines.registry import BaselineSet
-from tfattr.core.adaptive import level_nodes, max_level_for
+from tfattr.core.adaptive import level_bounds, level_rows, relative_error
 from tfattr.core.engine import PathRows
 from tfattr.core.gradients import LayerGradients
 from tfattr.core.layers import find_layer, last_layer_with_rank
@@ -204,11 +204,7 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         baselines = self.make_baselines(x.numpy(), config)
         num_examples, count = int(x.shape[0]), baselines.count
         tolerance = float(config["tolerance"])
-        top = max_level_for(config["max_steps"])
-        bottom = 0
-        while 2**bottom + 1 < config["min_steps"]:
-            bottom += 1
-        bottom = min(bottom, top)
+        bottom, top = level_bounds(config["min_steps"], config["max_steps"])
         span = 2**top  # node i of the finest grid sits at α = i / span
         kept = {}  # (example, baseline) -> {node: (gradient, activations)}
         terms = [None] * num_examples  # per example: Σ over baselines of the ordered sums
@@ -221,10 +217,7 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
             todo = np.flatnonzero(active)
             if len(todo) == 0:
                 break
-            alphas = level_nodes(k)
-            rows = PathRows.grid(num_examples, count, alphas, np.ones(len(alphas)), baselines.per_example)
-            keep = np.isin(rows.example, todo)
-            rows = PathRows(rows.example[keep], rows.baseline[keep], rows.alpha[keep], rows.weight[keep])
+            rows = level_rows(k, num_examples, count, todo, baselines.per_example)
             result = self.integrate(x, baselines, targets, rows, config, collect_rows=True)
             evaluated += len(rows)
             nodes = np.rint(rows.alpha * span).astype(int)
@@ -251,9 +244,7 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
                     activations[e] = kept[(int(e), 0)][span][1]
                 terms[e] = update if terms[e] is None else terms[e] + update
             level[todo] = k
-            gap = fx[todo] - fz[todo]
-            total = np.array([terms[e].sum() / count for e in todo])
-            error[todo] = np.where(gap != 0, np.abs(total - gap) / np.where(gap != 0, np.abs(gap), 1), np.abs(total - gap))
+            error[todo] = relative_error(np.array([terms[e].sum() / count for e in todo]), fx[todo] - fz[todo])
             done = todo[(error[todo] <= tolerance) & (k >= bottom)]
             active[done] = False
             for e in done:  # free the converged paths' nodes

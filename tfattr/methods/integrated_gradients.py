@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfattr.baselines.registry import BaselineSet, is_random, make_baselines
-from tfattr.core.adaptive import level_nodes, max_level_for
+from tfattr.core.adaptive import level_bounds, level_nodes, level_rows, relative_error
 from tfattr.core.engine import PathRows
 from tfattr.core.inputs import validate_value_range
 from tfattr.core.quadrature import quadrature
@@ -175,11 +175,7 @@ class IntegratedGradients(AttributionMethod):
         if fx is None:
             fx = self.scores(x, targets, config["batch_size"])
         tolerance = float(config["tolerance"])
-        top = max_level_for(config["max_steps"])
-        bottom = 0  # the first level with at least min_steps nodes
-        while 2**bottom + 1 < config["min_steps"]:
-            bottom += 1
-        bottom = min(bottom, top)
+        bottom, top = level_bounds(config["min_steps"], config["max_steps"])
         shape = tuple(x.shape[1:])
         ends = np.zeros((num_examples,) + shape)  # ½ G(0) + ½ G(1), averaged over baselines
         inner = np.zeros((num_examples,) + shape)  # Σ_l S_l, averaged over baselines
@@ -194,11 +190,7 @@ class IntegratedGradients(AttributionMethod):
             todo = np.flatnonzero(active)
             if len(todo) == 0:
                 break
-            alphas = level_nodes(k)
-            weights = np.full(len(alphas), 1.0)
-            rows = PathRows.grid(num_examples, count, alphas, weights, baselines.per_example)
-            keep = np.isin(rows.example, todo)
-            rows = PathRows(rows.example[keep], rows.baseline[keep], rows.alpha[keep], rows.weight[keep])
+            rows = level_rows(k, num_examples, count, todo, baselines.per_example)
             result = self.integrate(x, baselines, targets, rows, config)
             evaluated += len(rows)
             if k == 0:
@@ -207,15 +199,12 @@ class IntegratedGradients(AttributionMethod):
             else:
                 inner[todo] += result.attributions[todo]
             for e in todo:
-                nodes[e].extend(alphas.tolist())
+                nodes[e].extend(level_nodes(k).tolist())
             level[todo] = k
             estimate = (ends[todo] + inner[todo]) / 2.0**k
             if self.convergence == "completeness":
                 gap = fx[todo] - fz[todo]
-                total = estimate.reshape(len(todo), -1).sum(axis=1)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    error[todo] = np.where(gap != 0, np.abs(total - gap) / np.abs(np.where(gap != 0, gap, 1)),
-                                           np.abs(total - gap))
+                error[todo] = relative_error(estimate.reshape(len(todo), -1).sum(axis=1), gap)
             elif k > 0:
                 change = np.abs(estimate - previous[todo]).reshape(len(todo), -1).sum(axis=1)
                 size = np.abs(estimate).reshape(len(todo), -1).sum(axis=1)
