@@ -51,6 +51,11 @@ SCRIPT = textwrap.dedent("""
     np.testing.assert_array_equal(spread.info["steps"], single.info["steps"])
     np.testing.assert_allclose(spread.info["relative_error"], single.info["relative_error"], atol=1e-5)
     assert spread.gradients == single.gradients
+    # one image on two replicas: the empty replica still joins the gather; the default strategy works too
+    for strat in (strategy, None):
+        alone = distributed_attribute(ig, x[:1], target=labels[:1], strategy=strat)
+        np.testing.assert_allclose(np.asarray(alone), np.asarray(single)[:1], atol=1e-6)
+        np.testing.assert_array_equal(alone.info["steps"], single.info["steps"][:1])
     from tfattr.evaluation import evaluate
     model32 = small_cnn("relu", size=32)  # AUTVC needs maps of at least 30 px
     x32 = np.random.default_rng(1).uniform(0, 1, (5, 32, 32, 3)).astype(np.float32)

@@ -60,7 +60,10 @@ PER_EXAMPLE_INFO = ("steps", "relative_error", "converged", "n_baselines", "rela
 def replica_devices(strategy: Optional[tf.distribute.Strategy] = None) -> List[str]:
     """The local devices a strategy replicates over (the default strategy: the current device)."""
     strategy = strategy or tf.distribute.get_strategy()
-    devices = list(getattr(strategy.extended, "worker_devices", []) or [])
+    try:
+        devices = list(strategy.extended.worker_devices or [])
+    except (AttributeError, RuntimeError):  # the default strategy has no worker devices
+        devices = []
     return devices or ["/cpu:0"]
 
 
@@ -123,19 +126,30 @@ def _sharded(fn: Callable, arrays: Sequence[Optional[np.ndarray]], strategy, ima
             return index, call([b.numpy() for b in batch])
 
     pieces: List[List[Any]] = [[] for _ in range(local)]
-    with ThreadPoolExecutor(max_workers=local) as pool:
-        for batch in distributed:
-            per_replica = [strategy.experimental_local_results(column) for column in batch]
-            shards = [tuple(column[r] for column in per_replica) for r in range(local)]
-            for r, out in enumerate(pool.map(run, range(local), shards)):
-                if out is not None:
-                    pieces[r].append(out)
-
-    # A replica that got no rows still needs the fields' dtypes and trailing shapes to join the
-    # all-gather: it evaluates the first example and keeps none of it.
-    template = next((p[0][1] for p in pieces if p), None)
-    if template is None:
-        template = call([c[:1] for c in columns])
+    failure = None
+    try:
+        with ThreadPoolExecutor(max_workers=local) as pool:
+            for batch in distributed:
+                per_replica = [strategy.experimental_local_results(column) for column in batch]
+                shards = [tuple(column[r] for column in per_replica) for r in range(local)]
+                for r, out in enumerate(pool.map(run, range(local), shards)):
+                    if out is not None:
+                        pieces[r].append(out)
+        # A replica that got no rows still needs the fields' dtypes and trailing shapes to join the
+        # all-gather: it evaluates the first example and keeps none of it.
+        template = next((p[0][1] for p in pieces if p), None)
+        if template is None:
+            template = call([c[:1] for c in columns])
+    except Exception as exc:  # noqa: BLE001 — re-raised below, after every worker knows
+        failure = exc
+    # Every worker joins this all-reduce, failed or not, so no worker waits forever in the gather.
+    flags = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(0.0 if failure is None else 1.0, tf.float32))
+    failed = float(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None).numpy())
+    if failure is not None:
+        raise failure
+    if failed > 0:
+        raise RuntimeError(f"tfattr.distribute: {failed:g} replica(s) on other workers failed; see their logs.")
     names = sorted(template)
     joined = []
     for r in range(local):
@@ -151,7 +165,8 @@ def _sharded(fn: Callable, arrays: Sequence[Optional[np.ndarray]], strategy, ima
     # (float32 values and integers below 2^53 round-trip exactly).
     keys = ["__index__"] + names
     layout = [(key, joined[0][key].dtype, joined[0][key].shape[1:]) for key in keys]
-    packed = [np.concatenate([part[key].reshape(len(part["__index__"]), -1).astype(np.float64) for key in keys], axis=1)
+    packed = [np.concatenate([part[key].reshape(len(part["__index__"]), int(np.prod(part[key].shape[1:], dtype=np.int64)))
+                              .astype(np.float64) for key in keys], axis=1)
               for part in joined]
     value = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant(packed[context.replica_id_in_sync_group % local]))

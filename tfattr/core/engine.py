@@ -23,7 +23,9 @@ per-example sums are accumulated on the host in float64. Consequences:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -123,6 +125,13 @@ class EngineResult:
 COMBINES = ("path", "plain", "stieltjes")
 
 
+def _current_device() -> str:
+    """The device of the calling thread's ``tf.device`` scope ("" when none is set)."""
+    from tensorflow.python.eager import context  # no public accessor for the scope's device
+
+    return context.context().device_name or ""
+
+
 class PathEngine:
     """Chunked, compiled evaluation of a list of :class:`PathRows`.
 
@@ -179,12 +188,17 @@ class PathEngine:
         self.parallel_chunks = max(1, int(parallel_chunks))
         self.verbose = verbose
         self._compiled = {}
+        self._lock = threading.Lock()  # replicas of tfattr.distribute share one engine
         self.traces = 0
 
     def _chunk_function(self, shape: Tuple[int, ...], dtype: tf.DType, relative: bool = False, clip=None):
         key = (shape, dtype.name, relative, clip, self.collect_squares, self.collect_rows)
-        if key in self._compiled:
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = self._build_chunk(shape, dtype, relative, clip)
             return self._compiled[key]
+
+    def _build_chunk(self, shape, dtype, relative, clip):
         rank = len(shape) + 1
         acc_dtype = tf.float64 if dtype == tf.float64 else tf.float32
         gradient_fn = self.gradient_fn
@@ -253,7 +267,6 @@ class PathEngine:
                 row_out = (tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype))
             return (tf.cast(scores, tf.float64), sums, endpoint, ends, values[-1:], squared) + row_out
 
-        self._compiled[key] = chunk
         return chunk
 
     def integrate(self, x: tf.Tensor, baselines: tf.Tensor, target_indices: np.ndarray, rows: PathRows,
@@ -284,24 +297,28 @@ class PathEngine:
         num_chunks = math.ceil(total / self.batch_size)
         bar = progress_bar(num_chunks, self.verbose)
         kept_gradients, kept_values = [], []
+        # the caller's device (tf.device scopes are per thread): worker threads run there too
+        device = _current_device()
 
         def call(start, carry):
             part = slice(start, start + self.batch_size)
             first = int(example[start])
             count = int(example[min(start + self.batch_size, total) - 1]) - first + 1
-            return first, count, chunk(
-                x,
-                baselines,
-                tf.constant(example[part]),
-                tf.constant(baseline[part]),
-                tf.constant(rows.alpha[part], tf.float64),
-                tf.constant(rows.weight[part], tf.float64),
-                tf.constant(targets[part]),
-                tf.constant(first, tf.int32),
-                tf.constant(count, tf.int32),
-                carry,
-                scale,
-            )
+            with tf.device(device) if device else contextlib.nullcontext():
+                outputs = chunk(
+                    x,
+                    baselines,
+                    tf.constant(example[part]),
+                    tf.constant(baseline[part]),
+                    tf.constant(rows.alpha[part], tf.float64),
+                    tf.constant(rows.weight[part], tf.float64),
+                    tf.constant(targets[part]),
+                    tf.constant(first, tf.int32),
+                    tf.constant(count, tf.int32),
+                    carry,
+                    scale,
+                )
+            return first, count, outputs
 
         def consume(i, start, first, count, outputs):
             nonlocal attributions, endpoint, ends, squares

@@ -8,6 +8,7 @@ resolution happen once, here, at the public boundary.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -72,6 +73,7 @@ class AttributionMethod:
         self.spec = model_spec(model)
         self.config = self._merge(dict(_COMMON, **self.options), options)
         self._engines: Dict[Any, PathEngine] = {}
+        self._engine_lock = threading.Lock()  # replicas of tfattr.distribute share the method
 
     # -- options ---------------------------------------------------------------------------
     def _merge(self, base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
@@ -102,6 +104,10 @@ class AttributionMethod:
         """A cached :class:`PathEngine` for the target kind (callables get their own); with
         ``collect_rows`` one that also returns every row's gradient and values."""
         key = ("index", collect_rows) if targets.score_fn is None else ("callable", targets.score_fn, collect_rows)
+        with self._engine_lock:
+            return self._engine(key, targets, config, collect_rows)
+
+    def _engine(self, key, targets: Targets, config: Dict[str, Any], collect_rows: bool) -> PathEngine:
         engine = self._engines.get(key)
         if engine is None:
             if targets.score_fn is not None:  # keep one callable engine at a time

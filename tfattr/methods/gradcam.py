@@ -151,8 +151,8 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
 
     ``Σ_μ (∂y(μ)/∂A − ∂y(ρ)/∂A) ⊙ (A(μ) − A(λ))``
 
-    (the old term ``∂y(ρ)/∂A ⊙ (A(ρ) − A(λ))`` splits into two), so the result is exactly
-    eq. 6 with ``m = 2^k`` steps. The price is memory: the layer gradient and activations of
+    (the old term ``∂y(ρ)/∂A ⊙ (A(ρ) − A(λ))`` splits into two), so the result is eq. 6 with
+    ``m = 2^k`` steps (up to float32 rounding: the terms are summed in another order). The price is memory: the layer gradient and activations of
     every node of an unconverged path are kept on the host (``2 · |A| · nodes`` floats per
     path). ``info["steps"]`` and ``info["relative_error"]`` report per example.
     """
@@ -174,6 +174,8 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         del config["rule"]
 
     def describe(self, config) -> str:
+        if config.get("tolerance") is not None:
+            return f"rsi_gradcam(layer={self.layer.name}, tolerance={config['tolerance']:g})"
         return f"rsi_gradcam(layer={self.layer.name}, steps={config['steps']})"
 
     def _explain(self, x, targets, fx, config) -> Explained:
@@ -222,8 +224,9 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
             evaluated += len(rows)
             nodes = np.rint(rows.alpha * span).astype(int)
             for r in range(len(rows)):
+                # copies, not views of the level's arrays, so freeing a converged path frees its memory
                 kept.setdefault((int(rows.example[r]), int(rows.baseline[r]) % count), {})[int(nodes[r])] = (
-                    result.row_gradients[r], result.row_values[r])
+                    result.row_gradients[r].copy(), result.row_values[r].copy())
             if k == 0:
                 fz = self.baseline_scores(x, baselines, targets, rows, result, config)
                 if fx is None:

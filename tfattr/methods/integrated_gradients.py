@@ -58,8 +58,10 @@ class IntegratedGradients(AttributionMethod):
             of each example's IG_noise mean, relative to its norm (``‖SE‖₂ / ‖mean‖₂``, the
             sample variance of the per-draw IGs over the draws), is at most
             ``baseline_tolerance`` (e.g. 0.05). Converged examples stop drawing; the draws form
-            one sequence, so a run that used ``K`` draws equals ``n_baselines=K`` with the same
-            seed. Combines with ``tolerance`` (each draw's path is then refined on its own).
+            one sequence, so with fixed ``steps`` a run that used ``K`` draws equals
+            ``n_baselines=K`` with the same seed. Combines with ``tolerance``: each draw's path is
+            then refined on its own grid (``n_baselines=K`` with ``tolerance`` refines an example's
+            ``K`` paths together, on one grid).
             ``info["n_baselines"]`` and ``info["relative_standard_error"]`` report per example.
         max_baselines: draw budget per example for ``baseline_tolerance`` (default 64); a
             ``RuntimeWarning`` names the examples that did not converge.
@@ -125,7 +127,14 @@ class IntegratedGradients(AttributionMethod):
                     raise InvalidInputError(f"`{key}` must be an integer ≥ 2. " + received(key, value))
 
     def describe(self, config) -> str:
-        return f"{self.name}(baseline={config['baseline'] if isinstance(config['baseline'], str) else 'custom'}, steps={config['steps']}, rule={config['rule']})"
+        baseline = config["baseline"] if isinstance(config["baseline"], str) else "custom"
+        if config.get("baseline_tolerance") is not None:
+            baseline += f" to {config['baseline_tolerance']:g} s.e."
+        elif config.get("n_baselines", 1) > 1:
+            baseline += f" x{config['n_baselines']}"
+        if config.get("tolerance") is not None:
+            return f"{self.name}(baseline={baseline}, tolerance={config['tolerance']:g})"
+        return f"{self.name}(baseline={baseline}, steps={config['steps']}, rule={config['rule']})"
 
     def make_baselines(self, x_array: np.ndarray, config):
         return make_baselines(
