@@ -32,11 +32,17 @@ def as_image(values):
 
 
 class CallCounter(keras.layers.Layer):
-    """Identity layer that counts how many times the model runs (forward passes)."""
+    """Identity layer that counts how many times the model runs (forward passes).
+
+    The engine runs chunks from several host threads at once (``parallel_chunks``), so the count
+    must be atomic. A Keras variable's ``assign_add`` is ``assign(self + value)``: a read and a
+    write that lose increments when two chunks run together. The raw ``tf.Variable.assign_add``
+    is one ``AssignAddVariableOp``, which holds the variable's lock while it adds.
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="int64", name="calls")
+        self.calls = tf.Variable(0, dtype=tf.int64, trainable=False, name="calls")
 
     def call(self, inputs):
         self.calls.assign_add(1)
