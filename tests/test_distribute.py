@@ -1,4 +1,5 @@
-"""Attribution sharded over two logical CPU devices equals the single-device run.
+"""Attribution sharded over two logical CPU devices equals the single-device run, and the
+engine's worker threads run chunks on the caller's device.
 
 Logical devices must be configured before TensorFlow starts, so the check runs in a fresh
 Python process.
@@ -56,6 +57,29 @@ SCRIPT = textwrap.dedent("""
         alone = distributed_attribute(ig, x[:1], target=labels[:1], strategy=strat)
         np.testing.assert_allclose(np.asarray(alone), np.asarray(single)[:1], atol=1e-6)
         np.testing.assert_array_equal(alone.info["steps"], single.info["steps"][:1])
+    # chunks in flight run on the caller's device from every worker thread (tf.device is per thread)
+    import contextlib, threading
+    ig = tfattr.IntegratedGradients(model, steps=8, batch_size=4, parallel_chunks=2, verbose=0)
+    ig.attribute(x[:1], target=0)
+    engine = ig._engines[("index", False)]
+    seen, build = [], engine._chunk_function
+
+    def recording(*args, **kwargs):
+        chunk = build(*args, **kwargs)
+
+        def run(*inputs):
+            outputs = chunk(*inputs)
+            seen.append((threading.current_thread().name, outputs[1].device.split("device:")[-1]))
+            return outputs
+        return run
+
+    engine._chunk_function = recording
+    for device, expected in (("/cpu:1", "CPU:1"), ("/cpu:0", "CPU:0"), (None, "CPU:0")):
+        seen.clear()
+        with tf.device(device) if device else contextlib.nullcontext():
+            ig.attribute(x, target=labels)
+        assert len({name for name, _ in seen}) == 3, seen  # the caller and two workers
+        assert {where for _, where in seen} == {expected}, (device, seen)
     from tfattr.evaluation import evaluate
     model32 = small_cnn("relu", size=32)  # AUTVC needs maps of at least 30 px
     x32 = np.random.default_rng(1).uniform(0, 1, (5, 32, 32, 3)).astype(np.float32)
