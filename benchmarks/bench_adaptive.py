@@ -4,9 +4,9 @@ For each target error (1% and 0.1%, the worst image of the batch): the smallest 
 count (searched over powers of two, then bisected) for the right Riemann rule, the trapezoid
 rule and Gauss–Legendre, and IG with ``tolerance=`` (nested trapezoid levels per image).
 
-RSI-Grad-CAM (at the last conv layer): the smallest fixed step count ``m`` (a power of two,
-the grids ``tolerance=`` uses) whose layer completeness error is below 5% and 1% on every
-image, against ``tolerance=`` (each image stops at its own ``m``).
+RSI-Grad-CAM (at ``block3_conv2``), eq. 6 and the notebook's trapezoid rule: the smallest fixed
+step count ``m`` (a power of two, the grids ``tolerance=`` uses) whose layer completeness error
+is below 5% and 1% on every image, against ``tolerance=`` (each image stops at its own ``m``).
 
 IG_noise (uniform baselines, 16 steps each): draws with ``baseline_tolerance=`` (blocks of 4)
 until the relative Monte-Carlo standard error is ≤ 20% per image, against the fixed
@@ -60,29 +60,32 @@ def smallest_steps(model, x, labels, rule, target, cap=4096):
 
 def bench_rsi(model, x, labels, layer="block3_conv2"):
     print(f"RSI-Grad-CAM at {layer}, demo classifier (logits), {len(x)} images, zero baseline; error = "
-          "|Σ terms − (y(I) − y(I₀))| / |y(I) − y(I₀)| (worst image)")
-    print(f"{'target':>7} {'method':<22} {'m/image':>12} {'gradients':>10} {'seconds':>8} {'vs fixed':>9}")
-    for target in (0.05, 0.01):
-        m, fixed = 1, None
-        while m <= 1024:
+          "|Σ terms − (y(I) − y(I₀))| / |y(I) − y(I₀)| (worst image); eq. 6 (right sum) and the authors' "
+          "notebook (trapezoid)")
+    print(f"{'target':>7} {'method':<34} {'m/image':>12} {'gradients':>10} {'seconds':>8} {'vs fixed':>9}")
+    for rule in ("riemann_right", "trapezoid"):
+        for target in (0.05, 0.01):
+            m, fixed = 1, None
+            while m <= 1024:
+                start = time.perf_counter()
+                expl = tfattr.RSIGradCAM(model, layer=layer, steps=m, rule=rule, batch_size=64,
+                                         verbose=0).attribute(x, target=labels)
+                seconds = time.perf_counter() - start
+                if np.max(expl.relative_delta) <= target:
+                    fixed = (m, expl.gradients, seconds)
+                    break
+                m *= 2
+            if fixed is None:
+                print(f"{target:>7} {rule + ', fixed steps':<34} {'> 1024':>12}")
+                continue
+            print(f"{target:>7} {rule + ', fixed steps':<34} {fixed[0]:>12} {fixed[1]:>10} {fixed[2]:>8.2f}")
             start = time.perf_counter()
-            expl = tfattr.RSIGradCAM(model, layer=layer, steps=m, batch_size=64, verbose=0).attribute(x, target=labels)
+            expl = tfattr.RSIGradCAM(model, layer=layer, tolerance=target, rule=rule, max_steps=1025, batch_size=64,
+                                     verbose=0).attribute(x, target=labels)
             seconds = time.perf_counter() - start
-            if np.max(expl.relative_delta) <= target:
-                fixed = (m, expl.gradients, seconds)
-                break
-            m *= 2
-        if fixed is None:
-            print(f"{target:>7} {'fixed steps':<22} {'> 1024':>12}")
-            continue
-        print(f"{target:>7} {'fixed steps':<22} {fixed[0]:>12} {fixed[1]:>10} {fixed[2]:>8.2f}")
-        start = time.perf_counter()
-        expl = tfattr.RSIGradCAM(model, layer=layer, tolerance=target, max_steps=1025, batch_size=64,
-                                 verbose=0).attribute(x, target=labels)
-        seconds = time.perf_counter() - start
-        steps = expl.info["steps"]
-        print(f"{target:>7} {'adaptive (tolerance)':<22} {f'{steps.min()}-{steps.max()}':>12} {expl.gradients:>10} "
-              f"{seconds:>8.2f} {fixed[1] / expl.gradients:>8.1f}x   worst error {np.max(expl.relative_delta):.2g}")
+            steps = expl.info["steps"]
+            print(f"{target:>7} {rule + ', tolerance':<34} {f'{steps.min()}-{steps.max()}':>12} {expl.gradients:>10} "
+                  f"{seconds:>8.2f} {fixed[1] / expl.gradients:>8.1f}x   worst error {np.max(expl.relative_delta):.2g}")
 
 
 def bench_noise(model, x, labels, tolerance=0.2, block=4, steps=16):

@@ -130,21 +130,31 @@ def test_rsi_tolerance_converges_per_example_and_never_repeats_a_node():
     assert abs(fixed.delta[0]) / abs(fixed.scores[0] - fixed.baseline_scores[0]) > 1e-2  # one level less fails
 
 
-def test_rsi_tolerance_equals_eq6_with_the_final_step_count(smooth_cnn, images):
+@pytest.mark.parametrize("notebook", [False, True], ids=["eq6", "notebook"])
+def test_rsi_tolerance_equals_the_fixed_sum_with_the_final_step_count(smooth_cnn, images, notebook):
+    """Eq. 6 (right sum), or the notebook's trapezoid sum with positive-unit selection."""
     from tfattr import RSIGradCAM
 
+    variant = dict(rule="trapezoid", positive_units=True) if notebook else {}
     rsi = RSIGradCAM(smooth_cnn, layer=3, tolerance=2e-3, baseline="uniform", n_baselines=2, seed=1,
-                     batch_size=6, upsample=False, relu=False)
+                     batch_size=6, upsample=False, relu=False, **variant)
     expl = rsi.attribute(images, target=2)
     again = rsi.attribute(images, target=2)
     np.testing.assert_array_equal(np.asarray(expl), np.asarray(again))
     assert np.all(expl.info["relative_error"] <= 2e-3)
     for e in range(len(images)):
         fixed = RSIGradCAM(smooth_cnn, layer=3, steps=int(expl.info["steps"][e]), baseline="uniform", n_baselines=2,
-                           seed=1, upsample=False, relu=False).attribute(images[e : e + 1], target=2)
+                           seed=1, upsample=False, relu=False, **variant).attribute(images[e : e + 1], target=2)
         np.testing.assert_allclose(expl.info["weights"][e], fixed.info["weights"][0], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(np.asarray(expl)[e], np.asarray(fixed)[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(expl.delta[e], fixed.delta[0], atol=1e-5)
+        if notebook:
+            np.testing.assert_allclose(expl.info["selected"][e], fixed.info["selected"][0])
+    if notebook:  # on a smooth (tanh) model the trapezoid sum is second order: fewer steps than eq. 6
+        right = RSIGradCAM(smooth_cnn, layer=3, tolerance=2e-3, baseline="uniform", n_baselines=2, seed=1,
+                           upsample=False, relu=False).attribute(images, target=2)
+        assert expl.gradients < right.gradients
+        return
     with pytest.warns(RuntimeWarning, match="did not reach tolerance"):
         capped = RSIGradCAM(smooth_cnn, layer=3, tolerance=1e-9, max_steps=5).attribute(images[:1], target=2)
     assert capped.info["steps"][0] == 4 and not capped.info["converged"][0]

@@ -45,6 +45,12 @@ def test_explain_with_requested_accuracies_matches_the_library(saved, tmp_path, 
                  "0.05", "--out", str(out)]) == 0
     direct = tfattr.RSIGradCAM(relu_cnn, tolerance=0.05).attribute(x)
     np.testing.assert_allclose(np.load(out / "attributions.npz")["attributions"], np.asarray(direct), atol=1e-5)
+    out = tmp_path / "rsi_notebook"
+    assert main(["explain", "--model", model_path, "--images", *paths, "--method", "rsi-gradcam", "--rsi-notebook",
+                 "--steps", "8", "--out", str(out)]) == 0
+    notebook = tfattr.RSIGradCAM(relu_cnn, steps=8, rule="trapezoid", positive_units=True).attribute(x)
+    assert not np.allclose(np.asarray(notebook), np.asarray(tfattr.RSIGradCAM(relu_cnn, steps=8).attribute(x)))
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["attributions"], np.asarray(notebook), atol=1e-5)
     out = tmp_path / "noise"
     assert main(["explain", "--model", model_path, "--images", *paths, "--method", "ig", "--baseline", "uniform",
                  "--n-baselines", "4", "--baseline-tolerance", "0.5", "--steps", "8", "--out", str(out)]) == 0

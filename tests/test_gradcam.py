@@ -146,3 +146,99 @@ def test_unknown_layers_list_close_names(relu_cnn):
     flat = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="no layer with a 4-D output"):
         GradCAM(flat)
+
+
+# -- the authors' notebook: trapezoid average and positive-unit selection ---------------------
+
+C = np.array([1.0, -1.0, -1.0, -1.0, 0.5])  # head y = Σ_i c_i A_i² / 2
+
+
+def quadratic_head_model():
+    """1×1 identity conv ("features": A = the input's 5 channels), then ``y = Σ c_i A_i² / 2``:
+    ∂y/∂A = c ⊙ A, so on the straight path the integrand is linear in α."""
+    inputs = keras.Input((1, 1, 5))
+    a = keras.layers.Conv2D(5, 1, name="features", bias_initializer="zeros",
+                            kernel_initializer=lambda shape, dtype=None: np.eye(5, dtype="float32").reshape(shape))(inputs)
+    flat = keras.layers.Reshape((5,))(a)
+    out = keras.layers.Lambda(lambda v: keras.ops.sum(v * v * C.astype("float32") / 2, axis=-1, keepdims=True))(flat)
+    return keras.Model(inputs, out)
+
+
+# unit 0 kept; unit 1 negative integral; unit 2 A(I) < 0; unit 3 negative increment A(I) − A(I₀); unit 4 kept
+X_UNITS = np.array([2.0, 1.0, -1.0, 1.0, 1.5], np.float32)
+Z_UNITS = np.array([0.5, 0.0, -2.0, 2.0, 0.0], np.float32)
+
+
+def test_rsi_trapezoid_is_exact_for_a_quadratic_head_and_eq6_overshoots_by_the_known_term():
+    model, m = quadratic_head_model(), 3
+    x, z = X_UNITS.reshape(1, 1, 5), Z_UNITS.reshape(1, 1, 5)
+    d = X_UNITS.astype(np.float64) - Z_UNITS
+    exact = C * (X_UNITS.astype(np.float64) ** 2 - Z_UNITS.astype(np.float64) ** 2) / 2
+    # eq. 6 on α_ℓ = ℓ/m: Σ_ℓ c (z + α_ℓ d) d / m = c d (z + d (m + 1) / (2m))
+    right = C * d * (Z_UNITS + d * (m + 1) / (2 * m))
+    common = dict(layer="features", steps=m, baseline=z, upsample=False, relu=False)
+    trap = RSIGradCAM(model, rule="trapezoid", **common).attribute(x, target=0)
+    eq6 = RSIGradCAM(model, **common).attribute(x, target=0)
+    np.testing.assert_allclose(trap.info["weights"][0], exact, rtol=1e-5, atol=1e-6)  # 1×1 map: w_k = the term
+    np.testing.assert_allclose(eq6.info["weights"][0], right, rtol=1e-5, atol=1e-6)
+    assert np.abs(trap.delta).max() < 1e-5
+    np.testing.assert_allclose(eq6.delta, [(C * d * d).sum() / (2 * m)], rtol=1e-5)  # Σ_i c_i d_i² / (2m) = 1/16
+    assert trap.gradients == eq6.gradients == m + 1
+
+
+def test_rsi_positive_units_keep_exactly_the_notebook_selection():
+    model = quadratic_head_model()
+    x, z = X_UNITS.reshape(1, 1, 5), Z_UNITS.reshape(1, 1, 5)
+    exact = C * (X_UNITS.astype(np.float64) ** 2 - Z_UNITS.astype(np.float64) ** 2) / 2
+    assert np.all(exact[[0, 2, 3, 4]] > 0) and exact[1] < 0  # each dropped unit fails one condition only
+    keep = np.array([True, False, False, False, True])
+    notebook = RSIGradCAM(model, layer="features", steps=4, baseline=z, rule="trapezoid", positive_units=True,
+                          upsample=False)
+    expl = notebook.attribute(x, target=0)
+    np.testing.assert_allclose(expl.info["weights"][0], np.where(keep, exact, 0.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(expl.info["selected"], [0.4])
+    expected_map = max(float((np.where(keep, exact, 0.0) * X_UNITS).sum()), 0.0)  # ReLU(Σ_k w_k A_k(I))
+    np.testing.assert_allclose(np.asarray(expl).reshape(-1), [expected_map], rtol=1e-5)
+    # completeness is still reported for the unmasked sum
+    np.testing.assert_allclose(expl.delta, 0.0, atol=1e-5)
+    # the same selection under eq. 6's right sum (its integrals have the same signs here)
+    eq6 = RSIGradCAM(model, layer="features", steps=4, baseline=z, positive_units=True, upsample=False).attribute(
+        x, target=0)
+    assert np.all((eq6.info["weights"][0] != 0) == keep)
+
+
+def test_rsi_trapezoid_matches_a_direct_tape_computation_on_a_cnn(smooth_cnn, images):
+    """Independent check on a real CNN: the layer's activations from the model's first layers
+    and ∂y/∂A from a GradientTape through the remaining layers, at every node, combined with
+    numpy; against the engine's chunked sum (batch_size=4 cuts the 7-node paths, so the carried
+    gradient and activations are exercised)."""
+    m = 6
+    expl = RSIGradCAM(smooth_cnn, layer=3, steps=m, rule="trapezoid", positive_units=True, upsample=False,
+                      batch_size=4).attribute(images, target=1)
+    assert smooth_cnn.layers[4].name.startswith("flatten")
+    alphas = (np.arange(m + 1) / m).astype(np.float32)
+    for e in range(len(images)):
+        points = tf.constant(alphas[:, None, None, None] * images[e : e + 1])  # zero baseline
+        acts = smooth_cnn.layers[3](smooth_cnn.layers[2](smooth_cnn.layers[1](points)))
+        with tf.GradientTape() as tape:
+            tape.watch(acts)
+            out = acts
+            for layer in smooth_cnn.layers[4:]:
+                out = layer(out)
+            score = out[:, 1]
+        grads = tape.gradient(score, acts).numpy().astype(np.float64)
+        acts = acts.numpy().astype(np.float64)
+        terms = (0.5 * (grads[1:] + grads[:-1]) * (acts[1:] - acts[:-1])).sum(axis=0)
+        selected = (acts[-1] > 0) & (terms > 0) & (acts[-1] - acts[0] > 0)
+        assert 0 < selected.mean() < 1
+        np.testing.assert_allclose(expl.info["weights"][e], np.where(selected, terms, 0).mean(axis=(0, 1)),
+                                   rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(expl.info["selected"][e], selected.mean())
+
+
+def test_rsi_notebook_options_are_checked():
+    model = quadratic_head_model()
+    with pytest.raises(ValueError, match="rule.*gauss_legendre"):
+        RSIGradCAM(model, layer="features", rule="gauss_legendre")
+    with pytest.raises(TypeError, match="positive_units"):
+        RSIGradCAM(model, layer="features", positive_units="yes")

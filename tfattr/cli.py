@@ -43,6 +43,9 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma", default="0.15",
                         help="SmoothTaylor sigma relative to the value range, or 'adaptive' (default: 0.15)")
     parser.add_argument("--layer", default=None, help="Grad-CAM layer name or path (default: last 4-D layer)")
+    parser.add_argument("--rsi-notebook", action="store_true",
+                        help="RSI-Grad-CAM as in the authors' notebook: trapezoid average of the path gradients and "
+                             "only units with A > 0, a positive integral and a positive increment (default: eq. 6)")
     parser.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="the model's input range; images are scaled to it (default: 0 1; 0 255 for "
                              "keras.applications names)")
@@ -75,6 +78,7 @@ def _build_method(name: str, model, args, value_range):
     if args.baseline_tolerance is not None:
         ig["baseline_tolerance"] = args.baseline_tolerance
     sigma = args.sigma if args.sigma == "adaptive" else float(args.sigma)
+    rsi = dict(rule="trapezoid", positive_units=True) if args.rsi_notebook else {}
     builders = {
         "ig": lambda: tfattr.IntegratedGradients(model, **ig),
         "guided-ig": lambda: tfattr.GuidedIntegratedGradients(model, **ig),
@@ -88,7 +92,7 @@ def _build_method(name: str, model, args, value_range):
         "gradcam": lambda: tfattr.GradCAM(model, layer=args.layer, **common),
         "rsi-gradcam": lambda: tfattr.RSIGradCAM(model, layer=args.layer, steps=args.steps, baseline=args.baseline,
                                                  n_baselines=args.n_baselines, tolerance=args.tolerance,
-                                                 value_range=value_range, seed=args.seed, **common),
+                                                 value_range=value_range, seed=args.seed, **rsi, **common),
     }
     if name not in builders:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")

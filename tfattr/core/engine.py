@@ -108,6 +108,8 @@ class EngineResult:
         row_scores: ``(R,)`` float64 score of the model at each row's point.
         chunks: number of compiled chunk calls (= model forward+backward passes).
         endpoint: ``(N, …)`` mean differentiated values at ``α = 1`` (``collect_endpoint``), else ``None``.
+        start: ``(N, …)`` mean differentiated values over each example's rows at ``α = 0`` (the
+            baselines; ``collect_endpoint``), else ``None``; ``NaN`` for an example without such rows.
         squares: ``(N, …)`` per-example sums of squared row contributions (``collect_squares``), else ``None``.
         row_gradients: ``(R, …)`` each row's unweighted gradient (``collect_rows``), else ``None``.
         row_values: ``(R, …)`` each row's differentiated values (``collect_rows``), else ``None``.
@@ -120,9 +122,12 @@ class EngineResult:
     squares: Optional[np.ndarray] = None
     row_gradients: Optional[np.ndarray] = None
     row_values: Optional[np.ndarray] = None
+    start: Optional[np.ndarray] = None
 
 
-COMBINES = ("path", "plain", "stieltjes")
+COMBINES = ("path", "plain", "stieltjes", "stieltjes_trapezoid")
+#: combinations that carry the previous row across chunks (run one chunk at a time)
+SEQUENTIAL = ("stieltjes", "stieltjes_trapezoid")
 
 
 def _current_device() -> str:
@@ -150,8 +155,12 @@ class PathEngine:
               previous row — a Riemann–Stieltjes sum along the path (RSI-Grad-CAM eq. 6).
               Rows must list each path's nodes in increasing ``α`` starting at ``α₀`` with
               weight 0; the previous value is carried across chunk boundaries.
+            * ``"stieltjes_trapezoid"``: ``w_r · ½(g_r + g_{r−1}) ⊙ (v_r − v_{r−1})`` — the
+              same sum with the trapezoid average of the integrand over each interval (the
+              RSI-Grad-CAM authors' notebook); the previous gradient is carried too.
         collect_endpoint: also return the mean of ``values`` over each example's rows at
-            ``α = 1`` (a layer's activations at the input itself).
+            ``α = 1`` (a layer's activations at the input itself) and at ``α = 0`` (at the
+            baselines, ``EngineResult.start``).
         collect_squares: also return ``Σ_r contribution_r²`` per example (``EngineResult.squares``),
             from which a Monte-Carlo standard error follows when rows are i.i.d. samples.
         collect_rows: also return every row's gradient and values (``EngineResult.row_gradients``,
@@ -161,7 +170,7 @@ class PathEngine:
             while one chunk's kernels run, the next is dispatched, and on a CPU two chunks share
             the cores better than one (measured 3–8% faster than one chunk after the other on 2
             cores). Results are summed in chunk order, so they do not depend on it; memory holds
-            ``parallel_chunks`` chunks. The Riemann–Stieltjes combination runs one chunk at a time
+            ``parallel_chunks`` chunks. The Riemann–Stieltjes combinations run one chunk at a time
             (each chunk needs the previous one's activations).
         verbose: ``0``/``False``, ``1``/``True`` or ``"auto"`` (progress for long runs).
     """
@@ -191,18 +200,19 @@ class PathEngine:
         self._lock = threading.Lock()  # replicas of tfattr.distribute share one engine
         self.traces = 0
 
-    def _chunk_function(self, shape: Tuple[int, ...], dtype: tf.DType, relative: bool = False, clip=None):
-        key = (shape, dtype.name, relative, clip, self.collect_squares, self.collect_rows)
+    def _chunk_function(self, shape: Tuple[int, ...], dtype: tf.DType, relative: bool = False, clip=None,
+                        combine: Optional[str] = None):
+        combine = self.combine if combine is None else combine
+        key = (shape, dtype.name, relative, clip, combine, self.collect_squares, self.collect_rows)
         with self._lock:
             if key not in self._compiled:
-                self._compiled[key] = self._build_chunk(shape, dtype, relative, clip)
+                self._compiled[key] = self._build_chunk(shape, dtype, relative, clip, combine)
             return self._compiled[key]
 
-    def _build_chunk(self, shape, dtype, relative, clip):
+    def _build_chunk(self, shape, dtype, relative, clip, combine):
         rank = len(shape) + 1
         acc_dtype = tf.float64 if dtype == tf.float64 else tf.float32
         gradient_fn = self.gradient_fn
-        combine = self.combine
         collect = self.collect_endpoint
         squares = self.collect_squares
         keep_rows = self.collect_rows
@@ -224,7 +234,7 @@ class PathEngine:
                 index_spec,  # class of each row
                 tf.TensorSpec([], tf.int32),  # first example in the chunk
                 tf.TensorSpec([], tf.int32),  # number of examples in the chunk
-                tf.TensorSpec(None, acc_dtype),  # stieltjes: values of the row before the chunk (0 or 1 rows)
+                tf.TensorSpec(None, acc_dtype),  # stieltjes: the row before the chunk (values[, gradient]) or empty
                 real_spec,  # relative baselines: per-example factor of the offsets
             ]
         )
@@ -249,14 +259,25 @@ class PathEngine:
                                lambda: tf.reshape(carry, tf.shape(values[:1])), lambda: values[:1])
                 previous = tf.concat([head, values[:-1]], axis=0)
                 contribution = contribution * (values - previous)
+            elif combine == "stieltjes_trapezoid":
+                both = tf.concat([values[:1], gradients[:1]], axis=0)
+                head = tf.cond(tf.shape(carry)[0] > 0, lambda: tf.reshape(carry, tf.shape(both)), lambda: both)
+                previous = tf.concat([head[:1], values[:-1]], axis=0)
+                previous_gradients = tf.concat([head[1:], gradients[:-1]], axis=0)
+                contribution = (0.5 * (gradients + previous_gradients) * per_row(weight, gradients)
+                                * (values - previous))
             local = example - first
             sums = tf.math.unsorted_segment_sum(contribution, local, count)
             if collect:
                 at_end = tf.cast(tf.equal(alpha, 1.0), acc_dtype)
                 endpoint = tf.math.unsorted_segment_sum(values * per_row(at_end, values), local, count)
                 ends = tf.math.unsorted_segment_sum(at_end, local, count)
+                at_start = tf.cast(tf.equal(alpha, 0.0), acc_dtype)
+                start = tf.math.unsorted_segment_sum(values * per_row(at_start, values), local, count)
+                starts = tf.math.unsorted_segment_sum(at_start, local, count)
             else:
                 endpoint, ends = tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype)
+                start, starts = tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype)
             if squares:  # Σ_r contribution_r², for Monte-Carlo standard errors when rows are i.i.d. samples
                 squared = tf.math.unsorted_segment_sum(contribution * contribution, local, count)
             else:
@@ -265,12 +286,14 @@ class PathEngine:
                 row_out = (gradients, values)
             else:
                 row_out = (tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype))
-            return (tf.cast(scores, tf.float64), sums, endpoint, ends, values[-1:], squared) + row_out
+            last = tf.concat([values[-1:], gradients[-1:]], axis=0) if combine == "stieltjes_trapezoid" else values[-1:]
+            return (tf.cast(scores, tf.float64), sums, endpoint, ends, last, squared) + row_out + (start, starts)
 
         return chunk
 
     def integrate(self, x: tf.Tensor, baselines: tf.Tensor, target_indices: np.ndarray, rows: PathRows,
-                  relative: bool = False, clip=None, scale: Optional[np.ndarray] = None) -> EngineResult:
+                  relative: bool = False, clip=None, scale: Optional[np.ndarray] = None,
+                  combine: Optional[str] = None) -> EngineResult:
         """Evaluate all rows and return the per-example weighted gradient sums.
 
         Args:
@@ -281,13 +304,19 @@ class PathEngine:
             relative: the baselines are offsets: a row's start is ``x_e + baselines[b]``.
             clip: ``(low, high)`` to clip relative starts to, or ``None``.
             scale: ``(N,)`` factors of the relative offsets per example (default 1).
+            combine: this call's combination (see the class docstring); default the engine's.
+                Each combination compiles its own function once.
         """
         num_examples = int(x.shape[0])
         shape = tuple(int(d) for d in x.shape[1:])
-        chunk = self._chunk_function(shape, x.dtype, bool(relative), None if clip is None else tuple(map(float, clip)))
+        combine = self.combine if combine is None else combine
+        if combine not in COMBINES:
+            raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
+        chunk = self._chunk_function(shape, x.dtype, bool(relative), None if clip is None else tuple(map(float, clip)),
+                                     combine)
         acc_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         total = len(rows)
-        attributions = endpoint = ends = squares = None
+        attributions = endpoint = ends = squares = origin = origins = None
         row_scores = np.zeros(total, dtype=np.float64)
         example = rows.example.astype(np.int32)
         baseline = rows.baseline.astype(np.int32)
@@ -321,14 +350,17 @@ class PathEngine:
             return first, count, outputs
 
         def consume(i, start, first, count, outputs):
-            nonlocal attributions, endpoint, ends, squares
-            scores, sums, chunk_endpoint, chunk_ends, _, chunk_squares, row_gradients, row_values = outputs
+            nonlocal attributions, endpoint, ends, squares, origin, origins
+            (scores, sums, chunk_endpoint, chunk_ends, _, chunk_squares, row_gradients, row_values, chunk_start,
+             chunk_starts) = outputs
             sums = sums.numpy()
             if attributions is None:
                 attributions = np.zeros((num_examples,) + sums.shape[1:], dtype=np.float64)
                 if self.collect_endpoint:
                     endpoint = np.zeros_like(attributions)
                     ends = np.zeros(num_examples)
+                    origin = np.zeros_like(attributions)
+                    origins = np.zeros(num_examples)
             attributions[first : first + count] += sums
             if self.collect_squares:
                 if squares is None:
@@ -337,6 +369,8 @@ class PathEngine:
             if self.collect_endpoint:
                 endpoint[first : first + count] += chunk_endpoint.numpy()
                 ends[first : first + count] += chunk_ends.numpy()
+                origin[first : first + count] += chunk_start.numpy()
+                origins[first : first + count] += chunk_starts.numpy()
             row_scores[start : start + self.batch_size] = scores.numpy()
             if self.collect_rows:
                 kept_gradients.append(row_gradients.numpy())
@@ -345,7 +379,7 @@ class PathEngine:
                 bar.update(i + 1)
 
         starts = list(range(0, total, self.batch_size))
-        workers = 1 if self.combine == "stieltjes" else self.parallel_chunks  # stieltjes carries across chunks
+        workers = 1 if combine in SEQUENTIAL else self.parallel_chunks  # these carry across chunks
         if workers <= 1 or len(starts) <= 2:
             for i, start in enumerate(starts):
                 first, count, outputs = call(start, carry)
@@ -368,12 +402,13 @@ class PathEngine:
         if self.collect_endpoint:
             with np.errstate(invalid="ignore", divide="ignore"):
                 endpoint = endpoint / ends.reshape((-1,) + (1,) * (endpoint.ndim - 1))
+                origin = origin / origins.reshape((-1,) + (1,) * (origin.ndim - 1))
         if self.collect_rows:
             kept_gradients = np.concatenate(kept_gradients) if kept_gradients else None
             kept_values = np.concatenate(kept_values) if kept_values else None
         else:
             kept_gradients = kept_values = None
-        return EngineResult(attributions, row_scores, num_chunks, endpoint, squares, kept_gradients, kept_values)
+        return EngineResult(attributions, row_scores, num_chunks, endpoint, squares, kept_gradients, kept_values, origin)
 
 
 def forward_outputs(model, points, batch_size: int) -> np.ndarray:

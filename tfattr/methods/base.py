@@ -61,7 +61,9 @@ class AttributionMethod:
     name = "method"
     #: the method's own options and their defaults
     options: Dict[str, Any] = {}
-    #: how the engine combines a row's gradient: "path" (× (x − z)), "plain" or "stieltjes"
+    #: how the engine combines a row's gradient: "path" (× (x − z)), "plain", "stieltjes" or
+    #: "stieltjes_trapezoid" (see :class:`~tfattr.core.engine.PathEngine`); :meth:`combine_for`
+    #: may pick it per call from the options
     combine = "path"
     #: ask the engine for the differentiated values at α = 1 (layer activations of the input)
     collect_endpoint = False
@@ -98,6 +100,10 @@ class AttributionMethod:
 
     def _check_options(self, config: Dict[str, Any]) -> None:
         """Validate the method's own options (subclasses raise on bad values)."""
+
+    def combine_for(self, config: Dict[str, Any]) -> str:
+        """The engine combination for a call with ``config`` (default: the class's ``combine``)."""
+        return self.combine
 
     # -- gradients -------------------------------------------------------------------------
     def gradient_function(self, score_fn=None):
@@ -157,8 +163,9 @@ class AttributionMethod:
         """Run ``rows`` through the engine with ``baselines`` (flattened)."""
         flat = self.to_model_dtype(baselines.flat())
         indices = targets.indices if targets.indices is not None else np.zeros(int(x.shape[0]), np.int32)
-        return self.engine(targets, config, collect_rows).integrate(x, flat, indices, rows, relative=baselines.relative,
-                                                      clip=baselines.clip, scale=baselines.scale)
+        return self.engine(targets, config, collect_rows).integrate(
+            x, flat, indices, rows, relative=baselines.relative, clip=baselines.clip, scale=baselines.scale,
+            combine=self.combine_for(config))
 
     def baseline_scores(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows,
                         result: EngineResult, config) -> np.ndarray:

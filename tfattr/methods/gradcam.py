@@ -20,7 +20,7 @@ from tfattr.core.adaptive import level_bounds, level_rows, relative_error
 from tfattr.core.engine import PathRows
 from tfattr.core.gradients import LayerGradients
 from tfattr.core.layers import find_layer, last_layer_with_rank
-from tfattr.errors import InvalidInputError, received
+from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.integrated_gradients import IntegratedGradients
 
@@ -141,7 +141,23 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
     Options: ``layer`` (as :class:`GradCAM`), ``steps`` (``m``, default 50), the IG baseline
     options (``baseline="zero"``, ``n_baselines``, ``value_range``, ``seed``, ``sigma``,
     ``blur_sigma``, ``value``; a trained baseline goes in as an array), ``relu``,
-    ``upsample``, ``normalize``, ``batch_size``, ``verbose``.
+    ``upsample``, ``normalize``, ``batch_size``, ``verbose``, and two options for the
+    authors' notebook (the paper's eq. 6 is the default):
+
+    * ``rule``: ``"riemann_right"`` (eq. 6, default) or ``"trapezoid"`` (alias
+      ``"riemann_trapezoid"``; ``steps`` still counts intervals, ``m ≥ 1``): the integrand of each
+      interval is the average of its two ends,
+      ``Σ_ℓ ½(∂y(α_{ℓ−1})/∂A + ∂y(α_ℓ)/∂A) ⊙ (A(α_ℓ) − A(α_{ℓ−1}))`` (exact for a head quadratic
+      in ``A`` along a path on which ``A`` is linear; same ``m + 1`` gradients);
+    * ``positive_units``: ``False`` (default) or ``True``: before averaging over ``ij``, keep only
+      the units with ``A^k_ij(I) > 0``, a positive integral and a positive total increment
+      ``A^k_ij(I) − A^k_ij(I₀)``; the others count as 0 in ``(1/Z) Σ_ij``. With several
+      baselines the integral and ``A(I₀)`` are their means. ``info["selected"]`` is the
+      fraction of units kept per example.
+
+    The notebook's setting is ``RSIGradCAM(model, rule="trapezoid", positive_units=True, steps=50)``
+    (51 nodes, its ``m_steps=50``); ``Explanation.delta`` always reports the completeness of the
+    unmasked sum.
 
     Requested accuracy: ``tolerance=`` (e.g. 0.01) replaces ``steps`` by nested grids
     ``m = 1, 2, 4, 8, …`` (``2^k + 1`` nodes) refined per example until the relative layer
@@ -152,15 +168,20 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
     ``Σ_μ (∂y(μ)/∂A − ∂y(ρ)/∂A) ⊙ (A(μ) − A(λ))``
 
     (the old term ``∂y(ρ)/∂A ⊙ (A(ρ) − A(λ))`` splits into two), so the result is eq. 6 with
-    ``m = 2^k`` steps (up to float32 rounding: the terms are summed in another order). The price is memory: the layer gradient and activations of
+    ``m = 2^k`` steps (up to float32 rounding: the terms are summed in another order). With
+    ``rule="trapezoid"`` the change is ``½ Σ_μ [g(μ) ⊙ (A(ρ) − A(λ)) + g(λ) ⊙ (A(μ) − A(ρ)) +
+    g(ρ) ⊙ (A(λ) − A(μ))]`` (two half-intervals replace one), and the result is the trapezoid
+    sum with ``m = 2^k``. The price is memory: the layer gradient and activations of
     every node of an unconverged path are kept on the host (``2 · |A| · nodes`` floats per
     path). ``info["steps"]`` and ``info["relative_error"]`` report per example.
     """
 
     name = "rsi_gradcam"
     options = dict({k: v for k, v in IntegratedGradients.options.items()
-                    if k not in ("rule", "baseline_tolerance", "max_baselines")}, **_MAP_OPTIONS)
+                    if k not in ("baseline_tolerance", "max_baselines")}, **_MAP_OPTIONS)
     options["max_steps"] = 257
+    options["positive_units"] = False
+    rules = ("riemann_right", "trapezoid")
     combine = "stieltjes"
     collect_endpoint = True
 
@@ -169,14 +190,35 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         self._init_layer(layer)
 
     def _check_options(self, config):
-        config["rule"] = "riemann_right"
+        rule = {"riemann_trapezoid": "trapezoid"}.get(config["rule"], config["rule"])
+        if rule not in self.rules:
+            raise InvalidInputError(
+                f"RSIGradCAM's `rule` must be one of {list(self.rules)} (eq. 6's right sum, or the trapezoid "
+                "average of the authors' notebook). " + received("rule", config["rule"]))
+        if not isinstance(config["positive_units"], (bool, np.bool_)):
+            raise InvalidTypeError("`positive_units` must be True or False. "
+                                   + received("positive_units", config["positive_units"]))
+        config["rule"] = "riemann_right"  # `steps` counts intervals for either rule: check it as eq. 6's
         IntegratedGradients._check_options(self, config)
-        del config["rule"]
+        config["rule"] = rule
+
+    def combine_for(self, config) -> str:
+        return "stieltjes_trapezoid" if config["rule"] == "trapezoid" else "stieltjes"
 
     def describe(self, config) -> str:
+        extra = "" if config["rule"] == "riemann_right" else f", rule={config['rule']}"
+        extra += ", positive_units" if config["positive_units"] else ""
         if config.get("tolerance") is not None:
-            return f"rsi_gradcam(layer={self.layer.name}, tolerance={config['tolerance']:g})"
-        return f"rsi_gradcam(layer={self.layer.name}, steps={config['steps']})"
+            return f"rsi_gradcam(layer={self.layer.name}, tolerance={config['tolerance']:g}{extra})"
+        return f"rsi_gradcam(layer={self.layer.name}, steps={config['steps']}{extra})"
+
+    def _channel_weights(self, terms, activations, start, config):
+        """``w_k = (1/Z) Σ_ij terms`` (eq. 6), over the notebook's selected units with ``positive_units``."""
+        if not config["positive_units"]:
+            return terms.mean(axis=(1, 2)), None
+        selected = (activations > 0) & (terms > 0) & (activations - start > 0)
+        weights = np.where(selected, terms, 0.0).mean(axis=(1, 2))
+        return weights, selected.reshape(len(selected), -1).mean(axis=1)
 
     def _explain(self, x, targets, fx, config) -> Explained:
         if config.get("tolerance") is not None:
@@ -192,13 +234,15 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         fz = self.baseline_scores(x, baselines, targets, rows, result, config)
         if fx is None:
             fx = self.scores_at_input(rows, result, num_examples)
-        channel_weights = terms.mean(axis=(1, 2))  # (1/Z) Σ_ij
+        channel_weights, selected = self._channel_weights(terms, activations, result.start, config)  # (1/Z) Σ_ij
         cam = self._cam(channel_weights, activations, tuple(x.shape[1:]), config)
         total = terms.reshape(num_examples, -1).sum(axis=1)
+        info = {"layer": self.layer.name, "weights": channel_weights, "activations": activations,
+                "baseline": baselines.name, "steps": steps, "rule": config["rule"]}
+        if selected is not None:
+            info["selected"] = selected
         return Explained(attributions=cam, gradients=len(rows), scores=fx, baseline_scores=fz,
-                         delta=total - (fx - fz),
-                         info={"layer": self.layer.name, "weights": channel_weights, "activations": activations,
-                               "baseline": baselines.name, "steps": steps})
+                         delta=total - (fx - fz), info=info)
 
     def _explain_adaptive(self, x, targets, fx, config) -> Explained:
         """Eq. 6 on nested grids of ``2^k`` intervals until the layer completeness error meets
@@ -213,7 +257,8 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         fz, level = np.zeros(num_examples), np.zeros(num_examples, int)
         error = np.full(num_examples, np.inf)
         active = np.ones(num_examples, bool)
-        activations = None
+        activations = start = None
+        trapezoid = config["rule"] == "trapezoid"
         evaluated = 0
         for k in range(top + 1):
             todo = np.flatnonzero(active)
@@ -232,17 +277,26 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
                 if fx is None:
                     fx = self.scores_at_input(rows, result, num_examples)
                 activations = np.zeros((num_examples,) + result.row_values.shape[1:])
+                start = np.zeros_like(activations)
             half = span >> k  # distance from a new node to its neighbours
             for e in todo:
                 update = 0.0
                 for b in range(count):
                     path = kept[(int(e), b)]
-                    if k == 0:  # one interval: ∂y(1)/∂A ⊙ (A(1) − A(0))
-                        update = update + path[span][0].astype(np.float64) * (path[span][1] - path[0][1])
+                    if k == 0:  # one interval: ∂y(1)/∂A ⊙ (A(1) − A(0)), or the ends' average for trapezoid
+                        gradient = path[span][0].astype(np.float64)
+                        if trapezoid:
+                            gradient = 0.5 * (gradient + path[0][0])
+                        update = update + gradient * (path[span][1] - path[0][1])
+                        start[e] += path[0][1] / count
                         continue
                     for i in range(half, span, 2 * half):
-                        gradient, value = path[i]
-                        update = update + (gradient.astype(np.float64) - path[i + half][0]) * (value - path[i - half][1])
+                        (g_mid, a_mid), (g_left, a_left), (g_right, a_right) = path[i], path[i - half], path[i + half]
+                        if trapezoid:  # ½(g_λ+g_μ)(A_μ−A_λ) + ½(g_μ+g_ρ)(A_ρ−A_μ) − ½(g_λ+g_ρ)(A_ρ−A_λ)
+                            update = update + 0.5 * (g_mid.astype(np.float64) * (a_right - a_left)
+                                                     + g_left * (a_mid - a_right) + g_right * (a_left - a_mid))
+                        else:  # the right term of [λ, ρ] splits in two
+                            update = update + (g_mid.astype(np.float64) - g_right) * (a_mid - a_left)
                 if k == 0:
                     activations[e] = kept[(int(e), 0)][span][1]
                 terms[e] = update if terms[e] is None else terms[e] + update
@@ -259,10 +313,13 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
                 f"{tolerance:g} within max_steps={config['max_steps']} (relative completeness errors "
                 f"{np.round(error[active], 6).tolist()}); returning the finest level.", RuntimeWarning, stacklevel=4)
         terms = np.stack(terms) / count
-        channel_weights = terms.mean(axis=(1, 2))
+        channel_weights, selected = self._channel_weights(terms, activations, start, config)
         cam = self._cam(channel_weights, activations, tuple(x.shape[1:]), config)
         total = terms.reshape(num_examples, -1).sum(axis=1)
+        info = {"layer": self.layer.name, "weights": channel_weights, "activations": activations,
+                "baseline": baselines.name, "steps": 2**level, "nodes": 2**level + 1, "rule": config["rule"],
+                "converged": ~active, "relative_error": error, "tolerance": tolerance}
+        if selected is not None:
+            info["selected"] = selected
         return Explained(attributions=cam, gradients=evaluated, scores=fx, baseline_scores=fz, delta=total - (fx - fz),
-                         info={"layer": self.layer.name, "weights": channel_weights, "activations": activations,
-                               "baseline": baselines.name, "steps": 2**level, "nodes": 2**level + 1,
-                               "converged": ~active, "relative_error": error, "tolerance": tolerance})
+                         info=info)
