@@ -71,6 +71,8 @@ def methods(model):
                                                      noise_scale="relative", **common)
     yield "Grad-CAM", tfattr.GradCAM(model, layer="block3_conv2", **common)
     yield "RSI-Grad-CAM", tfattr.RSIGradCAM(model, layer="block3_conv2", steps=50, **common)
+    yield "RSI-Grad-CAM notebook", tfattr.RSIGradCAM(model, layer="block3_conv2", steps=50, rule="trapezoid",
+                                                     positive_units=True, **common)
 
 
 def evaluate(model, x, attributions, labels, masks, seed):

@@ -69,6 +69,9 @@ def test_bad_arguments_exit_with_code_2(saved, tmp_path, capsys):
     assert "Unknown baseline" in capsys.readouterr().err
     code = main(["explain", "--model", model_path, "--images", str(tmp_path / "missing.png"), "--out", str(tmp_path)])
     assert code == 2
+    code = main(["explain", "--model", model_path, "--images", *paths, "--method", "ig", "--rsi-notebook",
+                 "--out", str(tmp_path)])
+    assert code == 2 and "--rsi-notebook applies to rsi-gradcam only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["guided-ig", "smoothtaylor", "gradcam", "rsi-gradcam", "guided-backprop"])

@@ -34,6 +34,7 @@ SCRIPT = textwrap.dedent("""
         (tfattr.NoiseTunnel(tfattr.Gradient(model), nt_samples=4, seed=2), None),
         (tfattr.GradCAM(model), labels),
         (tfattr.SmoothTaylor(model, roots=6, sigma=0.1, seed=3), None),
+        (tfattr.RSIGradCAM(model, steps=4, rule="trapezoid", positive_units=True), labels),
     ]
     for method, target in checks:
         single = method.attribute(x, target=target)
@@ -44,6 +45,9 @@ SCRIPT = textwrap.dedent("""
         if single.delta is not None:
             np.testing.assert_allclose(spread.delta, single.delta, atol=1e-6)
         assert spread.gradients == single.gradients
+        if "selected" in single.info:  # per-example info comes back for every row, in order
+            np.testing.assert_allclose(spread.info["selected"], single.info["selected"])
+            assert len(spread.info["selected"]) == len(x)
     # several steps per replica, per-example info gathered in order
     ig = tfattr.IntegratedGradients(model, tolerance=1e-2, max_steps=65)
     single = ig.attribute(x, target=labels)

@@ -242,3 +242,5 @@ def test_rsi_notebook_options_are_checked():
         RSIGradCAM(model, layer="features", rule="gauss_legendre")
     with pytest.raises(TypeError, match="positive_units"):
         RSIGradCAM(model, layer="features", positive_units="yes")
+    with pytest.raises(ValueError, match="rule"):
+        RSIGradCAM(model, layer="features", rule=["trapezoid"])

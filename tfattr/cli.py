@@ -69,6 +69,11 @@ def _load_model(name: str, weights: str):
     return tfattr.surgery.logits_model(model, missing="ignore"), (0.0, 1.0)
 
 
+def _check_rsi_notebook(names, args) -> None:
+    if getattr(args, "rsi_notebook", False) and "rsi-gradcam" not in names:
+        raise ValueError(f"--rsi-notebook applies to rsi-gradcam only; the method(s) are {', '.join(names)}")
+
+
 def _build_method(name: str, model, args, value_range):
     import tfattr
 
@@ -196,6 +201,7 @@ def _explain(args) -> int:
     import tfattr
     from tfattr import viz
 
+    _check_rsi_notebook([args.method], args)
     model, default_range = _load_model(args.model, args.weights)
     value_range = tuple(args.value_range) if args.value_range else default_range
     args.value_range = value_range
@@ -254,6 +260,7 @@ def _evaluate(args) -> int:
         raise ValueError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette")
     x = x.astype(np.float32)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    _check_rsi_notebook(names, args)
     methods = [(name, _build_method(name, model, args, value_range)) for name in names]
     side = x.shape[1]
     kernel = args.aupc_kernel or max(2, round(15 * side / 224))

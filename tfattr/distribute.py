@@ -54,7 +54,8 @@ __all__ = ["distributed_attribute", "distributed_map", "replica_devices", "strat
 
 #: ``Explanation.info`` entries that hold one value per example and are gathered with the rows
 PER_EXAMPLE_INFO = ("steps", "relative_error", "converged", "n_baselines", "relative_standard_error",
-                    "baseline_converged", "weights", "activations", "nt_samples", "taylor_error", "roots")
+                    "baseline_converged", "weights", "activations", "nt_samples", "taylor_error", "roots",
+                    "selected")
 
 
 def replica_devices(strategy: Optional[tf.distribute.Strategy] = None) -> List[str]:

@@ -190,7 +190,8 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         self._init_layer(layer)
 
     def _check_options(self, config):
-        rule = {"riemann_trapezoid": "trapezoid"}.get(config["rule"], config["rule"])
+        rule = config["rule"]
+        rule = {"riemann_trapezoid": "trapezoid"}.get(rule, rule) if isinstance(rule, str) else rule
         if rule not in self.rules:
             raise InvalidInputError(
                 f"RSIGradCAM's `rule` must be one of {list(self.rules)} (eq. 6's right sum, or the trapezoid "
