@@ -36,8 +36,10 @@ class CallCounter(keras.layers.Layer):
 
     The engine runs chunks from several host threads at once (``parallel_chunks``), so the count
     must be atomic. A Keras variable's ``assign_add`` is ``assign(self + value)``: a read and a
-    write that lose increments when two chunks run together. The raw ``tf.Variable.assign_add``
-    is one ``AssignAddVariableOp``, which holds the variable's lock while it adds.
+    write that lose increments when two chunks run together (the engine sees that write in the
+    traced graph and runs such a model's chunks one at a time). The raw ``tf.Variable.assign_add``
+    is one ``AssignAddVariableOp``, which holds the variable's lock while it adds, so this
+    counter leaves the chunks in flight.
     """
 
     def __init__(self, **kwargs):

@@ -175,3 +175,34 @@ def test_chunks_in_flight_do_not_change_a_bit_of_the_result(relu_cnn, images):
     assert four._engines[("index", False)].traces == 1
     with pytest.raises(ValueError, match="parallel_chunks"):
         IntegratedGradients(model, parallel_chunks=0)
+
+
+class KerasCounter(keras.layers.Layer):
+    """Counts forward passes with a Keras variable: ``assign_add`` is a read then an
+    ``AssignVariableOp``, which loses increments when two chunks run the model at once."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="int64", name="calls")
+
+    def call(self, inputs):
+        self.calls.assign_add(1)
+        return inputs
+
+
+def test_a_model_that_writes_its_variables_runs_its_chunks_one_at_a_time(images):
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, small_cnn("relu", seed=4)(KerasCounter(name="counter")(inputs)))
+    counter = model.get_layer("counter").calls
+    ig = IntegratedGradients(model, steps=10, batch_size=1, parallel_chunks=2, verbose=0)
+    for _ in range(20):  # 31 chunks each; with two in flight increments were lost (10 of 40 runs)
+        before = int(counter.numpy())
+        ig.attribute(images, target=2)
+        assert int(counter.numpy()) - before == 3 * 10 + 1
+    engine = ig._engines[("index", False)]
+    assert [fn.writes_state for fn in engine._compiled.values()] == [True]
+    # atomic adds (tf.Variable.assign_add) and plain models keep their chunks in flight
+    for plain in (small_cnn("relu", counter=True), small_cnn("relu")):
+        method = IntegratedGradients(plain, steps=4, verbose=0)
+        method.attribute(images, target=0)
+        assert [fn.writes_state for fn in method._engines[("index", False)]._compiled.values()] == [False]

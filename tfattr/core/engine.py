@@ -128,6 +128,21 @@ class EngineResult:
 COMBINES = ("path", "plain", "stieltjes", "stieltjes_trapezoid")
 #: combinations that carry the previous row across chunks (run one chunk at a time)
 SEQUENTIAL = ("stieltjes", "stieltjes_trapezoid")
+#: ops that write a variable non-atomically (Keras ``assign``/``assign_add`` is a read then an
+#: ``AssignVariableOp``; Keras random layers advance a seed variable the same way): a model
+#: whose forward pass holds one runs its chunks one at a time. ``AssignAddVariableOp`` and
+#: ``AssignSubVariableOp`` hold the variable's lock and stay concurrent.
+STATE_WRITES = frozenset({"AssignVariableOp", "ResourceScatterUpdate", "ResourceScatterNdUpdate",
+                          "ResourceStridedSliceAssign", "AssignVariableXlaConcatND"})
+
+
+def writes_state(function) -> bool:
+    """Whether the traced ``tf.function`` (with an input signature) writes a variable
+    non-atomically, in its graph or in a function it calls (cond/while bodies)."""
+    graph = function.get_concrete_function().graph
+    kinds = {op.type for op in graph.get_operations()}
+    kinds.update(node.op for f in graph.as_graph_def().library.function for node in f.node_def)
+    return bool(kinds & STATE_WRITES)
 
 
 def _current_device() -> str:
@@ -171,7 +186,9 @@ class PathEngine:
             the cores better than one (measured 3–8% faster than one chunk after the other on 2
             cores). Results are summed in chunk order, so they do not depend on it; memory holds
             ``parallel_chunks`` chunks. The Riemann–Stieltjes combinations run one chunk at a time
-            (each chunk needs the previous one's activations).
+            (each chunk needs the previous one's activations), and so does a model whose forward
+            pass writes its variables non-atomically (see :data:`STATE_WRITES`; found in the
+            traced graph), so that no write is lost.
         verbose: ``0``/``False``, ``1``/``True`` or ``"auto"`` (progress for long runs).
     """
 
@@ -206,7 +223,9 @@ class PathEngine:
         key = (shape, dtype.name, relative, clip, combine, self.collect_squares, self.collect_rows)
         with self._lock:
             if key not in self._compiled:
-                self._compiled[key] = self._build_chunk(shape, dtype, relative, clip, combine)
+                chunk = self._build_chunk(shape, dtype, relative, clip, combine)
+                chunk.writes_state = writes_state(chunk)  # traces it, once, under the lock
+                self._compiled[key] = chunk
             return self._compiled[key]
 
     def _build_chunk(self, shape, dtype, relative, clip, combine):
@@ -379,14 +398,15 @@ class PathEngine:
                 bar.update(i + 1)
 
         starts = list(range(0, total, self.batch_size))
-        workers = 1 if combine in SEQUENTIAL else self.parallel_chunks  # these carry across chunks
+        # the Stieltjes sums carry across chunks; a model that writes its variables must not run twice at once
+        workers = 1 if combine in SEQUENTIAL or getattr(chunk, "writes_state", False) else self.parallel_chunks
         if workers <= 1 or len(starts) <= 2:
             for i, start in enumerate(starts):
                 first, count, outputs = call(start, carry)
                 carry = outputs[4]
                 consume(i, start, first, count, outputs)
         else:
-            # The first chunk runs alone (it traces the function once); the others run `workers` at a
+            # The first chunk runs alone; the others run `workers` at a
             # time, and are summed in chunk order so the result does not depend on the timing.
             consume(0, starts[0], *call(starts[0], carry))
             pending = deque()

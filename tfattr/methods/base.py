@@ -49,10 +49,11 @@ class AttributionMethod:
         batch_size: points per forward+backward pass (memory bound); default 16.
         parallel_chunks: chunks of ``batch_size`` points in flight at once (default 2; ``1`` runs
             them one after the other and halves the peak memory); results do not depend on it.
-            The chunks run the compiled model concurrently, so a model whose ``call`` writes
-            state (a Keras variable's ``assign_add`` is a read then a write) can lose updates:
-            give such models ``parallel_chunks=1``. Inference-mode layers (BatchNorm, Dropout)
-            write nothing.
+            The chunks run the compiled model concurrently; a model whose forward pass writes
+            its variables (a Keras variable's ``assign_add`` is a read then a write; Keras random
+            layers advance a seed variable) is found in the traced graph and runs its chunks
+            one at a time, so no write is lost. Inference-mode layers (BatchNorm, Dropout) write
+            nothing.
         verbose: progress bar: ``"auto"`` (long runs only), ``1`` or ``0``.
         **options: the method's own options (see its docstring); each can also be
             given to :meth:`attribute` to override it for one call.
