@@ -95,3 +95,20 @@ def test_nt_tolerance_draws_blocks_until_the_relative_standard_error_holds():
         tunnel.attribute(x, target=0, nt_max_samples=50)
     with pytest.raises(ValueError, match="nt_tolerance"):
         NoiseTunnel(Gradient(model), nt_type="vargrad", nt_tolerance=0.1)
+
+
+def test_many_samples_without_nt_tolerance_are_not_capped_by_the_tolerance_budget():
+    """nt_max_samples bounds the draws of nt_tolerance only; a plain nt_samples=1500 runs 1500 draws."""
+    from conftest import scalar_model
+
+    model = scalar_model(lambda v: v[:, 0] ** 2, 1)
+    x = np.array([10.0], np.float32).reshape(1, 1, 1, 1)
+    tunnel = NoiseTunnel(Gradient(model, batch_size=512), nt_samples=1500, stdevs=0.5, seed=3)
+    expl = tunnel.attribute(x, target=0)
+    assert expl.gradients == 1500
+    noise = tunnel.noise((1, 1, 1), tunnel.config)  # the 1500 draws: mean of 2 (v0 + ε)
+    np.testing.assert_allclose(float(np.asarray(expl).ravel()[0]), 2 * (10.0 + noise.mean()), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"nt_max_samples.*nt_tolerance.*Received: nt_max_samples=1000"):
+        NoiseTunnel(Gradient(model), nt_samples=1500, nt_tolerance=0.05)
+    with pytest.raises(ValueError, match="Received: nt_max_samples=2.5"):
+        NoiseTunnel(Gradient(model), nt_samples=10, nt_max_samples=2.5)

@@ -48,7 +48,8 @@ class NoiseTunnel:
             its norm, ``‖SE‖₂ / ‖mean‖₂``, is at most ``nt_tolerance`` (e.g. 0.05); converged
             images get no more samples. ``info["nt_samples"]`` reports what each image used.
         nt_max_samples: sample budget per image with ``nt_tolerance`` (default 1000); a
-            ``RuntimeWarning`` names the images that did not converge.
+            ``RuntimeWarning`` names the images that did not converge. Without ``nt_tolerance``
+            it plays no part: ``nt_samples`` draws are made, however many.
 
     Targets are resolved once on the clean inputs. Options given to :meth:`attribute` that
     are not the tunnel's own go to the wrapped method.
@@ -97,8 +98,12 @@ class NoiseTunnel:
                 raise InvalidInputError("`nt_tolerance` works with nt_type 'smoothgrad' and 'smoothgrad_sq'. "
                                         + received("nt_type", config["nt_type"]))
         cap = config.get("nt_max_samples", 1000)
-        if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < n:
-            raise InvalidInputError("`nt_max_samples` must be an integer ≥ nt_samples. " + received("nt_max_samples", cap))
+        if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
+            raise InvalidInputError("`nt_max_samples` must be a positive integer. " + received("nt_max_samples", cap))
+        if tol is not None and cap < n:  # the budget bounds the draws of nt_tolerance only
+            raise InvalidInputError(
+                f"`nt_max_samples` (the sample budget of nt_tolerance) must be ≥ nt_samples={n}, the first "
+                "block. " + received("nt_max_samples", cap))
         return config
 
     @property
