@@ -22,7 +22,7 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover - environment g
         f"importing keras. Received: keras.backend.backend()={_keras.backend.backend()!r}"
     )
 
-__version__ = "0.1.0"
+from tfattr._version import __version__  # noqa: E402
 
 from tfattr import callbacks  # noqa: E402
 from tfattr import errors  # noqa: E402

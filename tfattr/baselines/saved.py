@@ -132,6 +132,13 @@ class SavedBaseline:
     def __repr__(self) -> str:
         return f"SavedBaseline({self.path!r}, shape={self.array.shape}, dtype={self.array.dtype})"
 
+    def cache_key(self) -> Dict[str, Any]:
+        """The content this object returns: its tensor's hash and its metadata (result caches key
+        a loaded baseline by this, not by its path, which may since hold another baseline)."""
+        from tfattr.core.keys import array_digest
+
+        return {"array": array_digest(self.array), "metadata": json.loads(json.dumps(self.metadata, default=str))}
+
     def check_model(self, model, strict: bool = True) -> bool:
         """Check that ``model`` is the classifier the baseline was trained for.
 
@@ -189,7 +196,7 @@ class SavedBaseline:
 def _metadata(result, name: str) -> Dict[str, Any]:
     import keras
 
-    import tfattr
+    from tfattr._version import __version__
     from tfattr.baselines.uniform_output import TrainedBaseline
 
     if isinstance(result, SavedBaseline):
@@ -208,7 +215,7 @@ def _metadata(result, name: str) -> Dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "name": name,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "library_version": tfattr.__version__,
+        "library_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "signature": {"name": SIGNATURE, "output": OUTPUT_KEY},
@@ -384,6 +391,26 @@ def load_baseline(path: Union[str, os.PathLike], model=None, strict: bool = True
     if model is not None:
         loaded.check_model(model, strict=strict)
     return loaded
+
+
+def folder_digest(path: Union[str, os.PathLike]) -> str:
+    """SHA-256 of every file in a saved baseline folder (relative paths and bytes, sorted):
+    ``saved_model.pb``, ``variables/*``, ``metadata.json``. Saving another baseline at the same
+    path changes it, so result caches key a baseline given by its folder with it."""
+    import hashlib
+
+    root = os.fspath(path)
+    hasher = hashlib.sha256()
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            hasher.update(os.path.relpath(full, root).replace(os.sep, "/").encode() + b"\0")
+            with open(full, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(block)
+            hasher.update(b"\0")
+    return hasher.hexdigest()
 
 
 _CACHE: Dict[Any, SavedBaseline] = {}
