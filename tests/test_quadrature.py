@@ -52,3 +52,33 @@ def test_aliases_and_errors():
         quadrature("riemann_right", 2.5)
     with pytest.raises(ValueError, match="at least 2 steps"):
         quadrature("riemann_trapezoid", 1)
+
+
+def test_gauss_legendre_nodes_are_computed_once_per_step_count_and_read_only(monkeypatch, relu_cnn, images):
+    """An ``attribute`` call validates the rule and then integrates with it: the O(n³) eigenproblem
+    behind the nodes runs at most once per ``steps``, and not again on the next call."""
+    import tfattr
+    from tfattr.core import quadrature as quadrature_module
+
+    calls = []
+    original = np.polynomial.legendre.leggauss
+
+    def counting(n):
+        calls.append(n)
+        return original(n)
+
+    monkeypatch.setattr(np.polynomial.legendre, "leggauss", counting)
+    cached = getattr(quadrature_module, "_gauss_legendre_cached", None)
+    if cached is not None:
+        cached.cache_clear()
+    ig = tfattr.IntegratedGradients(relu_cnn, rule="gauss_legendre", steps=37)
+    ig.attribute(images[:1], target=0)
+    ig.attribute(images[:1], target=0, steps=23)
+    ig.attribute(images[:1], target=0)
+    assert sorted(calls) == [23, 37]
+    alphas, weights = quadrature("gauss_legendre", 37)
+    for array in (alphas, weights):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 0.5
+    again = quadrature("gauss_legendre", 37)
+    assert math.fsum(again[1]) == pytest.approx(1.0, abs=1e-15) and np.all(np.diff(again[0]) > 0)

@@ -12,6 +12,7 @@ rule ``steps`` nodes span ``steps − 1`` intervals.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, Tuple
 
 import numpy as np
@@ -65,9 +66,22 @@ def riemann_trapezoid(steps: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def gauss_legendre(steps: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Gauss–Legendre nodes mapped from [−1, 1] to [0, 1]; exact for polynomials of degree ``2·steps − 1``."""
+    """Gauss–Legendre nodes mapped from [−1, 1] to [0, 1]; exact for polynomials of degree ``2·steps − 1``.
+
+    The nodes are the eigenvalues of an ``n × n`` Jacobi matrix (``O(n³)``: about a second at 500
+    steps), so they are computed once per ``steps`` and cached; the cached arrays are read-only
+    (``np.copy`` them to modify).
+    """
+    return _gauss_legendre_cached(int(steps))
+
+
+@functools.lru_cache(maxsize=32)
+def _gauss_legendre_cached(steps: int) -> Tuple[np.ndarray, np.ndarray]:
     nodes, weights = np.polynomial.legendre.leggauss(steps)
-    return _normalise((nodes + 1.0) / 2.0, weights / 2.0)
+    alphas, weights = _normalise((nodes + 1.0) / 2.0, weights / 2.0)
+    alphas.flags.writeable = False  # shared by every caller: nobody may change them in place
+    weights.flags.writeable = False
+    return alphas, weights
 
 
 RULES: Dict[str, Callable[[int], Tuple[np.ndarray, np.ndarray]]] = {
