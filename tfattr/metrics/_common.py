@@ -36,7 +36,7 @@ from tfattr.core.inputs import Images, model_spec, validate_images
 from tfattr.core.targets import resolve_targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["simpson", "Score", "ModelScorer"]
+__all__ = ["simpson", "Score", "ModelScorer", "rank_keys", "descending_order", "closest_to_median"]
 
 Score = Union[str, Callable]
 _SCORES = ("logit", "output", "probability")
@@ -44,6 +44,52 @@ _PROBABILITY_TOLERANCE = 1e-4
 
 
 # -- numerics ------------------------------------------------------------------------------
+#: Ranking resolution: values closer than ``2**-RANK_BITS`` of their map's magnitude rank as ties.
+RANK_BITS = 14
+
+
+def rank_keys(values, axis: int = -1) -> np.ndarray:
+    """Integer sort keys that make values equal up to rounding rank as ties.
+
+    Each value is rounded to a multiple of ``q = 2**(e − RANK_BITS)``, where ``2**e`` is the
+    power of two just above the largest magnitude along ``axis`` (a power of two, so last-bit
+    changes of that maximum do not move the grid). ``q`` is 2⁻¹⁴ ≈ 6e-5 of the map's scale:
+    ~500 float32 ulps of its largest value, far above the last-bit differences that another
+    CPU, thread count or batch composition gives a forward or backward pass (≈ 1e-7 … 1e-6
+    relative), and far below any difference a perturbation metric can resolve. Sorting these
+    keys with a stable sort orders by value, then by position: a ranking no longer depends on
+    which of two (nearly) tied pixels or windows a machine's rounding made larger.
+    A tie straddling a grid line can still split; its chance is the rounding difference over
+    ``q`` (≈ 1e-3 for a typical last-bit difference).
+    """
+    array = np.asarray(values, dtype=np.float64)
+    scale = np.max(np.abs(array), axis=axis, keepdims=True) if array.size else np.ones_like(array)
+    exponent = np.frexp(np.where(np.isfinite(scale) & (scale > 0), scale, 1.0))[1]
+    step = np.ldexp(1.0, exponent - RANK_BITS)
+    with np.errstate(invalid="ignore"):
+        return np.round(array / step)
+
+
+def descending_order(values, axis: int = -1) -> np.ndarray:
+    """Indices that sort ``values`` from largest to smallest along ``axis``, ties (up to
+    rounding, see :func:`rank_keys`) in increasing index order."""
+    return np.argsort(-rank_keys(values, axis=axis), axis=axis, kind="stable")
+
+
+def closest_to_median(scores, axis: int = -1) -> np.ndarray:
+    """Index of the score closest to the median along ``axis``; the first index among scores
+    whose distance is within rounding (``2**-RANK_BITS`` of the largest |score|) of the
+    smallest distance. With an even count the two middle scores are equally close; this keeps
+    the lower index whatever the last bits of the two scores are."""
+    array = np.asarray(scores, dtype=np.float64)
+    median = np.median(array, axis=axis, keepdims=True)
+    distance = np.abs(array - median)
+    scale = np.max(np.abs(array), axis=axis, keepdims=True)
+    slack = scale * 2.0 ** -RANK_BITS
+    near = distance <= np.min(distance, axis=axis, keepdims=True) + slack
+    return np.argmax(near, axis=axis)
+
+
 def simpson(y, axis: int = -1) -> np.ndarray:
     """Composite Simpson's rule with unit spacing, SciPy ≤ 1.10's ``simps(y, dx=1, even="avg")``.
 

@@ -25,6 +25,8 @@ from tfattr.metrics._common import (
     check_positive_int,
     check_seed,
     chunk_count,
+    closest_to_median,
+    descending_order,
     make_bar,
     maps_for_images,
     run_rows,
@@ -88,7 +90,9 @@ def select_windows(relevance, kernel_size: int = 15, regions: int = 30) -> np.nd
     is excluded, as there) is ranked by its mean relevance; windows are taken most
     relevant first, skipping any that overlaps one already taken (``|Δh| < k`` and
     ``|Δw| < k``). Ties are taken in row-major corner order (the authors' unstable sort
-    leaves them unspecified).
+    leaves them unspecified); means equal up to rounding (within ``2**-14`` of the largest
+    mean, :func:`~tfattr.metrics._common.rank_keys`) are ties, so a last-bit difference
+    between machines or batch compositions does not reorder the windows.
 
     Args:
         relevance: ``(N, H, W)`` (or ``(H, W)``) non-negative relevance, e.g. the absolute
@@ -119,7 +123,7 @@ def select_windows(relevance, kernel_size: int = 15, regions: int = 30) -> np.nd
     out = np.zeros((maps.shape[0], count, 2), dtype=np.int64)
     scan = 4096
     for n in range(maps.shape[0]):
-        order = np.argsort(-means[n].ravel(), kind="stable")
+        order = descending_order(means[n].ravel())
         blocked = np.zeros((corner_rows, corner_cols), dtype=bool)
         flat = blocked.ravel()
         pointer = 0
@@ -169,6 +173,8 @@ def aupc(
        of the ``P`` scores (first on ties) becomes ``x⁽ˡ⁾`` (eq. 10). With an even ``P``
        (the paper's 50) the median is the mean of the two middle scores, which are then
        equally close: the one with the lower copy index is kept, as in the authors' loop.
+       Distances within rounding of the smallest (``2**-14`` of the largest |score|) count
+       as ties, so the kept copy does not depend on a machine's last bits.
     4. ``curve = [f₀, s̄₁ … s̄_L] / |f₀|``, ``AUPC = simpson(curve)`` (unit spacing; an
        unchanged score gives ``L``). Lower is better.
 
@@ -249,8 +255,7 @@ def aupc(
         scores, done = run_rows(scorer, total, build, bar, done)
         scores = scores.reshape(num, copies)
         means[:, step] = scores.mean(axis=1)
-        median = np.median(scores, axis=1, keepdims=True)
-        keep = np.argmin(np.abs(scores - median), axis=1)  # first index on ties
+        keep = closest_to_median(scores, axis=1)  # first index on ties, up to rounding
         for n in range(num):
             h, w = corners[n]
             current[n, h : h + k, w : w + k, :] = noise[keep[n]]
@@ -380,7 +385,7 @@ def _causal(mode, model, images, attributions, target, pixels_per_step, substrat
     moved = _substrate(substrate, x, blur_kernel_size, blur_sigma, "substrate")
     start, finish = (x, moved) if mode == "deletion" else (moved, x)
     # rank[n, i, j] = position of pixel (i, j) in decreasing-saliency order (stable on ties)
-    order = np.argsort(-saliency.reshape(num, -1), axis=1, kind="stable")
+    order = descending_order(saliency.reshape(num, -1), axis=1)
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(pixels)[None].repeat(num, 0), axis=1)
     rank = rank.reshape(num, height, width)
@@ -416,7 +421,9 @@ def deletion(
     """Deletion metric of RISE (Petsiuk, Das & Saenko, BMVC 2018, §4.1). Lower is better.
 
     Pixels are ordered by decreasing saliency (the *signed* channel sum of the attribution;
-    ties in row-major order); step ``i`` sets the first ``i·s`` of them (all channels) to
+    ties in row-major order, and values within ``2**-14`` of the map's largest magnitude of
+    each other are ties — :func:`~tfattr.metrics._common.rank_keys` — so a last-bit
+    difference between machines does not reorder them); step ``i`` sets the first ``i·s`` of them (all channels) to
     the substrate — 0 in the model's input space by default — and records the softmax
     probability of the top-1 class of the unperturbed image. ``n = ⌈H·W / s⌉`` steps give
     ``n + 1`` curve points (the first on the intact image, the last on the substrate) and
