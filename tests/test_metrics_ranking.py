@@ -66,3 +66,14 @@ def test_the_first_copy_equally_close_to_the_median_is_kept_whatever_the_roundin
     assert closest_to_median(np.array([[0.0, 0.2, 0.1, 1.0]]), axis=1)[0] == 1
     # a score genuinely closer than the rest is still chosen
     assert closest_to_median(np.array([[0.0, 0.1, 0.45, 0.9, 1.0]]), axis=1)[0] == 2
+
+
+def test_pointing_game_points_at_the_first_maximum_up_to_rounding():
+    saliency = np.zeros((1, 8, 8), np.float32)
+    saliency[0, 1, 6] = 1.0  # first in row-major order
+    saliency[0, 6, 1] = 1.0 + 2 * EPS32  # another machine's last bits make this one "larger"
+    mask = np.zeros((1, 8, 8), bool)
+    mask[0, 0:3, 5:8] = True
+    result = metrics.pointing_game(saliency, mask, tolerance=0)
+    np.testing.assert_array_equal(result.points, [[1, 6]])
+    assert result.accuracy == 1.0

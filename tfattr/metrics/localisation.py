@@ -19,7 +19,7 @@ from typing import Tuple
 import numpy as np
 
 from tfattr.errors import InvalidInputError, received
-from tfattr.metrics._common import as_array, maps_from_attributions
+from tfattr.metrics._common import as_array, descending_order, maps_from_attributions
 
 __all__ = ["PointingGameResult", "pointing_game", "mask_energy"]
 
@@ -68,6 +68,8 @@ def pointing_game(attributions, masks, tolerance: float = 15, absolute: bool = F
         masks: ground truth, ``(N, H, W)`` (or ``(N, H, W, 1)``), non-zero on the object.
         tolerance: a hit when the Euclidean distance from the maximum to the nearest mask
             pixel is ≤ ``tolerance`` pixels (paper: 15; 0 = the maximum must be on the mask).
+            Values within rounding of the maximum (``2**-14`` of the map's magnitude) tie,
+            and the first in row-major order is the point, whatever a machine's last bits.
         absolute: point with ``|map|`` instead of the signed map.
 
     Returns:
@@ -81,7 +83,7 @@ def pointing_game(attributions, masks, tolerance: float = 15, absolute: bool = F
     if not (np.isfinite(tolerance) and tolerance >= 0):
         raise InvalidInputError("`tolerance` must be a non-negative number of pixels. " + received("tolerance", tolerance))
     num, height, width = maps.shape
-    flat = np.argmax(maps.reshape(num, -1), axis=1)
+    flat = descending_order(maps.reshape(num, -1), axis=1)[:, 0]  # the first maximum up to rounding
     points = np.stack(np.unravel_index(flat, (height, width)), axis=1)
     rows = np.arange(height)[None, :, None]
     cols = np.arange(width)[None, None, :]
