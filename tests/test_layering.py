@@ -89,3 +89,20 @@ def test_the_layering_check_sees_every_form_of_a_forbidden_import(tmp_path, monk
     assert sorted(found) == [(1, "tfattr"), (2, "tfattr"), (3, "tfattr.errors"), (4, "tfattr.methods"),
                              (5, "tfattr.baselines.other"), (7, "tfattr.cli")]
     assert [forbidden(module) for _, module in sorted(found)] == [True, True, False, True, False, True]
+
+
+ABOVE_THE_CORE = ("tfattr.methods", "tfattr.baselines", "tfattr.metrics", "tfattr.surgery", "tfattr.viz",
+                  "tfattr.data", "tfattr.callbacks", "tfattr.evaluation", "tfattr.cli", "tfattr.distribute")
+
+
+def test_core_imports_nothing_above_it():
+    """tfattr/core/*.py import only the core itself, tfattr.errors and third-party packages: not the
+    layers built on the core (their seeded random streams included) and not the package top."""
+    offending = [
+        f"{os.path.relpath(path, os.path.dirname(PACKAGE_DIR))}:{line} imports {module}"
+        for path in _modules_under("core")
+        for line, module in imported_modules(path)
+        if module == "tfattr" or any(module == layer or module.startswith(layer + ".") for layer in ABOVE_THE_CORE)
+    ]
+    assert offending == []
+    assert len(list(_modules_under("core"))) >= 10  # the walk sees the core's modules

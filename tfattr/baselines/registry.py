@@ -37,25 +37,12 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from tfattr.core.random import STREAM_GAUSSIAN, STREAM_UNIFORM, rng
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["BASELINES", "BaselineSet", "is_random", "make_baselines", "rng"]
 
 BaselineLike = Union[str, float, int, np.ndarray, tf.Tensor, Callable]
-
-# Independent random streams per purpose, all derived from the user's seed.
-STREAM_UNIFORM = 1
-STREAM_GAUSSIAN = 2
-STREAM_NOISE_TUNNEL = 3
-STREAM_SMOOTH_TAYLOR = 4
-
-
-def rng(seed: Optional[int], stream: int) -> np.random.Generator:
-    """The NumPy generator of one random stream for a user seed (``None`` = fresh entropy)."""
-    if seed is None:
-        return np.random.default_rng()
-    return np.random.default_rng([int(seed), stream])
-
 
 @dataclass
 class BaselineSet:

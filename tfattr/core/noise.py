@@ -16,8 +16,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-from tfattr.baselines.registry import STREAM_NOISE_TUNNEL, rng
 from tfattr.core.inputs import validate_images, validate_value_range
+from tfattr.core.random import STREAM_NOISE_TUNNEL, rng
 from tfattr.core.result import Explanation
 from tfattr.core.targets import Targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
@@ -113,8 +113,7 @@ class NoiseTunnel:
     def noise(self, shape, config, block: int = 0) -> np.ndarray:
         """The ``(nt_samples, …)`` noise draws of sample block ``block`` (seeded; block 0 is the
         only one without ``nt_tolerance``)."""
-        generator = rng(config["seed"], STREAM_NOISE_TUNNEL) if block == 0 or config["seed"] is None else \
-            np.random.default_rng([int(config["seed"]), STREAM_NOISE_TUNNEL, block])
+        generator = rng(config["seed"], STREAM_NOISE_TUNNEL, block)
         return generator.normal(0.0, config["sigma"], size=(config["nt_samples"],) + tuple(shape))
 
     def attribute(self, inputs, target=None, **options) -> Explanation:

@@ -15,9 +15,10 @@ from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 
-from tfattr.baselines.registry import STREAM_SMOOTH_TAYLOR, BaselineSet, rng
+from tfattr.baselines.registry import BaselineSet
 from tfattr.core.engine import PathRows, progress_bar
 from tfattr.core.inputs import validate_images, validate_value_range
+from tfattr.core.random import STREAM_SMOOTH_TAYLOR, rng
 from tfattr.core.result import Explanation
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained
@@ -102,8 +103,7 @@ class SmoothTaylor(AttributionMethod):
     def roots(self, shape, config, block: int = 0) -> np.ndarray:
         """The standard-normal draws ``ε/σ``, ``(1, R, …)``, seeded (``block`` > 0: further blocks
         drawn for ``tolerance``)."""
-        generator = rng(config["seed"], STREAM_SMOOTH_TAYLOR) if block == 0 or config["seed"] is None else \
-            np.random.default_rng([int(config["seed"]), STREAM_SMOOTH_TAYLOR, block])
+        generator = rng(config["seed"], STREAM_SMOOTH_TAYLOR, block)
         return generator.normal(0.0, 1.0, size=(1, config["roots"]) + tuple(shape))
 
     def _explain(self, x, targets, fx, config) -> Explained:
