@@ -168,6 +168,43 @@ def test_invalid_arguments_raise_errors_that_name_the_argument(classifier):
         train_uniform_baseline(free)
 
 
+def dead_relu_classifier():
+    """Black (all 0) reaches hidden ReLU units only with pre-activation −1: the input gradient there is exactly 0."""
+    inputs = keras.Input((4, 4, 3))
+    h = keras.layers.Flatten()(inputs)
+    h = keras.layers.Dense(8, activation="relu", kernel_initializer=keras.initializers.Constant(0.1),
+                           bias_initializer=keras.initializers.Constant(-1.0))(h)
+    outputs = keras.layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=0),
+                                 bias_initializer=keras.initializers.Constant([1.0, 0.0, -1.0]))(h)
+    return keras.Model(inputs, outputs)
+
+
+def test_a_start_with_a_zero_input_gradient_is_refused_before_any_step():
+    model = dead_relu_classifier()
+    with pytest.raises(InvalidInputError, match=r"gradient .* is exactly 0 at the start.*start=\"uniform\".*"
+                                                r"Received: start='black'"):
+        train_uniform_baseline(model, start="black", verbose=0)
+    # λ = 0 asks for no change: the start comes back, no error
+    kept = train_uniform_baseline(model, start="black", lam=0.0, steps=3, verbose=0)
+    np.testing.assert_array_equal(kept.baseline, kept.start)
+    # a start where the units are active trains as usual
+    result = train_uniform_baseline(model, start="uniform", learning_rate=0.01, steps=200, verbose=0)
+    assert result.after["max_abs_error"] < 0.8 * result.before["max_abs_error"]  # measured 0.52×
+
+
+def test_training_and_loading_emit_no_numpy_deprecation_warning(classifier, tmp_path):
+    """NumPy 2 deprecates ``__array__`` without ``copy=``: the fingerprint must not go through it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        trained = train_uniform_baseline(classifier, steps=3, verbose=0)
+        path = save_baseline(trained, tmp_path / "b")
+        loaded = load_baseline(path, model=classifier)
+        model_fingerprint(classifier)
+    np.testing.assert_array_equal(loaded.array, trained.baseline)
+
+
 # -- fingerprint, save, load ----------------------------------------------------------------------
 def test_fingerprint_ignores_layer_names_but_not_weights(classifier):
     twin = tiny_classifier()  # same architecture, other auto-generated layer names

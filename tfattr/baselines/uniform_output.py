@@ -143,7 +143,8 @@ def model_fingerprint(model) -> Dict[str, str]:
         arch.update(json.dumps([[list(t.shape), str(t.dtype)] for t in tensors], default=str).encode())
     weights = hashlib.sha256()
     for variable in model.weights:
-        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
+        # Variable.numpy(), not np.array(variable): NumPy 2 deprecates the variable's __array__ (no copy=)
+        value = np.ascontiguousarray(variable.numpy() if hasattr(variable, "numpy") else np.asarray(variable))
         weights.update(f"{value.shape}{value.dtype}".encode())
         weights.update(value.tobytes())
     total = hashlib.sha256((arch.hexdigest() + weights.hexdigest()).encode()).hexdigest()
@@ -443,7 +444,10 @@ def train_uniform_baseline(
             works; the paper's is ``keras.applications.VGG19(weights="imagenet")`` with
             ``preprocess="vgg19"`` and ``value_range=(0, 255)``.
         start: ``b₀``: ``"black"`` (default: the low end of ``value_range``), ``"zero"``,
-            ``"uniform"`` (noise drawn with ``seed``), a number or an ``(H, W, C)`` array.
+            ``"uniform"`` (noise drawn with ``seed``), a number or an ``(H, W, C)`` array. A start
+            where the loss gradient is exactly 0 (``λ > 0``, output not yet ``o_t``; e.g. black into
+            ReLU units that are all inactive there) raises :class:`~tfattr.errors.InvalidInputError`
+            before any step.
         target_distribution: ``o_t``, a ``(K,)`` probability vector; ``None`` = uniform ``1/K``.
         lam: ``λ`` in ``[0, 1]`` (paper: 0.9; the authors' notebook: 0.99). ``λ = 0`` keeps
             ``b = b₀`` (the gradient of ``MSE(b, b₀)`` at ``b₀`` is 0).
@@ -543,14 +547,17 @@ def train_uniform_baseline(
         return lam_t * l_out + (1.0 - lam_t) * l_pix, l_out, l_pix, p
 
     @tf.function
-    def train_step():
+    def evaluate_step():
         (loss, l_out, l_pix, p), gradient = loss_gradients(losses, dense.kernel)
         optimizer.apply([gradient], [dense.kernel])
-        return loss, l_out, l_pix, p
 
     history = {"loss": [], "output_loss": [], "pixel_loss": [], "seconds": []}
     optimizer.build([dense.kernel])
     bar = progress_bar(steps, verbose, unit="step")
+        return loss, l_out, l_pix, p, gradient
+
+    @tf.function
+    def apply_step(gradient):
     if bar is not None:
         bar.stateful_metrics = {"loss", "L_out", "MSE_b"}  # show the current values, not running means
     begin = time.perf_counter()
@@ -569,7 +576,8 @@ def train_uniform_baseline(
 
     for step in range(steps):
         kernel = dense.kernel.numpy()
-        loss, l_out, l_pix, p = (v.numpy() for v in train_step())  # evaluated at `kernel`, then updated
+        loss, l_out, l_pix, p, gradient = evaluate_step()  # evaluated at `kernel`, then updated
+        loss, l_out, l_pix, p = (v.numpy() for v in (loss, l_out, l_pix, p))
         if first_p is None:
             first_p = p[0]
         record(step, kernel, (loss, l_out, l_pix))
@@ -578,6 +586,9 @@ def train_uniform_baseline(
             bar.update(step + 1, values=[("loss", float(loss)), ("L_out", float(l_out)), ("MSE_b", float(l_pix))])
         if patience is not None and step - best_step >= patience:
             stopped_early = True
+            if lam > 0:
+                _check_start_gradient(gradient, first_p, target, start, start_name)
+        apply_step(gradient)
             break
     else:  # the state after the last update has not been evaluated yet
         record(steps_run, dense.kernel.numpy(), [v.numpy() for v in losses()[:3]])
@@ -645,6 +656,24 @@ class MaxAbsStallWarning(UserWarning):
 
 def _warn_if_maxabs_stalled(p: np.ndarray, target: np.ndarray, before, after) -> None:
     """Max-abs only sees ``k* = argmax_k |p_k − t_k|``; when that is a class with ``p_k ≈ 0`` (a
+def _check_start_gradient(gradient, p, target, start, start_name) -> None:
+    """Refuse a start where ``∂L/∂b`` is exactly 0 while ``o_b ≠ o_t``: no step of any optimiser moves it.
+
+    At ``b = b₀`` the pixel term's gradient is 0, so ``∂L/∂b = λ ∂L_out/∂b``; it vanishes exactly when
+    no input gradient reaches the output (every ReLU unit the start reaches is inactive, e.g. a black
+    start into units with negative biases, or a saturated output).
+    """
+    if np.abs(np.asarray(p, np.float64) - target).max() <= 1e-6 or tf.reduce_any(gradient != 0):
+        return
+    raise InvalidInputError(
+        f"The gradient of the output loss with respect to the baseline is exactly 0 at the start "
+        f"({start_name}): no input gradient reaches the classifier's output there (e.g. every ReLU unit "
+        f"the start reaches is inactive), so training cannot move it. Start elsewhere: start=\"uniform\", "
+        f"a constant inside value_range (e.g. its middle) or an array. "
+        + received("start", start)
+    )
+
+
     saturated softmax, likely with few classes where ``t_k = 1/K`` is large) its gradient
     ``∝ p_k`` vanishes and training stalls. Cross-entropy's gradient does not vanish there."""
     p = np.asarray(p, np.float64)
