@@ -549,15 +549,15 @@ def train_uniform_baseline(
     @tf.function
     def evaluate_step():
         (loss, l_out, l_pix, p), gradient = loss_gradients(losses, dense.kernel)
+        return loss, l_out, l_pix, p, gradient
+
+    @tf.function
+    def apply_step(gradient):
         optimizer.apply([gradient], [dense.kernel])
 
     history = {"loss": [], "output_loss": [], "pixel_loss": [], "seconds": []}
     optimizer.build([dense.kernel])
     bar = progress_bar(steps, verbose, unit="step")
-        return loss, l_out, l_pix, p, gradient
-
-    @tf.function
-    def apply_step(gradient):
     if bar is not None:
         bar.stateful_metrics = {"loss", "L_out", "MSE_b"}  # show the current values, not running means
     begin = time.perf_counter()
@@ -580,15 +580,15 @@ def train_uniform_baseline(
         loss, l_out, l_pix, p = (v.numpy() for v in (loss, l_out, l_pix, p))
         if first_p is None:
             first_p = p[0]
+            if lam > 0:
+                _check_start_gradient(gradient, first_p, target, start, start_name)
+        apply_step(gradient)
         record(step, kernel, (loss, l_out, l_pix))
         steps_run = step + 1
         if bar is not None:
             bar.update(step + 1, values=[("loss", float(loss)), ("L_out", float(l_out)), ("MSE_b", float(l_pix))])
         if patience is not None and step - best_step >= patience:
             stopped_early = True
-            if lam > 0:
-                _check_start_gradient(gradient, first_p, target, start, start_name)
-        apply_step(gradient)
             break
     else:  # the state after the last update has not been evaluated yet
         record(steps_run, dense.kernel.numpy(), [v.numpy() for v in losses()[:3]])
@@ -650,12 +650,6 @@ def train_uniform_baseline(
     return result
 
 
-class MaxAbsStallWarning(UserWarning):
-    """The max-abs output loss stopped on a class whose probability is ~0 (vanishing gradient)."""
-
-
-def _warn_if_maxabs_stalled(p: np.ndarray, target: np.ndarray, before, after) -> None:
-    """Max-abs only sees ``k* = argmax_k |p_k − t_k|``; when that is a class with ``p_k ≈ 0`` (a
 def _check_start_gradient(gradient, p, target, start, start_name) -> None:
     """Refuse a start where ``∂L/∂b`` is exactly 0 while ``o_b ≠ o_t``: no step of any optimiser moves it.
 
@@ -674,6 +668,12 @@ def _check_start_gradient(gradient, p, target, start, start_name) -> None:
     )
 
 
+class MaxAbsStallWarning(UserWarning):
+    """The max-abs output loss stopped on a class whose probability is ~0 (vanishing gradient)."""
+
+
+def _warn_if_maxabs_stalled(p: np.ndarray, target: np.ndarray, before, after) -> None:
+    """Max-abs only sees ``k* = argmax_k |p_k − t_k|``; when that is a class with ``p_k ≈ 0`` (a
     saturated softmax, likely with few classes where ``t_k = 1/K`` is large) its gradient
     ``∝ p_k`` vanishes and training stalls. Cross-entropy's gradient does not vanish there."""
     p = np.asarray(p, np.float64)
