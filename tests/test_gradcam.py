@@ -244,3 +244,53 @@ def test_rsi_notebook_options_are_checked():
         RSIGradCAM(model, layer="features", positive_units="yes")
     with pytest.raises(ValueError, match="rule"):
         RSIGradCAM(model, layer="features", rule=["trapezoid"])
+
+
+# -- layers the model tells only when called; layers without 4-D output ------------------------
+
+class _ConvNet(keras.Model):
+    """A subclassed model: its layers have no symbolic outputs."""
+
+    def __init__(self):
+        super().__init__(name="convnet")
+        self.conv = keras.layers.Conv2D(4, 3, activation="relu", name="conv")
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.head = keras.layers.Dense(3, name="head")
+
+    def call(self, x):
+        return self.head(self.pool(self.conv(x)))
+
+
+def test_layer_methods_refuse_a_layer_without_a_4d_output_before_any_gradient(relu_cnn, images):
+    from tfattr.errors import InvalidInputError
+
+    flatten = next(layer for layer in relu_cnn.layers if isinstance(layer, keras.layers.Flatten))
+    for cls in (GradCAM, RSIGradCAM):
+        for layer in (flatten.name, relu_cnn.layers[-1].name):  # refused at construction
+            with pytest.raises(InvalidInputError, match=rf"^Layer '{layer}' has a 2-D output; {cls.__name__} needs a "
+                               rf"layer with a 4-D \(batch, height, width, channels\) output.*Received: layer='{layer}'$"):
+                cls(relu_cnn, layer=layer)
+    keras.utils.set_random_seed(0)
+    model = _ConvNet()  # ranks known only from a call: refused at the first attribute, before the engine
+    for cls in (GradCAM, RSIGradCAM):
+        method = cls(model, layer="pool")
+        with pytest.raises(InvalidInputError, match=r"^Layer 'pool' has a 2-D output.*Received: layer='pool'$"):
+            method.attribute(images, target=0)
+        assert method._engines == {}
+
+
+def test_the_default_layer_of_models_without_symbolic_outputs_is_found_at_the_first_call(images):
+    keras.utils.set_random_seed(0)
+    sequential = keras.Sequential([keras.layers.Conv2D(4, 3, activation="relu", name="c1"),
+                                   keras.layers.Conv2D(4, 3, activation="relu", name="c2"),
+                                   keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])  # unbuilt
+    subclassed = _ConvNet()
+    for model, name in ((sequential, "c2"), (subclassed, "conv")):
+        for cls in (GradCAM, RSIGradCAM):
+            default = cls(model, steps=4) if cls is RSIGradCAM else cls(model)
+            found = default.attribute(images, target=0)
+            explicit = (cls(model, layer=name, steps=4) if cls is RSIGradCAM else cls(model, layer=name)).attribute(
+                images, target=0)
+            assert found.info["layer"] == name and found.method.endswith(f"(layer={name}" + (", steps=4)" if cls is RSIGradCAM else ")"))
+            np.testing.assert_allclose(np.asarray(found), np.asarray(explicit), rtol=1e-5, atol=1e-7)
+    assert sequential.inputs[0].shape[0] is None  # built with a free batch axis

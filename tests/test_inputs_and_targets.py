@@ -104,3 +104,35 @@ def test_multi_input_models_are_refused_clearly():
 
 def test_errors_are_builtin_subclasses():
     assert issubclass(InvalidInputError, ValueError) and issubclass(InvalidTypeError, TypeError)
+
+
+class _ConvNet(keras.Model):
+    """A subclassed model: no symbolic input, its shape is known only once it has been called."""
+
+    def __init__(self):
+        super().__init__(name="convnet")
+        self.conv = keras.layers.Conv2D(4, 3, name="conv")
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.head = keras.layers.Dense(3, name="head")
+
+    def call(self, x):
+        return self.head(self.pool(self.conv(x)))
+
+
+def test_a_subclassed_model_reports_misfit_inputs_as_inputs_with_the_shape_it_was_built_on():
+    from tfattr import NoiseTunnel
+
+    keras.utils.set_random_seed(0)
+    model = _ConvNet()
+    good = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+    model(good)
+    one_channel = good[..., :1]
+    for method in (IntegratedGradients(model, steps=2), Gradient(model), NoiseTunnel(Gradient(model), nt_samples=2)):
+        for target in (None, 0):
+            with pytest.raises(InvalidInputError, match=r"^`inputs` does not fit the model 'convnet' \(it was built on "
+                               r"inputs of shape \(None, 8, 8, 3\)\).*expected axis -1 of input shape to have value 3.*"
+                               r"Received: inputs.shape=\(2, 8, 8, 1\)$"):
+                method.attribute(one_channel, target=target)
+    expl = Gradient(model).attribute(good, target=1)  # inputs that fit still run
+    _, expected = tf.function(lambda v: (0, tf.gradients(model(v)[:, 1], v)[0]))(tf.constant(good))
+    np.testing.assert_allclose(np.asarray(expl), expected.numpy(), rtol=1e-5, atol=1e-7)

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["ModelSpec", "model_spec", "Images", "validate_images", "validate_value_range"]
+__all__ = ["ModelSpec", "model_spec", "Images", "validate_images", "validate_value_range", "check_model_accepts"]
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,55 @@ def validate_images(inputs, spec: ModelSpec, name: str = "inputs") -> Images:
             + received(f"{name}[{first}]", float(array[first]))
         )
     return Images(array=array, single=single, as_tensor=as_tensor)
+
+
+def _built_input_shape(model) -> Optional[Tuple]:
+    """The input shape a model without symbolic inputs was built on (Keras records it), batch free."""
+    shapes = getattr(model, "_build_shapes_dict", None)
+    if not isinstance(shapes, dict) or len(shapes) != 1:
+        return None
+    shape = next(iter(shapes.values()))
+    if not isinstance(shape, (list, tuple)) or not shape:
+        return None
+    return (None,) + tuple(shape[1:])
+
+
+def _first_message(error: BaseException) -> str:
+    """The substance of a Keras error: the emphasised part of "Exception encountered when calling
+    ...", else the first non-empty line."""
+    text = str(error)
+    if "\x1b[1m" in text:
+        text = text.split("\x1b[1m", 1)[1].split("\x1b[0m", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def check_model_accepts(model, inputs, name: str = "inputs") -> ModelSpec:
+    """Run ``model`` once on the first example of ``inputs`` (a validated batch in the model's
+    dtype) and return its :func:`model_spec` afterwards.
+
+    For models that cannot tell their input shape before a call (subclassed models, a
+    Sequential without an ``Input``): a misfit (wrong channels, rank or size) is reported as an
+    :class:`~tfattr.errors.InvalidInputError` naming ``name`` and the shape the model was built
+    on, not as a traceback from inside the model. An unbuilt Sequential is built on
+    ``(None,) + inputs.shape[1:]`` first, so it keeps a free batch axis.
+    """
+    sample = inputs[:1]
+    try:
+        if not getattr(model, "built", True) and hasattr(model, "build") and type(model).__name__ == "Sequential":
+            model.build((None,) + tuple(sample.shape[1:]))
+        model(sample, training=False)
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as error:
+        if isinstance(error, (InvalidInputError, InvalidTypeError)):
+            raise
+        built = _built_input_shape(model)
+        expected = f" (it was built on inputs of shape {built})" if built is not None else ""
+        raise InvalidInputError(
+            f"`{name}` does not fit the model {getattr(model, 'name', '')!r}{expected}: the model fails on "
+            f"them with {type(error).__name__}: {_first_message(error)}. "
+            + received(f"{name}.shape", tuple(inputs.shape))
+        ) from error
+    return model_spec(model)
 
 
 def validate_value_range(value_range, name: str = "value_range") -> Tuple[float, float]:

@@ -7,7 +7,7 @@ from typing import Iterator, List, Tuple, Union
 
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["find_layer", "layer_paths", "last_layer_with_rank"]
+__all__ = ["find_layer", "layer_paths", "last_layer_with_rank", "layer_output_rank", "called_layer_ranks"]
 
 
 def _children(layer):
@@ -33,10 +33,69 @@ def _rank(layer) -> int:
     return len(output.shape)
 
 
-def last_layer_with_rank(model, rank: int = 4):
+def _output_rank(output) -> int:
+    if isinstance(output, (list, tuple)):  # a layer gradient differentiates the first output
+        output = output[0] if output else None
+    shape = getattr(output, "shape", None)
+    return -1 if shape is None else len(shape)
+
+
+def called_layer_ranks(model, sample) -> List[Tuple[object, int]]:
+    """Run ``model`` once on ``sample`` and list the leaf layers that ran, in call order, with
+    the rank of each output (of its first output for a list).
+
+    For models whose layers have no symbolic outputs (subclassed models, a Sequential built by
+    its first call): the layers' ``call`` is tapped for that one call, as
+    :class:`~tfattr.core.gradients.LayerGradients` does, and left untouched afterwards.
+    """
+    leaves, seen = [], set()
+    for _, layer in layer_paths(model):
+        if not _children(layer) and id(layer) not in seen:
+            seen.add(id(layer))
+            leaves.append(layer)
+    ran: List[Tuple[object, int]] = []
+
+    def tap(layer):
+        original = layer.call
+
+        def tapped(*args, **kwargs):
+            out = original(*args, **kwargs)
+            ran.append((layer, _output_rank(out)))
+            return out
+
+        return tapped
+
+    tapped = []
+    try:
+        for layer in leaves:
+            layer.call = tap(layer)
+            tapped.append(layer)
+        model(sample, training=False)
+    finally:
+        for layer in tapped:
+            del layer.call
+    return ran
+
+
+def layer_output_rank(model, layer, sample=None) -> int:
+    """The rank of ``layer``'s output (batch axis included): from its symbolic output, else, with
+    ``sample``, from one call of the model (:func:`called_layer_ranks`); ``-1`` when unknown
+    (no symbolic output and no sample, or the layer did not run)."""
+    rank = _rank(layer)
+    if rank == -1 and sample is not None:
+        for candidate, called in called_layer_ranks(model, sample):
+            if candidate is layer:
+                rank = called
+    return rank
+
+
+def last_layer_with_rank(model, rank: int = 4, sample=None):
     """The last layer (in graph order, nested models included) whose output has ``rank`` axes.
 
-    Nested models themselves are skipped in favour of their inner layers.
+    Nested models themselves are skipped in favour of their inner layers. When no layer has a
+    symbolic output of that rank (a subclassed model, an unbuilt Sequential) and ``sample``
+    (one input batch) is given, the model runs once on it and the last leaf layer *called* with
+    an output of that rank is taken (:func:`called_layer_ranks`).
     """
     found = None
     for _, layer in layer_paths(model):
@@ -44,6 +103,10 @@ def last_layer_with_rank(model, rank: int = 4):
             continue
         if _rank(layer) == rank:
             found = layer
+    if found is None and sample is not None:
+        for layer, called in called_layer_ranks(model, sample):
+            if called == rank:
+                found = layer
     if found is None:
         raise InvalidInputError(
             f"The model has no layer with a {rank}-D output (batch, height, width, channels); pass "

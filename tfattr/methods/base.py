@@ -17,7 +17,7 @@ import tensorflow as tf
 from tfattr.baselines.registry import BaselineSet
 from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outputs
 from tfattr.core.gradients import InputGradients
-from tfattr.core.inputs import Images, model_spec, validate_images
+from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
 from tfattr.core.result import Explanation
 from tfattr.core.targets import Targets, resolve_targets, select_scores
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
@@ -146,8 +146,21 @@ class AttributionMethod:
             values.append(np.asarray(select_scores(out, None, targets.score_fn), dtype=np.float64))
         return np.concatenate(values)
 
+    def check_fits(self, x: tf.Tensor) -> None:
+        """A model that tells its input shape only when called (subclassed, or a Sequential without
+        ``Input``) runs once on one example of each new input shape before any other work, so a
+        misfit raises an error naming ``inputs`` (:func:`~tfattr.core.inputs.check_model_accepts`)."""
+        if self.spec.input_shape is not None:
+            return
+        accepted = self.__dict__.setdefault("_accepted_inputs", set())
+        key = (tuple(x.shape[1:]), x.dtype.name)
+        if key not in accepted:
+            self.spec = check_model_accepts(self.model, x)
+            accepted.add(key)
+
     def resolve(self, x: tf.Tensor, target, batch_size: int):
         """Resolve ``target`` on ``x`` and return ``(Targets, f(x))`` from one forward pass."""
+        self.check_fits(x)
         if callable(target) and not isinstance(target, (np.ndarray, tf.Tensor)):
             targets = Targets(None, target)
             return targets, self.scores(x, targets, batch_size)
@@ -222,6 +235,7 @@ class AttributionMethod:
         config = self._merge(self.config, options)
         images = validate_images(inputs, self.spec)
         x = self.to_model_dtype(images.array)
+        self.check_fits(x)
         if self._explicit_classes(target):
             # no forward pass needed: methods read f(x) off their rows at α = 1 or compute it
             targets, fx = resolve_targets(target, None, images.batch_size, self.spec.num_classes), None

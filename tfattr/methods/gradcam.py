@@ -19,7 +19,7 @@ from tfattr.baselines.registry import BaselineSet
 from tfattr.core.adaptive import level_bounds, level_rows, relative_error
 from tfattr.core.engine import PathRows
 from tfattr.core.gradients import LayerGradients
-from tfattr.core.layers import find_layer, last_layer_with_rank
+from tfattr.core.layers import find_layer, last_layer_with_rank, layer_output_rank
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.integrated_gradients import IntegratedGradients
@@ -33,7 +33,24 @@ class _LayerMethod:
     """Layer resolution, the layer gradient function and the map from channel weights."""
 
     def _init_layer(self, layer):
+        """Resolve and check ``layer``; for a model without symbolic layer outputs (subclassed, an
+        unbuilt Sequential) the default layer and the rank check wait for the first inputs
+        (:meth:`_ready_layer`)."""
+        self._layer_checked = False
+        if layer is None and self.spec.input_shape is None:
+            self.layer = None  # found by one call on the first inputs
+            return
         self.layer = last_layer_with_rank(self.model, 4) if layer is None else find_layer(self.model, layer)
+        self._check_layer()
+
+    def _ready_layer(self, x) -> None:
+        """Find the default layer / check the layer's rank on one example of ``x``, before any gradient."""
+        if not self._layer_checked:
+            if self.layer is None:
+                self.layer = last_layer_with_rank(self.model, 4, sample=x[:1])
+            self._check_layer(sample=x[:1])
+
+    def _check_layer(self, sample=None) -> None:
         if isinstance(self.layer, keras.layers.InputLayer):
             raise InvalidInputError(
                 "The input layer has no activations of its own; pick a layer after it, or use "
@@ -45,6 +62,17 @@ class _LayerMethod:
                 f"Layer {self.layer.name!r} is shared ({calls} calls in the model); layer methods need a "
                 "layer that runs exactly once. " + received("layer", self.layer.name)
             )
+        rank = layer_output_rank(self.model, self.layer, sample)
+        if rank == -1 and sample is None:
+            return  # known once the model runs: checked on the first inputs
+        if rank != 4:
+            what = f"a {rank}-D output" if rank != -1 else "no output when the model runs"
+            raise InvalidInputError(
+                f"Layer {self.layer.name!r} has {what}; {type(self).__name__} needs a layer with a 4-D "
+                "(batch, height, width, channels) output, e.g. the last convolution or pooling layer "
+                "before Flatten/Dense. " + received("layer", self.layer.name)
+            )
+        self._layer_checked = True
 
     def gradient_function(self, score_fn=None):
         return LayerGradients(self.model, self.layer, score_fn)
@@ -109,6 +137,7 @@ class GradCAM(_LayerMethod, AttributionMethod):
         return f"gradcam(layer={self.layer.name})"
 
     def _explain(self, x, targets, fx, config) -> Explained:
+        self._ready_layer(x)
         num_examples = int(x.shape[0])
         zero = BaselineSet(np.zeros((1, 1) + tuple(x.shape[1:])), "zero")
         rows = PathRows.grid(num_examples, 1, np.ones(1), np.ones(1), per_example_baselines=False)
@@ -222,6 +251,7 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         return weights, selected.reshape(len(selected), -1).mean(axis=1)
 
     def _explain(self, x, targets, fx, config) -> Explained:
+        self._ready_layer(x)
         if config.get("tolerance") is not None:
             return self._explain_adaptive(x, targets, fx, config)
         baselines = self.make_baselines(x.numpy(), config)
