@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import as_image, scalar_model, small_cnn
+from conftest import CHUNK_SIZES, as_image, assert_float32_close, scalar_model, small_cnn
 
 from tfattr import Gradient, InputXGradient, IntegratedGradients
 from tfattr.core.quadrature import RULES
@@ -104,7 +104,7 @@ def test_batch_size_invariance_and_model_call_count(images):
     model = small_cnn("relu", counter=True)
     counter = model.get_layer("counter").calls
     results = {}
-    for batch_size in (1, 7, len(images) * 10):
+    for batch_size in CHUNK_SIZES + (len(images) * 10,):
         before = int(counter.numpy())
         expl = IntegratedGradients(model, steps=10, batch_size=batch_size).attribute(images, target=2)
         calls = int(counter.numpy()) - before
@@ -114,8 +114,8 @@ def test_batch_size_invariance_and_model_call_count(images):
         assert calls == math.ceil(points / batch_size) + 1
         assert expl.gradients == points
         results[batch_size] = np.asarray(expl)
-    np.testing.assert_allclose(results[1], results[7], atol=1e-6)
-    np.testing.assert_allclose(results[1], results[len(images) * 10], atol=1e-6)
+    for batch_size in CHUNK_SIZES[1:] + (len(images) * 10,):
+        assert_float32_close(results[batch_size], results[CHUNK_SIZES[0]], err_msg=f"batch_size={batch_size}")
 
 
 def test_left_rule_reuses_the_baseline_scores_instead_of_extra_forward_passes(images):
