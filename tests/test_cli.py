@@ -118,3 +118,33 @@ def test_evaluate_prints_and_writes_the_metrics_table(tmp_path, capsys):
     metric_cells = lambda text: [line.split("|")[2:-3] for line in text.splitlines()[2:]]  # noqa: E731
     assert metric_cells((mirrored / "table.md").read_text()) == metric_cells(table)
     assert main(["evaluate", "--model", str(model_path), "--dataset", "mnist", "--out", str(out)]) == 2
+
+
+def test_a_saved_model_with_a_softmax_layer_is_explained_and_evaluated_on_its_logits(tmp_path, relu_cnn, images):
+    """A `.keras` classifier ending in keras.layers.Softmax(): explain and evaluate run on its logits,
+    with the numbers of the same network saved without the softmax."""
+    import keras
+
+    headed = keras.Model(relu_cnn.input, keras.layers.Softmax(name="probs")(relu_cnn.output))
+    model_path = tmp_path / "softmax.keras"
+    headed.save(model_path)
+    paths = []
+    for i, image in enumerate(images[:2]):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        cv2.imwrite(paths[-1], (image[..., ::-1] * 255).round().astype(np.uint8))
+    out = tmp_path / "explain"
+    assert main(["explain", "--model", str(model_path), "--images", *paths, "--method", "guided-backprop",
+                 "--out", str(out)]) == 0
+    x = _load_images(paths, (16, 16), (0.0, 1.0))
+    direct = tfattr.GuidedBackprop(relu_cnn).attribute(x)  # the logits network, built without a softmax
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["attributions"], np.asarray(direct), atol=1e-5)
+
+    body = small_cnn("relu", size=48, classes=10, seed=2)
+    tables = {}
+    for kind, model in (("softmax", keras.Model(body.input, keras.layers.Softmax()(body.output))), ("logits", body)):
+        path = tmp_path / f"{kind}48.keras"
+        model.save(path)
+        assert main(["evaluate", "--model", str(path), "--images", "2", "--methods", "gradient", "--steps", "2",
+                     "--out", str(tmp_path / kind)]) == 0
+        tables[kind] = [line.split("|")[2:-3] for line in (tmp_path / kind / "table.md").read_text().splitlines()[2:]]
+    assert len(tables["logits"]) == 1 and tables["softmax"] == tables["logits"]

@@ -333,6 +333,133 @@ def test_logits_model_leaves_a_middle_softmax_alone_and_returns_a_model_without_
         logits_model(model, missing="raise")
 
 
+# -- logits models of every softmax form: softmax of the logits, clone, save, load, guided ----------
+
+W1 = np.array([[0.6, -0.4, 0.3, 0.8], [-0.5, 0.7, 0.2, -0.3], [0.4, 0.1, -0.6, 0.5],
+               [-0.2, 0.9, 0.5, -0.7], [0.3, -0.8, 0.4, 0.2]], np.float32)
+B1 = np.array([0.1, -0.2, 0.3, -0.1], np.float32)
+W2 = np.array([[0.7, -0.5, 0.2], [-0.6, 0.4, 0.9], [0.3, 0.8, -0.4], [-0.2, -0.3, 0.6]], np.float32)
+B2 = np.array([0.25, -0.15, 0.05], np.float32)
+
+
+def _lambda_softmax(t):
+    return keras.ops.softmax(t)
+
+
+def softmax_headed(form):
+    """``x -> Dense(4, relu) -> Dense(3) -> softmax`` with the softmax spelt as ``form``; the
+    weights are W1, B1, W2, B2 whatever the spelling, so one analytic answer fits every form."""
+    hidden = L.Dense(4, activation="relu", name="hidden")
+    fused = form.endswith("fused")
+    z = L.Dense(3, activation="softmax" if fused else None, name="z")
+    head = {
+        "softmax_layer": lambda: L.Softmax(name="probs"),
+        "activation_layer": lambda: L.Activation("softmax", name="probs"),
+        "lambda_of_ops_softmax": lambda: L.Lambda(keras.ops.softmax, name="probs"),
+        "lambda_calling_softmax": lambda: L.Lambda(lambda t: _lambda_softmax(t), name="probs"),
+    }
+    kind, _, spelling = form.partition(":")
+    if kind == "sequential":
+        layers = [keras.Input((5,)), hidden, z] + ([] if fused else [head[spelling]()])
+        model = keras.Sequential(layers, name="seq")
+    elif kind == "functional":
+        inp = keras.Input((5,))
+        logits = z(hidden(inp))
+        out = logits if fused else (keras.ops.softmax(logits) if spelling == "ops_softmax" else head[spelling]()(logits))
+        model = keras.Model(inp, out, name="fun")
+    elif kind == "nested_sequential":  # Functional outer, the softmax inside a Sequential at its end
+        inner = keras.Sequential([keras.Input((4,)), z] + ([] if fused else [head[spelling]()]), name="inner")
+        inp = keras.Input((5,))
+        model = keras.Model(inp, inner(hidden(inp)), name="outer")
+    elif kind == "nested_functional":  # Sequential outer, the softmax inside a Functional at its end
+        inner_in = keras.Input((4,))
+        inner_out = z(inner_in)
+        inner = keras.Model(inner_in, inner_out if fused else head[spelling]()(inner_out), name="inner")
+        model = keras.Sequential([keras.Input((5,)), hidden, inner], name="outer")
+    hidden.set_weights([W1, B1])
+    z.set_weights([W2, B2])
+    return model
+
+
+SOFTMAX_FORMS = {  # form -> path of the layer whose softmax is removed
+    "sequential:fused": "z",
+    "sequential:softmax_layer": "probs",
+    "sequential:activation_layer": "probs",
+    "sequential:lambda_of_ops_softmax": "probs",
+    "functional:fused": "z",
+    "functional:softmax_layer": "probs",
+    "functional:activation_layer": "probs",
+    "functional:ops_softmax": None,  # the op node's own name
+    "functional:lambda_calling_softmax": "probs",
+    "nested_sequential:softmax_layer": "inner/probs",
+    "nested_sequential:activation_layer": "inner/probs",
+    "nested_functional:softmax_layer": "inner/probs",
+    "nested_functional:fused": "inner/z",
+}
+
+
+def analytic_logits(x):
+    return np.maximum(x @ W1.astype(np.float64) + B1, 0) @ W2.astype(np.float64) + B2
+
+
+def analytic_guided_gradient(x, c):
+    """Guided backprop of z_c: the ReLU passes relu(W2[:, c]) where its input is positive."""
+    pre = x @ W1.astype(np.float64) + B1
+    return ((pre > 0) * np.maximum(W2[:, c].astype(np.float64), 0)) @ W1.T.astype(np.float64)
+
+
+def assert_softmax_of(logits, probabilities):
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(p / p.sum(axis=1, keepdims=True), probabilities, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("form", sorted(SOFTMAX_FORMS))
+def test_logits_model_of_every_softmax_form_clones_saves_loads_and_explains(form, tmp_path):
+    from tfattr.methods.guided import GuidedBackprop
+
+    model = softmax_headed(form)
+    x = RNG.normal(size=(6, 5)).astype(np.float32)
+    probabilities = model(x).numpy()
+    layers_before = list(model._flatten_layers())
+    types_before = [type(layer) for layer in layers_before]
+
+    logits = logits_model(model)
+    head = SOFTMAX_FORMS[form] or model.operations[-1].name
+    assert surgery_report(logits).changed == (head,)
+    z = logits(x).numpy()
+    np.testing.assert_allclose(z, analytic_logits(x), rtol=1e-5, atol=1e-5)
+    assert_softmax_of(z, probabilities)
+    # the original model is untouched: the same layer objects of the same types, the same outputs
+    assert list(model._flatten_layers()) == layers_before
+    assert [type(layer) for layer in model._flatten_layers()] == types_before
+    np.testing.assert_array_equal(model(x).numpy(), probabilities)
+
+    copy = keras.models.clone_model(logits)  # through get_config/from_config
+    copy.set_weights(logits.get_weights())
+    np.testing.assert_array_equal(copy(x).numpy(), z)
+    np.testing.assert_array_equal(guided_clone(logits)(x).numpy(), z)
+    rebuilt = keras.models.model_from_json(logits.to_json())
+    rebuilt.set_weights(logits.get_weights())
+    np.testing.assert_array_equal(rebuilt(x).numpy(), z)
+    path = str(tmp_path / "logits.keras")
+    logits.save(path)
+    np.testing.assert_array_equal(keras.models.load_model(path)(x).numpy(), z)
+
+    targets = np.arange(6) % 3
+    guided = GuidedBackprop(logits).attribute(x, target=targets).attributions
+    expected = np.stack([analytic_guided_gradient(x[i], targets[i]) for i in range(6)])
+    np.testing.assert_allclose(guided, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_lambda_doing_more_than_a_softmax_is_not_a_softmax_head():
+    inp = keras.Input((5,))
+    z = L.Dense(3, name="z")(inp)
+    model = keras.Model(inp, L.Lambda(lambda t: keras.ops.softmax(2.0 * t), name="tempered")(z))
+    with pytest.warns(SurgeryWarning, match="no final softmax"):
+        assert logits_model(model) is model
+
+
 # -- what cannot be swapped is reported ----------------------------------------------------------
 
 class HiddenReLU(keras.layers.Layer):

@@ -4,9 +4,18 @@ Explaining ``softmax(z)_c`` mixes in every other class (``∂p_c/∂x = p_c (∂
 Σ_k p_k ∂z_k/∂x)``) and saturates when ``p_c → 1``; many methods and metrics are defined
 on the logit ``z_c``. :func:`logits_model` clones the model with its *final* softmax
 removed, whether it is an ``activation="softmax"`` argument of the last layer, a
-separate ``Softmax``/``Activation("softmax")`` layer or a ``keras.ops.softmax`` node,
-also when that last layer sits in a nested model at the end of the graph. A softmax elsewhere (attention, a gating branch)
-is not final and is left alone.
+separate ``Softmax``/``Activation("softmax")`` layer, a ``keras.ops.softmax`` node or a
+``Lambda`` that computes nothing but a softmax of its input (``Lambda(keras.ops.softmax)``,
+``Lambda(lambda t: keras.ops.softmax(t))``: the Lambda's function is traced once and must be
+a single ``Softmax`` op on its input), in a Functional or Sequential model, also when that
+last layer sits in a nested model at the end of the graph. A softmax elsewhere (attention, a
+gating branch) is not final and is left alone, and so is a Lambda computing more than a
+softmax (``softmax(t / T)``).
+
+The result is made of standard Keras layers only (a separate softmax layer becomes a
+``keras.layers.Identity`` of the same name and dtype policy; a fused activation becomes
+``"linear"``), so it clones (``keras.models.clone_model``, :func:`~tfattr.surgery.guided_clone`),
+serialises (``to_json``) and saves/loads as a ``.keras`` file like any model.
 """
 
 from __future__ import annotations
@@ -58,7 +67,42 @@ def _is_softmax_layer(layer) -> bool:
         return True
     if not isinstance(layer, keras.layers.Layer):
         return False
+    if type(layer) is keras.layers.Lambda:
+        return _lambda_is_softmax(layer)
     return type(layer) is keras.layers.Softmax or _is_softmax_function(vars(layer).get("activation"))
+
+
+def _skip_identities(op):
+    while op.type == "Identity" and op.inputs:
+        op = op.inputs[0].op
+    return op
+
+
+def _lambda_is_softmax(layer) -> bool:
+    """``True`` when the Lambda's function is a softmax of its input and nothing more.
+
+    A softmax function itself (``Lambda(keras.ops.softmax)``) is recognised by identity; any
+    other function is traced once on the layer's input spec and must reduce to a single
+    ``Softmax`` op whose input is the Lambda's input (identities aside).
+    """
+    if _is_softmax_function(layer.function) and set(layer.arguments) <= {"axis"}:
+        return True
+    try:
+        inputs = layer.input
+        if not hasattr(inputs, "shape") or isinstance(inputs, (list, tuple, dict)):
+            return False
+        spec = tf.TensorSpec(inputs.shape, inputs.dtype)
+        arguments = dict(layer.arguments)
+        traced = tf.function(lambda t: layer.function(t, **arguments), autograph=False)
+        graph = traced.get_concrete_function(spec).graph
+    except Exception:  # noqa: BLE001 - a Lambda that cannot be traced alone is not a plain softmax
+        return False
+    if len(graph.outputs) != 1 or len(graph.inputs) != 1:
+        return False
+    op = _skip_identities(graph.outputs[0].op)
+    if op.type != "Softmax":
+        return False
+    return _skip_identities(op.inputs[0].op) is graph.inputs[0].op
 
 
 def find_softmax_head(model) -> Optional[Tuple[str, keras.layers.Layer]]:
@@ -71,6 +115,12 @@ def find_softmax_head(model) -> Optional[Tuple[str, keras.layers.Layer]]:
         >>> find_softmax_head(keras.applications.VGG16(weights=None))[0]
         'predictions'
     """
+    found = _find_head(model)
+    return None if found is None else found[:2]
+
+
+def _find_head(model):
+    """``(path, head layer, the model whose graph holds it)`` or ``None``."""
     path = ""
     while True:
         outputs = getattr(model, "outputs", None) or []
@@ -81,18 +131,33 @@ def find_softmax_head(model) -> Optional[Tuple[str, keras.layers.Layer]]:
         if _is_nested_model(layer):
             model, path = layer, path + "/"
             continue
-        return (path, layer) if _is_softmax_layer(layer) else None
+        return (path, layer, model) if _is_softmax_layer(layer) else None
 
 
-def _without_softmax(head):
+def _without_softmax(head, owner):
+    """The replacement rule: the head loses its softmax, every other layer is copied.
+
+    A separate softmax layer becomes ``keras.layers.Identity`` (standard, serialisable: its
+    dtype policy is passed as a config, not as an object); in a Sequential it is the layer
+    itself, in a Functional graph a call that drops the softmax's ``mask`` argument.
+    """
+    in_sequential = isinstance(owner, keras.Sequential)
+
     def replace(layer):
         if layer is not head:
             return None
         if _is_softmax_op(layer):
-            return lambda logits: logits
-        if type(layer) is keras.layers.Softmax or type(layer) is keras.layers.Activation:
-            def identity(inputs, *args, **kwargs):  # drops Softmax's `mask` argument
-                return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy)(inputs)
+            return lambda logits, *args, **kwargs: logits
+        if type(layer) in (keras.layers.Softmax, keras.layers.Activation, keras.layers.Lambda):
+            def identity_layer():
+                return keras.layers.Identity(name=layer.name,
+                                             dtype=keras.dtype_policies.serialize(layer.dtype_policy))
+
+            if in_sequential:
+                return identity_layer()
+
+            def identity(inputs, *args, **kwargs):
+                return identity_layer()(inputs)
 
             return identity
         config = layer.get_config()
@@ -126,11 +191,11 @@ def logits_model(model: keras.Model, missing: str = "note") -> keras.Model:
     check_cloneable(model, "logits_model")
     clone = cached_clone("logits", model)
     if clone is None:
-        head = find_softmax_head(model)
+        head = _find_head(model)
         if head is None:
             clone = _UNCHANGED
         else:
-            clone, pairs = clone_with(model, _without_softmax(head[1]), "logits_model")
+            clone, pairs = clone_with(model, _without_softmax(head[1], head[2]), "logits_model")
             register(clone, SurgeryReport("logits", (head[0],), (), ("softmax removed",)), copy_weights(pairs))
         store_clone("logits", model, clone)
     if clone is not _UNCHANGED:
