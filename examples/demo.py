@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 
 import tfattr  # noqa: E402
 from tfattr import viz  # noqa: E402
+from tfattr.core.files import atomic_write, write_text  # noqa: E402
 from tfattr.data import PHOTOS, digits_on_photos  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -188,18 +188,12 @@ def main():
 
 
 def _write_text(path, text):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, text)  # atomic, mode 0o666 & ~umask
 
 
 def _write_npz(path, **arrays):
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, **arrays)
     return path
 
 

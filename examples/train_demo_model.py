@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -20,6 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfattr.core.files import atomic_path  # noqa: E402
 from tfattr.data import digits_on_photos  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,18 +54,11 @@ def train(epochs: int = 20, n_train: int = 8000, n_test: int = 1000, seed: int =
                   validation_data=(test_set["image"], test_set["label"]), verbose=2)
     _, accuracy = model.evaluate(test_set["image"], test_set["label"], verbose=0)
     print(f"test accuracy {accuracy:.4f} on {n_test} held-out images ({time.perf_counter() - start:.0f}s)")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=os.path.dirname(os.path.abspath(out)))
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".keras") as tmp:  # atomic, mode 0o666 & ~umask
         # ship the weights and architecture only (no optimizer state): a third of the size
         shipped = build_model()
         shipped.set_weights(model.get_weights())
         shipped.save(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     print(f"saved {out}")
     return model, accuracy
 

@@ -5,7 +5,9 @@
     tfattr baseline train --model model.keras|vgg19 --out saved_baselines/NAME [--lam 0.9 --loss maxabs ...]
     tfattr baseline show saved_baselines/NAME [--model model.keras]
 
-``explain`` writes one overlay PNG per image and method plus ``attributions.npz``.
+``explain`` writes one overlay PNG per image and method, named by the image file's stem (``stem-2``,
+``stem-3``, ... for later files with the same stem), plus ``attributions.npz`` (with the image paths
+in ``sources`` and the output names in ``names``).
 ``baseline train`` trains the uniform-output baseline of Lerma & Lucas (2022) and saves it
 (SavedModel + metadata.json); ``baseline show`` prints its metadata and statistics.
 Errors in the arguments print one line and exit with code 2.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import List, Optional
 
 import numpy as np
@@ -197,9 +198,26 @@ def _load_images(paths: List[str], size, value_range) -> np.ndarray:
     return np.stack(images)
 
 
+def output_names(paths: List[str]) -> List[str]:
+    """One distinct output name per image file: its stem, then ``stem-2``, ``stem-3``, ... for later files
+    with the same stem (skipping the stems of other inputs; compared case-insensitively)."""
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    reserved = {stem.casefold() for stem in stems}
+    names: List[str] = []
+    used = set()
+    for stem in stems:
+        name, k = stem, 2
+        while name.casefold() in used or (name != stem and name.casefold() in reserved):
+            name, k = f"{stem}-{k}", k + 1
+        used.add(name.casefold())
+        names.append(name)
+    return names
+
+
 def _explain(args) -> int:
     import tfattr
     from tfattr import viz
+    from tfattr.core.files import atomic_write
 
     _check_rsi_notebook([args.method], args)
     model, default_range = _load_model(args.model, args.weights)
@@ -213,18 +231,17 @@ def _explain(args) -> int:
     expl = method.attribute(x, target=args.target)
     os.makedirs(args.out, exist_ok=True)
     attributions = np.asarray(expl)
-    for path, image, attribution in zip(args.images, x, attributions):
-        stem = os.path.splitext(os.path.basename(path))[0]
+    names = output_names(args.images)
+    for name, image, attribution in zip(names, x, attributions):
         picture = viz.overlay(image, attribution, value_range=tuple(args.value_range))
-        out = viz.save_png(os.path.join(args.out, f"{stem}_{args.method}.png"), picture)
+        out = viz.save_png(os.path.join(args.out, f"{name}_{args.method}.png"), picture)
         print(out)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=args.out)
-    os.close(fd)
     extra = {} if expl.delta is None else {"delta": expl.delta}
-    np.savez_compressed(tmp, attributions=attributions, targets=expl.targets if expl.targets is not None else -1,
-                        scores=expl.scores, **extra)
     npz = os.path.join(args.out, "attributions.npz")
-    os.replace(tmp, npz)
+    with atomic_write(npz) as handle:
+        np.savez_compressed(handle, attributions=attributions,
+                            targets=expl.targets if expl.targets is not None else -1, scores=expl.scores,
+                            sources=np.array(args.images, dtype=str), names=np.array(names, dtype=str), **extra)
     print(npz)
     if expl.delta is not None:
         print(f"completeness error (relative, per image): {np.round(expl.relative_delta, 4).tolist()}")
@@ -270,13 +287,9 @@ def _evaluate(args) -> int:
                     cache_dir=os.path.join(args.out, "cache"), strategy=strategy)
     text = format_table(rows)
     print("\n" + text)
-    os.makedirs(args.out, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    path = os.path.join(args.out, "table.md")
-    os.replace(tmp, path)
-    print(path)
+    from tfattr.core.files import write_text
+
+    print(write_text(os.path.join(args.out, "table.md"), text))
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -53,15 +52,10 @@ def _fingerprint(model, images: np.ndarray, extra: str) -> str:
 
 
 def _save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from tfattr.core.files import atomic_write
+
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def evaluate(

@@ -12,11 +12,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
+
+from tfattr.core.files import write_bytes
 
 __all__ = ["normalize", "overlay", "grid", "save_png", "to_uint8"]
 
@@ -119,23 +120,12 @@ def grid(tiles: Sequence[Sequence[np.ndarray]], titles: Optional[Sequence[Sequen
 
 
 def save_png(path: str, image: np.ndarray) -> str:
-    """Write an RGB uint8 image to ``path`` atomically (temporary file, then rename)."""
+    """Write an RGB uint8 image to ``path`` atomically (temporary file, then rename; mode ``0o666 & ~umask``)."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
     if not ok:
         raise OSError(f"OpenCV could not encode the PNG for {path!r}")
-    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_bytes(path, data.tobytes())
 
 
 _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
