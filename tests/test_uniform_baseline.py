@@ -282,11 +282,112 @@ def test_an_interrupted_save_leaves_no_half_written_folder(trained, tmp_path, mo
         return real_rename(src, dst)
 
     monkeypatch.setattr(saved_module.os, "rename", rename)
+    monkeypatch.setattr(saved_module, "_exchange", lambda a, b: False)  # a filesystem without atomic exchange
     with pytest.raises(OSError, match="disk full"):
         save_baseline(trained, path, overwrite=True)
     monkeypatch.undo()
     assert os.listdir(parent) == ["tiny_uniform"]
     assert load_baseline(path).metadata == old_meta
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (renames and deletions are blocked too)."""
+
+
+@pytest.mark.parametrize("next_access", ["show", "load", "ig", "save"])
+def test_a_save_killed_between_its_two_renames_is_recovered_by_the_next_load_show_or_save(
+        classifier, trained, tmp_path, monkeypatch, capsys, next_access):
+    parent = tmp_path / "baselines"
+    path = save_baseline(trained, parent / "tiny_uniform")
+    old_meta = load_baseline(path).metadata
+    real_rename, renames = os.rename, []
+
+    def rename_then_die(src, dst):
+        renames.append((os.path.basename(src), os.path.basename(dst)))
+        if len(renames) > 1:
+            raise Killed()
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(saved_module, "_exchange", lambda a, b: False, raising=False)  # the two-rename fallback
+    monkeypatch.setattr(saved_module.os, "rename", rename_then_die)
+    monkeypatch.setattr(saved_module.os, "replace", rename_then_die)
+    monkeypatch.setattr(saved_module.shutil, "rmtree", lambda *args, **kwargs: None)
+    with pytest.raises(Killed):
+        save_baseline(trained, path, overwrite=True)
+    monkeypatch.undo()
+    assert renames[0][0] == "tiny_uniform" and ".tiny_uniform.old-" in renames[0][1]
+    assert not os.path.exists(path)  # the state a kill leaves: the old baseline only aside
+    assert any(".tiny_uniform.old-" in name for name in os.listdir(parent))
+
+    # whatever comes next puts it back
+    if next_access == "show":
+        assert main(["baseline", "show", str(path)]) == 0 and "before:" in capsys.readouterr().out
+    elif next_access == "load":
+        assert load_baseline(path).metadata == old_meta
+    elif next_access == "ig":
+        x = np.zeros((1, SIZE, SIZE, 3), np.float32)
+        expl = tfattr.IntegratedGradients(classifier, steps=4).attribute(x, baseline=str(path))
+        assert expl.info["baseline"] == "saved:tiny_uniform"
+    else:
+        save_baseline(trained, path, overwrite=True)
+        assert os.listdir(parent) == ["tiny_uniform"]  # and cleans every leftover of the dead save
+        return
+    assert load_baseline(path).metadata == old_meta
+    save_baseline(trained, path, overwrite=True)  # the next save cleans every leftover of the dead save
+    assert os.listdir(parent) == ["tiny_uniform"]
+
+
+def test_a_save_removes_leftovers_of_dead_saves_and_keeps_those_of_live_ones(trained, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    parent = tmp_path / "baselines"
+    path = save_baseline(trained, parent / "tiny_uniform")
+    host = getattr(saved_module, "_HOST", socket.gethostname())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        leftovers = {
+            f".tiny_uniform.tmp-{host}-{dead.pid}-abc": False,  # killed mid-save: removed
+            f".tiny_uniform.old-{host}-{dead.pid}-def": False,
+            f".tiny_uniform.tmp-{host}-{alive.pid}-ghi": True,  # a concurrent save in progress: kept
+            ".tiny_uniform.tmp-legacy1": False,  # no owner recorded, a day old: removed
+            ".tiny_uniform.tmp-legacy2": True,  # no owner recorded, fresh: kept
+            f".tiny_uniform.tmp-{host}x-{dead.pid}-jkl": True,  # another host's: kept while fresh
+            ".other.tmp-legacy3": True,  # another baseline's: not this save's business
+        }
+        for name in leftovers:
+            (parent / name).mkdir()
+            (parent / name / "variables.data").write_bytes(b"partial")
+        day_ago = time.time() - 2 * 24 * 3600
+        os.utime(parent / ".tiny_uniform.tmp-legacy1", (day_ago, day_ago))
+        save_baseline(trained, path, overwrite=True)
+        kept = {name for name in os.listdir(parent) if name != "tiny_uniform"}
+        assert kept == {name for name, keep in leftovers.items() if keep}
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_an_overwrite_never_leaves_the_destination_missing(trained, tmp_path, monkeypatch):
+    """Where the system swaps two folders atomically (Linux renameat2), the destination is never renamed away."""
+    path = save_baseline(trained, tmp_path / "tiny_uniform")
+    if not getattr(saved_module, "_exchange_supported", lambda folder: True)(str(tmp_path)):
+        pytest.skip("no atomic exchange of folders on this filesystem")
+    real_rename = os.rename
+
+    def rename(src, dst):
+        assert os.path.abspath(src) != os.path.abspath(path), "the destination was renamed away"
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(saved_module.os, "rename", rename)
+    old_created = load_baseline(path).metadata["created_utc"]
+    save_baseline(trained, path, overwrite=True)
+    assert os.listdir(tmp_path) == ["tiny_uniform"]
+    assert load_baseline(path).metadata["created_utc"] >= old_created
 
 
 def test_save_refuses_to_replace_without_overwrite_or_a_folder_that_is_not_a_baseline(trained, tmp_path):
@@ -335,7 +436,8 @@ def test_cli_trains_saves_and_shows_a_baseline(classifier, tmp_path, capsys):
     assert "before:" in shown and "after:" in shown and "matches" in shown
     assert main(["baseline", "train", "--model", model_path, "--out", out, "--steps", "5", "--quiet"]) == 2
     assert "overwrite" in capsys.readouterr().err
-    assert main(["baseline", "train", "--model", model_path, "--out", out, "--lam", "2", "--quiet"]) == 2
+    assert main(["baseline", "train", "--model", model_path, "--out", out, "--lam", "2", "--overwrite",
+                 "--quiet"]) == 2
     assert "Received: lam=2.0" in capsys.readouterr().err
     assert main(["baseline", "show", str(tmp_path / "missing")]) == 2
     other = str(tmp_path / "other.keras")

@@ -324,6 +324,7 @@ def _baseline_model(args):
 
 def _baseline(args) -> int:
     from tfattr.baselines import load_baseline, save_baseline, train_uniform_baseline
+    from tfattr.baselines.saved import check_destination
 
     if args.baseline_command == "show":
         model = None
@@ -341,6 +342,7 @@ def _baseline(args) -> int:
         if model is not None:
             print(f"matches {args.model} (fingerprint and input shape)")
         return 0
+    check_destination(args.out, overwrite=args.overwrite)  # before minutes of loading and training
     model, default_preprocess, default_range = _baseline_model(args)
     start = args.start
     try:

@@ -219,6 +219,10 @@ def make_baselines(
     low, high = value_range
     if isinstance(n_baselines, bool) or not isinstance(n_baselines, (int, np.integer)) or n_baselines < 1:
         raise InvalidInputError("`n_baselines` must be a positive integer. " + received("n_baselines", n_baselines))
+    if isinstance(baseline, str) and _ALIASES.get(baseline.lower(), baseline.lower()) not in BASELINES:
+        from tfattr.baselines.saved import recover_interrupted_save
+
+        recover_interrupted_save(baseline)  # a save killed between its two renames left the folder aside
     if isinstance(baseline, str) and os.path.isdir(baseline):  # a saved baseline folder
         from tfattr.baselines.saved import cached_load
 

@@ -14,19 +14,30 @@ The classifier is *not* inside it (the folder holds one tensor); its fingerprint
 Any TensorFlow program reads it with
 ``tf.saved_model.load(path).signatures["serving_default"]()["baseline"]``.
 
-:func:`save_baseline` writes into a temporary folder next to the destination and renames
-it into place (an existing destination is renamed aside first and deleted after), so an
-interrupted save never leaves a half-written folder. :func:`load_baseline` checks the
-fingerprint and input shape against a model when given one.
+:func:`save_baseline` writes into a temporary folder next to the destination and moves it
+into place: over an existing destination by an atomic exchange of the two folders where the
+system has one (Linux ``renameat2``), else by renaming the old folder aside first. The
+destination always holds the old complete baseline or the new one: a save killed between the
+two renames leaves the old one aside (``.NAME.old-HOST-PID-…``), and the next load or save puts
+it back. Temporary folders carry their host and process id; a save removes those of this
+destination whose process is gone (or, when that cannot be told, that are a day old).
+:func:`check_destination` refuses a path a save could not use, before any work;
+:func:`load_baseline` checks the fingerprint and input shape against a model when given one.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
+import threading
+import time
 import uuid
 import warnings
 from typing import Any, Dict, Optional, Union
@@ -42,6 +53,8 @@ __all__ = [
     "BaselineMismatchWarning",
     "SavedBaseline",
     "save_baseline",
+    "check_destination",
+    "recover_interrupted_save",
     "load_baseline",
     "is_saved_baseline",
 ]
@@ -264,14 +277,207 @@ def _write_metadata(folder: str, metadata: Dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+# -- leftovers of interrupted saves -----------------------------------------------------------------
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<rest>.+)$")
+_OWNER = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+#: a leftover whose owner cannot be checked (another host, an older naming, a reused pid) is removed at this age
+STALE_SECONDS = 24 * 3600
+#: how long a load waits for a live save that is between its two renames
+RECOVERY_WAIT_SECONDS = 2.0
+_ACTIVE = set()  # temporary and aside folders of the saves running in this process
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _owner_alive(folder: str) -> Optional[bool]:
+    """Whether the save that made ``folder`` still runs: ``True``/``False``, or ``None`` when it cannot be told."""
+    match = _LEFTOVER.match(os.path.basename(folder))
+    owner = _OWNER.match(match.group("rest")) if match else None
+    if owner is None or owner.group("host") != _HOST:
+        return None
+    pid = int(owner.group("pid"))
+    if pid == os.getpid():
+        with _ACTIVE_LOCK:
+            return os.path.abspath(folder) in _ACTIVE
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    except OSError:
+        return None
+    return True
+
+
+def _age(folder: str) -> float:
+    """Seconds since ``folder``'s entries last changed."""
+    try:
+        return time.time() - os.stat(folder).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _moved(folder: str) -> float:
+    """When ``folder`` was last renamed (its ctime), 0 if it is gone."""
+    try:
+        return os.stat(folder).st_ctime
+    except OSError:
+        return 0.0
+
+
+def _stale(folder: str) -> bool:
+    return _owner_alive(folder) is False or _age(folder) > STALE_SECONDS
+
+
+def _leftovers(parent: str, name: str, kind: str):
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        match = _LEFTOVER.match(entry)
+        if match and match.group("name") == name and match.group("kind") == kind:
+            found.append(os.path.join(parent, entry))
+    return found
+
+
+def _remove(path: str) -> None:
+    if os.path.islink(path) or os.path.isfile(path):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    elif os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def recover_interrupted_save(path: Union[str, os.PathLike]) -> None:
+    """A save killed between its two renames left ``path`` missing and the old baseline aside: put it back.
+
+    A save that is still between them (its process lives) gets ``RECOVERY_WAIT_SECONDS`` to finish.
+    """
+    absolute = os.path.abspath(os.fspath(path))
+    if os.path.lexists(absolute):
+        return
+    parent, name = os.path.split(absolute)
+    asides = [folder for folder in _leftovers(parent, name, "old") if is_saved_baseline(folder)]
+    for aside in sorted(asides, key=_moved, reverse=True):  # the most recently moved aside first
+        if _owner_alive(aside):
+            deadline = time.monotonic() + RECOVERY_WAIT_SECONDS
+            while time.monotonic() < deadline and not os.path.lexists(absolute) and os.path.lexists(aside):
+                time.sleep(0.01)
+            if os.path.lexists(absolute) or (os.path.lexists(aside) and _owner_alive(aside)):
+                return
+        try:
+            os.rename(aside, absolute)
+            return
+        except OSError:
+            if os.path.lexists(absolute):
+                return
+
+
+def _clean_leftovers(parent: str, name: str) -> None:
+    """Remove this destination's temporary folders of dead saves (and asides, once the destination exists)."""
+    kinds = ("tmp", "old") if os.path.lexists(os.path.join(parent, name)) else ("tmp",)
+    for kind in kinds:
+        for folder in _leftovers(parent, name, kind):
+            if _stale(folder):
+                _remove(folder)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the paths ``a`` and ``b`` atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns ``False`` where the system or the filesystem has no such call (nothing was moved).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+def _exchange_supported(folder: str) -> bool:
+    """Whether :func:`_exchange` works for folders inside ``folder``."""
+    a = tempfile.mkdtemp(prefix=".exchange-probe-", dir=folder)
+    b = tempfile.mkdtemp(prefix=".exchange-probe-", dir=folder)
+    try:
+        return _exchange(a, b)
+    finally:
+        os.rmdir(a)
+        os.rmdir(b)
+
+
+def _register(folder: str, active: bool) -> None:
+    with _ACTIVE_LOCK:
+        (_ACTIVE.add if active else _ACTIVE.discard)(os.path.abspath(folder))
+
+
+# -- check and save ------------------------------------------------------------------------------------
+def check_destination(path: Union[str, os.PathLike], overwrite: bool = False) -> str:
+    """Check that :func:`save_baseline` can write ``path``, before any work (the CLI calls it before training).
+
+    Refuses an existing path that is not a saved baseline, an existing baseline without
+    ``overwrite=True``, a path below a file, and a folder that cannot be written into
+    (read-only, no permission). Puts back a baseline left aside by a killed save first.
+
+    Returns:
+        The absolute path.
+
+    Raises:
+        InvalidInputError: naming ``path`` (or ``overwrite``).
+    """
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise InvalidTypeError("`path` must be a folder path. " + received("path", path)) from None
+    absolute = os.path.abspath(path)
+    if not path or not os.path.basename(absolute):
+        raise InvalidInputError("`path` must name a folder. " + received("path", path))
+    recover_interrupted_save(absolute)
+    if os.path.lexists(absolute):
+        if not is_saved_baseline(absolute):
+            raise InvalidInputError(f"{path!r} exists and is not a saved baseline; refusing to replace it. "
+                                    + received("path", path))
+        if not overwrite:
+            raise InvalidInputError(f"{path!r} already exists; pass overwrite=True (CLI: --overwrite) to replace it. "
+                                    + received("overwrite", overwrite))
+    ancestor = os.path.dirname(absolute)
+    while not os.path.lexists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise InvalidInputError(f"{path!r} cannot be created: {ancestor!r} is not a folder. " + received("path", path))
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{path!r} cannot be saved: cannot write into {ancestor!r} (read-only or no "
+                                "permission). " + received("path", path))
+    return absolute
+
+
 def save_baseline(result, path: Union[str, os.PathLike], overwrite: bool = False) -> str:
     """Export a trained baseline as a TF SavedModel plus ``metadata.json``, atomically.
 
     Everything is written into a temporary folder beside ``path``, read back and checked,
-    then renamed to ``path``; an existing ``path`` (only a saved baseline, and only with
-    ``overwrite=True``) is renamed aside first and deleted after. Whatever interrupts the
-    save, ``path`` holds either the old complete baseline or the new one, and the
-    temporary folder is removed.
+    then moved to ``path``. An existing ``path`` (only a saved baseline, and only with
+    ``overwrite=True``) is swapped with it atomically where the system can (Linux), else
+    renamed aside first; the old folder is deleted after. Whatever interrupts the save,
+    ``path`` holds the old complete baseline or the new one (after a kill between the two
+    renames of the fallback, the next load or save puts the old one back), and leftovers of
+    dead saves are removed by the next save.
 
     Args:
         result: a :class:`~tfattr.baselines.uniform_output.TrainedBaseline` (or a loaded
@@ -291,46 +497,46 @@ def save_baseline(result, path: Union[str, os.PathLike], overwrite: bool = False
         path = os.fspath(path)
     except TypeError:
         raise InvalidTypeError("`path` must be a folder path. " + received("path", path)) from None
-    absolute = os.path.abspath(path)
-    name = os.path.basename(absolute)
-    if not name or not path:
+    if not path or not os.path.basename(os.path.abspath(path)):
         raise InvalidInputError("`path` must name a folder. " + received("path", path))
+    absolute = os.path.abspath(path)
+    parent, name = os.path.split(absolute)
     metadata = _metadata(result, name)
     array = np.ascontiguousarray(result.array)
-    if os.path.lexists(absolute):
-        if not is_saved_baseline(absolute):
-            raise InvalidInputError(f"{path!r} exists and is not a saved baseline; refusing to replace it. "
-                                    + received("path", path))
-        if not overwrite:
-            raise InvalidInputError(f"{path!r} already exists; pass overwrite=True (CLI: --overwrite) to replace it. "
-                                    + received("overwrite", overwrite))
-    parent = os.path.dirname(absolute)
+    check_destination(path, overwrite)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    _clean_leftovers(parent, name)
+    tmp = os.path.abspath(tempfile.mkdtemp(prefix=f".{name}.tmp-{_HOST}-{os.getpid()}-", dir=parent))
+    _register(tmp, True)
     aside = None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+        from tfattr.core.files import folder_mode
+
+        os.chmod(tmp, folder_mode())  # mkdtemp makes it private; the result is an ordinary folder
         _write_savedmodel(tmp, array)
         _write_metadata(tmp, metadata)
         written = load_baseline(tmp)
         if written.array.shape != array.shape or written.array.dtype != array.dtype \
                 or not np.array_equal(written.array, array):
             raise OSError(f"the SavedModel written for {path!r} does not read back the same tensor")
-        if os.path.lexists(absolute):
-            aside = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:12]}")
+        if not os.path.lexists(absolute):
+            os.rename(tmp, absolute)
+        elif not _exchange(tmp, absolute):  # else `tmp` now holds the old baseline
+            aside = os.path.join(parent, f".{name}.old-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+            _register(aside, True)
             os.rename(absolute, aside)
-        os.rename(tmp, absolute)
-    except BaseException:
-        if aside is not None and not os.path.lexists(absolute):
-            os.rename(aside, absolute)
-            aside = None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            try:
+                os.rename(tmp, absolute)
+            except BaseException:
+                os.rename(aside, absolute)
+                raise
     finally:
+        _remove(tmp)  # the half-written new baseline, or the old one after an exchange
+        if aside is not None and os.path.lexists(absolute):  # else it holds the only copy: kept for recovery
+            _remove(aside)
+        _register(tmp, False)
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            _register(aside, False)
     _CACHE.clear()
     return path
 
@@ -357,6 +563,7 @@ def load_baseline(path: Union[str, os.PathLike], model=None, strict: bool = True
         path = os.fspath(path)
     except TypeError:
         raise InvalidTypeError("`path` must be a folder path. " + received("path", path)) from None
+    recover_interrupted_save(path)  # a save killed between its two renames left the baseline aside
     if not os.path.isdir(path):
         raise InvalidInputError(f"No saved baseline folder at {path!r}. " + received("path", path))
     meta_path = os.path.join(path, METADATA_FILE)
@@ -418,6 +625,7 @@ _CACHE: Dict[Any, SavedBaseline] = {}
 
 def cached_load(path: str) -> SavedBaseline:
     """:func:`load_baseline` without a model, cached while the folder is unchanged (the registry uses it)."""
+    recover_interrupted_save(path)
     if not is_saved_baseline(path):
         return load_baseline(path)  # raises the clear error
     absolute = os.path.realpath(path)
