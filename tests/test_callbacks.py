@@ -297,3 +297,10 @@ def test_bad_arguments_raise_at_construction(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         SaliencyLogger(**arguments)
+
+
+def test_autvc_on_probes_with_one_pyramid_level_is_refused_at_construction_naming_44_px():
+    model = small_cnn(size=32, classes=CLASSES)  # ≥ min_size, but a single pyramid level
+    probe = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    with pytest.raises(InvalidInputError, match=r"at least 44×44 pixels.*min_size=30.*Received: probe_images.shape=\(2, 32"):
+        SaliencyLogger(method=tfattr.Gradient(model), probe_images=probe, metrics=("autvc",))

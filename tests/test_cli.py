@@ -103,6 +103,10 @@ def test_evaluate_prints_and_writes_the_metrics_table(tmp_path, capsys):
     assert code == 0
     table = (out / "table.md").read_text()
     assert table.splitlines()[0].startswith("| method | AUPC")
+    printed = capsys.readouterr().out  # 32×32 maps: one pyramid level, AUTVC undefined, not a perfect 0
+    assert "AUTVC 0.000" not in printed and printed.count("AUTVC left empty") == 1
+    autvc = [c.strip() for c in table.splitlines()[0].split("|")].index("AUTVC ↓")
+    assert [line.split("|")[autvc].strip() for line in table.splitlines()[2:]] == ["", ""]
     rows = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
     assert set(rows) == {"gradient", "ig"}
     from tfattr.data import digits_on_photos
@@ -148,3 +152,30 @@ def test_a_saved_model_with_a_softmax_layer_is_explained_and_evaluated_on_its_lo
                      "--out", str(tmp_path / kind)]) == 0
         tables[kind] = [line.split("|")[2:-3] for line in (tmp_path / kind / "table.md").read_text().splitlines()[2:]]
     assert len(tables["logits"]) == 1 and tables["softmax"] == tables["logits"]
+
+
+def test_evaluate_recomputes_a_saved_baseline_retrained_at_the_same_path(tmp_path, capsys):
+    """`--out` caches rows; a baseline folder re-saved with another tensor is keyed by its content."""
+    from tfattr.baselines import save_baseline, train_uniform_baseline
+
+    model = small_cnn("relu", size=32, classes=10, seed=2)
+    model_path = tmp_path / "m32.keras"
+    model.save(model_path)
+    folder = str(tmp_path / "baseline")
+    save_baseline(train_uniform_baseline(model, start="black", steps=3, patience=None, verbose=0), folder)
+    command = ["evaluate", "--model", str(model_path), "--images", "2", "--methods", "ig", "--steps", "4",
+               "--baseline", folder]
+
+    def table(out):
+        capsys.readouterr()
+        assert main(command + ["--out", str(tmp_path / out)]) == 0
+        return [line.split("|")[2:-3] for line in (tmp_path / out / "table.md").read_text().splitlines()[2:]], \
+            capsys.readouterr().out
+
+    first, _ = table("eval")
+    again, printed = table("eval")
+    assert "(cached)" in printed and again == first
+    save_baseline(train_uniform_baseline(model, start=0.7, steps=3, patience=None, verbose=0), folder, overwrite=True)
+    second, printed = table("eval")
+    fresh, _ = table("fresh")
+    assert "(cached)" not in printed and second == fresh and second != first

@@ -111,7 +111,7 @@ def test_smoother_maps_have_lower_autvc():
 
 
 def test_smoothness_metrics_are_batch_invariant():
-    maps = np.random.default_rng(3).normal(size=(3, 48, 40, 3))
+    maps = np.random.default_rng(3).normal(size=(3, 48, 46, 3))  # two pyramid levels
     batch = metrics.autvc(maps)
     for i in range(3):
         single = metrics.autvc(maps[i : i + 1])
@@ -129,3 +129,62 @@ def test_smoothness_rejects_bad_shapes_and_options():
         metrics.autvc(np.ones((1, 40, 40)), downscale=1)
     with pytest.raises(InvalidInputError, match="NaN or Inf"):
         metrics.atv(np.full((1, 4, 4), np.nan))
+
+
+# -- where AUTVC is undefined, and constant maps ------------------------------------------------
+def test_autvc_min_size_follows_the_pyramid_rule():
+    assert metrics.autvc_min_size() == (44, 44)  # ceil(44 / 1.5) = 30 ≥ 30; ceil(43 / 1.5) = 29 stops
+    assert metrics.autvc_min_size(downscale=2, min_size=(10, 20)) == (19, 39)
+    for side in (44, 45, 64):
+        assert len(metrics.multiscale_atv(np.ones((1, side, side)))[0]) >= 2
+    assert len(metrics.multiscale_atv(np.ones((1, 43, 43)))[0]) == 1
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32), (1, 43, 43), (1, 43, 200), (2, 32, 32, 3)])
+def test_autvc_of_maps_with_one_pyramid_level_raises_naming_the_minimum_size(shape):
+    noise = np.random.default_rng(0).normal(size=shape)  # noise once scored a "perfect" 0 here
+    with pytest.raises(metrics.AUTVCUndefinedError, match=r"at least 44×44 pixels.*Received: maps.shape="):
+        metrics.autvc(noise)
+    assert issubclass(metrics.AUTVCUndefinedError, InvalidInputError)
+    assert metrics.autvc(np.random.default_rng(0).normal(size=(1, 44, 44))).area[0] > 0.3  # noise: rough
+
+
+@pytest.mark.parametrize("shape", [(1, 224, 224, 3), (1, 299, 299, 3), (1, 64, 64, 3), (1, 513, 257, 3),
+                                   (1, 1000, 1000)])
+@pytest.mark.parametrize("value", [1.0, 3.5, 1e30, -255.0])
+def test_constant_maps_are_perfectly_smooth_at_every_pyramid_level(shape, value):
+    maps = np.full(shape, value, np.float32)  # the pyramid adds rounding noise of a few ε
+    result = metrics.autvc(maps)
+    np.testing.assert_array_equal(result.curve, np.zeros_like(result.curve))
+    np.testing.assert_array_equal(result.area, [0.0])
+    for level in metrics.gaussian_pyramid(maps):
+        np.testing.assert_array_equal(metrics.normalise_maps(level), np.zeros_like(level))
+
+
+def test_a_map_constant_up_to_float64_rounding_has_zero_atv_but_a_float32_step_counts():
+    rng = np.random.default_rng(4)
+    jitter = 1.0 + rng.integers(-8, 9, size=(1, 64, 64)) * np.finfo(np.float64).eps  # ±8 ulps
+    np.testing.assert_array_equal(metrics.atv(jitter), [0.0])
+    step = np.ones((1, 64, 64), np.float32)
+    step[0, :, 32:] = np.nextafter(np.float32(1), np.float32(2))  # one float32 ulp: a real edge
+    assert metrics.atv(step)[0] == pytest.approx(1 / 64, abs=1e-12)
+
+
+def test_varying_maps_score_as_the_plain_clipped_ratio():
+    """Away from constant maps nothing changed: the normalisation is the plain formula."""
+    maps = np.random.default_rng(5).normal(size=(2, 224, 224, 3))
+    levels = metrics.gaussian_pyramid(maps)
+
+    def plain(level):
+        magnitude = np.abs(level)
+        low = magnitude.reshape(len(level), -1).min(axis=1)[:, None, None]
+        high = np.percentile(magnitude.reshape(len(level), -1), 99, axis=1)[:, None, None]
+        scaled = np.clip((magnitude - low) / (high - low), 0, 1)
+        return (np.abs(np.diff(scaled, axis=2)).sum(axis=(1, 2)) + np.abs(np.diff(scaled, axis=1)).sum(axis=(1, 2))) \
+            / (level.shape[1] * level.shape[2])
+
+    curve = np.stack([plain(level) for level in levels], axis=1)
+    result = metrics.autvc(maps)
+    np.testing.assert_array_equal(result.curve, curve)
+    np.testing.assert_array_equal(result.area, metrics.simpson(curve, axis=1))
+    assert 1.0 < result.area[0] < 10.0  # noise is rough

@@ -116,8 +116,8 @@ def test_adaptive_noising_budget_and_real_objective(relu_cnn, images):
 
     capped = adaptive_noising(relu_cnn, images[:1], objective=mocked, roots=2, sigma0=0.1, max_evaluations=4)
     assert capped.evaluations[0] == 4
-    model32 = small_cnn("relu", size=32)  # AUTVC needs maps of at least 30 px
-    x32 = np.random.default_rng(5).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    model32 = small_cnn("relu", size=44)  # AUTVC needs two pyramid levels: maps of at least 44 px
+    x32 = np.random.default_rng(5).uniform(0, 1, (2, 44, 44, 3)).astype(np.float32)
     result = adaptive_noising(SmoothTaylor(model32, batch_size=32), x32, objective="autvc", roots=4, i_max=2)
     # the reported objective is the AUTVC of the reported attributions
     np.testing.assert_allclose(result.objective, tfattr.metrics.autvc(result.attributions).area, rtol=1e-6)
@@ -126,9 +126,9 @@ def test_adaptive_noising_budget_and_real_objective(relu_cnn, images):
 
 
 def test_sigma_adaptive_convenience():
-    model32 = small_cnn("relu", size=32)
+    model32 = small_cnn("relu", size=44)  # AUTVC needs maps of at least 44 px
     st = SmoothTaylor(model32, roots=4, sigma="adaptive", objective="autvc", batch_size=32)
-    expl = st.attribute(np.random.default_rng(6).uniform(0, 1, (1, 32, 32, 3)).astype(np.float32))
+    expl = st.attribute(np.random.default_rng(6).uniform(0, 1, (1, 44, 44, 3)).astype(np.float32))
     assert expl.info["adaptive"] and len(expl.info["trace"][0]) >= 3
     chosen = expl.info["sigma"][0]
     assert chosen in [t["sigma"] for t in expl.info["trace"][0]]

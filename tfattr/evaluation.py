@@ -4,25 +4,29 @@
 insertion and (with masks) the pointing game and mask energy; :func:`smoothtaylor_grid`
 and :func:`guided_ig_comparison` build the method grids of the SmoothTaylor paper
 (Goh et al. 2020, Tables I–III) and of the guided-IG paper (Kwon et al.). Results are
-cached per (model weights, images, method, settings) in ``cache_dir`` so a rerun that
-changes one method recomputes only that method.
+cached in ``cache_dir`` under a key of everything that can change a number
+(:func:`result_key`), so a rerun that changes one method recomputes only that method.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import inspect
 import os
 import time
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfattr.core.keys import Uncacheable, canonical, digest
 from tfattr.errors import InvalidInputError, received
 
-__all__ = ["EvaluationRow", "evaluate", "format_table", "smoothtaylor_grid", "guided_ig_comparison",
-           "IMAGENET_STD"]
+__all__ = ["EvaluationRow", "evaluate", "format_table", "result_key", "smoothtaylor_grid", "guided_ig_comparison",
+           "IMAGENET_STD", "Uncacheable"]
 
 #: the papers' σ are in ImageNet-normalised units (pixels / std, std ≈ 0.226 of the [0, 1] range)
 IMAGENET_STD = 0.226
@@ -39,16 +43,129 @@ class EvaluationRow:
     per_image: Dict[str, np.ndarray] = field(default_factory=dict)
     curves: Dict[str, np.ndarray] = field(default_factory=dict)
     cached: bool = False
+    #: why a metric is missing (NaN), e.g. AUTVC on maps too small for two pyramid levels
+    notes: List[str] = field(default_factory=list)
 
 
-def _fingerprint(model, images: np.ndarray, extra: str) -> str:
-    digest = hashlib.sha256()
-    digest.update(model.to_json().encode() if hasattr(model, "to_json") else repr(model).encode())
-    for weight in model.get_weights():
-        digest.update(np.ascontiguousarray(weight).tobytes())
-    digest.update(np.ascontiguousarray(images).tobytes())
-    digest.update(extra.encode())
-    return digest.hexdigest()[:24]
+#: the layout of a cached row; part of the key
+_CACHE_FORMAT = 2
+#: what reading a damaged cache file raises (truncated, empty, not a zip, a member missing)
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
+_CODE: Optional[Dict[str, str]] = None
+
+
+def _code_key() -> Dict[str, str]:
+    """tfattr's version and a hash of its source files: rows cached by other code are not served."""
+    global _CODE
+    if _CODE is None:
+        from tfattr._version import __version__
+
+        root = os.path.dirname(os.path.abspath(__file__))
+        hasher = hashlib.sha256()
+        for folder, subfolders, files in os.walk(root):
+            subfolders.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    hasher.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
+                    with open(path, "rb") as handle:
+                        hasher.update(handle.read())
+        _CODE = {"version": __version__, "sources": hasher.hexdigest()}
+    return _CODE
+
+
+def _model_key(model) -> Dict[str, Any]:
+    """A Keras model by its fingerprint (architecture and weights hashes,
+    :func:`~tfattr.baselines.uniform_output.model_fingerprint`), its layer names (Grad-CAM's layer
+    is named) and, for a subclassed model, the source of its class (its ``call``)."""
+    import keras
+
+    from tfattr.baselines.uniform_output import model_fingerprint
+
+    if not isinstance(model, keras.Model):
+        raise Uncacheable(f"the model is a {type(model).__name__}, not a Keras model with a fingerprint")
+    kind = type(model)
+    names, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop(0)
+        names.append(layer.name)
+        stack[:0] = list(getattr(layer, "layers", []) if isinstance(layer, keras.Model) else [])
+    key = {"class": f"{kind.__module__}.{kind.__qualname__}", "fingerprint": model_fingerprint(model)["fingerprint"],
+           "layers": names}
+    if not kind.__module__.startswith("keras."):
+        try:
+            key["source"] = hashlib.sha256(inspect.getsource(kind).encode()).hexdigest()
+        except (OSError, TypeError):
+            raise Uncacheable(f"the model's class {kind.__qualname__} has no source to key its call()") from None
+    return key
+
+
+def result_key(model, images, method, labels, masks=None, settings: Optional[Dict[str, Any]] = None,
+               strategy=None, models: Optional[Dict[int, Any]] = None) -> str:
+    """The cache key of one :func:`evaluate` row: a SHA-256 over everything that can change a number.
+
+    It covers the library (``tfattr.__version__`` and a hash of its source files), the scoring
+    model and the method's model (:func:`_model_key`: architecture and weights), the images,
+    labels and masks (by content), the metric ``settings``, the distribution strategy's kind and
+    replica count, and the method's :meth:`~tfattr.methods.base.AttributionMethod.cache_key`: its
+    class and every option (recursively for a wrapped method, e.g. under
+    :class:`~tfattr.NoiseTunnel`), arrays by content, saved baselines by the content of their
+    folder or tensor. ``models`` memoises model keys by ``id`` within one call.
+
+    Raises:
+        Uncacheable: something cannot be keyed by content (a callable baseline or objective, a
+            ``seed=None``, a model that is not a Keras model); such a row is not cached.
+
+    Example:
+        >>> result_key(model, images, tfattr.GradCAM(model, relu=False), labels, settings={"seed": 0})[:8]
+    """
+    models = {} if models is None else models
+    key_of = getattr(method, "cache_key", None)
+    if not callable(key_of):
+        raise Uncacheable(f"{type(method).__name__} has no cache_key()")
+    settings = dict(settings or {})
+    if "seed" in settings and settings["seed"] is None:
+        raise Uncacheable("seed=None draws fresh AUPC noise on every run")
+
+    def model_key(m):
+        if id(m) not in models:
+            models[id(m)] = _model_key(m)
+        return models[id(m)]
+
+    structure = {
+        "format": _CACHE_FORMAT,
+        "code": _code_key(),
+        "model": model_key(model),
+        "method_model": model_key(method.model),
+        "method": key_of(),
+        "images": canonical(np.asarray(images), "images"),
+        "labels": canonical(np.asarray(labels), "labels"),
+        "masks": None if masks is None else canonical(np.asarray(masks), "masks"),
+        "settings": canonical(settings, "settings"),
+        "strategy": None if strategy is None else [type(strategy).__qualname__,
+                                                   int(getattr(strategy, "num_replicas_in_sync", 1))],
+    }
+    return digest(structure)
+
+
+def _load_row(path: str, name: str, key: str) -> Optional["EvaluationRow"]:
+    """The row cached at ``path``, or ``None`` (with a warning) when the file cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) != key:
+                raise KeyError("the file holds another key")
+            per_image = {k[6:]: stored[k] for k in stored.files if k.startswith("image:")}
+            curves = {k[6:]: stored[k] for k in stored.files if k.startswith("curve:")}
+            if "AUPC" not in per_image:
+                raise KeyError("image:AUPC")
+            seconds, gradients = float(stored["seconds"]), int(stored["gradients"])
+            notes = [str(note) for note in stored["notes"]]
+    except _UNREADABLE as error:
+        warnings.warn(f"The cached result {path!r} cannot be read ({type(error).__name__}: {error}); "
+                      "recomputing it.", RuntimeWarning, stacklevel=3)
+        return None
+    return EvaluationRow(name, seconds, gradients, {k: float(np.mean(v)) for k, v in per_image.items()}, per_image,
+                         curves, cached=True, notes=notes)
 
 
 def _save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
@@ -89,10 +206,19 @@ def evaluate(
         pixels_per_step: deletion/insertion step (default ``round(√(H·W))``, 224 at 224×224).
         pointing_tolerance: pointing-game tolerance in pixels (paper: 15 at 224 px).
         seed: seed of AUPC's noise.
-        cache_dir: folder for cached results (``None``: no cache).
+        cache_dir: folder for cached results (``None``: no cache). A row is served from it only
+            when nothing that can change a number changed (:func:`result_key`: library, models,
+            images, labels, masks, metric settings, the method's class and every option); a row
+            that cannot be keyed (a callable baseline or objective, ``seed=None``) is computed
+            and not cached (``verbose`` says why). A damaged cache file is warned about,
+            recomputed and overwritten.
         strategy: a ``tf.distribute`` strategy: the images are sharded over its replicas (and
             workers) with ``experimental_distribute_dataset``, attribution and metrics run per
             replica and are gathered (:mod:`tfattr.distribute`); results equal the single-device run.
+
+    AUTVC needs maps of at least 44 × 44 pixels (two pyramid levels,
+    :func:`tfattr.metrics.autvc_min_size`); on smaller maps its score is NaN (an empty cell in
+    :func:`format_table`) and the row's ``notes`` say why (printed once with ``verbose``).
 
     Returns:
         One :class:`EvaluationRow` per method, in order.
@@ -106,25 +232,35 @@ def evaluate(
     if masks is not None and np.asarray(masks).shape[:3] != images.shape[:3]:
         raise InvalidInputError("`masks` must be (N, H, W) like the images. " + received("masks.shape", np.shape(masks)))
     rows = []
-    settings = json.dumps([value_range, aupc_kernel, aupc_regions, aupc_perturbations, pixels_per_step,
-                           pointing_tolerance, seed, np.asarray(labels).tolist()], default=str)
+    settings = dict(value_range=value_range, aupc_kernel=aupc_kernel, aupc_regions=aupc_regions,
+                    aupc_perturbations=aupc_perturbations, pixels_per_step=pixels_per_step,
+                    pointing_tolerance=pointing_tolerance, seed=seed)
+    models: Dict[int, Any] = {}  # model keys of this call, by id
+    printed = set()
+
+    def note(row_notes, text):
+        row_notes.append(text)
+        if verbose and text not in printed:
+            printed.add(text)
+            print(f"  note: {text}")
+
     for name, method in methods:
-        describe = getattr(method, "describe", None)
-        label = describe(method.config) if callable(describe) else repr(getattr(method, "config", name))
-        path = None
+        path = key = None
         if cache_dir is not None:
-            key = _fingerprint(model, images, name + label + settings + (repr(masks.sum()) if masks is not None else ""))
-            path = os.path.join(cache_dir, f"{key}.npz")
-            if os.path.exists(path):
-                stored = np.load(path, allow_pickle=False)
-                per_image = {k[6:]: stored[k] for k in stored.files if k.startswith("image:")}
-                curves = {k[6:]: stored[k] for k in stored.files if k.startswith("curve:")}
-                rows.append(EvaluationRow(name, float(stored["seconds"]), int(stored["gradients"]),
-                                          {k: float(np.mean(v)) for k, v in per_image.items()}, per_image, curves,
-                                          cached=True))
+            try:
+                key = result_key(model, images, method, labels, masks, settings, strategy, models)
+            except Uncacheable as why:
                 if verbose:
-                    print(f"  {name:<28} (cached)")
-                continue
+                    print(f"  {name:<28} not cached: {why.reason}")
+            else:
+                path = os.path.join(cache_dir, f"{key[:32]}.npz")
+                if os.path.exists(path):
+                    row = _load_row(path, name, key)
+                    if row is not None:
+                        rows.append(row)
+                        if verbose:
+                            print(f"  {name:<28} (cached)")
+                        continue
         start = time.perf_counter()
         if strategy is None:
             explanation = method.attribute(images, target=labels)
@@ -155,8 +291,15 @@ def evaluate(
             fields = distributed_map(as_fields, [images, attributions, labels], strategy)
             aupc, deletion, insertion = (_Joined({k.split(".")[1]: v for k, v in fields.items() if k.startswith(p)})
                                          for p in ("aupc.", "deletion.", "insertion."))
-        per_image = {"AUPC": aupc.area, "AUTVC": metrics.autvc(attributions).area, "deletion": deletion.auc,
-                     "insertion": insertion.auc}
+        row_notes: List[str] = []
+        try:
+            smoothness = metrics.autvc(attributions).area
+        except metrics.AUTVCUndefinedError:
+            height, width = metrics.autvc_min_size()
+            smoothness = np.full(len(attributions), np.nan)
+            note(row_notes, f"AUTVC left empty: the maps are {attributions.shape[1]}×{attributions.shape[2]} and "
+                            f"AUTVC needs at least {height}×{width} (two Gaussian-pyramid levels).")
+        per_image = {"AUPC": aupc.area, "AUTVC": smoothness, "deletion": deletion.auc, "insertion": insertion.auc}
         if explanation.delta is not None:
             per_image["completeness"] = np.asarray(explanation.relative_delta, np.float64)
         if masks is not None:
@@ -165,14 +308,16 @@ def evaluate(
         curves = {"AUPC": aupc.curve.mean(axis=0), "deletion": deletion.curve.mean(axis=0),
                   "insertion": insertion.curve.mean(axis=0)}
         row = EvaluationRow(name, seconds, int(explanation.gradients),
-                            {k: float(np.mean(v)) for k, v in per_image.items()}, per_image, curves)
+                            {k: float(np.mean(v)) for k, v in per_image.items()}, per_image, curves, notes=row_notes)
         rows.append(row)
         if path is not None:
             arrays = {f"image:{k}": np.asarray(v) for k, v in per_image.items()}
             arrays.update({f"curve:{k}": np.asarray(v) for k, v in curves.items()})
-            _save_npz(path, dict(arrays, seconds=np.array(seconds), gradients=np.array(row.gradients)))
+            _save_npz(path, dict(arrays, seconds=np.array(seconds), gradients=np.array(row.gradients),
+                                 key=np.array(key), notes=np.array(row_notes, dtype=str)))
         if verbose:
-            print(f"  {name:<28} {seconds:7.2f}s  " + "  ".join(f"{k} {v:.3f}" for k, v in row.scores.items()))
+            print(f"  {name:<28} {seconds:7.2f}s  " + "  ".join(
+                f"{k} {v:.3f}" if np.isfinite(v) else f"{k} –" for k, v in row.scores.items()))
     return rows
 
 
@@ -185,7 +330,8 @@ class _Joined:
 
 
 def format_table(rows: Sequence[EvaluationRow], columns: Optional[Sequence[str]] = None, title: str = "") -> str:
-    """A Markdown table of ``rows`` (means over images); ↓/↑ mark lower/higher-is-better."""
+    """A Markdown table of ``rows`` (means over images); ↓/↑ mark lower/higher-is-better; a
+    missing or NaN score (AUTVC on maps too small for it) is an empty cell."""
     direction = {"AUPC": "↓", "AUTVC": "↓", "deletion": "↓", "insertion": "↑", "pointing": "↑",
                  "mask energy": "↑", "completeness": "↓"}
     if columns is None:
@@ -194,7 +340,7 @@ def format_table(rows: Sequence[EvaluationRow], columns: Optional[Sequence[str]]
     header = ["method"] + [f"{c} {direction.get(c, '')}".strip() for c in columns] + ["seconds", "gradients"]
     lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [r.method] + [f"{r.scores[c]:.3f}" if c in r.scores else "" for c in columns]
+        cells = [r.method] + [f"{r.scores[c]:.3f}" if np.isfinite(r.scores.get(c, np.nan)) else "" for c in columns]
         cells += [f"{r.seconds:.1f}", str(r.gradients)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -230,6 +230,12 @@ class TrainedBaseline:
         """The baseline, whatever ``x`` (the registry's callable-baseline protocol)."""
         return self.baseline
 
+    def cache_key(self) -> Dict[str, Any]:
+        """The content this object returns (its tensor's hash), for result caches."""
+        from tfattr.core.keys import array_digest
+
+        return {"array": array_digest(self.baseline)}
+
     def report(self) -> str:
         """A few lines: the output statistics before/after and the pixel range."""
         return format_report(self.before, self.after, self.pixels, self.config, self.target_distribution,

@@ -192,13 +192,16 @@ def _is_pair(entry) -> bool:
 def _check_metric_fits(name: str, options: Dict[str, Any], probe: np.ndarray) -> None:
     height, width = probe.shape[1:3]
     if name == "autvc":
+        from tfattr.metrics.smoothness import autvc_min_size
+
         min_size = options.get("min_size", 30)
-        sizes = (min_size, min_size) if np.ndim(min_size) == 0 else tuple(min_size)
-        if height < sizes[0] or width < sizes[1]:
+        need = autvc_min_size(options.get("downscale", 1.5), options.get("sigma"), min_size)
+        if height < need[0] or width < need[1]:
             raise InvalidInputError(
-                f"The metric 'autvc' needs maps of at least min_size={min_size} pixels per side (its "
-                "Gaussian pyramid stops below it); use 'atv' for small images or lower min_size with "
-                "('autvc', {'min_size': ...}). " + received("probe_images.shape", tuple(probe.shape))
+                f"The metric 'autvc' needs maps of at least {need[0]}×{need[1]} pixels (two levels of its "
+                f"Gaussian pyramid, which stops below min_size={min_size} pixels per side); use 'atv' for "
+                "small images or lower min_size with ('autvc', {'min_size': ...}). "
+                + received("probe_images.shape", tuple(probe.shape))
             )
     if name == "aupc":
         k = options.get("kernel_size", 15)

@@ -110,6 +110,18 @@ class NoiseTunnel:
     def model(self):
         return self.method.model
 
+    def cache_key(self) -> Dict[str, Any]:
+        """The tunnel's class and options plus the wrapped method's own
+        :meth:`~tfattr.methods.base.AttributionMethod.cache_key` (its class and every option);
+        raises :class:`~tfattr.core.keys.Uncacheable` for ``seed=None`` or an unkeyable wrapped method."""
+        from tfattr.core.keys import Uncacheable, canonical
+
+        if self.config["seed"] is None:
+            raise Uncacheable("NoiseTunnel seed=None draws fresh noise on every run")
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "options": {k: canonical(v, k) for k, v in sorted(self.config.items())},
+                "method": self.method.cache_key()}
+
     def noise(self, shape, config, block: int = 0) -> np.ndarray:
         """The ``(nt_samples, …)`` noise draws of sample block ``block`` (seeded; block 0 is the
         only one without ``nt_tolerance``)."""

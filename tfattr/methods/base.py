@@ -18,6 +18,7 @@ from tfattr.baselines.registry import BaselineSet
 from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outputs
 from tfattr.core.gradients import InputGradients
 from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
+from tfattr.core.keys import Uncacheable, canonical
 from tfattr.core.result import Explanation
 from tfattr.core.targets import Targets, resolve_targets, select_scores
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
@@ -266,6 +267,35 @@ class AttributionMethod:
 
     def describe(self, config) -> str:
         return self.name
+
+    #: options that only schedule the work; no attribution depends on them (see ``parallel_chunks``)
+    scheduling_options = ("verbose", "parallel_chunks")
+
+    def cache_key(self, config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Everything, besides the model and the inputs, that determines this method's attributions.
+
+        A JSON-ready structure (:func:`tfattr.core.keys.canonical`): the method's class and every
+        option of ``config`` (default: the constructor's) except :attr:`scheduling_options`,
+        arrays by content hash, plus :meth:`_cache_state` (a Grad-CAM layer, a saved baseline
+        folder's content). Result caches (:func:`tfattr.evaluation.evaluate`) add the model's
+        fingerprint and the inputs.
+
+        Raises:
+            tfattr.core.keys.Uncacheable: an option is a callable without a content key (a
+                custom baseline function, a custom objective), or ``seed=None`` (fresh random
+                draws on every run): such a result is not reproducible from its key.
+        """
+        config = self.config if config is None else config
+        options = {k: v for k, v in config.items() if k not in self.scheduling_options}
+        if "seed" in options and options["seed"] is None:
+            raise Uncacheable("seed=None draws fresh random numbers on every run")
+        return {"class": f"{type(self).__module__}.{type(self).__qualname__}",
+                "options": {k: canonical(v, k) for k, v in sorted(options.items())},
+                "state": canonical(self._cache_state(config), "state")}
+
+    def _cache_state(self, config: Dict[str, Any]) -> Dict[str, Any]:
+        """What besides the options determines the attributions (subclasses extend it)."""
+        return {}
 
     def _package(self, out: Explained, images: Images, targets: Targets, fx: np.ndarray, config) -> Explanation:
         attributions = out["attributions"].astype(images.array.dtype)

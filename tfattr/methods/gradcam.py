@@ -77,6 +77,10 @@ class _LayerMethod:
     def gradient_function(self, score_fn=None):
         return LayerGradients(self.model, self.layer, score_fn)
 
+    def _cache_state(self, config):
+        # None: the default layer, found on the first inputs of a model without symbolic outputs
+        return dict(super()._cache_state(config), layer=None if self.layer is None else self.layer.name)
+
     def _cam(self, weights: np.ndarray, activations: np.ndarray, image_shape, config) -> np.ndarray:
         """``L = ReLU(Σ_k w_k A^k)`` (eq. 7), bilinearly upsampled to the image, optionally normalised."""
         if activations.ndim != 4:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -135,6 +136,14 @@ class IntegratedGradients(AttributionMethod):
         if config.get("tolerance") is not None:
             return f"{self.name}(baseline={baseline}, tolerance={config['tolerance']:g})"
         return f"{self.name}(baseline={baseline}, steps={config['steps']}, rule={config['rule']})"
+
+    def _cache_state(self, config):
+        baseline = config["baseline"]
+        if isinstance(baseline, str) and os.path.isdir(baseline):  # a saved baseline folder (as the registry)
+            from tfattr.baselines.saved import folder_digest
+
+            return {"baseline_folder": folder_digest(baseline)}
+        return {}
 
     def make_baselines(self, x_array: np.ndarray, config):
         return make_baselines(

@@ -52,7 +52,16 @@ from tfattr.metrics.perturbation import (
     insertion,
     select_windows,
 )
-from tfattr.metrics.smoothness import AUTVCResult, atv, autvc, gaussian_pyramid, multiscale_atv, normalise_maps
+from tfattr.metrics.smoothness import (
+    AUTVCResult,
+    AUTVCUndefinedError,
+    atv,
+    autvc,
+    autvc_min_size,
+    gaussian_pyramid,
+    multiscale_atv,
+    normalise_maps,
+)
 
 __all__ = [
     "simpson",
@@ -69,6 +78,8 @@ __all__ = [
     "multiscale_atv",
     "autvc",
     "AUTVCResult",
+    "AUTVCUndefinedError",
+    "autvc_min_size",
     "gaussian_pyramid",
     "normalise_maps",
     "completeness_error",

@@ -1,0 +1,189 @@
+"""The evaluation cache: a row is served only when nothing that can change a number changed.
+
+Each stale case is two cached calls that differ in one option: the second must be computed
+afresh and equal an uncached run (and differ from the first, or the case would prove nothing).
+Damaged cache files are warned about, recomputed and overwritten.
+"""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import tfattr
+from conftest import small_cnn
+from tfattr.core.keys import Uncacheable, canonical
+from tfattr.evaluation import evaluate, format_table, result_key
+
+SIZE = 44  # the smallest side with two pyramid levels: AUTVC is defined
+METRICS = dict(aupc_kernel=4, aupc_regions=2, aupc_perturbations=2, pixels_per_step=300, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_cnn("relu", size=SIZE, classes=5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(7).uniform(0, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def values(row):
+    return np.concatenate([np.ravel(row.per_image[k]) for k in sorted(row.per_image)])
+
+
+def run(model, x, method, cache_dir=None, **options):
+    return evaluate(model, x, [("m", method)], labels=np.array([0, 1]), cache_dir=cache_dir,
+                    **dict(METRICS, **options))[0]
+
+
+STALE_CASES = {
+    "gradcam_relu": lambda m: (tfattr.GradCAM(m, relu=True), tfattr.GradCAM(m, relu=False)),
+    "gradient_absolute": lambda m: (tfattr.Gradient(m), tfattr.Gradient(m, absolute=True)),
+    "array_baselines": lambda m: (
+        tfattr.IntegratedGradients(m, baseline=np.zeros((SIZE, SIZE, 3), np.float32), steps=4),
+        tfattr.IntegratedGradients(m, baseline=np.full((SIZE, SIZE, 3), 0.5, np.float32), steps=4)),
+    "constant_value": lambda m: (tfattr.IntegratedGradients(m, baseline="constant", value=0.2, steps=4),
+                                 tfattr.IntegratedGradients(m, baseline="constant", value=0.8, steps=4)),
+    "blur_sigma": lambda m: (tfattr.IntegratedGradients(m, baseline="blur", blur_sigma=1.0, steps=4),
+                             tfattr.IntegratedGradients(m, baseline="blur", blur_sigma=8.0, steps=4)),
+    "noise_tunnel_wrapped_options": lambda m: (tfattr.NoiseTunnel(tfattr.IntegratedGradients(m, steps=2), nt_samples=2),
+                                               tfattr.NoiseTunnel(tfattr.IntegratedGradients(m, steps=6), nt_samples=2)),
+    "noise_tunnel_wrapped_class": lambda m: (tfattr.NoiseTunnel(tfattr.Gradient(m), nt_samples=2),
+                                             tfattr.NoiseTunnel(tfattr.InputXGradient(m), nt_samples=2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STALE_CASES))
+def test_a_call_that_differs_in_one_option_is_computed_afresh(case, model, x, tmp_path):
+    first, second = STALE_CASES[case](model)
+    a = run(model, x, first, tmp_path)
+    b = run(model, x, second, tmp_path)
+    fresh = run(model, x, second)
+    assert not b.cached
+    np.testing.assert_allclose(values(b), values(fresh), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(values(a), values(b), rtol=1e-3, atol=1e-4)  # the option matters here
+
+
+def test_an_unchanged_call_is_served_from_the_cache_with_identical_numbers(model, x, tmp_path):
+    first = run(model, x, tfattr.IntegratedGradients(model, baseline="blur", blur_sigma=2.0, steps=4), tmp_path)
+    again = run(model, x, tfattr.IntegratedGradients(model, baseline="blur", blur_sigma=2.0, steps=4), tmp_path)
+    assert not first.cached and again.cached
+    np.testing.assert_array_equal(values(again), values(first))
+    assert again.scores == first.scores and again.gradients == first.gradients
+    # options that only schedule the work keep the row; a metric setting does not
+    assert run(model, x, tfattr.IntegratedGradients(model, baseline="blur", blur_sigma=2.0, steps=4, verbose=0,
+                                                    parallel_chunks=1), tmp_path).cached
+    assert not run(model, x, tfattr.IntegratedGradients(model, baseline="blur", blur_sigma=2.0, steps=4), tmp_path,
+                   aupc_regions=3).cached
+
+
+def test_the_key_covers_model_weights_images_labels_masks_and_settings(model, x):
+    method = tfattr.Gradient(model)
+    labels = np.array([0, 1])
+    masks = np.zeros((2, SIZE, SIZE), bool)
+    masks[:, :4, :4] = True
+    base = result_key(model, x, method, labels, masks, {"seed": 0})
+    assert result_key(model, x.copy(), tfattr.Gradient(model), labels.copy(), masks.copy(), {"seed": 0}) == base
+    other_weights = small_cnn("relu", size=SIZE, classes=5, seed=4)
+    moved = masks.copy()
+    moved[:, :4, :4], moved[:, -4:, -4:] = False, True  # same sum, another mask
+    changed = [
+        result_key(other_weights, x, tfattr.Gradient(other_weights), labels, masks, {"seed": 0}),
+        result_key(model, x[::-1], method, labels, masks, {"seed": 0}),
+        result_key(model, x, method, labels[::-1], masks, {"seed": 0}),
+        result_key(model, x, method, labels, moved, {"seed": 0}),
+        result_key(model, x, method, labels, masks, {"seed": 1}),
+        result_key(model, x, method, labels, None, {"seed": 0}),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_what_cannot_be_keyed_is_not_cached(model, x, tmp_path, capsys):
+    custom = tfattr.IntegratedGradients(model, baseline=lambda images: np.zeros_like(images), steps=4)
+    with pytest.raises(Uncacheable, match="baseline is a callable"):
+        custom.cache_key()
+    with pytest.raises(Uncacheable, match="seed=None"):
+        tfattr.NoiseTunnel(tfattr.Gradient(model), nt_samples=2, seed=None).cache_key()
+    assert not run(model, x, custom, tmp_path).cached
+    second = evaluate(model, x, [("custom", custom)], labels=np.array([0, 1]), cache_dir=tmp_path,
+                      **dict(METRICS, verbose=True))[0]
+    assert not second.cached and "custom" in capsys.readouterr().out.split("not cached: baseline is a callable")[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_canonical_keys_arrays_by_content_and_refuses_plain_callables():
+    assert canonical(np.zeros(3)) == canonical(np.zeros(3))
+    assert canonical(np.zeros(3)) != canonical(np.zeros(3, np.float32))
+    assert canonical(np.array([1.0, 2.0])) != canonical(np.array([2.0, 1.0]))  # same sum
+    assert canonical({"b": 1, "a": (0.1, None)}) == {"a": [0.1, None], "b": 1}
+    with pytest.raises(Uncacheable, match=r"objective is a callable"):
+        canonical(lambda v: v, "objective")
+
+
+def test_a_saved_baseline_retrained_at_the_same_path_is_recomputed(model, x, tmp_path):
+    from tfattr.baselines import load_baseline, save_baseline, train_uniform_baseline
+
+    folder = str(tmp_path / "baseline")
+    save_baseline(train_uniform_baseline(model, start="black", steps=3, patience=None, verbose=0), folder)
+    cache = tmp_path / "cache"
+    first = run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache)
+    assert run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache).cached
+    loaded = load_baseline(folder)  # a loaded object is keyed by its tensor: served again
+    assert run(model, x, tfattr.IntegratedGradients(model, baseline=loaded, steps=4), cache).cached is False
+    assert run(model, x, tfattr.IntegratedGradients(model, baseline=loaded, steps=4), cache).cached
+    save_baseline(train_uniform_baseline(model, start=0.7, steps=3, patience=None, verbose=0), folder, overwrite=True)
+    second = run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache)
+    fresh = run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4))
+    assert not second.cached
+    np.testing.assert_allclose(values(second), values(fresh), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(values(first), values(second), rtol=1e-3, atol=1e-4)
+
+
+def _rewrite_without_seconds(path):
+    with np.load(path) as stored:
+        kept = {k: stored[k] for k in stored.files if k != "seconds"}
+    np.savez(path, **kept)
+
+
+@pytest.mark.parametrize("damage, error", [
+    (lambda path: open(path, "r+b").truncate(os.path.getsize(path) // 2), r"BadZipFile|EOFError|error"),
+    (lambda path: open(path, "wb").close(), r"EOFError|ValueError"),
+    (lambda path: open(path, "wb").write(b"\x00garbage, not a zip" * 40), r"ValueError|OSError|BadZipFile"),
+    (_rewrite_without_seconds, r"KeyError"),
+], ids=["truncated", "empty", "garbage", "missing_key"])
+def test_a_damaged_cache_file_warns_naming_it_and_is_recomputed_and_overwritten(damage, error, model, x, tmp_path):
+    first = run(model, x, tfattr.Gradient(model), tmp_path)
+    (name,) = os.listdir(tmp_path)
+    path = os.path.join(tmp_path, name)
+    damage(path)
+    with pytest.warns(RuntimeWarning, match=rf"{name}.*({error}).*recomputing"):
+        again = run(model, x, tfattr.Gradient(model), tmp_path)
+    assert not again.cached
+    np.testing.assert_allclose(values(again), values(first), rtol=1e-6, atol=1e-7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # overwritten: read back without a warning
+        served = run(model, x, tfattr.Gradient(model), tmp_path)
+    assert served.cached
+    np.testing.assert_array_equal(values(served), values(again))
+
+
+def test_autvc_on_maps_below_44_px_is_an_empty_cell_with_one_note(tmp_path, capsys):
+    small = small_cnn("relu", size=32, classes=5, seed=3)
+    images = np.random.default_rng(8).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
+    rows = evaluate(small, images, [("gradient", tfattr.Gradient(small)), ("gradcam", tfattr.GradCAM(small))],
+                    labels=np.array([0, 1]), cache_dir=tmp_path, **dict(METRICS, verbose=True))
+    printed = capsys.readouterr().out
+    assert printed.count("AUTVC left empty: the maps are 32×32 and AUTVC needs at least 44×44") == 1
+    assert "AUTVC 0.000" not in printed
+    for row in rows:
+        assert np.isnan(row.scores["AUTVC"]) and len(row.notes) == 1
+        assert np.isfinite(row.scores["AUPC"])
+    table = format_table(rows).splitlines()
+    column = [c.strip() for c in table[0].split("|")].index("AUTVC ↓")
+    assert [[c.strip() for c in line.split("|")][column] for line in table[2:]] == ["", ""]
+    cached = evaluate(small, images, [("gradient", tfattr.Gradient(small))], labels=np.array([0, 1]),
+                      cache_dir=tmp_path, **METRICS)[0]
+    assert cached.cached and np.isnan(cached.scores["AUTVC"]) and cached.notes == rows[0].notes
