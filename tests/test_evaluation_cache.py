@@ -187,3 +187,19 @@ def test_autvc_on_maps_below_44_px_is_an_empty_cell_with_one_note(tmp_path, caps
     cached = evaluate(small, images, [("gradient", tfattr.Gradient(small))], labels=np.array([0, 1]),
                       cache_dir=tmp_path, **METRICS)[0]
     assert cached.cached and np.isnan(cached.scores["AUTVC"]) and cached.notes == rows[0].notes
+
+
+def test_every_row_of_the_papers_grids_can_be_cached(model):
+    """The SmoothTaylor grid's adaptive-AUPC objective carries its own key; a plain function would not."""
+    from tfattr.evaluation import guided_ig_comparison, smoothtaylor_grid
+
+    grid = smoothtaylor_grid(model, noise_sizes=(1,), sigmas=(0.3,), roots=(100,)) + guided_ig_comparison(model)
+    keys = [result_key(model, np.zeros((1, SIZE, SIZE, 3)), method, np.zeros(1, int), settings={"seed": 0})
+            for _, method in grid]
+    shared = {}
+    for (name, _), key in zip(grid, keys):
+        shared.setdefault(key, []).append(name)
+    # the only rows sharing a key are the same computation: IG from zero, 50 steps, in both grids
+    assert sorted(names for names in shared.values() if len(names) > 1) == [["IG zero", "IG"]]
+    other = smoothtaylor_grid(model, noise_sizes=(), sigmas=(), aupc_kernel=7)[-2][1]  # adaptive-AUPC
+    assert result_key(model, np.zeros((1, SIZE, SIZE, 3)), other, np.zeros(1, int), settings={"seed": 0}) not in keys

@@ -346,6 +346,23 @@ def format_table(rows: Sequence[EvaluationRow], columns: Optional[Sequence[str]]
     return "\n".join(lines) + "\n"
 
 
+class _AUPCObjective:
+    """Adaptive noising's AUPC objective with ``aupc_kernel`` windows; its :meth:`cache_key` (the
+    kernel and range; the model is the method's own) lets :func:`evaluate` cache the rows using it."""
+
+    def __init__(self, model, kernel_size: int, value_range):
+        self.model, self.kernel_size, self.value_range = model, kernel_size, value_range
+
+    def __call__(self, images, attributions, sigmas, objective_seed, target):
+        from tfattr import metrics
+
+        return metrics.aupc(self.model, images, attributions, target=target, kernel_size=self.kernel_size,
+                            value_range=self.value_range, seed=objective_seed, verbose=0).area
+
+    def cache_key(self):
+        return {"kernel_size": canonical(self.kernel_size), "value_range": canonical(self.value_range)}
+
+
 def smoothtaylor_grid(model, value_range=(0.0, 1.0), batch_size: int = 32, adaptive: bool = True,
                       noise_sizes=(1, 5, 10, 20), sigmas=(0.3, 0.5, 0.7), roots=(100, 150, 200), seed: int = 0,
                       aupc_kernel: int = 15):
@@ -372,12 +389,7 @@ def smoothtaylor_grid(model, value_range=(0.0, 1.0), batch_size: int = 32, adapt
                 model, roots=r, sigma=sigma * IMAGENET_STD * (high - low), value_range=value_range, seed=seed,
                 **common)))
     if adaptive:
-        from tfattr import metrics
-
-        def aupc_objective(images, attributions, sigmas, objective_seed, target):
-            return metrics.aupc(model, images, attributions, target=target, kernel_size=aupc_kernel,
-                                value_range=value_range, seed=objective_seed, verbose=0).area
-
+        aupc_objective = _AUPCObjective(model, aupc_kernel, value_range)
         for name, objective in (("AUPC", aupc_objective), ("AUTVC", "autvc")):
             grid.append((f"SmoothTaylor adaptive-{name}", SmoothTaylor(
                 model, roots=150, sigma="adaptive", objective=objective, value_range=value_range, seed=seed,
