@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfattr.core.gradients import compiled_forward
+from tfattr.core.targets import select_output
 
 __all__ = ["PathRows", "EngineResult", "PathEngine", "COMBINES", "forward_outputs", "progress_bar"]
 
@@ -481,10 +482,12 @@ class PathEngine:
         return EngineResult(attributions, row_scores, num_chunks, endpoint, squares, kept_gradients, kept_values, origin)
 
 
-def forward_outputs(model, points, batch_size: int) -> np.ndarray:
-    """Model outputs on ``points`` in chunks of ``batch_size`` (compiled, no gradient)."""
+def forward_outputs(model, points, batch_size: int, output=None) -> np.ndarray:
+    """Model outputs on ``points`` in chunks of ``batch_size`` (compiled, no gradient); of a model
+    with several outputs, the one ``output`` names (:func:`~tfattr.core.targets.select_output`)."""
     forward = compiled_forward(model)
     outputs = []
     for start in range(0, int(points.shape[0]), batch_size):
-        outputs.append(np.asarray(forward(points[start : start + batch_size]), dtype=np.float64))
+        chosen = select_output(forward(points[start : start + batch_size]), output)
+        outputs.append(np.asarray(chosen, dtype=np.float64))
     return np.concatenate(outputs, axis=0)

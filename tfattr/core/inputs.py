@@ -26,12 +26,23 @@ class ModelSpec:
         input_shape: input shape without the batch axis; ``None`` entries are free.
             ``None`` as a whole when the model has not been built (a subclassed model).
         input_dtype: dtype the model's input expects (``"float32"``, ...).
-        num_classes: size of the last output axis for rank-2 outputs, else ``None``.
+        num_classes: size of the last output axis for rank-2 outputs, else ``None``
+            (also for a model with several outputs: see ``output_classes``).
+        output_kind: ``"single"``; ``"list"`` or ``"dict"`` for a model with several outputs
+            (a list/tuple or a dict of tensors); ``"unknown"`` for a model that tells its
+            outputs only when called (subclassed).
+        output_names: the names of several outputs, in order: a dict's keys, or the output
+            layers' names of a list; ``None`` for one output.
+        output_classes: per output in ``output_names`` order, the size of its last axis when
+            it is rank 2, else ``None``.
     """
 
     input_shape: Optional[Tuple[Optional[int], ...]]
     input_dtype: str
     num_classes: Optional[int]
+    output_kind: str = "single"
+    output_names: Optional[Tuple[str, ...]] = None
+    output_classes: Optional[Tuple[Optional[int], ...]] = None
 
 
 def _dtype_name(dtype) -> str:
@@ -66,7 +77,36 @@ def model_spec(model) -> ModelSpec:
         outputs = []
     if len(outputs) == 1 and len(outputs[0].shape) == 2:
         num_classes = outputs[0].shape[-1]
-    return ModelSpec(shape, dtype, num_classes)
+    kind, names, classes = _output_structure(model, outputs)
+    return ModelSpec(shape, dtype, num_classes, kind, names, classes)
+
+
+def _classes(tensor) -> Optional[int]:
+    shape = getattr(tensor, "shape", None)
+    return None if shape is None or len(shape) != 2 else shape[-1]
+
+
+def _output_structure(model, outputs):
+    """``(kind, names, classes)`` of a model's outputs, read from its symbolic outputs."""
+    if not outputs:
+        return "unknown", None, None
+    try:
+        structure = model.output
+    except (AttributeError, ValueError, RuntimeError):
+        return ("single", None, None) if len(outputs) == 1 else ("unknown", None, None)
+    if isinstance(structure, dict):
+        names = tuple(structure)
+        if not all(isinstance(name, str) and hasattr(structure[name], "shape") for name in names):
+            return "unknown", None, None
+        return "dict", names, tuple(_classes(structure[name]) for name in names)
+    if isinstance(structure, (list, tuple)) and len(structure) > 1:
+        if not all(hasattr(t, "shape") for t in structure):
+            return "unknown", None, None
+        names = tuple(getattr(model, "output_names", None) or ())
+        if len(names) != len(structure):
+            names = tuple(f"output_{i}" for i in range(len(structure)))
+        return "list", names, tuple(_classes(t) for t in structure)
+    return "single", None, None
 
 
 @dataclass

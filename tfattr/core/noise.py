@@ -19,7 +19,6 @@ import numpy as np
 from tfattr.core.inputs import validate_images, validate_value_range
 from tfattr.core.random import STREAM_NOISE_TUNNEL, rng
 from tfattr.core.result import Explanation
-from tfattr.core.targets import Targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["NoiseTunnel", "NT_TYPES"]
@@ -52,7 +51,8 @@ class NoiseTunnel:
             it plays no part: ``nt_samples`` draws are made, however many.
 
     Targets are resolved once on the clean inputs. Options given to :meth:`attribute` that
-    are not the tunnel's own go to the wrapped method.
+    are not the tunnel's own go to the wrapped method (``output`` among them, for a model with
+    several outputs).
 
     Example:
         >>> sg = NoiseTunnel(Gradient(model), nt_samples=50, noise_level=0.15, seed=0)
@@ -137,7 +137,7 @@ class NoiseTunnel:
         images = validate_images(inputs, method.spec)
         x = method.to_model_dtype(images.array)
         batch = method_config["batch_size"]
-        targets, fx = method.resolve(x, target, batch)
+        targets, fx = method.resolve(x, target, batch, method_config["output"])
         samples = config["nt_samples"]
         n, shape = images.batch_size, images.array.shape[1:]
         square = config["nt_type"] != "smoothgrad"
@@ -157,8 +157,7 @@ class NoiseTunnel:
             noise = self.noise(shape, config, block)
             noisy = images.array[todo, None] + noise[None].astype(images.array.dtype)
             noisy = method.to_model_dtype(noisy.reshape((-1,) + shape))
-            out = method._explain(noisy, Targets(None if targets.indices is None else targets.indices[todo],
-                                                 targets.score_fn).repeat(samples), None, method_config)
+            out = method._explain(noisy, targets.subset(todo).repeat(samples), None, method_config)
             gradients += out.get("gradients", 0)
             per_sample = out["attributions"].reshape((len(todo), samples) + shape)
             total[todo] += per_sample.sum(axis=1)

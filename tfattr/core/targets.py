@@ -11,19 +11,39 @@ A target says which scalar of the model's output is explained, per example:
 
 Targets are resolved once, on the original inputs: when noise or a path changes the
 prediction, the explained class stays the one of the input.
+
+A model with several outputs (a list/tuple or a dict of tensors) needs ``output``: an index
+into the list, or a name (a dict key; for a list, the output layer's name). ``target`` then
+refers to that output (its classes, its top-1; a callable receives that output alone).
+Without ``output`` only a callable target works; it receives every output, as the model
+returns them. :func:`resolve_output` checks ``output`` against the model before any work.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["Targets", "resolve_targets", "select_scores"]
+__all__ = ["Targets", "OutputScore", "resolve_targets", "resolve_output", "select_output", "select_scores"]
+
+OutputKey = Union[int, str]
+
+
+@dataclass(frozen=True)
+class OutputScore:
+    """The score of one output of a model with several: :func:`select_scores` picks
+    ``output`` first, then the class of each row (``score_fn=None``) or ``score_fn(output)``.
+
+    This is what gradient functions receive as their ``score_fn`` when ``output`` is set.
+    """
+
+    output: OutputKey
+    score_fn: Optional[Callable] = None
 
 
 @dataclass
@@ -33,22 +53,31 @@ class Targets:
     Attributes:
         indices: ``(batch,)`` int32 class indices, or ``None`` for a callable score.
         score_fn: the user's callable, or ``None`` for class indices.
+        output: the explained output of a model with several (index or name, see
+            :func:`resolve_output`), or ``None``.
     """
 
     indices: Optional[np.ndarray]
     score_fn: Optional[Callable] = None
+    output: Optional[OutputKey] = None
+
+    @property
+    def scorer(self):
+        """What a gradient function takes as ``score_fn``: the user's callable (or ``None``), or
+        an :class:`OutputScore` when an output is chosen."""
+        return self.score_fn if self.output is None else OutputScore(self.output, self.score_fn)
 
     def repeat(self, times: int) -> "Targets":
         """Targets for a batch where every example is repeated ``times`` times in a row."""
         if self.indices is None:
             return self
-        return Targets(np.repeat(self.indices, times), self.score_fn)
+        return replace(self, indices=np.repeat(self.indices, times))
 
     def subset(self, examples: np.ndarray) -> "Targets":
         """Targets of the examples ``examples`` (indices into the batch)."""
         if self.indices is None:
             return self
-        return Targets(self.indices[np.asarray(examples)], self.score_fn)
+        return replace(self, indices=self.indices[np.asarray(examples)])
 
     def rows(self, example_index: np.ndarray) -> np.ndarray:
         """Class index of each row of a flattened (example, point) list; zeros for callables."""
@@ -57,8 +86,130 @@ class Targets:
         return self.indices[example_index]
 
 
+def _several_outputs_error(count, names) -> InvalidInputError:
+    listed = f" ({', '.join(repr(n) for n in names)})" if names else ""
+    return InvalidInputError(
+        f"The model has {count} outputs{listed}; pass `output=` (an index or a name) to choose the "
+        "explained one, or a callable `target` that maps the outputs to one score per row. "
+        + received("output", None)
+    )
+
+
+def resolve_output(output, spec, callable_target: bool = False) -> Tuple[Optional[OutputKey], Optional[int]]:
+    """Check ``output`` against a model's :class:`~tfattr.core.inputs.ModelSpec`, before any work.
+
+    Args:
+        output: ``None``, an index into a list of outputs, or a name (a dict key, or an output
+            layer's name for a list).
+        spec: the model's spec (``output_kind``, ``output_names``, ``output_classes``).
+        callable_target: the target is a callable, which may combine all outputs itself.
+
+    Returns:
+        ``(key, num_classes)``: the key :func:`select_output` picks at run time (a list's
+        output as its index, a dict's by name; ``None`` for a single output) and the number of
+        classes of the chosen output (``None`` when unknown).
+
+    Raises:
+        InvalidInputError: several outputs and neither ``output`` nor a callable target; an
+            index out of range or a name the model does not have.
+        InvalidTypeError: ``output`` is neither ``None``, an int nor a str.
+
+    Example:
+        >>> resolve_output("colour", model_spec(model))   # outputs [animal, colour]
+        (1, 4)
+    """
+    if output is not None and (isinstance(output, bool) or not isinstance(output, (int, np.integer, str))):
+        raise InvalidTypeError("`output` must be a name or an index of the model's outputs, or None. "
+                               + received("output", output))
+    if isinstance(output, np.integer):
+        output = int(output)
+    kind, names = spec.output_kind, spec.output_names or ()
+    classes = spec.output_classes or ()
+    listed = ", ".join(repr(n) for n in names)
+    if kind == "unknown":
+        return output, None  # checked by select_output when the model runs
+    if kind == "single":
+        if output is None or output == 0:
+            return None, spec.num_classes
+        raise InvalidInputError(
+            "The model has a single output; `output` chooses among several and must be None (or 0). "
+            + received("output", output)
+        )
+    if output is None:
+        if len(names) == 1:
+            return names[0], classes[0]
+        if callable_target:
+            return None, None
+        raise _several_outputs_error(len(names), names)
+    if kind == "dict":
+        if isinstance(output, int):
+            raise InvalidInputError(
+                f"This model's outputs are a dict; choose one by name: {listed}. " + received("output", output)
+            )
+        if output not in names:
+            raise InvalidInputError(f"`output` must be one of the model's output names: {listed}. "
+                                    + received("output", output))
+        return output, classes[names.index(output)]
+    if isinstance(output, str):
+        if names.count(output) != 1:
+            raise InvalidInputError(
+                f"`output` must be one of the model's output names ({listed}) or an index in "
+                f"[0, {len(names)}). " + received("output", output)
+            )
+        output = names.index(output)
+    if not 0 <= output < len(names):
+        raise InvalidInputError(
+            f"`output` must be an index in [0, {len(names)}) or one of the model's output names "
+            f"({listed}). " + received("output", output)
+        )
+    return output, classes[output]
+
+
+def select_output(outputs, output: Optional[OutputKey]):
+    """The chosen output of what the model returned (``outputs[output]``); ``outputs`` itself when
+    it is one tensor and ``output`` is ``None`` or ``0``.
+
+    Raises :class:`~tfattr.errors.InvalidInputError` for several outputs without ``output``, or
+    an ``output`` they do not have (a model that tells its outputs only when called).
+    """
+    if isinstance(outputs, dict):
+        if output is None and len(outputs) == 1:
+            return next(iter(outputs.values()))
+        if isinstance(output, str) and output in outputs:
+            return outputs[output]
+        names = tuple(outputs)
+    elif isinstance(outputs, (list, tuple)):
+        if output is None and len(outputs) == 1:
+            return outputs[0]
+        if isinstance(output, int) and not isinstance(output, bool) and 0 <= output < len(outputs):
+            return outputs[output]
+        names = ()
+        if output is None:
+            raise _several_outputs_error(len(outputs), names)
+        raise InvalidInputError(
+            f"The model returns a list of {len(outputs)} outputs; `output` must be an index in "
+            f"[0, {len(outputs)}). " + received("output", output)
+        )
+    else:
+        if output is None or (isinstance(output, int) and output == 0):
+            return outputs
+        raise InvalidInputError(
+            "The model returns a single output; `output` must be None (or 0). " + received("output", output)
+        )
+    if output is None:
+        raise _several_outputs_error(len(names), names)
+    raise InvalidInputError(f"`output` must be one of the model's output names: "
+                            f"{', '.join(repr(n) for n in names)}. " + received("output", output))
+
+
 def select_scores(outputs: tf.Tensor, target_rows: tf.Tensor, score_fn: Optional[Callable]) -> tf.Tensor:
-    """The explained scalar per row: ``outputs[b, target_rows[b]]`` or ``score_fn(outputs)``."""
+    """The explained scalar per row: ``outputs[b, target_rows[b]]`` or ``score_fn(outputs)``.
+
+    ``score_fn`` may be an :class:`OutputScore`: its output is picked from ``outputs`` first.
+    """
+    if isinstance(score_fn, OutputScore):
+        outputs = select_output(outputs, score_fn.output)
+        score_fn = score_fn.score_fn
     if score_fn is not None:
         scores = score_fn(outputs)
         scores = tf.convert_to_tensor(scores)
@@ -69,10 +220,7 @@ def select_scores(outputs: tf.Tensor, target_rows: tf.Tensor, score_fn: Optional
             )
         return scores
     if isinstance(outputs, (list, tuple, dict)):
-        raise InvalidTypeError(
-            "The model returns several outputs; pass a callable `target` that maps them to "
-            "one score per row. " + received("type(outputs)", type(outputs).__name__)
-        )
+        outputs = select_output(outputs, None)  # one entry; several raise, naming `output`
     if outputs.shape.rank != 2:
         raise InvalidInputError(
             "An integer `target` needs model outputs of shape (batch, classes); use a callable "
@@ -82,17 +230,20 @@ def select_scores(outputs: tf.Tensor, target_rows: tf.Tensor, score_fn: Optional
 
 
 def resolve_targets(target, outputs: Optional[np.ndarray], batch_size: int,
-                    num_classes: Optional[int] = None) -> Targets:
+                    num_classes: Optional[int] = None, output: Optional[OutputKey] = None) -> Targets:
     """Turn the user's ``target`` into :class:`Targets` for a batch of ``batch_size`` examples.
 
     Args:
         target: ``None``, int, sequence of ints, or callable (see the module docstring).
-        outputs: the model's outputs on the inputs, ``(batch, classes)``; used for
-            ``None`` (top-1) and for range checks. May be ``None`` for callables, and for
+        outputs: the (chosen) output of the model on the inputs, ``(batch, classes)``; used
+            for ``None`` (top-1) and for range checks. May be ``None`` for callables, and for
             explicit classes when ``num_classes`` is given.
         batch_size: number of examples.
         num_classes: the model's number of classes (range check without outputs).
+        output: the chosen output's key from :func:`resolve_output`, kept in the targets.
     """
+    if output is not None:
+        return replace(resolve_targets(target, outputs, batch_size, num_classes), output=output)
     if callable(target) and not isinstance(target, (np.ndarray, tf.Tensor)):
         return Targets(None, target)
     if outputs is None and num_classes is not None and target is not None:

@@ -20,12 +20,12 @@ from tfattr.core.gradients import InputGradients
 from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
 from tfattr.core.keys import Uncacheable, canonical
 from tfattr.core.result import Explanation
-from tfattr.core.targets import Targets, resolve_targets, select_scores
+from tfattr.core.targets import Targets, resolve_output, resolve_targets, select_scores
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["AttributionMethod", "Explained"]
 
-_COMMON = {"batch_size": 16, "verbose": "auto", "parallel_chunks": 2}
+_COMMON = {"batch_size": 16, "verbose": "auto", "parallel_chunks": 2, "output": None}
 
 
 class Explained(dict):
@@ -56,6 +56,11 @@ class AttributionMethod:
             one at a time, so no write is lost. Inference-mode layers (BatchNorm, Dropout) write
             nothing.
         verbose: progress bar: ``"auto"`` (long runs only), ``1`` or ``0``.
+        output: for a model with several outputs (a list or a dict), the explained one: an
+            index, or a name (a dict key, or an output layer's name). ``target`` then refers to
+            that output (its classes; ``None`` is its top-1; a callable receives it alone).
+            Required unless ``target`` is a callable (which then receives every output); checked
+            against the model before it runs (see :mod:`tfattr.core.targets`).
         **options: the method's own options (see its docstring); each can also be
             given to :meth:`attribute` to override it for one call.
     """
@@ -97,6 +102,8 @@ class AttributionMethod:
         if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
             raise InvalidInputError("`parallel_chunks` (chunks in flight at once) must be a positive integer. "
                                     + received("parallel_chunks", chunks))
+        if merged["output"] is not None:
+            resolve_output(merged["output"], self.spec, callable_target=True)
         self._check_options(merged)
         return merged
 
@@ -116,6 +123,8 @@ class AttributionMethod:
         """A cached :class:`PathEngine` for the target kind (callables get their own); with
         ``collect_rows`` one that also returns every row's gradient and values."""
         key = ("index", collect_rows) if targets.score_fn is None else ("callable", targets.score_fn, collect_rows)
+        if targets.output is not None:
+            key += ("output", targets.output)
         with self._engine_lock:
             return self._engine(key, targets, config, collect_rows)
 
@@ -125,7 +134,7 @@ class AttributionMethod:
             if targets.score_fn is not None:  # keep one callable engine at a time
                 for old in [k for k in self._engines if k[0] == "callable"]:
                     del self._engines[old]
-            engine = PathEngine(self.gradient_function(targets.score_fn), combine=self.combine,
+            engine = PathEngine(self.gradient_function(targets.scorer), combine=self.combine,
                                 collect_endpoint=self.collect_endpoint, collect_squares=self.collect_squares,
                                 collect_rows=collect_rows)
             self._engines[key] = engine
@@ -139,12 +148,12 @@ class AttributionMethod:
         """Explained score of each row of ``x``; row ``r`` uses the target of ``example_of_row[r]``."""
         example_of_row = np.arange(int(x.shape[0])) if example_of_row is None else example_of_row
         if targets.score_fn is None:
-            outputs = forward_outputs(self.model, x, batch_size)
+            outputs = forward_outputs(self.model, x, batch_size, targets.output)
             return outputs[np.arange(len(outputs)), targets.indices[example_of_row]]
         values = []
         for start in range(0, int(x.shape[0]), batch_size):
             out = self.model(x[start : start + batch_size], training=False)
-            values.append(np.asarray(select_scores(out, None, targets.score_fn), dtype=np.float64))
+            values.append(np.asarray(select_scores(out, None, targets.scorer), dtype=np.float64))
         return np.concatenate(values)
 
     def check_fits(self, x: tf.Tensor) -> None:
@@ -159,14 +168,16 @@ class AttributionMethod:
             self.spec = check_model_accepts(self.model, x)
             accepted.add(key)
 
-    def resolve(self, x: tf.Tensor, target, batch_size: int):
-        """Resolve ``target`` on ``x`` and return ``(Targets, f(x))`` from one forward pass."""
+    def resolve(self, x: tf.Tensor, target, batch_size: int, output=None):
+        """Resolve ``target`` (of ``output``) on ``x`` and return ``(Targets, f(x))`` from one forward pass."""
         self.check_fits(x)
-        if callable(target) and not isinstance(target, (np.ndarray, tf.Tensor)):
-            targets = Targets(None, target)
+        is_callable = callable(target) and not isinstance(target, (np.ndarray, tf.Tensor))
+        output, _ = resolve_output(output, self.spec, callable_target=is_callable)
+        if is_callable:
+            targets = Targets(None, target, output)
             return targets, self.scores(x, targets, batch_size)
-        outputs = forward_outputs(self.model, x, batch_size)
-        targets = resolve_targets(target, outputs, int(x.shape[0]))
+        outputs = forward_outputs(self.model, x, batch_size, output)
+        targets = resolve_targets(target, outputs, int(x.shape[0]), output=output)
         return targets, outputs[np.arange(len(outputs)), targets.indices]
 
     def to_model_dtype(self, array: np.ndarray) -> tf.Tensor:
@@ -217,7 +228,7 @@ class AttributionMethod:
         if targets.score_fn is not None:
             shared = self.scores(flat, targets, config["batch_size"])
             return np.full(num_examples, shared.mean())
-        outputs = forward_outputs(self.model, flat, config["batch_size"])
+        outputs = forward_outputs(self.model, flat, config["batch_size"], targets.output)
         return outputs[:, targets.indices].mean(axis=0)
 
     # -- the public verb ----------------------------------------------------------------------
@@ -227,7 +238,8 @@ class AttributionMethod:
         Args:
             inputs: ``(N, H, W, C)`` float images (or one ``(H, W, C)`` image), NumPy or tensor.
             target: ``None`` (top-1 class), an int, one int per example, or a callable
-                ``outputs -> (batch,)`` score (see :mod:`tfattr.core.targets`).
+                ``outputs -> (batch,)`` score (see :mod:`tfattr.core.targets`); of the output
+                chosen by the ``output`` option for a model with several outputs.
             **options: override any of the method's options for this call.
 
         Returns:
@@ -237,16 +249,18 @@ class AttributionMethod:
         images = validate_images(inputs, self.spec)
         x = self.to_model_dtype(images.array)
         self.check_fits(x)
-        if self._explicit_classes(target):
+        is_callable = callable(target) and not isinstance(target, (np.ndarray, tf.Tensor))
+        output, num_classes = resolve_output(config["output"], self.spec, callable_target=is_callable)
+        if self._explicit_classes(target, num_classes):
             # no forward pass needed: methods read f(x) off their rows at α = 1 or compute it
-            targets, fx = resolve_targets(target, None, images.batch_size, self.spec.num_classes), None
+            targets, fx = resolve_targets(target, None, images.batch_size, num_classes, output=output), None
         else:
-            targets, fx = self.resolve(x, target, config["batch_size"])
+            targets, fx = self.resolve(x, target, config["batch_size"], output)
         out = self._explain(x, targets, fx, config)
         return self._package(out, images, targets, fx, config)
 
-    def _explicit_classes(self, target) -> bool:
-        if target is None or self.spec.num_classes is None:
+    def _explicit_classes(self, target, num_classes) -> bool:
+        if target is None or num_classes is None:
             return False
         if callable(target) and not isinstance(target, (np.ndarray, tf.Tensor)):
             return False

@@ -111,6 +111,8 @@ class GradCAM(_LayerMethod, AttributionMethod):
         upsample: resize the map to the input's height and width (default ``True``); with
             ``False`` the raw layer-resolution map is returned.
         normalize: divide each map by its maximum (default ``False``).
+        output: the explained output of a model with several (index or name; see
+            :class:`~tfattr.methods.base.AttributionMethod`); ``layer`` should feed it.
         weighting: ``"gradient"`` (eq. 4, default) or ``"gradient_x_activation"``
             (``w_k = (1/Z) Σ_ij ∂y/∂A^k_ij · A^k_ij``, the special case RSI-Grad-CAM reduces to
             with one step from a baseline whose activations are zero).
@@ -174,7 +176,7 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
     Options: ``layer`` (as :class:`GradCAM`), ``steps`` (``m``, default 50), the IG baseline
     options (``baseline="zero"``, ``n_baselines``, ``value_range``, ``seed``, ``sigma``,
     ``blur_sigma``, ``value``; a trained baseline goes in as an array), ``relu``,
-    ``upsample``, ``normalize``, ``batch_size``, ``verbose``, and two options for the
+    ``upsample``, ``normalize``, ``batch_size``, ``verbose``, ``output``, and two options for the
     authors' notebook (the paper's eq. 6 is the default):
 
     * ``rule``: ``"riemann_right"`` (eq. 6, default) or ``"trapezoid"`` (alias

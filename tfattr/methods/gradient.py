@@ -24,7 +24,9 @@ class Gradient(AttributionMethod):
 
     Options:
         absolute: return ``|∂f/∂x|`` as in the saliency-map paper (default ``False``: signed).
-        batch_size, verbose: see :class:`~tfattr.methods.base.AttributionMethod`.
+        batch_size, verbose, parallel_chunks: see :class:`~tfattr.methods.base.AttributionMethod`.
+        output: the explained output of a model with several (index or name; see
+            :class:`~tfattr.methods.base.AttributionMethod`).
 
     Example:
         >>> Gradient(model).attribute(images, target=3).attributions

@@ -91,7 +91,7 @@ class GuidedBackprop(Gradient):
     ``relu(∂F/∂y_i ⊙ 1[x_ij = y_i])`` (the guided non-linearities of Kwon, Koo & Cho).
 
     Options: ``absolute`` as in :class:`~tfattr.methods.gradient.Gradient`; ``batch_size``,
-    ``verbose``. Raises :class:`~tfattr.errors.InvalidInputError` on a model with no ReLU/max-pool.
+    ``verbose``, ``output`` (the explained output of a model with several). Raises :class:`~tfattr.errors.InvalidInputError` on a model with no ReLU/max-pool.
 
     Example:
         >>> GuidedBackprop(model).attribute(images, target=3).attributions

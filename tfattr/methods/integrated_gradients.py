@@ -66,7 +66,9 @@ class IntegratedGradients(AttributionMethod):
             ``info["n_baselines"]`` and ``info["relative_standard_error"]`` report per example.
         max_baselines: draw budget per example for ``baseline_tolerance`` (default 64); a
             ``RuntimeWarning`` names the examples that did not converge.
-        batch_size, verbose: see :class:`~tfattr.methods.base.AttributionMethod`.
+        batch_size, verbose, parallel_chunks: see :class:`~tfattr.methods.base.AttributionMethod`.
+        output: the explained output of a model with several (index or name; see
+            :class:`~tfattr.methods.base.AttributionMethod`).
 
     Returns from :meth:`attribute` an :class:`~tfattr.Explanation` whose ``delta`` is the
     completeness delta ``Σ_i IG_i − (f(x) − mean_n f(z⁽ⁿ⁾))``.

@@ -53,7 +53,9 @@ class SmoothTaylor(AttributionMethod):
             ``‖SE‖₂ / ‖ST‖₂``, is at most ``tolerance``; converged images get no more roots.
             ``info["roots"]`` and ``info["relative_standard_error"]`` report what each used.
         max_roots: root budget per image with ``tolerance`` (default 3000).
-        batch_size, verbose: see :class:`~tfattr.methods.base.AttributionMethod`.
+        batch_size, verbose, parallel_chunks: see :class:`~tfattr.methods.base.AttributionMethod`.
+        output: the explained output of a model with several (index or name; see
+            :class:`~tfattr.methods.base.AttributionMethod`).
 
     ``Explanation.delta`` is ``Σ ST − (f(x) − mean_r f(z⁽ʳ⁾))``; ``|delta|`` is the Taylor
     reconstruction error (``info["taylor_error"]``).
@@ -84,6 +86,11 @@ class SmoothTaylor(AttributionMethod):
             if sigma != "adaptive":
                 raise InvalidInputError("`sigma` must be a number, one number per image, or 'adaptive'. "
                                         + received("sigma", sigma))
+            if config.get("output") is not None:
+                raise InvalidInputError(
+                    "Adaptive noising (sigma='adaptive') scores its maps with tfattr.metrics, which take a "
+                    "model with one output; explain the single-output model of the chosen output instead, "
+                    "e.g. keras.Model(model.input, model.outputs[i]). " + received("output", config["output"]))
         else:
             values = np.asarray(sigma, dtype=np.float64)
             if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values < 0):
