@@ -61,7 +61,8 @@ def atomic_path(path: Union[str, os.PathLike], suffix: str = "") -> Iterator[str
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", suffix=suffix, dir=directory)
+    # a hidden name beside the destination (shortened so that it fits the 255-byte limit of a name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:120]}.tmp-", suffix=suffix, dir=directory)
     os.close(fd)
     try:
         yield tmp
