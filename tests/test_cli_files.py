@@ -56,7 +56,7 @@ def test_explain_keeps_every_overlay_of_images_with_the_same_file_name(tmp_path,
 def test_explain_and_evaluate_outputs_follow_the_umask(tmp_path, model_path, images, umask, mode):
     paths = [write_image(tmp_path / f"img{i}.png", image) for i, image in enumerate(images[:2])]
     model32 = tmp_path / "m.keras"
-    small_cnn("relu", size=16, classes=10, seed=2).save(model32)
+    small_cnn("relu", size=32, classes=10, seed=2).save(model32)
     previous = os.umask(umask)
     try:
         assert main(["explain", "--model", model_path, "--images", *paths, "--method", "gradient",
