@@ -188,6 +188,15 @@ class SavedBaseline:
 
     def report(self) -> str:
         """The before/after statistics recorded at training time, as text."""
+        try:
+            return self._report()
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            raise InvalidInputError(
+                f"The metadata of {self.path!r} is incomplete: {METADATA_FILE} lacks or garbles the statistics "
+                f"recorded at training time ({type(error).__name__}: {error}). " + received("path", self.path)
+            ) from None
+
+    def _report(self) -> str:
         from tfattr.baselines.uniform_output import format_report
 
         meta = self.metadata
@@ -577,17 +586,22 @@ def load_baseline(path: Union[str, os.PathLike], model=None, strict: bool = True
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise InvalidInputError(f"{meta_path!r} is not tfattr baseline metadata. "
                                 + received("format", metadata.get("format") if isinstance(metadata, dict) else None))
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
+    version = metadata.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InvalidInputError(f"{meta_path!r} has no integer format_version. " + received("format_version", version))
+    if version > FORMAT_VERSION:
         raise InvalidInputError(f"{path!r} was written by a newer tfattr (format {metadata.get('format_version')}). "
                                 + received("format_version", metadata.get("format_version")))
+    _check_metadata(metadata, meta_path, path)
     signature = metadata.get("signature", {})
     try:
         module = tf.saved_model.load(path)
         outputs = module.signatures[signature.get("name", SIGNATURE)]()
         array = outputs[signature.get("output", OUTPUT_KEY)].numpy()
-    except (OSError, KeyError, ValueError, tf.errors.OpError) as error:
-        raise InvalidInputError(f"Cannot read the SavedModel in {path!r} ({type(error).__name__}: {error}). "
-                                + received("path", path)) from None
+    except Exception as error:  # a truncated or damaged SavedModel fails in many ways (IndexError, DataLossError, ...)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise InvalidInputError(f"Cannot read the SavedModel in {path!r}: the folder is damaged or incomplete "
+                                f"({type(error).__name__}: {lines[0] if lines else ''}). " + received("path", path)) from None
     expected_shape = tuple(metadata["baseline"]["shape"])
     if array.shape != expected_shape or str(array.dtype) != metadata["baseline"]["dtype"]:
         raise InvalidInputError(
@@ -618,6 +632,38 @@ def folder_digest(path: Union[str, os.PathLike]) -> str:
                     hasher.update(block)
             hasher.update(b"\0")
     return hasher.hexdigest()
+
+
+#: what every metadata.json holds (save_baseline writes all of it): section -> keys
+_REQUIRED_METADATA = {
+    "model": ("fingerprint",),
+    "baseline": ("shape", "dtype", "value_range"),
+    "training": ("steps", "steps_run", "best_step"),
+    "statistics": ("before", "after", "pixels"),
+    "target_distribution": ("values",),
+}
+
+
+def _check_metadata(metadata: Dict[str, Any], meta_path: str, path: str) -> None:
+    """Raise an error naming the folder when ``metadata.json`` lacks a section or key the format has."""
+    for section, keys in _REQUIRED_METADATA.items():
+        part = metadata.get(section)
+        for key in keys:
+            if not isinstance(part, dict) or key not in part:
+                raise InvalidInputError(f"{meta_path!r} lacks {section}.{key}: it is not complete tfattr baseline "
+                                        "metadata. " + received("path", path))
+    shape, dtype = metadata["baseline"]["shape"], metadata["baseline"]["dtype"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise InvalidInputError(f"{meta_path!r}: baseline.shape must be a list of positive integers. "
+                                + received("baseline.shape", shape))
+    if not isinstance(dtype, str) or not isinstance(metadata["model"]["fingerprint"], str):
+        raise InvalidInputError(f"{meta_path!r}: baseline.dtype and model.fingerprint must be strings. "
+                                + received("baseline.dtype", dtype))
+    value_range = metadata["baseline"]["value_range"]
+    if not isinstance(value_range, list) or len(value_range) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range):
+        raise InvalidInputError(f"{meta_path!r}: baseline.value_range must be [low, high]. "
+                                + received("baseline.value_range", value_range))
 
 
 _CACHE: Dict[Any, SavedBaseline] = {}
