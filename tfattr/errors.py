@@ -8,7 +8,7 @@ the message alone. The classes subclass the built-in ``ValueError`` /
 
 from __future__ import annotations
 
-__all__ = ["TfattrError", "InvalidInputError", "InvalidTypeError", "received"]
+__all__ = ["TfattrError", "InvalidInputError", "InvalidTypeError", "ValueRangeWarning", "received"]
 
 
 class TfattrError(Exception):
@@ -21,6 +21,11 @@ class InvalidInputError(TfattrError, ValueError):
 
 class InvalidTypeError(TfattrError, TypeError):
     """An argument has the wrong type or dtype."""
+
+
+class ValueRangeWarning(UserWarning):
+    """Inputs lie outside the ``value_range`` their noise and baselines are drawn in
+    (:func:`tfattr.core.ranges.warn_outside_value_range`)."""
 
 
 def received(name: str, value) -> str:

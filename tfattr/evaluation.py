@@ -28,8 +28,9 @@ from tfattr.errors import InvalidInputError, received
 __all__ = ["EvaluationRow", "evaluate", "format_table", "result_key", "smoothtaylor_grid", "guided_ig_comparison",
            "IMAGENET_STD", "Uncacheable"]
 
-#: the papers' σ are in ImageNet-normalised units (pixels / std, std ≈ 0.226 of the [0, 1] range)
-IMAGENET_STD = 0.226
+# the papers' σ are in ImageNet-normalised units (pixels / std, std ≈ 0.226 of the [0, 1] range);
+# the constant lives in the core (methods use it too) and is re-exported here
+from tfattr.core.ranges import IMAGENET_STD  # noqa: E402
 
 
 @dataclass

@@ -40,7 +40,7 @@ import tensorflow as tf
 from tfattr.core.random import STREAM_GAUSSIAN, STREAM_UNIFORM, rng
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["BASELINES", "BaselineSet", "is_random", "make_baselines", "rng"]
+__all__ = ["BASELINES", "BaselineSet", "is_random", "make_baselines", "rng", "uses_value_range"]
 
 BaselineLike = Union[str, float, int, np.ndarray, tf.Tensor, Callable]
 
@@ -161,6 +161,14 @@ _RANDOM = {"uniform", "gaussian"}
 def is_random(baseline) -> bool:
     """Whether ``baseline`` names a random baseline (one that ``n_baselines`` draws average over)."""
     return isinstance(baseline, str) and _ALIASES.get(baseline.lower(), baseline.lower()) in _RANDOM
+
+
+def uses_value_range(baseline) -> bool:
+    """Whether the baseline depends on ``value_range``: ``black``, ``uniform``, ``gaussian`` (its
+    clipping and default σ) and ``max_distance``; not zero, constant, blur, arrays or callables."""
+    if not isinstance(baseline, str) or os.path.isdir(baseline):
+        return False
+    return _ALIASES.get(baseline.lower(), baseline.lower()) in {"black", "uniform", "gaussian", "max_distance"}
 
 
 def _from_array(array: np.ndarray, x: np.ndarray, where: str) -> np.ndarray:

@@ -16,7 +16,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-from tfattr.core.inputs import validate_images, validate_value_range
+from tfattr.core.inputs import validate_images
+from tfattr.core.ranges import declared_value_range, resolve_value_range, warn_outside_value_range
 from tfattr.core.random import STREAM_NOISE_TUNNEL, rng
 from tfattr.core.result import Explanation
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
@@ -38,7 +39,11 @@ class NoiseTunnel:
             ``noise_level · (high − low)``.
         noise_level: ``σ / (high − low)`` when ``stdevs`` is ``None``; Smilkov et al. found
             10–20% best, default 0.15.
-        value_range: ``(low, high)`` of the input space (default ``(0, 1)``).
+        value_range: ``(low, high)`` of the input space. ``None`` (default): the wrapped
+            method's ``value_range`` if it has one, else the range the model declares
+            (``model.tfattr_value_range``), else ``(0, 1)``. Inputs outside the range used (the
+            tunnel's without ``stdevs``, the wrapped method's where its baselines use one) raise a
+            :class:`~tfattr.errors.ValueRangeWarning`.
         seed: seed of the noise (default 0). The draws depend on the seed and the sample
             index only, so every image of a batch sees the same noise and an image's result
             does not depend on its batch.
@@ -63,7 +68,7 @@ class NoiseTunnel:
             "nt_max_samples")
 
     def __init__(self, method, nt_type: str = "smoothgrad", nt_samples: int = 25, stdevs=None,
-                 noise_level: float = 0.15, value_range=(0.0, 1.0), seed=0, nt_tolerance=None,
+                 noise_level: float = 0.15, value_range=None, seed=0, nt_tolerance=None,
                  nt_max_samples: int = 1000):
         if not hasattr(method, "_explain") or not hasattr(method, "resolve"):
             raise InvalidTypeError(
@@ -75,14 +80,16 @@ class NoiseTunnel:
                                        noise_level=noise_level, value_range=value_range, seed=seed,
                                        nt_tolerance=nt_tolerance, nt_max_samples=nt_max_samples))
 
-    @staticmethod
-    def _check(config: Dict[str, Any]) -> Dict[str, Any]:
+    def _check(self, config: Dict[str, Any]) -> Dict[str, Any]:
         if config["nt_type"] not in NT_TYPES:
             raise InvalidInputError(f"`nt_type` must be one of {NT_TYPES}. " + received("nt_type", config["nt_type"]))
         n = config["nt_samples"]
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InvalidInputError("`nt_samples` must be a positive integer. " + received("nt_samples", n))
-        config["value_range"] = validate_value_range(config["value_range"])
+        if config["value_range"] is None:
+            inner = getattr(self.method, "config", {}).get("value_range")
+            config["value_range"] = inner if inner is not None else declared_value_range(self.method.model)
+        config["value_range"] = resolve_value_range(config["value_range"])
         sigma = config["stdevs"]
         if sigma is None:
             low, high = config["value_range"]
@@ -135,6 +142,13 @@ class NoiseTunnel:
         method = self.method
         method_config = method._merge(method.config, options)
         images = validate_images(inputs, method.spec)
+        # once per call, where a range is used: the tunnel's noise_level, the wrapped method's baselines
+        tunnel_uses = config["stdevs"] is None
+        inner_uses = hasattr(method, "uses_value_range") and method.uses_value_range(method_config)
+        warned = tunnel_uses and warn_outside_value_range(images.array, config["value_range"], stacklevel=2)
+        if not warned and inner_uses and not (tunnel_uses and tuple(method_config["value_range"]) == config["value_range"]):
+            warn_outside_value_range(images.array, method_config["value_range"],
+                                     option=f"{type(method).__name__}'s value_range", stacklevel=2)
         x = method.to_model_dtype(images.array)
         batch = method_config["batch_size"]
         targets, fx = method.resolve(x, target, batch, method_config["output"])

@@ -8,7 +8,8 @@ The models come wrapped so they take RGB images in ``[0, 255]``: the architectur
 ``preprocess_input`` runs inside the model. Attribution methods then work in pixel space
 with ``value_range=(0, 255)`` and "black" means a black image, whatever the network's
 internal normalisation (Caffe-style BGR mean subtraction for VGG/ResNet, ``[−1, 1]`` for
-MobileNet/Inception, ...).
+MobileNet/Inception, ...). The models declare that range (``model.tfattr_value_range =
+(0.0, 255.0)``, :mod:`tfattr.core.ranges`): methods and metrics given no ``value_range`` use it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, Optional, Tuple
 import keras
 import tensorflow as tf
 
+from tfattr.core.ranges import VALUE_RANGE_ATTRIBUTE
 from tfattr.errors import InvalidInputError, received
 
 __all__ = ["APPLICATIONS", "IMAGENETTE_TO_IMAGENET", "keras_application", "load_imagenette", "load_imagenet"]
@@ -48,6 +50,10 @@ def keras_application(name: str, weights: Optional[str] = "imagenet", input_size
                       logits: bool = True) -> keras.Model:
     """A ``keras.applications`` classifier that takes RGB images in ``[0, 255]``.
 
+    The model declares its range, ``model.tfattr_value_range == (0.0, 255.0)``: methods and metrics
+    left at ``value_range=None`` take it (a copy saved and loaded again does not keep it; pass
+    ``value_range=(0, 255)`` then).
+
     Args:
         name: ``vgg16``, ``vgg19``, ``resnet50``, ``densenet121``, ``mobilenet_v2``, ``inception_v3``.
         weights: ``"imagenet"`` (downloads; needs internet) or ``None`` (random, for tests).
@@ -56,14 +62,16 @@ def keras_application(name: str, weights: Optional[str] = "imagenet", input_size
 
     Example:
         >>> vgg = keras_application("vgg19", weights=None)       # offline
-        >>> tfattr.IntegratedGradients(vgg, value_range=(0, 255)).attribute(images)
+        >>> tfattr.IntegratedGradients(vgg, baseline="uniform").attribute(images)  # value_range (0, 255)
     """
     constructor, preprocess, side = _application(name)
     side = input_size or side
     base = constructor(weights=weights, input_shape=(side, side, 3), classifier_activation=None if logits else "softmax")
     inputs = keras.Input((side, side, 3), name="rgb_0_255")
     outputs = base(keras.layers.Lambda(preprocess, name="preprocess_input")(inputs))
-    return keras.Model(inputs, outputs, name=f"{name}_rgb")
+    model = keras.Model(inputs, outputs, name=f"{name}_rgb")
+    setattr(model, VALUE_RANGE_ATTRIBUTE, (0.0, 255.0))
+    return model
 
 
 def _prepare(size: int, label_map: Optional[Tuple[int, ...]]) -> Callable:

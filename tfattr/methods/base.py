@@ -19,6 +19,7 @@ from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outpu
 from tfattr.core.gradients import InputGradients
 from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
 from tfattr.core.keys import Uncacheable, canonical
+from tfattr.core.ranges import warn_outside_value_range
 from tfattr.core.result import Explanation
 from tfattr.core.targets import Targets, resolve_output, resolve_targets, select_scores
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
@@ -247,6 +248,8 @@ class AttributionMethod:
         """
         config = self._merge(self.config, options)
         images = validate_images(inputs, self.spec)
+        if self.uses_value_range(config):  # once per call, where noise or baselines are drawn in it
+            warn_outside_value_range(images.array, config["value_range"], stacklevel=2)
         x = self.to_model_dtype(images.array)
         self.check_fits(x)
         is_callable = callable(target) and not isinstance(target, (np.ndarray, tf.Tensor))
@@ -258,6 +261,11 @@ class AttributionMethod:
             targets, fx = self.resolve(x, target, config["batch_size"], output)
         out = self._explain(x, targets, fx, config)
         return self._package(out, images, targets, fx, config)
+
+    def uses_value_range(self, config: Dict[str, Any]) -> bool:
+        """Whether ``config["value_range"]`` enters this call's attributions (noise or baselines drawn
+        in it); only then do inputs outside it raise a :class:`~tfattr.errors.ValueRangeWarning`."""
+        return config.get("value_range") is not None
 
     def _explicit_classes(self, target, num_classes) -> bool:
         if target is None or num_classes is None:

@@ -9,10 +9,10 @@ import numpy as np
 
 import tensorflow as tf
 
-from tfattr.baselines.registry import BaselineSet, is_random, make_baselines
+from tfattr.baselines.registry import BaselineSet, is_random, make_baselines, uses_value_range
 from tfattr.core.adaptive import level_bounds, level_nodes, level_rows, relative_error
 from tfattr.core.engine import PathRows
-from tfattr.core.inputs import validate_value_range
+from tfattr.core.ranges import resolve_value_range
 from tfattr.core.quadrature import quadrature
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained
@@ -39,8 +39,11 @@ class IntegratedGradients(AttributionMethod):
             ``"riemann_middle"``, ``"riemann_trapezoid"``, ``"gauss_legendre"`` (converges
             fastest on smooth paths).
         n_baselines: draws of a random baseline averaged (IG_noise's ``N``; default 1).
-        value_range: ``(low, high)`` of the model's input space (default ``(0, 1)``), used
-            by the black/uniform/gaussian/max-distance baselines.
+        value_range: ``(low, high)`` of the model's input space, used by the
+            black/uniform/gaussian/max-distance baselines. ``None`` (default): the range the
+            model declares (``model.tfattr_value_range``, set by
+            :func:`tfattr.data.keras_application`), else ``(0, 1)``. With a baseline that uses it,
+            inputs outside it raise a :class:`~tfattr.errors.ValueRangeWarning`.
         seed: seed of the baseline draws (default 0).
         sigma, blur_sigma, value: options of the gaussian, blur and constant baselines.
         tolerance: ask for an accuracy instead of a step count: refine each example on
@@ -88,7 +91,7 @@ class IntegratedGradients(AttributionMethod):
         "steps": 50,
         "rule": "riemann_right",
         "n_baselines": 1,
-        "value_range": (0.0, 1.0),
+        "value_range": None,
         "seed": 0,
         "sigma": None,
         "blur_sigma": 5.0,
@@ -102,7 +105,7 @@ class IntegratedGradients(AttributionMethod):
 
     def _check_options(self, config):
         quadrature(config["rule"], config["steps"])  # raises on a bad rule/steps
-        config["value_range"] = validate_value_range(config["value_range"])
+        config["value_range"] = resolve_value_range(config["value_range"], self.model)
         n = config["n_baselines"]
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InvalidInputError("`n_baselines` must be a positive integer. " + received("n_baselines", n))
@@ -138,6 +141,10 @@ class IntegratedGradients(AttributionMethod):
         if config.get("tolerance") is not None:
             return f"{self.name}(baseline={baseline}, tolerance={config['tolerance']:g})"
         return f"{self.name}(baseline={baseline}, steps={config['steps']}, rule={config['rule']})"
+
+    def uses_value_range(self, config) -> bool:
+        """``value_range`` shapes the black, uniform, Gaussian and max-distance baselines only."""
+        return uses_value_range(config["baseline"])
 
     def _cache_state(self, config):
         baseline = config["baseline"]

@@ -15,7 +15,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from tfattr.core.inputs import validate_value_range
+from tfattr.core.ranges import resolve_value_range, warn_outside_value_range
 from tfattr.errors import InvalidInputError, received
 from tfattr.metrics._common import (
     ModelScorer,
@@ -156,7 +156,7 @@ def aupc(
     kernel_size: int = 15,
     regions: int = 30,
     perturbations: int = 50,
-    value_range: Tuple[float, float] = (0.0, 1.0),
+    value_range: Optional[Tuple[float, float]] = None,
     seed: Optional[int] = 0,
     score: Score = "logit",
     batch_size: int = 64,
@@ -198,7 +198,10 @@ def aupc(
         perturbations: noise copies per step ``P`` (paper: 50).
         value_range: ``(low, high)`` of the noise, the full pixel range of the model's
             input space: ``(0, 1)`` for images in [0, 1] (the authors drew ``U[0, 255]/255``
-            before their normalisation; keep the normalisation inside the model).
+            before their normalisation; keep the normalisation inside the model). ``None``
+            (default): the range the model declares (``model.tfattr_value_range``, set by
+            :func:`tfattr.data.keras_application`), else ``(0, 1)``. Images outside it raise a
+            :class:`~tfattr.errors.ValueRangeWarning`.
         seed: seed of the noise (module docstring); ``None`` for fresh noise.
         score: ``"logit"`` (default: the raw model output, the paper's pre-softmax logit —
             give a softmax model as its logits clone, e.g. ``tfattr.surgery.logits_model``),
@@ -221,7 +224,8 @@ def aupc(
     k = check_positive_int(kernel_size, "kernel_size")
     count = check_positive_int(regions, "regions")
     copies = check_positive_int(perturbations, "perturbations")
-    low, high = validate_value_range(value_range)
+    low, high = resolve_value_range(value_range, model)
+    warn_outside_value_range(x, (low, high), name="images", stacklevel=2)
     seed = check_seed(seed)
     windows = select_windows(relevance, k, count)
     scorer = ModelScorer(model, target, score, batch_size, verbose, warn_softmax=True)
