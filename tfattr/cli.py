@@ -16,57 +16,118 @@ Errors in the arguments print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
+import zipfile
 from typing import List, Optional
 
 import numpy as np
 
+from tfattr.errors import InvalidInputError, received
+
 METHODS = ("ig", "guided-ig", "gradient", "input-x-gradient", "guided-backprop", "smoothgrad", "smoothtaylor",
            "gradcam", "rsi-gradcam")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (``tfattr explain: error: argument --steps: ... Received: ...``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _integer(flag: str, minimum: int):
+    """An argparse type: an integer ≥ ``minimum``, or a message naming ``flag``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}. " + received(flag, text))
+        return value
+
+    return parse
+
+
+def _number(flag: str, bound: Optional[str] = None, word: Optional[str] = None):
+    """An argparse type: a finite float (``bound`` ``"> 0"`` or ``"≥ 0"``), or ``word`` as it is."""
+    what = f"a number {bound}" if bound else "a finite number"
+    what += f" or {word!r}" if word else ""
+
+    def parse(text: str):
+        if word is not None and text == word:
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        ok = math.isfinite(value) and (bound is None or (value > 0 if bound == "> 0" else value >= 0))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}. " + received(flag, text))
+        return value
+
+    return parse
 
 
 def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default="zero",
                         help="IG baseline: zero, black, uniform, gaussian, blur, max_distance, or a saved baseline "
                              "folder (default: zero)")
-    parser.add_argument("--steps", type=int, default=50, help="IG / RSI-Grad-CAM steps (default: 50)")
+    parser.add_argument("--steps", type=_integer("--steps", 1), default=50, help="IG / RSI-Grad-CAM steps (default: 50)")
     parser.add_argument("--rule", default="riemann_right", help="IG rule (default: riemann_right)")
-    parser.add_argument("--tolerance", type=float, default=None,
+    parser.add_argument("--tolerance", type=_number("--tolerance", "> 0"), default=None,
                         help="IG, guided IG, RSI-Grad-CAM: refine each image until this relative completeness "
                              "error instead of --steps")
-    parser.add_argument("--baseline-tolerance", type=float, default=None,
+    parser.add_argument("--baseline-tolerance", type=_number("--baseline-tolerance", "> 0"), default=None,
                         help="IG with a random baseline: draw blocks of --n-baselines until this relative "
                              "Monte-Carlo standard error")
-    parser.add_argument("--n-baselines", type=int, default=1, help="draws of a random baseline (default: 1)")
-    parser.add_argument("--samples", type=int, default=25, help="SmoothGrad samples (default: 25)")
-    parser.add_argument("--roots", type=int, default=150, help="SmoothTaylor roots R (default: 150)")
-    parser.add_argument("--sigma", default="0.15",
+    parser.add_argument("--n-baselines", type=_integer("--n-baselines", 1), default=1, help="draws of a random baseline (default: 1)")
+    parser.add_argument("--samples", type=_integer("--samples", 1), default=25, help="SmoothGrad samples (default: 25)")
+    parser.add_argument("--roots", type=_integer("--roots", 1), default=150, help="SmoothTaylor roots R (default: 150)")
+    parser.add_argument("--sigma", type=_number("--sigma", "≥ 0", word="adaptive"), default="0.15",
                         help="SmoothTaylor sigma relative to the value range, or 'adaptive' (default: 0.15)")
     parser.add_argument("--layer", default=None, help="Grad-CAM layer name or path (default: last 4-D layer)")
     parser.add_argument("--rsi-notebook", action="store_true",
                         help="RSI-Grad-CAM as in the authors' notebook: trapezoid average of the path gradients and "
                              "only units with A > 0, a positive integral and a positive increment (default: eq. 6)")
-    parser.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+    parser.add_argument("--value-range", type=_number("--value-range"), nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="the model's input range; images are scaled to it (default: 0 1; 0 255 for "
                              "keras.applications names)")
-    parser.add_argument("--batch-size", type=int, default=16, help="points per forward+backward pass")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--batch-size", type=_integer("--batch-size", 1), default=16, help="points per forward+backward pass")
+    parser.add_argument("--seed", type=_integer("--seed", 0), default=0, help="seed of every random draw")
+
+
+def _load_keras_file(path: str, flag: str = "--model", also: str = ""):
+    """``keras.models.load_model(path)``; a missing or unloadable file is an error naming ``flag``."""
+    import keras
+
+    if not os.path.exists(path):
+        raise InvalidInputError(f"{flag}: no model file {path!r}{also}. " + received(flag, path))
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:  # any failure to read the user's file: say which file and why
+        if zipfile.is_zipfile(path) or not path.endswith(".keras"):
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = f"{type(error).__name__}: {lines[0] if lines else ''}"
+        else:
+            detail = "it is not a zip archive, which a .keras file is"
+        raise InvalidInputError(f"{flag}: cannot load {path!r} as a Keras model: the file is corrupt or not a Keras "
+                                f"model file ({detail}). " + received(flag, path)) from None
 
 
 def _load_model(name: str, weights: str):
     """A .keras path, or a keras.applications name (wrapped to take [0, 255] RGB, logits out)."""
-    import keras
-
     import tfattr
     import tfattr.data
 
     key = name.lower().replace("-", "_")
     if key in tfattr.data.APPLICATIONS:
         return tfattr.data.keras_application(key, weights=None if weights == "none" else weights), (0.0, 255.0)
-    if not os.path.exists(name):
-        raise ValueError(f"no model file {name!r} (and not one of {sorted(tfattr.data.APPLICATIONS)})")
-    model = keras.models.load_model(name)
+    model = _load_keras_file(name, also=f" (and not one of {sorted(tfattr.data.APPLICATIONS)})")
     return tfattr.surgery.logits_model(model, missing="ignore"), (0.0, 1.0)
 
 
@@ -106,7 +167,7 @@ def _build_method(name: str, model, args, value_range):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfattr", description="Explain Keras image classifiers.")
+    parser = _Parser(prog="tfattr", description="Explain Keras image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     explain = sub.add_parser("explain", help="explain image files with one method, write overlays and an .npz")
@@ -116,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--weights", default="imagenet", help="keras.applications weights: imagenet or none")
     explain.add_argument("--images", nargs="+", required=True, help="image files (PNG, JPEG, ...)")
     explain.add_argument("--method", choices=METHODS, default="ig", help="attribution method (default: ig)")
-    explain.add_argument("--target", type=int, default=None, help="class index (default: top-1 prediction)")
+    explain.add_argument("--target", type=_integer("--target", 0), default=None, help="class index (default: top-1 prediction)")
     _method_options(explain)
     explain.add_argument("--out", required=True, help="output folder")
 
@@ -128,21 +189,21 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", default="digits_on_photos",
                           help="digits_on_photos (offline, with masks) or imagenette (TFDS download)")
     evaluate.add_argument("--split", default="test", help="dataset split (default: test)")
-    evaluate.add_argument("--images", type=int, default=16, help="number of images (default: 16)")
+    evaluate.add_argument("--images", type=_integer("--images", 1), default=16, help="number of images (default: 16)")
     evaluate.add_argument("--methods", default="gradient,smoothgrad,ig,guided-ig,smoothtaylor,gradcam,rsi-gradcam",
                           help="comma-separated methods (default: a representative set)")
     evaluate.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
                           help="mirrored: shard attribution and metrics over every visible GPU (or logical "
                                "device); multiworker: over the workers in TF_CONFIG (run the same command "
                                "on every worker; each writes the whole table)")
-    evaluate.add_argument("--aupc-kernel", type=int, default=None,
+    evaluate.add_argument("--aupc-kernel", type=_integer("--aupc-kernel", 1), default=None,
                           help="AUPC window side (default: 15 scaled to the image side)")
     _method_options(evaluate)
     evaluate.add_argument("--out", default=os.path.join("outputs", "evaluate"), help="output folder (tables, cache)")
 
     demo = sub.add_parser("demo", help="run the demo (every method on real photos, pictures + table)")
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
-    demo.add_argument("--images", type=int, default=6)
+    demo.add_argument("--images", type=_integer("--images", 1), default=6)
     demo.add_argument("--methods", default=None, help="comma-separated method titles (default: all)")
 
     baseline = sub.add_parser("baseline", help="train / show uniform-output baselines (Lerma & Lucas 2022)")
@@ -155,15 +216,15 @@ def _parser() -> argparse.ArgumentParser:
                        help="VGG19 weights: 'imagenet' (downloads once) or 'none' (random; for timing)")
     train.add_argument("--out", required=True, help="destination folder, e.g. saved_baselines/NAME")
     train.add_argument("--start", default="black", help="starting baseline: black, zero, uniform or a number")
-    train.add_argument("--lam", type=float, default=0.9, help="λ in λ·L_out + (1 − λ)·MSE(b, b0) (default: 0.9)")
+    train.add_argument("--lam", type=_number("--lam"), default=0.9, help="λ in λ·L_out + (1 − λ)·MSE(b, b0) (default: 0.9)")
     train.add_argument("--loss", default="maxabs", choices=("maxabs", "mse", "crossentropy"),
                        help="output loss L_out (default: maxabs, the paper's best)")
-    train.add_argument("--steps", type=int, default=500, help="maximum optimiser steps (default: 500)")
-    train.add_argument("--learning-rate", type=float, default=None,
+    train.add_argument("--steps", type=_integer("--steps", 1), default=500, help="maximum optimiser steps (default: 500)")
+    train.add_argument("--learning-rate", type=_number("--learning-rate", "> 0"), default=None,
                        help="RMSprop learning rate (default: 1e-3 × (high − low))")
-    train.add_argument("--patience", type=int, default=100,
+    train.add_argument("--patience", type=_integer("--patience", 0), default=100,
                        help="stop after this many steps without a better output loss; 0 = never (default: 100)")
-    train.add_argument("--value-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+    train.add_argument("--value-range", type=_number("--value-range"), nargs=2, default=None, metavar=("LOW", "HIGH"),
                        help="the baseline's value range; black = LOW (default: 0 1; 0 255 for vgg19)")
     train.add_argument("--preprocess", default=None,
                        help="preprocessing between baseline and model: none, caffe/vgg19, tf, torch "
@@ -172,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="target output o_t as a .npy or .json vector (default: uniform)")
     train.add_argument("--outputs", default="auto", choices=("auto", "probabilities", "logits"),
                        help="what the model outputs (default: auto: softmax head → probabilities)")
-    train.add_argument("--seed", type=int, default=0, help="seed of a random start")
+    train.add_argument("--seed", type=_integer("--seed", 0), default=0, help="seed of a random start")
     train.add_argument("--overwrite", action="store_true", help="replace an existing saved baseline at --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     show = baseline_sub.add_parser("show", help="print a saved baseline's metadata and before/after statistics")
@@ -182,16 +243,51 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_images(paths: List[str], size, value_range) -> np.ndarray:
+@contextlib.contextmanager
+def _quiet_opencv(cv2):
+    """OpenCV's own log off (its ``[ WARN ]`` lines on a bad file): the error says it once."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(level)
+
+
+def _read_images(paths: List[str]) -> List[np.ndarray]:
+    """Decode every image file into float32 RGB in [0, 1]; an unreadable file raises one error naming it."""
+    import cv2
+
+    images = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                data = np.frombuffer(handle.read(), dtype=np.uint8)
+        except OSError as error:
+            raise InvalidInputError(f"--images: cannot read image {path!r}: {error.strerror or error}. "
+                                    + received("--images", path)) from None
+        image = None
+        if data.size:
+            with _quiet_opencv(cv2):
+                image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if image is None:
+            raise InvalidInputError(f"--images: cannot read image {path!r}: not an image OpenCV can decode (PNG, "
+                                    "JPEG, BMP, TIFF, WebP, ...) or a truncated file. " + received("--images", path))
+        images.append(image[..., ::-1].astype(np.float32) / 255.0)
+    return images
+
+
+def _load_images(paths: List[str], size, value_range, decoded: Optional[List[np.ndarray]] = None) -> np.ndarray:
+    """The image files (or their ``decoded`` arrays) resized to ``size`` and scaled to ``value_range``."""
     import cv2
 
     low, high = value_range
     images = []
-    for path in paths:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot read image {path!r}")
-        image = image[..., ::-1].astype(np.float32) / 255.0
+    for image in decoded if decoded is not None else _read_images(paths):
         if size is not None and image.shape[:2] != tuple(size):
             image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         images.append(low + image * (high - low))
@@ -220,13 +316,14 @@ def _explain(args) -> int:
     from tfattr.core.files import atomic_write
 
     _check_rsi_notebook([args.method], args)
+    decoded = _read_images(args.images)  # an unreadable image fails before the model loads
     model, default_range = _load_model(args.model, args.weights)
     value_range = tuple(args.value_range) if args.value_range else default_range
     args.value_range = value_range
     args.verbose = 1
     spec = tfattr.core.inputs.model_spec(model)
     size = spec.input_shape[:2] if spec.input_shape and None not in spec.input_shape[:2] else None
-    x = _load_images(args.images, size, value_range)
+    x = _load_images(args.images, size, value_range, decoded)
     method = _build_method(args.method, model, args, value_range)
     expl = method.attribute(x, target=args.target)
     os.makedirs(args.out, exist_ok=True)
@@ -313,7 +410,7 @@ def _baseline_model(args):
     import keras
 
     if args.model.lower() != "vgg19":
-        return keras.models.load_model(args.model), None, (0.0, 1.0)
+        return _load_keras_file(args.model), None, (0.0, 1.0)
     weights = None if args.weights.lower() == "none" else args.weights
     try:
         model = keras.applications.VGG19(weights=weights)
@@ -330,9 +427,7 @@ def _baseline(args) -> int:
     if args.baseline_command == "show":
         model = None
         if args.model is not None:
-            import keras
-
-            model = keras.models.load_model(args.model)
+            model = _load_keras_file(args.model)
         loaded = load_baseline(args.path, model=model)
         if args.json:
             import json
