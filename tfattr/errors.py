@@ -8,7 +8,8 @@ the message alone. The classes subclass the built-in ``ValueError`` /
 
 from __future__ import annotations
 
-__all__ = ["TfattrError", "InvalidInputError", "InvalidTypeError", "ValueRangeWarning", "received"]
+__all__ = ["TfattrError", "InvalidInputError", "InvalidTypeError", "MissingDependencyError", "ValueRangeWarning",
+           "received"]
 
 
 class TfattrError(Exception):
@@ -21,6 +22,10 @@ class InvalidInputError(TfattrError, ValueError):
 
 class InvalidTypeError(TfattrError, TypeError):
     """An argument has the wrong type or dtype."""
+
+
+class MissingDependencyError(TfattrError, ImportError):
+    """An optional package is not installed; the message names the extra that brings it."""
 
 
 class ValueRangeWarning(UserWarning):

