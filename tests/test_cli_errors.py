@@ -210,3 +210,15 @@ def test_an_unreadable_image_is_reported_in_exactly_one_line(files, tmp_path):
         assert stderr.splitlines() == [f"tfattr explain: error: --images: cannot read image {image!r}: {reason}"
                                        f"{stderr.split(reason, 1)[1].rstrip()}"]
         assert stderr.rstrip().endswith(f"Received: --images={image!r}")
+
+
+def test_method_and_dataset_names_are_errors_naming_the_flag(files, tmp_path, capsys):
+    model, image = files
+    out = str(tmp_path / "out")
+    assert main(["explain", "--model", model, "--images", image, "--method", "ig", "--rsi-notebook", "--out", out]) == 2
+    assert one_line(capsys).endswith("--rsi-notebook applies to rsi-gradcam only; the method(s) are ig. "
+                                     "Received: --method='ig'")
+    assert main(["evaluate", "--model", model, "--images", "1", "--methods", "gradient,lime", "--out", out]) == 2
+    assert one_line(capsys).endswith("Received: --methods='lime'")
+    assert main(["evaluate", "--model", model, "--dataset", "mnist", "--out", out]) == 2
+    assert one_line(capsys).endswith("choose digits_on_photos or imagenette. Received: --dataset='mnist'")

@@ -133,7 +133,8 @@ def _load_model(name: str, weights: str):
 
 def _check_rsi_notebook(names, args) -> None:
     if getattr(args, "rsi_notebook", False) and "rsi-gradcam" not in names:
-        raise ValueError(f"--rsi-notebook applies to rsi-gradcam only; the method(s) are {', '.join(names)}")
+        raise InvalidInputError(f"--rsi-notebook applies to rsi-gradcam only; the method(s) are {', '.join(names)}. "
+                                + received("--methods" if hasattr(args, "methods") else "--method", ",".join(names)))
 
 
 def _build_method(name: str, model, args, value_range):
@@ -162,7 +163,8 @@ def _build_method(name: str, model, args, value_range):
                                                  value_range=value_range, seed=args.seed, **rsi, **common),
     }
     if name not in builders:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+        raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}. "
+                                + received("--methods" if hasattr(args, "methods") else "--method", name))
     return builders[name]()
 
 
@@ -372,7 +374,8 @@ def _evaluate(args) -> int:
         x = value_range[0] + x / 255.0 * (value_range[1] - value_range[0])  # into the model's range
         labels = np.array([p[1] for p in pairs])
     else:
-        raise ValueError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette")
+        raise InvalidInputError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette. "
+                                + received("--dataset", args.dataset))
     x = x.astype(np.float32)
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     _check_rsi_notebook(names, args)

@@ -226,6 +226,12 @@ def evaluate(
     """
     from tfattr import metrics
 
+    methods = list(methods)
+    for i, item in enumerate(methods):
+        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+                and hasattr(item[1], "attribute")):
+            raise InvalidInputError("`methods` must be (name, method) pairs, e.g. [('ig', IntegratedGradients(model))]. "
+                                    + received(f"methods[{i}]", item))
     images = np.asarray(images)
     if labels is None:
         labels = np.argmax(model.predict(images, verbose=0), axis=1)

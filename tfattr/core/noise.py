@@ -90,6 +90,14 @@ class NoiseTunnel:
             inner = getattr(self.method, "config", {}).get("value_range")
             config["value_range"] = inner if inner is not None else declared_value_range(self.method.model)
         config["value_range"] = resolve_value_range(config["value_range"])
+        for name in ("noise_level", "stdevs"):
+            value = config[name]
+            if value is None and name == "stdevs":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(value) or value < 0:
+                raise InvalidInputError(f"`{name}` must be a finite number ≥ 0{' or None' if name == 'stdevs' else ''}. "
+                                        + received(name, value))
         sigma = config["stdevs"]
         if sigma is None:
             low, high = config["value_range"]

@@ -18,6 +18,8 @@ from typing import Dict, Tuple
 import cv2
 import numpy as np
 
+from tfattr.errors import InvalidInputError, received
+
 __all__ = ["PHOTOS", "digits_on_photos", "photo"]
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "brick", "grass", "gravel")
@@ -69,7 +71,12 @@ def digits_on_photos(n: int, size: int = 64, classes: int = 10, split: str = "tr
         ((8, 64, 64, 3), True)
     """
     if split not in ("train", "test"):
-        raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
+        raise InvalidInputError("`split` must be 'train' or 'test'. " + received("split", split))
+    for name, value, low in (("n", n, 0), ("size", size, 8)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InvalidInputError(f"`{name}` must be an integer ≥ {low}. " + received(name, value))
+    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or not 1 <= classes <= 10:
+        raise InvalidInputError("`classes` must be an integer in [1, 10]. " + received("classes", classes))
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     digit_images, digit_labels = _digits()
     pool = _split_indices(split, classes)

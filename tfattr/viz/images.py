@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from tfattr.core.files import write_bytes
+from tfattr.errors import InvalidInputError, received
 
 __all__ = ["normalize", "overlay", "grid", "save_png", "to_uint8"]
 
@@ -35,7 +36,10 @@ def normalize(attribution: np.ndarray, mode: str = "abs", percentile: float = 99
     if mode == "abs":
         a = np.abs(a)
     elif mode != "signed":
-        raise ValueError(f"`mode` must be 'abs' or 'signed'. Received: mode={mode!r}")
+        raise InvalidInputError("`mode` must be 'abs' or 'signed'. " + received("mode", mode))
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)) \
+            or not 0 <= percentile <= 100:
+        raise InvalidInputError("`percentile` must be a number in [0, 100]. " + received("percentile", percentile))
     scale = np.percentile(np.abs(a), percentile) if a.size else 0.0
     if not np.isfinite(scale) or scale <= 0:
         scale = np.abs(a).max()
@@ -104,6 +108,18 @@ def _label(tile: np.ndarray, text: str, height: int = 16) -> np.ndarray:
 def grid(tiles: Sequence[Sequence[np.ndarray]], titles: Optional[Sequence[Sequence[str]]] = None,
          column_titles: Optional[Sequence[str]] = None, pad: int = 4) -> np.ndarray:
     """Lay out rows of equally sized RGB uint8 tiles with optional per-tile and column titles."""
+    tiles = [list(row) for row in tiles]
+    if not tiles or not tiles[0]:
+        raise InvalidInputError("`tiles` must hold at least one row of tiles. " + received("tiles", tiles))
+    shape = np.shape(tiles[0][0])
+    for r, row in enumerate(tiles):
+        if len(row) != len(tiles[0]):
+            raise InvalidInputError(f"every row of `tiles` must have {len(tiles[0])} tiles, like the first. "
+                                    + received(f"len(tiles[{r}])", len(row)))
+        for c, tile in enumerate(row):
+            if np.shape(tile) != shape:
+                raise InvalidInputError(f"`tiles` must all have one shape, the first's {shape}. "
+                                        + received(f"tiles[{r}][{c}].shape", np.shape(tile)))
     rows = []
     for r, row in enumerate(tiles):
         cells = []
