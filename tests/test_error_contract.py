@@ -51,3 +51,28 @@ def test_noise_tunnel_noise_arguments(relu_cnn):
 def test_evaluate_methods_are_name_method_pairs(relu_cnn, images):
     with raises(r"`methods` must be \(name, method\) pairs.*Received: methods\[0\]='ig'$"):
         evaluate(relu_cnn, images, ["ig"], labels=[0] * len(images), verbose=False)
+
+
+def test_metrics_report_images_that_do_not_fit_a_subclassed_model_as_images():
+    import keras
+
+    from tfattr.metrics import aupc, deletion
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(name="net")
+            self.conv = keras.layers.Conv2D(2, 3)
+            self.pool = keras.layers.GlobalAveragePooling2D()
+
+        def call(self, x):
+            return self.pool(self.conv(x))
+
+    model = Net()
+    model(np.zeros((1, 8, 8, 3), np.float32))
+    wrong = np.zeros((2, 8, 8, 1), np.float32)
+    maps = np.ones((2, 8, 8))
+    for metric in (lambda: aupc(model, wrong, maps, target=0, kernel_size=2, regions=2, perturbations=2),
+                   lambda: deletion(model, wrong, maps, target=0)):
+        with raises(r"^`images` does not fit the model 'net' \(it was built on inputs of shape \(None, 8, 8, 3\)\).*"
+                    r"Received: images.shape=\(2, 8, 8, 1\)$"):
+            metric()

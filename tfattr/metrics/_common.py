@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from tfattr.core.engine import progress_bar
 from tfattr.core.gradients import compiled_forward
-from tfattr.core.inputs import Images, model_spec, validate_images
+from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
 from tfattr.core.targets import resolve_targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
@@ -216,7 +216,10 @@ def check_images(model, images, name: str = "images") -> Tuple[Images, np.ndarra
         raise InvalidTypeError("`model` must be a Keras model (callable on a batch). " + received("type(model)", type(model).__name__))
     spec = model_spec(model)
     batch = validate_images(images, spec, name=name)
-    return batch, batch.array.astype(spec.input_dtype, copy=False), spec.input_dtype
+    x = batch.array.astype(spec.input_dtype, copy=False)
+    if spec.input_shape is None:  # a model that tells its input shape only when called: one example first
+        check_model_accepts(model, x, name=name)
+    return batch, x, spec.input_dtype
 
 
 # -- scores --------------------------------------------------------------------------------
