@@ -177,3 +177,20 @@ def test_cli_evaluate_scales_imagenette_pixels_into_the_models_range(monkeypatch
     assert (low, high) == (0.0, 1.0)
     assert handed["images"].min() >= low and handed["images"].max() <= high
     assert handed["images"].max() > 0.5  # mock images span the pixel range: scaled, not clipped
+
+
+def test_evaluate_takes_the_models_declared_range(relu_cnn, images):
+    """evaluate(value_range=None) scores a model on [0, 255] with AUPC noise in [0, 255], silently."""
+    from tfattr.evaluation import evaluate
+
+    declared = pixel_model(relu_cnn)
+    x = (images * 255).astype(np.float32)
+    ig = IntegratedGradients(declared, baseline="uniform", steps=2)
+    settings = dict(aupc_kernel=3, aupc_regions=2, aupc_perturbations=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ValueRangeWarning)
+        row = evaluate(declared, x, [("ig", ig)], labels=np.array([0, 1, 2]), verbose=False, **settings)[0]
+    maps = np.asarray(ig.attribute(x, target=np.array([0, 1, 2])))
+    expected = metrics.aupc(declared, x, maps, target=np.array([0, 1, 2]), kernel_size=3, regions=2, perturbations=2,
+                            value_range=(0, 255), verbose=0).area
+    np.testing.assert_allclose(row.per_image["AUPC"], expected, rtol=1e-6)

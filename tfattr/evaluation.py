@@ -30,7 +30,7 @@ __all__ = ["EvaluationRow", "evaluate", "format_table", "result_key", "smoothtay
 
 # the papers' σ are in ImageNet-normalised units (pixels / std, std ≈ 0.226 of the [0, 1] range);
 # the constant lives in the core (methods use it too) and is re-exported here
-from tfattr.core.ranges import IMAGENET_STD  # noqa: E402
+from tfattr.core.ranges import IMAGENET_STD, resolve_value_range  # noqa: E402
 
 
 @dataclass
@@ -182,7 +182,7 @@ def evaluate(
     methods: Sequence[Tuple[str, object]],
     labels: Optional[np.ndarray] = None,
     masks: Optional[np.ndarray] = None,
-    value_range: Tuple[float, float] = (0.0, 1.0),
+    value_range: Optional[Tuple[float, float]] = None,
     aupc_kernel: int = 15,
     aupc_regions: int = 30,
     aupc_perturbations: int = 50,
@@ -198,7 +198,8 @@ def evaluate(
     Args:
         model: the model the metrics query (pass the logits model: AUPC uses logits,
             deletion/insertion apply the softmax themselves).
-        images: ``(N, H, W, C)`` float images in ``value_range``.
+        images: ``(N, H, W, C)`` float images in ``value_range`` (``None``: the range the model
+            declares, ``model.tfattr_value_range``, else ``(0, 1)``), AUPC's noise range.
         methods: ``(name, method)`` pairs; each method's ``attribute`` is called with ``target=labels``.
         labels: explained classes (default: top-1 of ``model``).
         masks: ``(N, H, W)`` ground-truth masks for the pointing game and mask energy (optional).
@@ -239,6 +240,7 @@ def evaluate(
     if masks is not None and np.asarray(masks).shape[:3] != images.shape[:3]:
         raise InvalidInputError("`masks` must be (N, H, W) like the images. " + received("masks.shape", np.shape(masks)))
     rows = []
+    value_range = resolve_value_range(value_range, model)
     settings = dict(value_range=value_range, aupc_kernel=aupc_kernel, aupc_regions=aupc_regions,
                     aupc_perturbations=aupc_perturbations, pixels_per_step=pixels_per_step,
                     pointing_tolerance=pointing_tolerance, seed=seed)
@@ -370,7 +372,7 @@ class _AUPCObjective:
         return {"kernel_size": canonical(self.kernel_size), "value_range": canonical(self.value_range)}
 
 
-def smoothtaylor_grid(model, value_range=(0.0, 1.0), batch_size: int = 32, adaptive: bool = True,
+def smoothtaylor_grid(model, value_range=None, batch_size: int = 32, adaptive: bool = True,
                       noise_sizes=(1, 5, 10, 20), sigmas=(0.3, 0.5, 0.7), roots=(100, 150, 200), seed: int = 0,
                       aupc_kernel: int = 15):
     """The SmoothTaylor paper's comparison (Goh et al. 2020, Tables I–III) as ``(name, method)`` pairs.
@@ -384,6 +386,7 @@ def smoothtaylor_grid(model, value_range=(0.0, 1.0), batch_size: int = 32, adapt
     """
     from tfattr import IntegratedGradients, SmoothTaylor
 
+    value_range = resolve_value_range(value_range, model)  # None: the model's declared range, else (0, 1)
     low, high = value_range
     common = dict(batch_size=batch_size, verbose=0)
     grid = [("IG zero", IntegratedGradients(model, baseline="zero", steps=50, value_range=value_range, **common))]
@@ -404,7 +407,7 @@ def smoothtaylor_grid(model, value_range=(0.0, 1.0), batch_size: int = 32, adapt
     return grid
 
 
-def guided_ig_comparison(model, layer=None, value_range=(0.0, 1.0), batch_size: int = 32, steps: int = 50):
+def guided_ig_comparison(model, layer=None, value_range=None, batch_size: int = 32, steps: int = 50):
     """The guided-IG paper's comparison (Kwon et al.): gradients, guided backprop, Grad-CAM, IG, guided IG."""
     from tfattr import GradCAM, Gradient, GuidedBackprop, GuidedIntegratedGradients, IntegratedGradients
 
