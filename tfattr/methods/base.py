@@ -166,8 +166,10 @@ class AttributionMethod:
         accepted = self.__dict__.setdefault("_accepted_inputs", set())
         key = (tuple(x.shape[1:]), x.dtype.name)
         if key not in accepted:
-            self.spec = check_model_accepts(self.model, x)
-            accepted.add(key)
+            with self._engine_lock:  # replicas of tfattr.distribute share the method (and may build the model)
+                if key not in accepted:
+                    self.spec = check_model_accepts(self.model, x)
+                    accepted.add(key)
 
     def resolve(self, x: tf.Tensor, target, batch_size: int, output=None):
         """Resolve ``target`` (of ``output``) on ``x`` and return ``(Targets, f(x))`` from one forward pass."""

@@ -45,10 +45,13 @@ class _LayerMethod:
 
     def _ready_layer(self, x) -> None:
         """Find the default layer / check the layer's rank on one example of ``x``, before any gradient."""
-        if not self._layer_checked:
-            if self.layer is None:
-                self.layer = last_layer_with_rank(self.model, 4, sample=x[:1])
-            self._check_layer(sample=x[:1])
+        if self._layer_checked:
+            return
+        with self._engine_lock:  # replicas of tfattr.distribute share the method: one probe, one tap at a time
+            if not self._layer_checked:
+                if self.layer is None:
+                    self.layer = last_layer_with_rank(self.model, 4, sample=x[:1])
+                self._check_layer(sample=x[:1])
 
     def _check_layer(self, sample=None) -> None:
         if isinstance(self.layer, keras.layers.InputLayer):
