@@ -15,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What holds on any CPU (COMMON is pasted into both scripts):
 # * attributions: a sharded run pushes other batch compositions through the same float32 kernels,
 #   which may pick other blockings and sum in another order. In these 4-layer CNNs a unit sums at
-#   most 512 terms, so the rounding difference stays within depth · √n · eps32 ≈ 4 · 23 · 1.2e-7
-#   ≈ 1e-5 of the map's largest value; the bound is 1e-4 of it, per image. The models are smooth
+#   most 24·24·8 = 4608 terms, so the rounding difference stays within depth · √n · eps32
+#   ≈ 4 · 68 · 1.2e-7 ≈ 3e-5 of the map's largest value; the bound is 1e-4 of it, per image. The models are smooth
 #   (tanh, average pooling): at a ReLU or max-pool switch sitting on a last-bit tie a gradient can
 #   change by O(1), which is not rounding and not what these tests are about.
 # * metrics are compared on identical maps (the single-device maps, looked up by image), so the
@@ -134,9 +134,9 @@ SCRIPT = textwrap.dedent("""
         assert len({name for name, _ in seen}) == 3, seen  # the caller and two workers
         assert {where for _, where in seen} == {expected}, (device, seen)
     from tfattr.evaluation import evaluate
-    model32 = small_cnn("tanh", size=32)  # AUTVC needs maps of at least 30 px
-    x32 = np.random.default_rng(1).uniform(0, 1, (5, 32, 32, 3)).astype(np.float32)
-    masks = np.zeros((5, 32, 32), bool)
+    model32 = small_cnn("tanh", size=48)  # AUTVC needs two pyramid levels: maps of at least 44 px
+    x32 = np.random.default_rng(1).uniform(0, 1, (5, 48, 48, 3)).astype(np.float32)
+    masks = np.zeros((5, 48, 48), bool)
     masks[:, 8:20, 8:20] = True
     for method in (tfattr.IntegratedGradients(model32, steps=4), tfattr.GradCAM(model32)):
         maps = np.asarray(method.attribute(x32, target=labels))
@@ -145,6 +145,7 @@ SCRIPT = textwrap.dedent("""
         one = evaluate(model32, x32, pairs, **kwargs)[0]
         two = evaluate(model32, x32, pairs, strategy=strategy, **kwargs)[0]
         assert_same_metrics(model32, x32, maps, labels, one, two, kernel=3, regions=4)
+        assert np.all(np.isfinite(one.per_image["AUTVC"])), one.per_image["AUTVC"]
     print("OK")
 """)
 
