@@ -176,3 +176,66 @@ def test_training_the_model_after_a_first_explanation_is_seen_by_the_next_one(im
     expected = input_gradients(guided_clone(copy), images, np.zeros(len(images), np.int32))[1]
     np.testing.assert_allclose(second, expected, rtol=1e-5, atol=1e-8)
     assert np.abs(second - first).max() > 1e-4
+
+
+def pool_dense(pool, size, weights):
+    """size×size×1 input → ``pool`` → flatten → dense (1 unit, no bias, ``weights`` row-major):
+    the upstream gradient of the pool's output is ``weights``."""
+    inp = keras.Input((size, size, 1))
+    pooled = pool(inp)
+    dense = L.Dense(1, use_bias=False)
+    model = keras.Model(inp, dense(L.Flatten()(pooled)))
+    dense.set_weights([np.asarray(weights, np.float32).reshape(-1, 1)])
+    return model
+
+
+def test_code_maxpool_rule_on_an_overlapping_3x3_stride_2_pool_is_the_nearest_sign_masked_plain_gradient():
+    # 5×5 input, 3×3/2 valid pool → 2×2 output; windows (rows, cols): (0,0) 0–2, 0–2; (0,1) 0–2, 2–4;
+    # (1,0) 2–4, 0–2; (1,1) 2–4, 2–4. Background < 1; x[0,4] = 9 wins (0,1), x[2,4] = 8 wins (1,1),
+    # x[2,2] = 7 wins (0,0) and (1,0). Upstream g = [[a, b], [c, d]] = [[1, −2], [−3, 4]].
+    # Plain gradient: (2,2) a + c = −2, (0,4) b = −2, (2,4) d = 4.
+    # Paper: relu per window: (2,2) relu(a) + relu(c) = 1, (0,4) 0, (2,4) 4.
+    # Code: plain ⊙ nearest(1[g > 0]); position j takes output ⌊2j/5⌋ (0,0,0,1,1 for j = 0..4):
+    #   (2,2) → g[0,0] = 1 > 0 keeps −2 (a negative guided gradient); (0,4) → g[0,1] < 0 → 0;
+    #   (2,4) → g[0,1] = −2 < 0 drops the positive 4.
+    x = np.random.default_rng(0).uniform(0, 1, (1, 5, 5, 1)).astype(np.float32)
+    x[0, 0, 4, 0], x[0, 2, 4, 0], x[0, 2, 2, 0] = 9.0, 8.0, 7.0
+    model = pool_dense(L.MaxPooling2D(3, strides=2), 5, [1, -2, -3, 4])
+    paper, code = np.zeros((5, 5)), np.zeros((5, 5))
+    paper[2, 2], paper[2, 4] = 1.0, 4.0
+    code[2, 2] = -2.0
+    np.testing.assert_array_equal(np.asarray(GuidedBackprop(model).attribute(x, target=0))[0, :, :, 0], paper)
+    np.testing.assert_array_equal(
+        np.asarray(GuidedBackprop(model, maxpool_rule="code").attribute(x, target=0))[0, :, :, 0], code)
+    # the option also per call, and through guided IG (one node at α = 1 from a zero baseline: (x − 0) ⊙ ∂^G)
+    gig = GuidedIntegratedGradients(model, steps=1, baseline="zero")
+    np.testing.assert_array_equal(np.asarray(gig.attribute(x, target=0, maxpool_rule="code"))[0, :, :, 0], code * x[0, :, :, 0])
+    np.testing.assert_array_equal(np.asarray(gig.attribute(x, target=0))[0, :, :, 0], paper * x[0, :, :, 0])
+    # the forward pass is the original one under both rules
+    for rule in ("paper", "code"):
+        np.testing.assert_array_equal(guided_clone(model, maxpool_rule=rule)(x).numpy(), model(x).numpy())
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_code_and_paper_maxpool_rules_agree_on_2x2_stride_2_pools_of_even_size(data_format):
+    # windows tile the input: each position is in one window, which is its nearest output
+    rng = np.random.default_rng(1)
+    inp = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, padding="same")(inp)
+    if data_format == "channels_first":
+        h = L.Permute((3, 1, 2))(h)
+    h = L.MaxPooling2D(2, data_format=data_format)(h)
+    model = keras.Model(inp, L.Dense(5)(L.Flatten()(h)))
+    x = rng.normal(size=(3, 8, 8, 3)).astype(np.float32)
+    paper = np.asarray(GuidedBackprop(model).attribute(x, target=[0, 2, 4]))
+    code = np.asarray(GuidedBackprop(model, maxpool_rule="code").attribute(x, target=[0, 2, 4]))
+    plain = np.asarray(Gradient(model).attribute(x, target=[0, 2, 4]))
+    np.testing.assert_allclose(code, paper, rtol=0, atol=1e-6 * np.abs(paper).max())
+    assert np.abs(plain - paper).max() > 0.1 * np.abs(paper).max()  # the rule did act: negatives were cut
+
+
+def test_a_bad_maxpool_rule_is_refused_naming_it(relu_cnn):
+    with pytest.raises(InvalidInputError, match="Received: maxpool_rule='torch'"):
+        GuidedBackprop(relu_cnn, maxpool_rule="torch")
+    with pytest.raises(InvalidInputError, match="Received: maxpool_rule='torch'"):
+        guided_clone(relu_cnn, maxpool_rule="torch")

@@ -6,6 +6,10 @@ max-pools pass only positive gradients back:
 
 * ReLU: ``∂F/∂x ← relu(∂F/∂y ⊙ 1[x > 0])``; MaxPool: ``∂F/∂x_ij ← relu(∂F/∂y_i ⊙ 1[x_ij = y_i])``.
 
+``maxpool_rule="code"`` takes the max-pool rule of the authors' code instead (the plain
+gradient times the nearest-upsampled sign of ``∂F/∂y``; the same for 2×2/2 pools, different
+for overlapping ones: :mod:`tfattr.surgery.guided`).
+
 The clone is built once per model and cached (weakly), and it is run with the original
 model's current weights (:func:`tfattr.surgery.synced`), so training the model between two
 calls is safe. The explained scores ``f(x)`` and ``f(z)`` are the original model's (the
@@ -19,12 +23,12 @@ from tfattr.errors import InvalidInputError, received
 from tfattr.methods.gradient import Gradient
 from tfattr.methods.integrated_gradients import IntegratedGradients
 from tfattr.surgery.cloning import surgery_report, synced
-from tfattr.surgery.guided import guided_clone
+from tfattr.surgery.guided import check_maxpool_rule, guided_clone
 
 __all__ = ["GuidedIntegratedGradients", "GuidedBackprop", "guided_gradient_function"]
 
 
-def guided_gradient_function(model, score_fn=None) -> InputGradients:
+def guided_gradient_function(model, score_fn=None, maxpool_rule: str = "paper") -> InputGradients:
     """``(points, target_rows) -> (scores, guided gradients)`` for the engine.
 
     Raises:
@@ -35,7 +39,7 @@ def guided_gradient_function(model, score_fn=None) -> InputGradients:
     Example:
         >>> scores, grads = guided_gradient_function(model)(points, tf.constant([3, 3]))
     """
-    clone = guided_clone(model)
+    clone = guided_clone(model, maxpool_rule=maxpool_rule)
     report = surgery_report(clone)
     if not report.changed:
         hidden = (" It does contain ReLU/max-pool ops that cannot be swapped: "
@@ -50,7 +54,23 @@ def guided_gradient_function(model, score_fn=None) -> InputGradients:
     return InputGradients(synced(clone), score_fn)
 
 
-class GuidedIntegratedGradients(IntegratedGradients):
+class _MaxPoolRule:
+    """The ``maxpool_rule`` option: checked with the others; each rule gets its own engines."""
+
+    def _check_options(self, config):
+        super()._check_options(config)
+        check_maxpool_rule(config["maxpool_rule"])
+
+    def _engine(self, key, targets, config, collect_rows):
+        self._maxpool_rule = config["maxpool_rule"]  # read by gradient_function (under the engine lock)
+        return super()._engine(key + ("maxpool_rule", config["maxpool_rule"]), targets, config, collect_rows)
+
+    def gradient_function(self, score_fn=None):
+        rule = self.__dict__.get("_maxpool_rule", self.config["maxpool_rule"])
+        return guided_gradient_function(self.model, score_fn, maxpool_rule=rule)
+
+
+class GuidedIntegratedGradients(_MaxPoolRule, IntegratedGradients):
     r"""Integrated Gradients with guided non-linearities — Kwon, Koo & Cho, "Improving
     Explainability of Integrated Gradients with Guided Non-Linearity".
 
@@ -62,6 +82,9 @@ class GuidedIntegratedGradients(IntegratedGradients):
     Not to be confused with the *adaptive-path* "Guided Integrated Gradients" of Kapishnikov
     et al. (CVPR 2021), which keeps the normal gradient and changes the path; here the path
     is IG's straight line and the gradient changes.
+
+    ``maxpool_rule="code"`` uses the max-pool backward of the authors' code (plain gradient ⊙
+    nearest-upsampled ``1[∂F/∂y > 0]``; see :func:`tfattr.surgery.guided_clone`).
 
     Every IG option works unchanged (``baseline``, ``steps``, ``rule``, ``n_baselines``,
     ``value_range``, ``seed``, ``batch_size``, …) and so does wrapping in
@@ -78,19 +101,18 @@ class GuidedIntegratedGradients(IntegratedGradients):
     """
 
     name = "guided_integrated_gradients"
+    options = dict(IntegratedGradients.options, maxpool_rule="paper")
     convergence = "successive"  # guided gradients do not integrate to f(x) − f(z)
 
-    def gradient_function(self, score_fn=None):
-        return guided_gradient_function(self.model, score_fn)
 
-
-class GuidedBackprop(Gradient):
+class GuidedBackprop(_MaxPoolRule, Gradient):
     """Guided backpropagation (Springenberg et al. 2015): the gradient of the guided clone.
 
     ``∂^G f(x)/∂x`` with ReLU backward ``relu(∂F/∂y ⊙ 1[x > 0])`` and max-pool backward
     ``relu(∂F/∂y_i ⊙ 1[x_ij = y_i])`` (the guided non-linearities of Kwon, Koo & Cho).
 
-    Options: ``absolute`` as in :class:`~tfattr.methods.gradient.Gradient`; ``batch_size``,
+    Options: ``maxpool_rule`` (``"paper"``, or ``"code"``: the authors' code's max-pool backward,
+    see :func:`tfattr.surgery.guided_clone`); ``absolute`` as in :class:`~tfattr.methods.gradient.Gradient`; ``batch_size``,
     ``verbose``, ``output`` (the explained output of a model with several). Raises :class:`~tfattr.errors.InvalidInputError` on a model with no ReLU/max-pool.
 
     Example:
@@ -98,6 +120,4 @@ class GuidedBackprop(Gradient):
     """
 
     name = "guided_backprop"
-
-    def gradient_function(self, score_fn=None):
-        return guided_gradient_function(self.model, score_fn)
+    options = dict(Gradient.options, maxpool_rule="paper")

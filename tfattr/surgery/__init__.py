@@ -32,13 +32,17 @@ from tfattr.surgery.guided import (
     GuidedMaxPooling3D,
     GuidedPReLU,
     GuidedReLU,
+    MAXPOOL_RULES,
     guided_clone,
+    nearest_sign_maxpool,
     positive_gradient_gate,
 )
 from tfattr.surgery.logits import find_softmax_head, logits_model
 
 __all__ = [
     "guided_clone",
+    "MAXPOOL_RULES",
+    "nearest_sign_maxpool",
     "logits_model",
     "find_softmax_head",
     "synced",

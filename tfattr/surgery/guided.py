@@ -8,6 +8,20 @@ The paper changes only the backward pass (its eqs. for the guided ReLU and max-p
   only the positive part of the upstream gradient);
 * MaxPool ``y_i = max_j x_ij``: ``∂F/∂x_ij ← relu(∂F/∂y_i ⊙ 1[x_ij = y_i])``.
 
+Max-pool rule of the authors' code (``maxpool_rule="code"``): the PyTorch backward hook of
+Kwon et al.'s ``GuidedIntgratedGradientsHook._backward_hook_maxpool`` (github.com/hjkwonispl/gnl,
+``src/gnl.py``) returns ``interpolate((∂F/∂y > 0), size=H_in) * ∂F/∂x``: the *plain*
+max-pool input gradient ``Σ_{i ∋ j} ∂F/∂y_i ⊙ 1[x_ij = y_i]`` times the sign mask of the
+output gradient upsampled by nearest neighbour to the input's size (input position ``j``
+takes output position ``⌊j · H_out / H_in⌋`` on each spatial axis). Where windows do not
+overlap and tile the input (2×2/2 pools on even sizes) position ``j`` lies in exactly one window,
+the nearest output is that window, and the two rules are identical. Where they overlap
+(3×3/2, ResNet's stem) a position that wins several windows sums their gradients, negative
+ones included, and is kept or dropped by the sign of one of them: the code's map can be
+negative, and a positive gradient can be dropped because its nearest neighbour's is negative.
+The code hooks ``torch.nn.MaxPool2d`` only; global max-pools have one window per channel,
+where the two rules coincide, and are guided by the paper's rule under both.
+
 Both are "the normal backward of the layer applied to ``relu(∂F/∂y)``": the masks are
 non-negative, so ``relu(g ⊙ m) = relu(g) ⊙ m``. That is how they are built here: the
 original forward function, untouched, followed by :func:`positive_gradient_gate`, an
@@ -41,7 +55,8 @@ ReLUs written as ``tf.maximum(x, 0)`` or ``tf.where`` are not detected.
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional, Type
+from functools import partial
+from typing import Dict, Optional, Tuple, Type
 
 import keras
 import tensorflow as tf
@@ -74,8 +89,14 @@ __all__ = [
     "GuidedGlobalMaxPooling2D",
     "GuidedGlobalMaxPooling3D",
     "guided_clone",
+    "MAXPOOL_RULES",
+    "nearest_sign_maxpool",
     "UNSWAPPED_OP_TYPES",
 ]
+
+#: max-pool backward rules: the paper's ``relu(∂F/∂y_i ⊙ 1[x_ij = y_i])`` or the authors' code's
+#: ``plain gradient ⊙ nearest-upsampled 1[∂F/∂y > 0]``
+MAXPOOL_RULES = ("paper", "code")
 
 #: name scope of every guided computation; ops outside it are reported by the scan
 GUIDED_SCOPE = "tfattr_guided"
@@ -155,6 +176,77 @@ class GuidedActivation:
         return f"GuidedActivation({getattr(self.activation, '__name__', self.activation)!r})"
 
 
+def check_maxpool_rule(maxpool_rule) -> str:
+    """``maxpool_rule`` if it is one of :data:`MAXPOOL_RULES`, else an error naming it."""
+    if not isinstance(maxpool_rule, str) or maxpool_rule not in MAXPOOL_RULES:
+        raise InvalidInputError(f"`maxpool_rule` must be one of {list(MAXPOOL_RULES)}. "
+                                + received("maxpool_rule", maxpool_rule))
+    return maxpool_rule
+
+
+def _nearest_upsample(mask: tf.Tensor, like: tf.Tensor, axes: Tuple[int, ...]) -> tf.Tensor:
+    """``mask`` brought to ``like``'s size on ``axes``: position ``j`` takes ``⌊j · n_out / n_in⌋``."""
+    for axis in axes:
+        size_in, size_out = tf.shape(like)[axis], tf.shape(mask)[axis]
+        mask = tf.gather(mask, (tf.range(size_in) * size_out) // size_in, axis=axis)
+    return mask
+
+
+def nearest_sign_maxpool(pool, x: tf.Tensor, spatial_axes: Tuple[int, ...]) -> tf.Tensor:
+    r"""``pool(x)`` whose backward is the guided max-pool rule of Kwon et al.'s code.
+
+    Backward: ``∂F/∂x = (∂pool/∂x)ᵀ g ⊙ nearest(1[g > 0])`` with ``g = ∂F/∂y``: TensorFlow's plain
+    max-pool gradient times the sign mask of ``g`` upsampled by nearest neighbour to ``x``'s size
+    on ``spatial_axes`` (input position ``j`` takes ``⌊j · n_out / n_in⌋``), as
+    ``F.interpolate((g_out > 0).float(), size=H_in) * g_in`` in ``src/gnl.py`` of
+    github.com/hjkwonispl/gnl. The forward is ``pool(x)`` unchanged.
+
+    Example:
+        >>> y = nearest_sign_maxpool(lambda t: tf.nn.max_pool2d(t, 3, 2, "VALID"), x, (1, 2))
+    """
+
+    @tf.custom_gradient
+    def pooled(inputs):
+        def backward(upstream):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                again = pool(inputs)
+            plain = tape.gradient(again, inputs, output_gradients=upstream)
+            mask = _nearest_upsample(tf.cast(upstream > 0, plain.dtype), inputs, spatial_axes)
+            return plain * mask
+
+        return tf.identity(pool(inputs)), backward
+
+    return pooled(x)
+
+
+def _guided_pool_layer(base: Type[keras.layers.Layer], dims: int) -> Type[keras.layers.Layer]:
+    """A subclass of the local max-pool ``base`` with the guided backward of ``maxpool_rule``."""
+
+    def __init__(self, *args, maxpool_rule: str = "paper", **kwargs):
+        base.__init__(self, *args, **kwargs)
+        self.maxpool_rule = check_maxpool_rule(maxpool_rule)
+
+    def call(self, inputs):
+        with tf.name_scope(GUIDED_SCOPE):
+            if self.maxpool_rule == "code":
+                first = 2 if getattr(self, "data_format", "channels_last") == "channels_first" else 1
+                return nearest_sign_maxpool(lambda t: base.call(self, t), inputs, tuple(range(first, first + dims)))
+            return positive_gradient_gate(base.call(self, inputs))
+
+    def get_config(self):
+        return dict(base.get_config(self), maxpool_rule=self.maxpool_rule)
+
+    name = "Guided" + base.__name__
+    doc = (f"``keras.layers.{base.__name__}`` with the guided backward of Kwon et al.: the same forward; "
+           "backward ``relu(∂F/∂y_i ⊙ 1[x_ij = y_i])`` (``maxpool_rule=\"paper\"``, default) or the "
+           "authors' code's plain gradient ⊙ nearest-upsampled ``1[∂F/∂y > 0]`` (``\"code\"``, "
+           ":func:`nearest_sign_maxpool`).")
+    cls = type(name, (base,), {"__init__": __init__, "call": call, "get_config": get_config,
+                               "__doc__": doc, "__module__": __name__})
+    return keras.saving.register_keras_serializable(package="tfattr", name=name)(cls)
+
+
 def _guided_layer(base: Type[keras.layers.Layer]) -> Type[keras.layers.Layer]:
     """A subclass of ``base`` whose output passes through :func:`positive_gradient_gate`."""
 
@@ -172,9 +264,9 @@ def _guided_layer(base: Type[keras.layers.Layer]) -> Type[keras.layers.Layer]:
 GuidedReLU = _guided_layer(keras.layers.ReLU)
 GuidedLeakyReLU = _guided_layer(keras.layers.LeakyReLU)
 GuidedPReLU = _guided_layer(keras.layers.PReLU)
-GuidedMaxPooling1D = _guided_layer(keras.layers.MaxPooling1D)
-GuidedMaxPooling2D = _guided_layer(keras.layers.MaxPooling2D)
-GuidedMaxPooling3D = _guided_layer(keras.layers.MaxPooling3D)
+GuidedMaxPooling1D = _guided_pool_layer(keras.layers.MaxPooling1D, 1)
+GuidedMaxPooling2D = _guided_pool_layer(keras.layers.MaxPooling2D, 2)
+GuidedMaxPooling3D = _guided_pool_layer(keras.layers.MaxPooling3D, 3)
 GuidedGlobalMaxPooling1D = _guided_layer(keras.layers.GlobalMaxPooling1D)
 GuidedGlobalMaxPooling2D = _guided_layer(keras.layers.GlobalMaxPooling2D)
 GuidedGlobalMaxPooling3D = _guided_layer(keras.layers.GlobalMaxPooling3D)
@@ -191,6 +283,7 @@ _GUIDED_CLASSES: Dict[type, type] = {
     keras.layers.GlobalMaxPooling3D: GuidedGlobalMaxPooling3D,
 }
 _ALREADY_GUIDED = tuple(_GUIDED_CLASSES.values())
+_LOCAL_POOLS = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
 
 
 def _is_guided(layer) -> bool:
@@ -222,16 +315,20 @@ def _op_replacement(op):
     return call
 
 
-def guided_replacement(layer) -> Optional[keras.layers.Layer]:
+def guided_replacement(layer, maxpool_rule: str = "paper") -> Optional[keras.layers.Layer]:
     """The guided clone of one leaf layer, or ``None`` when the layer has nothing to guide.
 
     Exact classes only: a subclass of ``ReLU`` may override ``call`` and is left to the scan.
+    Local max-pools get ``maxpool_rule`` (see :data:`MAXPOOL_RULES`).
     """
     if not isinstance(layer, keras.layers.Layer):
         return _op_replacement(layer)
     guided_class = _GUIDED_CLASSES.get(type(layer))
     if guided_class is not None:
-        return guided_class.from_config(layer.get_config())
+        config = layer.get_config()
+        if type(layer) in _LOCAL_POOLS:
+            config["maxpool_rule"] = maxpool_rule
+        return guided_class.from_config(config)
     activation = vars(layer).get("activation")  # a plain attribute, not an RNN's property
     if activation is not None and is_relu_function(activation):
         clone = layer.__class__.from_config(layer.get_config())
@@ -248,7 +345,7 @@ def _describe_left_alone(left_alone) -> str:
             "inside a custom layer's call()")
 
 
-def guided_clone(model: keras.Model, on_unswappable: str = "warn") -> keras.Model:
+def guided_clone(model: keras.Model, on_unswappable: str = "warn", maxpool_rule: str = "paper") -> keras.Model:
     r"""A copy of ``model`` with every ReLU and max-pool guided (Kwon, Koo & Cho).
 
     The clone computes exactly the original outputs; its gradients are the guided ones
@@ -267,6 +364,11 @@ def guided_clone(model: keras.Model, on_unswappable: str = "warn") -> keras.Mode
             guided layers (custom layers calling ``tf.nn.relu``…): ``"warn"`` (default, a
             :class:`~tfattr.surgery.SurgeryWarning` naming the layers) or ``"raise"``
             (:class:`~tfattr.errors.InvalidInputError`).
+        maxpool_rule: the backward of local max-pools: ``"paper"`` (default,
+            ``relu(∂F/∂y_i ⊙ 1[x_ij = y_i])``) or ``"code"`` (the authors' PyTorch hook: plain
+            gradient ⊙ nearest-upsampled ``1[∂F/∂y > 0]``, :func:`nearest_sign_maxpool`; the same
+            as the paper's for 2×2/2 pools on even sizes, different where windows overlap).
+            Each rule has its own cached clone.
 
     Returns:
         The guided clone; :func:`tfattr.surgery.surgery_report` lists the layers changed
@@ -287,16 +389,18 @@ def guided_clone(model: keras.Model, on_unswappable: str = "warn") -> keras.Mode
     if on_unswappable not in ("warn", "raise"):
         raise InvalidInputError("`on_unswappable` must be 'warn' or 'raise'. "
                                 + received("on_unswappable", on_unswappable))
-    clone = cached_clone("guided", model)
+    maxpool_rule = check_maxpool_rule(maxpool_rule)
+    kind = "guided" if maxpool_rule == "paper" else "guided_" + maxpool_rule
+    clone = cached_clone(kind, model)
     if clone is None:
-        clone, pairs = clone_with(model, guided_replacement, "guided_clone")
+        clone, pairs = clone_with(model, partial(guided_replacement, maxpool_rule=maxpool_rule), "guided_clone")
         variable_pairs = copy_weights(pairs)
         changed = [path for path, (source, _, replaced) in _paths(model, pairs)
                    if replaced or (isinstance(source, keras.layers.Layer) and _is_guided(source))]
         left_alone = scan_ops(clone, UNSWAPPED_OP_TYPES, GUIDED_SCOPE)
         report = SurgeryReport("guided", tuple(changed), left_alone)
         register(clone, report, variable_pairs)
-        store_clone("guided", model, clone)
+        store_clone(kind, model, clone)
     report = surgery_report(clone)
     if report.left_alone:
         message = f"guided_clone({model.name!r}): " + _describe_left_alone(report.left_alone)
