@@ -29,7 +29,7 @@ from tfattr.baselines import (
     train_uniform_baseline,
 )
 from tfattr.baselines import saved as saved_module
-from tfattr.baselines.uniform_output import OUTPUT_LOSSES
+from tfattr.baselines.uniform_output import OUTPUT_LOSSES, RMSpropKeras2
 from tfattr.cli import main
 from tfattr.data import digits_on_photos
 from tfattr.errors import InvalidInputError, InvalidTypeError
@@ -142,6 +142,75 @@ def test_maxabs_stalled_on_a_vanishing_class_warns_and_crossentropy_escapes():
         stalled = train_uniform_baseline(model, verbose=0)
     escaped = train_uniform_baseline(model, output_loss="crossentropy", learning_rate=1e-2, verbose=0)
     assert escaped.after["max_abs_error"] < stalled.after["max_abs_error"] / 2
+
+
+def test_rmsprop_keras2_divides_by_sqrt_ms_plus_eps_where_keras3_divides_by_sqrt_of_ms_plus_eps():
+    # two steps by hand: ms₁ = 0.1 g₁², w₁ = w₀ − lr g₁/(√ms₁ + ε); ms₂ = 0.9 ms₁ + 0.1 g₂², w₂ = w₁ − lr g₂/(√ms₂ + ε)
+    lr, eps = 0.5, 1e-7
+    g1, g2 = np.array([6e-5, -2e-4, 0.0, 1.0]), np.array([-3e-5, 1e-4, 5e-5, 1.0])
+    w = keras.Variable(np.zeros(4), dtype="float64")
+    optimizer = RMSpropKeras2(learning_rate=lr)
+    ms1 = 0.1 * g1**2
+    w1 = -lr * g1 / (np.sqrt(ms1) + eps)
+    ms2 = 0.9 * ms1 + 0.1 * g2**2
+    w2 = w1 - lr * g2 / (np.sqrt(ms2) + eps)
+    optimizer.apply([tf.constant(g1)], [w])
+    np.testing.assert_allclose(w.numpy(), w1, rtol=1e-12, atol=0)
+    optimizer.apply([tf.constant(g2)], [w])
+    np.testing.assert_allclose(w.numpy(), w2, rtol=1e-12, atol=0)
+    # a pixel gradient of 6e-5: Keras 2 steps ≈ lr/√0.1 = 1.58, Keras 3's RMSprop lr·g/√(0.1 g² + ε) = 0.094
+    assert w1[0] == pytest.approx(-lr / np.sqrt(0.1), rel=1e-2)
+    keras3 = keras.Variable(np.zeros(4), dtype="float64")
+    keras.optimizers.RMSprop(learning_rate=lr).apply([tf.constant(g1)], [keras3])
+    assert keras3.numpy()[0] == pytest.approx(-lr * g1[0] / np.sqrt(0.1 * g1[0] ** 2 + eps), rel=1e-9)
+    assert abs(keras3.numpy()[0]) < abs(w1[0]) / 10
+
+
+def test_one_trainer_step_with_rmsprop_keras2_is_the_hand_computed_update(classifier):
+    # the baseline lives on a 0–1000 scale (preprocess b/1000), so its gradients are ~1e-4 and below, as
+    # on a 224-px classifier's 0–255 pixels: there Keras 2's and Keras 3's RMSprop steps part
+    lam, lr = 0.99, 1.0
+
+    def to_unit(b):
+        return b / 1000.0
+
+    result = train_uniform_baseline(classifier, lam=lam, learning_rate=lr, optimizer="rmsprop_keras2", steps=1,
+                                    keep="final", patience=None, preprocess=to_unit, value_range=(0, 1000), verbose=0)
+    b0 = tf.constant(np.zeros((1, SIZE, SIZE, 3), np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(b0)
+        loss = lam * tf.reduce_max(tf.abs(classifier(to_unit(b0), training=False) - 1.0 / CLASSES))  # MSE' = 0 at b0
+    g = tape.gradient(loss, b0).numpy()[0].astype(np.float64)
+    keras2 = -lr * g / (np.sqrt(0.1 * g**2) + 1e-7)
+    keras3 = -lr * g / np.sqrt(0.1 * g**2 + 1e-7)
+    assert np.abs(g).max() < 1e-3 and np.abs(keras3).max() < np.abs(keras2).max() / 5
+    np.testing.assert_allclose(result.baseline, keras2, rtol=1e-3, atol=1e-3 * np.abs(keras2).max())
+    assert result.config["optimizer"] == "rmsprop_keras2" and result.config["keep"] == "final"
+
+
+def test_keep_final_returns_the_last_steps_baseline_and_keep_best_the_lowest_output_loss(classifier, tmp_path):
+    # steps of ±lr/√0.1 ≈ ±9.5 per pixel on the [0, 1] scale throw the baseline far outside: the softmax
+    # saturates (max-abs 0.75 = 1 − 1/4) and the start (black, max-abs ~0.35) stays the best
+    settings = dict(optimizer="rmsprop_keras2", learning_rate=3.0, lam=0.99, steps=2, patience=None, verbose=0)
+    final = train_uniform_baseline(classifier, keep="final", **settings)
+    best = train_uniform_baseline(classifier, keep="best", **settings)
+    losses = np.array(final.history["output_loss"])
+    assert len(losses) == 3 and final.steps_run == 2 and losses[-1] > 1.5 * losses[0]
+    t = np.full(CLASSES, 1.0 / CLASSES)
+    assert np.abs(probabilities(classifier, final.baseline) - t).max() == pytest.approx(losses[-1], rel=1e-4)
+    assert final.after["max_abs_error"] == pytest.approx(losses[-1], rel=1e-4)
+    assert np.abs(final.baseline).max() > 5.0
+    assert best.best_step == 0
+    np.testing.assert_array_equal(best.baseline, np.zeros((SIZE, SIZE, 3), np.float32))
+    assert "final kept" in final.report() and "final kept" not in best.report()
+    save_baseline(final, str(tmp_path / "final"))
+    loaded = load_baseline(str(tmp_path / "final"), model=classifier)
+    assert loaded.metadata["training"]["keep"] == "final" and "final kept" in loaded.report()
+    np.testing.assert_array_equal(loaded.array, final.baseline)
+    with pytest.raises(InvalidInputError, match="Received: keep='last'"):
+        train_uniform_baseline(classifier, keep="last", verbose=0)
+    with pytest.raises(InvalidInputError, match="Received: optimizer='rmsprop2'"):
+        train_uniform_baseline(classifier, optimizer="rmsprop2", verbose=0)
 
 
 def test_invalid_arguments_raise_errors_that_name_the_argument(classifier):
@@ -444,3 +513,17 @@ def test_cli_trains_saves_and_shows_a_baseline(classifier, tmp_path, capsys):
     tiny_classifier(seed=1).save(other)
     assert main(["baseline", "show", out, "--model", other]) == 2
     assert "trained for another model" in capsys.readouterr().err
+
+
+def test_cli_passes_optimizer_and_keep_to_the_trainer(classifier, tmp_path, capsys):
+    model_path = str(tmp_path / "tiny.keras")
+    classifier.save(model_path)
+    out = str(tmp_path / "notebook")
+    assert main(["baseline", "train", "--model", model_path, "--out", out, "--steps", "3", "--optimizer",
+                 "rmsprop_keras2", "--keep", "final", "--lam", "0.99", "--learning-rate", "0.1", "--quiet"]) == 0
+    training = load_baseline(out).metadata["training"]
+    assert (training["optimizer"], training["keep"], training["steps_run"]) == ("rmsprop_keras2", "final", 3)
+    assert "final kept" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["baseline", "train", "--model", model_path, "--out", out, "--keep", "last"])
+    assert "invalid choice: 'last'" in capsys.readouterr().err

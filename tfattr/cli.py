@@ -2,7 +2,7 @@
 
     tfattr explain --model model.keras --images a.png b.jpg --method ig --baseline blur --out out/
     tfattr demo [--out outputs/demo]
-    tfattr baseline train --model model.keras|vgg19 --out saved_baselines/NAME [--lam 0.9 --loss maxabs ...]
+    tfattr baseline train --model model.keras|vgg19|efficientnet_lite0 --out saved_baselines/NAME [--lam 0.9 ...]
     tfattr baseline show saved_baselines/NAME [--model model.keras]
 
 ``explain`` writes one overlay PNG per image and method, named by the image file's stem (``stem-2``,
@@ -213,9 +213,11 @@ def _parser() -> argparse.ArgumentParser:
     train = baseline_sub.add_parser(
         "train", help="train a baseline whose output through the model is uniform, save it as a SavedModel folder")
     train.add_argument("--model", required=True,
-                       help="path to a .keras file loadable by keras, or 'vgg19' (keras.applications.VGG19)")
+                       help="path to a .keras file loadable by keras, 'vgg19' (keras.applications.VGG19) or "
+                            "'efficientnet_lite0' (tfattr.data.EfficientNetLite0, offline; RGB in [0, 255])")
     train.add_argument("--weights", default="imagenet",
-                       help="VGG19 weights: 'imagenet' (downloads once) or 'none' (random; for timing)")
+                       help="weights of vgg19/efficientnet_lite0: 'imagenet' (VGG19 downloads once) or 'none' "
+                            "(random; for timing)")
     train.add_argument("--out", required=True, help="destination folder, e.g. saved_baselines/NAME")
     train.add_argument("--start", default="black", help="starting baseline: black, zero, uniform or a number")
     train.add_argument("--lam", type=_number("--lam"), default=0.9, help="λ in λ·L_out + (1 − λ)·MSE(b, b0) (default: 0.9)")
@@ -223,11 +225,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="output loss L_out (default: maxabs, the paper's best)")
     train.add_argument("--steps", type=_integer("--steps", 1), default=500, help="maximum optimiser steps (default: 500)")
     train.add_argument("--learning-rate", type=_number("--learning-rate", "> 0"), default=None,
-                       help="RMSprop learning rate (default: 1e-3 × (high − low))")
+                       help="the optimiser's learning rate (default: 1e-3 × (high − low))")
+    train.add_argument("--optimizer", default="rmsprop", choices=("rmsprop", "rmsprop_keras2", "adam", "sgd"),
+                       help="rmsprop (Keras 3: lr·g/sqrt(ms + eps); default), rmsprop_keras2 (lr·g/(sqrt(ms) + eps), "
+                            "the authors' notebook), adam or sgd")
+    train.add_argument("--keep", default="best", choices=("best", "final"),
+                       help="return the baseline of the lowest output loss (default) or the last step's "
+                            "(the authors' notebook)")
     train.add_argument("--patience", type=_integer("--patience", 0), default=100,
                        help="stop after this many steps without a better output loss; 0 = never (default: 100)")
     train.add_argument("--value-range", type=_number("--value-range"), nargs=2, default=None, metavar=("LOW", "HIGH"),
-                       help="the baseline's value range; black = LOW (default: 0 1; 0 255 for vgg19)")
+                       help="the baseline's value range; black = LOW (default: 0 1; 0 255 for vgg19 and "
+                            "efficientnet_lite0)")
     train.add_argument("--preprocess", default=None,
                        help="preprocessing between baseline and model: none, caffe/vgg19, tf, torch "
                             "(default: none; vgg19 for --model vgg19)")
@@ -240,7 +249,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     show = baseline_sub.add_parser("show", help="print a saved baseline's metadata and before/after statistics")
     show.add_argument("path", help="saved baseline folder")
-    show.add_argument("--model", default=None, help="also check that this .keras model is the one it was trained for")
+    show.add_argument("--model", default=None, help="also check that this .keras model (or efficientnet_lite0) is the "
+                                                     "one it was trained for")
     show.add_argument("--json", action="store_true", help="print metadata.json as it is")
     return parser
 
@@ -412,9 +422,13 @@ def _demo(args) -> int:
 def _baseline_model(args):
     import keras
 
+    weights = None if args.weights.lower() == "none" else args.weights
+    if args.model.lower() == "efficientnet_lite0":
+        from tfattr.data import EfficientNetLite0
+
+        return EfficientNetLite0(weights=weights), None, (0.0, 255.0)
     if args.model.lower() != "vgg19":
         return _load_keras_file(args.model), None, (0.0, 1.0)
-    weights = None if args.weights.lower() == "none" else args.weights
     try:
         model = keras.applications.VGG19(weights=weights)
     except Exception as error:  # keras raises a bare Exception when the download fails
@@ -429,7 +443,11 @@ def _baseline(args) -> int:
 
     if args.baseline_command == "show":
         model = None
-        if args.model is not None:
+        if args.model is not None and args.model.lower() == "efficientnet_lite0":
+            from tfattr.data import EfficientNetLite0
+
+            model = EfficientNetLite0()
+        elif args.model is not None:
             model = _load_keras_file(args.model)
         loaded = load_baseline(args.path, model=model)
         if args.json:
@@ -464,7 +482,7 @@ def _baseline(args) -> int:
         learning_rate=args.learning_rate, preprocess=preprocess,
         value_range=tuple(args.value_range) if args.value_range is not None else default_range,
         outputs=args.outputs, patience=args.patience if args.patience != 0 else None, seed=args.seed,
-        verbose=0 if args.quiet else 1,
+        verbose=0 if args.quiet else 1, optimizer=args.optimizer, keep=args.keep,
     )
     if args.quiet:
         print(trained.report())

@@ -207,7 +207,8 @@ class SavedBaseline:
                   f"{meta['model'].get('name')!r} ({meta['model']['fingerprint'][:19]}…), start {meta['baseline'].get('start')!r}, "
                   f"preprocessing {meta['baseline'].get('preprocessing')!r}, tfattr {meta.get('library_version')}")
         extra = (f"steps {training['steps_run']} of {training['steps']} (best at {training['best_step']}"
-                 f"{', stopped early' if training.get('stopped_early') else ''}), optimizer {training.get('optimizer')}, "
+                 f"{', stopped early' if training.get('stopped_early') else ''}"
+                 f"{', final kept' if training.get('keep') == 'final' else ''}), optimizer {training.get('optimizer')}, "
                  f"learning rate {training.get('learning_rate')}")
         body = format_report(stats["before"], stats["after"], stats["pixels"], config,
                              meta["target_distribution"]["values"], extra=extra)
@@ -262,6 +263,7 @@ def _metadata(result, name: str) -> Dict[str, Any]:
             "min_delta": config["min_delta"],
             "optimizer": config["optimizer"],
             "learning_rate": config["learning_rate"],
+            "keep": config.get("keep", "best"),
             "seed": config["seed"],
             "seconds": round(float(result.seconds), 3),
         },

@@ -56,6 +56,9 @@ __all__ = [
     "PREPROCESSING",
     "TrainedBaseline",
     "MaxAbsStallWarning",
+    "OPTIMIZERS",
+    "KEEP",
+    "RMSpropKeras2",
     "train_uniform_baseline",
     "model_fingerprint",
     "output_statistics",
@@ -194,8 +197,9 @@ class TrainedBaseline:
             and ``max_abs_change``.
         history: ``loss``, ``output_loss`` and ``pixel_loss`` of every evaluated baseline
             (entry ``i`` = the baseline after ``i`` updates) and ``seconds`` (wall time since
-            the start, the first step includes tracing); the returned baseline is entry
-            :attr:`best_step`, the lowest output loss.
+            the start, the first step includes tracing); with ``keep="best"`` the returned
+            baseline is entry :attr:`best_step`, the lowest output loss; with ``keep="final"``
+            the one after the last update (entry :attr:`steps_run` when all steps ran).
         config: the training settings (``lam``, ``output_loss``, ``steps``, ``learning_rate``,
             ``value_range``, ``preprocessing``, ``start``, ``outputs``, ``seed``, …).
         model_info: the classifier's fingerprint (:func:`model_fingerprint`), name, input
@@ -240,7 +244,9 @@ class TrainedBaseline:
         """A few lines: the output statistics before/after and the pixel range."""
         return format_report(self.before, self.after, self.pixels, self.config, self.target_distribution,
                              extra=f"steps run {self.steps_run} (best at {self.best_step}"
-                                   f"{', stopped early' if self.stopped_early else ''}), {self.seconds:.1f}s")
+                                   f"{', stopped early' if self.stopped_early else ''}"
+                                   f"{', final kept' if self.config.get('keep') == 'final' else ''}), "
+                                   f"{self.seconds:.1f}s")
 
 
 def format_report(before, after, pixels, config, target, extra: str = "") -> str:
@@ -401,6 +407,52 @@ def _output_kind(model, outputs: str, start_output: np.ndarray) -> str:
 
 
 # -- training ------------------------------------------------------------------------------------
+#: optimiser names :func:`train_uniform_baseline` takes
+OPTIMIZERS = ("rmsprop", "rmsprop_keras2", "adam", "sgd")
+#: which evaluated baseline :func:`train_uniform_baseline` returns
+KEEP = ("best", "final")
+
+
+class RMSpropKeras2(keras.optimizers.Optimizer):
+    """RMSprop as Keras 2 computed it: ``ms ← ρ·ms + (1 − ρ)·g²``, ``w ← w − lr·g / (√ms + ε)``.
+
+    Keras 3's :class:`keras.optimizers.RMSprop` divides by ``√(ms + ε)`` instead. With
+    ``ε = 1e-7`` the two agree for large gradients, but for pixel gradients of ~1e-4 and below
+    (a 224×224 classifier's output loss) ``√ε ≈ 3.2e-4`` dominates Keras 3's denominator and its
+    steps shrink to ``lr·g/√ε``, while Keras 2's stay ``≈ lr·g/√ms`` (≈ ``lr`` per pixel once ``ms``
+    has built up: a sign-like step). The uniform-output notebook of Lerma & Lucas ran Keras 2.
+    Without momentum and not centred (Keras 2's defaults, ``ρ = 0.9``, ``ε = 1e-7``), ``ms``
+    starting at 0.
+
+    Example:
+        >>> train_uniform_baseline(model, optimizer="rmsprop_keras2", learning_rate=0.1, lam=0.99,
+        ...                        steps=200, keep="final", value_range=(0, 255))  # the notebook
+    """
+
+    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7, name="rmsprop_keras2", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.rho = rho
+        self.epsilon = epsilon
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._mean_squares = self.add_optimizer_variables(var_list, "mean_square")
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = keras.ops.cast(learning_rate, variable.dtype)
+        gradient = keras.ops.cast(gradient, variable.dtype)
+        mean_square = self._mean_squares[self._get_variable_index(variable)]
+        self.assign(mean_square, self.rho * mean_square + (1.0 - self.rho) * keras.ops.square(gradient))
+        self.assign_sub(variable, lr * gradient / (keras.ops.sqrt(mean_square) + self.epsilon))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"rho": self.rho, "epsilon": self.epsilon})
+        return config
+
+
 def _build_generator(model, start: np.ndarray, preprocess, variable_dtype: str) -> Tuple[keras.Model, keras.layers.Dense]:
     """constant 1.0 → Dense(H·W·C, no bias, kernel = b₀) → Reshape → preprocess → model."""
     shape = start.shape
@@ -436,6 +488,7 @@ def train_uniform_baseline(
     optimizer: Union[str, keras.optimizers.Optimizer] = "rmsprop",
     seed: Optional[int] = 0,
     verbose: Union[int, bool, str] = "auto",
+    keep: str = "best",
 ) -> TrainedBaseline:
     r"""Train a baseline whose output through ``model`` is ``target_distribution`` (Lerma & Lucas, eq. 8).
 
@@ -474,14 +527,18 @@ def train_uniform_baseline(
         outputs: ``"auto"`` (softmax head or rows summing to 1 → probabilities, else
             logits), ``"probabilities"`` or ``"logits"`` (a softmax is applied).
         patience: stop when the output loss has not improved by more than ``min_delta``
-            for this many steps (``None``: run all ``steps``). The baseline of the best
-            output loss is returned.
+            for this many steps (``None``: run all ``steps``).
         min_delta: smallest decrease of the output loss that counts as an improvement.
-        optimizer: ``"rmsprop"`` (default, the notebook's), ``"adam"``, ``"sgd"`` or a Keras
-            optimizer instance (its learning rate is then its own).
+        optimizer: ``"rmsprop"`` (default; Keras 3's, ``lr·g/√(ms + ε)``), ``"rmsprop_keras2"``
+            (:class:`RMSpropKeras2`, ``lr·g/(√ms + ε)``, the rule of the authors' notebook, which
+            ran Keras 2), ``"adam"``, ``"sgd"`` or a Keras optimizer instance (its learning rate
+            is then its own).
         seed: seed of a random ``start``.
         verbose: progress bar and final report: ``"auto"`` (bar for ≥ 64 steps, no
             report), ``1`` (both) or ``0`` (silent).
+        keep: ``"best"`` (default) returns the evaluated baseline with the lowest output loss
+            (:attr:`TrainedBaseline.best_step`); ``"final"`` returns the weights after the last
+            step, as the authors' notebook kept them (``after`` then describes that baseline).
 
     Returns:
         A :class:`TrainedBaseline`; ``.report()`` prints the before/after statistics.
@@ -509,13 +566,16 @@ def train_uniform_baseline(
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.integer, np.floating)) \
             or not (np.isfinite(learning_rate) and learning_rate > 0):
         raise InvalidInputError("`learning_rate` must be a positive number. " + received("learning_rate", learning_rate))
+    if not isinstance(keep, str) or keep not in KEEP:
+        raise InvalidInputError(f"`keep` must be one of {list(KEEP)}. " + received("keep", keep))
     target = _check_target(target_distribution, classes)
     preprocess_fn, preprocess_name = _check_preprocess(preprocess)
     start_array, start_name = _start_array(start, shape, value_range, seed)
     if isinstance(optimizer, str):
-        makers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
+        makers = {"rmsprop": keras.optimizers.RMSprop, "rmsprop_keras2": RMSpropKeras2,
+                  "adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
         if optimizer.lower() not in makers:
-            raise InvalidInputError(f"`optimizer` must be one of {sorted(makers)} or a Keras optimizer. "
+            raise InvalidInputError(f"`optimizer` must be one of {list(OPTIMIZERS)} or a Keras optimizer. "
                                     + received("optimizer", optimizer))
         optimizer_name = optimizer.lower()
         optimizer = makers[optimizer_name](learning_rate=float(learning_rate))
@@ -598,7 +658,8 @@ def train_uniform_baseline(
             break
     else:  # the state after the last update has not been evaluated yet
         record(steps_run, dense.kernel.numpy(), [v.numpy() for v in losses()[:3]])
-    dense.kernel.assign(best_kernel)
+    if keep == "best":
+        dense.kernel.assign(best_kernel)
     image, out = generator(one, training=False)
     final_p = probabilities_and_log(out)[0].numpy()[0]
     seconds = time.perf_counter() - begin
@@ -627,8 +688,9 @@ def train_uniform_baseline(
             "lam": lam,
             "output_loss": loss_name,
             "steps": steps,
-            "learning_rate": float(learning_rate) if optimizer_name in ("rmsprop", "adam", "sgd") else None,
+            "learning_rate": float(learning_rate) if optimizer_name in OPTIMIZERS else None,
             "optimizer": optimizer_name,
+            "keep": keep,
             "patience": patience,
             "min_delta": float(min_delta),
             "value_range": [float(low), float(high)],
