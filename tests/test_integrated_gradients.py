@@ -10,6 +10,7 @@ from conftest import CHUNK_SIZES, as_image, assert_float32_close, scalar_model, 
 
 from tfattr import Gradient, InputXGradient, IntegratedGradients
 from tfattr.core.quadrature import RULES
+from tfattr.errors import InvalidInputError
 
 relu = keras.ops.relu
 
@@ -206,3 +207,33 @@ def test_a_model_that_writes_its_variables_runs_its_chunks_one_at_a_time(images)
         method = IntegratedGradients(plain, steps=4, verbose=0)
         method.attribute(images, target=0)
         assert [fn.writes_state for fn in method._engines[("index", False)]._compiled.values()] == [False]
+
+
+def test_per_image_baselines_give_each_image_its_own_draws_and_the_same_result_alone_or_in_a_batch(relu_cnn, images):
+    # the SmoothTaylor authors' code draws IG_noise's baselines per image; tfattr's default shares draw n
+    options = dict(baseline="uniform", n_baselines=3, steps=8, seed=5)
+    per_image = IntegratedGradients(relu_cnn, per_image_baselines=True, **options)
+    shared = IntegratedGradients(relu_cnn, **options)
+    twin = np.concatenate([images, images[:1]])  # image 0 twice: the same pixels, the same draws
+    drawn = per_image.make_baselines(twin, per_image.config).array
+    assert drawn.shape == (4, 3, 16, 16, 3) and shared.make_baselines(twin, shared.config).array.shape[0] == 1
+    np.testing.assert_array_equal(drawn[3], drawn[0])
+    assert np.abs(drawn[0] - drawn[1]).mean() > 0.2 and np.abs(drawn[1] - drawn[2]).mean() > 0.2
+    batch = per_image.attribute(twin, target=[0, 1, 2, 0])
+    reversed_batch = per_image.attribute(twin[::-1], target=[0, 2, 1, 0])
+    for e in range(3):
+        alone = per_image.attribute(images[e:e + 1], target=[0, 1, 2][e])
+        assert_float32_close(batch.attributions[e:e + 1], alone.attributions)
+        assert_float32_close(reversed_batch.attributions[3 - e:4 - e], alone.attributions)
+    assert_float32_close(batch.attributions[3:], batch.attributions[:1])
+    # completeness holds against each image's own baselines, and they are not the shared ones
+    common = shared.attribute(images, target=[0, 1, 2])
+    assert np.abs(batch.baseline_scores[:3] - common.baseline_scores).max() > 1e-4
+    np.testing.assert_allclose(batch.attributions.reshape(4, -1).sum(1) - (batch.scores - batch.baseline_scores),
+                               batch.delta, rtol=1e-6, atol=1e-6)
+    # blocks of draws until a standard error (here never reached: all max_baselines = 4 drawn) = 4 draws at once
+    with pytest.warns(RuntimeWarning):
+        blocks = per_image.attribute(images, target=0, n_baselines=2, baseline_tolerance=1e-9, max_baselines=4)
+    assert_float32_close(blocks.attributions, per_image.attribute(images, target=0, n_baselines=4).attributions)
+    with pytest.raises(InvalidInputError, match="Received: per_image_baselines='yes'"):
+        IntegratedGradients(relu_cnn, per_image_baselines="yes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 
@@ -18,6 +19,15 @@ from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained
 
 __all__ = ["IntegratedGradients"]
+
+
+def _image_seed(seed, image: np.ndarray):
+    """The seed of one image's own baseline draws: ``seed`` and a SHA-256 of its pixels as float64
+    (``None`` stays fresh entropy)."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(str(int(seed)).encode() + b":" + np.ascontiguousarray(image, np.float64).tobytes())
+    return int.from_bytes(digest.digest()[:8], "little")
 
 
 class IntegratedGradients(AttributionMethod):
@@ -45,6 +55,13 @@ class IntegratedGradients(AttributionMethod):
             :func:`tfattr.data.keras_application`), else ``(0, 1)``. With a baseline that uses it,
             inputs outside it raise a :class:`~tfattr.errors.ValueRangeWarning`.
         seed: seed of the baseline draws (default 0).
+        per_image_baselines: ``False`` (default): draw ``n`` of a random baseline is the same for
+            every image of a batch (it depends on ``seed`` and ``n`` only). ``True``: each image
+            gets its own draws, as the SmoothTaylor authors' code draws IG_noise's baselines per
+            image; image ``e``'s stream is seeded by ``seed`` and a SHA-256 of its pixels (as
+            float64), so an image still gets the same result alone, in any batch or position,
+            or on any replica, and two different images get independent draws. Holds ``N × K``
+            baselines in memory instead of ``K``. No effect on deterministic baselines.
         sigma, blur_sigma, value: options of the gaussian, blur and constant baselines.
         tolerance: ask for an accuracy instead of a step count: refine each example on
             nested trapezoid grids (2, 3, 5, 9, 17, … nodes; no gradient is computed twice)
@@ -93,6 +110,7 @@ class IntegratedGradients(AttributionMethod):
         "n_baselines": 1,
         "value_range": None,
         "seed": 0,
+        "per_image_baselines": False,
         "sigma": None,
         "blur_sigma": 5.0,
         "value": None,
@@ -109,6 +127,9 @@ class IntegratedGradients(AttributionMethod):
         n = config["n_baselines"]
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise InvalidInputError("`n_baselines` must be a positive integer. " + received("n_baselines", n))
+        if config.get("per_image_baselines", False) not in (True, False):
+            raise InvalidInputError("`per_image_baselines` must be True or False. "
+                                    + received("per_image_baselines", config["per_image_baselines"]))
         tol = config.get("tolerance")
         if tol is not None and not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
             raise InvalidInputError("`tolerance` must be a positive number (a relative completeness error) or "
@@ -138,6 +159,8 @@ class IntegratedGradients(AttributionMethod):
             baseline += f" to {config['baseline_tolerance']:g} s.e."
         elif config.get("n_baselines", 1) > 1:
             baseline += f" x{config['n_baselines']}"
+        if config.get("per_image_baselines") and is_random(config["baseline"]):
+            baseline += " per image"
         if config.get("tolerance") is not None:
             return f"{self.name}(baseline={baseline}, tolerance={config['tolerance']:g})"
         return f"{self.name}(baseline={baseline}, steps={config['steps']}, rule={config['rule']})"
@@ -155,16 +178,14 @@ class IntegratedGradients(AttributionMethod):
         return {}
 
     def make_baselines(self, x_array: np.ndarray, config):
-        return make_baselines(
-            config["baseline"],
-            x_array,
-            value_range=config["value_range"],
-            n_baselines=config["n_baselines"],
-            seed=config["seed"],
-            sigma=config["sigma"],
-            blur_sigma=config["blur_sigma"],
-            value=config["value"],
-        )
+        options = dict(value_range=config["value_range"], n_baselines=config["n_baselines"], sigma=config["sigma"],
+                       blur_sigma=config["blur_sigma"], value=config["value"])
+        if not (config.get("per_image_baselines") and is_random(config["baseline"])):
+            return make_baselines(config["baseline"], x_array, seed=config["seed"], **options)
+        sets = [make_baselines(config["baseline"], x_array[e:e + 1], seed=_image_seed(config["seed"], x_array[e]),
+                               **options) for e in range(len(x_array))]
+        return BaselineSet(np.concatenate([one.array for one in sets]), sets[0].name + " per image",
+                           relative=sets[0].relative, clip=sets[0].clip)
 
     def _explain(self, x, targets, fx, config, baselines: BaselineSet = None) -> Explained:
         if baselines is None and config.get("baseline_tolerance") is not None:
@@ -278,7 +299,7 @@ class IntegratedGradients(AttributionMethod):
             size = min(block, cap - drawn)
             if bank is None or bank.count < drawn + size:  # draws 0..K−1 of one sequence, grown by doubling
                 bank = self.make_baselines(x_host, dict(config, n_baselines=min(cap, max(2 * drawn, drawn + size))))
-            part = bank.array[:, drawn:drawn + size]  # shared by every example (random baselines)
+            part = bank.array[todo if bank.per_example else slice(None), drawn:drawn + size]  # shared unless per image
             pseudo = BaselineSet(np.broadcast_to(part, (len(todo),) + part.shape[1:]).reshape((len(todo) * size, 1) + part.shape[2:]),
                                  bank.name, relative=bank.relative, clip=bank.clip)
             out = self._explain(tf.repeat(tf.gather(x, todo), size, axis=0),
