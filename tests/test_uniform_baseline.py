@@ -527,3 +527,22 @@ def test_cli_passes_optimizer_and_keep_to_the_trainer(classifier, tmp_path, caps
     with pytest.raises(SystemExit):
         main(["baseline", "train", "--model", model_path, "--out", out, "--keep", "last"])
     assert "invalid choice: 'last'" in capsys.readouterr().err
+
+
+def test_cli_model_efficientnet_lite0_builds_the_imagenet_loader_on_0_to_255(classifier, tmp_path, monkeypatch, capsys):
+    import tfattr.data
+
+    built = []
+
+    def loader(weights="imagenet"):  # stands in for the 224-px network: the CLI's wiring is under test
+        built.append(weights)
+        return classifier
+
+    monkeypatch.setattr(tfattr.data, "EfficientNetLite0", loader)
+    out = str(tmp_path / "lite0")
+    assert main(["baseline", "train", "--model", "efficientnet_lite0", "--out", out, "--steps", "2", "--quiet"]) == 0
+    meta = load_baseline(out).metadata
+    assert meta["baseline"]["value_range"] == [0.0, 255.0] and meta["baseline"]["preprocessing"] is None
+    assert main(["baseline", "show", out, "--model", "efficientnet_lite0"]) == 0
+    assert "matches efficientnet_lite0" in capsys.readouterr().out
+    assert built == ["imagenet", "imagenet"]
