@@ -29,7 +29,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from tfattr.errors import InvalidInputError, InvalidTypeError, ValueRangeWarning, received
+from tfattr.core.inputs import validate_value_range
+from tfattr.errors import ValueRangeWarning, received
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD_RGB", "IMAGENET_STD", "VALUE_RANGE_ATTRIBUTE", "declared_value_range",
            "resolve_value_range", "range_tolerance", "warn_outside_value_range", "value_range_checked"]
@@ -52,17 +53,7 @@ _EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64"
 _checked = threading.local()
 
 
-def _validate(value_range, name: str) -> Tuple[float, float]:
-    try:
-        low, high = (float(v) for v in value_range)
-    except (TypeError, ValueError):
-        raise InvalidTypeError(
-            f"`{name}` must be a pair (low, high) of numbers, e.g. (0.0, 1.0) or (0.0, 255.0). "
-            + received(name, value_range)
-        ) from None
-    if not (np.isfinite(low) and np.isfinite(high) and low < high):
-        raise InvalidInputError(f"`{name}` must satisfy low < high with finite values. " + received(name, value_range))
-    return low, high
+_validate = validate_value_range  # (low, high) finite floats with low < high
 
 
 def declared_value_range(model) -> Optional[Tuple[float, float]]:
