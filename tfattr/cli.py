@@ -207,6 +207,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
     demo.add_argument("--images", type=_integer("--images", 1), default=6)
     demo.add_argument("--methods", default=None, help="comma-separated method titles (default: all)")
+    demo.add_argument("--photos", default=None,
+                      help="scikit-image photos for the ImageNet classifier, comma-separated, or 'none' "
+                           "(default: chelsea,coffee,rocket,camera)")
+    demo.add_argument("--protocol", choices=("demo", "paper", "quick"), default="demo",
+                      help="metric settings on the photos: demo (default), paper (the papers' exact "
+                           "protocol, about an hour on 2 cores) or quick")
+    demo.add_argument("--no-digits", action="store_true", help="leave out the digits-on-photos part")
 
     baseline = sub.add_parser("baseline", help="train / show uniform-output baselines (Lerma & Lucas 2022)")
     baseline_sub = baseline.add_subparsers(dest="baseline_command", required=True)
@@ -414,6 +421,9 @@ def _demo(args) -> int:
     sys.argv = [script, "--out", args.out, "--images", str(args.images)]
     if args.methods:
         sys.argv += ["--methods", args.methods]
+    if args.photos is not None:
+        sys.argv += ["--photos", args.photos]
+    sys.argv += ["--protocol", args.protocol] + (["--no-digits"] if args.no_digits else [])
     sys.path.insert(0, os.path.dirname(script))
     runpy.run_path(script, run_name="__main__")
     return 0
