@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import tfattr  # noqa: E402
 from tfattr import viz  # noqa: E402
 from tfattr.data import digits_on_photos  # noqa: E402
-from tfattr.evaluation import EvaluationRow, evaluate, format_table, guided_ig_comparison, smoothtaylor_grid  # noqa: E402
+from tfattr.evaluation import evaluate, format_table, guided_ig_comparison, merge_rows, smoothtaylor_grid  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(os.path.dirname(HERE), "examples", "assets", "digits_on_photos_cnn.keras")
@@ -123,19 +123,6 @@ def digits_part(args):
     return text, np.concatenate(curve_panels(st_rows, gig_rows, 64, "digits"), axis=0)
 
 
-def mean_rows(per_photo):
-    """One row per method from per-photo rows: per-image values concatenated (the table shows
-    their means), mean curves averaged, seconds and gradients summed."""
-    merged = []
-    for rows in zip(*per_photo):
-        per_image = {k: np.concatenate([np.atleast_1d(r.per_image[k]) for r in rows]) for k in rows[0].per_image}
-        curves = {k: np.mean([r.curves[k] for r in rows], axis=0) for k in rows[0].curves}
-        merged.append(EvaluationRow(rows[0].method, float(sum(r.seconds for r in rows)),
-                                    int(sum(r.gradients for r in rows)),
-                                    {k: float(np.nanmean(v)) for k, v in per_image.items()}, per_image, curves))
-    return merged
-
-
 def photos_part(args):
     """EfficientNet-Lite0 on scikit-image photos at the papers' exact 224-px protocol, one photo at a time."""
     from tfattr.data import EfficientNetLite0, decode_predictions, imagenet_photos
@@ -159,7 +146,7 @@ def photos_part(args):
         st_per_photo.append(evaluate(model, x, grid, labels=labels, **exact))
         print(f"\nGuided-IG paper comparison on {photo}")
         gig_per_photo.append(evaluate(model, x, comparison, labels=labels, **exact))
-    st_rows, gig_rows = mean_rows(st_per_photo), mean_rows(gig_per_photo)
+    st_rows, gig_rows = merge_rows(st_per_photo), merge_rows(gig_per_photo)
     where = (f"EfficientNet-Lite0 (ImageNet), {len(photos)} photo{'s' if len(photos) > 1 else ''}: "
              + ", ".join(described))
     text = (format_table(st_rows, ST_COLUMNS, title=f"SmoothTaylor paper, Tables I–III layout, {where}; exact "

@@ -203,3 +203,25 @@ def test_every_row_of_the_papers_grids_can_be_cached(model):
     assert sorted(names for names in shared.values() if len(names) > 1) == [["IG zero", "IG"]]
     other = smoothtaylor_grid(model, noise_sizes=(), sigmas=(), aupc_kernel=7)[-2][1]  # adaptive-AUPC
     assert result_key(model, np.zeros((1, SIZE, SIZE, 3)), other, np.zeros(1, int), settings={"seed": 0}) not in keys
+
+
+def test_rows_of_images_evaluated_one_at_a_time_merge_into_the_rows_of_one_call(model, x):
+    from tfattr.evaluation import merge_rows
+
+    methods = [("gradient", tfattr.Gradient(model)), ("ig", tfattr.IntegratedGradients(model, steps=4, seed=0))]
+    labels = np.array([0, 1])
+    settings = dict(METRICS, aupc_regions=3, aupc_perturbations=3)
+    together = evaluate(model, x, methods, labels=labels, **settings)
+    parts = [evaluate(model, x[i : i + 1], methods, labels=labels[i : i + 1], **settings) for i in range(2)]
+    merged = merge_rows(parts)
+    assert [r.method for r in merged] == ["gradient", "ig"]
+    for joint, row in zip(together, merged):
+        assert sorted(row.per_image) == sorted(joint.per_image)
+        for key in joint.per_image:  # per-image metrics: the batch it ran in changes only float32 rounding
+            np.testing.assert_allclose(row.per_image[key], joint.per_image[key], rtol=1e-4, atol=1e-6)
+            assert row.scores[key] == pytest.approx(np.mean(row.per_image[key]))
+        for key in joint.curves:
+            np.testing.assert_allclose(row.curves[key], joint.curves[key], rtol=1e-4, atol=1e-6)
+        assert row.gradients == joint.gradients
+    with pytest.raises(tfattr.errors.InvalidInputError, match="same methods in the same order"):
+        merge_rows([parts[0], parts[1][::-1]])

@@ -25,7 +25,7 @@ import numpy as np
 from tfattr.core.keys import Uncacheable, canonical, digest
 from tfattr.errors import InvalidInputError, received
 
-__all__ = ["EvaluationRow", "evaluate", "format_table", "result_key", "smoothtaylor_grid", "guided_ig_comparison",
+__all__ = ["EvaluationRow", "evaluate", "format_table", "merge_rows", "result_key", "smoothtaylor_grid", "guided_ig_comparison",
            "IMAGENET_STD", "Uncacheable"]
 
 # the papers' σ are in ImageNet-normalised units (pixels / std, std ≈ 0.226 of the [0, 1] range);
@@ -328,6 +328,47 @@ def evaluate(
             print(f"  {name:<28} {seconds:7.2f}s  " + "  ".join(
                 f"{k} {v:.3f}" if np.isfinite(v) else f"{k} –" for k, v in row.scores.items()))
     return rows
+
+
+def merge_rows(parts: Sequence[Sequence[EvaluationRow]]) -> List[EvaluationRow]:
+    """One row per method from :func:`evaluate` runs on disjoint parts of a dataset.
+
+    Each part is the list :func:`evaluate` returned for some of the images, all with the same
+    methods in the same order. Per-image values are concatenated in part order (so ``scores``
+    are means over all images, NaN ignored), mean curves are averaged weighted by each part's
+    image count, seconds and gradients are summed, notes are kept once. Every metric of
+    :func:`evaluate` is computed per image (AUPC draws the same noise for every image of a
+    batch), so evaluating images one at a time (each cached on its own) and merging gives the
+    same table as one call on all of them, up to float32 rounding of batched forward passes.
+
+    Raises:
+        InvalidInputError: the parts list other methods, or in another order.
+    """
+    parts = [list(part) for part in parts]
+    if not parts:
+        raise InvalidInputError("`parts` must hold at least one list of rows. " + received("len(parts)", 0))
+    names = [row.method for row in parts[0]]
+    for i, part in enumerate(parts[1:], 1):
+        if [row.method for row in part] != names:
+            raise InvalidInputError(f"every part must list the same methods in the same order ({names}). "
+                                    + received(f"parts[{i}] methods", [row.method for row in part]))
+    merged = []
+    for rows in zip(*parts):
+        keys = [k for k in rows[0].per_image if all(k in r.per_image for r in rows)]
+        per_image = {k: np.concatenate([np.atleast_1d(np.asarray(r.per_image[k], np.float64)) for r in rows])
+                     for k in keys}
+        sizes = np.array([len(np.atleast_1d(next(iter(r.per_image.values())))) if r.per_image else 1 for r in rows],
+                         np.float64)
+        curves = {k: np.average([np.asarray(r.curves[k], np.float64) for r in rows], axis=0, weights=sizes)
+                  for k in rows[0].curves if all(k in r.curves for r in rows)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (AUTVC on small maps) stays NaN
+            scores = {k: float(np.nanmean(v)) for k, v in per_image.items()}
+        notes = list(dict.fromkeys(note for r in rows for note in r.notes))
+        merged.append(EvaluationRow(rows[0].method, float(sum(r.seconds for r in rows)),
+                                    int(sum(r.gradients for r in rows)), scores, per_image, curves,
+                                    cached=all(r.cached for r in rows), notes=notes))
+    return merged
 
 
 class _Joined:
