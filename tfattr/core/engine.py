@@ -15,7 +15,8 @@ The engine slices the rows into chunks of ``batch_size`` and runs one compiled
 function, weights the gradients and sums them per example (a segment sum); the
 per-example sums are accumulated on the host in float64. Consequences:
 
-* memory is bounded by ``parallel_chunks × batch_size`` points, whatever the number of steps;
+* memory is bounded by ``parallel_chunks × batch_size`` points, whatever the number of steps
+  (``batch_size="auto"`` measures the fastest size up to a cap, :mod:`tfattr.core.autotune`);
 * the result does not depend on ``batch_size`` (up to float32 summation order);
 * the chunk function is traced once per input shape/dtype (its signature has a free
   batch axis), so calls with other batch sizes, step counts or rows do not retrace.
@@ -36,6 +37,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+from tfattr.core import autotune
 from tfattr.core.gradients import compiled_forward
 from tfattr.core.targets import select_output
 
@@ -211,7 +213,11 @@ class PathEngine:
             ``gradients = ∂scores/∂values`` and ``values`` is the differentiated tensor:
             the points themselves (:class:`~tfattr.core.gradients.InputGradients`) or a
             layer's activations (:class:`~tfattr.core.gradients.LayerGradients`).
-        batch_size: points per chunk (one forward+backward pass each).
+        batch_size: points per chunk (one forward+backward pass each), or ``"auto"``: sizes
+            measured on the call's own rows and the fastest kept for the process (per model,
+            gradient function, input shape, combination and device; capped, see
+            :mod:`tfattr.core.autotune`). Chunks may then differ in size within a call; rows
+            still run in order and are summed in chunk order.
         combine: how a row's gradient ``g_r`` enters its example's sum:
 
             * ``"path"``: ``w_r · g_r ⊙ (x_e − z_b)`` — Integrated Gradients (eq. 3 of
@@ -246,7 +252,7 @@ class PathEngine:
     def __init__(
         self,
         gradient_fn: Callable,
-        batch_size: int = 16,
+        batch_size: Union[int, str] = 16,
         combine: str = "path",
         collect_endpoint: bool = False,
         verbose: Verbose = "auto",
@@ -257,7 +263,7 @@ class PathEngine:
         if combine not in COMBINES:
             raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
         self.gradient_fn = gradient_fn
-        self.batch_size = int(batch_size)
+        self.batch_size = autotune.AUTO if batch_size == autotune.AUTO else int(batch_size)
         self.combine = combine
         self.collect_endpoint = bool(collect_endpoint)
         self.collect_squares = bool(collect_squares)
@@ -393,16 +399,21 @@ class PathEngine:
         targets = np.asarray(target_indices, dtype=np.int32)[example]
         carry = tf.zeros([0], acc_dtype)
         scale = tf.constant(np.ones(num_examples) if scale is None else np.asarray(scale, np.float64), tf.float64)
-        num_chunks = math.ceil(total / self.batch_size)
-        bar = progress_bar(num_chunks, self.verbose)
-        kept_gradients, kept_values = [], []
+        # the Stieltjes sums carry across chunks; a model that writes its variables must not run twice at once
+        workers = 1 if combine in SEQUENTIAL or getattr(chunk, "writes_state", False) else self.parallel_chunks
         # the caller's device (tf.device scopes are per thread): worker threads run there too
         device = _current_device()
+        fresh, chunk.ran = not getattr(chunk, "ran", False), True
+        schedule = self._schedule(shape, x.dtype, combine, bool(relative), total, workers, device, fresh)
+        num_chunks = schedule.estimate_chunks(total)
+        bar = progress_bar(num_chunks, self.verbose)
+        kept_gradients, kept_values = [], []
+        done = 0
 
-        def call(start, carry):
-            part = slice(start, start + self.batch_size)
+        def call(start, stop, carry):
+            part = slice(start, stop)
             first = int(example[start])
-            count = int(example[min(start + self.batch_size, total) - 1]) - first + 1
+            count = int(example[stop - 1]) - first + 1
             with tf.device(device) if device else contextlib.nullcontext():
                 outputs = chunk(
                     x,
@@ -419,8 +430,8 @@ class PathEngine:
                 )
             return first, count, outputs
 
-        def consume(i, start, first, count, outputs):
-            nonlocal attributions, endpoint, ends, squares, origin, origins
+        def consume(start, stop, first, count, outputs):
+            nonlocal attributions, endpoint, ends, squares, origin, origins, done
             (scores, sums, chunk_endpoint, chunk_ends, _, chunk_squares, row_gradients, row_values, chunk_start,
              chunk_starts) = outputs
             sums = sums.numpy()
@@ -441,35 +452,53 @@ class PathEngine:
                 ends[first : first + count] += chunk_ends.numpy()
                 origin[first : first + count] += chunk_start.numpy()
                 origins[first : first + count] += chunk_starts.numpy()
-            row_scores[start : start + self.batch_size] = scores.numpy()
+            row_scores[start:stop] = scores.numpy()
             if self.collect_rows:
                 kept_gradients.append(row_gradients.numpy())
                 kept_values.append(row_values.numpy())
+            done += 1
             if bar is not None:
-                bar.update(i + 1)
+                bar.update(min(done, num_chunks))
 
-        starts = list(range(0, total, self.batch_size))
-        # the Stieltjes sums carry across chunks; a model that writes its variables must not run twice at once
-        workers = 1 if combine in SEQUENTIAL or getattr(chunk, "writes_state", False) else self.parallel_chunks
-        if workers <= 1 or len(starts) <= 2:
-            for i, start in enumerate(starts):
-                first, count, outputs = call(start, carry)
-                carry = outputs[4]
-                consume(i, start, first, count, outputs)
-        else:
-            # The first chunk runs alone; the others run `workers` at a
-            # time, and are summed in chunk order so the result does not depend on the timing.
-            consume(0, starts[0], *call(starts[0], carry))
+        def run(spans, carry, pool):
+            """Run ``spans`` (row ranges, in order) and sum them in order; ``workers`` in flight."""
+            if pool is None or len(spans) <= 1:
+                for start, stop in spans:
+                    first, count, outputs = call(start, stop, carry)
+                    carry = outputs[4]
+                    consume(start, stop, first, count, outputs)
+                return carry
             pending = deque()
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for i, start in enumerate(starts[1:], 1):
-                    pending.append((i, start, pool.submit(call, start, carry)))
-                    if len(pending) >= workers:
-                        j, begin, future = pending.popleft()
-                        consume(j, begin, *future.result())
-                while pending:
-                    j, begin, future = pending.popleft()
-                    consume(j, begin, *future.result())
+            for start, stop in spans:
+                pending.append((start, stop, pool.submit(call, start, stop, carry)))
+                if len(pending) >= workers:
+                    begin, end, future = pending.popleft()
+                    consume(begin, end, *future.result())
+            while pending:
+                begin, end, future = pending.popleft()
+                consume(begin, end, *future.result())
+            return carry
+
+        # The schedule's rounds first: the first chunk alone (it traces the chunk function on first
+        # use) and, while batch_size="auto" is measuring, timed rounds of chunks in flight together;
+        # then the rest at one size, `workers` chunks at a time. Chunks are summed in chunk order, so
+        # the result does not depend on the timing.
+        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+            start = 0
+            while start < total:
+                planned = schedule.next_round(total - start)
+                if planned is None:
+                    break
+                spans = []
+                for size in planned[0]:
+                    spans.append((start, min(start + size, total)))
+                    start = spans[-1][1]
+                began = autotune.clock()
+                carry = run(spans, carry, pool)
+                if planned[1]:
+                    schedule.record([stop - begin for begin, stop in spans], autotune.clock() - began)
+            size = schedule.size
+            run([(s, min(s + size, total)) for s in range(start, total, size)], carry, pool)
         if self.collect_endpoint:
             with np.errstate(invalid="ignore", divide="ignore"):
                 endpoint = endpoint / ends.reshape((-1,) + (1,) * (endpoint.ndim - 1))
@@ -479,13 +508,22 @@ class PathEngine:
             kept_values = np.concatenate(kept_values) if kept_values else None
         else:
             kept_gradients = kept_values = None
-        return EngineResult(attributions, row_scores, num_chunks, endpoint, squares, kept_gradients, kept_values, origin)
+        return EngineResult(attributions, row_scores, done, endpoint, squares, kept_gradients, kept_values, origin)
+
+    def _schedule(self, shape, dtype, combine, relative, total, workers, device, fresh):
+        """The chunk sizes of one call: every chunk of an explicit ``batch_size``, or for ``"auto"``
+        the :mod:`~tfattr.core.autotune` session of this key (sizes measured on the call's own rows)."""
+        if self.batch_size != autotune.AUTO:
+            return autotune.FixedSchedule(int(self.batch_size))
+        tuner = autotune.tuner_for(self.gradient_fn, shape, dtype, combine, workers, device, relative)
+        return tuner.session(total, fresh)
 
 
 def forward_outputs(model, points, batch_size: int, output=None) -> np.ndarray:
     """Model outputs on ``points`` in chunks of ``batch_size`` (compiled, no gradient); of a model
     with several outputs, the one ``output`` names (:func:`~tfattr.core.targets.select_output`)."""
     forward = compiled_forward(model)
+    batch_size = autotune.forward_size(batch_size)
     outputs = []
     for start in range(0, int(points.shape[0]), batch_size):
         chosen = select_output(forward(points[start : start + batch_size]), output)

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfattr.baselines.registry import BaselineSet
+from tfattr.core.autotune import AUTO, forward_size
 from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outputs
 from tfattr.core.gradients import InputGradients
 from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
@@ -26,7 +27,7 @@ from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["AttributionMethod", "Explained"]
 
-_COMMON = {"batch_size": 16, "verbose": "auto", "parallel_chunks": 2, "output": None}
+_COMMON = {"batch_size": "auto", "verbose": "auto", "parallel_chunks": 2, "output": None}
 
 
 class Explained(dict):
@@ -34,10 +35,12 @@ class Explained(dict):
     ``delta``, ``baseline_scores``, ``gradients`` and ``info``."""
 
 
-def _check_batch_size(value) -> int:
+def _check_batch_size(value):
+    if isinstance(value, str) and value == AUTO:
+        return AUTO
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InvalidInputError(
-            "`batch_size` (points per forward+backward pass) must be a positive integer. "
+            "`batch_size` (points per forward+backward pass) must be a positive integer or 'auto'. "
             + received("batch_size", value)
         )
     return int(value)
@@ -48,7 +51,13 @@ class AttributionMethod:
 
     Args:
         model: a Keras 3 model (TensorFlow backend) taking one image batch.
-        batch_size: points per forward+backward pass (memory bound); default 16.
+        batch_size: points per forward+backward pass: ``"auto"`` (default) measures the speed of
+            a few sizes on the first calls' own rows (nothing is computed twice) and keeps the
+            fastest for the process, per model, gradient function, input shape and device, capped
+            at 64 points on a CPU and 1024 with a GPU (:func:`tfattr.core.autotune.configure`
+            changes the cap, adds a byte budget or an on-disk cache); an integer fixes it (the
+            memory bound: ``parallel_chunks × batch_size`` points). Results do not depend on it
+            beyond float32 summation order.
         parallel_chunks: chunks of ``batch_size`` points in flight at once (default 2; ``1`` runs
             them one after the other and halves the peak memory); results do not depend on it.
             The chunks run the compiled model concurrently; a model whose forward pass writes
@@ -152,6 +161,7 @@ class AttributionMethod:
             outputs = forward_outputs(self.model, x, batch_size, targets.output)
             return outputs[np.arange(len(outputs)), targets.indices[example_of_row]]
         values = []
+        batch_size = forward_size(batch_size)
         for start in range(0, int(x.shape[0]), batch_size):
             out = self.model(x[start : start + batch_size], training=False)
             values.append(np.asarray(select_scores(out, None, targets.scorer), dtype=np.float64))
