@@ -54,7 +54,7 @@ BAD_NUMBERS = [
     (EXPLAIN, "--samples", ["many"], "expected an integer ≥ 1", "many"),
     (EXPLAIN, "--roots", ["-3"], "expected an integer ≥ 1", "-3"),
     (EXPLAIN, "--value-range", ["0", "abc"], "expected a finite number", "abc"),
-    (EXPLAIN, "--batch-size", ["0"], "expected an integer ≥ 1", "0"),
+    (EXPLAIN, "--batch-size", ["0"], "expected an integer ≥ 1 or 'auto'", "0"),
     (EXPLAIN, "--seed", ["s"], "expected an integer ≥ 0", "s"),
     (EXPLAIN, "--target", ["cat"], "expected an integer ≥ 0", "cat"),
     (EVALUATE, "--images", ["x"], "expected an integer ≥ 1", "x"),
@@ -85,6 +85,7 @@ def test_numeric_flags_keep_their_values():
                                            "--tolerance", "0.01", "--target", "3"])
     assert (args.sigma, args.steps, args.value_range, args.tolerance, args.target) == ("adaptive", 8, [0.0, 255.0], 0.01, 3)
     assert _parser().parse_args(EXPLAIN + ["--sigma", "0.2"]).sigma == 0.2
+    assert [_parser().parse_args(EXPLAIN + extra).batch_size for extra in ([], ["--batch-size", "8"])] == ["auto", 8]
     assert _parser().parse_args(TRAIN + ["--lam", "0.5", "--patience", "0"]).lam == 0.5
 
 

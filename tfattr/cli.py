@@ -38,16 +38,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _integer(flag: str, minimum: int):
-    """An argparse type: an integer ≥ ``minimum``, or a message naming ``flag``."""
+def _integer(flag: str, minimum: int, word: Optional[str] = None):
+    """An argparse type: an integer ≥ ``minimum`` (or ``word`` as it is), or a message naming ``flag``."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
+        if word is not None and text == word:
+            return text
         try:
             value = int(text)
         except ValueError:
             value = None
         if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}. " + received(flag, text))
+            what = f"an integer ≥ {minimum}" + (f" or {word!r}" if word else "")
+            raise argparse.ArgumentTypeError(f"expected {what}. " + received(flag, text))
         return value
 
     return parse
@@ -97,7 +100,9 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--value-range", type=_number("--value-range"), nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="the model's input range; images are scaled to it (default: 0 1; 0 255 for "
                              "keras.applications names)")
-    parser.add_argument("--batch-size", type=_integer("--batch-size", 1), default=16, help="points per forward+backward pass")
+    parser.add_argument("--batch-size", type=_integer("--batch-size", 1, "auto"), default="auto",
+                        help="points per forward+backward pass, or 'auto': the fastest size, measured on the "
+                             "first chunks (default: auto)")
     parser.add_argument("--seed", type=_integer("--seed", 0), default=0, help="seed of every random draw")
 
 
