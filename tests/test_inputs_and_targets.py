@@ -95,11 +95,15 @@ def test_bad_options_name_the_option(relu_cnn, images):
         IntegratedGradients("vgg19")
 
 
-def test_multi_input_models_are_refused_clearly():
+def test_multi_input_models_are_refused_clearly_by_image_only_code():
+    # the methods take several inputs (tests/test_several_inputs.py); image-only code (metrics, CLI) refuses them
+    from tfattr.core.inputs import model_spec
+
     a, b = keras.Input((4, 4, 3)), keras.Input((4, 4, 3))
     model = keras.Model([a, b], keras.layers.Flatten()(keras.layers.Add()([a, b])))
     with pytest.raises(TypeError, match="single image input"):
-        IntegratedGradients(model)
+        model_spec(model)
+    assert IntegratedGradients(model).spec.inputs.names == (a.name, b.name)
 
 
 def test_errors_are_builtin_subclasses():

@@ -40,7 +40,7 @@ import tensorflow as tf
 from tfattr.core.random import STREAM_GAUSSIAN, STREAM_UNIFORM, rng
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["BASELINES", "BaselineSet", "is_random", "make_baselines", "rng", "uses_value_range"]
+__all__ = ["BASELINES", "BaselineSet", "is_random", "make_baselines", "make_baselines_per_input", "rng", "uses_value_range"]
 
 BaselineLike = Union[str, float, int, np.ndarray, tf.Tensor, Callable]
 
@@ -266,3 +266,67 @@ def make_baselines(
         "`baseline` must be a name, a number, an array, a tensor or a callable. "
         + received("type(baseline)", type(baseline).__name__)
     )
+
+
+def make_baselines_per_input(baseline, layout, x: np.ndarray, value_range: Tuple[float, float] = (0.0, 1.0),
+                             n_baselines: int = 1, seed: Optional[int] = 0, **options) -> BaselineSet:
+    """Baselines of a model with several inputs, packed as the inputs are (``x`` is ``(N, D)``,
+    :class:`~tfattr.core.structure.InputLayout` ``layout``).
+
+    ``baseline`` is one value for every input (a name, a number or a callable, applied to each
+    input alone) or one per input: a list/tuple in the model's input order or a dict keyed by
+    the input names (``None`` for a fixed input). Random draws of input ``i`` use their own
+    seed (``seed`` and ``i``). Inputs with one baseline and inputs with ``K`` draws pair every
+    draw with the single baseline; baselines relative to the input (``"gaussian"``) mixed with
+    absolute ones are made absolute.
+    """
+    names = layout.names
+    if isinstance(baseline, dict):
+        unknown = sorted(set(map(str, baseline)) - set(names))
+        if unknown:
+            raise InvalidInputError(f"`baseline` keys must be model input names {list(names)}. "
+                                    + received("baseline.keys()", sorted(map(str, baseline))))
+        values = [baseline.get(name) for name in names]
+    elif isinstance(baseline, (list, tuple)):
+        if len(baseline) != len(names):
+            raise InvalidInputError(
+                f"`baseline` for a model with {len(names)} inputs must be one value for all or one per input "
+                f"{list(names)}. " + received("len(baseline)", len(baseline)))
+        values = list(baseline)
+    elif isinstance(baseline, (np.ndarray, tf.Tensor, tf.Variable)):
+        raise InvalidInputError(
+            f"An array `baseline` for a model with {len(names)} inputs must be given per input: a list or a dict "
+            f"keyed {list(names)}. " + received("baseline.shape", tuple(np.shape(baseline))))
+    else:
+        values = [baseline] * len(names)
+    parts = layout.unpack_host(np.asarray(x, np.float64))
+    sets = []
+    for i, (value, part, fixed) in enumerate(zip(values, parts, layout.fixed)):
+        if fixed:
+            sets.append(None)
+            continue
+        if value is None:
+            raise InvalidInputError(f"`baseline` of input {names[i]!r} is None; only fixed inputs may go without "
+                                    "one. " + received("baseline", baseline))
+        sets.append(make_baselines(value, part, value_range=value_range, n_baselines=n_baselines,
+                                   seed=None if seed is None else int(seed) * 1000003 + i, **options))
+    given = [s for s in sets if s is not None]
+    count = max(s.count for s in given)
+    relative = {(s.relative, s.clip) for s in given}
+    absolute = len(relative) > 1 or any(s.scale is not None for s in given)
+    rows = len(x) if (absolute or any(s.per_example for s in given)) else 1
+    packed = []
+    for s, part in zip(sets, parts):
+        if s is None:
+            packed.append(np.zeros((rows, count) + part.shape[1:]))
+            continue
+        array = s.materialize(part) if absolute else s.array
+        if array.shape[1] not in (1, count):
+            raise InvalidInputError(
+                "Per-input baselines must have one baseline or the same number of draws each. "
+                + received("baseline draws", [t.count for t in given]))
+        packed.append(np.broadcast_to(array, (rows, count) + array.shape[2:]))
+    flat = np.concatenate([p.reshape(rows * count, -1) for p in packed], axis=1).reshape(rows, count, -1)
+    name = "/".join(s.name if s is not None else "fixed" for s in sets)
+    first = given[0]
+    return BaselineSet(flat, name, relative=not absolute and first.relative, clip=None if absolute else first.clip)

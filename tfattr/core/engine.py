@@ -20,6 +20,11 @@ per-example sums are accumulated on the host in float64. Consequences:
 * the result does not depend on ``batch_size`` (up to float32 summation order);
 * the chunk function is traced once per input shape/dtype (its signature has a free
   batch axis), so calls with other batch sizes, step counts or rows do not retrace.
+
+A model with several inputs runs on the same rows: its inputs are packed per example into
+one ``(N, D)`` tensor (:class:`~tfattr.core.structure.InputLayout`), the chunk interpolates
+that tensor, hands the model its list or dict of inputs and packs their gradients, so sums and
+completeness run over every input together; inputs marked fixed keep ``z = x``.
 """
 
 from __future__ import annotations
@@ -275,17 +280,19 @@ class PathEngine:
         self.traces = 0
 
     def _chunk_function(self, shape: Tuple[int, ...], dtype: tf.DType, relative: bool = False, clip=None,
-                        combine: Optional[str] = None):
+                        combine: Optional[str] = None, layout=None):
         combine = self.combine if combine is None else combine
         key = (shape, dtype.name, relative, clip, combine, self.collect_squares, self.collect_rows)
+        if layout is not None:
+            key += (layout,)
         with self._lock:
             if key not in self._compiled:
-                chunk = self._build_chunk(shape, dtype, relative, clip, combine)
+                chunk = self._build_chunk(shape, dtype, relative, clip, combine, layout)
                 chunk.writes_state = writes_state(chunk)  # traces it, once, under the lock
                 self._compiled[key] = chunk
             return self._compiled[key]
 
-    def _build_chunk(self, shape, dtype, relative, clip, combine):
+    def _build_chunk(self, shape, dtype, relative, clip, combine, layout=None):
         rank = len(shape) + 1
         acc_dtype = tf.float64 if dtype == tf.float64 else tf.float32
         gradient_fn = self.gradient_fn
@@ -322,9 +329,16 @@ class PathEngine:
                 starts = inputs + starts * tf.reshape(tf.cast(tf.gather(scale, example), dtype), [-1] + [1] * (rank - 1))
                 if clip is not None:
                     starts = tf.clip_by_value(starts, tf.cast(clip[0], dtype), tf.cast(clip[1], dtype))
+            if layout is not None and any(layout.fixed):  # fixed inputs: baseline = input, x − z = 0 exactly
+                starts = tf.where(tf.constant(layout.fixed_mask()[None]), inputs, starts)
             delta = inputs - starts
             points = starts + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta
-            scores, gradients, values = gradient_fn(points, target_rows)
+            if layout is None:
+                scores, gradients, values = gradient_fn(points, target_rows)
+            else:  # several inputs packed in `points`: the model gets its list/dict, the gradients are packed
+                scores, gradients, values = gradient_fn(layout.unpack(points), target_rows)
+                if isinstance(gradients, (list, tuple, dict)):
+                    gradients, values = layout.pack(gradients, acc_dtype), points
             gradients = tf.cast(gradients, acc_dtype)
             values = tf.cast(values, acc_dtype)
             contribution = gradients * per_row(weight, gradients)
@@ -369,7 +383,7 @@ class PathEngine:
 
     def integrate(self, x: tf.Tensor, baselines: tf.Tensor, target_indices: np.ndarray, rows: PathRows,
                   relative: bool = False, clip=None, scale: Optional[np.ndarray] = None,
-                  combine: Optional[str] = None) -> EngineResult:
+                  combine: Optional[str] = None, layout=None) -> EngineResult:
         """Evaluate all rows and return the per-example weighted gradient sums.
 
         Args:
@@ -382,6 +396,9 @@ class PathEngine:
             scale: ``(N,)`` factors of the relative offsets per example (default 1).
             combine: this call's combination (see the class docstring); default the engine's.
                 Each combination compiles its own function once.
+            layout: for a model with several inputs, the :class:`~tfattr.core.structure.InputLayout`
+                of ``x`` (``(N, D)``, every input packed): the chunk hands the model its inputs
+                unpacked and packs their gradients; the positions of fixed inputs start at ``x``.
         """
         num_examples = int(x.shape[0])
         shape = tuple(int(d) for d in x.shape[1:])
@@ -389,7 +406,7 @@ class PathEngine:
         if combine not in COMBINES:
             raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
         chunk = self._chunk_function(shape, x.dtype, bool(relative), None if clip is None else tuple(map(float, clip)),
-                                     combine)
+                                     combine, layout)
         acc_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         total = len(rows)
         attributions = endpoint = ends = squares = origin = origins = None
@@ -519,13 +536,15 @@ class PathEngine:
         return tuner.session(total, fresh)
 
 
-def forward_outputs(model, points, batch_size: int, output=None) -> np.ndarray:
+def forward_outputs(model, points, batch_size: int, output=None, layout=None) -> np.ndarray:
     """Model outputs on ``points`` in chunks of ``batch_size`` (compiled, no gradient); of a model
-    with several outputs, the one ``output`` names (:func:`~tfattr.core.targets.select_output`)."""
+    with several outputs, the one ``output`` names (:func:`~tfattr.core.targets.select_output`);
+    ``layout``: ``points`` pack several inputs (:class:`~tfattr.core.structure.InputLayout`)."""
     forward = compiled_forward(model)
     batch_size = autotune.forward_size(batch_size)
     outputs = []
     for start in range(0, int(points.shape[0]), batch_size):
-        chosen = select_output(forward(points[start : start + batch_size]), output)
+        batch = points[start : start + batch_size]
+        chosen = select_output(forward(batch if layout is None else layout.unpack(batch)), output)
         outputs.append(np.asarray(chosen, dtype=np.float64))
     return np.concatenate(outputs, axis=0)

@@ -47,6 +47,8 @@ class InputGradients:
         self.score_fn = score_fn
 
     def __call__(self, points: tf.Tensor, target_rows: tf.Tensor):
+        if isinstance(points, (list, tuple, dict)):  # several inputs: the float ones are differentiated
+            return self._several(points, target_rows)
         with tf.GradientTape() as tape:
             tape.watch(points)
             outputs = _call_model(self.model, points)
@@ -55,6 +57,17 @@ class InputGradients:
             scores, points, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
         return scores, gradients, points
+
+    def _several(self, points, target_rows):
+        flat = tf.nest.flatten(points)
+        floats = [t for t in flat if t.dtype.is_floating]
+        with tf.GradientTape() as tape:
+            tape.watch(floats)
+            outputs = _call_model(self.model, points)
+            scores = select_scores(outputs, target_rows, self.score_fn)
+        found = iter(tape.gradient(scores, floats, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+        gradients = [next(found) if t.dtype.is_floating else None for t in flat]
+        return scores, tf.nest.pack_sequence_as(points, gradients), points
 
 
 _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -73,6 +86,15 @@ def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
     traced = {}
 
     def forward(inputs):
+        if isinstance(inputs, (list, tuple, dict)):  # several inputs: one trace per structure of shapes
+            inputs = tf.nest.map_structure(tf.convert_to_tensor, inputs)
+            key = tuple((tuple(t.shape[1:]), t.dtype.name) for t in tf.nest.flatten(inputs))
+            key = (tuple(sorted(inputs)) if isinstance(inputs, dict) else len(inputs),) + key
+            fn = traced.get(key)
+            if fn is None:
+                spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), inputs)
+                fn = traced[key] = tf.function(lambda batch: _call_model(model, batch), input_signature=[spec])
+            return fn(inputs)
         inputs = tf.convert_to_tensor(inputs)
         key = (tuple(inputs.shape[1:]), inputs.dtype.name)
         fn = traced.get(key)
@@ -164,3 +186,61 @@ def loss_gradients(loss_fn: Callable, variables):
         outputs = loss_fn()
     loss = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
     return outputs, tape.gradient(loss, variables)
+
+
+class LayerInjection:
+    """A model whose layer ``layer`` is fed a given tensor: the path space of layer attributions.
+
+    Called like a model with ``[input_1, …, input_n, value]`` (``model_inputs`` turns the first
+    ``n`` into what the model takes), it runs the whole model on its inputs, except that the
+    layer returns ``value`` instead of its output (``attribute_to="output"``) or runs on ``value``
+    instead of its input (``"input"``). The rest of the model — masks computed from token ids,
+    skip connections, other inputs — sees the real inputs. The layer's ``call`` is replaced only
+    for the duration of each call (traced once inside the engine's ``tf.function``), as
+    :class:`LayerGradients` does, so the model keeps its weights and is unchanged afterwards.
+
+    :meth:`capture` returns the layer's output (or input) on given inputs: the path's ends.
+    """
+
+    def __init__(self, model, layer, attribute_to: str = "output", model_inputs: Optional[Callable] = None):
+        self.model = model
+        self.layer = layer
+        self.attribute_to = attribute_to
+        self.model_inputs = model_inputs or (lambda items: items[0] if len(items) == 1 else list(items))
+        self.name = getattr(model, "name", "model")
+
+    def _run(self, model_inputs, value=None, training=False):
+        layer, seen = self.layer, []
+        original = layer.call
+
+        def tapped(*args, **kwargs):
+            seen.append(args[0] if self.attribute_to == "input" else None)
+            if value is None:
+                out = original(*args, **kwargs)
+                if self.attribute_to == "output":
+                    seen[-1] = out
+                return out
+            if self.attribute_to == "output":
+                return value
+            return original(value, *args[1:], **kwargs)
+
+        layer.call = tapped
+        try:
+            outputs = self.model(model_inputs, training=training)
+        finally:
+            del layer.call
+        if len(seen) != 1:
+            from tfattr.errors import InvalidInputError, received
+
+            raise InvalidInputError(
+                f"Layer {layer.name!r} ran {len(seen)} times in one forward pass; layer attributions need a "
+                "layer that runs exactly once (a shared layer is ambiguous). " + received("layer", layer.name))
+        return outputs, seen[0]
+
+    def __call__(self, inputs, training=False):
+        items = list(inputs)
+        return self._run(self.model_inputs(items[:-1]), items[-1], training)[0]
+
+    def capture(self, model_inputs):
+        """The layer's output (``attribute_to="output"``) or input on ``model_inputs`` (eager)."""
+        return self._run(model_inputs)[1]

@@ -13,9 +13,11 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from tfattr.core.structure import InputLayout, InputsSpec, inputs_spec, packed_dtype
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["ModelSpec", "model_spec", "Images", "validate_images", "validate_value_range", "check_model_accepts"]
+__all__ = ["ModelSpec", "model_spec", "Images", "validate_images", "validate_inputs", "validate_value_range",
+           "check_model_accepts"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class ModelSpec:
             layers' names of a list; ``None`` for one output.
         output_classes: per output in ``output_names`` order, the size of its last axis when
             it is rank 2, else ``None``.
+        inputs: for a model with several inputs (``model_spec(..., several=True)``), their
+            :class:`~tfattr.core.structure.InputsSpec`; ``input_shape`` is then ``None`` and
+            ``input_dtype`` the first float input's dtype. ``None`` for one input.
     """
 
     input_shape: Optional[Tuple[Optional[int], ...]]
@@ -43,19 +48,29 @@ class ModelSpec:
     output_kind: str = "single"
     output_names: Optional[Tuple[str, ...]] = None
     output_classes: Optional[Tuple[Optional[int], ...]] = None
+    inputs: Optional[InputsSpec] = None
 
 
 def _dtype_name(dtype) -> str:
     return tf.as_dtype(dtype).name
 
 
-def model_spec(model) -> ModelSpec:
-    """Read the input shape/dtype and the number of classes of a Keras model."""
+def model_spec(model, several: bool = False) -> ModelSpec:
+    """Read the input shape/dtype and the number of classes of a Keras model.
+
+    A model with several inputs raises unless ``several=True`` (the gradient methods take
+    them; image-only code such as the metrics does not).
+    """
     inputs = getattr(model, "inputs", None)
     try:
         inputs = list(inputs) if inputs is not None else []
     except TypeError:
         inputs = []
+    several_inputs = inputs_spec(model) if several and len(inputs) > 1 else None
+    if several_inputs is not None:
+        floats = [d for d in several_inputs.dtypes if tf.as_dtype(d).is_floating]
+        base = model_spec_outputs(model)
+        return ModelSpec(None, floats[0] if floats else "float32", *base, inputs=several_inputs)
     if len(inputs) > 1:
         raise InvalidTypeError(
             "tfattr explains models with a single image input; this model has "
@@ -79,6 +94,17 @@ def model_spec(model) -> ModelSpec:
         num_classes = outputs[0].shape[-1]
     kind, names, classes = _output_structure(model, outputs)
     return ModelSpec(shape, dtype, num_classes, kind, names, classes)
+
+
+def model_spec_outputs(model):
+    """``(num_classes, output_kind, output_names, output_classes)`` of a model (see :class:`ModelSpec`)."""
+    outputs = getattr(model, "outputs", None)
+    try:
+        outputs = list(outputs) if outputs is not None else []
+    except TypeError:
+        outputs = []
+    num_classes = outputs[0].shape[-1] if len(outputs) == 1 and len(outputs[0].shape) == 2 else None
+    return (num_classes,) + tuple(_output_structure(model, outputs))
 
 
 def _classes(tensor) -> Optional[int]:
@@ -118,11 +144,16 @@ class Images:
         single: ``True`` when the caller passed one example without a batch axis; results
             are then returned without the batch axis too.
         as_tensor: ``True`` when the caller passed a ``tf.Tensor``; results come back as tensors.
+        layout: for a model with several inputs, how ``array`` packs them
+            (:class:`~tfattr.core.structure.InputLayout`; ``array`` is then ``(N, D)``), else ``None``.
+        container: the caller's structure of several inputs, ``"list"``, ``"tuple"`` or ``"dict"``.
     """
 
     array: np.ndarray
     single: bool
     as_tensor: bool
+    layout: Optional[InputLayout] = None
+    container: Optional[str] = None
 
     @property
     def batch_size(self) -> int:
@@ -158,6 +189,11 @@ def validate_images(inputs, spec: ModelSpec, name: str = "inputs") -> Images:
         is_float = tf.as_dtype(array.dtype).is_floating
     except TypeError:
         is_float = False
+    if not is_float and spec.input_dtype is not None and not tf.as_dtype(spec.input_dtype).is_floating:
+        raise InvalidTypeError(
+            f"`{name}` are integers ({spec.input_dtype} model input, e.g. token ids): a path method cannot "
+            "interpolate them. Explain them in the space of the layer that consumes them (e.g. the Embedding) "
+            "with tfattr.LayerIntegratedGradients(model, layer=...). " + received(f"{name}.dtype", str(array.dtype)))
     if not is_float:
         raise InvalidTypeError(
             f"`{name}` must have a floating-point dtype (float16, bfloat16, float32 or float64); "
@@ -202,6 +238,137 @@ def validate_images(inputs, spec: ModelSpec, name: str = "inputs") -> Images:
             + received(f"{name}[{first}]", float(array[first]))
         )
     return Images(array=array, single=single, as_tensor=as_tensor)
+
+
+def _describe(inputs) -> object:
+    """A short picture of a structure of inputs for error messages: its kind and shapes."""
+    if isinstance(inputs, dict):
+        return {k: tuple(np.shape(v)) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return [tuple(np.shape(v)) for v in inputs]
+    return f"{type(inputs).__name__} of shape {tuple(np.shape(inputs))}"
+
+
+def resolve_fixed(fixed_inputs, spec: InputsSpec) -> Tuple[bool, ...]:
+    """The ``fixed_inputs`` option (``None``, an input's name or index, or a list of them) as one
+    flag per input."""
+    if fixed_inputs is None:
+        return (False,) * len(spec.names)
+    chosen = [fixed_inputs] if isinstance(fixed_inputs, (str, int, np.integer)) else fixed_inputs
+    flags = [False] * len(spec.names)
+    try:
+        chosen = list(chosen)
+    except TypeError:
+        chosen = [chosen]
+    for item in chosen:
+        if isinstance(item, str) and item in spec.names:
+            flags[spec.names.index(item)] = True
+        elif isinstance(item, (int, np.integer)) and not isinstance(item, bool) and -len(flags) <= item < len(flags):
+            flags[item] = True
+        else:
+            raise InvalidInputError(
+                f"`fixed_inputs` must name inputs of the model (names {list(spec.names)} or indices "
+                f"0..{len(spec.names) - 1}). " + received("fixed_inputs", fixed_inputs))
+    return tuple(flags)
+
+
+def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inputs",
+                    allow_all_fixed: bool = False) -> Images:
+    """Check the inputs of a model with several (``spec.inputs``) and pack them.
+
+    ``inputs`` is a list or tuple in the model's input order, or a dict keyed by the input
+    names (also for a model that takes a list). Each input follows the rules of
+    :func:`validate_images` (batch axis, fitting fixed axes, finite values, one batch size), with
+    one more: an integer input (token ids, masks) is accepted only when marked fixed
+    (``fixed_inputs``); interpolating it would leave the integers, so a path through it runs
+    in the space of the layer that consumes it (``LayerIntegratedGradients``).
+
+    Returns an :class:`Images` whose ``array`` is the packed ``(N, D)`` batch and whose
+    ``layout`` unpacks it.
+    """
+    several = spec.inputs
+    names = several.names
+    if several.kind == "single":  # one input, checked by these rules (layer methods: integer ids allowed)
+        container, items = "single", [inputs]
+    elif isinstance(inputs, dict):
+        container = "dict"
+        if set(inputs) != set(names):
+            raise InvalidInputError(
+                f"`{name}` must have one entry per model input, keyed {list(names)}. "
+                + received(f"{name}.keys()", sorted(map(str, inputs))))
+        items = [inputs[k] for k in names]
+    elif isinstance(inputs, (list, tuple)):
+        container = "tuple" if isinstance(inputs, tuple) else "list"
+        if len(inputs) != len(names):
+            raise InvalidInputError(
+                f"`{name}` must be a list, tuple or dict of {len(names)} arrays, one per model input "
+                f"{list(names)}. " + received(name, _describe(inputs)))
+        items = list(inputs)
+    else:
+        raise InvalidTypeError(
+            f"The model has {len(names)} inputs {list(names)}: `{name}` must be a list, tuple or dict of "
+            "arrays, one per input. " + received(name, _describe(inputs)))
+    fixed = resolve_fixed(fixed_inputs, several)
+    as_tensor = any(isinstance(item, (tf.Tensor, tf.Variable)) for item in items)
+    arrays, singles = [], []
+    for i, (item, input_name, shape, dtype, is_fixed) in enumerate(
+            zip(items, names, several.shapes, several.dtypes, fixed)):
+        where = name if container == "single" else (f"{name}[{input_name!r}]" if container == "dict" else f"{name}[{i}]")
+        if isinstance(item, (tf.Tensor, tf.Variable)):
+            item = item.numpy()
+        array = np.asarray(item)
+        try:
+            kind = tf.as_dtype(array.dtype)
+            is_float, is_number = kind.is_floating, kind.is_floating or kind.is_integer or kind.is_bool
+        except TypeError:
+            is_float = is_number = False
+        if not is_number:
+            raise InvalidTypeError(f"`{where}` must hold numbers. " + received(f"{where}.dtype", str(array.dtype)))
+        if not is_float and not is_fixed:
+            raise InvalidTypeError(
+                f"`{where}` (model input {input_name!r}) is an integer input: a path method cannot interpolate "
+                "integers. Mark it fixed with fixed_inputs=[...] (its baseline is then the input itself), or "
+                "explain it in the space of the layer that consumes it (e.g. its Embedding) with "
+                "tfattr.LayerIntegratedGradients(model, layer=...). " + received(f"{where}.dtype", str(array.dtype)))
+        if is_float and tf.as_dtype(dtype).is_floating is False and not is_fixed:
+            raise InvalidTypeError(
+                f"Model input {input_name!r} takes {dtype}: a path method cannot interpolate it; mark it fixed "
+                "(fixed_inputs) or use tfattr.LayerIntegratedGradients. " + received(f"{where}.dtype", str(array.dtype)))
+        rank = len(shape)
+        if array.ndim == rank:
+            array, single = array[None], True
+        elif array.ndim == rank + 1:
+            single = False
+        else:
+            raise InvalidInputError(
+                f"`{where}` must have rank {rank + 1} (batch first; model input {input_name!r} has shape "
+                f"{(None,) + tuple(shape)}). " + received(f"{where}.shape", tuple(array.shape)))
+        for axis, (want, got) in enumerate(zip(shape, array.shape[1:]), start=1):
+            if want is not None and want != got:
+                raise InvalidInputError(
+                    f"`{where}` does not fit model input {input_name!r}: axis {axis} must be {want} "
+                    f"(input shape {(None,) + tuple(shape)}). " + received(f"{where}.shape", tuple(array.shape)))
+        if is_float:
+            finite = np.isfinite(array.astype(np.float64, copy=False))
+            if not finite.all():
+                first = tuple(int(j) for j in np.argwhere(~finite)[0])
+                raise InvalidInputError(
+                    f"`{where}` contains {int(array.size - finite.sum())} NaN or Inf value(s), first at index "
+                    f"{first}. " + received(f"{where}[{first}]", float(array[first])))
+        arrays.append(array)
+        singles.append(single)
+    if len(set(singles)) > 1 or len({a.shape[0] for a in arrays}) > 1:
+        raise InvalidInputError(
+            f"The inputs in `{name}` must share one batch size (all with a batch axis). " + received(name, _describe(inputs)))
+    if arrays[0].shape[0] == 0:
+        raise InvalidInputError(f"`{name}` is an empty batch; pass at least one example. " + received(name, _describe(inputs)))
+    if all(fixed) and not allow_all_fixed:
+        raise InvalidInputError(
+            "`fixed_inputs` marks every input fixed: nothing is left to attribute. " + received("fixed_inputs", fixed_inputs))
+    layout = InputLayout(several.kind, names, tuple(tuple(int(d) for d in a.shape[1:]) for a in arrays),
+                         several.dtypes, fixed, packed_dtype(several.dtypes, fixed, arrays))
+    return Images(array=layout.pack_host(arrays), single=singles[0], as_tensor=as_tensor, layout=layout,
+                  container=container)
 
 
 def _built_input_shape(model) -> Optional[Tuple]:

@@ -149,13 +149,16 @@ class NoiseTunnel:
         config = self._check(dict(self.config, **own))
         method = self.method
         method_config = method._merge(method.config, options)
-        images = validate_images(inputs, method.spec)
+        # one batch, or a model's several inputs packed (noise then stays off its fixed inputs)
+        images = method.validate(inputs, method_config) if hasattr(method, "validate") else \
+            validate_images(inputs, method.spec)
+        free = images.array if images.layout is None else images.array[:, ~images.layout.fixed_mask()]
         # once per call, where a range is used: the tunnel's noise_level, the wrapped method's baselines
         tunnel_uses = config["stdevs"] is None
         inner_uses = hasattr(method, "uses_value_range") and method.uses_value_range(method_config)
-        warned = tunnel_uses and warn_outside_value_range(images.array, config["value_range"], stacklevel=2)
+        warned = tunnel_uses and warn_outside_value_range(free, config["value_range"], stacklevel=2)
         if not warned and inner_uses and not (tunnel_uses and tuple(method_config["value_range"]) == config["value_range"]):
-            warn_outside_value_range(images.array, method_config["value_range"],
+            warn_outside_value_range(free, method_config["value_range"],
                                      option=f"{type(method).__name__}'s value_range", stacklevel=2)
         x = method.to_model_dtype(images.array)
         batch = method_config["batch_size"]
@@ -177,6 +180,8 @@ class NoiseTunnel:
         while active.any():
             todo = np.flatnonzero(active)
             noise = self.noise(shape, config, block)
+            if images.layout is not None and any(images.layout.fixed):
+                noise = noise * ~images.layout.fixed_mask()
             noisy = images.array[todo, None] + noise[None].astype(images.array.dtype)
             noisy = method.to_model_dtype(noisy.reshape((-1,) + shape))
             out = method._explain(noisy, targets.subset(todo).repeat(samples), None, method_config)

@@ -20,7 +20,9 @@ class Explanation:
 
     Attributes:
         attributions: same shape, kind (NumPy or ``tf.Tensor``) and float dtype as the
-            inputs. Without a batch axis when a single example was passed (``single``).
+            inputs. Without a batch axis when a single example was passed (``single``). For a
+            model with several inputs, one array per input in the caller's structure (list,
+            tuple or dict); layer methods: the layer's shape (or reduced, see their ``reduce``).
         method: the method's name and main options.
         targets: explained class per example (``None`` for callable targets).
         scores: ``f(x)``, the explained score of each input.
@@ -65,10 +67,18 @@ class Explanation:
         return self.attributions[index]
 
     def __len__(self) -> int:
+        if isinstance(self.attributions, (list, tuple, dict)):  # several inputs: the batch size
+            first = next(iter(self.attributions.values())) if isinstance(self.attributions, dict) else self.attributions[0]
+            return len(first)
         return len(self.attributions)
 
     @property
     def shape(self):
+        """The attributions' shape; for several inputs the shapes in their structure."""
+        if isinstance(self.attributions, dict):
+            return {name: tuple(a.shape) for name, a in self.attributions.items()}
+        if isinstance(self.attributions, (list, tuple)):
+            return tuple(tuple(a.shape) for a in self.attributions)
         return tuple(self.attributions.shape)
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ from tfattr.baselines.registry import BaselineSet
 from tfattr.core.autotune import AUTO, forward_size
 from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outputs
 from tfattr.core.gradients import InputGradients
-from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
+from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images, validate_inputs
 from tfattr.core.keys import Uncacheable, canonical
 from tfattr.core.ranges import warn_outside_value_range
 from tfattr.core.result import Explanation
@@ -27,7 +27,7 @@ from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["AttributionMethod", "Explained"]
 
-_COMMON = {"batch_size": "auto", "verbose": "auto", "parallel_chunks": 2, "output": None}
+_COMMON = {"batch_size": "auto", "verbose": "auto", "parallel_chunks": 2, "output": None, "fixed_inputs": None}
 
 
 class Explained(dict):
@@ -71,6 +71,10 @@ class AttributionMethod:
             that output (its classes; ``None`` is its top-1; a callable receives it alone).
             Required unless ``target`` is a callable (which then receives every output); checked
             against the model before it runs (see :mod:`tfattr.core.targets`).
+        fixed_inputs: for a model with several inputs, the inputs (names or indices) whose path
+            stays at the input (baseline = input, attribution 0): masks, token ids, side
+            information. Integer inputs must be fixed (or explained at the layer that consumes
+            them with :class:`~tfattr.methods.layer.LayerIntegratedGradients`).
         **options: the method's own options (see its docstring); each can also be
             given to :meth:`attribute` to override it for one call.
     """
@@ -93,7 +97,7 @@ class AttributionMethod:
                 "`model` must be a Keras model (callable on a batch). " + received("type(model)", type(model).__name__)
             )
         self.model = model
-        self.spec = model_spec(model)
+        self.spec = model_spec(model, several=True)
         self.config = self._merge(dict(_COMMON, **self.options), options)
         self._engines: Dict[Any, PathEngine] = {}
         self._engine_lock = threading.Lock()  # replicas of tfattr.distribute share the method
@@ -125,9 +129,15 @@ class AttributionMethod:
         return self.combine
 
     # -- gradients -------------------------------------------------------------------------
+    @property
+    def forward_model(self):
+        """What forward passes and input gradients call: the model itself (layer-space methods: the
+        model with one layer fed the path's point, :class:`~tfattr.core.gradients.LayerInjection`)."""
+        return self.model
+
     def gradient_function(self, score_fn=None):
         """The gradient function handed to the engine; guided/layer methods override it."""
-        return InputGradients(self.model, score_fn)
+        return InputGradients(self.forward_model, score_fn)
 
     def engine(self, targets: Targets, config: Dict[str, Any], collect_rows: bool = False) -> PathEngine:
         """A cached :class:`PathEngine` for the target kind (callables get their own); with
@@ -154,16 +164,45 @@ class AttributionMethod:
         return engine
 
     # -- forward passes ---------------------------------------------------------------------
+    # -- several inputs ------------------------------------------------------------------------
+    def layout(self):
+        """The :class:`~tfattr.core.structure.InputLayout` of this thread's call on a model with
+        several inputs (``x`` is then their packed ``(N, D)`` tensor), else ``None``."""
+        return getattr(self.__dict__.setdefault("_call_state", threading.local()), "layout", None)
+
+    def set_layout(self, layout) -> None:
+        self.__dict__.setdefault("_call_state", threading.local()).layout = layout
+
+    def validate(self, inputs, config, name: str = "inputs") -> Images:
+        """``inputs`` checked against the model: one batch (:func:`~tfattr.core.inputs.validate_images`)
+        or several inputs packed (:func:`~tfattr.core.inputs.validate_inputs`, which also sets this
+        thread's :meth:`layout`)."""
+        if self.spec.inputs is None:
+            self.set_layout(None)
+            return validate_images(inputs, self.spec, name=name)
+        images = validate_inputs(inputs, self.spec, config.get("fixed_inputs"), name=name)
+        self.set_layout(images.layout)
+        return images
+
+    def free_values(self, images: Images) -> np.ndarray:
+        """The values a path moves (every value of one input; the non-fixed inputs of several)."""
+        if images.layout is None:
+            return images.array
+        return images.array[:, ~images.layout.fixed_mask()]
+
+    # -- forward passes ---------------------------------------------------------------------
     def scores(self, x: tf.Tensor, targets: Targets, batch_size: int, example_of_row: Optional[np.ndarray] = None) -> np.ndarray:
         """Explained score of each row of ``x``; row ``r`` uses the target of ``example_of_row[r]``."""
         example_of_row = np.arange(int(x.shape[0])) if example_of_row is None else example_of_row
+        layout = self.layout()
         if targets.score_fn is None:
-            outputs = forward_outputs(self.model, x, batch_size, targets.output)
+            outputs = forward_outputs(self.forward_model, x, batch_size, targets.output, layout)
             return outputs[np.arange(len(outputs)), targets.indices[example_of_row]]
         values = []
         batch_size = forward_size(batch_size)
         for start in range(0, int(x.shape[0]), batch_size):
-            out = self.model(x[start : start + batch_size], training=False)
+            batch = x[start : start + batch_size]
+            out = self.forward_model(batch if layout is None else layout.unpack(batch), training=False)
             values.append(np.asarray(select_scores(out, None, targets.scorer), dtype=np.float64))
         return np.concatenate(values)
 
@@ -171,7 +210,7 @@ class AttributionMethod:
         """A model that tells its input shape only when called (subclassed, or a Sequential without
         ``Input``) runs once on one example of each new input shape before any other work, so a
         misfit raises an error naming ``inputs`` (:func:`~tfattr.core.inputs.check_model_accepts`)."""
-        if self.spec.input_shape is not None:
+        if self.spec.input_shape is not None or self.spec.inputs is not None:
             return
         accepted = self.__dict__.setdefault("_accepted_inputs", set())
         key = (tuple(x.shape[1:]), x.dtype.name)
@@ -189,12 +228,14 @@ class AttributionMethod:
         if is_callable:
             targets = Targets(None, target, output)
             return targets, self.scores(x, targets, batch_size)
-        outputs = forward_outputs(self.model, x, batch_size, output)
+        outputs = forward_outputs(self.forward_model, x, batch_size, output, self.layout())
         targets = resolve_targets(target, outputs, int(x.shape[0]), output=output)
         return targets, outputs[np.arange(len(outputs)), targets.indices]
 
     def to_model_dtype(self, array: np.ndarray) -> tf.Tensor:
-        return tf.convert_to_tensor(np.asarray(array), dtype=self.spec.input_dtype)
+        layout = self.layout()
+        return tf.convert_to_tensor(np.asarray(array), dtype=self.spec.input_dtype if layout is None
+                                    else layout.packed_dtype)
 
     # -- the integration shared by path methods ---------------------------------------------
     def integrate(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows, config,
@@ -204,7 +245,7 @@ class AttributionMethod:
         indices = targets.indices if targets.indices is not None else np.zeros(int(x.shape[0]), np.int32)
         return self.engine(targets, config, collect_rows).integrate(
             x, flat, indices, rows, relative=baselines.relative, clip=baselines.clip, scale=baselines.scale,
-            combine=self.combine_for(config))
+            combine=self.combine_for(config), layout=self.layout())
 
     def baseline_scores(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows,
                         result: EngineResult, config) -> np.ndarray:
@@ -225,6 +266,17 @@ class AttributionMethod:
                 for (e, b), s in per_pair.items():
                     table[e, b % count] = s
                 return table.mean(axis=1)
+        layout = self.layout()
+        if layout is not None and any(layout.fixed):  # fixed inputs stay at the input in f(z) too
+            x_host, mask = x.numpy(), layout.fixed_mask()
+            table = []
+            for e in range(num_examples):
+                starts = baselines.materialize(x_host[e : e + 1], None if baselines.scale is None
+                                               else baselines.scale[e : e + 1])
+                starts = starts[e if baselines.per_example and not baselines.relative else 0]
+                starts = np.where(mask, x_host[e], starts)
+                table.append(self.scores(self.to_model_dtype(starts), targets, config["batch_size"], np.full(count, e)))
+            return np.stack(table).mean(axis=1)
         if baselines.relative:  # build each example's baselines only when needed
             x_host = x.numpy()
             table = np.stack([
@@ -241,7 +293,7 @@ class AttributionMethod:
         if targets.score_fn is not None:
             shared = self.scores(flat, targets, config["batch_size"])
             return np.full(num_examples, shared.mean())
-        outputs = forward_outputs(self.model, flat, config["batch_size"], targets.output)
+        outputs = forward_outputs(self.forward_model, flat, config["batch_size"], targets.output, layout)
         return outputs[:, targets.indices].mean(axis=0)
 
     # -- the public verb ----------------------------------------------------------------------
@@ -259,9 +311,9 @@ class AttributionMethod:
             An :class:`~tfattr.core.result.Explanation`.
         """
         config = self._merge(self.config, options)
-        images = validate_images(inputs, self.spec)
+        images = self.validate(inputs, config)
         if self.uses_value_range(config):  # once per call, where noise or baselines are drawn in it
-            warn_outside_value_range(images.array, config["value_range"], stacklevel=2)
+            warn_outside_value_range(self.free_values(images), config["value_range"], stacklevel=2)
         x = self.to_model_dtype(images.array)
         self.check_fits(x)
         is_callable = callable(target) and not isinstance(target, (np.ndarray, tf.Tensor))
@@ -320,7 +372,8 @@ class AttributionMethod:
                 draws on every run): such a result is not reproducible from its key.
         """
         config = self.config if config is None else config
-        options = {k: v for k, v in config.items() if k not in self.scheduling_options}
+        options = {k: v for k, v in config.items() if k not in self.scheduling_options
+                   and not (k == "fixed_inputs" and v is None)}
         if "seed" in options and options["seed"] is None:
             raise Uncacheable("seed=None draws fresh random numbers on every run")
         return {"class": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -332,14 +385,17 @@ class AttributionMethod:
         return {}
 
     def _package(self, out: Explained, images: Images, targets: Targets, fx: np.ndarray, config) -> Explanation:
-        attributions = out["attributions"].astype(images.array.dtype)
         delta = out.get("delta")
         baseline_scores = out.get("baseline_scores")
         scores = out.get("scores", fx)
-        if images.single:
-            attributions = attributions[0]
-        if images.as_tensor:
-            attributions = tf.convert_to_tensor(attributions)
+        if images.layout is not None:
+            attributions = self._unpack_attributions(out["attributions"], images)
+        else:
+            attributions = out["attributions"].astype(images.array.dtype)
+            if images.single:
+                attributions = attributions[0]
+            if images.as_tensor:
+                attributions = tf.convert_to_tensor(attributions)
         return Explanation(
             attributions=attributions,
             method=self.describe(config),
@@ -351,3 +407,18 @@ class AttributionMethod:
             single=images.single,
             info=dict(out.get("info", {})),
         )
+
+    @staticmethod
+    def _unpack_attributions(packed: np.ndarray, images: Images):
+        """Packed ``(N, D)`` attributions of several inputs in the caller's structure (list, tuple
+        or dict), each in its input's float dtype (integer inputs: the packed dtype)."""
+        layout = images.layout
+        parts = []
+        for part, dtype in zip(layout.unpack_host(packed), layout.dtypes):
+            dtype = dtype if tf.as_dtype(dtype).is_floating else layout.packed_dtype
+            part = part.astype(dtype)
+            part = part[0] if images.single else part
+            parts.append(tf.convert_to_tensor(part) if images.as_tensor else part)
+        if images.container == "dict":
+            return dict(zip(layout.names, parts))
+        return tuple(parts) if images.container == "tuple" else parts

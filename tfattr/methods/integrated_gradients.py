@@ -10,7 +10,7 @@ import numpy as np
 
 import tensorflow as tf
 
-from tfattr.baselines.registry import BaselineSet, is_random, make_baselines, uses_value_range
+from tfattr.baselines.registry import BaselineSet, is_random, make_baselines, make_baselines_per_input, uses_value_range
 from tfattr.core.adaptive import level_bounds, level_nodes, level_rows, relative_error
 from tfattr.core.engine import PathRows
 from tfattr.core.ranges import resolve_value_range
@@ -180,6 +180,12 @@ class IntegratedGradients(AttributionMethod):
     def make_baselines(self, x_array: np.ndarray, config):
         options = dict(value_range=config["value_range"], n_baselines=config["n_baselines"], sigma=config["sigma"],
                        blur_sigma=config["blur_sigma"], value=config["value"])
+        layout = self.layout()
+        if layout is not None:  # several inputs: one baseline value for all, or one per input
+            if config.get("per_image_baselines") and is_random(config["baseline"]):
+                raise InvalidInputError("`per_image_baselines` is for one input; a model with several inputs draws "
+                                        "shared baselines. " + received("per_image_baselines", True))
+            return make_baselines_per_input(config["baseline"], layout, x_array, seed=config["seed"], **options)
         if not (config.get("per_image_baselines") and is_random(config["baseline"])):
             return make_baselines(config["baseline"], x_array, seed=config["seed"], **options)
         sets = [make_baselines(config["baseline"], x_array[e:e + 1], seed=_image_seed(config["seed"], x_array[e]),
