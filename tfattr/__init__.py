@@ -1,4 +1,4 @@
-"""tfattr: attribution methods for Keras 3 / TensorFlow image classifiers.
+"""tfattr: attribution methods for Keras 3 / TensorFlow models (images, tabular data, sequences, text).
 
 One verb for every method::
 
@@ -49,9 +49,12 @@ from tfattr.methods import (  # noqa: E402
     GuidedIntegratedGradients,
     InputXGradient,
     IntegratedGradients,
+    LayerConductance,
+    LayerIntegratedGradients,
     RSIGradCAM,
     SmoothTaylor,
     adaptive_noising,
+    reduce_last_axis,
 )
 
 __all__ = [
@@ -78,6 +81,9 @@ __all__ = [
     "InputXGradient",
     "GuidedBackprop",
     "GuidedIntegratedGradients",
+    "LayerIntegratedGradients",
+    "LayerConductance",
+    "reduce_last_axis",
     "IntegratedGradients",
     "SmoothTaylor",
     "adaptive_noising",

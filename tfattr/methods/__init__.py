@@ -4,6 +4,7 @@ from tfattr.methods.gradcam import GradCAM, RSIGradCAM
 from tfattr.methods.gradient import Gradient, InputXGradient
 from tfattr.methods.guided import GuidedBackprop, GuidedIntegratedGradients
 from tfattr.methods.integrated_gradients import IntegratedGradients
+from tfattr.methods.layer import LayerConductance, LayerIntegratedGradients, reduce_last_axis
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
 
-__all__ = ["GradCAM", "RSIGradCAM", "Gradient", "InputXGradient", "IntegratedGradients", "SmoothTaylor", "adaptive_noising", "AdaptiveNoisingResult", "GuidedBackprop", "GuidedIntegratedGradients"]
+__all__ = ["GradCAM", "RSIGradCAM", "Gradient", "InputXGradient", "IntegratedGradients", "SmoothTaylor", "adaptive_noising", "AdaptiveNoisingResult", "GuidedBackprop", "GuidedIntegratedGradients", "LayerIntegratedGradients", "LayerConductance", "reduce_last_axis"]

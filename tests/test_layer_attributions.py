@@ -1,0 +1,171 @@
+"""LayerIntegratedGradients: the path in a layer's space; text models through their embedding."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfattr
+from tests.conftest import assert_float32_close
+from tfattr.errors import InvalidInputError, InvalidTypeError
+
+VOCAB, LENGTH, WIDTH = 12, 8, 4
+PAD, GOOD, BAD = 0, 1, 2  # the cue words: one per sentence sets its label (GOOD → 1, BAD → 0)
+
+
+def sentences(n, seed=0):
+    """Templated sentences: 5–8 filler words with one cue word somewhere, padded with PAD."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((n, LENGTH), "int32")
+    labels, cues = rng.integers(0, 2, n), np.zeros(n, int)
+    for i in range(n):
+        length = rng.integers(5, LENGTH + 1)
+        ids[i, :length] = rng.integers(3, VOCAB, length)
+        cues[i] = rng.integers(0, length)
+        ids[i, cues[i]] = GOOD if labels[i] else BAD
+    return ids, labels, cues
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    """Embedding (padding masked) → masked mean → tanh → logits, with set weights: the cue words'
+    embeddings point along the one direction the classifier reads, the fillers mostly elsewhere."""
+    rng = np.random.default_rng(1)
+    inputs = keras.Input((LENGTH,), dtype="int32", name="ids")
+    embedded = keras.layers.Embedding(VOCAB, WIDTH, mask_zero=True, name="embedding")(inputs)
+    pooled = keras.layers.GlobalAveragePooling1D()(embedded)
+    hidden = keras.layers.Dense(8, activation="tanh", name="hidden")(pooled)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(hidden))
+    table = np.zeros((VOCAB, WIDTH), "float32")
+    table[3:] = rng.normal(0, 0.5, (VOCAB - 3, WIDTH))
+    table[3:, 0] = rng.normal(0, 0.05, VOCAB - 3)
+    table[GOOD, 0], table[BAD, 0] = 3.0, -3.0
+    model.get_layer("embedding").set_weights([table])
+    kernel = rng.normal(0, 0.3, (WIDTH, 8)).astype("float32")
+    kernel[0] = 1.0
+    model.get_layer("hidden").set_weights([kernel, np.zeros(8, "float32")])
+    out = np.zeros((8, 2), "float32")
+    out[:, 1], out[:, 0] = 0.5, -0.5
+    model.get_layer("logits").set_weights([out, np.zeros(2, "float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(10, activation="tanh", name="first")(inputs)
+    h = keras.layers.Dense(10, activation="tanh", name="second")(h)
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+def test_text_ig_puts_its_mass_on_the_cue_words(text_model):
+    ids, labels, cues = sentences(12)
+    assert np.all(np.argmax(np.asarray(text_model(ids)), axis=1) == labels)  # the model reads the cue
+    lig = tfattr.LayerIntegratedGradients(text_model, layer="embedding", steps=32, rule="gauss_legendre")
+    expl = lig.attribute(ids, target=labels, input_baseline=PAD, reduce="sum")
+    tokens = expl.attributions
+    assert tokens.shape == (12, LENGTH)
+    assert np.all(np.argmax(np.abs(tokens), axis=1) == cues)
+    share = np.abs(tokens[np.arange(12), cues]) / np.abs(tokens).sum(axis=1)
+    assert np.all(share > 0.6), share
+    assert np.all(tokens[ids == PAD] == 0)  # padding positions are masked out: no path, no gradient
+    assert np.all(tokens[np.arange(12), cues] > 0)  # the cue speaks for the class it sets
+    gap = expl.scores - expl.baseline_scores
+    assert np.all(np.abs(expl.delta) < 1e-4 * np.abs(gap))  # completeness in the embedding space
+
+
+def test_token_scores_signed_sum_and_norm(text_model):
+    ids, labels, _ = sentences(4, seed=2)
+    lig = tfattr.LayerIntegratedGradients(text_model, layer="embedding", steps=16)
+    full = lig.attribute(ids, target=labels).attributions
+    assert full.shape == (4, LENGTH, WIDTH)
+    summed = lig.attribute(ids, target=labels, reduce="sum").attributions
+    norm = lig.attribute(ids, target=labels, reduce="norm").attributions
+    np.testing.assert_allclose(summed, full.sum(axis=-1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(norm, np.sqrt((full.astype(np.float64) ** 2).sum(axis=-1)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(tfattr.reduce_last_axis(full, "norm"), norm, rtol=1e-6)
+    assert np.all(norm >= np.abs(summed) / np.sqrt(WIDTH) - 1e-7)
+
+
+def test_layer_ig_completeness_against_the_baseline_inputs(mlp):
+    rng = np.random.default_rng(0)
+    x, z = rng.normal(size=(4, 6)).astype("float32"), rng.normal(size=(4, 6)).astype("float32")
+    lig = tfattr.LayerIntegratedGradients(mlp, layer="second", steps=64, rule="gauss_legendre")
+    expl = lig.attribute(x, target=0, input_baseline=z)
+    assert expl.attributions.shape == (4, 10)
+    np.testing.assert_allclose(expl.baseline_scores, np.asarray(mlp(z))[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(expl.scores, np.asarray(mlp(x))[:, 0], rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(expl.delta) < 1e-4 * np.abs(expl.scores - expl.baseline_scores))
+
+
+def test_layer_ig_at_the_first_layers_input_is_input_ig(mlp):
+    x = np.random.default_rng(1).normal(size=(3, 6)).astype("float32")
+    plain = tfattr.IntegratedGradients(mlp, steps=20).attribute(x, target=1)
+    at_input = tfattr.LayerIntegratedGradients(mlp, layer="first", attribute_to="input", steps=20)
+    assert_float32_close(at_input.attribute(x, target=1).attributions, plain.attributions)
+
+
+def test_the_layer_is_found_as_for_gradcam(mlp):
+    x = np.random.default_rng(2).normal(size=(2, 6)).astype("float32")
+    results = [tfattr.LayerIntegratedGradients(mlp, layer=layer, steps=8).attribute(x, target=2).attributions
+               for layer in ("second", 2, mlp.get_layer("second"))]
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+def test_other_inputs_stay_at_the_input(tmp_path):
+    keras.utils.set_random_seed(5)
+    a, b = keras.Input((5,), name="table"), keras.Input((4, 3), name="series")
+    branch = keras.layers.Dense(6, activation="tanh", name="branch")(a)
+    h = keras.layers.Concatenate()([branch, keras.layers.GRU(5)(b)])
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Dense(6, activation="tanh")(h)))
+    rng = np.random.default_rng(3)
+    x = [rng.normal(size=(3, 5)).astype("float32"), rng.normal(size=(3, 4, 3)).astype("float32")]
+    expl = tfattr.LayerIntegratedGradients(model, layer="branch", steps=64, rule="gauss_legendre").attribute(
+        x, target=1, input_baseline=0.0)
+    assert expl.attributions.shape == (3, 6)
+    # the start: the branch at a zero table, the series that of x
+    np.testing.assert_allclose(expl.baseline_scores, np.asarray(model([np.zeros_like(x[0]), x[1]]))[:, 1],
+                               rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(expl.delta) < 1e-4 * np.abs(expl.scores - expl.baseline_scores))
+
+
+def test_layer_errors_name_the_argument(text_model, mlp):
+    ids, labels, _ = sentences(2)
+    with pytest.raises(InvalidInputError, match=r"int32 input: a path needs float values.*Received: layer='embedding'"):
+        tfattr.LayerIntegratedGradients(text_model, layer="embedding", attribute_to="input").attribute(ids, target=0)
+    with pytest.raises(InvalidInputError, match=r"Received: attribute_to='middle'"):
+        tfattr.LayerIntegratedGradients(mlp, layer="first", attribute_to="middle")
+    with pytest.raises(InvalidInputError, match=r"Received: reduce='mean'"):
+        tfattr.LayerIntegratedGradients(mlp, layer="first", reduce="mean")
+    with pytest.raises(InvalidInputError, match=r"Received: layer='nope'"):
+        tfattr.LayerIntegratedGradients(mlp, layer="nope")
+    with pytest.raises(InvalidInputError, match=r"does not fit model input.*Received: input_baseline.shape=\(1, 5\)"):
+        tfattr.LayerIntegratedGradients(mlp, layer="first").attribute(np.ones((2, 6), "float32"), target=0,
+                                                                      input_baseline=np.ones((1, 5), "float32"))
+    with pytest.raises(InvalidTypeError, match=r"must hold numbers"):
+        tfattr.LayerIntegratedGradients(text_model, layer="embedding").attribute(np.array([["a"] * LENGTH]))
+
+
+def test_layer_conductance_through_a_linear_layer_sums_to_input_ig():
+    # y = W x + b: each interval's y_m − y_{m−1} = W (x − z) / M, so Σ_j Cond_j = Σ_i IG_i (right Riemann, M steps)
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((6,))
+    projected = keras.layers.Dense(5, name="proj")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Activation("tanh")(projected)))
+    x = np.random.default_rng(4).normal(size=(3, 6)).astype("float32")
+    conductance = tfattr.LayerConductance(model, layer="proj", steps=24).attribute(x, target=1)
+    assert conductance.attributions.shape == (3, 5)
+    ig = tfattr.IntegratedGradients(model, steps=24).attribute(x, target=1)
+    np.testing.assert_allclose(conductance.attributions.sum(axis=1), ig.attributions.sum(axis=1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(conductance.delta, ig.delta, atol=1e-5)
+
+
+def test_layer_conductance_completeness_improves_with_steps(mlp):
+    x = np.random.default_rng(5).normal(size=(3, 6)).astype("float32")
+    # at "first" the model above is nonlinear (at "second" only a Dense is left: the sum telescopes exactly)
+    coarse = tfattr.LayerConductance(mlp, layer="first", steps=8).attribute(x, target=0)
+    fine = tfattr.LayerConductance(mlp, layer="first", steps=256).attribute(x, target=0)
+    gap = np.abs(fine.scores - fine.baseline_scores)
+    assert np.all(np.abs(fine.delta) < 0.01 * gap)
+    assert np.all(np.abs(fine.delta) < np.abs(coarse.delta))
