@@ -26,16 +26,14 @@ def fresh_tuning():
     autotune.reset()
 
 
-class TickClock:
-    """Each reading is one second after the previous: every timed round "takes" 1 s, so the
-    points per second of a size are proportional to the size (larger is faster, as on a GPU)."""
+def peaked(fastest):
+    """Points per second peaking at ``fastest`` (unimodal in log size, as measured on CPUs and GPUs)."""
+    return lambda size: 1000.0 / (1.0 + 0.3 * abs(math.log2(size) - math.log2(fastest)))
 
-    def __init__(self):
-        self.now = 0.0
 
-    def __call__(self):
-        self.now += 0.5
-        return self.now
+def timer(speed):
+    """An injected timer: a round of chunks of ``sizes`` takes ``points / speed(size)`` seconds."""
+    return lambda sizes: sum(sizes) / speed(sizes[0])
 
 
 def drive(tuner, speed, total=10**6, calls=50):
@@ -59,12 +57,8 @@ def drive(tuner, speed, total=10**6, calls=50):
 
 @pytest.mark.parametrize("fastest, cap", [(4, 64), (1, 64), (16, 64), (32, 64), (64, 64), (1024, 1024)])
 def test_tuner_picks_the_measured_fastest_size(fastest, cap):
-    # speed peaks at `fastest` (unimodal in log size, as measured on CPUs and GPUs)
-    def speed(size):
-        return 1000.0 / (1.0 + 0.3 * abs(math.log2(size) - math.log2(fastest)))
-
     tuner = autotune.ChunkTuner(cap=cap, workers=2)
-    drive(tuner, speed)
+    drive(tuner, peaked(fastest))
     assert tuner.chosen == fastest
 
 
@@ -105,8 +99,8 @@ def test_batch_size_auto_is_the_default_and_other_values_are_named():
 
 
 def test_auto_chunks_are_batch_size_invariant_while_sizes_change(images):
-    """Every call of the tuning (chunks of 16, 32, 64 mixed in one call) matches fixed chunks."""
-    autotune.configure(clock=TickClock())
+    """Every call of the tuning (chunks of several sizes mixed in one call) matches fixed chunks."""
+    autotune.configure(timer=timer(peaked(32)))
     model = small_cnn("relu")
     fixed = {name: method(model, batch_size=CHUNK_SIZES[0], **options).attribute(images, target=1)
              for name, method, options in (("ig", IntegratedGradients, {"steps": 43}),
@@ -120,7 +114,7 @@ def test_auto_chunks_are_batch_size_invariant_while_sizes_change(images):
     tuners = list(autotune._tuners[model].values())
     assert len(tuners) == 3
     ig_tuner = next(t for t in tuners if t.workers == 2 and t.too_big is None)
-    assert ig_tuner.chosen == 64  # each timed round "takes" the same time: the largest size wins
+    assert ig_tuner.chosen == 32  # the fastest by the injected timings
     rsi_tuner = next(t for t in tuners if t.workers == 1)  # Riemann–Stieltjes: one chunk at a time, carried
     assert set(rsi_tuner.rounds) >= {16, 32}
 
@@ -136,7 +130,7 @@ def test_explicit_batch_size_runs_every_chunk_at_that_size_without_tuning(images
 
 
 def test_the_cap_bounds_every_chunk(images):
-    autotune.configure(max_points=8, clock=TickClock())
+    autotune.configure(max_points=8, timer=timer(peaked(64)))
     model = small_cnn("relu")
     ig = IntegratedGradients(model, steps=40)
     for _ in range(8):
@@ -152,7 +146,7 @@ def test_the_cap_bounds_every_chunk(images):
 
 def test_the_chosen_size_is_kept_on_disk_when_asked(images, tmp_path):
     path = tmp_path / "sizes.json"
-    autotune.configure(disk_cache=str(path), clock=TickClock())
+    autotune.configure(disk_cache=str(path), timer=timer(peaked(64)))
     model = small_cnn("relu")
     ig = IntegratedGradients(model, steps=43)
     for _ in range(8):

@@ -14,8 +14,9 @@ cache), and hands each :meth:`~tfattr.core.engine.PathEngine.integrate` call a
   chosen (up to float32 summation order, as for any fixed ``batch_size``);
 * the first chunk of a call runs alone and untimed (it traces the chunk function on first
   use), and so does the first chunk at each new size (a new batch size can cost kernel setup
-  once); then a *round* of ``parallel_chunks`` chunks of that size runs in flight together and
-  is timed (twice, the faster kept), giving points per second at that size;
+  once); then a timed *round* of chunks of that size runs, ``parallel_chunks`` in flight, over
+  the same number of rows for every size (``parallel_chunks × 16``, or the whole call when it
+  is smaller), twice, the faster kept: points per second at that size;
 * sizes are powers of two from ``start`` (16, the fixed default) searched uphill: the next
   larger size is tried, and while it is faster the search keeps doubling up to the cap;
   otherwise it halves down to 1. It stops two sizes past the fastest one (or at the cap),
@@ -57,12 +58,11 @@ ROUNDS = 2
 #: sizes tried past the fastest one before the search stops
 PATIENCE = 2
 
-_settings = {"max_points": None, "max_bytes": None, "disk_cache": None}
-_clock: Callable[[], float] = time.perf_counter
+_settings = {"max_points": None, "max_bytes": None, "disk_cache": None, "timer": None}
 
 
 def configure(max_points: Optional[int] = None, max_bytes: Optional[int] = None, disk_cache=None,
-              clock: Optional[Callable[[], float]] = None) -> None:
+              timer: Optional[Callable[[List[int]], float]] = None) -> None:
     """Set the caps of automatic chunk sizes and the on-disk cache for this process.
 
     Args:
@@ -75,17 +75,17 @@ def configure(max_points: Optional[int] = None, max_bytes: Optional[int] = None,
             ``TFATTR_CHUNK_CACHE`` environment variable, ``1`` or a path, turns it on). The file
             is keyed by the model's name, class, parameter count and layer count, the input
             shape, the gradient function, the device, TensorFlow's version and the CPU count.
-        clock: the timer (default ``time.perf_counter``); tests pass a fake one.
+        timer: ``timer(sizes) -> seconds`` replaces the measured time of a timed round of chunks
+            of ``sizes`` (tests inject speeds with it); ``None`` measures with ``time.perf_counter``.
     """
-    global _clock
     _settings["max_points"] = None if max_points is None else int(max_points)
     _settings["max_bytes"] = None if max_bytes is None else int(max_bytes)
     _settings["disk_cache"] = disk_cache
-    _clock = time.perf_counter if clock is None else clock
+    _settings["timer"] = timer
 
 
 def clock() -> float:
-    return _clock()
+    return time.perf_counter()
 
 
 def _gpu_visible() -> bool:
@@ -279,8 +279,10 @@ class TuningSession:
                     return self._rest()
                 tuner.warm.add(size)
                 return [size], False
-            # as many chunks in flight as a call of this size keeps (up to the workers)
-            count = min(tuner.workers, self.total // size)
+            # every size is timed on the same number of rows (`workers` chunks of the start size, or
+            # the whole call if smaller), `workers` chunks in flight: equal work, comparable times
+            wanted = min(self.total, tuner.workers * tuner.start)
+            count = max(1, min(self.total // size, max(tuner.workers, -(-wanted // size))))
             if size * count > remaining:  # the next call continues
                 return self._rest()
             self.timed = size
@@ -294,6 +296,8 @@ class TuningSession:
         """The round of ``sizes`` took ``seconds`` (ignored unless it was a timed round)."""
         if self.timed is None:
             return
+        if _settings["timer"] is not None:
+            seconds = _settings["timer"](list(sizes))
         with self.tuner.lock:
             self.tuner.record(self.timed, sum(sizes), seconds)
         self.timed = None
