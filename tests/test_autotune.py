@@ -80,11 +80,15 @@ def test_tuner_measures_sizes_only_after_a_warm_up_chunk_and_discards_the_trace(
     assert tuner.rounds == {16: 2, 32: 2}
 
 
-def test_tuner_keeps_a_small_call_in_flight_and_continues_on_the_next_call():
-    # calls of 16 rows: 32 never fits; 16 runs as one chunk; 8 as two in flight
+def test_tuner_measures_what_fits_small_calls_and_runs_tiny_calls_whole():
+    # calls of 24 rows: 32 never fits; 16 runs as one chunk a round; 8 as three, two in flight
     tuner = autotune.ChunkTuner(cap=64, workers=2)
-    drive(tuner, {16: 100.0, 8: 150.0, 4: 120.0, 2: 60.0, 1: 30.0}.get, total=16)
+    drive(tuner, {16: 100.0, 8: 150.0, 4: 120.0, 2: 60.0, 1: 30.0}.get, total=24)
     assert tuner.too_big == 32 and tuner.chosen == 8
+    # a call of at most 16 rows (the first size) is one chunk while nothing is measured
+    fresh = autotune.ChunkTuner(cap=64, workers=2)
+    session = fresh.session(12, fresh=True)
+    assert session.next_round(12) is None and session.size == 12 and fresh.rounds == {}
 
 
 def test_batch_size_auto_is_the_default_and_other_values_are_named():
@@ -113,7 +117,8 @@ def test_auto_chunks_are_batch_size_invariant_while_sizes_change(images):
             assert_float32_close(method.attribute(images, target=1), fixed[name], err_msg=name)
     tuners = list(autotune._tuners[model].values())
     assert len(tuners) == 3
-    ig_tuner = next(t for t in tuners if t.workers == 2 and t.too_big is None)
+    ig_tuner = next(t for t in tuners if t.workers == 2 and t.rounds)
+    assert sum(1 for t in tuners if not t.rounds) == 1  # Grad-CAM's calls of 3 rows run whole
     assert ig_tuner.chosen == 32  # the fastest by the injected timings
     rsi_tuner = next(t for t in tuners if t.workers == 1)  # Riemann–Stieltjes: one chunk at a time, carried
     assert set(rsi_tuner.rounds) >= {16, 32}

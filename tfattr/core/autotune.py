@@ -21,8 +21,9 @@ cache), and hands each :meth:`~tfattr.core.engine.PathEngine.integrate` call a
   larger size is tried, and while it is faster the search keeps doubling up to the cap;
   otherwise it halves down to 1. It stops two sizes past the fastest one (or at the cap),
   and from then on every call of that key runs the fastest measured size;
-* a size whose round needs more rows than a whole call holds is not measured (it could not
-  keep ``parallel_chunks`` chunks in flight on such calls anyway): the search stops there;
+* a call of at most 16 rows (one image's gradient or Grad-CAM map for a small batch) runs as
+  one chunk until a larger call of the same key has measured sizes; a size larger than a whole
+  call is not measured: the search stops there;
 * the cap bounds memory: at most :data:`max_points` points per chunk (default 64 on a CPU,
   1024 with a GPU visible), and optionally ``max_bytes`` of estimated activations over the
   chunks in flight (see :func:`point_bytes`).
@@ -261,6 +262,9 @@ class TuningSession:
             first, self.first = self.first, False
             if tuner.chosen is not None:
                 self.size = tuner.chosen
+                return None
+            if self.total <= tuner.start:  # a call no larger than the first size runs whole until sizes are known
+                self.size = tuner.best() or self.total
                 return None
             while True:
                 size = tuner.next_size()

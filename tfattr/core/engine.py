@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from tfattr.core import autotune
 from tfattr.core.gradients import compiled_forward
-from tfattr.core.targets import select_output
+from tfattr.core.targets import record_classes, recorded_classes, select_output
 
 __all__ = ["PathRows", "EngineResult", "PathEngine", "COMBINES", "forward_outputs", "progress_bar"]
 
@@ -171,6 +171,9 @@ class EngineResult:
         squares: ``(N, …)`` per-example sums of squared row contributions (``collect_squares``), else ``None``.
         row_gradients: ``(R, …)`` each row's unweighted gradient (``collect_rows``), else ``None``.
         row_values: ``(R, …)`` each row's differentiated values (``collect_rows``), else ``None``.
+        row_classes: ``(R,)`` the class each row explained: its target, or for a negative target
+            the row's top-1 class, picked in the same forward pass (``None`` for callable scores'
+            rows: their entries are the unused targets).
     """
 
     attributions: np.ndarray
@@ -181,6 +184,7 @@ class EngineResult:
     row_gradients: Optional[np.ndarray] = None
     row_values: Optional[np.ndarray] = None
     start: Optional[np.ndarray] = None
+    row_classes: Optional[np.ndarray] = None
 
 
 COMBINES = ("path", "plain", "stieltjes", "stieltjes_trapezoid")
@@ -333,12 +337,14 @@ class PathEngine:
                 starts = tf.where(tf.constant(layout.fixed_mask()[None]), inputs, starts)
             delta = inputs - starts
             points = starts + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta
+            classes = record_classes()  # a negative class is the row's top-1, picked in this graph
             if layout is None:
                 scores, gradients, values = gradient_fn(points, target_rows)
             else:  # several inputs packed in `points`: the model gets its list/dict, the gradients are packed
                 scores, gradients, values = gradient_fn(layout.unpack(points), target_rows)
                 if isinstance(gradients, (list, tuple, dict)):
                     gradients, values = layout.pack(gradients, acc_dtype), points
+            classes = recorded_classes(classes, target_rows)
             gradients = tf.cast(gradients, acc_dtype)
             values = tf.cast(values, acc_dtype)
             contribution = gradients * per_row(weight, gradients)
@@ -377,7 +383,8 @@ class PathEngine:
             else:
                 row_out = (tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype))
             last = tf.concat([values[-1:], gradients[-1:]], axis=0) if combine == "stieltjes_trapezoid" else values[-1:]
-            return (tf.cast(scores, tf.float64), sums, endpoint, ends, last, squared) + row_out + (start, starts)
+            return (tf.cast(scores, tf.float64), sums, endpoint, ends, last, squared) + row_out + (start, starts,
+                                                                                                   classes)
 
         return chunk
 
@@ -411,6 +418,7 @@ class PathEngine:
         total = len(rows)
         attributions = endpoint = ends = squares = origin = origins = None
         row_scores = np.zeros(total, dtype=np.float64)
+        row_classes = np.zeros(total, dtype=np.int32)
         example = rows.example.astype(np.int32)
         baseline = rows.baseline.astype(np.int32)
         targets = np.asarray(target_indices, dtype=np.int32)[example]
@@ -450,7 +458,7 @@ class PathEngine:
         def consume(start, stop, first, count, outputs):
             nonlocal attributions, endpoint, ends, squares, origin, origins, done
             (scores, sums, chunk_endpoint, chunk_ends, _, chunk_squares, row_gradients, row_values, chunk_start,
-             chunk_starts) = outputs
+             chunk_starts, chunk_classes) = outputs
             sums = sums.numpy()
             if attributions is None:
                 attributions = np.zeros((num_examples,) + sums.shape[1:], dtype=np.float64)
@@ -470,6 +478,7 @@ class PathEngine:
                 origin[first : first + count] += chunk_start.numpy()
                 origins[first : first + count] += chunk_starts.numpy()
             row_scores[start:stop] = scores.numpy()
+            row_classes[start:stop] = chunk_classes.numpy()
             if self.collect_rows:
                 kept_gradients.append(row_gradients.numpy())
                 kept_values.append(row_values.numpy())
@@ -525,7 +534,8 @@ class PathEngine:
             kept_values = np.concatenate(kept_values) if kept_values else None
         else:
             kept_gradients = kept_values = None
-        return EngineResult(attributions, row_scores, done, endpoint, squares, kept_gradients, kept_values, origin)
+        return EngineResult(attributions, row_scores, done, endpoint, squares, kept_gradients, kept_values, origin,
+                            row_classes)
 
     def _schedule(self, shape, dtype, combine, relative, total, workers, device, fresh):
         """The chunk sizes of one call: every chunk of an explicit ``batch_size``, or for ``"auto"``

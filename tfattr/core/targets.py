@@ -21,6 +21,7 @@ returns them. :func:`resolve_output` checks ``output`` against the model before 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Tuple, Union
 
@@ -226,7 +227,30 @@ def select_scores(outputs: tf.Tensor, target_rows: tf.Tensor, score_fn: Optional
             "An integer `target` needs model outputs of shape (batch, classes); use a callable "
             "target for other outputs. " + received("outputs.shape", tuple(outputs.shape))
         )
+    # a negative class asks for the row's top-1 class, picked in the same graph (no forward pass of its own)
+    target_rows = tf.convert_to_tensor(target_rows)
+    target_rows = tf.where(target_rows < 0, tf.argmax(outputs, axis=1, output_type=target_rows.dtype), target_rows)
+    found = getattr(_recording, "classes", None)
+    if found is not None:
+        found.append(target_rows)
     return tf.gather(outputs, target_rows, axis=1, batch_dims=1)
+
+
+_recording = threading.local()
+
+
+def record_classes() -> list:
+    """Start collecting, in this thread, the classes :func:`select_scores` explains (while a chunk
+    function is traced); :func:`recorded_classes` ends it."""
+    _recording.classes = []
+    return _recording.classes
+
+
+def recorded_classes(found: list, target_rows: tf.Tensor) -> tf.Tensor:
+    """The classes of the rows (top-1 ones resolved) when one integer selection was recorded in
+    ``found``, else ``target_rows`` as given."""
+    _recording.classes = None
+    return found[0] if len(found) == 1 else target_rows
 
 
 def resolve_targets(target, outputs: Optional[np.ndarray], batch_size: int,

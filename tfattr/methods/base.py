@@ -9,6 +9,7 @@ resolution happen once, here, at the public boundary.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -32,7 +33,8 @@ _COMMON = {"batch_size": "auto", "verbose": "auto", "parallel_chunks": 2, "outpu
 
 class Explained(dict):
     """What :meth:`AttributionMethod._explain` returns: ``attributions`` (float64) plus optional
-    ``delta``, ``baseline_scores``, ``gradients`` and ``info``."""
+    ``delta``, ``baseline_scores``, ``gradients``, ``info`` and ``targets`` (the classes explained,
+    when the engine picked top-1 classes in the gradient pass)."""
 
 
 def _check_batch_size(value):
@@ -90,6 +92,9 @@ class AttributionMethod:
     collect_endpoint = False
     #: ask the engine for per-example sums of squared row contributions (Monte-Carlo errors)
     collect_squares = False
+    #: every row is at the input itself (α = 1): ``target=None`` picks the top-1 class in the
+    #: gradient pass (no forward pass of its own); ``_explain`` returns the classes as ``targets``
+    top1_in_rows = False
 
     def __init__(self, model, **options):
         if not callable(model):
@@ -321,9 +326,14 @@ class AttributionMethod:
         if self._explicit_classes(target, num_classes):
             # no forward pass needed: methods read f(x) off their rows at α = 1 or compute it
             targets, fx = resolve_targets(target, None, images.batch_size, num_classes, output=output), None
+        elif target is None and self.top1_in_rows and num_classes is not None:
+            # class -1: each row's top-1, picked in the gradient pass at x (one forward+backward in all)
+            targets, fx = Targets(np.full(images.batch_size, -1, np.int32), None, output), None
         else:
             targets, fx = self.resolve(x, target, config["batch_size"], output)
         out = self._explain(x, targets, fx, config)
+        if out.get("targets") is not None and targets.indices is not None:
+            targets = replace(targets, indices=np.asarray(out["targets"], np.int32))
         return self._package(out, images, targets, fx, config)
 
     def uses_value_range(self, config: Dict[str, Any]) -> bool:

@@ -131,6 +131,7 @@ class GradCAM(_LayerMethod, AttributionMethod):
     options = dict(_MAP_OPTIONS, weighting="gradient")
     combine = "plain"
     collect_endpoint = True
+    top1_in_rows = True  # one row at x per example: target=None is one forward+backward to the layer
 
     def __init__(self, model, layer=None, **options):
         super().__init__(model, **options)
@@ -156,7 +157,7 @@ class GradCAM(_LayerMethod, AttributionMethod):
             gradients = gradients * activations
         weights = gradients.mean(axis=(1, 2))
         cam = self._cam(weights, activations, tuple(x.shape[1:]), config)
-        return Explained(attributions=cam, gradients=len(rows), scores=result.row_scores,
+        return Explained(attributions=cam, gradients=len(rows), scores=result.row_scores, targets=result.row_classes,
                          info={"layer": self.layer.name, "weights": weights, "activations": activations})
 
 

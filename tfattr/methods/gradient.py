@@ -35,11 +35,13 @@ class Gradient(AttributionMethod):
     name = "gradient"
     options = {"absolute": False}
     combine = "plain"
+    top1_in_rows = True  # one row at x per example: target=None picks the top-1 class in that pass
 
     def _explain(self, x, targets, fx, config) -> Explained:
         result, count = _single_point(self, x, targets, config)
         attributions = np.abs(result.attributions) if config["absolute"] else result.attributions
-        return Explained(attributions=attributions, gradients=count, scores=result.row_scores)
+        return Explained(attributions=attributions, gradients=count, scores=result.row_scores,
+                         targets=result.row_classes)
 
 
 class InputXGradient(AttributionMethod):
@@ -50,7 +52,9 @@ class InputXGradient(AttributionMethod):
 
     name = "input_x_gradient"
     combine = "path"
+    top1_in_rows = True
 
     def _explain(self, x, targets, fx, config) -> Explained:
         result, count = _single_point(self, x, targets, config)
-        return Explained(attributions=result.attributions, gradients=count, scores=result.row_scores)
+        return Explained(attributions=result.attributions, gradients=count, scores=result.row_scores,
+                         targets=result.row_classes)
