@@ -145,6 +145,9 @@ def test_layer_errors_name_the_argument(text_model, mlp):
                                                                       input_baseline=np.ones((1, 5), "float32"))
     with pytest.raises(InvalidTypeError, match=r"must hold numbers"):
         tfattr.LayerIntegratedGradients(text_model, layer="embedding").attribute(np.array([["a"] * LENGTH]))
+    for method in (tfattr.LayerIntegratedGradients(mlp, layer="first"), tfattr.LayerConductance(mlp, layer="first")):
+        with pytest.raises(InvalidTypeError, match=rf"attributes to a layer.*Received: method='{type(method).__name__}'"):
+            tfattr.NoiseTunnel(method)
 
 
 def test_layer_conductance_through_a_linear_layer_sums_to_input_ig():

@@ -206,3 +206,19 @@ def test_integer_inputs_of_a_one_input_model_point_to_layer_ig():
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Embedding(5, 3)(inputs))))
     with pytest.raises(InvalidTypeError, match=r"LayerIntegratedGradients.*Received: inputs.dtype='int32'"):
         tfattr.IntegratedGradients(model).attribute(np.ones((2, 4), "int32"))
+
+
+def test_image_only_methods_refuse_several_inputs_by_name():
+    a, b = keras.Input((8, 8, 3), name="img"), keras.Input((3,), name="meta")
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(a)
+    h = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(h), b])
+    model = keras.Model([a, b], keras.layers.Dense(2)(h))
+    x = [np.ones((1, 8, 8, 3), "float32"), np.ones((1, 3), "float32")]
+    for method in (tfattr.GradCAM(model, layer="conv"), tfattr.RSIGradCAM(model, layer="conv")):
+        with pytest.raises(InvalidTypeError, match=r"one image input.*Received: model.inputs=\['img', 'meta'\]"):
+            method.attribute(x)
+    with pytest.raises(InvalidTypeError, match=r"one image input.*Received: sigma='adaptive'"):
+        tfattr.SmoothTaylor(model, sigma="adaptive").attribute(x)
+    with pytest.raises(InvalidTypeError, match=r"one image input.*Received: model.inputs="):
+        tfattr.adaptive_noising(tfattr.SmoothTaylor(model), x)
+    assert tfattr.IntegratedGradients(model, steps=4).attribute(x).attributions[0].shape == (1, 8, 8, 3)

@@ -13,6 +13,7 @@ so calls with different batch sizes do not retrace.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Callable, Optional
 
@@ -208,8 +209,13 @@ class LayerInjection:
         self.attribute_to = attribute_to
         self.model_inputs = model_inputs or (lambda items: items[0] if len(items) == 1 else list(items))
         self.name = getattr(model, "name", "model")
+        self._lock = threading.RLock()  # one replaced `call` at a time (replicas trace from their own threads)
 
     def _run(self, model_inputs, value=None, training=False):
+        with self._lock:
+            return self._run_locked(model_inputs, value, training)
+
+    def _run_locked(self, model_inputs, value=None, training=False):
         layer, seen = self.layer, []
         original = layer.call
 

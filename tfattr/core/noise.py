@@ -75,6 +75,10 @@ class NoiseTunnel:
                 "`method` must be a tfattr attribution method instance, e.g. Gradient(model). "
                 + received("type(method)", type(method).__name__)
             )
+        if getattr(method, "noise_tunnel", True) is False:  # attributions not in the inputs' shape (layer methods)
+            raise InvalidTypeError(
+                f"NoiseTunnel averages maps of the inputs' shape; {type(method).__name__} attributes to a layer. "
+                + received("method", type(method).__name__))
         self.method = method
         self.config = self._check(dict(nt_type=nt_type, nt_samples=nt_samples, stdevs=stdevs,
                                        noise_level=noise_level, value_range=value_range, seed=seed,

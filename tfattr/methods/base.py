@@ -95,6 +95,8 @@ class AttributionMethod:
     #: every row is at the input itself (α = 1): ``target=None`` picks the top-1 class in the
     #: gradient pass (no forward pass of its own); ``_explain`` returns the classes as ``targets``
     top1_in_rows = False
+    #: takes models with several inputs (packed per example, see :mod:`tfattr.core.structure`)
+    several_inputs = True
 
     def __init__(self, model, **options):
         if not callable(model):
@@ -185,6 +187,11 @@ class AttributionMethod:
         if self.spec.inputs is None:
             self.set_layout(None)
             return validate_images(inputs, self.spec, name=name)
+        if not self.several_inputs:
+            raise InvalidTypeError(
+                f"{type(self).__name__} explains models with one image input; this model has inputs "
+                f"{list(self.spec.inputs.names)}. Use IntegratedGradients, Gradient, SmoothTaylor or "
+                "LayerIntegratedGradients. " + received("model.inputs", list(self.spec.inputs.names)))
         images = validate_inputs(inputs, self.spec, config.get("fixed_inputs"), name=name)
         self.set_layout(images.layout)
         return images

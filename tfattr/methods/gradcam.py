@@ -32,6 +32,8 @@ _MAP_OPTIONS = {"relu": True, "upsample": True, "normalize": False}
 class _LayerMethod:
     """Layer resolution, the layer gradient function and the map from channel weights."""
 
+    several_inputs = False  # maps of 4-D feature maps upsampled to one image input
+
     def _init_layer(self, layer):
         """Resolve and check ``layer``; for a model without symbolic layer outputs (subclassed, an
         unbuilt Sequential) the default layer and the rank check wait for the first inputs

@@ -83,6 +83,7 @@ class LayerIntegratedGradients(IntegratedGradients):
     """
 
     name = "layer_integrated_gradients"
+    noise_tunnel = False  # attributions in the layer's shape, path in its space
     options = dict(IntegratedGradients.options, input_baseline=None, reduce=None)
 
     def __init__(self, model, layer, attribute_to: str = "output", **options):
@@ -235,6 +236,7 @@ class LayerConductance(IntegratedGradients):
     """
 
     name = "layer_conductance"
+    noise_tunnel = False  # attributions in the layer's shape
     combine = "stieltjes"
 
     def __init__(self, model, layer, **options):

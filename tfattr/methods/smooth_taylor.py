@@ -197,6 +197,9 @@ class SmoothTaylor(AttributionMethod):
     def _adaptive(self, x, targets, fx, config) -> Explained:
         """Adaptive noising per image. The map returned is the best one the search evaluated (the
         authors' code keeps it), with its objective value: no further SmoothTaylor run."""
+        if self.layout() is not None:
+            raise InvalidTypeError("SmoothTaylor(sigma='adaptive') explains models with one image input; this model "
+                                   f"has inputs {list(self.layout().names)}. " + received("sigma", config["sigma"]))
         with value_range_checked():  # attribute() has checked the inputs once
             result = _search(self, x.numpy(), config, objective=config["objective"], target=targets.indices,
                              stop_rule=config["stop_rule"], normalisation=config["normalisation"],
@@ -387,6 +390,9 @@ def adaptive_noising(
     """
     if not isinstance(method, SmoothTaylor):
         method = SmoothTaylor(method)
+    if method.spec.inputs is not None:
+        raise InvalidTypeError("Adaptive noising explains models with one image input; this model has inputs "
+                               f"{list(method.spec.inputs.names)}. " + received("model.inputs", list(method.spec.inputs.names)))
     images_checked = validate_images(images, method.spec, name="images")
     config = method._merge(method.config, {"roots": roots})
     warn_outside_value_range(images_checked.array, config["value_range"], name="images", stacklevel=2)
