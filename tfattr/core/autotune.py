@@ -323,7 +323,8 @@ def reset() -> None:
 
 def _owner(gradient_fn):
     """The object the measurements belong to: the gradient function's model, else the function."""
-    return getattr(gradient_fn, "model", None) or gradient_fn
+    model = getattr(gradient_fn, "model", None)
+    return gradient_fn if model is None else model
 
 
 def _kind(gradient_fn) -> tuple:
