@@ -28,6 +28,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_engine.py --quick
+	$(PY) benchmarks/bench_speed.py
 	$(PY) benchmarks/bench_methods.py
 	$(PY) benchmarks/bench_guided.py
 	$(PY) benchmarks/bench_metrics.py --model small --size 64 --kernel-size 5 --images 8
