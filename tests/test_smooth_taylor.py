@@ -198,8 +198,15 @@ def test_tolerance_draws_root_blocks_until_the_relative_standard_error_holds(rel
     assert np.all(first.info["roots"] == 16)
     np.testing.assert_allclose(np.asarray(first), np.asarray(fixed), atol=1e-6)
     np.testing.assert_allclose(first.delta, fixed.delta, atol=1e-5)
+    # a repeat with a fixed chunk size is bit-identical; with batch_size="auto" the first calls may
+    # run other chunk sizes while measuring, so a repeat agrees to float32 rounding
+    fixed_size = dict(batch_size=16)
+    once, twice = st.attribute(images, target=1, **fixed_size), st.attribute(images, target=1, **fixed_size)
+    np.testing.assert_array_equal(np.asarray(once), np.asarray(twice))
     again = st.attribute(images, target=1)
-    np.testing.assert_array_equal(np.asarray(expl), np.asarray(again))
+    np.testing.assert_array_equal(again.info["roots"], used)
+    scale = np.abs(np.asarray(expl)).max()
+    np.testing.assert_allclose(np.asarray(again), np.asarray(expl), rtol=0, atol=1e-4 * scale)
     with pytest.warns(RuntimeWarning, match="did not reach tolerance"):
         st.attribute(images, target=1, tolerance=1e-4, max_roots=32)
 

@@ -59,7 +59,9 @@ class AttributionMethod:
             at 64 points on a CPU and 1024 with a GPU (:func:`tfattr.core.autotune.configure`
             changes the cap, adds a byte budget or an on-disk cache); an integer fixes it (the
             memory bound: ``parallel_chunks × batch_size`` points). Results do not depend on it
-            beyond float32 summation order.
+            beyond float32 rounding (chunk composition changes the last bits of a batched pass);
+            for bit-identical repeats of a call, fix an integer: under ``"auto"`` the first calls
+            of a process run other sizes while measuring.
         parallel_chunks: chunks of ``batch_size`` points in flight at once (default 2; ``1`` runs
             them one after the other and halves the peak memory); results do not depend on it.
             The chunks run the compiled model concurrently; a model whose forward pass writes
