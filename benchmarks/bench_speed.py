@@ -36,19 +36,7 @@ import tfattr  # noqa: E402
 from tfattr.core import autotune  # noqa: E402
 from tfattr.data import EfficientNetLite0  # noqa: E402
 
-
-def small_vgg(size=64, classes=10):
-    keras.utils.set_random_seed(0)
-    bias = keras.initializers.RandomUniform(-0.1, 0.1, seed=0)
-    inputs = keras.Input((size, size, 3))
-    h = inputs
-    for filters in (32, 64, 128):
-        h = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", bias_initializer=bias)(h)
-        h = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", bias_initializer=bias)(h)
-        h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Flatten()(h)
-    h = keras.layers.Dense(128, activation="relu", bias_initializer=bias)(h)
-    return keras.Model(inputs, keras.layers.Dense(classes, bias_initializer=bias)(h))
+from bench_engine import small_vgg  # noqa: E402  (the benchmarks folder is the script's path)
 
 
 def timed(fn) -> float:

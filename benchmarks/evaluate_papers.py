@@ -53,6 +53,15 @@ ST_COLUMNS = ["AUPC", "AUTVC", "completeness"]
 GIG_COLUMNS = ["deletion", "insertion"]
 
 
+def _batch_size(text: str):
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1 or 'auto'. Received: --batch-size={text!r}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("digits", "photos", "both"), default="both")
@@ -62,8 +71,9 @@ def main(argv=None):
                              f"all four: {','.join(PHOTOS)})")
     parser.add_argument("--photo-adaptive", choices=("autvc", "all", "none"), default="autvc",
                         help="photos part: adaptive noising objectives (default autvc; 'all' adds AUPC)")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="photos part: points per forward+backward pass of EfficientNet-Lite0 (default 4)")
+    parser.add_argument("--batch-size", type=_batch_size, default="auto",
+                        help="photos part: points per forward+backward pass of EfficientNet-Lite0, an integer or "
+                             "'auto' (default: measured)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--no-adaptive", action="store_true", help="skip adaptive noising (the slow rows)")
     parser.add_argument("--out", default=os.path.join("outputs", "papers"))

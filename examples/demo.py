@@ -83,7 +83,7 @@ def logits_of(model: keras.Model) -> keras.Model:
 
 def methods(model):
     """(title, method) pairs: every method and baseline tfattr has, with the demo's settings."""
-    common = dict(batch_size=32, verbose=0)
+    common = dict(verbose=0)  # batch_size="auto": chunk sizes measured on the first calls
     ig = dict(steps=64, rule="riemann_trapezoid", **common)
     yield "Gradient", tfattr.Gradient(model, **common)
     yield "Input x Gradient", tfattr.InputXGradient(model, **common)
@@ -269,7 +269,7 @@ def photo_methods(model):
     at fewer steps and samples (:data:`PHOTO_SETTINGS`); "IG zero" is the black image here.
     Adaptive noising is left out: each of its ~30 objective evaluations per image is a SmoothTaylor
     run, minutes per photo at 224 px on 2 cores."""
-    common = dict(batch_size=16, verbose=0)
+    common = dict(verbose=0)  # batch_size="auto"
     ig = dict(steps=32, rule="riemann_trapezoid", value_range=PHOTO_RANGE, **common)
     noisy = dict(ig, steps=8, n_baselines=4)
     cam = dict(layer=PHOTO_LAYER, **common)
