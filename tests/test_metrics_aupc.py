@@ -10,7 +10,7 @@ import pytest
 
 from conftest import CallCounter, small_cnn
 from tfattr import metrics
-from tfattr.errors import InvalidInputError, InvalidTypeError
+from tfattr.errors import InvalidInputError, InvalidTypeError, ValueRangeWarning
 
 
 def pixel_sum_model(size, dtype="float64", counter=False):
@@ -131,8 +131,14 @@ def test_a_model_that_ignores_its_input_gives_aupc_of_exactly_30():
 def test_relevant_windows_first_lowers_aupc_versus_irrelevant_first(sum_model, images24):
     x = images24.copy()
     x[:, 4:12, 4:12] = 1.0  # a bright square dominates the pixel sum
-    good = metrics.aupc(sum_model, x, x, kernel_size=4, regions=4, perturbations=8, value_range=(0, 0.01), verbose=0)
-    bad = metrics.aupc(sum_model, x, 1.0 - x, kernel_size=4, regions=4, perturbations=8, value_range=(0, 0.01), verbose=0)
+    # near-black noise (value_range far below the images) so that a perturbed window lowers the sum;
+    # the range check says the images lie outside it
+    with pytest.warns(ValueRangeWarning, match="value_range"):
+        good = metrics.aupc(sum_model, x, x, kernel_size=4, regions=4, perturbations=8, value_range=(0, 0.01),
+                            verbose=0)
+    with pytest.warns(ValueRangeWarning, match="value_range"):
+        bad = metrics.aupc(sum_model, x, 1.0 - x, kernel_size=4, regions=4, perturbations=8, value_range=(0, 0.01),
+                           verbose=0)
     assert (good.area < bad.area).all()
 
 
