@@ -90,13 +90,13 @@ def methods(model):
     yield "SmoothGrad", tfattr.NoiseTunnel(tfattr.Gradient(model, **common), nt_samples=50, noise_level=0.15)
     yield "Guided backprop", tfattr.GuidedBackprop(model, **common)
     yield "IG zero", tfattr.IntegratedGradients(model, baseline="zero", **ig)
-    yield "IG uniform x10", tfattr.IntegratedGradients(model, baseline="uniform", n_baselines=10, **ig)
-    yield "IG gaussian x10", tfattr.IntegratedGradients(model, baseline="gaussian", n_baselines=10, **ig)
+    yield "IG uniform x5", tfattr.IntegratedGradients(model, baseline="uniform", n_baselines=5, **ig)
+    yield "IG gaussian x5", tfattr.IntegratedGradients(model, baseline="gaussian", n_baselines=5, **ig)
     yield "IG blur", tfattr.IntegratedGradients(model, baseline="blur", **ig)
     yield "IG max-distance", tfattr.IntegratedGradients(model, baseline="max_distance", **ig)
     yield "Guided IG", tfattr.GuidedIntegratedGradients(model, baseline="zero", **ig)
     yield "SmoothTaylor", tfattr.SmoothTaylor(model, roots=150, sigma=0.15, noise_scale="relative", **common)
-    yield "SmoothTaylor adapt.", tfattr.SmoothTaylor(model, roots=50, sigma="adaptive", objective="autvc",
+    yield "SmoothTaylor adapt.", tfattr.SmoothTaylor(model, roots=20, sigma="adaptive", objective="autvc",
                                                      noise_scale="relative", **common)
     yield "Grad-CAM", tfattr.GradCAM(model, layer="block3_conv2", **common)
     yield "RSI-Grad-CAM", tfattr.RSIGradCAM(model, layer="block3_conv2", steps=50, **common)
