@@ -172,3 +172,38 @@ def test_layer_conductance_completeness_improves_with_steps(mlp):
     gap = np.abs(fine.scores - fine.baseline_scores)
     assert np.all(np.abs(fine.delta) < 0.01 * gap)
     assert np.all(np.abs(fine.delta) < np.abs(coarse.delta))
+
+
+def test_two_layer_ig_objects_on_one_layer_in_two_threads_neither_lose_nor_mix_their_patches():
+    import threading
+
+    import keras
+
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, activation="tanh", name="hid", bias_initializer="ones")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=(2, 4)).astype("float32") * scale for scale in (1.0, 5.0)]
+    # separate objects patch the same layer from two threads (each traces and captures on its own)
+    methods = [tfattr.LayerIntegratedGradients(model, layer="hid", steps=16),
+               tfattr.LayerIntegratedGradients(model, layer="hid", steps=8)]
+    reference = [np.asarray(m.attribute(x, target=0)) for m, x in zip(methods, xs)]
+    wrong, errors = [0, 0], []
+
+    def run(i):
+        for _ in range(15):
+            fresh = tfattr.LayerIntegratedGradients(model, layer="hid", steps=methods[i].config["steps"])
+            try:
+                if not np.allclose(np.asarray(fresh.attribute(xs[i], target=0)), reference[i], atol=1e-5):
+                    wrong[i] += 1
+            except Exception as error:  # noqa: BLE001 - every failure counts
+                errors.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and wrong == [0, 0]
+    assert "call" not in vars(model.get_layer("hid"))  # the layer's own call is back

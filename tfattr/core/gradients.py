@@ -13,13 +13,13 @@ so calls with different batch sizes do not retrace.
 
 from __future__ import annotations
 
-import threading
 import weakref
 from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
+from tfattr.core.layers import LAYER_CALL_LOCK
 from tfattr.core.targets import select_scores
 
 __all__ = ["InputGradients", "compiled_forward", "input_gradients"]
@@ -154,14 +154,15 @@ class LayerGradients:
             captured.append(out)
             return out
 
-        layer.call = tapped
-        try:
-            with tf.GradientTape() as tape:
-                tape.watch(points)
-                outputs = _call_model(self.model, points)
-                scores = select_scores(outputs, target_rows, self.score_fn)
-        finally:
-            del layer.call
+        with LAYER_CALL_LOCK:
+            layer.call = tapped
+            try:
+                with tf.GradientTape() as tape:
+                    tape.watch(points)
+                    outputs = _call_model(self.model, points)
+                    scores = select_scores(outputs, target_rows, self.score_fn)
+            finally:
+                del layer.call
         if len(captured) != 1:
             from tfattr.errors import InvalidInputError, received
 
@@ -209,7 +210,9 @@ class LayerInjection:
         self.attribute_to = attribute_to
         self.model_inputs = model_inputs or (lambda items: items[0] if len(items) == 1 else list(items))
         self.name = getattr(model, "name", "model")
-        self._lock = threading.RLock()  # one replaced `call` at a time (replicas trace from their own threads)
+        # one replaced `call` at a time, across every tfattr object patching layers (replicas and
+        # other methods on the same layer trace from their own threads)
+        self._lock = LAYER_CALL_LOCK
 
     def _run(self, model_inputs, value=None, training=False):
         with self._lock:

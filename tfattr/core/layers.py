@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import threading
 from typing import Iterator, List, Tuple, Union
 
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
+
+#: held while any tfattr code replaces a layer's ``call`` (taps, Grad-CAM's layer gradients, layer
+#: attributions' injected values) and runs the model: two threads patching the same layer would
+#: wrap and remove each other's replacement. Re-entrant; patched calls run under it only while a
+#: function is traced or a model runs eagerly, not in compiled runs.
+LAYER_CALL_LOCK = threading.RLock()
 
 __all__ = ["find_layer", "layer_paths", "last_layer_with_rank", "layer_output_rank", "called_layer_ranks"]
 
@@ -66,14 +73,15 @@ def called_layer_ranks(model, sample) -> List[Tuple[object, int]]:
         return tapped
 
     tapped = []
-    try:
-        for layer in leaves:
-            layer.call = tap(layer)
-            tapped.append(layer)
-        model(sample, training=False)
-    finally:
-        for layer in tapped:
-            del layer.call
+    with LAYER_CALL_LOCK:
+        try:
+            for layer in leaves:
+                layer.call = tap(layer)
+                tapped.append(layer)
+            model(sample, training=False)
+        finally:
+            for layer in tapped:
+                del layer.call
     return ran
 
 
