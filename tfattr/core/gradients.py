@@ -74,23 +74,43 @@ class InputGradients:
 _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+#: eager forward passes per model and input shape before ``compiled_forward(..., eager_first=True)``
+#: traces (about the cost of one trace; see :func:`compiled_forward`)
+EAGER_PASSES = 4
+
+
 def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
     """``model(inputs, training=False)`` compiled, cached per model.
 
     The compiled function has a batch-free signature per input shape/dtype, so every
-    batch size reuses one trace.
+    batch size reuses one trace. ``forward(inputs, eager_first=True)`` runs the model eagerly
+    for the first :data:`EAGER_PASSES` passes of a shape/dtype that has not been traced: the
+    few forward passes of one call (its top-1 classes, ``f(z)``) then cost eager passes instead
+    of a trace and graph optimisation, which take 3–5 eager passes' time on a large network
+    (MobileNetV2 at 224: 0.4 s eager, 1.5–2.5 s to trace and run once); later passes trace. Eager and compiled outputs can differ in the last float32 bits (the
+    compiled graph fuses kernels), which is why only ``batch_size="auto"`` calls ask for it
+    (their repeats are documented to agree to float32 rounding, not bit for bit).
     """
     try:
         return _FORWARD_CACHE[model]
     except (KeyError, TypeError):
         pass
     traced = {}
+    eager = {}
 
-    def forward(inputs):
+    def first_use(key, eager_first):
+        if not eager_first or key in traced or eager.get(key, 0) >= EAGER_PASSES:
+            return False
+        eager[key] = eager.get(key, 0) + 1
+        return True
+
+    def forward(inputs, eager_first: bool = False):
         if isinstance(inputs, (list, tuple, dict)):  # several inputs: one trace per structure of shapes
             inputs = tf.nest.map_structure(tf.convert_to_tensor, inputs)
             key = tuple((tuple(t.shape[1:]), t.dtype.name) for t in tf.nest.flatten(inputs))
             key = (tuple(sorted(inputs)) if isinstance(inputs, dict) else len(inputs),) + key
+            if first_use(key, eager_first):
+                return _call_model(model, inputs)
             fn = traced.get(key)
             if fn is None:
                 spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), inputs)
@@ -98,6 +118,8 @@ def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
             return fn(inputs)
         inputs = tf.convert_to_tensor(inputs)
         key = (tuple(inputs.shape[1:]), inputs.dtype.name)
+        if first_use(key, eager_first):
+            return _call_model(model, inputs)
         fn = traced.get(key)
         if fn is None:
             spec = tf.TensorSpec([None, *inputs.shape[1:]], inputs.dtype)
