@@ -200,7 +200,9 @@ def explain_digits(args, wanted):
         seconds = time.perf_counter() - start
         attributions = np.asarray(expl)
         raw[title] = attributions
+        began = time.perf_counter()
         scores, method_curves = evaluate(model, x, attributions, labels, masks, args.seed)
+        metric_seconds = time.perf_counter() - began
         for name, curve in method_curves.items():
             curves.setdefault(name, {})[title] = curve
         if expl.info.get("trace"):
@@ -212,7 +214,7 @@ def explain_digits(args, wanted):
         for i in range(len(x)):
             rows[i].append(viz.overlay(x[i], attributions[i], size=tile))
             titles[i].append(f"on digit {100 * scores['on digit'][i]:.0f}%")
-        print(f"  {title:<20} {seconds:6.2f}s  " + "  ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in scores.items()))
+        print(f"  {title:<20} {seconds:6.2f}s (metrics {metric_seconds:5.1f}s)  " + "  ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in scores.items()))
 
     if not table:
         print("  (none of --methods is a method of this part)")
@@ -340,7 +342,9 @@ def explain_photos(args, photos, wanted):
         seconds = time.perf_counter() - start
         attributions = np.asarray(expl)
         raw[title] = attributions
+        began = time.perf_counter()
         scores, method_curves = evaluate_photos(model, x, attributions, targets, args.protocol, args.seed)
+        metric_seconds = time.perf_counter() - began
         for name, curve in method_curves.items():
             curves.setdefault(name, {})[title] = curve
         completeness = "" if expl.delta is None else f"{100 * float(np.median(expl.relative_delta)):.2f}"
@@ -350,7 +354,7 @@ def explain_photos(args, photos, wanted):
         for i in range(len(x)):
             rows[i].append(viz.overlay(x[i], attributions[i], value_range=PHOTO_RANGE, size=tile))
             titles[i].append(f"del {scores['deletion'][i]:.2f} ins {scores['insertion'][i]:.2f}")
-        print(f"  {title:<22} {seconds:6.1f}s  "
+        print(f"  {title:<22} {seconds:6.1f}s (metrics {metric_seconds:5.1f}s)  "
               + "  ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in scores.items()), flush=True)
     if not table:
         print("  (none of --methods is a method of this part)")
