@@ -161,3 +161,24 @@ def test_the_chosen_size_is_kept_on_disk_when_asked(images, tmp_path):
     autotune.reset()  # a new process: the size comes from the file, no measuring
     again = autotune.tuner_for(InputGradients(model), tuple(images.shape[1:]), "float32", "path", 2, "")
     assert again.chosen == 64 and again.rounds == {}
+
+
+def test_the_search_starts_lower_for_points_heavier_than_the_byte_budget():
+    import keras
+
+    inputs = keras.Input((224, 224, 3))
+    h = inputs
+    for _ in range(3):  # 3 × 224·224·64 floats, ×2 (activation and gradient), ×4 bytes: 77 MB a point
+        h = keras.layers.Conv2D(64, 3, padding="same")(h)
+    heavy = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    per_point = autotune.point_bytes(heavy, (224, 224, 3), 4)
+    assert 70e6 < per_point < 80e6
+    # 16 × 77 MB > 1 GiB ≥ 8 × 77 MB: the search starts at 8 on a CPU, at 16 on a GPU
+    assert autotune.start_size(heavy, (224, 224, 3), np.dtype("float32"), "CPU") == 8
+    assert autotune.start_size(heavy, (224, 224, 3), np.dtype("float32"), "/GPU:0") == autotune.START
+    light = small_cnn("relu")
+    assert autotune.start_size(light, (16, 16, 3), np.dtype("float32"), "CPU") == autotune.START
+    # an input shape the model does not declare: no estimate, the fixed start
+    assert autotune.start_size(heavy, (64, 64, 3), np.dtype("float32"), "CPU") == autotune.START
+    tuner = autotune.tuner_for(InputGradients(heavy), (224, 224, 3), np.dtype("float32"), "path", 2, "CPU")
+    assert tuner.start == 8

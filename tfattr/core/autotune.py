@@ -17,11 +17,12 @@ cache), and hands each :meth:`~tfattr.core.engine.PathEngine.integrate` call a
   once); then a timed *round* of chunks of that size runs, ``parallel_chunks`` in flight, over
   the same number of rows for every size (``parallel_chunks × 16``, or the whole call when it
   is smaller), twice, the faster kept: points per second at that size;
-* sizes are powers of two from ``start`` (16, the fixed default) searched uphill: the next
+* sizes are powers of two from ``start`` (16, the fixed default; on a CPU lower for networks
+  whose 16 points would hold over 1 GiB of activations, see :func:`start_size`) searched uphill: the next
   larger size is tried, and while it is faster the search keeps doubling up to the cap;
   otherwise it halves down to 1. It stops two sizes past the fastest one (or at the cap),
   and from then on every call of that key runs the fastest measured size;
-* a call of at most 16 rows (one image's gradient or Grad-CAM map for a small batch) runs as
+* a call of at most ``start`` rows (one image's gradient or Grad-CAM map for a small batch) runs as
   one chunk until a larger call of the same key has measured sizes; a size larger than a whole
   call is not measured: the search stops there;
 * the cap bounds memory: at most :data:`max_points` points per chunk (default 64 on a CPU,
@@ -52,6 +53,9 @@ AUTO = "auto"
 
 #: the first size measured (the fixed default of earlier versions)
 START = 16
+#: on a CPU, the search starts at the largest size up to START whose chunk holds at most this many
+#: bytes of estimated activations (see :func:`start_size`)
+START_BYTES = 1 << 30
 #: a size replaces the fastest so far only when it is this much faster (noise margin)
 MARGIN = 0.02
 #: timed rounds per size (the faster one counts: robust to a burst of load from other processes)
@@ -338,6 +342,24 @@ def _device_name(device: str) -> str:
     return "GPU" if _gpu_visible() else "CPU"
 
 
+def start_size(model, shape: Tuple[int, ...], dtype, device: str) -> int:
+    """The first size the search measures: :data:`START`, or on a CPU the largest power of two
+    below it whose chunk holds at most :data:`START_BYTES` of estimated activations
+    (:func:`point_bytes`). Heavy points start lower, nearer where a CPU is fastest (224×224
+    ImageNet networks: 2–4 points a chunk, against 16–32 for a small CNN at 64×64), so a first
+    call spends less time at sizes the search then leaves. Only the start: the search measures
+    up and down from it as before."""
+    if "GPU" in device.upper():
+        return START
+    per_point = point_bytes(model, tuple(shape), getattr(dtype, "size", 4))
+    if not per_point:
+        return START
+    size = START
+    while size > 1 and size * per_point > START_BYTES:
+        size //= 2
+    return size
+
+
 def tuner_for(gradient_fn, shape: Tuple[int, ...], dtype, combine: str, workers: int, device: str,
               relative: bool = False) -> ChunkTuner:
     """The process's :class:`ChunkTuner` for this key (created on first use, capped by
@@ -360,7 +382,7 @@ def tuner_for(gradient_fn, shape: Tuple[int, ...], dtype, combine: str, workers:
             itemsize = getattr(dtype, "size", 4)
             per_point = point_bytes(owner, tuple(shape), itemsize) or math.prod(shape) * itemsize * 64
             cap = max(1, min(cap, max_bytes // max(1, per_point * int(workers))))
-        tuner = ChunkTuner(cap=cap, workers=workers)
+        tuner = ChunkTuner(cap=cap, workers=workers, start=start_size(owner, shape, dtype, device))
         disk = _disk_path()
         if disk is not None:
             disk_key = _disk_key(owner, key)
