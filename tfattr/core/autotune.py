@@ -287,9 +287,10 @@ class TuningSession:
                     return self._rest()
                 tuner.warm.add(size)
                 return [size], False
-            # every size is timed on the same number of rows (`workers` chunks of the start size, or
-            # the whole call if smaller), `workers` chunks in flight: equal work, comparable times
-            wanted = min(self.total, tuner.workers * tuner.start)
+            # every size is timed on the same number of rows (`workers` chunks of START rows, or the
+            # whole call if smaller), `workers` chunks in flight: equal work, comparable times (also
+            # when the search starts lower: fewer rows would let load noise pick a slow size)
+            wanted = min(self.total, tuner.workers * START)
             count = max(1, min(self.total // size, max(tuner.workers, -(-wanted // size))))
             if size * count > remaining:  # the next call continues
                 return self._rest()
