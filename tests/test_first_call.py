@@ -136,3 +136,34 @@ def test_callable_targets_keep_python_branches_on_tensors(images):
     cam = GradCAM(model, layer=_convs(model)[-1].name, batch_size=len(images))
     assert_float32_close(np.asarray(cam.attribute(images, target=lambda out: out[:, expected])),
                          np.asarray(cam.attribute(images, target=expected)))
+
+
+def test_user_python_reached_by_the_chunk_keeps_autograph(images):
+    """A model given as a function or ``tf.Module`` (or a user's gradient function) may branch on a
+    tensor in Python; the chunk traces with AutoGraph for it, and without for Keras models."""
+    from tfattr.core.engine import needs_autograph
+    from tfattr.methods.guided import guided_gradient_function
+
+    keras_model = small_cnn("relu", seed=7)
+
+    def model_fn(x, training=False):
+        if tf.reduce_max(x) > 1.0:  # a Python `if` on a tensor
+            x = x / 255.0
+        return keras_model(x, training=False)
+
+    class Wrapped(tf.Module):
+        def __call__(self, x, training=False):
+            return model_fn(x)
+
+    scaled = images * 255.0
+    expected = np.asarray(Gradient(keras_model, batch_size=3).attribute(images, target=1)) / 255.0
+    for model in (model_fn, Wrapped()):
+        assert needs_autograph(InputGradients(model))
+        assert_float32_close(np.asarray(Gradient(model, batch_size=3).attribute(scaled, target=1)), expected)
+        ig = IntegratedGradients(model, steps=4, batch_size=5).attribute(scaled, target=1)
+        reference = IntegratedGradients(keras_model, steps=4, batch_size=5).attribute(images, target=1)
+        assert_float32_close(np.asarray(ig), np.asarray(reference))
+    assert not needs_autograph(InputGradients(keras_model))
+    assert not needs_autograph(LayerGradients(keras_model, _convs(keras_model)[-1]))
+    assert not needs_autograph(guided_gradient_function(keras_model))
+    assert needs_autograph(InputGradients(keras_model, score_fn=lambda out: out[:, 0]))

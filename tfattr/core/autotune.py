@@ -51,7 +51,8 @@ __all__ = ["AUTO", "ChunkTuner", "TuningSession", "FixedSchedule", "configure", 
 #: the ``batch_size`` value that asks for a measured chunk size
 AUTO = "auto"
 
-#: the first size measured (the fixed default of earlier versions)
+#: the first size measured (the fixed default of earlier versions); on a CPU lower for heavy points
+#: (:func:`start_size`)
 START = 16
 #: on a CPU, the search starts at the largest size up to START whose chunk holds at most this many
 #: bytes of estimated activations (see :func:`start_size`)
@@ -345,14 +346,14 @@ def _device_name(device: str) -> str:
 
 def start_size(model, shape: Tuple[int, ...], dtype, device: str) -> int:
     """The first size the search measures: :data:`START`, or on a CPU the largest power of two
-    below it whose chunk holds at most :data:`START_BYTES` of estimated activations
+    up to it whose chunk holds at most :data:`START_BYTES` of estimated activations
     (:func:`point_bytes`). Heavy points start lower, nearer where a CPU is fastest (224×224
     ImageNet networks: 2–4 points a chunk, against 16–32 for a small CNN at 64×64), so a first
     call spends less time at sizes the search then leaves. Only the start: the search measures
     up and down from it as before."""
     if "GPU" in device.upper():
         return START
-    per_point = point_bytes(model, tuple(shape), getattr(dtype, "size", 4))
+    per_point = point_bytes(model, tuple(shape), getattr(dtype, "size", None) or getattr(dtype, "itemsize", 4))
     if not per_point:
         return START
     size = START

@@ -13,6 +13,8 @@ so calls with different batch sizes do not retrace.
 
 from __future__ import annotations
 
+import threading
+
 import weakref
 from typing import Callable, Optional
 
@@ -79,17 +81,20 @@ _FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 EAGER_PASSES = 4
 
 
-def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """``model(inputs, training=False)`` compiled, cached per model.
+def compiled_forward(model) -> Callable[..., tf.Tensor]:
+    """``forward(inputs, eager_first=False)``: ``model(inputs, training=False)`` compiled, cached
+    per model.
 
-    The compiled function has a batch-free signature per input shape/dtype, so every
-    batch size reuses one trace. ``forward(inputs, eager_first=True)`` runs the model eagerly
-    for the first :data:`EAGER_PASSES` passes of a shape/dtype that has not been traced: the
-    few forward passes of one call (its top-1 classes, ``f(z)``) then cost eager passes instead
-    of a trace and graph optimisation, which take 3–5 eager passes' time on a large network
-    (MobileNetV2 at 224: 0.4 s eager, 1.5–2.5 s to trace and run once); later passes trace. Eager and compiled outputs can differ in the last float32 bits (the
-    compiled graph fuses kernels), which is why only ``batch_size="auto"`` calls ask for it
-    (their repeats are documented to agree to float32 rounding, not bit for bit).
+    The compiled function has a batch-free signature per input shape/dtype, so every batch size
+    reuses one trace. With ``eager_first=True`` the first :data:`EAGER_PASSES` passes of a
+    shape/dtype that has not been traced run the model eagerly: the few forward passes of one
+    call (its top-1 classes, ``f(z)``) then cost eager passes instead of a trace and graph
+    optimisation, which take 3–5 eager passes' time on a large network (MobileNetV2 at 224:
+    0.4 s eager, 1.5–2.5 s to trace and run once); later passes trace. Eager and compiled
+    outputs can differ in the last float32 bits (the compiled graph fuses kernels), which is
+    why only ``batch_size="auto"`` calls ask for it: their repeats are documented to agree to
+    float32 rounding, not bit for bit (a top-1 class on an exact near-tie may then differ
+    between a first and a later call).
     """
     try:
         return _FORWARD_CACHE[model]
@@ -97,12 +102,16 @@ def compiled_forward(model) -> Callable[[tf.Tensor], tf.Tensor]:
         pass
     traced = {}
     eager = {}
+    lock = threading.Lock()  # threads (tfattr.distribute replicas) share the count
 
     def first_use(key, eager_first):
-        if not eager_first or key in traced or eager.get(key, 0) >= EAGER_PASSES:
+        if not eager_first:
             return False
-        eager[key] = eager.get(key, 0) + 1
-        return True
+        with lock:
+            if key in traced or eager.get(key, 0) >= EAGER_PASSES:
+                return False
+            eager[key] = eager.get(key, 0) + 1
+            return True
 
     def forward(inputs, eager_first: bool = False):
         if isinstance(inputs, (list, tuple, dict)):  # several inputs: one trace per structure of shapes
