@@ -527,23 +527,35 @@ class PathEngine:
             (scores, sums, chunk_endpoint, chunk_ends, _, chunk_squares, row_gradients, row_values, chunk_start,
              chunk_starts, chunk_classes) = outputs
             sums = sums.numpy()
-            if attributions is None:
-                attributions = np.zeros((num_examples,) + sums.shape[1:], dtype=np.float64)
+            if attributions is None and first == 0 and count == num_examples:
+                # one chunk holds every example (a single-point method's call): its sums are the
+                # result, taken as they are (0 + s = s) without zero-filled arrays to add them to
+                attributions = sums.astype(np.float64)
+                if self.collect_squares:
+                    squares = chunk_squares.numpy().astype(np.float64)
                 if self.collect_endpoint:
-                    endpoint = np.zeros_like(attributions)
-                    ends = np.zeros(num_examples)
-                    origin = np.zeros_like(attributions)
-                    origins = np.zeros(num_examples)
-            attributions[first : first + count] += sums
-            if self.collect_squares:
-                if squares is None:
-                    squares = np.zeros_like(attributions)
-                squares[first : first + count] += chunk_squares.numpy()
-            if self.collect_endpoint:
-                endpoint[first : first + count] += chunk_endpoint.numpy()
-                ends[first : first + count] += chunk_ends.numpy()
-                origin[first : first + count] += chunk_start.numpy()
-                origins[first : first + count] += chunk_starts.numpy()
+                    endpoint = chunk_endpoint.numpy().astype(np.float64)
+                    ends = chunk_ends.numpy().astype(np.float64)
+                    origin = chunk_start.numpy().astype(np.float64)
+                    origins = chunk_starts.numpy().astype(np.float64)
+            else:
+                if attributions is None:
+                    attributions = np.zeros((num_examples,) + sums.shape[1:], dtype=np.float64)
+                    if self.collect_endpoint:
+                        endpoint = np.zeros_like(attributions)
+                        ends = np.zeros(num_examples)
+                        origin = np.zeros_like(attributions)
+                        origins = np.zeros(num_examples)
+                attributions[first : first + count] += sums
+                if self.collect_squares:
+                    if squares is None:
+                        squares = np.zeros_like(attributions)
+                    squares[first : first + count] += chunk_squares.numpy()
+                if self.collect_endpoint:
+                    endpoint[first : first + count] += chunk_endpoint.numpy()
+                    ends[first : first + count] += chunk_ends.numpy()
+                    origin[first : first + count] += chunk_start.numpy()
+                    origins[first : first + count] += chunk_starts.numpy()
             row_scores[start:stop] = scores.numpy()
             row_classes[start:stop] = chunk_classes.numpy()
             if self.collect_rows:
@@ -594,7 +606,8 @@ class PathEngine:
             run([(s, min(s + size, total)) for s in range(start, total, size)], carry, pool)
         if self.collect_endpoint:
             with np.errstate(invalid="ignore", divide="ignore"):
-                endpoint = endpoint / ends.reshape((-1,) + (1,) * (endpoint.ndim - 1))
+                if not np.all(ends == 1.0):  # one row at α = 1 per example: the mean is the row
+                    endpoint = endpoint / ends.reshape((-1,) + (1,) * (endpoint.ndim - 1))
                 origin = origin / origins.reshape((-1,) + (1,) * (origin.ndim - 1))
         if self.collect_rows:
             kept_gradients = np.concatenate(kept_gradients) if kept_gradients else None
