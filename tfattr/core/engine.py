@@ -350,18 +350,21 @@ class PathEngine:
         def per_row(vector, like):
             return tf.reshape(tf.cast(vector, like.dtype), [-1] + [1] * (like.shape.rank - 1))
 
-        def direct_chunk(x, example, target_rows, count):
-            points = tf.gather(x, example)  # a copy, as in the general chunk (a slice of x rounds otherwise)
-            classes = record_classes()
+        def gradients_at(points, target_rows):
+            """``(scores, gradients, values, classes)`` of the rows at ``points``, in ``acc_dtype``."""
+            classes = record_classes()  # a negative class is the row's top-1, picked in this graph
             if layout is None:
                 scores, gradients, values = gradient_fn(points, target_rows)
-            else:
+            else:  # several inputs packed in `points`: the model gets its list/dict, the gradients are packed
                 scores, gradients, values = gradient_fn(layout.unpack(points), target_rows)
                 if isinstance(gradients, (list, tuple, dict)):
                     gradients, values = layout.pack(gradients, acc_dtype), points
             classes = recorded_classes(classes, target_rows)
-            sums = tf.cast(gradients, acc_dtype)
-            values = tf.cast(values, acc_dtype)
+            return scores, tf.cast(gradients, acc_dtype), tf.cast(values, acc_dtype), classes
+
+        def direct_chunk(x, example, target_rows, count):
+            points = tf.gather(x, example)  # a copy, as in the general chunk (a slice of x rounds otherwise)
+            scores, sums, values, classes = gradients_at(points, target_rows)
             empty = tf.zeros([0], acc_dtype)
             if collect:
                 endpoint, ends = values, tf.ones([count], acc_dtype)
@@ -403,16 +406,7 @@ class PathEngine:
                 starts = tf.where(tf.constant(layout.fixed_mask()[None]), inputs, starts)
             delta = inputs - starts
             points = starts + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta
-            classes = record_classes()  # a negative class is the row's top-1, picked in this graph
-            if layout is None:
-                scores, gradients, values = gradient_fn(points, target_rows)
-            else:  # several inputs packed in `points`: the model gets its list/dict, the gradients are packed
-                scores, gradients, values = gradient_fn(layout.unpack(points), target_rows)
-                if isinstance(gradients, (list, tuple, dict)):
-                    gradients, values = layout.pack(gradients, acc_dtype), points
-            classes = recorded_classes(classes, target_rows)
-            gradients = tf.cast(gradients, acc_dtype)
-            values = tf.cast(values, acc_dtype)
+            scores, gradients, values, classes = gradients_at(points, target_rows)
             contribution = gradients * per_row(weight, gradients)
             if combine == "path":
                 contribution = contribution * tf.cast(delta, acc_dtype)
