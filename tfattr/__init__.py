@@ -28,6 +28,7 @@ from tfattr import callbacks  # noqa: E402
 from tfattr import errors  # noqa: E402
 from tfattr import metrics  # noqa: E402
 from tfattr import surgery  # noqa: E402
+from tfattr import viz  # noqa: E402
 from tfattr.baselines import (  # noqa: E402
     BASELINES,
     SavedBaseline,
@@ -63,6 +64,7 @@ __all__ = [
     "errors",
     "metrics",
     "surgery",
+    "viz",
     "BASELINES",
     "make_baselines",
     "train_uniform_baseline",

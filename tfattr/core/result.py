@@ -8,7 +8,17 @@ from typing import Any, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Explanation"]
+from tfattr.errors import InvalidInputError, received
+
+__all__ = ["Explanation", "register_plotter"]
+
+_PLOTTER = None
+
+
+def register_plotter(function) -> None:
+    """Set the function :meth:`Explanation.plot` draws with (``tfattr.viz.show``, registered by ``tfattr.viz``)."""
+    global _PLOTTER
+    _PLOTTER = function
 
 
 @dataclass
@@ -80,6 +90,29 @@ class Explanation:
         if isinstance(self.attributions, (list, tuple)):
             return tuple(tuple(a.shape) for a in self.attributions)
         return tuple(self.attributions.shape)
+
+    def plot(self, image=None, index: int = 0, method: str = "heat_map", sign: str = "absolute_value", **options):
+        """Draw one example's map with matplotlib (:func:`tfattr.viz.show`); returns ``(fig, ax)``.
+
+        Args:
+            image: that example's image, needed by every ``method`` but ``"heat_map"``.
+            index: which example of the batch (ignored for a single example, ``single=True``).
+            method: ``"heat_map"``, ``"blended_heat_map"``, ``"masked_image"``, ``"alpha_scaling"``
+                or ``"original_image"``.
+            sign: ``"absolute_value"``, ``"positive"``, ``"negative"`` or ``"all"``.
+            **options: the other options of :func:`tfattr.viz.show` (``value_range``, ``percentile``,
+                ``cmap``, ``alpha``, ``colorbar``, ``title``, ``ax``).
+        """
+        if _PLOTTER is None:  # tfattr.viz registers it on import (the core imports nothing above it)
+            raise ImportError("Explanation.plot draws with tfattr.viz: `import tfattr` (or tfattr.viz) first.")
+        maps = self.numpy() if not isinstance(self.attributions, (list, tuple, dict)) else self.attributions
+        if not self.single and not isinstance(maps, (list, tuple, dict)):
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -len(maps) <= index < len(maps):
+                raise InvalidInputError(f"`index` must pick one of the {len(maps)} examples. "
+                                        + received("index", index))
+            maps = maps[index]
+        options.setdefault("title", self.method)
+        return _PLOTTER(maps, image, method, sign, **options)
 
     def __repr__(self) -> str:
         parts = [f"method={self.method!r}", f"shape={self.shape}"]
