@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh machine:
 #   make demo   create .venv, install tfattr, explain real photos, write pictures + a table
 #   make test   create .venv, install tfattr with test extras, run the test suite
+#   make docs   build the documentation site into build/site (mkdocs --strict: warnings are errors; offline)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: demo test bench papers install clean
+.PHONY: demo test docs bench papers install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,15 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest tests
 	TF_NUM_INTRAOP_THREADS=1 TFATTR_TEST_CHUNK_SIZES=2,5,33 $(PY) -m pytest tests -m numeric
+
+$(VENV)/.docs-installed: $(VENV)/.installed setup.cfg
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+# The site is built from docs/ and the docstrings (mkdocstrings); its code blocks are run by
+# tests/test_docs_snippets.py in `make test`. Nothing is fetched at build time.
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --clean
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_engine.py --quick
