@@ -19,8 +19,24 @@ def _single_point(method: AttributionMethod, x, targets, config):
     return method.integrate(x, zero, targets, rows, config), len(rows)
 
 
+def _zero_fixed(method: AttributionMethod, attributions: np.ndarray) -> np.ndarray:
+    """``attributions`` with the positions of fixed inputs set to exactly 0.
+
+    ``fixed_inputs`` means "baseline = input, attribution 0" for every method; a gradient is not
+    multiplied by ``x − z`` (which is 0 there), so it is zeroed here."""
+    layout = method.layout()
+    if layout is None or not any(layout.fixed):
+        return attributions
+    attributions = np.array(attributions, copy=True)
+    attributions[:, layout.fixed_mask()] = 0
+    return attributions
+
+
 class Gradient(AttributionMethod):
     """The gradient of the target score w.r.t. the input, ``∂f(x)/∂x`` (Simonyan et al. 2014).
+
+    For a model with several inputs, the inputs named in ``fixed_inputs`` get exactly 0 (as in
+    every method: baseline = input, attribution 0), not their gradient.
 
     Options:
         absolute: return ``|∂f/∂x|`` as in the saliency-map paper (default ``False``: signed).
@@ -40,6 +56,7 @@ class Gradient(AttributionMethod):
     def _explain(self, x, targets, fx, config) -> Explained:
         result, count = _single_point(self, x, targets, config)
         attributions = np.abs(result.attributions) if config["absolute"] else result.attributions
+        attributions = _zero_fixed(self, attributions)
         return Explained(attributions=attributions, gradients=count, scores=result.row_scores,
                          targets=result.row_classes)
 
