@@ -628,3 +628,29 @@ def test_float64_model_guided_gradients_match_the_float32_ones():
     assert g.dtype == np.float64
     expected = grads(guided_clone(reference), x, [0, 1])
     np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("form", ["functional:softmax_layer", "nested_sequential:softmax_layer", "sequential:fused"])
+def test_logits_model_follows_the_models_current_weights_after_training_or_assigning(form):
+    """``logits_model(m)`` after ``fit`` or ``set_weights`` is the current network, not the cached
+    clone's old weights: ``softmax(logits_model(m)(x)) == m(x)``, and IG of it is the new network's."""
+    import tfattr
+
+    model = softmax_headed(form)
+    x = RNG.normal(size=(4, 5)).astype(np.float32)
+    assert_softmax_of(logits_model(model)(x), model(x).numpy())  # the first call caches the clone
+    ig_before = tfattr.IntegratedGradients(logits_model(model), steps=8).attribute(x, target=1).attributions
+    model.set_weights([w * 1.5 - 0.2 for w in model.get_weights()])  # assigned
+    assert_softmax_of(logits_model(model)(x), model(x).numpy())
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    model.fit(x, np.array([0, 1, 2, 0]), epochs=2, verbose=0)  # trained in place (optimizer updates)
+    probabilities = model(x).numpy()
+    assert_softmax_of(logits_model(model)(x), probabilities)
+    ig_after = tfattr.IntegratedGradients(logits_model(model), steps=8).attribute(x, target=1)
+    fresh = keras.models.clone_model(logits_model(model))
+    fresh.set_weights(model.get_weights())
+    reference = tfattr.IntegratedGradients(fresh, steps=8).attribute(x, target=1)
+    np.testing.assert_allclose(ig_after.attributions, reference.attributions, rtol=1e-5, atol=1e-6)
+    assert np.abs(ig_after.attributions - ig_before).max() > 1e-3  # the network did change
+    guided = guided_clone(model)  # the guided clone's cache follows too
+    np.testing.assert_allclose(guided(x).numpy(), probabilities, rtol=1e-6, atol=1e-7)

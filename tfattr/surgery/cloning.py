@@ -8,10 +8,14 @@ once), applies the rule to every leaf layer, keeps every name, and copies the we
 variable by variable. The original model is only read: no layer of it is called again,
 so not even its layers' node lists change.
 
-The clone is a snapshot of the weights at cloning time. :class:`SyncedClone` runs a
-clone with the *current* values of the original's variables (through
-``keras.StatelessScope``), which is what the attribution methods use, so a model trained
-after its clone was cached is still explained with its own weights.
+The clone holds a copy of the weights. Each time a surgery hands out its cached clone
+(``guided_clone(model)``, ``logits_model(model)``) the copy is refreshed from the original's
+current variables (:func:`refresh`, through the same ``(clone variable, source variable)``
+pairs that :class:`SyncedClone` maps), so a model trained or assigned after its first clone
+gets a clone with its new weights. A clone object *held* across training is a snapshot until
+the next such call; :class:`SyncedClone` runs a clone with the *current* values of the
+original's variables on every call (through ``keras.StatelessScope``), which is what the
+attribution methods use.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "synced",
     "scan_ops",
     "clear_cache",
+    "refresh",
 ]
 
 
@@ -244,6 +249,22 @@ def copy_weights(pairs) -> List[Tuple[object, object]]:
 
 def register(clone, report: SurgeryReport, variable_pairs) -> None:
     object.__setattr__(clone, _RECORD_ATTRIBUTE, _Record(report, list(variable_pairs)))
+
+
+def refresh(clone) -> None:
+    """Copy the source model's current weights into ``clone`` (a clone made by a surgery).
+
+    Uses the clone's recorded ``(clone variable, source variable)`` pairs, the ones
+    :class:`SyncedClone` maps; a clone without a record is left alone.
+
+    Example:
+        >>> model.fit(...); refresh(clone)   # clone(x) now uses the trained weights
+    """
+    record = _record(clone)
+    if record is None:
+        return
+    for target, source in record.pairs:
+        target.assign(source.value)
 
 
 # -- scanning a traced graph for ops the surgery missed --------------------------------------

@@ -69,6 +69,7 @@ from tfattr.surgery.cloning import (
     clone_with,
     copy_weights,
     leaf_layers,
+    refresh,
     register,
     scan_ops,
     store_clone,
@@ -355,8 +356,9 @@ def guided_clone(model: keras.Model, on_unswappable: str = "warn", maxpool_rule:
     Sequential models are rewritten too, shared layers stay shared, layer names are kept
     (``clone.get_layer("block1_conv1")`` works) and the weights are copied; ``model`` is
     only read. The clone is cached per model (weakly): calling again returns the same
-    object. It is a snapshot of the weights; :func:`tfattr.surgery.synced` runs it with the
-    original's current weights.
+    object, with the original's current weights copied in. A clone held across training is
+    a snapshot of the weights; :func:`tfattr.surgery.synced` runs it with the original's
+    current weights on every call.
 
     Args:
         model: a built Keras Functional or Sequential model.
@@ -401,6 +403,8 @@ def guided_clone(model: keras.Model, on_unswappable: str = "warn", maxpool_rule:
         report = SurgeryReport("guided", tuple(changed), left_alone)
         register(clone, report, variable_pairs)
         store_clone(kind, model, clone)
+    else:
+        refresh(clone)  # the cached clone follows the model's current weights
     report = surgery_report(clone)
     if report.left_alone:
         message = f"guided_clone({model.name!r}): " + _describe_left_alone(report.left_alone)

@@ -35,6 +35,7 @@ from tfattr.surgery.cloning import (
     check_cloneable,
     clone_with,
     copy_weights,
+    refresh,
     register,
     store_clone,
 )
@@ -173,7 +174,10 @@ def logits_model(model: keras.Model, missing: str = "note") -> keras.Model:
     ``softmax(logits_model(model)(x)) == model(x)``. Everything else is as in
     :func:`~tfattr.surgery.guided_clone`: names kept (the head keeps its name; a separate
     softmax layer becomes an ``Identity`` of the same name), weights copied, nested models
-    followed, the original untouched, the clone cached per model (weakly).
+    followed, the original untouched, the clone cached per model (weakly). Each call returns
+    the cached clone with the model's *current* weights copied in, so after training or
+    ``set_weights`` call ``logits_model(model)`` again (a clone held across training is a
+    snapshot; :func:`~tfattr.surgery.synced` runs it with the live weights on every call).
 
     Args:
         model: a built Keras Functional or Sequential model.
@@ -198,6 +202,8 @@ def logits_model(model: keras.Model, missing: str = "note") -> keras.Model:
             clone, pairs = clone_with(model, _without_softmax(head[1], head[2]), "logits_model")
             register(clone, SurgeryReport("logits", (head[0],), (), ("softmax removed",)), copy_weights(pairs))
         store_clone("logits", model, clone)
+    elif clone is not _UNCHANGED:
+        refresh(clone)  # the cached clone follows the model's current weights
     if clone is not _UNCHANGED:
         return clone
     message = (f"logits_model({model.name!r}): the model has no final softmax (its output layer has no "
