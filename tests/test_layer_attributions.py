@@ -207,3 +207,94 @@ def test_two_layer_ig_objects_on_one_layer_in_two_threads_neither_lose_nor_mix_t
         thread.join()
     assert errors == [] and wrong == [0, 0]
     assert "call" not in vars(model.get_layer("hid"))  # the layer's own call is back
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class MultiRelu(keras.layers.Layer):
+    """captum's ``MultiRelu``: one layer, two output tensors ``(relu(a), relu(b))``."""
+
+    def call(self, inputs):
+        return keras.ops.relu(inputs[0]), keras.ops.relu(inputs[1])
+
+
+def test_a_layer_with_two_outputs_is_refused_by_the_layer_path_methods():
+    # conductance of the first output alone missed half the flow (delta −390 on captum's model) silently
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    first, second = MultiRelu(name="multi")([a, b])
+    out = keras.layers.Dense(2, name="head")(keras.layers.Concatenate()([first, second]))
+    model = keras.Model([a, b], out)
+    x = [np.ones((2, 3), "float32"), 2 * np.ones((2, 3), "float32")]
+    for method in (tfattr.LayerConductance(model, layer="multi", steps=4),
+                   tfattr.LayerConductance(model, layer="multi", steps=4, rule="left"),
+                   tfattr.LayerIntegratedGradients(model, layer="multi", steps=4)):
+        with pytest.raises(InvalidInputError, match=r"'multi' has several outputs.*Received: layer='multi'"):
+            method.attribute(x, target=0)
+
+
+def _square_model():
+    """``y = W x`` at layer "proj", ``F(y) = Σ_j y_j²``: ``∂F/∂y_j = 2 y_j`` on the path ``y(α) = α W x``."""
+    inputs = keras.Input((3,))
+    projected = keras.layers.Dense(2, use_bias=False, name="proj")(inputs)
+    model = keras.Model(inputs, keras.layers.Lambda(lambda y: keras.ops.stack(
+        [keras.ops.sum(y * y, axis=1), keras.ops.sum(y, axis=1)], axis=1))(projected))
+    model.get_layer("proj").set_weights([np.array([[1.0, -0.5], [2.0, 0.25], [-1.0, 1.5]], "float32")])
+    return model
+
+
+@pytest.mark.parametrize("steps", [1, 4, 10])
+def test_layer_conductance_right_and_left_sums_by_hand_on_a_square(steps):
+    # with zero baseline y_m = (m/M) y: right Σ_m 2 y (m/M) · y/M = y² (M+1)/M, left Σ_m 2 y ((m−1)/M) · y/M
+    # = y² (M−1)/M; the integral is y². Both rules pass M + 1 gradients.
+    model = _square_model()
+    x = np.array([[1.0, 2.0, 0.5], [-1.0, 0.5, 2.0]], "float32")
+    y = x.astype(np.float64) @ model.get_layer("proj").get_weights()[0].astype(np.float64)
+    right = tfattr.LayerConductance(model, layer="proj", steps=steps).attribute(x, target=0)
+    left = tfattr.LayerConductance(model, layer="proj", steps=steps, rule="left").attribute(x, target=0)
+    np.testing.assert_allclose(right.attributions, y**2 * (steps + 1) / steps, rtol=1e-5)
+    np.testing.assert_allclose(left.attributions, y**2 * (steps - 1) / steps, rtol=1e-5, atol=1e-6)
+    assert right.gradients == left.gradients == 2 * (steps + 1)
+    np.testing.assert_allclose(right.delta, (y**2).sum(axis=1) / steps, rtol=1e-5)  # Σ − (f(x) − f(0))
+    np.testing.assert_allclose(left.delta, -(y**2).sum(axis=1) / steps, rtol=1e-5)
+    assert "rule=left" in left.method and "rule" not in right.method
+    synonym = tfattr.LayerConductance(model, layer="proj", steps=steps, rule="riemann_left").attribute(x, target=0)
+    np.testing.assert_array_equal(synonym.attributions, left.attributions)
+
+
+def _numpy_conductance(weights, x, c, steps, rule):
+    """A NumPy Riemann–Stieltjes sum at layer "first" of the tanh MLP (zero baseline), float64."""
+    (w1, b1), (w2, b2), (w3, b3) = [(w.astype(np.float64), b.astype(np.float64)) for w, b in weights]
+    total = np.zeros((len(x), w1.shape[1]))
+    for i, xi in enumerate(x.astype(np.float64)):
+        alphas = np.linspace(0.0, 1.0, steps + 1)
+        h = np.tanh((alphas[:, None] * xi) @ w1 + b1)  # the layer at the nodes x_m
+        s = np.tanh(h @ w2 + b2)
+        grad = ((1 - s**2) * w3[:, c]) @ w2.T  # ∂F/∂h at each node
+        at = grad[1:] if rule == "right" else grad[:-1]
+        total[i] = (at * np.diff(h, axis=0)).sum(axis=0)
+    return total
+
+
+def test_layer_conductance_rules_match_a_numpy_stieltjes_sum_and_converge_together(mlp):
+    x = np.random.default_rng(7).normal(size=(3, 6)).astype("float32")
+    dense = [layer.get_weights() for layer in mlp.layers if layer.get_weights()]
+    results = {}
+    for steps in (5, 400):
+        for rule in ("right", "left"):
+            expl = tfattr.LayerConductance(mlp, layer="first", steps=steps, rule=rule).attribute(x, target=0)
+            reference = _numpy_conductance(dense, x, 0, steps, rule)
+            np.testing.assert_allclose(expl.attributions, reference, rtol=2e-4, atol=2e-6)
+            results[steps, rule] = expl
+    coarse = np.abs(results[5, "right"].attributions - results[5, "left"].attributions).max()
+    fine = np.abs(results[400, "right"].attributions - results[400, "left"].attributions).max()
+    assert coarse > 1e-3  # the two sums differ at finite steps …
+    assert fine < coarse / 40  # … by O(1/M): 80× fewer intervals apart, at least 40× closer
+    gap = np.abs(results[400, "right"].scores - results[400, "right"].baseline_scores)
+    for rule in ("right", "left"):  # and both reach f(x) − f(z)
+        assert np.all(np.abs(results[400, rule].delta) < 0.01 * gap)
+
+
+def test_layer_conductance_rule_errors_name_the_argument(mlp):
+    with pytest.raises(InvalidInputError, match=r"`rule` must be one of \['right', 'left'\].*Received: rule='gauss_legendre'"):
+        tfattr.LayerConductance(mlp, layer="first", rule="gauss_legendre")
+    with pytest.raises(InvalidInputError, match=r"Received: tolerance=0.1"):
+        tfattr.LayerConductance(mlp, layer="first", tolerance=0.1)

@@ -187,9 +187,9 @@ class EngineResult:
     row_classes: Optional[np.ndarray] = None
 
 
-COMBINES = ("path", "plain", "stieltjes", "stieltjes_trapezoid")
+COMBINES = ("path", "plain", "stieltjes", "stieltjes_trapezoid", "stieltjes_left")
 #: combinations that carry the previous row across chunks (run one chunk at a time)
-SEQUENTIAL = ("stieltjes", "stieltjes_trapezoid")
+SEQUENTIAL = ("stieltjes", "stieltjes_trapezoid", "stieltjes_left")
 #: ops that write a variable non-atomically (Keras ``assign``/``assign_add`` is a read then an
 #: ``AssignVariableOp``; Keras random layers advance a seed variable the same way): a model
 #: whose forward pass holds one runs its chunks one at a time. ``AssignAddVariableOp`` and
@@ -273,6 +273,8 @@ class PathEngine:
             * ``"stieltjes_trapezoid"``: ``w_r · ½(g_r + g_{r−1}) ⊙ (v_r − v_{r−1})`` — the
               same sum with the trapezoid average of the integrand over each interval (the
               RSI-Grad-CAM authors' notebook); the previous gradient is carried too.
+            * ``"stieltjes_left"``: ``w_r · g_{r−1} ⊙ (v_r − v_{r−1})`` — the integrand at each
+              interval's left end (captum's ``LayerConductance``); carried as the trapezoid's.
         collect_endpoint: also return the mean of ``values`` over each example's rows at
             ``α = 1`` (a layer's activations at the input itself) and at ``α = 0`` (at the
             baselines, ``EngineResult.start``).
@@ -415,13 +417,13 @@ class PathEngine:
                                lambda: tf.reshape(carry, tf.shape(values[:1])), lambda: values[:1])
                 previous = tf.concat([head, values[:-1]], axis=0)
                 contribution = contribution * (values - previous)
-            elif combine == "stieltjes_trapezoid":
+            elif combine in ("stieltjes_trapezoid", "stieltjes_left"):
                 both = tf.concat([values[:1], gradients[:1]], axis=0)
                 head = tf.cond(tf.shape(carry)[0] > 0, lambda: tf.reshape(carry, tf.shape(both)), lambda: both)
                 previous = tf.concat([head[:1], values[:-1]], axis=0)
                 previous_gradients = tf.concat([head[1:], gradients[:-1]], axis=0)
-                contribution = (0.5 * (gradients + previous_gradients) * per_row(weight, gradients)
-                                * (values - previous))
+                slope = previous_gradients if combine == "stieltjes_left" else 0.5 * (gradients + previous_gradients)
+                contribution = slope * per_row(weight, gradients) * (values - previous)
             local = example - first
             sums = tf.math.unsorted_segment_sum(contribution, local, count)
             if collect:
@@ -442,7 +444,8 @@ class PathEngine:
                 row_out = (gradients, values)
             else:
                 row_out = (tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype))
-            last = tf.concat([values[-1:], gradients[-1:]], axis=0) if combine == "stieltjes_trapezoid" else values[-1:]
+            last = (tf.concat([values[-1:], gradients[-1:]], axis=0)
+                    if combine in ("stieltjes_trapezoid", "stieltjes_left") else values[-1:])
             return (tf.cast(scores, tf.float64), sums, endpoint, ends, last, squared) + row_out + (start, starts,
                                                                                                    classes)
 

@@ -203,8 +203,16 @@ class LayerGradients:
                 + received("layer", layer.name)
             )
         activations = captured[0]
-        if isinstance(activations, (list, tuple)):
+        if isinstance(activations, (list, tuple)) and len(activations) == 1:
             activations = activations[0]
+        if isinstance(activations, (list, tuple, dict)) or not hasattr(activations, "dtype"):
+            from tfattr.errors import InvalidInputError, received
+
+            # explaining one of them would miss the flow through the others, silently
+            raise InvalidInputError(
+                f"Layer {layer.name!r} has several outputs; layer methods need a layer with one output "
+                "tensor (choose a layer after the outputs are combined, or one that computes each). "
+                + received("layer", layer.name))
         gradients = tape.gradient(scores, activations, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return scores, gradients, activations
 

@@ -215,29 +215,43 @@ class LayerIntegratedGradients(IntegratedGradients):
 
 
 class LayerConductance(IntegratedGradients):
-    """Conductance of a layer's units (Dhamdhere, Sundararajan & Yan, ICLR 2019; captum's
+    r"""Conductance of a layer's units (Dhamdhere, Sundararajan & Yan, ICLR 2019, eq. 3; captum's
     ``LayerConductance``): the input-space IG path, with the flow through unit ``j``
 
-    ``Cond_j(x) = ∫₀¹ ∂F/∂y_j(z + α(x − z)) · dy_j(z + α(x − z))
-    ≈ Σ_{m=1..M} ∂F/∂y_j(x_m) · (y_j(x_m) − y_j(x_{m−1}))``, ``x_m = z + (m/M)(x − z)``,
+    ``Cond_j(x) = ∫₀¹ ∂F/∂y_j(x(α)) · dy_j(x(α))``, ``x(α) = z + α(x − z)``,
 
-    a Riemann–Stieltjes sum over the engine's rows (the ``"stieltjes"`` combination, as
-    RSI-Grad-CAM), so ``Σ_j Cond_j → f(x) − f(z)`` as ``steps`` grows. The inputs are interpolated
-    (float inputs; several inputs with ``fixed_inputs`` as for :class:`IntegratedGradients`);
-    ``baseline`` is in the input space.
+    computed as a Riemann–Stieltjes sum over ``M = steps`` equal intervals, nodes
+    ``x_m = z + (m/M)(x − z)``, ``m = 0..M`` (the ``"stieltjes"`` combinations of the engine, as
+    RSI-Grad-CAM). ``rule`` picks where each interval's gradient is taken:
+
+    * ``"right"`` (default): ``Σ_{m=1..M} ∂F/∂y_j(x_m) · (y_j(x_m) − y_j(x_{m−1}))``;
+    * ``"left"``: ``Σ_{m=1..M} ∂F/∂y_j(x_{m−1}) · (y_j(x_m) − y_j(x_{m−1}))`` — captum's sum (its
+      ``method="riemann_left"``; captum's default Gauss–Legendre nodes have no tfattr counterpart).
+
+    Both use the same ``M + 1`` gradient passes and tend to the same integral as ``steps`` grows, so
+    ``Σ_j Cond_j → f(x) − f(z)``; at finite ``steps`` they differ by ``O(1/M)``. The inputs are
+    interpolated (float inputs; several inputs with ``fixed_inputs`` as for
+    :class:`IntegratedGradients`); ``baseline`` is in the input space.
 
     Args:
-        model, layer: as for :class:`LayerIntegratedGradients` (the layer's output is used).
-        steps: ``M`` intervals of the path (default 50); ``baseline``, ``n_baselines``, ``seed``,
-            ``value_range``: as for :class:`IntegratedGradients`.
+        model, layer: as for :class:`LayerIntegratedGradients` (the layer's output is used). A layer
+            that returns several tensors is refused (:class:`~tfattr.errors.InvalidInputError`).
+        steps: ``M`` intervals of the path (default 50); ``rule``: ``"right"`` (default) or
+            ``"left"`` (see above; ``"riemann_right"``/``"riemann_left"`` are accepted as synonyms);
+            ``baseline``, ``n_baselines``, ``seed``, ``value_range``: as for :class:`IntegratedGradients`.
 
     Example:
         >>> LayerConductance(model, layer="dense", steps=100).attribute(x, target=0).attributions  # (N, units)
+        >>> LayerConductance(model, layer="dense", rule="left")  # captum's riemann_left sum
     """
 
     name = "layer_conductance"
     noise_tunnel = False  # attributions in the layer's shape
     combine = "stieltjes"
+    options = dict(IntegratedGradients.options, rule="right")
+    #: ``rule`` → engine combination
+    RULES = {"right": "stieltjes", "left": "stieltjes_left"}
+    _RULE_SYNONYMS = {"riemann_right": "right", "riemann_left": "left"}
 
     def __init__(self, model, layer, **options):
         super().__init__(model, **options)
@@ -249,14 +263,27 @@ class LayerConductance(IntegratedGradients):
         return LayerGradients(self.model, self.layer, score_fn)
 
     def _check_options(self, config):
-        super()._check_options(config)
-        for key, default in (("tolerance", None), ("baseline_tolerance", None), ("rule", "riemann_right")):
-            if config.get(key) != default:
+        rule = config.get("rule")
+        rule = self._RULE_SYNONYMS.get(rule, rule) if isinstance(rule, str) else rule
+        if not isinstance(rule, str) or rule not in self.RULES:
+            raise InvalidInputError(f"LayerConductance's `rule` must be one of {list(self.RULES)} (the end of each "
+                                    "interval where the gradient is taken). " + received("rule", config.get("rule")))
+        config["rule"] = "riemann_right"  # `steps` counts intervals for either rule: checked as IG's
+        try:
+            super()._check_options(config)
+        finally:
+            config["rule"] = rule
+        for key in ("tolerance", "baseline_tolerance"):
+            if config.get(key) is not None:
                 raise InvalidInputError(f"LayerConductance sums over {config['steps']} equal intervals; `{key}` "
                                         "is for IntegratedGradients. " + received(key, config.get(key)))
 
+    def combine_for(self, config) -> str:
+        return self.RULES[config["rule"]]
+
     def describe(self, config) -> str:
-        return f"{self.name}(layer={self.layer.name}, steps={config['steps']})"
+        rule = "" if config["rule"] == "right" else f", rule={config['rule']}"
+        return f"{self.name}(layer={self.layer.name}, steps={config['steps']}{rule})"
 
     def _cache_state(self, config):
         return dict(super()._cache_state(config), layer=self.layer.name)
@@ -278,7 +305,7 @@ class LayerConductance(IntegratedGradients):
         total = result.attributions.reshape(num_examples, -1).sum(axis=1)
         return {"attributions": result.attributions, "delta": total - (fx - fz), "baseline_scores": fz,
                 "scores": fx, "gradients": len(rows),
-                "info": {"baseline": baselines.name, "steps": steps, "layer": self.layer.name,
+                "info": {"baseline": baselines.name, "steps": steps, "rule": config["rule"], "layer": self.layer.name,
                          "n_baselines": baselines.count}}
 
     def _package(self, out, images, targets, fx, config):
