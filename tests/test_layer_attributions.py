@@ -298,3 +298,37 @@ def test_layer_conductance_rule_errors_name_the_argument(mlp):
         tfattr.LayerConductance(mlp, layer="first", rule="gauss_legendre")
     with pytest.raises(InvalidInputError, match=r"Received: tolerance=0.1"):
         tfattr.LayerConductance(mlp, layer="first", tolerance=0.1)
+
+
+def test_layer_ig_at_the_input_layer_is_input_ig(mlp, text_model):
+    # it failed with "ran 0 times … shared layer is ambiguous": an InputLayer never runs
+    x = np.random.default_rng(8).normal(size=(3, 6)).astype("float32")
+    plain = tfattr.IntegratedGradients(mlp, steps=20).attribute(x, target=1)
+    for attribute_to in ("output", "input"):
+        lig = tfattr.LayerIntegratedGradients(mlp, layer=mlp.layers[0].name, attribute_to=attribute_to, steps=20)
+        at_input = lig.attribute(x, target=1)
+        assert_float32_close(at_input.attributions, plain.attributions)
+        np.testing.assert_allclose(at_input.delta, plain.delta, atol=1e-5)
+    keras.utils.set_random_seed(9)  # several inputs: the input layer of one, the other held at x
+    a, b = keras.Input((5,), name="table"), keras.Input((4,), name="side")
+    h = keras.layers.Concatenate()([keras.layers.Dense(6, activation="tanh")(a), b])
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Dense(6, activation="tanh")(h)))
+    rng = np.random.default_rng(9)
+    pair = [rng.normal(size=(2, 5)).astype("float32"), rng.normal(size=(2, 4)).astype("float32")]
+    for index, (name, other) in enumerate((("table", "side"), ("side", "table"))):
+        lig = tfattr.LayerIntegratedGradients(model, layer=name, steps=16).attribute(pair, target=0)
+        ig = tfattr.IntegratedGradients(model, steps=16, fixed_inputs=other).attribute(pair, target=0)
+        assert_float32_close(lig.attributions, ig.attributions[index])
+    with pytest.raises(InvalidInputError, match=r"int32 output: a path needs float values.*Received: layer='ids'"):
+        tfattr.LayerIntegratedGradients(text_model, layer="ids").attribute(sentences(2)[0], target=0)
+    with pytest.raises(InvalidInputError, match=r"is an InputLayer, which does not run.*Received: layer="):
+        tfattr.LayerConductance(mlp, layer=mlp.layers[0].name, steps=4).attribute(x, target=0)
+
+
+def test_the_input_layer_of_a_nested_model_is_refused_by_name():
+    inner_in = keras.Input((4,), name="inner_in")
+    inner = keras.Model(inner_in, keras.layers.Dense(3, name="d")(inner_in), name="inner")
+    outer_in = keras.Input((4,), name="outer_in")
+    model = keras.Model(outer_in, keras.layers.Dense(2)(inner(outer_in)))
+    with pytest.raises(InvalidInputError, match=r"'inner_in' is an InputLayer that is not an input.*Received: layer='inner_in'"):
+        tfattr.LayerIntegratedGradients(model, layer="inner/inner_in")

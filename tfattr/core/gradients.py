@@ -154,6 +154,42 @@ def input_gradients(model, inputs, target_rows, score_fn: Optional[Callable] = N
     return scores.numpy(), grads.numpy()
 
 
+def input_layer_key(model, layer):
+    """``None`` unless ``layer`` is an ``InputLayer``; then where its tensor sits in ``model``'s
+    inputs: ``("single", None)``, ``("list", index)`` or ``("dict", key)``.
+
+    Raises:
+        InvalidInputError: an ``InputLayer`` that is not one of ``model``'s own inputs (that of a
+            nested model, which never runs): there is nothing to tap.
+    """
+    import keras
+
+    from tfattr.errors import InvalidInputError, received
+
+    if not isinstance(layer, keras.layers.InputLayer):
+        return None
+    tensor = getattr(layer, "output", None)
+    try:
+        structure = model.input
+    except (AttributeError, ValueError, RuntimeError):
+        structure = None
+    if structure is not None and tensor is not None:
+        if isinstance(structure, dict):
+            for key, item in structure.items():
+                if item is tensor:
+                    return "dict", key
+        elif isinstance(structure, (list, tuple)):
+            for index, item in enumerate(structure):
+                if item is tensor:
+                    return ("single", None) if len(structure) == 1 else ("list", index)
+        elif structure is tensor:
+            return "single", None
+    raise InvalidInputError(
+        f"Layer {layer.name!r} is an InputLayer that is not an input of model {getattr(model, 'name', '')!r} "
+        "(the input of a nested model never runs on its own); attribute to the model's own input layer, "
+        "or to the nested model's first layer. " + received("layer", layer.name))
+
+
 class LayerGradients:
     """``∂ score / ∂ A`` for the activations ``A`` of one layer, from one forward pass.
 
@@ -197,6 +233,11 @@ class LayerGradients:
         if len(captured) != 1:
             from tfattr.errors import InvalidInputError, received
 
+            if not captured and type(layer).__name__ == "InputLayer":
+                raise InvalidInputError(
+                    f"Layer {layer.name!r} is an InputLayer, which does not run in a forward pass; at the "
+                    "model's input use the input methods (IntegratedGradients, Gradient) or "
+                    "LayerIntegratedGradients. " + received("layer", layer.name))
             raise InvalidInputError(
                 f"Layer {layer.name!r} ran {len(captured)} times in one forward pass; layer methods "
                 "need a layer that runs exactly once (a shared layer is ambiguous). "
@@ -252,10 +293,33 @@ class LayerInjection:
         # one replaced `call` at a time, across every tfattr object patching layers (replicas and
         # other methods on the same layer trace from their own threads)
         self._lock = LAYER_CALL_LOCK
+        # an InputLayer never runs in a forward pass: its "output" (and input) is the model input it
+        # stands for, which the injection replaces in the inputs instead
+        self._input_key = input_layer_key(model, layer)
 
     def _run(self, model_inputs, value=None, training=False):
+        if self._input_key is not None:
+            return self._run_input(model_inputs, value, training)
         with self._lock:
             return self._run_locked(model_inputs, value, training)
+
+    def _run_input(self, model_inputs, value, training):
+        """The layer is one of the model's own inputs: read it there, or replace it by ``value``."""
+        kind, key = self._input_key
+        if kind == "single":
+            seen = model_inputs
+        else:
+            seen = model_inputs[key]
+        if value is None:
+            return self.model(model_inputs, training=training), seen
+        if kind == "single":
+            replaced = value
+        elif kind == "dict":
+            replaced = dict(model_inputs, **{key: value})
+        else:
+            replaced = list(model_inputs)
+            replaced[key] = value
+        return self.model(replaced, training=training), value
 
     def _run_locked(self, model_inputs, value=None, training=False):
         layer, seen = self.layer, []
