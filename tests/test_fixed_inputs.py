@@ -48,3 +48,44 @@ def test_fixed_input_gets_exactly_zero(relu_pair, make):
     assert np.any(out[0] != 0)  # the free input is still explained
     free = make(relu_pair).attribute(x, target=0).attributions
     assert np.any(np.abs(free[1]) > 1)  # not fixed: the real gradient (20) shows
+
+
+@pytest.fixture(scope="module")
+def ids_model():
+    """A float input and integer ids through an Embedding whose rows differ: other ids, other scores."""
+    keras.utils.set_random_seed(11)
+    a, ids = keras.Input((3,), name="a"), keras.Input((2,), name="ids", dtype="int32")
+    emb = keras.layers.Flatten()(keras.layers.Embedding(10, 2, name="emb")(ids))
+    return keras.Model([a, ids], keras.layers.Dense(2)(keras.layers.Concatenate()([a, emb])))
+
+
+def test_float_ids_with_a_fractional_part_are_refused_not_rounded(ids_model):
+    # `ids + 0.6` explained other tokens; `ids * 0.01` became all padding (where fixed, and in layer IG)
+    x, ids = np.ones((2, 3), "float32"), np.array([[1, 2], [3, 4]])
+    for bad, shown in ((ids + 0.6, "1.6"), (ids * 0.01, "0.01")):
+        for method in (tfattr.IntegratedGradients(ids_model, steps=4, fixed_inputs="ids"),
+                       tfattr.Gradient(ids_model, fixed_inputs=[1]),
+                       tfattr.LayerIntegratedGradients(ids_model, layer="emb", steps=4)):
+            with pytest.raises(InvalidTypeError, match=rf"`inputs\[1\]` holds non-integral values for model input "
+                                                       rf"'ids'.*Received: inputs\[1\]\[\(0, 0\)\]={shown}$"):
+                method.attribute([x, bad], target=0)
+    with pytest.raises(InvalidTypeError, match=r"non-integral.*Received: input_baseline\[1\]\[\(0, 0\)\]=0.5"):
+        tfattr.LayerIntegratedGradients(ids_model, layer="emb", steps=4).attribute([x, ids], target=0,
+                                                                                   input_baseline=0.5)
+    with pytest.raises(tfattr.errors.InvalidInputError, match=r"outside the range of model input 'ids' \(int32.*"
+                                                            r"Received: inputs\['ids'\]\[\(1, 1\)\]=4294967296"):
+        tfattr.IntegratedGradients(ids_model, steps=4, fixed_inputs="ids").attribute(
+            {"a": x, "ids": ids + np.array([[0, 0], [0, 2**32 - 4]])}, target=0)
+
+
+def test_float_ids_with_integral_values_are_the_same_ids(ids_model):
+    x, ids = np.random.default_rng(12).normal(size=(2, 3)).astype("float32"), np.array([[1, 2], [3, 4]], "int32")
+    for method in (tfattr.IntegratedGradients(ids_model, steps=4, fixed_inputs="ids"),
+                   tfattr.LayerIntegratedGradients(ids_model, layer="emb", steps=4)):
+        as_int = method.attribute([x, ids], target=0)
+        as_float = method.attribute([x, ids.astype("float64")], target=0)
+        np.testing.assert_array_equal(as_float.scores, as_int.scores)
+        got, want = as_float.attributions, as_int.attributions
+        for g, w in (zip(got, want) if isinstance(got, list) else [(got, want)]):
+            np.testing.assert_array_equal(g, w)
+    np.testing.assert_allclose(as_int.scores, np.asarray(ids_model([x, ids]))[:, 0], rtol=1e-6)

@@ -272,6 +272,42 @@ def resolve_fixed(fixed_inputs, spec: InputsSpec) -> Tuple[bool, ...]:
     return tuple(flags)
 
 
+def exact_integers(array: np.ndarray, dtype: str, where: str, input_name: str) -> np.ndarray:
+    """``array`` in the integer (or bool) dtype ``dtype`` of a model input, with every value exact.
+
+    Integer arrays and float arrays whose values are all integers (ids read as floats) are
+    converted; a float value with a fractional part (``ids + 0.6``, ``ids * 0.01``) is refused
+    (:class:`~tfattr.errors.InvalidTypeError`), and so is a value outside ``dtype``'s range
+    (:class:`~tfattr.errors.InvalidInputError`): rounding or wrapping them would explain other
+    ids than the caller's.
+    """
+    target = np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
+    if array.dtype == target:
+        return array
+    if array.dtype.kind == "f":
+        fractional = array != np.floor(array)
+        if fractional.any():
+            first = tuple(int(j) for j in np.argwhere(fractional)[0])
+            raise InvalidTypeError(
+                f"`{where}` holds non-integral values for model input {input_name!r}, which takes {dtype} "
+                f"(ids, masks): they would be rounded to other values. Pass integers (or floats with integral "
+                "values). " + received(f"{where}[{first}]", float(array[first])))
+    if array.size:
+        low, high = (0, 1) if target.kind == "b" else (int(np.iinfo(target).min), int(np.iinfo(target).max))
+        smallest, largest = array.min(), array.max()
+        if array.dtype.kind in "iub":
+            outside = int(smallest) < low or int(largest) > high
+        else:  # in floats: low and high + 1 are powers of two, exact (float(2**63 - 1) is 2**63)
+            outside = smallest < float(low) or largest >= float(high + 1)
+        if outside:
+            bad = smallest if smallest < low else largest
+            first = tuple(int(j) for j in np.argwhere(array == bad)[0])
+            raise InvalidInputError(
+                f"`{where}` holds values outside the range of model input {input_name!r} ({dtype}: {low}..{high}). "
+                + received(f"{where}[{first}]", array[first].item()))
+    return array.astype(target)
+
+
 def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inputs",
                     allow_all_fixed: bool = False) -> Images:
     """Check the inputs of a model with several (``spec.inputs``) and pack them.
@@ -279,9 +315,11 @@ def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inp
     ``inputs`` is a list or tuple in the model's input order, or a dict keyed by the input
     names (also for a model that takes a list). Each input follows the rules of
     :func:`validate_images` (batch axis, fitting fixed axes, finite values, one batch size), with
-    one more: an integer input (token ids, masks) is accepted only when marked fixed
+    more: an integer input (token ids, masks) is accepted only when marked fixed
     (``fixed_inputs``); interpolating it would leave the integers, so a path through it runs
-    in the space of the layer that consumes it (``LayerIntegratedGradients``).
+    in the space of the layer that consumes it (``LayerIntegratedGradients``). Its values must
+    be exact in the model's dtype (:func:`exact_integers`): a float array with integral values
+    is converted, a fractional or out-of-range value is refused.
 
     Returns an :class:`Images` whose ``array`` is the packed ``(N, D)`` batch and whose
     ``layout`` unpacks it.
@@ -355,6 +393,8 @@ def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inp
                 raise InvalidInputError(
                     f"`{where}` contains {int(array.size - finite.sum())} NaN or Inf value(s), first at index "
                     f"{first}. " + received(f"{where}[{first}]", float(array[first])))
+        if not tf.as_dtype(dtype).is_floating:
+            array = exact_integers(array, dtype, where, input_name)
         arrays.append(array)
         singles.append(single)
     if len(set(singles)) > 1 or len({a.shape[0] for a in arrays}) > 1:

@@ -195,7 +195,9 @@ class LayerIntegratedGradients(IntegratedGradients):
         inputs of the model's structure."""
         layout = real.layout
         if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-            parts = [np.full(p.shape, value, dtype=d) for p, d in zip(layout.unpack_host(real.array), layout.dtypes)]
+            # a float value for an integer input stays a float here, so validation refuses a fractional one
+            parts = [np.full(p.shape, value, dtype=d if tf.as_dtype(d).is_floating or not isinstance(value, float)
+                             else np.float64) for p, d in zip(layout.unpack_host(real.array), layout.dtypes)]
             structured = parts[0] if layout.kind == "single" else (
                 dict(zip(layout.names, parts)) if layout.kind == "dict" else parts)
         else:
