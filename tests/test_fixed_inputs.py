@@ -89,3 +89,36 @@ def test_float_ids_with_integral_values_are_the_same_ids(ids_model):
         for g, w in (zip(got, want) if isinstance(got, list) else [(got, want)]):
             np.testing.assert_array_equal(g, w)
     np.testing.assert_allclose(as_int.scores, np.asarray(ids_model([x, ids]))[:, 0], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def hashed_model():
+    """``f = Σ a·w + (h mod 7)`` per class with an int64 hashed id ``h``: one unit off in ``h`` moves ``f`` by 1."""
+    import tensorflow as tf
+
+    a, h = keras.Input((3,), name="a"), keras.Input((2,), name="h", dtype="int64")
+    dense = keras.layers.Dense(2, name="dense", kernel_initializer=keras.initializers.Constant(0.5))(a)
+    side = keras.layers.Lambda(lambda t: tf.cast(tf.math.floormod(t, 7), tf.float32), name="side")(h)
+    return keras.Model([a, h], keras.layers.Add()([dense, side]))
+
+
+def test_int64_ids_beyond_float64_reach_the_model_exactly(hashed_model):
+    # ids ≥ 2**53 were rounded in the packed float64 tensor: f(x) was not model(x) (1.0 vs 2.0) while delta was 0
+    x = np.array([[1.0, -2.0, 0.5], [0.3, 0.2, 0.1]], "float32")
+    h = np.array([[2**62 + 3, 2**53 + 1], [-(2**63) + 5, 2**63 - 1]], "int64")
+    assert [int(float(v)) % 7 for v in h[0]] != [int(v) % 7 for v in h[0]]  # float64 would change the scores
+    truth = np.asarray(hashed_model([x, h]))
+    for method in (tfattr.IntegratedGradients(hashed_model, steps=8, fixed_inputs="h"),
+                   tfattr.Gradient(hashed_model, fixed_inputs="h"),
+                   tfattr.LayerIntegratedGradients(hashed_model, layer="dense", steps=8)):
+        for target in (0, 1):
+            expl = method.attribute([x, h], target=target)
+            np.testing.assert_allclose(expl.scores, truth[:, target], rtol=1e-6)
+    ig = tfattr.IntegratedGradients(hashed_model, steps=8, fixed_inputs="h").attribute({"a": x, "h": h}, target=0)
+    np.testing.assert_allclose(ig.baseline_scores, np.asarray(hashed_model([np.zeros_like(x), h]))[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(ig.attributions["a"], 0.5 * x, rtol=1e-6)  # linear in a: IG = w·x
+    assert np.all(ig.attributions["h"] == 0) and np.all(np.abs(ig.delta) < 1e-5)
+    draws = tfattr.IntegratedGradients(hashed_model, steps=4, fixed_inputs="h", baseline="uniform", n_baselines=2,
+                                       value_range=(-3, 3)).attribute([x, h], target=1)
+    np.testing.assert_allclose(draws.scores, truth[:, 1], rtol=1e-6)
+    assert np.all(np.abs(draws.delta) < 1e-5)

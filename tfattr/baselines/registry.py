@@ -316,9 +316,9 @@ def make_baselines_per_input(baseline, layout, x: np.ndarray, value_range: Tuple
     absolute = len(relative) > 1 or any(s.scale is not None for s in given)
     rows = len(x) if (absolute or any(s.per_example for s in given)) else 1
     packed = []
-    for s, part in zip(sets, parts):
-        if s is None:
-            packed.append(np.zeros((rows, count) + part.shape[1:]))
+    for s, part, columns in zip(sets, parts, layout.columns):
+        if s is None:  # a fixed input (the engine starts it at x): its packed columns
+            packed.append(np.zeros((rows, count, columns)))
             continue
         array = s.materialize(part) if absolute else s.array
         if array.shape[1] not in (1, count):

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from tfattr.core.structure import InputLayout, InputsSpec, inputs_spec, packed_dtype
+from tfattr.core.structure import InputLayout, InputsSpec, inputs_spec, packed_dtype, split_inputs
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["ModelSpec", "model_spec", "Images", "validate_images", "validate_inputs", "validate_value_range",
@@ -406,7 +406,8 @@ def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inp
         raise InvalidInputError(
             "`fixed_inputs` marks every input fixed: nothing is left to attribute. " + received("fixed_inputs", fixed_inputs))
     layout = InputLayout(several.kind, names, tuple(tuple(int(d) for d in a.shape[1:]) for a in arrays),
-                         several.dtypes, fixed, packed_dtype(several.dtypes, fixed, arrays))
+                         several.dtypes, fixed, packed_dtype(several.dtypes, fixed, arrays),
+                         split_inputs(several.dtypes, arrays))
     return Images(array=layout.pack_host(arrays), single=singles[0], as_tensor=as_tensor, layout=layout,
                   container=container)
 

@@ -14,6 +14,12 @@ Inputs marked *fixed* (masks, token ids, side information) start their path at t
 itself: the engine replaces the baseline of their positions by the input
 (:meth:`InputLayout.fixed_mask`), so their ``x − z`` is exactly 0 and they stay unchanged at
 every point of the path.
+
+Integer inputs reach the model with their exact values. The packed tensor is float64 when an
+integer input holds values that float32 does not represent (``|v| ≥ 2**24``), and an integer
+input with values float64 does not represent either (``|v| > 2**53``: hashed feature ids) is
+*split*: each value ``v`` takes two packed columns, ``hi = v >> 32`` and ``lo = v & (2**32 − 1)``,
+both exact in float64, joined again with integer arithmetic in :meth:`InputLayout.unpack`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ __all__ = ["InputsSpec", "InputLayout", "inputs_spec"]
 
 #: integers above this lose exactness in float32; the packed tensor is float64 then
 _FLOAT32_EXACT = 2**24
+#: integers above this lose exactness in float64; such an input is split into two columns per value
+_FLOAT64_EXACT = 2**53
+_LOW_BITS = 32
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,8 @@ class InputLayout:
         dtypes: each input's dtype (the model's).
         fixed: per input, whether its path stays at the input (baseline = input).
         packed_dtype: the packed tensor's float dtype.
+        split: per input, whether its integers take two packed columns each (``hi``, ``lo``: values
+            beyond float64's exact range); ``()`` for none.
     """
 
     kind: str
@@ -86,18 +97,28 @@ class InputLayout:
     dtypes: Tuple[str, ...]
     fixed: Tuple[bool, ...]
     packed_dtype: str
+    split: Tuple[bool, ...] = ()
 
     @property
     def sizes(self) -> Tuple[int, ...]:
+        """Values per example of each input."""
         return tuple(int(np.prod(shape, dtype=np.int64)) for shape in self.shapes)
+
+    def is_split(self, index: int) -> bool:
+        return bool(self.split) and bool(self.split[index])
+
+    @property
+    def columns(self) -> Tuple[int, ...]:
+        """Packed columns of each input: its size, twice that for a split integer input."""
+        return tuple(size * (2 if self.is_split(i) else 1) for i, size in enumerate(self.sizes))
 
     @property
     def width(self) -> int:
-        return int(sum(self.sizes))
+        return int(sum(self.columns))
 
     def fixed_mask(self) -> np.ndarray:
         """``(D,)`` bool: the packed positions of fixed inputs."""
-        return np.concatenate([np.full(size, flag) for size, flag in zip(self.sizes, self.fixed)])
+        return np.concatenate([np.full(size, flag) for size, flag in zip(self.columns, self.fixed)])
 
     def structure(self, items: Sequence):
         """``items`` (one per input, in order) as the model takes them: a list, a dict, or the one
@@ -118,23 +139,45 @@ class InputLayout:
     def pack_host(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Per-input ``(N, …)`` arrays → the packed ``(N, D)`` array."""
         n = int(np.shape(arrays[0])[0])
-        return np.concatenate([np.asarray(a).reshape(n, -1).astype(self.packed_dtype) for a in arrays], axis=1)
+        parts = []
+        for i, array in enumerate(arrays):
+            array = np.asarray(array).reshape(n, -1)
+            if self.is_split(i):
+                values = array.astype(np.dtype(self.dtypes[i]))  # exact: validated integers
+                high, low = values >> _LOW_BITS, values & ((1 << _LOW_BITS) - 1)
+                array = np.concatenate([high, low], axis=1)
+            parts.append(array.astype(self.packed_dtype))
+        return np.concatenate(parts, axis=1)
 
     def unpack_host(self, packed: np.ndarray) -> list:
-        """``(N, D)`` → per-input ``(N, …)`` arrays (same dtype as ``packed``)."""
+        """``(N, D)`` → per-input ``(N, …)`` arrays (same dtype as ``packed``; a split integer input
+        comes back exact, in its own dtype)."""
         n = packed.shape[0]
-        bounds = np.cumsum((0,) + self.sizes)
-        return [packed[:, bounds[i]:bounds[i + 1]].reshape((n,) + shape) for i, shape in enumerate(self.shapes)]
+        bounds = np.cumsum((0,) + self.columns)
+        out = []
+        for i, shape in enumerate(self.shapes):
+            part = packed[:, bounds[i]:bounds[i + 1]]
+            if self.is_split(i):
+                dtype = np.dtype(self.dtypes[i])
+                high, low = np.split(np.rint(part), 2, axis=1)
+                part = (high.astype(dtype) << _LOW_BITS) | low.astype(dtype)
+            out.append(part.reshape((n,) + shape))
+        return out
 
     # -- traced side -----------------------------------------------------------------------
     def unpack(self, points: tf.Tensor):
         """Packed points ``(B, D)`` → the model's list or dict of ``(B, …)`` tensors in their dtypes
         (integer inputs rounded and cast back)."""
-        parts = tf.split(points, list(self.sizes), axis=1)
+        parts = tf.split(points, list(self.columns), axis=1)
         out = []
-        for part, shape, dtype in zip(parts, self.shapes, self.dtypes):
-            part = tf.reshape(part, [-1, *shape])
+        for i, (part, shape, dtype) in enumerate(zip(parts, self.shapes, self.dtypes)):
             target = tf.as_dtype(dtype)
+            if self.is_split(i):  # hi << 32 | lo in the input's own integer dtype: exact
+                high, low = tf.split(tf.cast(tf.round(part), target), 2, axis=1)
+                part = tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, tf.constant(_LOW_BITS, target)), low)
+                out.append(tf.reshape(part, [-1, *shape]))
+                continue
+            part = tf.reshape(part, [-1, *shape])
             if not target.is_floating:
                 part = tf.round(part)
             out.append(tf.cast(part, target))
@@ -147,7 +190,7 @@ class InputLayout:
         like = next(t for t in items if t is not None)
         batch = tf.shape(like)[0]
         out = []
-        for item, size in zip(items, self.sizes):
+        for item, size in zip(items, self.columns):
             if item is None or not item.dtype.is_floating:
                 out.append(tf.zeros([batch, size], dtype))
             else:
@@ -163,6 +206,23 @@ def packed_dtype(dtypes: Sequence[str], fixed: Sequence[bool], arrays: Sequence[
     if dtype in ("float16", "bfloat16"):
         dtype = "float32"
     for d, array in zip(dtypes, arrays):
-        if not tf.as_dtype(d).is_floating and array.size and np.max(np.abs(array.astype(np.float64))) >= _FLOAT32_EXACT:
+        if not tf.as_dtype(d).is_floating and array.size and _largest_magnitude(array) >= _FLOAT32_EXACT:
             dtype = "float64"
     return dtype
+
+
+def _largest_magnitude(array: np.ndarray) -> int:
+    """``max |v|`` of an integer (or bool) array, exact (Python ints: no float rounding, no overflow
+    of ``abs(int64 min)``)."""
+    return max(abs(int(array.min())), abs(int(array.max())))
+
+
+def split_inputs(dtypes: Sequence[str], arrays: Sequence[np.ndarray]) -> Tuple[bool, ...]:
+    """Per input: whether it is an integer input holding values float64 does not represent exactly
+    (``|v| > 2**53``), packed as two columns per value (see :class:`InputLayout`)."""
+    flags = []
+    for d, array in zip(dtypes, arrays):
+        kind = tf.as_dtype(d)
+        flags.append(bool(kind.is_integer and kind.size == 8 and array.size
+                          and _largest_magnitude(np.asarray(array)) > _FLOAT64_EXACT))
+    return tuple(flags)

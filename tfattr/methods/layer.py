@@ -168,7 +168,8 @@ class LayerIntegratedGradients(IntegratedGradients):
         base = real.layout
         layout = InputLayout("list", base.names + (f"layer:{self.layer.name}",), base.shapes + (active.shape[1:],),
                              base.dtypes + (active.dtype.name,), (True,) * len(base.names) + (False,),
-                             "float64" if "float64" in (base.packed_dtype, active.dtype.name) else "float32")
+                             "float64" if "float64" in (base.packed_dtype, active.dtype.name) else "float32",
+                             base.split + (False,) if base.split else ())
         self.set_layout(layout)
         packed = np.concatenate([real.array.astype(layout.packed_dtype),
                                  active.reshape(len(active), -1).astype(layout.packed_dtype)], axis=1)
