@@ -256,8 +256,8 @@ def test_layer_conductance_right_and_left_sums_by_hand_on_a_square(steps):
     np.testing.assert_allclose(right.delta, (y**2).sum(axis=1) / steps, rtol=1e-5)  # Σ − (f(x) − f(0))
     np.testing.assert_allclose(left.delta, -(y**2).sum(axis=1) / steps, rtol=1e-5)
     assert "rule=left" in left.method and "rule" not in right.method
-    synonym = tfattr.LayerConductance(model, layer="proj", steps=steps, rule="riemann_left").attribute(x, target=0)
-    np.testing.assert_array_equal(synonym.attributions, left.attributions)
+    former = tfattr.LayerConductance(model, layer="proj", steps=steps, rule="riemann_right").attribute(x, target=0)
+    np.testing.assert_array_equal(former.attributions, right.attributions)  # the former spelling still works
 
 
 def _numpy_conductance(weights, x, c, steps, rule):

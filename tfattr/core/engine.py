@@ -274,7 +274,7 @@ class PathEngine:
               same sum with the trapezoid average of the integrand over each interval (the
               RSI-Grad-CAM authors' notebook); the previous gradient is carried too.
             * ``"stieltjes_left"``: ``w_r · g_{r−1} ⊙ (v_r − v_{r−1})`` — the integrand at each
-              interval's left end (captum's ``LayerConductance``); carried as the trapezoid's.
+              interval's left end (captum's conductance sum); carried as the trapezoid's.
         collect_endpoint: also return the mean of ``values`` over each example's rows at
             ``α = 1`` (a layer's activations at the input itself) and at ``α = 0`` (at the
             baselines, ``EngineResult.start``).

@@ -393,7 +393,7 @@ def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inp
                 raise InvalidInputError(
                     f"`{where}` contains {int(array.size - finite.sum())} NaN or Inf value(s), first at index "
                     f"{first}. " + received(f"{where}[{first}]", float(array[first])))
-        if not tf.as_dtype(dtype).is_floating:
+        if tf.as_dtype(dtype).is_integer or tf.as_dtype(dtype).is_bool:
             array = exact_integers(array, dtype, where, input_name)
         arrays.append(array)
         singles.append(single)

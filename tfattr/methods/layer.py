@@ -228,8 +228,12 @@ class LayerConductance(IntegratedGradients):
     RSI-Grad-CAM). ``rule`` picks where each interval's gradient is taken:
 
     * ``"right"`` (default): ``Σ_{m=1..M} ∂F/∂y_j(x_m) · (y_j(x_m) − y_j(x_{m−1}))``;
-    * ``"left"``: ``Σ_{m=1..M} ∂F/∂y_j(x_{m−1}) · (y_j(x_m) − y_j(x_{m−1}))`` — captum's sum (its
-      ``method="riemann_left"``; captum's default Gauss–Legendre nodes have no tfattr counterpart).
+    * ``"left"``: ``Σ_{m=1..M} ∂F/∂y_j(x_{m−1}) · (y_j(x_m) − y_j(x_{m−1}))`` — captum's sum. Captum
+      always takes the gradient at each interval's left end, on the ``n_steps + 1`` nodes of its
+      ``method``; with ``method="riemann_trapezoid"`` those are the nodes above, so ``rule="left",
+      steps=M`` is captum's ``LayerConductance(...).attribute(..., method="riemann_trapezoid",
+      n_steps=M)``. Its default Gauss–Legendre nodes (and ``"riemann_left"``'s, which stop at
+      ``α = M/(M+1)``) have no tfattr counterpart.
 
     Both use the same ``M + 1`` gradient passes and tend to the same integral as ``steps`` grows, so
     ``Σ_j Cond_j → f(x) − f(z)``; at finite ``steps`` they differ by ``O(1/M)``. The inputs are
@@ -240,12 +244,12 @@ class LayerConductance(IntegratedGradients):
         model, layer: as for :class:`LayerIntegratedGradients` (the layer's output is used). A layer
             that returns several tensors is refused (:class:`~tfattr.errors.InvalidInputError`).
         steps: ``M`` intervals of the path (default 50); ``rule``: ``"right"`` (default) or
-            ``"left"`` (see above; ``"riemann_right"``/``"riemann_left"`` are accepted as synonyms);
+            ``"left"`` (see above; ``"riemann_right"``, the former value, still means ``"right"``);
             ``baseline``, ``n_baselines``, ``seed``, ``value_range``: as for :class:`IntegratedGradients`.
 
     Example:
         >>> LayerConductance(model, layer="dense", steps=100).attribute(x, target=0).attributions  # (N, units)
-        >>> LayerConductance(model, layer="dense", rule="left")  # captum's riemann_left sum
+        >>> LayerConductance(model, layer="dense", rule="left")  # captum's sum, on its riemann_trapezoid nodes
     """
 
     name = "layer_conductance"
@@ -253,8 +257,8 @@ class LayerConductance(IntegratedGradients):
     combine = "stieltjes"
     options = dict(IntegratedGradients.options, rule="right")
     #: ``rule`` → engine combination
-    RULES = {"right": "stieltjes", "left": "stieltjes_left"}
-    _RULE_SYNONYMS = {"riemann_right": "right", "riemann_left": "left"}
+    RULES = {"right": "stieltjes", "left": "stieltjes_left"}  # the engine's sums (PathEngine's `combine`)
+    _RULE_SYNONYMS = {"riemann_right": "right"}  # the value it had (IG's name) before `rule` was its own
 
     def __init__(self, model, layer, **options):
         super().__init__(model, **options)
