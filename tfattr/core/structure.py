@@ -206,7 +206,7 @@ def packed_dtype(dtypes: Sequence[str], fixed: Sequence[bool], arrays: Sequence[
     if dtype in ("float16", "bfloat16"):
         dtype = "float32"
     for d, array in zip(dtypes, arrays):
-        if not tf.as_dtype(d).is_floating and array.size and _largest_magnitude(array) >= _FLOAT32_EXACT:
+        if tf.as_dtype(d).is_integer and array.size and _largest_magnitude(np.asarray(array)) >= _FLOAT32_EXACT:
             dtype = "float64"
     return dtype
 
