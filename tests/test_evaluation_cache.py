@@ -150,7 +150,7 @@ def _rewrite_without_seconds(path):
 
 @pytest.mark.parametrize("damage, error", [
     (lambda path: open(path, "r+b").truncate(os.path.getsize(path) // 2), r"BadZipFile|EOFError|error"),
-    (lambda path: open(path, "wb").close(), r"EOFError|ValueError"),
+    (lambda path: open(path, "wb").close(), r"EOFError|ValueError|BadZipFile"),
     (lambda path: open(path, "wb").write(b"\x00garbage, not a zip" * 40), r"ValueError|OSError|BadZipFile"),
     (_rewrite_without_seconds, r"KeyError"),
 ], ids=["truncated", "empty", "garbage", "missing_key"])
@@ -225,3 +225,177 @@ def test_rows_of_images_evaluated_one_at_a_time_merge_into_the_rows_of_one_call(
         assert row.gradients == joint.gradients
     with pytest.raises(tfattr.errors.InvalidInputError, match="same methods in the same order"):
         merge_rows([parts[0], parts[1][::-1]])
+
+
+def _two_nested_convs():
+    """Two nested models ``a`` and ``b``, each with a layer called ``conv``."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    bias = keras.initializers.RandomUniform(-0.3, 0.3, seed=5)
+
+    def block(name, channels):
+        return keras.Sequential([keras.Input((SIZE, SIZE, channels)),
+                                 keras.layers.Conv2D(4, 3, padding="same", activation="relu", bias_initializer=bias,
+                                                     name="conv")], name=name)
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    h = block("b", 4)(block("a", 3)(inputs))
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(5, bias_initializer=bias)(h))
+
+
+def test_two_nested_layers_with_one_name_are_keyed_by_their_paths(x, tmp_path):
+    nested = _two_nested_convs()
+    first = run(nested, x, tfattr.GradCAM(nested, layer="a/conv"), tmp_path)
+    second = run(nested, x, tfattr.GradCAM(nested, layer="b/conv"), tmp_path)
+    fresh = run(nested, x, tfattr.GradCAM(nested, layer="b/conv"))
+    assert not second.cached
+    np.testing.assert_allclose(values(second), values(fresh), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(values(first), values(second), rtol=1e-3, atol=1e-4)  # the layer matters here
+    # wrapped in a NoiseTunnel too, and for the layer-space methods
+    keys = {result_key(nested, x, method, np.array([0, 1]), settings={"seed": 0}) for method in (
+        tfattr.NoiseTunnel(tfattr.GradCAM(nested, layer="a/conv"), nt_samples=2),
+        tfattr.NoiseTunnel(tfattr.GradCAM(nested, layer="b/conv"), nt_samples=2),
+        tfattr.LayerIntegratedGradients(nested, layer="a/conv", steps=2),
+        tfattr.LayerIntegratedGradients(nested, layer="b/conv", steps=2))}
+    assert len(keys) == 4
+
+
+def _fail_with(error):
+    def fail(*args, **kwargs):
+        raise error
+    return fail
+
+
+@pytest.mark.parametrize("where", ["file", "folder_at_row", "read_only", "disk_full"])
+def test_a_cache_that_cannot_be_written_warns_and_keeps_every_computed_row(where, model, x, tmp_path, monkeypatch):
+    methods = [("gradient", tfattr.Gradient(model)), ("gradcam", tfattr.GradCAM(model))]
+    labels = np.array([0, 1])
+    expected = evaluate(model, x, methods, labels=labels, **METRICS)
+    cache = tmp_path / "cache"
+    if where == "file":
+        cache.write_bytes(b"a file, not a folder")
+    elif where == "folder_at_row":
+        for _, method in methods:
+            key = result_key(model, x, method, labels, None, dict(
+                value_range=(0.0, 1.0), aupc_kernel=4, aupc_regions=2, aupc_perturbations=2, pixels_per_step=300,
+                pointing_tolerance=15, seed=0))
+            os.makedirs(cache / f"{key[:32]}.npz")
+    else:  # root ignores a folder's mode: make the OS refuse the write as it would for a user
+        import tempfile
+
+        code = 13 if where == "read_only" else 28  # EACCES, ENOSPC
+        monkeypatch.setattr(tempfile, "mkstemp", _fail_with(OSError(code, os.strerror(code))))
+    with pytest.warns(RuntimeWarning, match=r"cannot be (cached|read).*results are returned"):
+        rows = evaluate(model, x, methods, labels=labels, cache_dir=str(cache), **METRICS)
+    assert [r.method for r in rows] == ["gradient", "gradcam"] and not any(r.cached for r in rows)
+    for row, reference in zip(rows, expected):
+        np.testing.assert_allclose(values(row), values(reference), rtol=1e-6, atol=1e-7)
+
+
+def _with_key_of(path, elements):
+    """Rewrite the cached row at ``path`` with a ``key`` member whose header claims ``elements``
+    32-character strings (the data is not there: only the header is)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    header = {"descr": "<U32", "fortran_order": False, "shape": (elements,)}
+    stream = __import__("io").BytesIO()
+    np.lib.format.write_array_header_1_0(stream, header)
+    members["key.npy"] = stream.getvalue() + b"\0" * 128
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize("elements", [10**12, 10**6])
+def test_a_cache_file_claiming_a_huge_member_is_treated_as_damaged(elements, model, x, tmp_path):
+    first = run(model, x, tfattr.Gradient(model), tmp_path)
+    (name,) = os.listdir(tmp_path)
+    _with_key_of(os.path.join(tmp_path, name), elements)
+    with pytest.warns(RuntimeWarning, match=rf"{name}.*cannot be read.*recomputing"):
+        again = run(model, x, tfattr.Gradient(model), tmp_path)
+    assert not again.cached
+    np.testing.assert_allclose(values(again), values(first), rtol=1e-6, atol=1e-7)
+    assert run(model, x, tfattr.Gradient(model), tmp_path).cached
+
+
+def _baseline_folders(model, tmp_path):
+    """Two saved baselines of ``model``: from black and from 0.7 grey."""
+    from tfattr.baselines import save_baseline, train_uniform_baseline
+
+    folders = []
+    for start in ("black", 0.7):
+        folder = str(tmp_path / f"baseline_{start}")
+        save_baseline(train_uniform_baseline(model, start=start, steps=3, patience=None, verbose=0), folder)
+        folders.append(folder)
+    return folders
+
+
+def test_a_saved_baseline_whose_tensor_files_are_replaced_is_reloaded_and_recomputed(model, x, tmp_path):
+    """``variables/`` and ``saved_model.pb`` replaced, ``metadata.json`` untouched (same inode and
+    mtime): the same process explains with the new tensor, and the row is keyed by it."""
+    import shutil
+
+    folder, other = _baseline_folders(model, tmp_path)
+    cache = tmp_path / "cache"
+    first = run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache)
+    shutil.rmtree(os.path.join(folder, "variables"))
+    shutil.copytree(os.path.join(other, "variables"), os.path.join(folder, "variables"))
+    shutil.copy(os.path.join(other, "saved_model.pb"), os.path.join(folder, "saved_model.pb"))
+    second = run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache)
+    expected = run(model, x, tfattr.IntegratedGradients(model, baseline=other, steps=4))
+    assert not second.cached
+    np.testing.assert_allclose(values(second), values(expected), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(values(first), values(second), rtol=1e-3, atol=1e-4)  # the tensor matters here
+    served = run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache)
+    assert served.cached
+    np.testing.assert_array_equal(values(served), values(second))
+
+
+def test_a_baseline_folder_replaced_while_its_row_is_computed_is_not_cached(model, x, tmp_path):
+    import shutil
+
+    folder, other = _baseline_folders(model, tmp_path)
+    method = tfattr.IntegratedGradients(model, baseline=folder, steps=4)
+    original = method.attribute
+
+    def attribute_then_replace(*args, **kwargs):
+        out = original(*args, **kwargs)
+        shutil.rmtree(folder)
+        shutil.copytree(other, folder)  # another process saves over it meanwhile
+        return out
+
+    method.attribute = attribute_then_replace
+    cache = tmp_path / "cache"
+    with pytest.warns(RuntimeWarning, match=r"'m' was computed but not cached.*changed while it ran"):
+        row = run(model, x, method, cache)
+    assert not row.cached and not (os.path.isdir(cache) and os.listdir(cache))
+    expected = run(model, x, tfattr.IntegratedGradients(model, baseline=other, steps=4))
+    assert not run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache).cached
+    np.testing.assert_allclose(values(run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache)),
+                               values(expected), rtol=1e-6, atol=1e-7)
+
+
+def _wired(chain):
+    """The same layers, with the same weights, wired as ``c2(c1(x))`` or as ``c2(x)`` beside ``c1(x)``."""
+    import keras
+
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input((SIZE, SIZE, 3), name="x")
+    c1 = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="c1")
+    c2 = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="c2")
+    h1 = c1(inputs)
+    h2 = c2(h1 if chain else inputs)
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(keras.layers.Add(name="add")([h1, h2]))
+    return keras.Model(inputs, keras.layers.Dense(5, name="dense")(h), name="wired")
+
+
+def test_two_models_of_the_same_layers_and_weights_wired_otherwise_have_other_keys(x):
+    chained, parallel = _wired(True), _wired(False)
+    assert not np.allclose(chained(x).numpy(), parallel(x).numpy(), atol=1e-4)  # another function
+    keys = [result_key(m, x, tfattr.Gradient(m), np.array([0, 1]), settings={"seed": 0}) for m in (chained, parallel)]
+    assert keys[0] != keys[1]
+    assert keys[0] == result_key(_wired(True), x, tfattr.Gradient(chained), np.array([0, 1]), settings={"seed": 0})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import time
 import warnings
@@ -75,24 +76,40 @@ def _code_key() -> Dict[str, str]:
     return _CODE
 
 
+def _json_default(value) -> str:
+    """A config value JSON cannot write, by its type only (never its ``repr``: an address would
+    make every process's key differ)."""
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def _wiring_key(model) -> Optional[str]:
+    """SHA-256 of a Functional or Sequential model's ``get_config()``: which layer feeds which
+    (the fingerprint's architecture hash lists the layers' configs but not how they are wired, so
+    two graphs of the same layers with the same weights would share it). ``None`` when the model
+    has no config (a subclassed model is keyed by its source instead)."""
+    try:
+        config = model.get_config()
+    except Exception:  # a subclassed model without get_config
+        return None
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
 def _model_key(model) -> Dict[str, Any]:
     """A Keras model by its fingerprint (architecture and weights hashes,
-    :func:`~tfattr.baselines.uniform_output.model_fingerprint`), its layer names (Grad-CAM's layer
-    is named) and, for a subclassed model, the source of its class (its ``call``)."""
+    :func:`~tfattr.baselines.uniform_output.model_fingerprint`), its wiring (:func:`_wiring_key`),
+    its layer paths (a layer method's layer is named) and, for a subclassed model, the source of
+    its class (its ``call``)."""
     import keras
 
     from tfattr.baselines.uniform_output import model_fingerprint
 
     if not isinstance(model, keras.Model):
         raise Uncacheable(f"the model is a {type(model).__name__}, not a Keras model with a fingerprint")
+    from tfattr.core.layers import layer_paths
+
     kind = type(model)
-    names, stack = [], list(model.layers)
-    while stack:
-        layer = stack.pop(0)
-        names.append(layer.name)
-        stack[:0] = list(getattr(layer, "layers", []) if isinstance(layer, keras.Model) else [])
     key = {"class": f"{kind.__module__}.{kind.__qualname__}", "fingerprint": model_fingerprint(model)["fingerprint"],
-           "layers": names}
+           "layers": [path for path, _ in layer_paths(model)], "wiring": _wiring_key(model)}
     if not kind.__module__.startswith("keras."):
         try:
             key["source"] = hashlib.sha256(inspect.getsource(kind).encode()).hexdigest()
@@ -101,8 +118,29 @@ def _model_key(model) -> Dict[str, Any]:
     return key
 
 
+def _method_layers(method, seen=None) -> List[Any]:
+    """The full paths of the layers a method (and every method it wraps, e.g. under a
+    :class:`~tfattr.NoiseTunnel`) works at: a method's own key names its layer by its bare name,
+    which two nested models can share (``"a/conv"``, ``"b/conv"``)."""
+    from tfattr.core.layers import layer_paths
+
+    seen = set() if seen is None else seen
+    if id(method) in seen:
+        return []
+    seen.add(id(method))
+    found: List[Any] = []
+    layer, model = getattr(method, "layer", None), getattr(method, "model", None)
+    if layer is not None and model is not None and not isinstance(layer, (str, int)):
+        found.append(sorted(path for path, candidate in layer_paths(model) if candidate is layer))
+    inner = [getattr(method, "method", None)] + list((getattr(method, "config", None) or {}).values())
+    for item in inner:
+        if hasattr(item, "attribute") and hasattr(item, "cache_key"):
+            found.append(_method_layers(item, seen))
+    return found
+
+
 def result_key(model, images, method, labels, masks=None, settings: Optional[Dict[str, Any]] = None,
-               strategy=None, models: Optional[Dict[int, Any]] = None) -> str:
+               strategy=None, models: Optional[Dict[int, Any]] = None, method_key=None) -> str:
     """The cache key of one :func:`evaluate` row: a SHA-256 over everything that can change a number.
 
     It covers the library (``tfattr.__version__`` and a hash of its source files), the scoring
@@ -111,7 +149,9 @@ def result_key(model, images, method, labels, masks=None, settings: Optional[Dic
     replica count, and the method's :meth:`~tfattr.methods.base.AttributionMethod.cache_key`: its
     class and every option (recursively for a wrapped method, e.g. under
     :class:`~tfattr.NoiseTunnel`), arrays by content, saved baselines by the content of their
-    folder or tensor. ``models`` memoises model keys by ``id`` within one call.
+    folder or tensor, with the full paths of the layers it works at. ``models`` memoises model keys
+    by ``id`` within one call; ``method_key`` is the method's ``cache_key()`` when the caller
+    already has it (the key then matches exactly the content it checks again after computing).
 
     Raises:
         Uncacheable: something cannot be keyed by content (a callable baseline or objective, a
@@ -138,7 +178,8 @@ def result_key(model, images, method, labels, masks=None, settings: Optional[Dic
         "code": _code_key(),
         "model": model_key(model),
         "method_model": model_key(method.model),
-        "method": key_of(),
+        "method": key_of() if method_key is None else method_key,
+        "method_layers": _method_layers(method),
         "images": canonical(np.asarray(images), "images"),
         "labels": canonical(np.asarray(labels), "labels"),
         "masks": None if masks is None else canonical(np.asarray(masks), "masks"),
@@ -149,18 +190,86 @@ def result_key(model, images, method, labels, masks=None, settings: Optional[Dic
     return digest(structure)
 
 
-def _load_row(path: str, name: str, key: str) -> Optional["EvaluationRow"]:
-    """The row cached at ``path``, or ``None`` (with a warning) when the file cannot be read."""
+class _Damaged(ValueError):
+    """A cache file whose content is not a row this code wrote (bounds, shapes, dtypes)."""
+
+
+def _row_limit(images) -> int:
+    """A bound on the bytes a row of ``images`` can hold: per image at most 16 float64 scores, at
+    most four float64 curves of at most ``H·W + 2`` points (deletion with one pixel per step),
+    plus 1 MiB for the key, the notes and the headers. A file claiming more is damaged."""
+    shape = np.shape(images)
+    count = int(shape[0]) if len(shape) else 1
+    pixels = int(np.prod(shape[1:3])) if len(shape) >= 3 else 1
+    return (1 << 20) + 8 * (16 * count + 4 * (pixels + 2))
+
+
+def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` at ``path``, reading at most ``limit`` bytes of array data.
+
+    ``np.load`` allocates what a member's header claims before reading it (a header claiming
+    10^12 elements is a MemoryError); here each header is checked first: a plain (not object)
+    dtype, a size that fits the zip member's declared size and, over all members, ``limit``.
+    Raises :class:`_Damaged` (or the zip and ``.npy`` readers' errors) otherwise.
+    """
+    import zipfile
+
+    arrays: Dict[str, np.ndarray] = {}
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+        if len(members) > 64:
+            raise _Damaged(f"{len(members)} members")
+        for info in members:
+            if not info.filename.endswith(".npy"):
+                raise _Damaged(f"member {info.filename!r} is not an array")
+            total += info.file_size
+            if total > limit:
+                raise _Damaged(f"members of more than {limit} bytes")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise _Damaged(f"member {info.filename!r} has .npy version {version}")
+                if dtype.hasobject or dtype.itemsize == 0:
+                    raise _Damaged(f"member {info.filename!r} has dtype {dtype}")
+                count = 1
+                for side in shape:
+                    count *= int(side)
+                size = count * dtype.itemsize
+                if size > info.file_size:
+                    raise _Damaged(f"member {info.filename!r} claims {shape} {dtype}, more than its "
+                                   f"{info.file_size} bytes")
+                data = member.read(size)
+                if len(data) != size:
+                    raise _Damaged(f"member {info.filename!r} is truncated")
+            array = np.frombuffer(data, dtype=dtype)
+            array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+            arrays[info.filename[:-4]] = array.copy()
+    return arrays
+
+
+def _load_row(path: str, name: str, key: str, count: Optional[int] = None,
+              limit: int = 1 << 26) -> Optional["EvaluationRow"]:
+    """The row cached at ``path``, or ``None`` (with a warning) when the file cannot be read, holds
+    another key, more than ``limit`` bytes, or per-image values for other than ``count`` images."""
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            if str(stored["key"]) != key:
-                raise KeyError("the file holds another key")
-            per_image = {k[6:]: stored[k] for k in stored.files if k.startswith("image:")}
-            curves = {k[6:]: stored[k] for k in stored.files if k.startswith("curve:")}
-            if "AUPC" not in per_image:
-                raise KeyError("image:AUPC")
-            seconds, gradients = float(stored["seconds"]), int(stored["gradients"])
-            notes = [str(note) for note in stored["notes"]]
+        stored = _read_npz_bounded(path, limit)
+        if stored["key"].shape != () or str(stored["key"]) != key:
+            raise KeyError("the file holds another key")
+        per_image = {k[6:]: stored[k] for k in stored if k.startswith("image:")}
+        curves = {k[6:]: stored[k] for k in stored if k.startswith("curve:")}
+        if "AUPC" not in per_image:
+            raise KeyError("image:AUPC")
+        for k, v in [(f"image:{k}", v) for k, v in per_image.items()] + [(f"curve:{k}", v) for k, v in curves.items()]:
+            if v.dtype.kind not in "fiub" or v.ndim != 1 or (k.startswith("image:") and count is not None
+                                                              and len(v) != count):
+                raise _Damaged(f"{k!r} holds a {v.shape} {v.dtype} array")
+        seconds, gradients = float(stored["seconds"]), int(stored["gradients"])
+        notes = [str(note) for note in np.atleast_1d(stored["notes"])]
     except _UNREADABLE as error:
         warnings.warn(f"The cached result {path!r} cannot be read ({type(error).__name__}: {error}); "
                       "recomputing it.", RuntimeWarning, stacklevel=3)
@@ -254,17 +363,19 @@ def evaluate(
             print(f"  note: {text}")
 
     for name, method in methods:
-        path = key = None
+        path = key = method_key = None
         if cache_dir is not None:
             try:
-                key = result_key(model, images, method, labels, masks, settings, strategy, models)
+                method_key = method.cache_key() if callable(getattr(method, "cache_key", None)) else None
+                key = result_key(model, images, method, labels, masks, settings, strategy, models,
+                                 method_key=method_key)
             except Uncacheable as why:
                 if verbose:
                     print(f"  {name:<28} not cached: {why.reason}")
             else:
                 path = os.path.join(cache_dir, f"{key[:32]}.npz")
-                if os.path.exists(path):
-                    row = _load_row(path, name, key)
+                if os.path.lexists(path):
+                    row = _load_row(path, name, key, len(images), _row_limit(images))
                     if row is not None:
                         rows.append(row)
                         if verbose:
@@ -320,14 +431,36 @@ def evaluate(
                             {k: float(np.mean(v)) for k, v in per_image.items()}, per_image, curves, notes=row_notes)
         rows.append(row)
         if path is not None:
-            arrays = {f"image:{k}": np.asarray(v) for k, v in per_image.items()}
-            arrays.update({f"curve:{k}": np.asarray(v) for k, v in curves.items()})
-            _save_npz(path, dict(arrays, seconds=np.array(seconds), gradients=np.array(row.gradients),
-                                 key=np.array(key), notes=np.array(row_notes, dtype=str)))
+            _store_row(path, key, row, method, method_key)
         if verbose:
             print(f"  {name:<28} {seconds:7.2f}s  " + "  ".join(
                 f"{k} {v:.3f}" if np.isfinite(v) else f"{k} –" for k, v in row.scores.items()))
     return rows
+
+
+def _store_row(path: str, key: str, row: EvaluationRow, method, method_key) -> None:
+    """Cache ``row`` at ``path`` under ``key``; a write that fails (a read-only or full disk, a
+    file where the folder should be, a folder at the row's path) is warned about and the row is
+    still returned: a cache never loses a computed result. Nothing is stored when the method's own
+    key changed while it ran (a saved baseline folder replaced meanwhile): the numbers may be the
+    new content's or the old's, and neither key can be trusted for them."""
+    try:
+        changed = method.cache_key() != method_key
+    except Uncacheable:
+        changed = True
+    if changed:
+        warnings.warn(f"{row.method!r} was computed but not cached: its options' content (e.g. a saved "
+                      "baseline folder) changed while it ran; its results are returned.", RuntimeWarning,
+                      stacklevel=3)
+        return
+    arrays = {f"image:{k}": np.asarray(v) for k, v in row.per_image.items()}
+    arrays.update({f"curve:{k}": np.asarray(v) for k, v in row.curves.items()})
+    try:
+        _save_npz(path, dict(arrays, seconds=np.array(row.seconds), gradients=np.array(row.gradients),
+                             key=np.array(key), notes=np.array(row.notes, dtype=str)))
+    except OSError as error:
+        warnings.warn(f"{row.method!r} cannot be cached at {path!r} ({type(error).__name__}: {error}); its "
+                      "results are returned.", RuntimeWarning, stacklevel=3)
 
 
 def merge_rows(parts: Sequence[Sequence[EvaluationRow]]) -> List[EvaluationRow]:
