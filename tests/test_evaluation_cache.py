@@ -399,3 +399,50 @@ def test_two_models_of_the_same_layers_and_weights_wired_otherwise_have_other_ke
     keys = [result_key(m, x, tfattr.Gradient(m), np.array([0, 1]), settings={"seed": 0}) for m in (chained, parallel)]
     assert keys[0] != keys[1]
     assert keys[0] == result_key(_wired(True), x, tfattr.Gradient(chained), np.array([0, 1]), settings={"seed": 0})
+
+
+def test_a_fifo_at_a_rows_path_is_damaged_not_a_hang(model, x, tmp_path):
+    key = result_key(model, x, tfattr.Gradient(model), np.array([0, 1]), None, dict(
+        value_range=(0.0, 1.0), aupc_kernel=4, aupc_regions=2, aupc_perturbations=2, pixels_per_step=300,
+        pointing_tolerance=15, seed=0))
+    os.mkfifo(tmp_path / f"{key[:32]}.npz")  # reading it would wait for a writer forever
+    with pytest.warns(RuntimeWarning, match=r"cannot be read.*not a regular file.*recomputing"):
+        row = run(model, x, tfattr.Gradient(model), tmp_path)
+    assert not row.cached and run(model, x, tfattr.Gradient(model), tmp_path).cached  # replaced by the row
+
+
+def test_concurrent_writers_of_one_row_leave_a_whole_file_for_every_reader(tmp_path):
+    """Two writers storing the same row while a reader reads it: every read sees a whole row
+    (atomic rename), never a half-written file (a damaged read would be ``None``)."""
+    import threading
+
+    from tfattr.evaluation import EvaluationRow, _load_row, _store_row
+
+    class Keyed:
+        def cache_key(self):
+            return {"k": 1}
+
+    path, key = str(tmp_path / "row.npz"), "k" * 64
+    row = EvaluationRow("m", 1.0, 2, {"AUPC": 0.5}, {"AUPC": np.arange(200.0)}, {"AUPC": np.linspace(0, 1, 5000)})
+    _store_row(path, key, row, Keyed(), {"k": 1})
+    reads, stop = [], threading.Event()
+
+    def write():
+        for _ in range(40):
+            _store_row(path, key, row, Keyed(), {"k": 1})
+
+    def read():
+        while not stop.is_set():
+            reads.append(_load_row(path, "m", key, 200))
+
+    reader = threading.Thread(target=read)
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    reader.start()
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    reader.join()
+    assert reads and all(r is not None and np.array_equal(r.per_image["AUPC"], np.arange(200.0)) for r in reads)
+    assert os.listdir(tmp_path) == ["row.npz"]  # no temporary file left

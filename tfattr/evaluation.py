@@ -204,6 +204,15 @@ def _row_limit(images) -> int:
     return (1 << 20) + 8 * (16 * count + 4 * (pixels + 2))
 
 
+def _regular(handle, path: str):
+    """``handle`` when it is a regular file, else :class:`_Damaged`."""
+    import stat
+
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        raise _Damaged(f"{path!r} is not a regular file")
+    return handle
+
+
 def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
     """The arrays of the ``.npz`` at ``path``, reading at most ``limit`` bytes of array data.
 
@@ -216,7 +225,11 @@ def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
 
     arrays: Dict[str, np.ndarray] = {}
     total = 0
-    with zipfile.ZipFile(path) as archive:
+    # opened without blocking and checked to be a regular file: a FIFO or a device put at a row's
+    # path would otherwise hang or stream without end
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    handle = os.fdopen(descriptor, "rb")
+    with handle, zipfile.ZipFile(_regular(handle, path)) as archive:
         members = archive.infolist()
         if len(members) > 64:
             raise _Damaged(f"{len(members)} members")
