@@ -123,3 +123,65 @@ def test_invalid_arguments_name_themselves():
     names = imagenet_class_names()
     assert len(names) == 1000 and names[282] == "tiger cat" and names[967] == "espresso"
     assert imagenet_class_names("wordnet")[281] == "tabby, tabby cat"
+
+
+def test_a_modified_cache_file_is_converted_again_with_a_warning(lite0, cache_dir, tmp_path, photos, logits):
+    """A bias changed in the cached file (top-1 class 0 when it was used): the loaded weights do not
+    hash to CONVERTED_WEIGHTS_SHA256, so the checkpoint is converted again and the file rewritten."""
+    path = efficientnet_lite0_cache_path(tmp_path)
+    tampered = EfficientNetLite0(weights=None)
+    tampered.load_weights(efficientnet_lite0_cache_path(cache_dir))
+    bias = tampered.get_layer("predictions").bias
+    bias.assign(bias.numpy() + np.eye(1000, dtype=np.float32)[0] * 50.0)
+    tampered.save(path)
+    assert np.argmax(tampered(photos).numpy()[0]) == 0  # what the file alone would give
+    with pytest.warns(RuntimeWarning, match=r"Converting EfficientNet-Lite0 again: the cached model .* does not hold "
+                                            r"the converted weights"):
+        model = EfficientNetLite0(cache_dir=tmp_path)
+    np.testing.assert_allclose(model(photos).numpy(), logits, rtol=1e-5, atol=1e-5)
+    assert efficientnet.converted_weights_digest(lite0) == efficientnet.CONVERTED_WEIGHTS_SHA256
+    check = EfficientNetLite0(weights=None)
+    check.load_weights(path)  # rewritten with the converted weights
+    assert efficientnet.converted_weights_digest(check) == efficientnet.CONVERTED_WEIGHTS_SHA256
+
+
+@pytest.mark.parametrize("blocked", ["folder_is_a_file", "folder_at_the_files_path"])
+def test_a_cache_that_cannot_be_written_warns_and_returns_the_converted_model(blocked, tmp_path, photos, logits):
+    folder = tmp_path / "cache"
+    if blocked == "folder_is_a_file":
+        folder.write_bytes(b"a file, not a folder")
+    else:
+        os.makedirs(efficientnet_lite0_cache_path(folder))
+    with pytest.warns(RuntimeWarning, match=r"EfficientNet-Lite0 was converted but cannot be cached at .*"
+                                            r"the model is returned"):
+        model = EfficientNetLite0(cache_dir=folder)
+    np.testing.assert_allclose(model(photos).numpy(), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unwritable_keras_home_falls_back_to_a_private_temp_folder_only(tmp_path, monkeypatch):
+    import stat
+    import tempfile
+
+    (tmp_path / "file").write_bytes(b"")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "file" / "keras"))  # cannot be made: under a file
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    private = shared / f"tfattr-keras-{os.getuid()}"
+    assert efficientnet._keras_cache_dir() == str(private / "models")
+    assert stat.S_IMODE(os.lstat(private).st_mode) == 0o700 and os.lstat(private).st_uid == os.getuid()
+    # another user got there first: a folder others can write, a link elsewhere, another owner
+    private.chmod(0o777)
+    with pytest.warns(RuntimeWarning, match=r"is not a private folder of this user.*not cached on disk"):
+        assert efficientnet._keras_cache_dir() is None
+    private.rmdir()
+    (shared / "elsewhere").mkdir(mode=0o700)
+    private.symlink_to(shared / "elsewhere")
+    with pytest.warns(RuntimeWarning, match=r"is not a private folder of this user"):
+        assert efficientnet_lite0_cache_path() is None
+    private.unlink()
+    private.mkdir(mode=0o700)
+    uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: uid + 1)  # the folder's owner is someone else
+    with pytest.warns(RuntimeWarning, match=rf"owner {uid}, .*expected owner {uid + 1}"):
+        assert efficientnet._keras_cache_dir() is None

