@@ -446,3 +446,27 @@ def test_concurrent_writers_of_one_row_leave_a_whole_file_for_every_reader(tmp_p
     reader.join()
     assert reads and all(r is not None and np.array_equal(r.per_image["AUPC"], np.arange(200.0)) for r in reads)
     assert os.listdir(tmp_path) == ["row.npz"]  # no temporary file left
+
+
+def test_a_baseline_folder_is_keyed_through_links_and_a_link_cycle_ends(model, tmp_path):
+    """``variables`` as a link to another folder: replacing what it points to changes the key and
+    what ``cached_load`` returns; a link back to the folder itself is read once."""
+    import shutil
+
+    from tfattr.baselines.saved import cached_load, folder_digest, load_baseline
+
+    first, second = _baseline_folders(model, tmp_path)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(os.path.join(first, "saved_model.pb"), linked / "saved_model.pb")
+    shutil.copy(os.path.join(first, "metadata.json"), linked / "metadata.json")
+    target = tmp_path / "target"
+    shutil.copytree(os.path.join(first, "variables"), target)
+    (linked / "variables").symlink_to(target)
+    (linked / "loop").symlink_to(linked)
+    before = folder_digest(linked)
+    np.testing.assert_array_equal(cached_load(str(linked)).array, load_baseline(first).array)
+    shutil.rmtree(target)
+    shutil.copytree(os.path.join(second, "variables"), target)  # only what the link points to changes
+    assert folder_digest(linked) != before
+    np.testing.assert_array_equal(cached_load(str(linked)).array, load_baseline(second).array)
