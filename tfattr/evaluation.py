@@ -334,8 +334,12 @@ def evaluate(
             when nothing that can change a number changed (:func:`result_key`: library, models,
             images, labels, masks, metric settings, the method's class and every option); a row
             that cannot be keyed (a callable baseline or objective, ``seed=None``) is computed
-            and not cached (``verbose`` says why). A damaged cache file is warned about,
-            recomputed and overwritten.
+            and not cached (``verbose`` says why). A damaged cache file (truncated, not a
+            zip, a member whose header claims more than a row of these images can hold, not a
+            regular file) is warned about, recomputed and overwritten. A row that cannot be
+            written (a read-only or full disk, a file where the folder should be, a folder at
+            the row's path) is warned about and returned all the same; a row whose method key
+            changed while it ran (a saved baseline folder replaced meanwhile) is not cached.
         strategy: a ``tf.distribute`` strategy: the images are sharded over its replicas (and
             workers) with ``experimental_distribute_dataset``, attribution and metrics run per
             replica and are gathered (:mod:`tfattr.distribute`); results equal the single-device run.
