@@ -470,3 +470,14 @@ def test_a_baseline_folder_is_keyed_through_links_and_a_link_cycle_ends(model, t
     shutil.copytree(os.path.join(second, "variables"), target)  # only what the link points to changes
     assert folder_digest(linked) != before
     np.testing.assert_array_equal(cached_load(str(linked)).array, load_baseline(second).array)
+
+
+def test_canonical_keeps_dict_key_types_apart_and_refuses_object_arrays():
+    assert canonical({1: 0.5}) != canonical({"1": 0.5})
+    assert canonical({"b": 1, 2: 3}) == canonical({2: 3, "b": 1})
+    first, second = np.empty(1, object), np.empty(1, object)
+    first[0], second[0] = [1.0], [2.0]
+    with pytest.raises(Uncacheable, match="baseline is an object array"):
+        canonical(first, "baseline")
+    with pytest.raises(Uncacheable, match="object array"):
+        canonical({"x": second})

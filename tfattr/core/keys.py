@@ -67,8 +67,12 @@ def canonical(value: Any, where: str = "value") -> Any:
     if isinstance(value, (list, tuple)):
         return [canonical(item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, dict):
-        return {str(k): canonical(v, f"{where}[{k!r}]") for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        # a key by its type too: {1: a} and {"1": a} are other options
+        keyed = {(k if isinstance(k, str) else f"{type(k).__name__}:{k!r}"): (k, v) for k, v in value.items()}
+        return {name: canonical(v, f"{where}[{k!r}]") for name, (k, v) in sorted(keyed.items())}
     if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:  # its bytes are pointers: equal bytes need not mean equal content
+            raise Uncacheable(f"{where} is an object array, whose content has no byte key")
         return {"array": value.dtype.str, "shape": list(value.shape), "sha256": array_digest(value)}
     key = getattr(value, "cache_key", None)
     if callable(key):
