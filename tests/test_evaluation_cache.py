@@ -370,13 +370,14 @@ def test_a_baseline_folder_replaced_while_its_row_is_computed_is_not_cached(mode
 
     method.attribute = attribute_then_replace
     cache = tmp_path / "cache"
-    with pytest.warns(RuntimeWarning, match=r"'m' was computed but not cached.*changed while it ran"):
+    with pytest.warns(RuntimeWarning, match=r"'m' was computed but not cached: a saved baseline folder it reads "
+                                            r"changed while it ran"):
         row = run(model, x, method, cache)
     assert not row.cached and not (os.path.isdir(cache) and os.listdir(cache))
     expected = run(model, x, tfattr.IntegratedGradients(model, baseline=other, steps=4))
-    assert not run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache).cached
-    np.testing.assert_allclose(values(run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache)),
-                               values(expected), rtol=1e-6, atol=1e-7)
+    after = run(model, x, tfattr.IntegratedGradients(model, baseline=folder, steps=4), cache)
+    assert not after.cached
+    np.testing.assert_allclose(values(after), values(expected), rtol=1e-6, atol=1e-7)
 
 
 def _wired(chain):
@@ -481,3 +482,31 @@ def test_canonical_keeps_dict_key_types_apart_and_refuses_object_arrays():
         canonical(first, "baseline")
     with pytest.raises(Uncacheable, match="object array"):
         canonical({"x": second})
+
+
+def test_gradcams_default_layer_settled_by_the_run_is_cached_without_a_warning(x, tmp_path):
+    """A model without symbolic outputs: Grad-CAM finds its layer on the first inputs, which changes
+    the method's key but reads no file: the row is cached, and served under the settled key."""
+    import keras
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
+            self.pool = keras.layers.GlobalAveragePooling2D()
+            self.dense = keras.layers.Dense(5)
+
+        def call(self, inputs):
+            return self.dense(self.pool(self.conv(inputs)))
+
+    keras.utils.set_random_seed(2)
+    net = Net()
+    net(x[:1])
+    method = tfattr.GradCAM(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        first = run(net, x, method, tmp_path)
+        again = run(net, x, method, tmp_path)
+        served = run(net, x, method, tmp_path)
+    assert not first.cached and served.cached and len(os.listdir(tmp_path)) in (1, 2)
+    np.testing.assert_array_equal(values(served), values(again))

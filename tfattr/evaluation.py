@@ -455,20 +455,33 @@ def evaluate(
     return rows
 
 
+def _file_content(structure) -> List[Any]:
+    """The digests of content a method key read from files (``baseline_folder`` entries), in order."""
+    found: List[Any] = []
+    if isinstance(structure, dict):
+        for k in sorted(structure):
+            found.extend([structure[k]] if k == "baseline_folder" else _file_content(structure[k]))
+    elif isinstance(structure, list):
+        for item in structure:
+            found.extend(_file_content(item))
+    return found
+
+
 def _store_row(path: str, key: str, row: EvaluationRow, method, method_key) -> None:
     """Cache ``row`` at ``path`` under ``key``; a write that fails (a read-only or full disk, a
     file where the folder should be, a folder at the row's path) is warned about and the row is
     still returned: a cache never loses a computed result. Nothing is stored when the method's own
-    key changed while it ran (a saved baseline folder replaced meanwhile): the numbers may be the
-    new content's or the old's, and neither key can be trusted for them."""
+    content read from files changed while it ran (a saved baseline folder replaced meanwhile, seen
+    in the method key's ``baseline_folder`` digests): the numbers may be the new content's or the
+    old's, and neither key can be trusted for them. (Other parts of a method key may legitimately
+    be settled by the run, e.g. Grad-CAM's default layer on a model without symbolic outputs.)"""
     try:
-        changed = method.cache_key() != method_key
+        changed = _file_content(method.cache_key()) != _file_content(method_key)
     except Uncacheable:
         changed = True
     if changed:
-        warnings.warn(f"{row.method!r} was computed but not cached: its options' content (e.g. a saved "
-                      "baseline folder) changed while it ran; its results are returned.", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(f"{row.method!r} was computed but not cached: a saved baseline folder it reads changed "
+                      "while it ran; its results are returned.", RuntimeWarning, stacklevel=3)
         return
     arrays = {f"image:{k}": np.asarray(v) for k, v in row.per_image.items()}
     arrays.update({f"curve:{k}": np.asarray(v) for k, v in row.curves.items()})
