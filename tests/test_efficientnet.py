@@ -113,6 +113,15 @@ def test_a_damaged_cache_file_is_reported_and_not_used(tmp_path):
         assert efficientnet._read_cache(model, str(damaged)) is False
 
 
+def test_a_fifo_or_a_folder_at_the_cache_path_is_reported_not_read(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="predictions")])
+    os.mkfifo(tmp_path / "fifo.keras")  # reading it would wait for a writer forever
+    (tmp_path / "folder.keras").mkdir()
+    for name in ("fifo.keras", "folder.keras"):
+        with pytest.warns(RuntimeWarning, match=rf"Converting EfficientNet-Lite0 again: .*{name}.*not a regular file"):
+            assert efficientnet._read_cache(model, str(tmp_path / name)) is False
+
+
 def test_invalid_arguments_name_themselves():
     with pytest.raises(InvalidInputError, match="Received: weights='noisy-student'"):
         EfficientNetLite0(weights="noisy-student")

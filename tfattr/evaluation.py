@@ -249,6 +249,8 @@ def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
                     raise _Damaged(f"member {info.filename!r} has .npy version {version}")
                 if dtype.hasobject or dtype.itemsize == 0:
                     raise _Damaged(f"member {info.filename!r} has dtype {dtype}")
+                if any(int(side) < 0 for side in shape):
+                    raise _Damaged(f"member {info.filename!r} claims the shape {shape}")
                 count = 1
                 for side in shape:
                     count *= int(side)
