@@ -190,7 +190,7 @@ def result_key(model, images, method, labels, masks=None, settings: Optional[Dic
     return digest(structure)
 
 
-class _Damaged(ValueError):
+class DamagedCacheFile(ValueError):
     """A cache file whose content is not a row this code wrote (bounds, shapes, dtypes)."""
 
 
@@ -204,13 +204,12 @@ def _row_limit(images) -> int:
     return (1 << 20) + 8 * (16 * count + 4 * (pixels + 2))
 
 
-def _regular(handle, path: str):
-    """``handle`` when it is a regular file, else :class:`_Damaged`."""
+def _regular(descriptor: int, path: str) -> None:
+    """Raise :class:`DamagedCacheFile` unless the open ``descriptor`` is a regular file."""
     import stat
 
-    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-        raise _Damaged(f"{path!r} is not a regular file")
-    return handle
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        raise DamagedCacheFile(f"{path!r} is not a regular file")
 
 
 def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
@@ -219,7 +218,7 @@ def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
     ``np.load`` allocates what a member's header claims before reading it (a header claiming
     10^12 elements is a MemoryError); here each header is checked first: a plain (not object)
     dtype, a size that fits the zip member's declared size and, over all members, ``limit``.
-    Raises :class:`_Damaged` (or the zip and ``.npy`` readers' errors) otherwise.
+    Raises :class:`DamagedCacheFile` (or the zip and ``.npy`` readers' errors) otherwise.
     """
     import zipfile
 
@@ -228,17 +227,22 @@ def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
     # opened without blocking and checked to be a regular file: a FIFO or a device put at a row's
     # path would otherwise hang or stream without end
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    handle = os.fdopen(descriptor, "rb")
-    with handle, zipfile.ZipFile(_regular(handle, path)) as archive:
+    try:
+        _regular(descriptor, path)
+        handle = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle, zipfile.ZipFile(handle) as archive:
         members = archive.infolist()
         if len(members) > 64:
-            raise _Damaged(f"{len(members)} members")
+            raise DamagedCacheFile(f"{len(members)} members")
         for info in members:
             if not info.filename.endswith(".npy"):
-                raise _Damaged(f"member {info.filename!r} is not an array")
+                raise DamagedCacheFile(f"member {info.filename!r} is not an array")
             total += info.file_size
             if total > limit:
-                raise _Damaged(f"members of more than {limit} bytes")
+                raise DamagedCacheFile(f"members of more than {limit} bytes")
             with archive.open(info) as member:
                 version = np.lib.format.read_magic(member)
                 if version == (1, 0):
@@ -246,21 +250,21 @@ def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
                 elif version == (2, 0):
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
                 else:
-                    raise _Damaged(f"member {info.filename!r} has .npy version {version}")
+                    raise DamagedCacheFile(f"member {info.filename!r} has .npy version {version}")
                 if dtype.hasobject or dtype.itemsize == 0:
-                    raise _Damaged(f"member {info.filename!r} has dtype {dtype}")
+                    raise DamagedCacheFile(f"member {info.filename!r} has dtype {dtype}")
                 if any(int(side) < 0 for side in shape):
-                    raise _Damaged(f"member {info.filename!r} claims the shape {shape}")
+                    raise DamagedCacheFile(f"member {info.filename!r} claims the shape {shape}")
                 count = 1
                 for side in shape:
                     count *= int(side)
                 size = count * dtype.itemsize
                 if size > info.file_size:
-                    raise _Damaged(f"member {info.filename!r} claims {shape} {dtype}, more than its "
+                    raise DamagedCacheFile(f"member {info.filename!r} claims {shape} {dtype}, more than its "
                                    f"{info.file_size} bytes")
                 data = member.read(size)
                 if len(data) != size:
-                    raise _Damaged(f"member {info.filename!r} is truncated")
+                    raise DamagedCacheFile(f"member {info.filename!r} is truncated")
             array = np.frombuffer(data, dtype=dtype)
             array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
             arrays[info.filename[:-4]] = array.copy()
@@ -282,7 +286,7 @@ def _load_row(path: str, name: str, key: str, count: Optional[int] = None,
         for k, v in [(f"image:{k}", v) for k, v in per_image.items()] + [(f"curve:{k}", v) for k, v in curves.items()]:
             if v.dtype.kind not in "fiub" or v.ndim != 1 or (k.startswith("image:") and count is not None
                                                               and len(v) != count):
-                raise _Damaged(f"{k!r} holds a {v.shape} {v.dtype} array")
+                raise DamagedCacheFile(f"{k!r} holds a {v.shape} {v.dtype} array")
         seconds, gradients = float(stored["seconds"]), int(stored["gradients"])
         notes = [str(note) for note in np.atleast_1d(stored["notes"])]
     except _UNREADABLE as error:
