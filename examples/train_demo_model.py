@@ -1,7 +1,8 @@
 """Train the demo classifier: a small VGG-style CNN on digits pasted onto real photographs.
 
 Reproducible (seeded, deterministic ops): running it again rebuilds the shipped file
-``examples/assets/digits_on_photos_cnn.keras`` bit for bit on the same software stack.
+``tfattr/assets/digits_on_photos_cnn.keras`` (package data; ``examples/assets/`` links to it) bit for
+bit on the same software stack.
 
     python examples/train_demo_model.py [--epochs 20] [--train 8000] [--out PATH]
 """
@@ -19,11 +20,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfattr.core.assets import ASSETS_DIR, DEMO_MODEL  # noqa: E402
 from tfattr.core.files import atomic_path  # noqa: E402
 from tfattr.data import digits_on_photos  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "assets", "digits_on_photos_cnn.keras")
+DEFAULT_OUT = os.path.join(ASSETS_DIR, DEMO_MODEL)  # the package data file the demo loads
 
 
 def build_model(size: int = 64, classes: int = 10) -> keras.Model:

@@ -378,8 +378,9 @@ def _evaluate(args) -> int:
     from tfattr.evaluation import evaluate, format_table
 
     if args.model == "demo":
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        args.model = os.path.join(here, "examples", "assets", "digits_on_photos_cnn.keras")
+        from tfattr.core.assets import DEMO_MODEL, asset_path
+
+        args.model = asset_path(DEMO_MODEL)  # package data: there in a wheel as in a checkout
     model, default_range = _load_model(args.model, args.weights)
     value_range = tuple(args.value_range) if args.value_range else default_range
     args.verbose = 0
@@ -417,20 +418,15 @@ def _evaluate(args) -> int:
 
 
 def _demo(args) -> int:
-    import runpy
+    from tfattr.demo import main as run_demo  # the demo ships with the package
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    script = os.path.join(os.path.dirname(here), "examples", "demo.py")
-    if not os.path.exists(script):
-        raise ValueError("the demo script examples/demo.py ships with the source tree; run it from a checkout")
-    sys.argv = [script, "--out", args.out, "--images", str(args.images)]
+    argv = ["--out", args.out, "--images", str(args.images)]
     if args.methods:
-        sys.argv += ["--methods", args.methods]
+        argv += ["--methods", args.methods]
     if args.photos is not None:
-        sys.argv += ["--photos", args.photos]
-    sys.argv += ["--protocol", args.protocol] + (["--no-digits"] if args.no_digits else [])
-    sys.path.insert(0, os.path.dirname(script))
-    runpy.run_path(script, run_name="__main__")
+        argv += ["--photos", args.photos]
+    argv += ["--protocol", args.protocol] + (["--no-digits"] if args.no_digits else [])
+    run_demo(argv)
     return 0
 
 

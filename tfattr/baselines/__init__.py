@@ -1,6 +1,7 @@
 """Baselines for path methods: the registry (zero, black, constant, uniform, gaussian, blur,
 max-distance, arrays, callables, saved baseline folders), the uniform-output baseline trainer
-(Lerma & Lucas 2022) and its SavedModel export/load."""
+(Lerma & Lucas 2022), its SavedModel export/load, and the baselines shipped with tfattr
+(:func:`load_shipped`, ``baseline="shipped:NAME"``)."""
 
 from tfattr.baselines.registry import BASELINES, BaselineSet, make_baselines
 from tfattr.baselines.saved import (
@@ -10,6 +11,7 @@ from tfattr.baselines.saved import (
     load_baseline,
     save_baseline,
 )
+from tfattr.baselines.shipped import SHIPPED_BASELINES, load_shipped, shipped_baseline_path
 from tfattr.baselines.uniform_output import (
     MaxAbsStallWarning,
     TrainedBaseline,
@@ -30,4 +32,7 @@ __all__ = [
     "SavedBaseline",
     "BaselineMismatchError",
     "BaselineMismatchWarning",
+    "SHIPPED_BASELINES",
+    "load_shipped",
+    "shipped_baseline_path",
 ]

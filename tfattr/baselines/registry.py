@@ -85,9 +85,6 @@ class BaselineSet:
     def flat(self) -> np.ndarray:
         return self.array.reshape((-1,) + self.array.shape[2:])
 
-    def for_example(self, index: int) -> np.ndarray:
-        return self.array[index if self.per_example else 0]
-
 
 def _zero(x, low, high, n, seed, **_):
     return np.zeros((1, 1) + x.shape[1:])
@@ -208,7 +205,8 @@ def make_baselines(
         baseline: a name from :data:`BASELINES` (or alias), a number (constant baseline),
             an array/tensor, a callable ``x -> array`` (e.g. a trained or loaded baseline), or
             the folder of a saved baseline (``"saved_baselines/NAME"``, see
-            :mod:`tfattr.baselines.saved`).
+            :mod:`tfattr.baselines.saved`), or ``"shipped:NAME"`` for a baseline shipped with
+            tfattr (:data:`tfattr.baselines.shipped.SHIPPED_BASELINES`).
         x: the validated inputs.
         value_range: ``(low, high)`` of the model's input space, used by ``black``,
             ``uniform``, ``gaussian`` (clipping) and ``max_distance``.
@@ -227,6 +225,10 @@ def make_baselines(
     low, high = value_range
     if isinstance(n_baselines, bool) or not isinstance(n_baselines, (int, np.integer)) or n_baselines < 1:
         raise InvalidInputError("`n_baselines` must be a positive integer. " + received("n_baselines", n_baselines))
+    if isinstance(baseline, str) and baseline.startswith("shipped:"):  # a baseline shipped with tfattr, by name
+        from tfattr.baselines.shipped import resolve
+
+        baseline = resolve(baseline)
     if isinstance(baseline, str) and _ALIASES.get(baseline.lower(), baseline.lower()) not in BASELINES:
         from tfattr.baselines.saved import recover_interrupted_save
 
@@ -240,7 +242,7 @@ def make_baselines(
         if key not in BASELINES:
             raise InvalidInputError(
                 f"Unknown baseline; expected one of {sorted(BASELINES)}, a number, an array, a "
-                "callable or the folder of a saved baseline. " + received("baseline", baseline)
+                "callable, the folder of a saved baseline or 'shipped:NAME'. " + received("baseline", baseline)
             )
         draws = int(n_baselines) if key in _RANDOM else 1
         array = BASELINES[key](x, low, high, draws, seed, **options)
