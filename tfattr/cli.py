@@ -126,8 +126,8 @@ def _load_keras_file(path: str, flag: str = "--model", also: str = ""):
 
 def _load_model(name: str, weights: str):
     """A .keras path, or a keras.applications name (wrapped to take [0, 255] RGB, logits out)."""
-    import tfattr
     import tfattr.data
+    import tfattr.surgery
 
     key = name.lower().replace("-", "_")
     if key in tfattr.data.APPLICATIONS:
@@ -143,7 +143,9 @@ def _check_rsi_notebook(names, args) -> None:
 
 
 def _build_method(name: str, model, args, value_range):
-    import tfattr
+    from tfattr.core.noise import NoiseTunnel
+    from tfattr.methods import (GradCAM, Gradient, GuidedBackprop, GuidedIntegratedGradients, InputXGradient,
+                                IntegratedGradients, RSIGradCAM, SmoothTaylor)
 
     common = dict(batch_size=args.batch_size, verbose=args.verbose)
     ig = dict(baseline=args.baseline, steps=args.steps, rule=args.rule, n_baselines=args.n_baselines,
@@ -153,17 +155,17 @@ def _build_method(name: str, model, args, value_range):
     sigma = args.sigma if args.sigma == "adaptive" else float(args.sigma)
     rsi = dict(rule="trapezoid", positive_units=True) if args.rsi_notebook else {}
     builders = {
-        "ig": lambda: tfattr.IntegratedGradients(model, **ig),
-        "guided-ig": lambda: tfattr.GuidedIntegratedGradients(model, **ig),
-        "gradient": lambda: tfattr.Gradient(model, **common),
-        "input-x-gradient": lambda: tfattr.InputXGradient(model, **common),
-        "guided-backprop": lambda: tfattr.GuidedBackprop(model, **common),
-        "smoothgrad": lambda: tfattr.NoiseTunnel(tfattr.Gradient(model, **common), nt_samples=args.samples,
+        "ig": lambda: IntegratedGradients(model, **ig),
+        "guided-ig": lambda: GuidedIntegratedGradients(model, **ig),
+        "gradient": lambda: Gradient(model, **common),
+        "input-x-gradient": lambda: InputXGradient(model, **common),
+        "guided-backprop": lambda: GuidedBackprop(model, **common),
+        "smoothgrad": lambda: NoiseTunnel(Gradient(model, **common), nt_samples=args.samples,
                                                  value_range=value_range, seed=args.seed),
-        "smoothtaylor": lambda: tfattr.SmoothTaylor(model, roots=args.roots, sigma=sigma, noise_scale="relative",
+        "smoothtaylor": lambda: SmoothTaylor(model, roots=args.roots, sigma=sigma, noise_scale="relative",
                                                     value_range=value_range, seed=args.seed, **common),
-        "gradcam": lambda: tfattr.GradCAM(model, layer=args.layer, **common),
-        "rsi-gradcam": lambda: tfattr.RSIGradCAM(model, layer=args.layer, steps=args.steps, baseline=args.baseline,
+        "gradcam": lambda: GradCAM(model, layer=args.layer, **common),
+        "rsi-gradcam": lambda: RSIGradCAM(model, layer=args.layer, steps=args.steps, baseline=args.baseline,
                                                  n_baselines=args.n_baselines, tolerance=args.tolerance,
                                                  value_range=value_range, seed=args.seed, **rsi, **common),
     }
@@ -335,7 +337,7 @@ def output_names(paths: List[str]) -> List[str]:
 
 
 def _explain(args) -> int:
-    import tfattr
+    import tfattr.core.inputs
     from tfattr import viz
     from tfattr.core.files import atomic_write
 
@@ -373,7 +375,7 @@ def _evaluate(args) -> int:
     from tfattr.distribute import strategy_from_name
 
     strategy = strategy_from_name(args.strategy)  # before any other TensorFlow work (multi-worker)
-    import tfattr
+    import tfattr.core.inputs
     import tfattr.data
     from tfattr.evaluation import evaluate, format_table
 

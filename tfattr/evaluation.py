@@ -594,7 +594,7 @@ def smoothtaylor_grid(model, value_range=None, batch_size: int = 32, adaptive: b
     :func:`evaluate`). IG uses the right Riemann rule with 50 steps (the IG paper's rule and
     tfattr's default; the SmoothTaylor paper does not restate ``M`` for its tables).
     """
-    from tfattr import IntegratedGradients, SmoothTaylor
+    from tfattr.methods import IntegratedGradients, SmoothTaylor
 
     value_range = resolve_value_range(value_range, model)  # None: the model's declared range, else (0, 1)
     low, high = value_range
@@ -619,7 +619,7 @@ def smoothtaylor_grid(model, value_range=None, batch_size: int = 32, adaptive: b
 
 def guided_ig_comparison(model, layer=None, value_range=None, batch_size: int = 32, steps: int = 50):
     """The guided-IG paper's comparison (Kwon et al.): gradients, guided backprop, Grad-CAM, IG, guided IG."""
-    from tfattr import GradCAM, Gradient, GuidedBackprop, GuidedIntegratedGradients, IntegratedGradients
+    from tfattr.methods import GradCAM, Gradient, GuidedBackprop, GuidedIntegratedGradients, IntegratedGradients
 
     common = dict(batch_size=batch_size, verbose=0)
     return [

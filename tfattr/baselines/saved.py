@@ -159,7 +159,7 @@ class SavedBaseline:
         Raises :class:`BaselineMismatchError` on a mismatch, or with ``strict=False`` warns
         (:class:`BaselineMismatchWarning`) and returns ``False``. Returns ``True`` on a match.
         """
-        from tfattr.baselines.uniform_output import model_fingerprint
+        from tfattr.baselines.records import model_fingerprint
 
         problems = []
         inputs = getattr(model, "inputs", None) or []
@@ -197,7 +197,7 @@ class SavedBaseline:
             ) from None
 
     def _report(self) -> str:
-        from tfattr.baselines.uniform_output import format_report
+        from tfattr.baselines.records import format_report
 
         meta = self.metadata
         stats = meta["statistics"]
@@ -220,7 +220,7 @@ def _metadata(result, name: str) -> Dict[str, Any]:
     import keras
 
     from tfattr._version import __version__
-    from tfattr.baselines.uniform_output import TrainedBaseline
+    from tfattr.baselines.records import TrainedBaseline
 
     if isinstance(result, SavedBaseline):
         meta = json.loads(json.dumps(result.metadata))

@@ -32,7 +32,7 @@ from tfattr.core.inputs import ModelSpec, model_spec, validate_images, validate_
 from tfattr.core.noise import NoiseTunnel
 from tfattr.core.result import Explanation
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
-from tfattr.methods.base import _COMMON, AttributionMethod
+from tfattr.methods.base import COMMON_OPTIONS, AttributionMethod
 from tfattr.surgery.cloning import SyncedClone
 
 __all__ = ["SaliencyLogger", "SaliencyLoggerWarning", "SaliencyRecord", "METRICS", "RUN_NAME"]
@@ -279,7 +279,7 @@ def _method_kind(method, method_options) -> str:
                 "wrap anything else, e.g. NoiseTunnel, in a factory `lambda model: NoiseTunnel(Gradient(model))`. "
                 + received("method", method.__name__)
             )
-        allowed = set(_COMMON) | set(method.options)
+        allowed = set(COMMON_OPTIONS) | set(method.options)
         for cls in method.__mro__:
             init = cls.__dict__.get("__init__")
             if init is not None:
@@ -534,7 +534,7 @@ class SaliencyLogger(keras.callbacks.Callback):
             return
         if isinstance(explained, SyncedClone):  # a surgery clone run with the model's live weights
             own = {id(v) for v in model.variables}
-            if all(id(source) in own for _, source in explained._pairs):
+            if all(id(source) in own for _, source in explained.variable_pairs):
                 return
         self._warned_foreign = True
         warnings.warn(

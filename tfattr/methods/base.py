@@ -29,6 +29,8 @@ from tfattr.errors import InvalidInputError, InvalidTypeError, received
 __all__ = ["AttributionMethod", "Explained"]
 
 _COMMON = {"batch_size": "auto", "verbose": "auto", "parallel_chunks": 2, "output": None, "fixed_inputs": None}
+#: the options every method takes besides its own (public name of the table above, issue 25 item 4)
+COMMON_OPTIONS = _COMMON
 
 
 class Explained(dict):

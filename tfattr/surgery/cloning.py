@@ -368,6 +368,11 @@ class SyncedClone:
     def report(self) -> SurgeryReport:
         return _record(self.clone).report
 
+    @property
+    def variable_pairs(self):
+        """``(clone variable, source variable)`` pairs: the mapping each call runs the clone with."""
+        return list(self._pairs)
+
     def __call__(self, inputs, training: bool = False, **kwargs):
         if not self._pairs:
             return self.clone(inputs, training=training, **kwargs)
