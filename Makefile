@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: demo test docs bench papers install clean
+.PHONY: demo test lint docs bench papers install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ $(VENV)/.docs-installed: $(VENV)/.installed setup.cfg
 # tests/test_docs_snippets.py in `make test`. Nothing is fetched at build time.
 docs: $(VENV)/.docs-installed
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --clean
+
+# ruff with the configuration in pyproject.toml (the test extra installs it)
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_engine.py --quick

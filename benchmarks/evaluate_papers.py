@@ -122,11 +122,12 @@ def digits_part(args):
     print(f"SmoothTaylor paper grid on {len(x)} test images of the demo classifier")
     st_rows = evaluate(model, x, smoothtaylor_grid(model, adaptive=not args.no_adaptive, aupc_kernel=6), labels=labels,
                        masks=masks, **scaled)
-    print(f"\nGuided-IG paper comparison on the same images")
+    print("\nGuided-IG paper comparison on the same images")
     gig_rows = evaluate(model, x, guided_ig_comparison(model, layer="block3_conv2"), labels=labels, masks=masks,
                         **scaled)
     text = (format_table(st_rows, ["AUPC", "AUTVC", "pointing", "mask energy", "completeness"],
-                         title="SmoothTaylor paper, Tables I–III layout, digits classifier (lower AUPC/AUTVC is better)")
+                         title="SmoothTaylor paper, Tables I–III layout, digits classifier "
+                               "(lower AUPC/AUTVC is better)")
             + "\n" + format_table(gig_rows, ["deletion", "insertion", "pointing", "mask energy"],
                                   title="Guided-IG paper layout, digits classifier (lower deletion, higher insertion "
                                         "is better)"))

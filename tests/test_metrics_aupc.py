@@ -7,8 +7,8 @@ import warnings
 import keras
 import numpy as np
 import pytest
-
 from conftest import CallCounter, small_cnn
+
 from tfattr import metrics
 from tfattr.errors import InvalidInputError, InvalidTypeError, ValueRangeWarning
 
@@ -198,7 +198,8 @@ def test_zero_score_warns_instead_of_dividing_silently():
 
 
 def test_aupc_rejects_bad_arguments(relu_cnn, images):
-    with pytest.raises(InvalidInputError, match=r"images' shape \(3, 16, 16, 3\).*Received: attributions.shape=\(3, 8, 8, 3\)"):
+    with pytest.raises(InvalidInputError,
+                       match=r"images' shape \(3, 16, 16, 3\).*Received: attributions.shape=\(3, 8, 8, 3\)"):
         metrics.aupc(relu_cnn, images, images[:, :8, :8], kernel_size=3, regions=2, verbose=0)
     with pytest.raises(InvalidInputError, match=r"only \d+ non-overlapping 8×8 windows.*Received: regions=30"):
         metrics.aupc(relu_cnn, images, images, kernel_size=8, verbose=0)

@@ -6,8 +6,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from conftest import small_cnn
+
 from tfattr import metrics
 from tfattr.errors import InvalidInputError
 

@@ -5,8 +5,8 @@ from this one in the last bits; these tests perturb maps and scores by such amou
 the same windows, pixel order, kept copies and curves."""
 
 import numpy as np
-
 from conftest import small_cnn
+
 from tfattr import metrics
 from tfattr.metrics._common import RANK_BITS, closest_to_median, descending_order, rank_keys
 

@@ -52,7 +52,8 @@ def test_a_crafted_pickle_calling_other_globals_is_refused_and_nothing_runs(tmp_
             return eval, (f"__import__('pathlib').Path({str(marker)!r}).touch()",)
 
     with pytest.raises(InvalidInputError,
-                       match=r"Refusing to unpickle .* Received: global='(posix|nt|builtins|__builtin__)\.(system|eval)'"):
+                       match=r"Refusing to unpickle .* "
+                             r"Received: global='(posix|nt|builtins|__builtin__)\.(system|eval)'"):
         read_torch_legacy(_legacy_file({}, position=position, payload=Payload()))
     assert not marker.exists()
 
@@ -66,7 +67,8 @@ def _state_dict_pickle(size, stride, offset=0, numel=4) -> bytes:
     """Protocol-2 opcodes of ``OrderedDict(w=_rebuild_tensor_v2(<storage '0': numel floats>, offset,
     size, stride, False, OrderedDict()))``, as torch writes them (torch is not needed to make it)."""
     ordered_dict = b"ccollections\nOrderedDict\n)R"
-    storage = b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text("0") + _text("cpu") + b"K" + bytes([numel]) + b"Nt"
+    storage = (b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text("0") + _text("cpu") + b"K"
+               + bytes([numel]) + b"Nt")
     rebuild = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"Q" + b"K" + bytes([offset])
                + b"(" + b"".join(b"K" + bytes([v]) for v in size) + b"t"
                + b"(" + b"".join(b"K" + bytes([v]) for v in stride) + b"t" + b"\x89" + ordered_dict + b"tR")

@@ -257,7 +257,8 @@ def test_invalid_arguments_raise_errors_that_name_the_argument(classifier):
             train_uniform_baseline(classifier, verbose=0, **kwargs)
     with pytest.raises(InvalidTypeError, match="Received: type\\(model\\)"):
         train_uniform_baseline(lambda x: x)
-    free = keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    free = keras.Sequential([keras.Input((None, None, 3)), keras.layers.GlobalAveragePooling2D(),
+                             keras.layers.Dense(3)])
     with pytest.raises(InvalidInputError, match="fully defined input shape"):
         train_uniform_baseline(free)
 
@@ -303,7 +304,7 @@ def test_training_and_loading_emit_no_numpy_deprecation_warning(classifier, tmp_
 def test_fingerprint_ignores_layer_names_but_not_weights(classifier):
     twin = tiny_classifier()  # same architecture, other auto-generated layer names
     twin.set_weights(classifier.get_weights())
-    assert [l.name for l in twin.layers] != [l.name for l in classifier.layers]
+    assert [layer.name for layer in twin.layers] != [layer.name for layer in classifier.layers]
     assert model_fingerprint(twin) == model_fingerprint(classifier)
     twin.layers[-1].kernel.assign(twin.layers[-1].kernel + 1e-3)
     changed = model_fingerprint(twin)

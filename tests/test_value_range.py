@@ -111,7 +111,7 @@ def pixel_model(relu_cnn):
 
 def test_keras_application_models_declare_their_range_and_methods_take_it(relu_cnn, images):
     model = tfattr.data.keras_application("vgg16", weights=None, input_size=32)
-    assert getattr(model, "tfattr_value_range") == (0.0, 255.0)
+    assert model.tfattr_value_range == (0.0, 255.0)
     assert resolve_value_range(None, model) == (0.0, 255.0)
     assert IntegratedGradients(model).config["value_range"] == (0.0, 255.0)
     assert SmoothTaylor(model).config["value_range"] == (0.0, 255.0)

@@ -42,7 +42,8 @@ def test_save_png_is_atomic_and_round_trips(tmp_path):
 
 
 def test_grid_places_tiles_with_titles():
-    tiles = [[np.full((10, 10, 3), v, np.uint8) for v in (0, 100)], [np.full((10, 10, 3), v, np.uint8) for v in (200, 50)]]
+    tiles = [[np.full((10, 10, 3), v, np.uint8) for v in (0, 100)],
+             [np.full((10, 10, 3), v, np.uint8) for v in (200, 50)]]
     out = viz.grid(tiles, [["a", "b"], ["c", "d"]], pad=1)
     assert out.shape == (2 * (16 + 10 + 2), 2 * 12, 3)
     assert out[1 + 16 + 5, 12 + 1 + 5, 0] == 100 and out[28 + 1 + 16 + 5, 1 + 5, 0] == 200

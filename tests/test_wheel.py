@@ -49,11 +49,15 @@ def installed(tmp_path_factory):
 
 
 def test_the_installed_wheel_loads_the_shipped_baselines_by_name_and_the_demo_model(installed):
+    """In a fresh process, as a user's; also that ``import tfattr`` alone exposes ``tfattr.distribute``
+    and ``tfattr.evaluation`` (the README's "Scale out" snippet)."""
     site, elsewhere, env = installed
     check = textwrap.dedent(f"""
         import os, sys
         import numpy as np
         import tfattr
+        # the README's "Scale out" snippet: `import tfattr` alone gives tfattr.distribute and tfattr.evaluation
+        assert callable(tfattr.distribute.distributed_attribute) and callable(tfattr.evaluation.evaluate)
         site = {str(site)!r}
         assert tfattr.__file__.startswith(site), tfattr.__file__            # the installed copy, not the checkout
         assert not any(os.path.isdir(os.path.join(p, "tests")) and os.path.isdir(os.path.join(p, "tfattr"))

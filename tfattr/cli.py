@@ -144,8 +144,16 @@ def _check_rsi_notebook(names, args) -> None:
 
 def _build_method(name: str, model, args, value_range):
     from tfattr.core.noise import NoiseTunnel
-    from tfattr.methods import (GradCAM, Gradient, GuidedBackprop, GuidedIntegratedGradients, InputXGradient,
-                                IntegratedGradients, RSIGradCAM, SmoothTaylor)
+    from tfattr.methods import (
+        GradCAM,
+        Gradient,
+        GuidedBackprop,
+        GuidedIntegratedGradients,
+        InputXGradient,
+        IntegratedGradients,
+        RSIGradCAM,
+        SmoothTaylor,
+    )
 
     common = dict(batch_size=args.batch_size, verbose=args.verbose)
     ig = dict(baseline=args.baseline, steps=args.steps, rule=args.rule, n_baselines=args.n_baselines,

@@ -219,7 +219,8 @@ def explain_digits(args, wanted):
         for i in range(len(x)):
             rows[i].append(viz.overlay(x[i], attributions[i], size=tile))
             titles[i].append(f"on digit {100 * scores['on digit'][i]:.0f}%")
-        print(f"  {title:<20} {seconds:6.2f}s (metrics {metric_seconds:5.1f}s)  " + "  ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in scores.items()))
+        print(f"  {title:<20} {seconds:6.2f}s (metrics {metric_seconds:5.1f}s)  "
+              + "  ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in scores.items()))
 
     if not table:
         print("  (none of --methods is a method of this part)")

@@ -63,7 +63,8 @@ def model_fingerprint(model) -> Dict[str, str]:
     arch = hashlib.sha256()
     for layer in _flat_layers(model):
         if isinstance(layer, keras.Model):  # its layers follow; its own config wires them by name
-            config = {"io": [[list(t.shape) for t in getattr(layer, part, None) or []] for part in ("inputs", "outputs")]}
+            config = {"io": [[list(t.shape) for t in getattr(layer, part, None) or []]
+                             for part in ("inputs", "outputs")]}
         else:
             try:
                 config = layer.get_config()

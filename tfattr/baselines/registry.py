@@ -40,7 +40,8 @@ import tensorflow as tf
 from tfattr.core.random import STREAM_GAUSSIAN, STREAM_UNIFORM, rng
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["BASELINES", "BaselineSet", "is_random", "make_baselines", "make_baselines_per_input", "rng", "uses_value_range"]
+__all__ = ["BASELINES", "BaselineSet", "is_random", "make_baselines", "make_baselines_per_input", "rng",
+           "uses_value_range"]
 
 BaselineLike = Union[str, float, int, np.ndarray, tf.Tensor, Callable]
 
@@ -251,7 +252,8 @@ def make_baselines(
             return BaselineSet(array, name, relative=True, clip=(low, high))
         return BaselineSet(array, name)
     if isinstance(baseline, (bool, np.bool_)):
-        raise InvalidTypeError("`baseline` must be a name, a number, an array or a callable. " + received("baseline", baseline))
+        raise InvalidTypeError("`baseline` must be a name, a number, an array or a callable. "
+                               + received("baseline", baseline))
     if isinstance(baseline, (int, float, np.integer, np.floating)):
         return BaselineSet(np.full((1, 1) + x.shape[1:], float(baseline)), f"constant {float(baseline):g}")
     if isinstance(baseline, (tf.Tensor, tf.Variable)):

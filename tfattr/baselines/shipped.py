@@ -21,7 +21,8 @@ __all__ = ["SHIPPED_BASELINES", "SHIPPED_PREFIX", "shipped_baseline_path", "load
 #: the shipped baselines by name, with the classifier each was trained for
 SHIPPED_BASELINES = {
     "digits_on_photos_uniform": "the demo classifier (digits on photos, 64×64 in [0, 1])",
-    "efficientnet_lite0_uniform": "the ImageNet EfficientNet-Lite0 of tfattr.data.EfficientNetLite0 (224×224 in [0, 255])",
+    "efficientnet_lite0_uniform": "the ImageNet EfficientNet-Lite0 of tfattr.data.EfficientNetLite0 "
+                                  "(224×224 in [0, 255])",
 }
 #: ``baseline="shipped:NAME"`` names a shipped baseline wherever a baseline is taken
 SHIPPED_PREFIX = "shipped:"

@@ -130,10 +130,12 @@ def _check_positive_int(value, name: str) -> int:
 
 def _check_loss(output_loss) -> str:
     if not isinstance(output_loss, str):
-        raise InvalidTypeError(f"`output_loss` must be one of {list(OUTPUT_LOSSES)}. " + received("output_loss", output_loss))
+        raise InvalidTypeError(f"`output_loss` must be one of {list(OUTPUT_LOSSES)}. "
+                               + received("output_loss", output_loss))
     key = _LOSS_ALIASES.get(output_loss.lower(), output_loss.lower())
     if key not in OUTPUT_LOSSES:
-        raise InvalidInputError(f"`output_loss` must be one of {list(OUTPUT_LOSSES)}. " + received("output_loss", output_loss))
+        raise InvalidInputError(f"`output_loss` must be one of {list(OUTPUT_LOSSES)}. "
+                                + received("output_loss", output_loss))
     return key
 
 
@@ -182,9 +184,11 @@ def _start_array(start, shape, value_range, seed) -> Tuple[np.ndarray, str]:
     if isinstance(start, str):
         if start.lower() not in _STARTS:
             raise InvalidInputError(
-                f"`start` must be one of {sorted(set(_STARTS))}, a number or an array {shape}. " + received("start", start)
+                f"`start` must be one of {sorted(set(_STARTS))}, a number or an array {shape}. "
+                + received("start", start)
             )
-        return make_baselines(start, dummy, value_range=value_range, n_baselines=1, seed=seed).array[0, 0], start.lower()
+        baseline = make_baselines(start, dummy, value_range=value_range, n_baselines=1, seed=seed)
+        return baseline.array[0, 0], start.lower()
     if isinstance(start, (bool, np.bool_)):
         raise InvalidTypeError("`start` must be a name, a number or an array. " + received("start", start))
     if isinstance(start, (int, float, np.integer, np.floating)):
@@ -195,15 +199,18 @@ def _start_array(start, shape, value_range, seed) -> Tuple[np.ndarray, str]:
             array = array[0]
         if array.shape != shape or not np.isfinite(array).all():
             raise InvalidInputError(
-                f"`start` must be a finite array of the model's input shape {shape}. " + received("start.shape", array.shape)
+                f"`start` must be a finite array of the model's input shape {shape}. "
+                + received("start.shape", array.shape)
             )
         return array, "array"
-    raise InvalidTypeError("`start` must be a name, a number or an array. " + received("type(start)", type(start).__name__))
+    raise InvalidTypeError("`start` must be a name, a number or an array. "
+                           + received("type(start)", type(start).__name__))
 
 
 def _output_kind(model, outputs: str, start_output: np.ndarray) -> str:
     if outputs not in ("auto", "probabilities", "logits"):
-        raise InvalidInputError('`outputs` must be "auto", "probabilities" or "logits". ' + received("outputs", outputs))
+        raise InvalidInputError('`outputs` must be "auto", "probabilities" or "logits". '
+                                + received("outputs", outputs))
     if outputs != "auto":
         return outputs
     from tfattr.surgery import find_softmax_head
@@ -264,7 +271,8 @@ class RMSpropKeras2(keras.optimizers.Optimizer):
         return config
 
 
-def _build_generator(model, start: np.ndarray, preprocess, variable_dtype: str) -> Tuple[keras.Model, keras.layers.Dense]:
+def _build_generator(model, start: np.ndarray, preprocess,
+                     variable_dtype: str) -> Tuple[keras.Model, keras.layers.Dense]:
     """constant 1.0 → Dense(H·W·C, no bias, kernel = b₀) → Reshape → preprocess → model."""
     shape = start.shape
     constant = keras.Input((1,), name="constant_one", dtype=variable_dtype)
@@ -376,7 +384,8 @@ def train_uniform_baseline(
         learning_rate = 1e-3 * (high - low)
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.integer, np.floating)) \
             or not (np.isfinite(learning_rate) and learning_rate > 0):
-        raise InvalidInputError("`learning_rate` must be a positive number. " + received("learning_rate", learning_rate))
+        raise InvalidInputError("`learning_rate` must be a positive number. "
+                                + received("learning_rate", learning_rate))
     if not isinstance(keep, str) or keep not in KEEP:
         raise InvalidInputError(f"`keep` must be one of {list(KEEP)}. " + received("keep", keep))
     target = _check_target(target_distribution, classes)

@@ -180,7 +180,8 @@ def _parse_metrics(metrics, probe: np.ndarray) -> List[_Metric]:
     names = [m.name for m in parsed]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise InvalidInputError("Metric names must be unique (they are TensorBoard tags). " + received("metrics", duplicates))
+        raise InvalidInputError("Metric names must be unique (they are TensorBoard tags). "
+                                + received("metrics", duplicates))
     return parsed
 
 
@@ -431,9 +432,11 @@ class SaliencyLogger(keras.callbacks.Callback):
     ):
         super().__init__()
         if method is None:
-            raise InvalidTypeError("`method` is required (an instance, a class or a factory). " + received("method", None))
+            raise InvalidTypeError("`method` is required (an instance, a class or a factory). "
+                                   + received("method", None))
         if method_options is not None and not isinstance(method_options, dict):
-            raise InvalidTypeError("`method_options` must be a dict of options. " + received("method_options", method_options))
+            raise InvalidTypeError("`method_options` must be a dict of options. "
+                                   + received("method_options", method_options))
         self._method_spec = method
         self.method_options = dict(method_options or {})
         self._kind = _method_kind(method, self.method_options)

@@ -14,7 +14,6 @@ so calls with different batch sizes do not retrace.
 from __future__ import annotations
 
 import threading
-
 import weakref
 from typing import Callable, Optional
 
@@ -73,7 +72,7 @@ class InputGradients:
         return scores, tf.nest.pack_sequence_as(points, gradients), points
 
 
-_FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FORWARD_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 #: eager forward passes per model and input shape before ``compiled_forward(..., eager_first=True)``

@@ -78,7 +78,8 @@ class Explanation:
 
     def __len__(self) -> int:
         if isinstance(self.attributions, (list, tuple, dict)):  # several inputs: the batch size
-            first = next(iter(self.attributions.values())) if isinstance(self.attributions, dict) else self.attributions[0]
+            attributions = self.attributions
+            first = next(iter(attributions.values())) if isinstance(attributions, dict) else attributions[0]
             return len(first)
         return len(self.attributions)
 

@@ -68,13 +68,13 @@ class Targets:
         an :class:`OutputScore` when an output is chosen."""
         return self.score_fn if self.output is None else OutputScore(self.output, self.score_fn)
 
-    def repeat(self, times: int) -> "Targets":
+    def repeat(self, times: int) -> Targets:
         """Targets for a batch where every example is repeated ``times`` times in a row."""
         if self.indices is None:
             return self
         return replace(self, indices=np.repeat(self.indices, times))
 
-    def subset(self, examples: np.ndarray) -> "Targets":
+    def subset(self, examples: np.ndarray) -> Targets:
         """Targets of the examples ``examples`` (indices into the batch)."""
         if self.indices is None:
             return self

@@ -66,7 +66,8 @@ def keras_application(name: str, weights: Optional[str] = "imagenet", input_size
     """
     constructor, preprocess, side = _application(name)
     side = input_size or side
-    base = constructor(weights=weights, input_shape=(side, side, 3), classifier_activation=None if logits else "softmax")
+    base = constructor(weights=weights, input_shape=(side, side, 3),
+                       classifier_activation=None if logits else "softmax")
     inputs = keras.Input((side, side, 3), name="rgb_0_255")
     outputs = base(keras.layers.Lambda(preprocess, name="preprocess_input")(inputs))
     model = keras.Model(inputs, outputs, name=f"{name}_rgb")

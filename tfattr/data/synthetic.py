@@ -12,7 +12,7 @@ samples (every fifth sklearn digit is held out) and independent draws.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Dict, Tuple
 
 import cv2
@@ -25,7 +25,7 @@ __all__ = ["PHOTOS", "digits_on_photos", "photo"]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "brick", "grass", "gravel")
 
 
-@lru_cache(maxsize=None)
+@cache
 def photo(name: str) -> np.ndarray:
     """A bundled scikit-image photograph as float32 RGB in [0, 1]."""
     import skimage.data
@@ -36,7 +36,7 @@ def photo(name: str) -> np.ndarray:
     return (image[..., :3].astype(np.float32) / 255.0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _digits() -> Tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -51,7 +51,8 @@ def _split_indices(split: str, classes: int) -> np.ndarray:
     return np.flatnonzero(keep & (labels < classes))
 
 
-def digits_on_photos(n: int, size: int = 64, classes: int = 10, split: str = "train", seed: int = 0) -> Dict[str, np.ndarray]:
+def digits_on_photos(n: int, size: int = 64, classes: int = 10, split: str = "train",
+                     seed: int = 0) -> Dict[str, np.ndarray]:
     """Make ``n`` examples.
 
     Args:
@@ -90,7 +91,8 @@ def digits_on_photos(n: int, size: int = 64, classes: int = 10, split: str = "tr
         side = int(rng.integers(size, min(source.shape[:2]) + 1))
         top = int(rng.integers(source.shape[0] - side + 1))
         left = int(rng.integers(source.shape[1] - side + 1))
-        background = cv2.resize(source[top : top + side, left : left + side], (size, size), interpolation=cv2.INTER_AREA)
+        background = cv2.resize(source[top : top + side, left : left + side], (size, size),
+                                interpolation=cv2.INTER_AREA)
         k = int(pool[rng.integers(len(pool))])
         digit_size = int(rng.integers(size * 7 // 16, size * 11 // 16 + 1))
         alpha = cv2.resize(digit_images[k], (digit_size, digit_size), interpolation=cv2.INTER_LINEAR)

@@ -172,7 +172,7 @@ def _load(file: BinaryIO, storages: Dict[str, _Storage]):
                                 f"({type(error).__name__}: {error}). " + received("position", file.tell())) from None
 
 
-def read_torch_legacy(file: Union[str, os.PathLike, BinaryIO]) -> "collections.OrderedDict[str, np.ndarray]":
+def read_torch_legacy(file: Union[str, os.PathLike, BinaryIO]) -> collections.OrderedDict[str, np.ndarray]:
     """A torch state dict saved in the legacy (pre-1.6, non-zip) format, as NumPy arrays.
 
     Needs no torch: the pickles are read by :class:`RestrictedUnpickler`, which refuses every

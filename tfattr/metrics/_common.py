@@ -166,7 +166,8 @@ def as_array(value, name: str) -> np.ndarray:
     if array.size and not np.isfinite(array).all():
         first = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
         raise InvalidInputError(
-            f"`{name}` contains NaN or Inf, first at index {first}. " + received(f"{name}[{first}]", float(array[first]))
+            f"`{name}` contains NaN or Inf, first at index {first}. "
+            + received(f"{name}[{first}]", float(array[first]))
         )
     return array
 
@@ -213,7 +214,8 @@ def maps_for_images(attributions, images: Images, name: str = "attributions") ->
 def check_images(model, images, name: str = "images") -> Tuple[Images, np.ndarray, str]:
     """Validate a batch for ``model``; return it and its array in the model's input dtype."""
     if not callable(model):
-        raise InvalidTypeError("`model` must be a Keras model (callable on a batch). " + received("type(model)", type(model).__name__))
+        raise InvalidTypeError("`model` must be a Keras model (callable on a batch). "
+                               + received("type(model)", type(model).__name__))
     spec = model_spec(model)
     batch = validate_images(images, spec, name=name)
     x = batch.array.astype(spec.input_dtype, copy=False)

@@ -60,7 +60,8 @@ def _references(value, x: np.ndarray, name: str) -> np.ndarray:
         array = np.broadcast_to(array, (num, 1) + image_shape)
     elif array.shape == x.shape:
         array = array[:, None]
-    elif not (array.ndim == x.ndim + 1 and array.shape[0] == num and array.shape[2:] == image_shape and array.shape[1] > 0):
+    elif not (array.ndim == x.ndim + 1 and array.shape[0] == num and array.shape[2:] == image_shape
+              and array.shape[1] > 0):
         raise InvalidInputError(
             f"`{name}` must be a number, one image {image_shape} shared by all, one per image "
             f"{x.shape} or several per image (N, count) + {image_shape}. "

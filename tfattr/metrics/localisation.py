@@ -81,7 +81,8 @@ def pointing_game(attributions, masks, tolerance: float = 15, absolute: bool = F
     maps, mask = _maps_and_masks(attributions, masks, absolute)
     tolerance = float(tolerance)
     if not (np.isfinite(tolerance) and tolerance >= 0):
-        raise InvalidInputError("`tolerance` must be a non-negative number of pixels. " + received("tolerance", tolerance))
+        raise InvalidInputError("`tolerance` must be a non-negative number of pixels. "
+                                + received("tolerance", tolerance))
     num, height, width = maps.shape
     flat = descending_order(maps.reshape(num, -1), axis=1)[:, 0]  # the first maximum up to rounding
     points = np.stack(np.unravel_index(flat, (height, width)), axis=1)

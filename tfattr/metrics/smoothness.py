@@ -160,7 +160,8 @@ def _resize_axis(maps: np.ndarray, size: int, axis: int) -> np.ndarray:
     return np.take(maps, lower, axis=axis) * (1.0 - frac) + np.take(maps, upper, axis=axis) * frac
 
 
-def _check_pyramid_options(downscale: float, sigma: Optional[float], min_size: Size) -> Tuple[float, float, Tuple[int, int]]:
+def _check_pyramid_options(downscale: float, sigma: Optional[float],
+                           min_size: Size) -> Tuple[float, float, Tuple[int, int]]:
     try:
         downscale = float(downscale)
     except (TypeError, ValueError):

@@ -22,6 +22,7 @@ from tfattr.surgery.cloning import (
     synced,
 )
 from tfattr.surgery.guided import (
+    MAXPOOL_RULES,
     GuidedActivation,
     GuidedGlobalMaxPooling1D,
     GuidedGlobalMaxPooling2D,
@@ -32,7 +33,6 @@ from tfattr.surgery.guided import (
     GuidedMaxPooling3D,
     GuidedPReLU,
     GuidedReLU,
-    MAXPOOL_RULES,
     guided_clone,
     nearest_sign_maxpool,
     positive_gradient_gate,

@@ -77,10 +77,10 @@ class _Record:
 # back to the clone
 _RECORD_ATTRIBUTE = "_tfattr_surgery_record"
 # kind -> WeakKeyDictionary(source model -> clone)
-_CACHES: Dict[str, "weakref.WeakKeyDictionary"] = {}
+_CACHES: Dict[str, weakref.WeakKeyDictionary] = {}
 
 
-def _cache(kind: str) -> "weakref.WeakKeyDictionary":
+def _cache(kind: str) -> weakref.WeakKeyDictionary:
     return _CACHES.setdefault(kind, weakref.WeakKeyDictionary())
 
 
