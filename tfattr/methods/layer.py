@@ -203,10 +203,7 @@ class LayerIntegratedGradients(IntegratedGradients):
                 dict(zip(layout.names, parts)) if layout.kind == "dict" else parts)
         else:
             structured = value
-        try:
-            baseline = self._real_inputs(structured, "input_baseline")
-        except (InvalidInputError, InvalidTypeError):
-            raise
+        baseline = self._real_inputs(structured, "input_baseline")
         if baseline.batch_size not in (1, real.batch_size) or baseline.layout.shapes != layout.shapes:
             raise InvalidInputError(
                 "`input_baseline` must fit the inputs: the same shapes, one example or one per input example. "
