@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.wheel
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
