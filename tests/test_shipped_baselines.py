@@ -39,3 +39,26 @@ def test_shipped_efficientnet_lite0_baseline_gives_a_near_uniform_softmax(lite0)
     # the pixels stayed close to black, as reported
     assert np.mean(loaded.array.astype(np.float64) ** 2) == pytest.approx(
         meta["statistics"]["pixels"]["mean_squared_change"], rel=1e-6)
+
+
+def test_shipped_baselines_load_by_name_and_the_checkout_paths_are_the_same_files():
+    import tfattr
+    from tfattr.baselines import SHIPPED_BASELINES, load_shipped, make_baselines
+    from tfattr.errors import InvalidInputError
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert sorted(SHIPPED_BASELINES) == ["digits_on_photos_uniform", "efficientnet_lite0_uniform"]
+    for name in SHIPPED_BASELINES:
+        by_name = load_shipped(name)
+        old_path = load_baseline(os.path.join(root, "saved_baselines", name))  # the checkout's path still works
+        np.testing.assert_array_equal(by_name.array, old_path.array)
+        assert by_name.metadata == old_path.metadata
+    digits = load_shipped("shipped:digits_on_photos_uniform").array
+    made = make_baselines("shipped:digits_on_photos_uniform", np.zeros((2, 64, 64, 3), np.float32))
+    np.testing.assert_array_equal(made.array[0, 0], digits)
+    assert made.name.endswith("digits_on_photos_uniform")
+    assert tfattr.load_shipped is load_shipped
+    with pytest.raises(InvalidInputError, match=r"ships no baseline.*Received: name='shipped:nope'$"):
+        make_baselines("shipped:nope", np.zeros((1, 64, 64, 3), np.float32))
+    with pytest.raises(InvalidInputError, match=r"ships no baseline.*Received: name='digits'$"):
+        load_shipped("digits")
