@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import math
 import os
 import sys
+import tempfile
 import zipfile
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +33,13 @@ METHODS = ("ig", "guided-ig", "gradient", "input-x-gradient", "guided-backprop",
            "gradcam", "rsi-gradcam")
 
 
+#: the largest --steps, --samples, --roots, --n-baselines: a million points per image is hours of work
+#: on any device, and a count beyond it is a typo (10**9 steps would allocate gigabytes at once)
+MAX_COUNT = 1_000_000
+#: the most images `evaluate` and `demo` draw (imagenette's validation split has 3,925)
+MAX_IMAGES = 10_000
+
+
 class _Parser(argparse.ArgumentParser):
     """Argument errors in one line (``tfattr explain: error: argument --steps: ... Received: ...``), exit 2."""
 
@@ -38,8 +47,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _integer(flag: str, minimum: int, word: Optional[str] = None):
-    """An argparse type: an integer ≥ ``minimum`` (or ``word`` as it is), or a message naming ``flag``."""
+def _integer(flag: str, minimum: int, word: Optional[str] = None, maximum: Optional[int] = None):
+    """An argparse type: an integer in [``minimum``, ``maximum``] (or ``word`` as it is), or a message
+    naming ``flag``."""
 
     def parse(text: str):
         if word is not None and text == word:
@@ -48,8 +58,9 @@ def _integer(flag: str, minimum: int, word: Optional[str] = None):
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
-            what = f"an integer ≥ {minimum}" + (f" or {word!r}" if word else "")
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            what = f"an integer ≥ {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]"
+            what += f" or {word!r}" if word else ""
             raise argparse.ArgumentTypeError(f"expected {what}. " + received(flag, text))
         return value
 
@@ -80,7 +91,7 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default="zero",
                         help="IG baseline: zero, black, uniform, gaussian, blur, max_distance, or a saved baseline "
                              "folder (default: zero)")
-    parser.add_argument("--steps", type=_integer("--steps", 1), default=50, help="IG / RSI-Grad-CAM steps (default: 50)")
+    parser.add_argument("--steps", type=_integer("--steps", 1, maximum=MAX_COUNT), default=50, help="IG / RSI-Grad-CAM steps (default: 50)")
     parser.add_argument("--rule", default="riemann_right", help="IG rule (default: riemann_right)")
     parser.add_argument("--tolerance", type=_number("--tolerance", "> 0"), default=None,
                         help="IG, guided IG, RSI-Grad-CAM: refine each image until this relative completeness "
@@ -88,9 +99,9 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-tolerance", type=_number("--baseline-tolerance", "> 0"), default=None,
                         help="IG with a random baseline: draw blocks of --n-baselines until this relative "
                              "Monte-Carlo standard error")
-    parser.add_argument("--n-baselines", type=_integer("--n-baselines", 1), default=1, help="draws of a random baseline (default: 1)")
-    parser.add_argument("--samples", type=_integer("--samples", 1), default=25, help="SmoothGrad samples (default: 25)")
-    parser.add_argument("--roots", type=_integer("--roots", 1), default=150, help="SmoothTaylor roots R (default: 150)")
+    parser.add_argument("--n-baselines", type=_integer("--n-baselines", 1, maximum=MAX_COUNT), default=1, help="draws of a random baseline (default: 1)")
+    parser.add_argument("--samples", type=_integer("--samples", 1, maximum=MAX_COUNT), default=25, help="SmoothGrad samples (default: 25)")
+    parser.add_argument("--roots", type=_integer("--roots", 1, maximum=MAX_COUNT), default=150, help="SmoothTaylor roots R (default: 150)")
     parser.add_argument("--sigma", type=_number("--sigma", "≥ 0", word="adaptive"), default="0.15",
                         help="SmoothTaylor sigma relative to the value range, or 'adaptive' (default: 0.15)")
     parser.add_argument("--layer", default=None, help="Grad-CAM layer name or path (default: last 4-D layer)")
@@ -136,10 +147,70 @@ def _load_model(name: str, weights: str):
     return tfattr.surgery.logits_model(model, missing="ignore"), (0.0, 1.0)
 
 
-def _check_rsi_notebook(names, args) -> None:
-    if getattr(args, "rsi_notebook", False) and "rsi-gradcam" not in names:
-        raise InvalidInputError(f"--rsi-notebook applies to rsi-gradcam only; the method(s) are {', '.join(names)}. "
-                                + received("--methods" if hasattr(args, "methods") else "--method", ",".join(names)))
+#: flags that only some methods read: (argparse dest, flag, default, methods that use it)
+METHOD_FLAGS = (
+    ("baseline", "--baseline", "zero", ("ig", "guided-ig", "rsi-gradcam")),
+    ("steps", "--steps", 50, ("ig", "guided-ig", "rsi-gradcam")),
+    ("rule", "--rule", "riemann_right", ("ig", "guided-ig")),
+    ("tolerance", "--tolerance", None, ("ig", "guided-ig", "rsi-gradcam")),
+    ("baseline_tolerance", "--baseline-tolerance", None, ("ig", "guided-ig")),
+    ("n_baselines", "--n-baselines", 1, ("ig", "guided-ig", "rsi-gradcam")),
+    ("samples", "--samples", 25, ("smoothgrad",)),
+    ("roots", "--roots", 150, ("smoothtaylor",)),
+    ("sigma", "--sigma", "0.15", ("smoothtaylor",)),
+    ("layer", "--layer", None, ("gradcam", "rsi-gradcam")),
+    ("rsi_notebook", "--rsi-notebook", False, ("rsi-gradcam",)),
+)
+
+
+def _method_names(args) -> List[str]:
+    """The method(s) of ``explain --method`` / ``evaluate --methods``: known names, at least one."""
+    if not hasattr(args, "methods"):
+        return [args.method]
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise InvalidInputError(f"--methods: no method named; choose from {', '.join(METHODS)}. "
+                                + received("--methods", args.methods))
+    for name in names:
+        if name not in METHODS:
+            raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}. "
+                                    + received("--methods", name))
+    return names
+
+
+def _check_method_flags(names: List[str], args) -> None:
+    """A flag set to another value than its default that none of the methods reads is an error naming it
+    (it would be ignored silently), and so is --n-baselines/--baseline-tolerance with a fixed baseline."""
+    from tfattr.baselines.registry import is_random
+
+    flag_of = "--methods" if hasattr(args, "methods") else "--method"
+    for dest, flag, default, users in METHOD_FLAGS:
+        value = getattr(args, dest, default)
+        if value == default or (dest == "sigma" and value == float(default)):
+            continue
+        if not any(name in users for name in names):
+            raise InvalidInputError(f"{flag} applies to {', '.join(users)} only; the method(s) are {', '.join(names)}. "
+                                    + received(flag_of, ",".join(names)))
+    for dest, flag in (("n_baselines", "--n-baselines"), ("baseline_tolerance", "--baseline-tolerance")):
+        value = getattr(args, dest)
+        if value not in (None, 1) and not is_random(args.baseline):
+            raise InvalidInputError(f"{flag} applies to a random baseline only (uniform, gaussian): draws of a fixed "
+                                    f"baseline are all the same; the baseline is {args.baseline!r}. "
+                                    + received("--baseline", args.baseline))
+
+
+def _check_out(out: str) -> str:
+    """Create the ``--out`` folder and check that a file can be written in it, before any work."""
+    try:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a folder")
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise InvalidInputError(f"--out: cannot write in the folder {out!r}: {error.strerror or error}. "
+                                + received("--out", out)) from None
+    return out
 
 
 def _build_method(name: str, model, args, value_range):
@@ -194,6 +265,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--weights", default="imagenet", help="keras.applications weights: imagenet or none")
     explain.add_argument("--images", nargs="+", required=True, help="image files (PNG, JPEG, ...)")
     explain.add_argument("--method", choices=METHODS, default="ig", help="attribution method (default: ig)")
+    explain.add_argument("--size", type=_integer("--size", 1, maximum=10_000), nargs="+", default=None,
+                         metavar="SIDE", help="resize the images to SIDE×SIDE or H×W (--size H W); needed for a model "
+                                              "that takes any size and images of several sizes (default: the model's size)")
     explain.add_argument("--target", type=_integer("--target", 0), default=None, help="class index (default: top-1 prediction)")
     _method_options(explain)
     explain.add_argument("--out", required=True, help="output folder")
@@ -206,13 +280,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", default="digits_on_photos",
                           help="digits_on_photos (offline, with masks) or imagenette (TFDS download)")
     evaluate.add_argument("--split", default="test", help="dataset split (default: test)")
-    evaluate.add_argument("--images", type=_integer("--images", 1), default=16, help="number of images (default: 16)")
+    evaluate.add_argument("--images", type=_integer("--images", 1, maximum=MAX_IMAGES), default=16, help="number of images (default: 16)")
     evaluate.add_argument("--methods", default="gradient,smoothgrad,ig,guided-ig,smoothtaylor,gradcam,rsi-gradcam",
                           help="comma-separated methods (default: a representative set)")
     evaluate.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
                           help="mirrored: shard attribution and metrics over every visible GPU (or logical "
                                "device); multiworker: over the workers in TF_CONFIG (run the same command "
                                "on every worker; each writes the whole table)")
+    evaluate.add_argument("--size", type=_integer("--size", 1, maximum=10_000), default=None, metavar="SIDE",
+                          help="image side for a model that takes any size (default: the model's size)")
     evaluate.add_argument("--aupc-kernel", type=_integer("--aupc-kernel", 1), default=None,
                           help="AUPC window side (default: 15 scaled to the image side)")
     _method_options(evaluate)
@@ -220,7 +296,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the demo (every method on real photos, pictures + table)")
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
-    demo.add_argument("--images", type=_integer("--images", 1), default=6)
+    demo.add_argument("--images", type=_integer("--images", 1, maximum=MAX_IMAGES), default=6)
     demo.add_argument("--methods", default=None, help="comma-separated method titles (default: all)")
     demo.add_argument("--photos", default=None,
                       help="scikit-image photos for the ImageNet classifier, comma-separated, or 'none' "
@@ -292,40 +368,125 @@ def _quiet_opencv(cv2):
         logging.setLogLevel(level)
 
 
-def _read_images(paths: List[str]) -> List[np.ndarray]:
-    """Decode every image file into float32 RGB in [0, 1]; an unreadable file raises one error naming it."""
-    import cv2
+#: the most pixels one image file may decode to (10⁸: 10000 × 10000, 300 MB as 8-bit RGB); larger images
+#: are refused from their header, before any pixel is decoded
+MAX_PIXELS = 100_000_000
 
-    images = []
+
+def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """``(height, width)`` from a PNG, JPEG, GIF, BMP or WebP header (no pixel decoded), else ``None``."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[8:10], "little"), int.from_bytes(data[6:8], "little")
+    if data[:2] == b"BM" and len(data) >= 26:
+        if int.from_bytes(data[14:18], "little") == 12:  # BITMAPCOREHEADER: 16-bit sizes
+            return int.from_bytes(data[20:22], "little"), int.from_bytes(data[18:20], "little")
+        return abs(int.from_bytes(data[22:26], "little", signed=True)), abs(int.from_bytes(data[18:22], "little", signed=True))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8X":
+            return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+        if kind == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+        if kind == b"VP8 ":
+            return int.from_bytes(data[28:30], "little") & 0x3FFF, int.from_bytes(data[26:28], "little") & 0x3FFF
+        return None
+    if data[:2] == b"\xff\xd8":  # JPEG: the first start-of-frame marker
+        i = 2
+        while i + 9 <= len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            if marker == 0x01 or 0xD0 <= marker <= 0xD9:
+                i += 2
+                continue
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _read_image_files(paths: List[str]) -> List[np.ndarray]:
+    """Every image file's bytes; a missing or unreadable file, or one whose header declares more than
+    :data:`MAX_PIXELS` pixels, raises one error naming it (before any model is loaded or pixel decoded)."""
+    files = []
     for path in paths:
         try:
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, "Is a directory")
+            size = os.path.getsize(path)
+            if size > 4 * MAX_PIXELS:  # more than any image under the cap takes, even uncompressed
+                raise InvalidInputError(f"--images: cannot read image {path!r}: the file has {size} bytes, more than "
+                                        f"an image of at most {MAX_PIXELS} pixels takes. " + received("--images", path))
             with open(path, "rb") as handle:
                 data = np.frombuffer(handle.read(), dtype=np.uint8)
         except OSError as error:
             raise InvalidInputError(f"--images: cannot read image {path!r}: {error.strerror or error}. "
                                     + received("--images", path)) from None
-        image = None
-        if data.size:
-            with _quiet_opencv(cv2):
-                image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if image is None:
-            raise InvalidInputError(f"--images: cannot read image {path!r}: not an image OpenCV can decode (PNG, "
-                                    "JPEG, BMP, TIFF, WebP, ...) or a truncated file. " + received("--images", path))
-        images.append(image[..., ::-1].astype(np.float32) / 255.0)
-    return images
+        shape = _header_size(data[:65536].tobytes())
+        if shape is not None and shape[0] * shape[1] > MAX_PIXELS:
+            raise InvalidInputError(f"--images: image {path!r} is {shape[1]}×{shape[0]} pixels, more than the "
+                                    f"{MAX_PIXELS} pixels an image may have (its pixels would not fit in memory at "
+                                    "once); downscale it first. " + received("--images", path))
+        files.append(data)
+    return files
 
 
-def _load_images(paths: List[str], size, value_range, decoded: Optional[List[np.ndarray]] = None) -> np.ndarray:
-    """The image files (or their ``decoded`` arrays) resized to ``size`` and scaled to ``value_range``."""
+
+def _decode_image(path: str, data: np.ndarray, size: Optional[Tuple[int, int]], channels: int) -> np.ndarray:
+    """One file's bytes as ``(H, W, channels)`` uint8 (RGB, or grey for one channel), resized to ``size``
+    (``None``: as it is) with area averaging in 8 bits. A JPEG far larger than ``size`` is decoded at
+    1/2, 1/4 or 1/8 of its side (OpenCV's reduced modes), never above ``size``; any decoded image
+    holds at most :data:`MAX_PIXELS` pixels (the header was checked)."""
     import cv2
 
+    factor = 1
+    shape = _header_size(data[:65536].tobytes())
+    if size is not None and shape is not None and data[:2].tobytes() == b"\xff\xd8":
+        # a decoder-level reduction keeps the image at least as large as ``size`` in both orientations
+        # (the EXIF orientation may swap its sides); the area resize does the rest
+        factor = next((f for f in (8, 4, 2) if min(shape) // f >= max(size)), 1)
+    grey = channels == 1
+    flag = {(False, 1): cv2.IMREAD_COLOR, (False, 2): cv2.IMREAD_REDUCED_COLOR_2,
+            (False, 4): cv2.IMREAD_REDUCED_COLOR_4, (False, 8): cv2.IMREAD_REDUCED_COLOR_8,
+            (True, 1): cv2.IMREAD_GRAYSCALE, (True, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+            (True, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4, (True, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8}[grey, factor]
+    image = None
+    if data.size:
+        with _quiet_opencv(cv2):
+            try:
+                image = cv2.imdecode(data, flag)
+            except cv2.error:  # OpenCV's own size limit, a decoder failure
+                image = None
+    if image is None or image.size == 0:
+        raise InvalidInputError(f"--images: cannot read image {path!r}: not an image OpenCV can decode (PNG, "
+                                "JPEG, BMP, TIFF, WebP, ...) or a truncated file. " + received("--images", path))
+    if size is not None and image.shape[:2] != tuple(size):
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return image[..., None] if image.ndim == 2 else image[..., ::-1]  # BGR → RGB
+
+
+def _load_images(paths: List[str], size, value_range, files: Optional[List[np.ndarray]] = None,
+                 channels: int = 3) -> np.ndarray:
+    """The image files (``files``: their bytes, read already) decoded as RGB (grey for ``channels=1``),
+    resized to ``size`` and scaled to ``value_range``, as ``(N, H, W, channels)`` float32.
+
+    ``size=None`` keeps each image's size; they must then all have the same (else an error naming
+    ``--size``)."""
     low, high = value_range
-    images = []
-    for image in decoded if decoded is not None else _read_images(paths):
-        if size is not None and image.shape[:2] != tuple(size):
-            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-        images.append(low + image * (high - low))
-    return np.stack(images)
+    files = _read_image_files(paths) if files is None else files
+    images = [_decode_image(path, data, size, channels) for path, data in zip(paths, files)]
+    shapes = sorted({image.shape[:2] for image in images})
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{w}×{h}" for h, w in shapes)
+        raise InvalidInputError(f"--size: the model takes any image size and the images have different sizes "
+                                f"({sizes}); pass --size H W to resize them to one. " + received("--size", None))
+    return low + np.stack(images).astype(np.float32) / np.float32(255.0) * np.float32(high - low)
 
 
 def output_names(paths: List[str]) -> List[str]:
@@ -344,23 +505,53 @@ def output_names(paths: List[str]) -> List[str]:
     return names
 
 
+def _image_shape(model, requested) -> Tuple[Optional[Tuple[int, int]], int]:
+    """``(size, channels)`` the model's images take: its fixed ``(H, W)`` (``--size`` must agree) or
+    ``--size`` for a free one (``None`` if not given), and 1 (grey) or 3 (RGB) channels."""
+    import tfattr.core.inputs
+
+    spec = tfattr.core.inputs.model_spec(model)
+    shape = spec.input_shape
+    if shape is None or len(shape) != 3:
+        raise InvalidInputError("--model: the command explains models of one image input (H, W, C); this model "
+                                f"takes {shape if shape is not None else 'several inputs'}. "
+                                + received("--model", getattr(model, "name", model)))
+    channels = shape[2]
+    if channels not in (1, 3):
+        raise InvalidInputError(f"--model: the command reads images as grey (1 channel) or RGB (3 channels); the "
+                                f"model takes {channels} channels. " + received("input shape", tuple(shape)))
+    wanted = None if requested is None else (tuple(requested) * 2)[:2]
+    fixed = tuple(shape[:2])
+    if None not in fixed:
+        if wanted is not None and wanted != fixed:
+            raise InvalidInputError(f"--size: the model takes {fixed[0]}×{fixed[1]} images only. "
+                                    + received("--size", list(requested)))
+        return fixed, channels
+    if None in fixed and wanted is None:
+        return None, channels
+    if any(f is not None and f != w for f, w in zip(fixed, wanted)):
+        raise InvalidInputError(f"--size: the model takes images of shape {tuple(shape)}. " + received("--size", list(requested)))
+    return wanted, channels
+
+
 def _explain(args) -> int:
     import tfattr.core.inputs
     from tfattr import viz
     from tfattr.core.files import atomic_write
 
-    _check_rsi_notebook([args.method], args)
-    decoded = _read_images(args.images)  # an unreadable image fails before the model loads
+    _check_method_flags([args.method], args)
+    files = _read_image_files(args.images)  # a missing, unreadable or huge image fails before the model loads
+    _check_out(args.out)  # and an unwritable --out before any attribution
+    if args.size is not None and len(args.size) > 2:
+        raise InvalidInputError("--size takes SIDE or H W. " + received("--size", args.size))
     model, default_range = _load_model(args.model, args.weights)
     value_range = tuple(args.value_range) if args.value_range else default_range
     args.value_range = value_range
     args.verbose = 1
-    spec = tfattr.core.inputs.model_spec(model)
-    size = spec.input_shape[:2] if spec.input_shape and None not in spec.input_shape[:2] else None
-    x = _load_images(args.images, size, value_range, decoded)
+    size, channels = _image_shape(model, args.size)
+    x = _load_images(args.images, size, value_range, files, channels=channels)
     method = _build_method(args.method, model, args, value_range)
     expl = method.attribute(x, target=args.target)
-    os.makedirs(args.out, exist_ok=True)
     attributions = np.asarray(expl)
     names = output_names(args.images)
     for name, image, attribution in zip(names, x, attributions):
@@ -379,6 +570,55 @@ def _explain(args) -> int:
     return 0
 
 
+def _physical_memory() -> Optional[int]:
+    """This machine's memory in bytes, if the system says."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+#: where TFDS downloads imagenette from
+IMAGENETTE_HOST = ("s3.amazonaws.com", 443)
+
+
+def _reachable(address, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``address`` opens within ``timeout`` seconds (the name lookup included)."""
+    import socket
+    import threading
+
+    result = []
+
+    def connect():
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _check_imagenette(split: str) -> None:
+    """imagenette is prepared in the TFDS folder, or its download host answers; else a named error in
+    seconds (TFDS itself retries the download for minutes)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise InvalidInputError("--dataset imagenette needs tensorflow-datasets (pip install tensorflow-datasets). "
+                                + received("--dataset", "imagenette")) from None
+    builder = tfds.builder("imagenette/320px-v2")
+    if builder.is_prepared() or _reachable(IMAGENETTE_HOST):
+        return
+    raise InvalidInputError(f"--dataset imagenette: it is not in the TFDS folder {builder.data_dir!r} and its download "
+                            f"host {IMAGENETTE_HOST[0]} cannot be reached (no network?); download it once with "
+                            "network (tfds.load('imagenette/320px-v2')) or set TFDS_DATA_DIR to a folder that holds "
+                            "it. " + received("--dataset", "imagenette"))
+
+
 def _evaluate(args) -> int:
     from tfattr.distribute import strategy_from_name
 
@@ -387,6 +627,14 @@ def _evaluate(args) -> int:
     import tfattr.data
     from tfattr.evaluation import evaluate, format_table
 
+    names = _method_names(args)
+    _check_method_flags(names, args)
+    if args.dataset not in ("digits_on_photos", "imagenette"):
+        raise InvalidInputError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette. "
+                                + received("--dataset", args.dataset))
+    _check_out(args.out)
+    if args.dataset == "imagenette":
+        _check_imagenette(args.split)  # seconds, not minutes of download retries, when offline
     if args.model == "demo":
         from tfattr.core.assets import DEMO_MODEL, asset_path
 
@@ -395,23 +643,32 @@ def _evaluate(args) -> int:
     value_range = tuple(args.value_range) if args.value_range else default_range
     args.verbose = 0
     masks = None
+    size, channels = _image_shape(model, None if args.size is None else [args.size])
+    if size is None:
+        raise InvalidInputError("--size: the model takes any image size; pass --size SIDE for the dataset's "
+                                "images. " + received("--size", None))
+    if size[0] != size[1]:
+        raise InvalidInputError(f"--model: evaluate draws square images; the model takes {size[0]}×{size[1]}. "
+                                + received("--model", args.model))
+    side = size[0]
+    need = 4.0 * args.images * side * side * 3 * 3  # the images, their noisy and perturbed copies
+    memory = _physical_memory()
+    if memory and need > memory / 2:
+        raise InvalidInputError(f"--images: {args.images} images of {side}×{side} need about {need / 2**30:.1f} GiB, "
+                                f"more than half of this machine's {memory / 2**30:.1f} GiB; evaluate fewer at a time. "
+                                + received("--images", args.images))
     if args.dataset == "digits_on_photos":
-        side = tfattr.core.inputs.model_spec(model).input_shape[0]
         data = tfattr.data.digits_on_photos(args.images, size=side, split=args.split, seed=args.seed)
         x, labels, masks = data["image"] * (value_range[1] - value_range[0]) + value_range[0], data["label"], data["mask"]
-    elif args.dataset == "imagenette":
-        side = tfattr.core.inputs.model_spec(model).input_shape[0]
+    else:
         pairs = list(tfattr.data.load_imagenette(split="validation" if args.split == "test" else args.split,
                                                  size=side).take(args.images).as_numpy_iterator())
         x = np.stack([p[0] for p in pairs]).astype(np.float32)  # RGB in [0, 255]
         x = value_range[0] + x / 255.0 * (value_range[1] - value_range[0])  # into the model's range
         labels = np.array([p[1] for p in pairs])
-    else:
-        raise InvalidInputError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette. "
-                                + received("--dataset", args.dataset))
     x = x.astype(np.float32)
-    names = [m.strip() for m in args.methods.split(",") if m.strip()]
-    _check_rsi_notebook(names, args)
+    if channels == 1:  # a grey model: the luma of the RGB images (ITU-R BT.601, as OpenCV's RGB2GRAY)
+        x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
     methods = [(name, _build_method(name, model, args, value_range)) for name in names]
     side = x.shape[1]
     kernel = args.aupc_kernel or max(2, round(15 * side / 224))
@@ -427,9 +684,63 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _demo_titles() -> List[str]:
+    """The method titles the demo runs: the first item of each ``yield "Title", method`` in
+    :func:`tfattr.demo.methods` (read from the module's source, nothing imported or run)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("tfattr.demo")
+    if spec is None or not spec.origin or not os.path.exists(spec.origin):
+        return []
+    with open(spec.origin, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    titles = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "methods":
+            for inner in ast.walk(node):
+                if (isinstance(inner, ast.Yield) and isinstance(inner.value, ast.Tuple) and inner.value.elts
+                        and isinstance(inner.value.elts[0], ast.Constant) and isinstance(inner.value.elts[0].value, str)):
+                    titles.append(inner.value.elts[0].value)
+    return titles
+
+
+#: skimage.data names that are not a photo (helpers, volumes, downloads of other kinds)
+_NOT_PHOTOS = {"binary_blobs", "cells3d", "data_dir", "download_all", "file_hash", "kidney", "lbp_frontal_face_cascade_filename",
+               "lfw_subset", "nickel_solidification", "protein_transport", "stereo_motorcycle", "vortex"}
+
+
+def _check_demo_flags(args) -> None:
+    """``--methods`` names the demo's method titles, ``--photos`` scikit-image photos (or none): else an
+    error naming the flag and the valid names, before the demo starts."""
+    if args.methods is not None:
+        titles = _demo_titles()
+        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in titles]
+        if titles and (unknown or not wanted):
+            what = f"unknown method title(s) {', '.join(map(repr, unknown))}" if unknown else "no method title"
+            raise InvalidInputError(f"--methods: {what}; choose from {', '.join(titles)}. "
+                                    + received("--methods", args.methods))
+    if args.photos is not None and args.photos.strip().lower() != "none":
+        try:
+            import skimage.data
+        except ImportError:
+            raise InvalidInputError("--photos needs scikit-image (pip install scikit-image), or pass --photos none. "
+                                    + received("--photos", args.photos)) from None
+        valid = sorted(name for name in getattr(skimage.data, "__all__", dir(skimage.data))
+                       if not name.startswith("_") and name not in _NOT_PHOTOS and callable(getattr(skimage.data, name, None)))
+        photos = [p.strip() for p in args.photos.split(",") if p.strip()]
+        unknown = [p for p in photos if p not in valid]
+        if unknown or not photos:
+            what = f"not scikit-image photos: {', '.join(unknown)}" if unknown else "no photo named"
+            raise InvalidInputError(f"--photos: {what}; choose from {', '.join(valid)}, or none. "
+                                    + received("--photos", args.photos))
+
+
 def _demo(args) -> int:
     from tfattr.demo import main as run_demo  # the demo ships with the package
 
+    _check_demo_flags(args)
     argv = ["--out", args.out, "--images", str(args.images)]
     if args.methods:
         argv += ["--methods", args.methods]
