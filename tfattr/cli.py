@@ -159,7 +159,6 @@ METHOD_FLAGS = (
     ("roots", "--roots", 150, ("smoothtaylor",)),
     ("sigma", "--sigma", "0.15", ("smoothtaylor",)),
     ("layer", "--layer", None, ("gradcam", "rsi-gradcam")),
-    ("rsi_notebook", "--rsi-notebook", False, ("rsi-gradcam",)),
 )
 
 
@@ -179,38 +178,51 @@ def _method_names(args) -> List[str]:
 
 
 def _check_method_flags(names: List[str], args) -> None:
-    """A flag set to another value than its default that none of the methods reads is an error naming it
-    (it would be ignored silently), and so is --n-baselines/--baseline-tolerance with a fixed baseline."""
+    """A warning (one stderr line naming the flag) for a flag set to another value than its default that
+    none of the methods reads, and for --n-baselines/--baseline-tolerance with a fixed baseline: they
+    would be ignored silently. (A warning, not an error: one command line may serve several methods.)"""
     from tfattr.baselines.registry import is_random
 
     flag_of = "--methods" if hasattr(args, "methods") else "--method"
+    command = "evaluate" if hasattr(args, "methods") else "explain"
     for dest, flag, default, users in METHOD_FLAGS:
         value = getattr(args, dest, default)
         if value == default or (dest == "sigma" and value == float(default)):
             continue
         if not any(name in users for name in names):
-            raise InvalidInputError(f"{flag} applies to {', '.join(users)} only; the method(s) are {', '.join(names)}. "
-                                    + received(flag_of, ",".join(names)))
+            print(f"tfattr {command}: warning: {flag} is ignored: it applies to {', '.join(users)}; the method(s) "
+                  f"are {', '.join(names)}. " + received(flag_of, ",".join(names)), file=sys.stderr)
     for dest, flag in (("n_baselines", "--n-baselines"), ("baseline_tolerance", "--baseline-tolerance")):
         value = getattr(args, dest)
-        if value not in (None, 1) and not is_random(args.baseline):
-            raise InvalidInputError(f"{flag} applies to a random baseline only (uniform, gaussian): draws of a fixed "
-                                    f"baseline are all the same; the baseline is {args.baseline!r}. "
-                                    + received("--baseline", args.baseline))
+        users = ("ig", "guided-ig", "rsi-gradcam") if dest == "n_baselines" else ("ig", "guided-ig")
+        if value not in (None, 1) and not is_random(args.baseline) and any(name in users for name in names):
+            print(f"tfattr {command}: warning: {flag} is ignored: it applies to a random baseline (uniform, "
+                  f"gaussian), and draws of a fixed baseline are all the same. " + received("--baseline", args.baseline),
+                  file=sys.stderr)
 
 
 def _check_out(out: str) -> str:
-    """Create the ``--out`` folder and check that a file can be written in it, before any work."""
+    """Check, before any work, that the ``--out`` folder can be created (its nearest existing ancestor
+    is a folder) and written in (a temporary file opens there); nothing is left behind."""
     try:
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a folder")
-        os.makedirs(out, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        existing = os.path.abspath(out)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a folder" if existing == os.path.abspath(out)
+                                     else f"{existing!r} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise InvalidInputError(f"--out: cannot write in the folder {out!r}: {error.strerror or error}. "
                                 + received("--out", out)) from None
     return out
+
+
+def _check_rsi_notebook(names, args) -> None:
+    if getattr(args, "rsi_notebook", False) and "rsi-gradcam" not in names:
+        raise InvalidInputError(f"--rsi-notebook applies to rsi-gradcam only; the method(s) are {', '.join(names)}. "
+                                + received("--methods" if hasattr(args, "methods") else "--method", ",".join(names)))
 
 
 def _build_method(name: str, model, args, value_range):
@@ -433,19 +445,23 @@ def _read_image_files(paths: List[str]) -> List[np.ndarray]:
             raise InvalidInputError(f"--images: image {path!r} is {shape[1]}×{shape[0]} pixels, more than the "
                                     f"{MAX_PIXELS} pixels an image may have (its pixels would not fit in memory at "
                                     "once); downscale it first. " + received("--images", path))
+        reduced = 8 if shape is not None and min(shape) >= 64 else 1
+        _decode_image(path, data, None, 1, reduced=reduced)  # a damaged file fails here, at 1/8 scale if it is large
         files.append(data)
     return files
 
 
 
-def _decode_image(path: str, data: np.ndarray, size: Optional[Tuple[int, int]], channels: int) -> np.ndarray:
+def _decode_image(path: str, data: np.ndarray, size: Optional[Tuple[int, int]], channels: int,
+                  reduced: int = 1) -> np.ndarray:
     """One file's bytes as ``(H, W, channels)`` uint8 (RGB, or grey for one channel), resized to ``size``
     (``None``: as it is) with area averaging in 8 bits. A JPEG far larger than ``size`` is decoded at
     1/2, 1/4 or 1/8 of its side (OpenCV's reduced modes), never above ``size``; any decoded image
-    holds at most :data:`MAX_PIXELS` pixels (the header was checked)."""
+    holds at most :data:`MAX_PIXELS` pixels (the header was checked). ``reduced=8``: decode at 1/8 of the
+    side in every format (OpenCV reduces a JPEG in its decoder; other formats after decoding), a check."""
     import cv2
 
-    factor = 1
+    factor = reduced
     shape = _header_size(data[:65536].tobytes())
     if size is not None and shape is not None and data[:2].tobytes() == b"\xff\xd8":
         # a decoder-level reduction keeps the image at least as large as ``size`` in both orientations
@@ -539,6 +555,7 @@ def _explain(args) -> int:
     from tfattr import viz
     from tfattr.core.files import atomic_write
 
+    _check_rsi_notebook([args.method], args)
     _check_method_flags([args.method], args)
     files = _read_image_files(args.images)  # a missing, unreadable or huge image fails before the model loads
     _check_out(args.out)  # and an unwritable --out before any attribution
@@ -552,6 +569,7 @@ def _explain(args) -> int:
     x = _load_images(args.images, size, value_range, files, channels=channels)
     method = _build_method(args.method, model, args, value_range)
     expl = method.attribute(x, target=args.target)
+    os.makedirs(args.out, exist_ok=True)
     attributions = np.asarray(expl)
     names = output_names(args.images)
     for name, image, attribution in zip(names, x, attributions):
@@ -628,6 +646,7 @@ def _evaluate(args) -> int:
     from tfattr.evaluation import evaluate, format_table
 
     names = _method_names(args)
+    _check_rsi_notebook(names, args)
     _check_method_flags(names, args)
     if args.dataset not in ("digits_on_photos", "imagenette"):
         raise InvalidInputError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette. "
