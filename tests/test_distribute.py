@@ -232,3 +232,57 @@ def test_two_workers_of_a_multi_worker_strategy_each_get_the_whole_result():
                 worker.kill()
     for stdout, stderr, code in outputs:
         assert code == 0 and stdout.strip().endswith("OK"), stdout[-2000:] + stderr[-4000:]
+
+
+SEVERAL_INPUTS = textwrap.dedent("""
+    import os, sys
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import numpy as np
+    import tfattr
+    from tfattr.distribute import distributed_attribute
+    exec(sys.argv[2])
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3), name="image")
+    extra = keras.Input((4,), name="extra")
+    h = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="tanh")(image))
+    h = keras.layers.Concatenate()([h, keras.layers.Dense(4, activation="tanh")(extra)])
+    out = keras.layers.Dense(3)(keras.layers.Dense(8, activation="tanh")(h))
+    rng = np.random.default_rng(0)
+    xs = [rng.uniform(0, 1, (5, 8, 8, 3)).astype(np.float32), rng.uniform(-1, 1, (5, 4)).astype(np.float32)]
+    labels = np.array([0, 1, 2, 0, 1])
+    for name, model, batch in (("list", keras.Model([image, extra], out), xs),
+                               ("dict", keras.Model({"image": image, "extra": extra}, out),
+                                {"image": xs[0], "extra": xs[1]})):
+        for method in (tfattr.IntegratedGradients(model, steps=8), tfattr.Gradient(model)):
+            single = method.attribute(batch, target=labels)
+            spread = distributed_attribute(method, batch, target=labels, strategy=strategy)
+            assert type(spread.attributions) is type(single.attributions), (name, type(spread.attributions))
+            keys = list(single.attributions) if name == "dict" else range(2)
+            assert (list(spread.attributions) == keys) if name == "dict" else len(spread.attributions) == 2
+            for key in keys:
+                assert_same_attributions(spread.attributions[key], single.attributions[key], (name, key))
+            np.testing.assert_array_equal(spread.targets, single.targets)
+            assert spread.gradients == single.gradients and spread.info["replicas"] == 2
+    # a batch whose inputs disagree on the number of examples: a tfattr error naming `images`
+    try:
+        distributed_attribute(tfattr.Gradient(keras.Model([image, extra], out)), [xs[0], xs[1][:3]], strategy=strategy)
+    except tfattr.errors.InvalidInputError as error:
+        assert "same number of examples" in str(error) and "Received: images.shape=" in str(error), error
+    else:
+        raise AssertionError("no error")
+    print("OK")
+""")
+
+
+def test_a_model_of_several_inputs_is_distributed_like_the_direct_call():
+    """Issue 24 item 17: a list or dict of inputs was a raw NumPy ValueError or a false "empty batch"."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", SEVERAL_INPUTS, ROOT, COMMON], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]

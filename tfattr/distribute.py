@@ -181,13 +181,42 @@ def _sharded(fn: Callable, arrays: Sequence[Optional[np.ndarray]], strategy, ima
     return {k: v[order] for k, v in gathered.items()}
 
 
+def _model_of(method):
+    """The Keras model a method (or a ``NoiseTunnel`` around one) explains, if it says."""
+    for _ in range(4):
+        model = getattr(method, "model", None)
+        if model is not None:
+            return model
+        method = getattr(method, "method", None)
+    return None
+
+
+def _split_inputs(method, images):
+    """``(rebuild, arrays)``: the input arrays of a several-input batch (a dict, or a list/tuple for a
+    model of several inputs) and a function that puts shards of them back in that structure; one array
+    and ``rebuild=None`` for a single input."""
+    from tfattr.core.structure import inputs_spec
+
+    several = isinstance(images, dict) or (isinstance(images, (list, tuple)) and inputs_spec(_model_of(method)) is not None)
+    if not several:
+        return None, [np.asarray(images)]
+    if isinstance(images, dict):
+        keys = list(images)
+        return (lambda parts: dict(zip(keys, parts))), [np.asarray(images[k]) for k in keys]
+    kind = type(images) if type(images) in (list, tuple) else list
+    return (lambda parts: kind(parts)), [np.asarray(a) for a in images]
+
+
 def distributed_attribute(method, images, target=None, strategy: Optional[tf.distribute.Strategy] = None,
                           images_per_replica: Optional[int] = None, **options) -> Explanation:
     """``method.attribute(images, target, **options)`` with the batch sharded over a strategy's replicas.
 
     Args:
         method: any tfattr method (or ``NoiseTunnel``).
-        images: ``(N, H, W, C)`` images (NumPy); every worker of a multi-worker strategy passes the same.
+        images: ``(N, H, W, C)`` images (NumPy), or for a model of several inputs a list or dict of
+            arrays with the same ``N`` (as ``method.attribute`` takes them; sharded per example, the
+            attributions come back in the same structure); every worker of a multi-worker strategy
+            passes the same.
         target: as for ``attribute``; per-example arrays travel with the images.
         strategy: a ``tf.distribute`` strategy (default: the current one).
         images_per_replica: images each replica attributes per step (default: all of its share
@@ -199,21 +228,33 @@ def distributed_attribute(method, images, target=None, strategy: Optional[tf.dis
         ``info["replicas"]`` is the number of replicas, per-example ``info`` entries
         (:data:`PER_EXAMPLE_INFO`) are gathered with the rows.
     """
-    images = np.asarray(images)
-    if images.ndim < 2 or len(images) == 0:
-        raise InvalidInputError("`images` must be a non-empty batch. " + received("images.shape", images.shape))
+    rebuild, flat = _split_inputs(method, images)
+    lengths = {len(a) if a.ndim >= 1 else 0 for a in flat}
+    if any(a.ndim < 2 for a in flat) or len(lengths) != 1 or 0 in lengths:
+        shapes = [a.shape for a in flat]
+        raise InvalidInputError("`images` must be a non-empty batch (for a model of several inputs: one array per "
+                                "input, all with the same number of examples). "
+                                + received("images.shape", shapes[0] if rebuild is None else shapes))
+    count = lengths.pop()
     per_example = target is not None and not callable(target) and np.ndim(target) == 1
     labels = np.asarray(target) if per_example else None
-    if per_example and len(labels) != len(images):
+    if per_example and len(labels) != count:
         raise InvalidInputError("`target` must have one class per image. "
-                                + received("len(target)", len(labels)) + f" for {len(images)} images")
+                                + received("len(target)", len(labels)) + f" for {count} images")
     first: Dict[str, Any] = {}
 
-    def attribute(x, t):
+    def attribute(*shard):
+        *xs, t = shard
+        x = xs[0] if rebuild is None else rebuild(xs)
         expl = method.attribute(x, target=t if per_example else target, **options)
         first.setdefault("explanation", expl)
-        n = len(x)
-        fields = {"attributions": np.asarray(expl), "gradients": np.full(n, expl.gradients / n)}
+        n = len(xs[0])
+        fields = {"gradients": np.full(n, expl.gradients / n)}
+        if rebuild is None:
+            fields["attributions"] = np.asarray(expl)
+        else:
+            parts = expl.attributions.values() if isinstance(expl.attributions, dict) else expl.attributions
+            fields.update({f"attributions:{i}": np.asarray(a) for i, a in enumerate(parts)})
         for name in ("targets", "scores", "baseline_scores", "delta"):
             value = getattr(expl, name)
             if value is not None:
@@ -224,7 +265,9 @@ def distributed_attribute(method, images, target=None, strategy: Optional[tf.dis
                 fields["info:" + name] = value
         return fields
 
-    out = _sharded(attribute, [images, labels], strategy, images_per_replica)
+    out = _sharded(attribute, [*flat, labels], strategy, images_per_replica)
+    if rebuild is not None:
+        out["attributions"] = rebuild([out.pop(f"attributions:{i}") for i in range(len(flat))])
     reference = first["explanation"]
     info = {k: v for k, v in reference.info.items() if k not in PER_EXAMPLE_INFO and k != "nodes"}
     info.update({k[5:]: v for k, v in out.items() if k.startswith("info:")})
