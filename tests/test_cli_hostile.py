@@ -1,0 +1,290 @@
+"""Issue 24's CLI items, through the CLI: huge images decoded small or refused from their header, grey and
+free-size models, --out checked before any work, flags that would be ignored, demo names, imagenette offline,
+and odd image files (16-bit, alpha, CMYK-like 4 channels, grey, unicode paths, directories, non-images)."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import tfattr
+from conftest import small_cnn
+from tfattr import cli
+from tfattr.cli import _load_images, main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def model_path(tmp_path, relu_cnn):
+    path = tmp_path / "model.keras"
+    relu_cnn.save(path)
+    return str(path)
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _peak_rss_of_explain(model, image, out, size_limit_mb=None):
+    """(exit code, stderr, peak RSS in MB of the `tfattr explain` child, seconds of main())."""
+    code = ("import resource, sys, time; from tfattr.cli import main; begin = time.perf_counter(); "
+            f"rc = main(['explain', '--model', {model!r}, '--images', {image!r}, '--method', 'gradient', "
+            f"'--out', {out!r}]); "
+            "sys.stderr.write('\\n--- %d %.2f\\n' % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "time.perf_counter() - begin)); sys.exit(rc)")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    rss_kb, seconds = run.stderr.rsplit("--- ", 1)[1].split()
+    return run.returncode, run.stderr, int(rss_kb) / 1024, float(seconds)
+
+
+def _write_constant_png(path, side):
+    """A mostly constant side×side PNG (small file) without ever holding it as float."""
+    image = np.full((side, side, 3), 90, np.uint8)
+    image[: side // 2, : side // 3] = (200, 30, 60)
+    assert cv2.imwrite(str(path), image)
+    return str(path)
+
+
+# -- item 11: images decoded at the size the model takes, and capped ------------------------------------------
+def test_a_large_image_is_resized_in_8_bits_and_a_huge_one_is_refused_from_its_header(tmp_path, model_path):
+    """8000² PNG: the old float32 copy alone was 8000²·3·4 B = 768 MB (2.5 GB peak measured); decoded in 8 bits
+    it is 192 MB, so a peak below 1.2 GB (TensorFlow itself takes about 0.5 GB) is only reachable without the
+    float copy. 20000² PNG: refused from its header, no pixel decoded (the 8-bit decode alone is 1.2 GB)."""
+    large = _write_constant_png(tmp_path / "large.png", 8000)
+    assert os.path.getsize(large) < 2_000_000
+    code, err, peak, _ = _peak_rss_of_explain(model_path, large, str(tmp_path / "out"))
+    assert code == 0, err[-3000:]
+    assert peak < 1200, peak
+    saved = np.load(tmp_path / "out" / "attributions.npz")
+    expected = cv2.resize(cv2.imread(large)[..., ::-1], (16, 16), interpolation=cv2.INTER_AREA) / np.float32(255)
+    x = _load_images([large], (16, 16), (0.0, 1.0))
+    np.testing.assert_allclose(x[0], expected, atol=1e-7)  # the resized picture itself
+    assert saved["attributions"].shape == (1, 16, 16, 3)
+    del saved, x, expected
+    huge = str(tmp_path / "huge.png")
+    band = np.full((1, 20000, 3), 7, np.uint8)  # written as a 20000² PNG without a 1.2 GB array: a 1-row tile
+    with open(huge, "wb") as handle:  # PNG of 20000 identical rows via zlib
+        import struct
+        import zlib
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+        row = b"\x00" + band.tobytes()
+        stream = zlib.compressobj(9)
+        body = b"".join(stream.compress(row) for _ in range(20000)) + stream.flush()
+        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    code, err, peak, seconds = _peak_rss_of_explain(model_path, huge, str(tmp_path / "out2"))
+    assert code == 2
+    line = err.split("\n--- ")[0].strip().splitlines()[-1]
+    assert line == (f"tfattr explain: error: --images: image {huge!r} is 20000×20000 pixels, more than the "
+                    f"{cli.MAX_PIXELS} pixels an image may have (its pixels would not fit in memory at once); "
+                    f"downscale it first. Received: --images={huge!r}")
+    assert peak < 1200 and seconds < 5, (peak, seconds)
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_size(tmp_path, monkeypatch):
+    """A 2000² JPEG for a 100² model is decoded by libjpeg at 1/8 (250², still ≥ 100): no full-size array."""
+    path = str(tmp_path / "big.jpg")
+    rng = np.random.default_rng(0)
+    cv2.imwrite(path, cv2.resize(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), (2000, 2000)))
+    seen = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda data, flag: seen.append(real(data, flag).shape) or real(data, flag))
+    x = _load_images([path], (100, 100), (0.0, 1.0))
+    assert seen[-1] == (250, 250, 3) and max(s[0] for s in seen) == 250, seen
+    full = cv2.resize(cv2.imread(path)[..., ::-1], (100, 100), interpolation=cv2.INTER_AREA) / 255.0
+    assert np.abs(x[0] - full).mean() < 0.02  # the same picture (DCT-domain scaling differs by a few levels)
+
+
+# -- item 21: grey models ------------------------------------------------------------------------------------
+def test_a_grey_model_is_explained_on_grey_images(tmp_path, images):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+    path = tmp_path / "grey.keras"
+    model.save(path)
+    colour = str(tmp_path / "colour.png")
+    cv2.imwrite(colour, (images[0][..., ::-1] * 255).round().astype(np.uint8))
+    out = tmp_path / "out"
+    assert main(["explain", "--model", str(path), "--images", colour, "--method", "gradient", "--out", str(out)]) == 0
+    grey = cv2.imread(colour, cv2.IMREAD_GRAYSCALE)[..., None].astype(np.float32) / 255
+    direct = tfattr.Gradient(model).attribute(grey[None])
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["attributions"], np.asarray(direct), atol=1e-6)
+    assert cv2.imread(str(out / "colour_gradient.png")) is not None
+
+
+def test_a_model_of_other_channels_is_an_error_naming_model(tmp_path, images, capsys):
+    inputs = keras.Input((16, 16, 2))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    model.save(tmp_path / "two.keras")
+    image = str(tmp_path / "a.png")
+    cv2.imwrite(image, np.zeros((16, 16, 3), np.uint8))
+    assert main(["explain", "--model", str(tmp_path / "two.keras"), "--images", image, "--out", str(tmp_path / "o")]) == 2
+    assert "--model: the command reads images as grey (1 channel) or RGB (3 channels); the model takes 2" in one_line(capsys)
+
+
+# -- item 22: models of a free size --------------------------------------------------------------------------
+def test_a_free_size_model_takes_the_images_size_or_size(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(h)))  # 10 digits
+    path = str(tmp_path / "free.keras")
+    model.save(path)
+    rng = np.random.default_rng(1)
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+    cv2.imwrite(a, rng.integers(0, 255, (20, 24, 3), dtype=np.uint8))
+    cv2.imwrite(b, rng.integers(0, 255, (30, 30, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    assert main(["explain", "--model", path, "--images", a, b, "--method", "gradient", "--out", str(out)]) == 2
+    assert one_line(capsys).endswith("the model takes any image size and the images have different sizes "
+                                     "(24×20, 30×30); pass --size H W to resize them to one. Received: --size=None")
+    assert main(["explain", "--model", path, "--images", a, b, "--method", "gradient", "--size", "16", "18",
+                 "--out", str(out)]) == 0
+    x = _load_images([a, b], (16, 18), (0.0, 1.0))
+    assert x.shape == (2, 16, 18, 3)
+    np.testing.assert_allclose(np.load(out / "attributions.npz")["attributions"],
+                               np.asarray(tfattr.Gradient(model).attribute(x)), atol=1e-6)
+    assert main(["explain", "--model", path, "--images", a, "--method", "gradient", "--out", str(out)]) == 0  # one size
+    assert np.load(out / "attributions.npz")["attributions"].shape == (1, 20, 24, 3)
+    assert main(["evaluate", "--model", path, "--images", "1", "--methods", "gradient", "--out", str(out)]) == 2
+    assert "--size: the model takes any image size; pass --size SIDE" in one_line(capsys)
+    assert main(["evaluate", "--model", path, "--images", "2", "--methods", "gradient", "--size", "32",
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert (tmp_path / "eval" / "table.md").read_text().count("| gradient |") == 1
+
+
+def test_size_must_agree_with_a_fixed_model(tmp_path, model_path, capsys):
+    image = str(tmp_path / "a.png")
+    cv2.imwrite(image, np.zeros((16, 16, 3), np.uint8))
+    assert main(["explain", "--model", model_path, "--images", image, "--size", "32", "--out", str(tmp_path / "o")]) == 2
+    assert one_line(capsys) == "tfattr explain: error: --size: the model takes 16×16 images only. Received: --size=[32]"
+
+
+# -- item 20: --out checked before any work ------------------------------------------------------------------
+def test_an_unusable_out_is_refused_before_any_attribution(tmp_path, model_path, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("a method was built before --out was checked")
+
+    monkeypatch.setattr(cli, "_build_method", never)
+    image = str(tmp_path / "a.png")
+    cv2.imwrite(image, np.zeros((16, 16, 3), np.uint8))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("notes")
+    for out, reason in ((str(a_file), "it exists and is not a folder"),
+                        (str(a_file / "sub"), f"{str(a_file)!r} is a file, not a folder")):
+        for argv in (["explain", "--model", model_path, "--images", image], ["evaluate", "--model", model_path]):
+            assert main(argv + ["--out", out]) == 2
+            assert one_line(capsys) == (f"tfattr {argv[0]}: error: --out: cannot write in the folder {out!r}: {reason}. "
+                                        f"Received: --out={out!r}")
+    assert a_file.read_text() == "notes"
+
+
+# -- item 23: flags that would be ignored, empty or unknown names ---------------------------------------------
+def test_flags_a_method_ignores_are_named_in_a_warning(tmp_path, model_path, capsys):
+    image = str(tmp_path / "a.png")
+    cv2.imwrite(image, np.zeros((16, 16, 3), np.uint8))
+    out = str(tmp_path / "out")
+    assert main(["explain", "--model", model_path, "--images", image, "--method", "ig", "--steps", "4",
+                 "--layer", "conv2d", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --layer is ignored: it applies to gradcam, rsi-gradcam; the method(s) are ig." in err
+    assert main(["explain", "--model", model_path, "--images", image, "--method", "ig", "--steps", "4",
+                 "--n-baselines", "4", "--out", out]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: --n-baselines is ignored: it applies to a random baseline (uniform, gaussian), and draws of a "
+            "fixed baseline are all the same. Received: --baseline='zero'") in err
+    assert main(["explain", "--model", model_path, "--images", image, "--method", "ig", "--steps", "4",
+                 "--baseline", "uniform", "--n-baselines", "2", "--out", out]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_empty_or_unknown_method_and_photo_names_exit_2_naming_the_flag(tmp_path, model_path, capsys, monkeypatch):
+    out = str(tmp_path / "out")
+    assert main(["evaluate", "--model", model_path, "--methods", "", "--out", out]) == 2
+    assert one_line(capsys).startswith("tfattr evaluate: error: --methods: no method named; choose from ig, ")
+    assert main(["evaluate", "--model", model_path, "--methods", " , ", "--out", out]) == 2
+    assert "--methods: no method named" in one_line(capsys)
+    import runpy
+
+    monkeypatch.setattr(runpy, "run_path", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the demo ran")))
+    assert main(["demo", "--methods", "bogus", "--out", out]) == 2
+    line = one_line(capsys)
+    assert line.startswith("tfattr demo: error: --methods: unknown method title(s) 'bogus'; choose from Gradient, ")
+    assert "IG zero" in line and line.endswith("Received: --methods='bogus'")
+    assert main(["demo", "--photos", "bogus", "--out", out]) == 2
+    line = one_line(capsys)
+    assert line.startswith("tfattr demo: error: --photos: not scikit-image photos: bogus; choose from ")
+    assert "chelsea" in line and line.endswith("or none. Received: --photos='bogus'")
+    assert not os.path.exists(out)
+
+
+# -- item 25: imagenette without a network fails in seconds ---------------------------------------------------
+def test_imagenette_offline_fails_fast_naming_the_dataset(tmp_path):
+    """No prepared copy in TFDS_DATA_DIR and no network (none here; the check also fails when the host does
+    not answer within 3 s): a named error in seconds, where TFDS retried for minutes."""
+    if cli._reachable(cli.IMAGENETTE_HOST, timeout=3):
+        pytest.fail("this test needs the network blocked (the download host answered)")
+    code = ("import sys, time; from tfattr.cli import main; begin = time.perf_counter(); "
+            f"rc = main(['evaluate', '--dataset', 'imagenette', '--images', '1', '--out', {str(tmp_path / 'out')!r}]); "
+            "sys.stderr.write('--- %.2f\\n' % (time.perf_counter() - begin)); sys.exit(rc)")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT,
+               TFDS_DATA_DIR=str(tmp_path / "tfds"))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    seconds = float(run.stderr.rsplit("--- ", 1)[1])
+    assert seconds < 20, seconds
+    assert re.search(r"error: --dataset imagenette: it is not in the TFDS folder .* and its download host "
+                     r"s3\.amazonaws\.com cannot be reached .* Received: --dataset='imagenette'", run.stderr), run.stderr[-2000:]
+
+
+# -- odd image files ------------------------------------------------------------------------------------------
+def test_odd_image_files_are_read_or_refused_in_one_line(tmp_path, model_path, capsys):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    cases = {}
+    cases["16bit.png"] = (rgb.astype(np.uint16) * 257)[..., ::-1], rgb  # 16 bits: the same 8-bit picture
+    alpha = np.concatenate([rgb[..., ::-1], np.full((16, 16, 1), 255, np.uint8)], axis=-1)
+    cases["alpha.png"] = alpha, rgb  # an opaque alpha channel is dropped
+    cases["grey.png"] = rgb[..., 0], np.repeat(rgb[..., :1], 3, axis=-1)  # grey → three equal channels
+    cases["ünïcödé 猫.png"] = rgb[..., ::-1], rgb
+    paths, expected = [], []
+    for name, (stored, picture) in cases.items():
+        path = str(tmp_path / name)
+        ok, data = cv2.imencode(".png", stored)
+        assert ok
+        with open(path, "wb") as handle:
+            handle.write(data.tobytes())
+        paths.append(path)
+        expected.append(picture)
+    out = tmp_path / "out"
+    assert main(["explain", "--model", model_path, "--images", *paths, "--method", "gradient", "--out", str(out)]) == 0
+    x = _load_images(paths, (16, 16), (0.0, 1.0))
+    np.testing.assert_array_equal((x * 255).round().astype(np.uint8), np.stack(expected))
+    assert os.path.exists(out / "ünïcödé 猫_gradient.png")
+    tiny = str(tmp_path / "tiny.png")
+    cv2.imwrite(tiny, rgb[:1, :1])
+    assert main(["explain", "--model", model_path, "--images", tiny, "--method", "gradient", "--out", str(out)]) == 0
+    refused = {str(tmp_path / "empty.png"): b"", str(tmp_path / "text.png"): b"hello, not a picture\n" * 10,
+               str(tmp_path / "header_only.png"): cv2.imencode(".png", rgb)[1].tobytes()[:40]}
+    for path, data in refused.items():
+        with open(path, "wb") as handle:
+            handle.write(data)
+        assert main(["explain", "--model", model_path, "--images", path, "--out", str(out)]) == 2
+        assert one_line(capsys).endswith(f"or a truncated file. Received: --images={path!r}")
+    assert main(["explain", "--model", model_path, "--images", str(tmp_path), "--out", str(out)]) == 2
+    assert one_line(capsys).endswith(f"Is a directory. Received: --images={str(tmp_path)!r}")
