@@ -35,17 +35,20 @@ def one_line(capsys) -> str:
     return lines[0]
 
 
-def _peak_rss_of_explain(model, image, out, size_limit_mb=None):
-    """(exit code, stderr, peak RSS in MB of the `tfattr explain` child, seconds of main())."""
-    code = ("import resource, sys, time; from tfattr.cli import main; begin = time.perf_counter(); "
-            f"rc = main(['explain', '--model', {model!r}, '--images', {image!r}, '--method', 'gradient', "
-            f"'--out', {out!r}]); "
-            "sys.stderr.write('\\n--- %d %.2f\\n' % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-            "time.perf_counter() - begin)); sys.exit(rc)")
+def _explain_runs(model, runs):
+    """`tfattr explain` on each ``(image, out)`` in one fresh process: [(exit code, peak RSS in MB so far,
+    seconds)] and the stderr. The first run, on a small image, brings TensorFlow up to its working size."""
+    code = ("import resource, sys, time\nfrom tfattr.cli import main\n"
+            f"for image, out in {runs!r}:\n"
+            "    begin = time.perf_counter()\n"
+            f"    rc = main(['explain', '--model', {model!r}, '--images', image, '--method', 'gradient', '--out', out])\n"
+            "    sys.stderr.write('\\n--- %d %d %.2f\\n' % (rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "time.perf_counter() - begin))\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    rss_kb, seconds = run.stderr.rsplit("--- ", 1)[1].split()
-    return run.returncode, run.stderr, int(rss_kb) / 1024, float(seconds)
+    assert run.returncode == 0, run.stderr[-3000:]
+    marks = [line.split()[1:] for line in run.stderr.splitlines() if line.startswith("--- ")]
+    return [(int(rc), int(kb) / 1024, float(seconds)) for rc, kb, seconds in marks], run.stderr
 
 
 def _write_constant_png(path, side):
@@ -57,42 +60,57 @@ def _write_constant_png(path, side):
 
 
 # -- item 11: images decoded at the size the model takes, and capped ------------------------------------------
-def test_a_large_image_is_resized_in_8_bits_and_a_huge_one_is_refused_from_its_header(tmp_path, model_path):
-    """8000² PNG: the old float32 copy alone was 8000²·3·4 B = 768 MB (2.5 GB peak measured); decoded in 8 bits
-    it is 192 MB, so a peak below 1.2 GB (TensorFlow itself takes about 0.5 GB) is only reachable without the
-    float copy. 20000² PNG: refused from its header, no pixel decoded (the 8-bit decode alone is 1.2 GB)."""
-    large = _write_constant_png(tmp_path / "large.png", 8000)
-    assert os.path.getsize(large) < 2_000_000
-    code, err, peak, _ = _peak_rss_of_explain(model_path, large, str(tmp_path / "out"))
-    assert code == 0, err[-3000:]
-    assert peak < 1200, peak
-    saved = np.load(tmp_path / "out" / "attributions.npz")
-    expected = cv2.resize(cv2.imread(large)[..., ::-1], (16, 16), interpolation=cv2.INTER_AREA) / np.float32(255)
-    x = _load_images([large], (16, 16), (0.0, 1.0))
-    np.testing.assert_allclose(x[0], expected, atol=1e-7)  # the resized picture itself
-    assert saved["attributions"].shape == (1, 16, 16, 3)
-    del saved, x, expected
-    huge = str(tmp_path / "huge.png")
-    band = np.full((1, 20000, 3), 7, np.uint8)  # written as a 20000² PNG without a 1.2 GB array: a 1-row tile
-    with open(huge, "wb") as handle:  # PNG of 20000 identical rows via zlib
-        import struct
-        import zlib
+def _write_huge_png(path, side):
+    """A side² PNG of one grey level, written row by row (never held in memory): 2 MB at 11000²."""
+    import struct
+    import zlib
 
-        def chunk(kind, data):
-            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-        row = b"\x00" + band.tobytes()
-        stream = zlib.compressobj(9)
-        body = b"".join(stream.compress(row) for _ in range(20000)) + stream.flush()
-        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+    row = b"\x00" + bytes([7]) * (3 * side)
+    stream = zlib.compressobj(1)
+    body = b"".join(stream.compress(row) for _ in range(side)) + stream.flush()
+    with open(path, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
                      + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-    code, err, peak, seconds = _peak_rss_of_explain(model_path, huge, str(tmp_path / "out2"))
-    assert code == 2
-    line = err.split("\n--- ")[0].strip().splitlines()[-1]
-    assert line == (f"tfattr explain: error: --images: image {huge!r} is 20000×20000 pixels, more than the "
-                    f"{cli.MAX_PIXELS} pixels an image may have (its pixels would not fit in memory at once); "
-                    f"downscale it first. Received: --images={huge!r}")
-    assert peak < 1200 and seconds < 5, (peak, seconds)
+    return str(path)
+
+
+def test_a_large_image_is_resized_in_8_bits_and_a_huge_one_is_refused_from_its_header(tmp_path, model_path):
+    """8000² PNG (200 KB): it was converted whole to float32 before resizing: 8000²·3·4 B = 768 MB for that
+    copy alone, 1.65 GB above the small-image run measured on main (2.36 GB peak). Decoded in 8 bits and
+    resized in 8 bits, the image is 192 MB; the bound, 600 MB above the small-image run, leaves room for
+    the decoder's buffers and the file, and is below the float copy alone.
+    11000² PNG (2 MB; 1.21·10⁸ pixels, over the 10⁸ cap): refused from its header before any pixel is
+    decoded (its 8-bit decode alone is 363 MB; a 20000² one reached 6.6 GB and a MemoryError on main):
+    under 100 MB more, within seconds."""
+    relu_cnn = keras.models.load_model(model_path)
+    small = str(tmp_path / "small.png")
+    cv2.imwrite(small, np.full((16, 16, 3), 90, np.uint8))
+    picture = np.full((8000, 8000, 3), 90, np.uint8)  # RGB
+    picture[:4000, :2666] = (200, 30, 60)
+    picture[5000:, 6000:] = (10, 250, 120)
+    large = str(tmp_path / "large.png")
+    assert cv2.imwrite(large, picture[..., ::-1])
+    expected = cv2.resize(picture, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32) / np.float32(255)
+    del picture
+    huge = _write_huge_png(tmp_path / "huge.png", 11000)
+    assert os.path.getsize(large) < 1_000_000 and os.path.getsize(huge) < 3_000_000
+    runs, err = _explain_runs(model_path, [(small, str(tmp_path / "o1")), (large, str(tmp_path / "o2")),
+                                           (huge, str(tmp_path / "o3"))])
+    (rc_small, base, _), (rc_large, peak_large, _), (rc_huge, peak_huge, seconds) = runs
+    assert (rc_small, rc_large, rc_huge) == (0, 0, 2), err[-3000:]
+    assert peak_large - base < 600, (base, peak_large)
+    assert peak_huge - peak_large < 100 and seconds < 5, (peak_large, peak_huge, seconds)
+    assert (f"tfattr explain: error: --images: image {huge!r} is 11000×11000 pixels, more than the "
+            f"{cli.MAX_PIXELS} pixels an image may have (its pixels would not fit in memory at once); "
+            f"downscale it first. Received: --images={huge!r}\n") in err
+    # what was explained is the 8-bit area resize of the picture: the gradients there (a ReLU network's
+    # gradient changes with its input)
+    direct = tfattr.Gradient(relu_cnn).attribute(expected[None])
+    np.testing.assert_allclose(np.load(tmp_path / "o2" / "attributions.npz")["attributions"], np.asarray(direct),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_a_large_jpeg_is_decoded_at_a_reduced_size(tmp_path, monkeypatch):
@@ -166,6 +184,10 @@ def test_a_free_size_model_takes_the_images_size_or_size(tmp_path, capsys):
     assert main(["evaluate", "--model", path, "--images", "2", "--methods", "gradient", "--size", "32",
                  "--out", str(tmp_path / "eval")]) == 0
     assert (tmp_path / "eval" / "table.md").read_text().count("| gradient |") == 1
+    # more images than memory holds: named before any is drawn (was a MemoryError)
+    assert main(["evaluate", "--model", path, "--images", "10000", "--size", "3000", "--methods", "gradient",
+                 "--out", str(tmp_path / "eval")]) == 2
+    assert "error: --images: 10000 images of 3000×3000 need about 3017.0 GiB" in one_line(capsys)
 
 
 def test_size_must_agree_with_a_fixed_model(tmp_path, model_path, capsys):
@@ -288,3 +310,28 @@ def test_odd_image_files_are_read_or_refused_in_one_line(tmp_path, model_path, c
         assert one_line(capsys).endswith(f"or a truncated file. Received: --images={path!r}")
     assert main(["explain", "--model", model_path, "--images", str(tmp_path), "--out", str(out)]) == 2
     assert one_line(capsys).endswith(f"Is a directory. Received: --images={str(tmp_path)!r}")
+
+
+@pytest.mark.parametrize("ext, params", [(".png", []), (".jpg", []), (".bmp", []), (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
+                                         (".tiff", []), (".ppm", []), (".gif", [])])
+def test_the_pixel_cap_reads_each_format_s_header(tmp_path, ext, params):
+    """The size each header declares (what the cap checks before decoding) is the decoded size; a lossless
+    format decodes to the same picture through `_load_images`."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    try:
+        ok, data = cv2.imencode(ext, rgb[..., ::-1], params)
+    except cv2.error:  # an OpenCV build without this encoder (GIF is recent)
+        ok = False
+    if not ok:
+        assert ext == ".gif"
+        data = np.frombuffer(b"GIF89a" + (53).to_bytes(2, "little") + (37).to_bytes(2, "little"), np.uint8)
+        assert cli._header_size(data.tobytes()) == (37, 53)
+        return
+    assert cli._header_size(data.tobytes()) == (37, 53)
+    path = str(tmp_path / f"image{ext}")
+    data.tofile(path)
+    x = _load_images([path], None, (0.0, 1.0))
+    assert x.shape == (1, 37, 53, 3)
+    if ext not in (".jpg", ".gif"):
+        np.testing.assert_array_equal((x[0] * 255).round().astype(np.uint8), rgb)

@@ -20,6 +20,7 @@ import contextlib
 import errno
 import math
 import os
+import re
 import sys
 import tempfile
 import zipfile
@@ -386,7 +387,8 @@ MAX_PIXELS = 100_000_000
 
 
 def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """``(height, width)`` from a PNG, JPEG, GIF, BMP or WebP header (no pixel decoded), else ``None``."""
+    """``(height, width)`` from a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM header (no pixel decoded), else
+    ``None`` (other formats: OpenCV's own limit of 2^30 pixels holds, and the decoded size is checked)."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
@@ -404,6 +406,25 @@ def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
             return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
         if kind == b"VP8 ":
             return int.from_bytes(data[28:30], "little") & 0x3FFF, int.from_bytes(data[26:28], "little") & 0x3FFF
+        return None
+    if data[:4] in (b"II*\x00", b"MM\x00*") and len(data) >= 8:  # TIFF: tags 256/257 of the first IFD
+        order = "little" if data[:2] == b"II" else "big"
+        ifd = int.from_bytes(data[4:8], order)
+        if ifd + 2 > len(data):
+            return None
+        found = {}
+        for k in range(int.from_bytes(data[ifd:ifd + 2], order)):
+            entry = data[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+            if len(entry) < 12:
+                break
+            tag, kind = int.from_bytes(entry[:2], order), int.from_bytes(entry[2:4], order)
+            if tag in (256, 257):
+                found[tag] = int.from_bytes(entry[8:10] if kind == 3 else entry[8:12], order)
+        return (found[257], found[256]) if len(found) == 2 else None
+    if data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:  # PNM: "P6 <width> <height> ..."
+        tokens = re.sub(rb"#[^\n]*", b" ", data[2:256]).split()
+        if len(tokens) >= 2 and tokens[0].isdigit() and tokens[1].isdigit():
+            return int(tokens[1]), int(tokens[0])
         return None
     if data[:2] == b"\xff\xd8":  # JPEG: the first start-of-frame marker
         i = 2
@@ -482,6 +503,10 @@ def _decode_image(path: str, data: np.ndarray, size: Optional[Tuple[int, int]], 
     if image is None or image.size == 0:
         raise InvalidInputError(f"--images: cannot read image {path!r}: not an image OpenCV can decode (PNG, "
                                 "JPEG, BMP, TIFF, WebP, ...) or a truncated file. " + received("--images", path))
+    if image.shape[0] * image.shape[1] * factor * factor > MAX_PIXELS:  # a format without a header check
+        raise InvalidInputError(f"--images: image {path!r} is about {image.shape[1] * factor}×{image.shape[0] * factor} "
+                                f"pixels, more than the {MAX_PIXELS} pixels an image may have; downscale it first. "
+                                + received("--images", path))
     if size is not None and image.shape[:2] != tuple(size):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return image[..., None] if image.ndim == 2 else image[..., ::-1]  # BGR → RGB
