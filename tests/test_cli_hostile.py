@@ -187,7 +187,7 @@ def test_a_free_size_model_takes_the_images_size_or_size(tmp_path, capsys):
     # more images than memory holds: named before any is drawn (was a MemoryError)
     assert main(["evaluate", "--model", path, "--images", "10000", "--size", "3000", "--methods", "gradient",
                  "--out", str(tmp_path / "eval")]) == 2
-    assert "error: --images: 10000 images of 3000×3000 need about 3017.0 GiB" in one_line(capsys)
+    assert "error: --images: 10000 images of 3000×3000 need about 3017.5 GiB, more than half of this machine" in one_line(capsys)
 
 
 def test_size_must_agree_with_a_fixed_model(tmp_path, model_path, capsys):
