@@ -340,3 +340,22 @@ def test_the_pixel_cap_reads_each_format_s_header(tmp_path, ext, params):
     assert x.shape == (1, 37, 53, 3)
     if ext not in (".jpg", ".gif"):
         np.testing.assert_array_equal((x[0] * 255).round().astype(np.uint8), rgb)
+
+
+def test_a_device_a_fifo_and_a_reversed_value_range_are_refused(tmp_path, model_path, capsys):
+    """`--images /dev/zero` read forever (and a FIFO blocked); `--value-range 1 0` explained inverted images."""
+    fifo = str(tmp_path / "pipe.png")
+    os.mkfifo(fifo)
+    out = str(tmp_path / "out")
+    for path in ("/dev/zero", fifo):
+        assert main(["explain", "--model", model_path, "--images", path, "--out", out]) == 2
+        assert one_line(capsys) == (f"tfattr explain: error: --images: cannot read image {path!r}: not a regular "
+                                    f"file. Received: --images={path!r}")
+    image = str(tmp_path / "a.png")
+    cv2.imwrite(image, np.full((16, 16, 3), 100, np.uint8))
+    for command in (["explain", "--model", model_path, "--images", image], ["evaluate", "--model", model_path]):
+        for low, high in (("1", "0"), ("0", "0")):
+            assert main(command + ["--value-range", low, high, "--out", out]) == 2
+            assert one_line(capsys) == (f"tfattr {command[0]}: error: --value-range: LOW must be below HIGH. "
+                                        f"Received: --value-range='{low} {high}'")
+    assert not os.path.exists(out)

@@ -10,7 +10,12 @@
 in ``sources`` and the output names in ``names``).
 ``baseline train`` trains the uniform-output baseline of Lerma & Lucas (2022) and saves it
 (SavedModel + metadata.json); ``baseline show`` prints its metadata and statistics.
-Errors in the arguments print one line and exit with code 2.
+Images are decoded in 8 bits at the model's input size (a large JPEG at 1/2, 1/4 or 1/8 of its side by the
+decoder), as grey for a model of one channel, else RGB (an alpha channel is dropped); an image whose header
+declares more than ``MAX_PIXELS`` pixels is refused before decoding. A model of a free input size takes
+``--size`` (or the images' common size). ``--out`` is checked before any work.
+Errors in the arguments print one line and exit with code 2; a flag none of the chosen methods reads
+prints a warning line naming it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import errno
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 import zipfile
@@ -452,6 +458,8 @@ def _read_image_files(paths: List[str]) -> List[np.ndarray]:
         try:
             if os.path.isdir(path):
                 raise IsADirectoryError(errno.EISDIR, "Is a directory")
+            if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):  # /dev/zero, a FIFO: never ends
+                raise OSError(errno.EINVAL, "not a regular file")
             size = os.path.getsize(path)
             if size > 4 * MAX_PIXELS:  # more than any image under the cap takes, even uncompressed
                 raise InvalidInputError(f"--images: cannot read image {path!r}: the file has {size} bytes, more than "
@@ -871,6 +879,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     try:
+        value_range = getattr(args, "value_range", None)
+        if value_range is not None and not value_range[0] < value_range[1]:  # reversed: every image inverted
+            raise InvalidInputError("--value-range: LOW must be below HIGH. "
+                                    + received("--value-range", " ".join(f"{v:g}" for v in value_range)))
         return {"explain": _explain, "evaluate": _evaluate, "demo": _demo, "baseline": _baseline}[args.command](args)
     except (ValueError, TypeError, OSError) as error:
         print(f"tfattr {args.command}: error: {error}", file=sys.stderr)
