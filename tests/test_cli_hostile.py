@@ -241,9 +241,9 @@ def test_empty_or_unknown_method_and_photo_names_exit_2_naming_the_flag(tmp_path
     assert one_line(capsys).startswith("tfattr evaluate: error: --methods: no method named; choose from ig, ")
     assert main(["evaluate", "--model", model_path, "--methods", " , ", "--out", out]) == 2
     assert "--methods: no method named" in one_line(capsys)
-    import runpy
+    import tfattr.demo
 
-    monkeypatch.setattr(runpy, "run_path", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the demo ran")))
+    monkeypatch.setattr(tfattr.demo, "main", lambda *a, **k: (_ for _ in ()).throw(AssertionError("the demo ran")))
     assert main(["demo", "--methods", "bogus", "--out", out]) == 2
     line = one_line(capsys)
     assert line.startswith("tfattr demo: error: --methods: unknown method title(s) 'bogus'; choose from Gradient, ")
