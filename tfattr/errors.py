@@ -8,7 +8,7 @@ the message alone. The classes subclass the built-in ``ValueError`` /
 
 from __future__ import annotations
 
-__all__ = ["TfattrError", "InvalidInputError", "InvalidTypeError", "MissingDependencyError", "ValueRangeWarning",
+__all__ = ["TfattrError", "InvalidInputError", "InvalidTypeError", "InvalidOptionTypeError", "MissingDependencyError", "ValueRangeWarning",
            "received"]
 
 
@@ -22,6 +22,11 @@ class InvalidInputError(TfattrError, ValueError):
 
 class InvalidTypeError(TfattrError, TypeError):
     """An argument has the wrong type or dtype."""
+
+
+class InvalidOptionTypeError(InvalidTypeError, InvalidInputError):
+    """An on/off option got something other than ``True``/``False``: a ``TypeError`` and, like
+    every other option error, a ``ValueError``, so either ``except`` catches it."""
 
 
 class MissingDependencyError(TfattrError, ImportError):

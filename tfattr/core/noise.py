@@ -11,12 +11,12 @@ of them (times the method's own points) into full batches.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Dict
 
 import numpy as np
 
-from tfattr.core.inputs import validate_images
+from tfattr.core import checks
+from tfattr.core.convergence import refine, relative_standard_error, warn_unconverged
 from tfattr.core.ranges import declared_value_range, resolve_value_range, warn_outside_value_range
 from tfattr.core.random import STREAM_NOISE_TUNNEL, rng
 from tfattr.core.result import Explanation
@@ -25,6 +25,8 @@ from tfattr.errors import InvalidInputError, InvalidTypeError, received
 __all__ = ["NoiseTunnel", "NT_TYPES"]
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
+#: what the tunnel calls on the wrapped method (:class:`~tfattr.methods.base.AttributionMethod`)
+_PROTOCOL = ("call_options", "validate", "to_model_dtype", "resolve", "explain", "package")
 
 
 class NoiseTunnel:
@@ -59,6 +61,11 @@ class NoiseTunnel:
     are not the tunnel's own go to the wrapped method (``output`` among them, for a model with
     several outputs).
 
+    The tunnel drives the wrapped method through its public protocol
+    (:meth:`~tfattr.methods.base.AttributionMethod.call_options`, ``validate``, ``resolve``,
+    ``explain``, ``package``); a method that attributes to a layer (``noise_tunnel = False``) is
+    refused.
+
     Example:
         >>> sg = NoiseTunnel(Gradient(model), nt_samples=50, noise_level=0.15, seed=0)
         >>> sg.attribute(images).attributions
@@ -70,7 +77,7 @@ class NoiseTunnel:
     def __init__(self, method, nt_type: str = "smoothgrad", nt_samples: int = 25, stdevs=None,
                  noise_level: float = 0.15, value_range=None, seed=0, nt_tolerance=None,
                  nt_max_samples: int = 1000):
-        if not hasattr(method, "_explain") or not hasattr(method, "resolve"):
+        if not all(callable(getattr(method, verb, None)) for verb in _PROTOCOL):
             raise InvalidTypeError(
                 "`method` must be a tfattr attribution method instance, e.g. Gradient(model). "
                 + received("type(method)", type(method).__name__)
@@ -85,23 +92,18 @@ class NoiseTunnel:
                                        nt_tolerance=nt_tolerance, nt_max_samples=nt_max_samples))
 
     def _check(self, config: Dict[str, Any]) -> Dict[str, Any]:
-        if config["nt_type"] not in NT_TYPES:
-            raise InvalidInputError(f"`nt_type` must be one of {NT_TYPES}. " + received("nt_type", config["nt_type"]))
-        n = config["nt_samples"]
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InvalidInputError("`nt_samples` must be a positive integer. " + received("nt_samples", n))
+        checks.choice("nt_type", config["nt_type"], NT_TYPES)
+        checks.positive_int("nt_samples", config["nt_samples"])
+        checks.optional(checks.non_negative_number)("stdevs", config["stdevs"])
+        checks.non_negative_number("noise_level", config["noise_level"])
+        checks.value_range_pair("value_range", config["value_range"])
+        checks.seed("seed", config["seed"])
+        checks.optional(checks.positive_number)("nt_tolerance", config["nt_tolerance"])
+        checks.positive_int("nt_max_samples", config["nt_max_samples"])
         if config["value_range"] is None:
             inner = getattr(self.method, "config", {}).get("value_range")
             config["value_range"] = inner if inner is not None else declared_value_range(self.method.model)
         config["value_range"] = resolve_value_range(config["value_range"])
-        for name in ("noise_level", "stdevs"):
-            value = config[name]
-            if value is None and name == "stdevs":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(value) or value < 0:
-                raise InvalidInputError(f"`{name}` must be a finite number ≥ 0{' or None' if name == 'stdevs' else ''}. "
-                                        + received(name, value))
         sigma = config["stdevs"]
         if sigma is None:
             low, high = config["value_range"]
@@ -109,16 +111,10 @@ class NoiseTunnel:
         if not np.isfinite(sigma) or sigma < 0:
             raise InvalidInputError("The noise standard deviation must be finite and ≥ 0. " + received("stdevs", sigma))
         config["sigma"] = float(sigma)
-        tol = config.get("nt_tolerance")
-        if tol is not None:
-            if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
-                raise InvalidInputError("`nt_tolerance` must be a positive number or None. " + received("nt_tolerance", tol))
-            if config["nt_type"] == "vargrad":
-                raise InvalidInputError("`nt_tolerance` works with nt_type 'smoothgrad' and 'smoothgrad_sq'. "
-                                        + received("nt_type", config["nt_type"]))
-        cap = config.get("nt_max_samples", 1000)
-        if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
-            raise InvalidInputError("`nt_max_samples` must be a positive integer. " + received("nt_max_samples", cap))
+        tol, n, cap = config["nt_tolerance"], config["nt_samples"], config["nt_max_samples"]
+        if tol is not None and config["nt_type"] == "vargrad":
+            raise InvalidInputError("`nt_tolerance` works with nt_type 'smoothgrad' and 'smoothgrad_sq'. "
+                                    + received("nt_type", config["nt_type"]))
         if tol is not None and cap < n:  # the budget bounds the draws of nt_tolerance only
             raise InvalidInputError(
                 f"`nt_max_samples` (the sample budget of nt_tolerance) must be ≥ nt_samples={n}, the first "
@@ -152,10 +148,10 @@ class NoiseTunnel:
         own = {k: options.pop(k) for k in list(options) if k in self._OWN}
         config = self._check(dict(self.config, **own))
         method = self.method
-        method_config = method._merge(method.config, options)
+        method_config = method.call_options(**options)
         # one batch, or a model's several inputs packed (noise then stays off its fixed inputs)
-        images = method.validate(inputs, method_config) if hasattr(method, "validate") else \
-            validate_images(inputs, method.spec)
+        images = method.validate(inputs, method_config)
+        layout = method_config.layout
         free = images.array if images.layout is None else images.array[:, ~images.layout.fixed_mask()]
         # once per call, where a range is used: the tunnel's noise_level, the wrapped method's baselines
         tunnel_uses = config["stdevs"] is None
@@ -164,9 +160,9 @@ class NoiseTunnel:
         if not warned and inner_uses and not (tunnel_uses and tuple(method_config["value_range"]) == config["value_range"]):
             warn_outside_value_range(free, method_config["value_range"],
                                      option=f"{type(method).__name__}'s value_range", stacklevel=2)
-        x = method.to_model_dtype(images.array)
+        x = method.to_model_dtype(images.array, layout)
         batch = method_config["batch_size"]
-        targets, fx = method.resolve(x, target, batch, method_config["output"])
+        targets, fx = method.resolve(x, target, batch, method_config["output"], layout)
         samples = config["nt_samples"]
         n, shape = images.batch_size, images.array.shape[1:]
         square = config["nt_type"] != "smoothgrad"
@@ -176,19 +172,21 @@ class NoiseTunnel:
         count = np.zeros(n, int)
         delta_sum, base_sum, score_sum = np.zeros(n), np.zeros(n), np.zeros(n)
         has_delta = True
-        active = np.ones(n, bool)
-        error = np.full(n, np.inf)
         gradients = 0
         tolerance, cap = config["nt_tolerance"], config["nt_max_samples"]
-        block = 0
-        while active.any():
-            todo = np.flatnonzero(active)
+        last = {}
+
+        def noisy_block(block, todo):
+            """Block ``block`` of noisy copies of ``todo``; the relative standard errors of the
+            averaged quantity after it (with ``nt_tolerance``)."""
+            nonlocal gradients, has_delta
             noise = self.noise(shape, config, block)
             if images.layout is not None and any(images.layout.fixed):
                 noise = noise * ~images.layout.fixed_mask()
             noisy = images.array[todo, None] + noise[None].astype(images.array.dtype)
-            noisy = method.to_model_dtype(noisy.reshape((-1,) + shape))
-            out = method._explain(noisy, targets.subset(todo).repeat(samples), None, method_config)
+            noisy = method.to_model_dtype(noisy.reshape((-1,) + shape), layout)
+            out = method.explain(noisy, targets.subset(todo).repeat(samples), None, method_config)
+            last["out"] = out
             gradients += out.get("gradients", 0)
             per_sample = out["attributions"].reshape((len(todo), samples) + shape)
             total[todo] += per_sample.sum(axis=1)
@@ -203,21 +201,17 @@ class NoiseTunnel:
                 score_sum[todo] += out["scores"].reshape(len(todo), samples).sum(axis=1)
             else:
                 has_delta = False
-            block += 1
             if tolerance is None:
-                break
-            k = count[todo].reshape((-1,) + (1,) * len(shape)).astype(np.float64)
-            q_mean = (total_sq[todo] if square else total[todo]) / k
-            q_var = np.maximum(total_q_sq[todo] / k - q_mean**2, 0.0) * k / np.maximum(k - 1, 1)
-            standard_error = np.sqrt((q_var / k).reshape(len(todo), -1).sum(axis=1))
-            size = np.sqrt((q_mean**2).reshape(len(todo), -1).sum(axis=1))
-            error[todo] = np.where(size > 0, standard_error / np.where(size > 0, size, 1), standard_error)
-            active[todo[(error[todo] <= tolerance) | (count[todo] + samples > cap)]] = False
-        if tolerance is not None and np.any(error > tolerance):
-            warnings.warn(
-                f"NoiseTunnel: {int(np.sum(error > tolerance))} of {n} example(s) did not reach "
-                f"nt_tolerance={tolerance:g} within nt_max_samples={cap} (relative standard errors "
-                f"{np.round(error[error > tolerance], 5).tolist()}).", RuntimeWarning, stacklevel=2)
+                return None
+            return relative_standard_error(total_sq[todo] if square else total[todo], total_q_sq[todo], count[todo])
+
+        if tolerance is None:
+            noisy_block(0, np.arange(n))
+        else:
+            refined = refine(noisy_block, n, tolerance, budget=lambda rounds, todo: count[todo] + samples <= cap)
+            warn_unconverged("NoiseTunnel", refined, "nt_tolerance", tolerance, "nt_max_samples", cap)
+            error = refined.error
+        out = last["out"]
         k = count.reshape((-1,) + (1,) * len(shape)).astype(np.float64)
         mean, mean_sq = total / k, total_sq / k
         if config["nt_type"] == "smoothgrad":
@@ -235,7 +229,7 @@ class NoiseTunnel:
         info = dict(out.get("info", {}), nt_type=config["nt_type"], nt_samples=count, stdevs=config["sigma"])
         if tolerance is not None:
             info["relative_standard_error"] = error
-        packed = method._package(
+        packed = method.package(
             {"attributions": attributions, "delta": delta, "baseline_scores": baseline_scores,
              "gradients": gradients, "info": info},
             images, targets, fx, method_config,

@@ -1,22 +1,32 @@
 """The base every method stands on: options, validation, targets, the engine.
 
-A method subclass declares its options (:attr:`AttributionMethod.options`, with
-defaults), its gradient function (:meth:`gradient_function`, the plain input
-gradient unless overridden) and its rows (:meth:`_explain`). Validation and target
-resolution happen once, here, at the public boundary.
+A method subclass declares its options (:attr:`AttributionMethod.options`, a tuple of
+:class:`~tfattr.core.checks.Option`: name, default and the shared check from
+:mod:`tfattr.core.checks`), its gradient function (:meth:`gradient_function`, the plain
+input gradient unless overridden) and its rows (:meth:`_explain`). The constructor's
+signature lists every option with its default (``inspect.signature(cls)``). Validation and
+target resolution happen once, here, at the public boundary; each call's merged options
+and state travel down as one :class:`Call`.
+
+The protocol a wrapper such as :class:`~tfattr.NoiseTunnel` uses: :meth:`AttributionMethod.call_options`
+(a checked :class:`Call`), :meth:`AttributionMethod.validate` (inputs, recording their layout in
+the call), :meth:`AttributionMethod.resolve`, :meth:`AttributionMethod.explain` and
+:meth:`AttributionMethod.package`.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from tfattr.baselines.registry import BaselineSet
-from tfattr.core.autotune import AUTO, forward_size
+from tfattr.core import checks
+from tfattr.core.autotune import forward_size
+from tfattr.core.checks import Option
 from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outputs
 from tfattr.core.gradients import InputGradients
 from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images, validate_inputs
@@ -26,28 +36,49 @@ from tfattr.core.result import Explanation
 from tfattr.core.targets import Targets, resolve_output, resolve_targets, select_scores
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["AttributionMethod", "Explained"]
+__all__ = ["AttributionMethod", "Explained", "Call", "COMMON_OPTIONS", "call_layout", "with_options"]
 
-_COMMON = {"batch_size": "auto", "verbose": "auto", "parallel_chunks": 2, "output": None, "fixed_inputs": None}
-#: the options every method takes besides its own (public name of the table above, issue 25 item 4)
-COMMON_OPTIONS = _COMMON
+#: the options every method takes (documented on :class:`AttributionMethod`)
+COMMON_OPTIONS: Tuple[Option, ...] = (
+    Option("batch_size", "auto", checks.batch_size),
+    Option("verbose", "auto", checks.verbose, schedules=True),
+    Option("parallel_chunks", 2, checks.positive_int, schedules=True),
+    Option("output", None),  # checked against the model's outputs (resolve_output)
+    Option("fixed_inputs", None, checks.input_selection),
+)
+_COMMON = {option.name: option.default for option in COMMON_OPTIONS}
+
+
+class Call(dict):
+    """One call's state, passed down explicitly from :meth:`AttributionMethod.attribute` to the
+    rows, the engine and the packaging: the merged, checked options (this dict) and ``layout``,
+    the :class:`~tfattr.core.structure.InputLayout` of a model with several inputs (``None`` for
+    one input). :meth:`replace` keeps the state while changing options; a plain ``dict`` of
+    options is read as a call on one input."""
+
+    def __init__(self, options=(), layout=None, **changes):
+        super().__init__(options, **changes)
+        self.layout = layout
+
+    def replace(self, **changes) -> "Call":
+        """A copy with ``changes`` to the options (the state kept)."""
+        return Call(self, layout=self.layout, **changes)
+
+
+def call_layout(config):
+    """The input layout of a call (``None`` for a plain dict of options: one input)."""
+    return getattr(config, "layout", None)
+
+
+def with_options(config, **changes) -> Call:
+    """``config`` (a :class:`Call` or a plain dict of options) with ``changes``, its state kept."""
+    return Call(config, layout=call_layout(config), **changes)
 
 
 class Explained(dict):
     """What :meth:`AttributionMethod._explain` returns: ``attributions`` (float64) plus optional
     ``delta``, ``baseline_scores``, ``gradients``, ``info`` and ``targets`` (the classes explained,
     when the engine picked top-1 classes in the gradient pass)."""
-
-
-def _check_batch_size(value):
-    if isinstance(value, str) and value == AUTO:
-        return AUTO
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(
-            "`batch_size` (points per forward+backward pass) must be a positive integer or 'auto'. "
-            + received("batch_size", value)
-        )
-    return int(value)
 
 
 class AttributionMethod:
@@ -81,13 +112,17 @@ class AttributionMethod:
             stays at the input (baseline = input, attribution 0): masks, token ids, side
             information. Integer inputs must be fixed (or explained at the layer that consumes
             them with :class:`~tfattr.methods.layer.LayerIntegratedGradients`).
-        **options: the method's own options (see its docstring); each can also be
-            given to :meth:`attribute` to override it for one call.
+        **options: the method's own options (see its docstring and ``inspect.signature``); each
+            can also be given to :meth:`attribute` to override it for one call.
     """
 
     name = "method"
-    #: the method's own options and their defaults
-    options: Dict[str, Any] = {}
+    #: the method's own options (name, default, check), declared by each class in full: a subclass
+    #: lists what it takes rather than inheriting options and rejecting some
+    options: Tuple[Option, ...] = ()
+    #: every option of the class (:data:`COMMON_OPTIONS` then :attr:`options`), by name; built by
+    #: ``__init_subclass__``, which also sets the class's ``__signature__``
+    option_table: Dict[str, Option] = checks.options_by_name(COMMON_OPTIONS)
     #: how the engine combines a row's gradient: "path" (× (x − z)), "plain", "stieltjes" or
     #: "stieltjes_trapezoid" (see :class:`~tfattr.core.engine.PathEngine`); :meth:`combine_for`
     #: may pick it per call from the options
@@ -102,6 +137,11 @@ class AttributionMethod:
     #: takes models with several inputs (packed per example, see :mod:`tfattr.core.structure`)
     several_inputs = True
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.option_table = checks.options_by_name(COMMON_OPTIONS + tuple(cls.options))
+        cls.__signature__ = checks.signature_with_options(cls.__init__, cls.option_table.values())
+
     def __init__(self, model, **options):
         if not callable(model):
             raise InvalidTypeError(
@@ -109,31 +149,27 @@ class AttributionMethod:
             )
         self.model = model
         self.spec = model_spec(model, several=True)
-        self.config = self._merge(dict(_COMMON, **self.options), options)
+        self.config = self._merge(checks.defaults(self.option_table), options)
         self._engines: Dict[Any, PathEngine] = {}
         self._engine_lock = threading.Lock()  # replicas of tfattr.distribute share the method
 
     # -- options ---------------------------------------------------------------------------
-    def _merge(self, base: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
-        unknown = sorted(set(overrides) - set(base))
-        if unknown:
-            raise InvalidTypeError(
-                f"{type(self).__name__} got unknown option(s) {unknown}; its options are "
-                f"{sorted(base)}. " + received(unknown[0], overrides[unknown[0]])
-            )
-        merged = dict(base, **overrides)
-        merged["batch_size"] = _check_batch_size(merged["batch_size"])
-        chunks = merged["parallel_chunks"]
-        if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)) or chunks < 1:
-            raise InvalidInputError("`parallel_chunks` (chunks in flight at once) must be a positive integer. "
-                                    + received("parallel_chunks", chunks))
+    def call_options(self, **overrides) -> Call:
+        """The options of one call: the constructor's with ``overrides``, each checked by its
+        option's check (:mod:`tfattr.core.checks`), then together (:meth:`check_combination`)."""
+        return self._merge(self.config, overrides)
+
+    def _merge(self, base: Dict[str, Any], overrides: Dict[str, Any]) -> Call:
+        merged = Call(checks.resolve_options(type(self).__name__, self.option_table, base, overrides))
+        merged["batch_size"] = merged["batch_size"] if merged["batch_size"] == "auto" else int(merged["batch_size"])
         if merged["output"] is not None:
             resolve_output(merged["output"], self.spec, callable_target=True)
-        self._check_options(merged)
+        self.check_combination(merged)
         return merged
 
-    def _check_options(self, config: Dict[str, Any]) -> None:
-        """Validate the method's own options (subclasses raise on bad values)."""
+    def check_combination(self, config: Call) -> None:
+        """Checks that need several options or the model (each option alone is checked by its
+        :class:`~tfattr.core.checks.Option`); may resolve defaults in place (``value_range``)."""
 
     def combine_for(self, config: Dict[str, Any]) -> str:
         """The engine combination for a call with ``config`` (default: the class's ``combine``)."""
@@ -174,22 +210,13 @@ class AttributionMethod:
         engine.verbose = config["verbose"]
         return engine
 
-    # -- forward passes ---------------------------------------------------------------------
     # -- several inputs ------------------------------------------------------------------------
-    def layout(self):
-        """The :class:`~tfattr.core.structure.InputLayout` of this thread's call on a model with
-        several inputs (``x`` is then their packed ``(N, D)`` tensor), else ``None``."""
-        return getattr(self.__dict__.setdefault("_call_state", threading.local()), "layout", None)
-
-    def set_layout(self, layout) -> None:
-        self.__dict__.setdefault("_call_state", threading.local()).layout = layout
-
-    def validate(self, inputs, config, name: str = "inputs") -> Images:
+    def validate(self, inputs, config: Call, name: str = "inputs") -> Images:
         """``inputs`` checked against the model: one batch (:func:`~tfattr.core.inputs.validate_images`)
-        or several inputs packed (:func:`~tfattr.core.inputs.validate_inputs`, which also sets this
-        thread's :meth:`layout`)."""
+        or several inputs packed (:func:`~tfattr.core.inputs.validate_inputs`); the call's
+        ``config.layout`` is set to their layout (``None`` for one input)."""
         if self.spec.inputs is None:
-            self.set_layout(None)
+            config.layout = None
             return validate_images(inputs, self.spec, name=name)
         if not self.several_inputs:
             raise InvalidTypeError(
@@ -197,7 +224,7 @@ class AttributionMethod:
                 f"{list(self.spec.inputs.names)}. Use IntegratedGradients, Gradient, SmoothTaylor or "
                 "LayerIntegratedGradients. " + received("model.inputs", list(self.spec.inputs.names)))
         images = validate_inputs(inputs, self.spec, config.get("fixed_inputs"), name=name)
-        self.set_layout(images.layout)
+        config.layout = images.layout
         return images
 
     def free_values(self, images: Images) -> np.ndarray:
@@ -207,10 +234,11 @@ class AttributionMethod:
         return images.array[:, ~images.layout.fixed_mask()]
 
     # -- forward passes ---------------------------------------------------------------------
-    def scores(self, x: tf.Tensor, targets: Targets, batch_size: int, example_of_row: Optional[np.ndarray] = None) -> np.ndarray:
-        """Explained score of each row of ``x``; row ``r`` uses the target of ``example_of_row[r]``."""
+    def scores(self, x: tf.Tensor, targets: Targets, batch_size: int, example_of_row: Optional[np.ndarray] = None,
+               layout=None) -> np.ndarray:
+        """Explained score of each row of ``x``; row ``r`` uses the target of ``example_of_row[r]``
+        (``layout``: the call's, for packed several inputs)."""
         example_of_row = np.arange(int(x.shape[0])) if example_of_row is None else example_of_row
-        layout = self.layout()
         if targets.score_fn is None:
             outputs = forward_outputs(self.forward_model, x, batch_size, targets.output, layout)
             return outputs[np.arange(len(outputs)), targets.indices[example_of_row]]
@@ -236,20 +264,20 @@ class AttributionMethod:
                     self.spec = check_model_accepts(self.model, x)
                     accepted.add(key)
 
-    def resolve(self, x: tf.Tensor, target, batch_size: int, output=None):
+    def resolve(self, x: tf.Tensor, target, batch_size: int, output=None, layout=None):
         """Resolve ``target`` (of ``output``) on ``x`` and return ``(Targets, f(x))`` from one forward pass."""
         self.check_fits(x)
         is_callable = callable(target) and not isinstance(target, (np.ndarray, tf.Tensor))
         output, _ = resolve_output(output, self.spec, callable_target=is_callable)
         if is_callable:
             targets = Targets(None, target, output)
-            return targets, self.scores(x, targets, batch_size)
-        outputs = forward_outputs(self.forward_model, x, batch_size, output, self.layout())
+            return targets, self.scores(x, targets, batch_size, layout=layout)
+        outputs = forward_outputs(self.forward_model, x, batch_size, output, layout)
         targets = resolve_targets(target, outputs, int(x.shape[0]), output=output)
         return targets, outputs[np.arange(len(outputs)), targets.indices]
 
-    def to_model_dtype(self, array: np.ndarray) -> tf.Tensor:
-        layout = self.layout()
+    def to_model_dtype(self, array: np.ndarray, layout=None) -> tf.Tensor:
+        """``array`` as a tensor of the model's input dtype (packed several inputs: ``layout``'s)."""
         return tf.convert_to_tensor(np.asarray(array), dtype=self.spec.input_dtype if layout is None
                                     else layout.packed_dtype)
 
@@ -257,11 +285,12 @@ class AttributionMethod:
     def integrate(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows, config,
                   collect_rows: bool = False) -> EngineResult:
         """Run ``rows`` through the engine with ``baselines`` (flattened)."""
-        flat = self.to_model_dtype(baselines.flat())
+        layout = call_layout(config)
+        flat = self.to_model_dtype(baselines.flat(), layout)
         indices = targets.indices if targets.indices is not None else np.zeros(int(x.shape[0]), np.int32)
         return self.engine(targets, config, collect_rows).integrate(
             x, flat, indices, rows, relative=baselines.relative, clip=baselines.clip, scale=baselines.scale,
-            combine=self.combine_for(config), layout=self.layout())
+            combine=self.combine_for(config), layout=layout)
 
     def baseline_scores(self, x: tf.Tensor, baselines: BaselineSet, targets: Targets, rows: PathRows,
                         result: EngineResult, config) -> np.ndarray:
@@ -282,7 +311,7 @@ class AttributionMethod:
                 for (e, b), s in per_pair.items():
                     table[e, b % count] = s
                 return table.mean(axis=1)
-        layout = self.layout()
+        layout = call_layout(config)
         if layout is not None and any(layout.fixed):  # fixed inputs stay at the input in f(z) too
             x_host, mask = x.numpy(), layout.fixed_mask()
             table = []
@@ -291,23 +320,24 @@ class AttributionMethod:
                                                else baselines.scale[e : e + 1])
                 starts = starts[e if baselines.per_example and not baselines.relative else 0]
                 starts = np.where(mask, x_host[e], starts)
-                table.append(self.scores(self.to_model_dtype(starts), targets, config["batch_size"], np.full(count, e)))
+                table.append(self.scores(self.to_model_dtype(starts, layout), targets, config["batch_size"],
+                                         np.full(count, e), layout))
             return np.stack(table).mean(axis=1)
         if baselines.relative:  # build each example's baselines only when needed
             x_host = x.numpy()
             table = np.stack([
                 self.scores(self.to_model_dtype(baselines.materialize(
-                    x_host[e : e + 1], None if baselines.scale is None else baselines.scale[e : e + 1])[0]), targets,
-                            config["batch_size"], np.full(count, e))
+                    x_host[e : e + 1], None if baselines.scale is None else baselines.scale[e : e + 1])[0], layout),
+                            targets, config["batch_size"], np.full(count, e), layout)
                 for e in range(num_examples)
             ])
             return table.mean(axis=1)
-        flat = self.to_model_dtype(baselines.flat())
+        flat = self.to_model_dtype(baselines.flat(), layout)
         if baselines.per_example:
             owner = np.repeat(np.arange(num_examples), count)
-            return self.scores(flat, targets, config["batch_size"], owner).reshape(num_examples, count).mean(axis=1)
+            return self.scores(flat, targets, config["batch_size"], owner, layout).reshape(num_examples, count).mean(axis=1)
         if targets.score_fn is not None:
-            shared = self.scores(flat, targets, config["batch_size"])
+            shared = self.scores(flat, targets, config["batch_size"], layout=layout)
             return np.full(num_examples, shared.mean())
         outputs = forward_outputs(self.forward_model, flat, config["batch_size"], targets.output, layout)
         return outputs[:, targets.indices].mean(axis=0)
@@ -326,11 +356,11 @@ class AttributionMethod:
         Returns:
             An :class:`~tfattr.core.result.Explanation`.
         """
-        config = self._merge(self.config, options)
+        config = self.call_options(**options)
         images = self.validate(inputs, config)
         if self.uses_value_range(config):  # once per call, where noise or baselines are drawn in it
             warn_outside_value_range(self.free_values(images), config["value_range"], stacklevel=2)
-        x = self.to_model_dtype(images.array)
+        x = self.to_model_dtype(images.array, config.layout)
         self.check_fits(x)
         is_callable = callable(target) and not isinstance(target, (np.ndarray, tf.Tensor))
         output, num_classes = resolve_output(config["output"], self.spec, callable_target=is_callable)
@@ -341,10 +371,24 @@ class AttributionMethod:
             # class -1: each row's top-1, picked in the gradient pass at x (one forward+backward in all)
             targets, fx = Targets(np.full(images.batch_size, -1, np.int32), None, output), None
         else:
-            targets, fx = self.resolve(x, target, config["batch_size"], output)
-        out = self._explain(x, targets, fx, config)
+            targets, fx = self.resolve(x, target, config["batch_size"], output, config.layout)
+        out = self.explain(x, targets, fx, config)
         if out.get("targets") is not None and targets.indices is not None:
             targets = replace(targets, indices=np.asarray(out["targets"], np.int32))
+        return self.package(out, images, targets, fx, config)
+
+    def explain(self, x: tf.Tensor, targets: Targets, fx: Optional[np.ndarray], config: Call) -> Explained:
+        """The method's work on validated, model-dtype inputs ``x`` (packed several inputs: see
+        ``config.layout``) for resolved ``targets``; ``fx`` the explained scores if known. Returns
+        the raw :class:`Explained` (float64 attributions in ``x``'s flat shape) that
+        :meth:`package` turns into an :class:`~tfattr.core.result.Explanation`. Public for wrappers
+        (:class:`~tfattr.NoiseTunnel`); subclasses implement ``_explain``."""
+        return self._explain(x, targets, fx, config)
+
+    def package(self, out: Explained, images: Images, targets: Targets, fx: Optional[np.ndarray],
+                config: Call) -> Explanation:
+        """:meth:`explain`'s output as the :class:`~tfattr.core.result.Explanation` of ``images``
+        (their structure, dtype and single-example form)."""
         return self._package(out, images, targets, fx, config)
 
     def uses_value_range(self, config: Dict[str, Any]) -> bool:
@@ -393,7 +437,7 @@ class AttributionMethod:
                 draws on every run): such a result is not reproducible from its key.
         """
         config = self.config if config is None else config
-        options = {k: v for k, v in config.items() if k not in self.scheduling_options
+        options = {k: v for k, v in dict(config).items() if k not in self.scheduling_options
                    and not (k == "fixed_inputs" and v is None)}
         if "seed" in options and options["seed"] is None:
             raise Uncacheable("seed=None draws fresh random numbers on every run")

@@ -16,17 +16,27 @@ import numpy as np
 import tensorflow as tf
 
 from tfattr.baselines.registry import BaselineSet
+from tfattr.core import checks
 from tfattr.core.adaptive import level_bounds, level_rows, relative_error
+from tfattr.core.checks import Option
 from tfattr.core.engine import PathRows
 from tfattr.core.gradients import LayerGradients
 from tfattr.core.layers import find_layer, last_layer_with_rank, layer_output_rank
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained
-from tfattr.methods.integrated_gradients import IntegratedGradients
+from tfattr.core.ranges import resolve_value_range
+from tfattr.methods.integrated_gradients import BASELINE_OPTIONS, IG_OPTIONS, IntegratedGradients
 
 __all__ = ["GradCAM", "RSIGradCAM"]
 
-_MAP_OPTIONS = {"relu": True, "upsample": True, "normalize": False}
+#: the map options of Grad-CAM and RSI-Grad-CAM
+MAP_OPTIONS = (
+    Option("relu", True, checks.boolean),
+    Option("upsample", True, checks.boolean),
+    Option("normalize", False, checks.boolean),
+)
+_RSI_RULES = ("riemann_right", "trapezoid")
+_RSI_RULE_ALIASES = {"riemann_trapezoid": "trapezoid"}
 
 
 class _LayerMethod:
@@ -130,7 +140,7 @@ class GradCAM(_LayerMethod, AttributionMethod):
     """
 
     name = "gradcam"
-    options = dict(_MAP_OPTIONS, weighting="gradient")
+    options = MAP_OPTIONS + (Option("weighting", "gradient", checks.choices("gradient", "gradient_x_activation")),)
     combine = "plain"
     collect_endpoint = True
     top1_in_rows = True  # one row at x per example: target=None is one forward+backward to the layer
@@ -138,12 +148,6 @@ class GradCAM(_LayerMethod, AttributionMethod):
     def __init__(self, model, layer=None, **options):
         super().__init__(model, **options)
         self._init_layer(layer)
-
-    def _check_options(self, config):
-        if config["weighting"] not in ("gradient", "gradient_x_activation"):
-            raise InvalidInputError(
-                "`weighting` must be 'gradient' or 'gradient_x_activation'. " + received("weighting", config["weighting"])
-            )
 
     def describe(self, config) -> str:
         return f"gradcam(layer={self.layer.name})"
@@ -218,11 +222,12 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
     """
 
     name = "rsi_gradcam"
-    options = dict({k: v for k, v in IntegratedGradients.options.items()
-                    if k not in ("baseline_tolerance", "max_baselines")}, **_MAP_OPTIONS)
-    options["max_steps"] = 257
-    options["positive_units"] = False
-    rules = ("riemann_right", "trapezoid")
+    options = (BASELINE_OPTIONS[:1] + IG_OPTIONS[:1]
+               + (Option("rule", "riemann_right", checks.choices(*_RSI_RULES, *_RSI_RULE_ALIASES)),)
+               + BASELINE_OPTIONS[1:]
+               + (IG_OPTIONS[2], checks.with_default(IG_OPTIONS[3], 257), IG_OPTIONS[4])  # tolerance, max/min_steps
+               + MAP_OPTIONS + (Option("positive_units", False, checks.boolean),))
+    rules = _RSI_RULES
     combine = "stieltjes"
     collect_endpoint = True
 
@@ -230,19 +235,9 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         AttributionMethod.__init__(self, model, **options)
         self._init_layer(layer)
 
-    def _check_options(self, config):
-        rule = config["rule"]
-        rule = {"riemann_trapezoid": "trapezoid"}.get(rule, rule) if isinstance(rule, str) else rule
-        if rule not in self.rules:
-            raise InvalidInputError(
-                f"RSIGradCAM's `rule` must be one of {list(self.rules)} (eq. 6's right sum, or the trapezoid "
-                "average of the authors' notebook). " + received("rule", config["rule"]))
-        if not isinstance(config["positive_units"], (bool, np.bool_)):
-            raise InvalidTypeError("`positive_units` must be True or False. "
-                                   + received("positive_units", config["positive_units"]))
-        config["rule"] = "riemann_right"  # `steps` counts intervals for either rule: check it as eq. 6's
-        IntegratedGradients._check_options(self, config)
-        config["rule"] = rule
+    def check_combination(self, config):
+        config["rule"] = _RSI_RULE_ALIASES.get(config["rule"], config["rule"])
+        config["value_range"] = resolve_value_range(config["value_range"], self.model)
 
     def combine_for(self, config) -> str:
         return "stieltjes_trapezoid" if config["rule"] == "trapezoid" else "stieltjes"

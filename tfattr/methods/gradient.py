@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from tfattr.baselines.registry import BaselineSet
+from tfattr.core import checks
+from tfattr.core.checks import Option
 from tfattr.core.engine import PathRows
 from tfattr.methods.base import AttributionMethod, Explained
 
@@ -49,7 +51,7 @@ class Gradient(AttributionMethod):
     """
 
     name = "gradient"
-    options = {"absolute": False}
+    options = (Option("absolute", False, checks.boolean),)
     combine = "plain"
     top1_in_rows = True  # one row at x per example: target=None picks the top-1 class in that pass
 

@@ -18,6 +18,7 @@ clone's forward pass is identical).
 
 from __future__ import annotations
 
+from tfattr.core.checks import Option
 from tfattr.core.gradients import InputGradients
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.gradient import Gradient
@@ -54,12 +55,12 @@ def guided_gradient_function(model, score_fn=None, maxpool_rule: str = "paper") 
     return InputGradients(synced(clone), score_fn)
 
 
-class _MaxPoolRule:
-    """The ``maxpool_rule`` option: checked with the others; each rule gets its own engines."""
+#: the guided methods' own option (see :func:`tfattr.surgery.guided_clone`)
+MAXPOOL_RULE = Option("maxpool_rule", "paper", lambda name, value: check_maxpool_rule(value))
 
-    def _check_options(self, config):
-        super()._check_options(config)
-        check_maxpool_rule(config["maxpool_rule"])
+
+class _MaxPoolRule:
+    """The ``maxpool_rule`` option (:data:`MAXPOOL_RULE`): each rule gets its own engines."""
 
     def _engine(self, key, targets, config, collect_rows):
         self._maxpool_rule = config["maxpool_rule"]  # read by gradient_function (under the engine lock)
@@ -101,7 +102,7 @@ class GuidedIntegratedGradients(_MaxPoolRule, IntegratedGradients):
     """
 
     name = "guided_integrated_gradients"
-    options = dict(IntegratedGradients.options, maxpool_rule="paper")
+    options = IntegratedGradients.options + (MAXPOOL_RULE,)
     convergence = "successive"  # guided gradients do not integrate to f(x) − f(z)
 
 
@@ -120,4 +121,4 @@ class GuidedBackprop(_MaxPoolRule, Gradient):
     """
 
     name = "guided_backprop"
-    options = dict(Gradient.options, maxpool_rule="paper")
+    options = Gradient.options + (MAXPOOL_RULE,)

@@ -11,14 +11,55 @@ import numpy as np
 import tensorflow as tf
 
 from tfattr.baselines.registry import BaselineSet, is_random, make_baselines, make_baselines_per_input, uses_value_range
+from tfattr.core import checks
 from tfattr.core.adaptive import level_bounds, level_nodes, level_rows, relative_error
+from tfattr.core.checks import Option
+from tfattr.core.convergence import refine, relative_standard_error, warn_unconverged
 from tfattr.core.engine import PathRows
+from tfattr.core.quadrature import RULES, quadrature
 from tfattr.core.ranges import resolve_value_range
-from tfattr.core.quadrature import quadrature
 from tfattr.errors import InvalidInputError, received
-from tfattr.methods.base import AttributionMethod, Explained
+from tfattr.methods.base import AttributionMethod, Explained, call_layout, with_options
 
-__all__ = ["IntegratedGradients"]
+__all__ = ["IntegratedGradients", "BASELINE_OPTIONS", "IG_OPTIONS"]
+
+#: the options that make a method's baselines (IG, its guided and layer variants, RSI-Grad-CAM,
+#: LayerConductance): :meth:`IntegratedGradients.make_baselines` reads them
+BASELINE_OPTIONS = (
+    Option("baseline", "zero", checks.baseline_value),
+    Option("n_baselines", 1, checks.positive_int),
+    Option("value_range", None, checks.value_range_pair),
+    Option("seed", 0, checks.seed),
+    Option("per_image_baselines", False, checks.boolean),
+    Option("sigma", None, checks.optional(checks.non_negative_number)),
+    Option("blur_sigma", 5.0, checks.non_negative_number),
+    Option("value", None, checks.optional(checks.finite_number)),
+)
+
+
+def quadrature_rule(name: str, value) -> None:
+    """A rule :func:`~tfattr.core.quadrature.quadrature` knows (short forms accepted)."""
+    quadrature(value, 1)
+
+
+def _tolerance(what: str):
+    def check(name, value):
+        checks.positive_number(name, value, f" ({what}) or None")
+    check.__name__ = "positive_number"
+    return checks.optional(check)
+
+
+#: IG's own options besides the baseline options (``steps``/``rule`` quadrature, the requested
+#: accuracies and their budgets)
+IG_OPTIONS = (
+    Option("steps", 50, checks.positive_int),
+    Option("rule", "riemann_right", quadrature_rule),
+    Option("tolerance", None, _tolerance("a relative completeness error")),
+    Option("max_steps", 1025, checks.at_least(2)),
+    Option("min_steps", 3, checks.at_least(2)),
+    Option("baseline_tolerance", None, _tolerance("a relative Monte-Carlo standard error")),
+    Option("max_baselines", 64, checks.at_least(2)),
+)
 
 
 def _image_seed(seed, image: np.ndarray):
@@ -103,55 +144,15 @@ class IntegratedGradients(AttributionMethod):
     #: how ``tolerance`` is checked: "completeness" (true gradients) or "successive" (the relative
     #: L1 change between nested levels, for gradients that do not integrate to f(x) − f(z))
     convergence = "completeness"
-    options = {
-        "baseline": "zero",
-        "steps": 50,
-        "rule": "riemann_right",
-        "n_baselines": 1,
-        "value_range": None,
-        "seed": 0,
-        "per_image_baselines": False,
-        "sigma": None,
-        "blur_sigma": 5.0,
-        "value": None,
-        "tolerance": None,
-        "max_steps": 1025,
-        "min_steps": 3,
-        "baseline_tolerance": None,
-        "max_baselines": 64,
-    }
+    options = BASELINE_OPTIONS[:1] + IG_OPTIONS[:2] + BASELINE_OPTIONS[1:] + IG_OPTIONS[2:]
 
-    def _check_options(self, config):
+    def check_combination(self, config):
         quadrature(config["rule"], config["steps"])  # raises on a bad rule/steps
         config["value_range"] = resolve_value_range(config["value_range"], self.model)
-        n = config["n_baselines"]
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InvalidInputError("`n_baselines` must be a positive integer. " + received("n_baselines", n))
-        if config.get("per_image_baselines", False) not in (True, False):
-            raise InvalidInputError("`per_image_baselines` must be True or False. "
-                                    + received("per_image_baselines", config["per_image_baselines"]))
-        tol = config.get("tolerance")
-        if tol is not None and not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
-            raise InvalidInputError("`tolerance` must be a positive number (a relative completeness error) or "
-                                    "None. " + received("tolerance", tol))
-        tol = config.get("baseline_tolerance")
-        if tol is not None:
-            if not (isinstance(tol, (int, float, np.floating)) and not isinstance(tol, bool) and np.isfinite(tol)
-                    and tol > 0):
-                raise InvalidInputError("`baseline_tolerance` must be a positive number (a relative Monte-Carlo "
-                                        "standard error) or None. " + received("baseline_tolerance", tol))
-            if not is_random(config["baseline"]):
-                raise InvalidInputError("`baseline_tolerance` needs a random baseline ('uniform' or 'gaussian'); "
-                                        "a deterministic baseline has no Monte-Carlo error. "
-                                        + received("baseline", config["baseline"]))
-            cap = config["max_baselines"]
-            if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 2:
-                raise InvalidInputError("`max_baselines` must be an integer ≥ 2. " + received("max_baselines", cap))
-        for key in ("max_steps", "min_steps"):
-            if key in config:
-                value = config[key]
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
-                    raise InvalidInputError(f"`{key}` must be an integer ≥ 2. " + received(key, value))
+        if config.get("baseline_tolerance") is not None and not is_random(config["baseline"]):
+            raise InvalidInputError("`baseline_tolerance` needs a random baseline ('uniform' or 'gaussian'); "
+                                    "a deterministic baseline has no Monte-Carlo error. "
+                                    + received("baseline", config["baseline"]))
 
     def describe(self, config) -> str:
         baseline = config["baseline"] if isinstance(config["baseline"], str) else "custom"
@@ -180,7 +181,7 @@ class IntegratedGradients(AttributionMethod):
     def make_baselines(self, x_array: np.ndarray, config):
         options = dict(value_range=config["value_range"], n_baselines=config["n_baselines"], sigma=config["sigma"],
                        blur_sigma=config["blur_sigma"], value=config["value"])
-        layout = self.layout()
+        layout = call_layout(config)
         if layout is not None:  # several inputs: one baseline value for all, or one per input
             if config.get("per_image_baselines") and is_random(config["baseline"]):
                 raise InvalidInputError("`per_image_baselines` is for one input; a model with several inputs draws "
@@ -208,7 +209,7 @@ class IntegratedGradients(AttributionMethod):
         if fx is None:
             fx = self.scores_at_input(rows, result, num_examples)
         if fx is None:
-            fx = self.scores(x, targets, config["batch_size"])
+            fx = self.scores(x, targets, config["batch_size"], layout=call_layout(config))
         total = result.attributions.reshape(num_examples, -1).sum(axis=1)
         return Explained(
             attributions=result.attributions,
@@ -227,28 +228,26 @@ class IntegratedGradients(AttributionMethod):
             baselines = self.make_baselines(x.numpy(), config)
         num_examples, count = int(x.shape[0]), baselines.count
         if fx is None:
-            fx = self.scores(x, targets, config["batch_size"])
+            fx = self.scores(x, targets, config["batch_size"], layout=call_layout(config))
         tolerance = float(config["tolerance"])
         bottom, top = level_bounds(config["min_steps"], config["max_steps"])
         shape = tuple(x.shape[1:])
         ends = np.zeros((num_examples,) + shape)  # ½ G(0) + ½ G(1), averaged over baselines
         inner = np.zeros((num_examples,) + shape)  # Σ_l S_l, averaged over baselines
         level = np.zeros(num_examples, int)
-        active = np.ones(num_examples, bool)
         fz = np.zeros(num_examples)
-        error = np.full(num_examples, np.inf)
         previous = np.zeros((num_examples,) + shape)
         nodes = [[] for _ in range(num_examples)]
         evaluated = 0
-        for k in range(top + 1):
-            todo = np.flatnonzero(active)
-            if len(todo) == 0:
-                break
+
+        def level_k(k, todo):
+            """Add level ``k``'s nodes for ``todo``; their relative errors after it."""
+            nonlocal evaluated, fz
             rows = level_rows(k, num_examples, count, todo, baselines.per_example)
             result = self.integrate(x, baselines, targets, rows, config)
             evaluated += len(rows)
             if k == 0:
-                ends += 0.5 * result.attributions
+                ends[:] += 0.5 * result.attributions
                 fz = self.baseline_scores(x, baselines, targets, rows, result, config)
             else:
                 inner[todo] += result.attributions[todo]
@@ -256,29 +255,28 @@ class IntegratedGradients(AttributionMethod):
                 nodes[e].extend(level_nodes(k).tolist())
             level[todo] = k
             estimate = (ends[todo] + inner[todo]) / 2.0**k
+            error = None
             if self.convergence == "completeness":
-                gap = fx[todo] - fz[todo]
-                error[todo] = relative_error(estimate.reshape(len(todo), -1).sum(axis=1), gap)
+                error = relative_error(estimate.reshape(len(todo), -1).sum(axis=1), fx[todo] - fz[todo])
             elif k > 0:
                 change = np.abs(estimate - previous[todo]).reshape(len(todo), -1).sum(axis=1)
                 size = np.abs(estimate).reshape(len(todo), -1).sum(axis=1)
-                error[todo] = np.where(size > 0, change / np.where(size > 0, size, 1), change)
+                error = np.where(size > 0, change / np.where(size > 0, size, 1), change)
             previous[todo] = estimate
-            done = todo[(error[todo] <= tolerance) & (k >= bottom)]
-            active[done] = False
+            return error
+
+        refined = refine(level_k, num_examples, tolerance, min_rounds=bottom + 1, max_rounds=top + 1)
+        warn_unconverged(type(self).__name__, refined, "tolerance", tolerance, "max_steps", config["max_steps"],
+                         errors=f"relative {self.convergence} errors", digits=6, tail="returning the finest level",
+                         stacklevel=5)
         attributions = (ends + inner) / (2.0**level).reshape((-1,) + (1,) * len(shape))
         steps = 2**level + 1
-        if active.any():
-            warnings.warn(
-                f"IntegratedGradients: {int(active.sum())} of {num_examples} example(s) did not reach "
-                f"tolerance={tolerance:g} within max_steps={config['max_steps']} (relative {self.convergence} "
-                f"errors {np.round(error[active], 6).tolist()}); returning the finest level.",
-                RuntimeWarning, stacklevel=4)
         total = attributions.reshape(num_examples, -1).sum(axis=1)
         return Explained(
             attributions=attributions, delta=total - (fx - fz), baseline_scores=fz, scores=fx, gradients=evaluated,
-            info={"baseline": baselines.name, "rule": "adaptive_trapezoid", "steps": steps, "converged": ~active,
-                  "relative_error": error, "nodes": nodes, "n_baselines": count, "tolerance": tolerance},
+            info={"baseline": baselines.name, "rule": "adaptive_trapezoid", "steps": steps,
+                  "converged": refined.converged, "relative_error": refined.error, "nodes": nodes,
+                  "n_baselines": count, "tolerance": tolerance},
         )
 
     def _explain_draws(self, x, targets, fx, config) -> Explained:
@@ -287,30 +285,31 @@ class IntegratedGradients(AttributionMethod):
         Blocks of ``n_baselines`` draws are taken from one sequence (draw ``k`` is the same
         whatever the block size). Each (example, draw) pair runs as its own path — the example
         repeated, one baseline per copy — so the per-draw IGs give the sample variance; the
-        standard error of the mean is ``sqrt(Σ_i var_i / K)``, relative to ``‖mean‖₂``.
+        standard error of the mean is ``sqrt(Σ_i var_i / K)``, relative to ``‖mean‖₂``
+        (:func:`~tfattr.core.convergence.relative_standard_error`).
         """
         block, cap, tolerance = int(config["n_baselines"]), int(config["max_baselines"]), float(config["baseline_tolerance"])
         num_examples, shape = int(x.shape[0]), tuple(x.shape[1:])
         x_host = x.numpy()
         if fx is None:
-            fx = self.scores(x, targets, config["batch_size"])
+            fx = self.scores(x, targets, config["batch_size"], layout=call_layout(config))
         total, total_sq = np.zeros((num_examples,) + shape), np.zeros((num_examples,) + shape)
         delta_sum, base_sum = np.zeros(num_examples), np.zeros(num_examples)
         count = np.zeros(num_examples, int)
-        active = np.ones(num_examples, bool)
-        error = np.full(num_examples, np.inf)
         gradients, steps, bank, drawn = 0, {}, None, 0
-        while active.any():
-            todo = np.flatnonzero(active)
+
+        def draw_block(round_, todo):
+            """The next block of draws for ``todo``; their relative standard errors after it."""
+            nonlocal gradients, bank, drawn
             size = min(block, cap - drawn)
             if bank is None or bank.count < drawn + size:  # draws 0..K−1 of one sequence, grown by doubling
-                bank = self.make_baselines(x_host, dict(config, n_baselines=min(cap, max(2 * drawn, drawn + size))))
+                bank = self.make_baselines(x_host, with_options(config, n_baselines=min(cap, max(2 * drawn, drawn + size))))
             part = bank.array[todo if bank.per_example else slice(None), drawn:drawn + size]  # shared unless per image
             pseudo = BaselineSet(np.broadcast_to(part, (len(todo),) + part.shape[1:]).reshape((len(todo) * size, 1) + part.shape[2:]),
                                  bank.name, relative=bank.relative, clip=bank.clip)
             out = self._explain(tf.repeat(tf.gather(x, todo), size, axis=0),
                                 targets.subset(todo).repeat(size), np.repeat(fx[todo], size),
-                                dict(config, n_baselines=1), baselines=pseudo)
+                                with_options(config, n_baselines=1), baselines=pseudo)
             gradients += int(out.get("gradients", 0))
             per_draw = out["attributions"].reshape((len(todo), size) + shape)
             total[todo] += per_draw.sum(axis=1)
@@ -322,22 +321,13 @@ class IntegratedGradients(AttributionMethod):
                     steps.setdefault(int(e), []).extend(np.asarray(out["info"]["steps"]).reshape(len(todo), size)[i].tolist())
             count[todo] += size
             drawn += size
-            if drawn >= 2:
-                k = count[todo].reshape((-1,) + (1,) * len(shape)).astype(np.float64)
-                mean = total[todo] / k
-                variance = np.maximum(total_sq[todo] / k - mean**2, 0.0) * k / (k - 1)
-                standard_error = np.sqrt((variance / k).reshape(len(todo), -1).sum(axis=1))
-                norm = np.sqrt((mean**2).reshape(len(todo), -1).sum(axis=1))
-                error[todo] = np.where(norm > 0, standard_error / np.where(norm > 0, norm, 1), standard_error)
-                active[todo[error[todo] <= tolerance]] = False
-            if drawn >= cap:
-                break
-        if active.any():
-            warnings.warn(
-                f"{type(self).__name__}: {int(active.sum())} of {num_examples} example(s) did not reach "
-                f"baseline_tolerance={tolerance:g} within max_baselines={cap} (relative standard errors "
-                f"{np.round(error[active], 5).tolist()}); returning the mean of {cap} draws.",
-                RuntimeWarning, stacklevel=4)
+            return relative_standard_error(total[todo], total_sq[todo], count[todo])
+
+        refined = refine(draw_block, num_examples, tolerance,
+                         budget=lambda rounds, todo: np.full(len(todo), drawn < cap))
+        warn_unconverged(type(self).__name__, refined, "baseline_tolerance", tolerance, "max_baselines", cap,
+                         tail=f"returning the mean of {cap} draws", stacklevel=5)
+        error, active = refined.error, ~refined.converged
         k = count.reshape((-1,) + (1,) * len(shape)).astype(np.float64)
         fz = base_sum / count
         info = {"baseline": bank.name.split(" x")[0], "n_baselines": count, "relative_standard_error": error,

@@ -25,12 +25,34 @@ from tfattr.core.inputs import ModelSpec, validate_inputs
 from tfattr.core.layers import find_layer
 from tfattr.core.structure import InputLayout, InputsSpec, inputs_spec
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
-from tfattr.methods.integrated_gradients import IntegratedGradients
+from tfattr.core import checks
+from tfattr.core.checks import Option
+from tfattr.core.ranges import resolve_value_range
+from tfattr.methods.base import Call
+from tfattr.methods.integrated_gradients import BASELINE_OPTIONS, IG_OPTIONS, IntegratedGradients
 
 __all__ = ["LayerIntegratedGradients", "LayerConductance", "reduce_last_axis"]
 
 _ATTRIBUTE_TO = ("output", "input")
 _REDUCE = (None, "sum", "norm")
+
+
+def _conductance_rule(name, value):
+    """LayerConductance's ``rule``: ``"right"`` or ``"left"`` (``"riemann_right"``, its former value,
+    means ``"right"``)."""
+    rule = LayerConductance._RULE_SYNONYMS.get(value, value) if isinstance(value, str) else value
+    if not isinstance(rule, str) or rule not in LayerConductance.RULES:
+        raise InvalidInputError(f"LayerConductance's `{name}` must be one of {list(LayerConductance.RULES)} (the end "
+                                "of each interval where the gradient is taken). " + received(name, value))
+
+
+def _input_baseline(name, value):
+    """``None``, a number, or inputs of the model's structure (an array, a list/tuple or a dict)."""
+    if value is None or isinstance(value, (list, tuple, dict, np.ndarray, tf.Tensor)):
+        return
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+        return
+    raise InvalidTypeError(f"`{name}` must be a number or inputs of the model's structure. " + received(name, value))
 
 
 def reduce_last_axis(attributions, reduce: Optional[str] = "sum"):
@@ -84,7 +106,8 @@ class LayerIntegratedGradients(IntegratedGradients):
 
     name = "layer_integrated_gradients"
     noise_tunnel = False  # attributions in the layer's shape, path in its space
-    options = dict(IntegratedGradients.options, input_baseline=None, reduce=None)
+    options = IntegratedGradients.options + (Option("input_baseline", None, _input_baseline),
+                                             Option("reduce", None, checks.choices(*_REDUCE)))
 
     def __init__(self, model, layer, attribute_to: str = "output", **options):
         if attribute_to not in _ATTRIBUTE_TO:
@@ -114,11 +137,6 @@ class LayerIntegratedGradients(IntegratedGradients):
     @property
     def forward_model(self):
         return self._injection
-
-    def _check_options(self, config):
-        super()._check_options(config)
-        if config.get("reduce") not in _REDUCE:
-            raise InvalidInputError(f"`reduce` must be one of {_REDUCE}. " + received("reduce", config.get("reduce")))
 
     def describe(self, config) -> str:
         return super().describe(config).replace(self.name + "(", f"{self.name}(layer={self.layer.name}, ", 1)
@@ -158,7 +176,7 @@ class LayerIntegratedGradients(IntegratedGradients):
     def attribute(self, inputs, target=None, **options):
         """Explain ``inputs`` (the model's own inputs) at the layer; see
         :meth:`tfattr.methods.base.AttributionMethod.attribute`."""
-        config = self._merge(self.config, options)
+        config = self.call_options(**options)
         real = self._real_inputs(inputs, "inputs")
         size = forward_size(config["batch_size"])  # forward passes only
         active = self.activations(real, size)
@@ -170,11 +188,10 @@ class LayerIntegratedGradients(IntegratedGradients):
                              base.dtypes + (active.dtype.name,), (True,) * len(base.names) + (False,),
                              "float64" if "float64" in (base.packed_dtype, active.dtype.name) else "float32",
                              base.split + (False,) if base.split else ())
-        self.set_layout(layout)
         packed = np.concatenate([real.array.astype(layout.packed_dtype),
                                  active.reshape(len(active), -1).astype(layout.packed_dtype)], axis=1)
-        x = self.to_model_dtype(packed)
-        config = dict(config, baseline=[None] * len(base.names) + [start_baseline])
+        x = self.to_model_dtype(packed, layout)
+        config = Call(config, layout=layout, baseline=[None] * len(base.names) + [start_baseline])
         is_callable = callable(target) and not isinstance(target, (np.ndarray, tf.Tensor))
         from tfattr.core.targets import resolve_output, resolve_targets
 
@@ -182,14 +199,14 @@ class LayerIntegratedGradients(IntegratedGradients):
         if self._explicit_classes(target, num_classes):
             targets, fx = resolve_targets(target, None, real.batch_size, num_classes, output=output), None
         else:
-            targets, fx = self.resolve(x, target, config["batch_size"], output)
-        out = self._explain(x, targets, fx, config)
+            targets, fx = self.resolve(x, target, config["batch_size"], output, layout)
+        out = self.explain(x, targets, fx, config)
         attributions = layout.unpack_host(out["attributions"])[-1].astype(active.dtype)
         out["attributions"] = reduce_last_axis(attributions, config["reduce"])
         out.setdefault("info", {}).update(layer=self.layer.name, attribute_to=self.attribute_to,
                                           reduce=config["reduce"])
         shaped = type(real)(array=out["attributions"], single=real.single, as_tensor=real.as_tensor)
-        return self._package(out, shaped, targets, fx, config)
+        return self.package(out, shaped, targets, fx, config)
 
     def _baseline_inputs(self, value, real):
         """``input_baseline`` as validated inputs: a number fills every input (in its dtype), else
@@ -252,10 +269,15 @@ class LayerConductance(IntegratedGradients):
     name = "layer_conductance"
     noise_tunnel = False  # attributions in the layer's shape
     combine = "stieltjes"
-    options = dict(IntegratedGradients.options, rule="right")
     #: ``rule`` → engine combination
     RULES = {"right": "stieltjes", "left": "stieltjes_left"}  # the engine's sums (PathEngine's `combine`)
     _RULE_SYNONYMS = {"riemann_right": "right"}  # the value it had (IG's name) before `rule` was its own
+    #: IG's baseline options, ``steps`` and its own ``rule`` (equal intervals: no ``tolerance`` or
+    #: ``baseline_tolerance``)
+    options = (checks.pick(BASELINE_OPTIONS + IG_OPTIONS, "baseline", "steps")
+               + (Option("rule", "right", _conductance_rule),)
+               + checks.pick(BASELINE_OPTIONS, "n_baselines", "value_range", "seed", "per_image_baselines", "sigma",
+                             "blur_sigma", "value"))
 
     def __init__(self, model, layer, **options):
         super().__init__(model, **options)
@@ -266,21 +288,9 @@ class LayerConductance(IntegratedGradients):
 
         return LayerGradients(self.model, self.layer, score_fn)
 
-    def _check_options(self, config):
-        rule = config.get("rule")
-        rule = self._RULE_SYNONYMS.get(rule, rule) if isinstance(rule, str) else rule
-        if not isinstance(rule, str) or rule not in self.RULES:
-            raise InvalidInputError(f"LayerConductance's `rule` must be one of {list(self.RULES)} (the end of each "
-                                    "interval where the gradient is taken). " + received("rule", config.get("rule")))
-        config["rule"] = "riemann_right"  # `steps` counts intervals for either rule: checked as IG's
-        try:
-            super()._check_options(config)
-        finally:
-            config["rule"] = rule
-        for key in ("tolerance", "baseline_tolerance"):
-            if config.get(key) is not None:
-                raise InvalidInputError(f"LayerConductance sums over {config['steps']} equal intervals; `{key}` "
-                                        "is for IntegratedGradients. " + received(key, config.get(key)))
+    def check_combination(self, config):
+        config["rule"] = self._RULE_SYNONYMS.get(config["rule"], config["rule"])
+        config["value_range"] = resolve_value_range(config["value_range"], self.model)
 
     def combine_for(self, config) -> str:
         return self.RULES[config["rule"]]

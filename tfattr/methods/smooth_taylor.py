@@ -16,6 +16,9 @@ from typing import Callable, Dict, List, Optional, Union
 import numpy as np
 
 from tfattr.baselines.registry import BaselineSet
+from tfattr.core import checks
+from tfattr.core.checks import Option
+from tfattr.core.convergence import refine, relative_standard_error, warn_unconverged
 from tfattr.core.engine import PathRows, progress_bar
 from tfattr.core.inputs import validate_images
 from tfattr.core.ranges import (IMAGENET_MEAN, IMAGENET_STD_RGB, resolve_value_range, value_range_checked,
@@ -23,15 +26,30 @@ from tfattr.core.ranges import (IMAGENET_MEAN, IMAGENET_STD_RGB, resolve_value_r
 from tfattr.core.random import STREAM_SMOOTH_TAYLOR, rng
 from tfattr.core.result import Explanation
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
-from tfattr.methods.base import AttributionMethod, Explained
+from tfattr.methods.base import AttributionMethod, Explained, call_layout
 
 __all__ = ["SmoothTaylor", "adaptive_noising", "AdaptiveNoisingResult"]
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidInputError(f"`{name}` must be a positive integer. " + received(name, value))
-    return int(value)
+def _sigma(name, value):
+    """``"adaptive"``, or a finite number ≥ 0 or one per image."""
+    if isinstance(value, str):
+        if value != "adaptive":
+            raise InvalidInputError(f"`{name}` must be a number, one number per image, or 'adaptive'. "
+                                    + received(name, value))
+        return
+    checks.sigma_values(name, value)
+
+
+def _objective(name, value):
+    """``"aupc"``, ``"autvc"`` or a callable."""
+    if not callable(value):
+        checks.choice(name, value, ("aupc", "autvc"), " or a callable")
+
+
+def _normalisation_pair(name, value):
+    if value is not None:
+        _normalisation(value, (0.0, 1.0), None)  # the pair's own form; checked with value_range in use
 
 
 class SmoothTaylor(AttributionMethod):
@@ -77,38 +95,28 @@ class SmoothTaylor(AttributionMethod):
 
     name = "smooth_taylor"
     collect_squares = True  # each root is an i.i.d. sample: standard errors for `tolerance`
-    options = {"roots": 150, "sigma": 0.5, "noise_scale": "absolute", "value_range": None, "seed": 0,
-               "objective": "aupc", "stop_rule": "paper", "normalisation": None, "tolerance": None,
-               "max_roots": 3000}
+    options = (
+        Option("roots", 150, checks.positive_int),
+        Option("sigma", 0.5, _sigma),
+        Option("noise_scale", "absolute", checks.choices("absolute", "relative")),
+        Option("value_range", None, checks.value_range_pair),
+        Option("seed", 0, checks.seed),
+        Option("objective", "aupc", _objective),
+        Option("stop_rule", "paper", lambda name, value: _check_stop_rule(value)),
+        Option("normalisation", None, _normalisation_pair),
+        Option("tolerance", None, checks.optional(checks.positive_number)),
+        Option("max_roots", 3000, checks.positive_int),
+    )
 
-    def _check_options(self, config):
-        _positive_int("roots", config["roots"])
-        _positive_int("max_roots", config["max_roots"])
-        tol = config["tolerance"]
-        if tol is not None and not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
-            raise InvalidInputError("`tolerance` must be a positive number or None. " + received("tolerance", tol))
+    def check_combination(self, config):
         config["value_range"] = resolve_value_range(config["value_range"], self.model)
-        _check_stop_rule(config["stop_rule"])
         if config["normalisation"] is not None:
             _normalisation(config["normalisation"], config["value_range"], None)  # raises on a bad pair
-        if config["noise_scale"] not in ("absolute", "relative"):
-            raise InvalidInputError("`noise_scale` must be 'absolute' or 'relative'. "
-                                    + received("noise_scale", config["noise_scale"]))
-        sigma = config["sigma"]
-        if isinstance(sigma, str):
-            if sigma != "adaptive":
-                raise InvalidInputError("`sigma` must be a number, one number per image, or 'adaptive'. "
-                                        + received("sigma", sigma))
-            if config.get("output") is not None:
-                raise InvalidInputError(
-                    "Adaptive noising (sigma='adaptive') scores its maps with tfattr.metrics, which take a "
-                    "model with one output; explain the single-output model of the chosen output instead, "
-                    "e.g. keras.Model(model.input, model.outputs[i]). " + received("output", config["output"]))
-        else:
-            values = np.asarray(sigma, dtype=np.float64)
-            if values.ndim > 1 or not np.all(np.isfinite(values)) or np.any(values < 0):
-                raise InvalidInputError("`sigma` must be finite and ≥ 0 (a float or one per image). "
-                                        + received("sigma", sigma))
+        if isinstance(config["sigma"], str) and config.get("output") is not None:
+            raise InvalidInputError(
+                "Adaptive noising (sigma='adaptive') scores its maps with tfattr.metrics, which take a "
+                "model with one output; explain the single-output model of the chosen output instead, "
+                "e.g. keras.Model(model.input, model.outputs[i]). " + received("output", config["output"]))
 
     def describe(self, config) -> str:
         sigma = config["sigma"]
@@ -143,7 +151,7 @@ class SmoothTaylor(AttributionMethod):
         result = self.integrate(x, roots, targets, rows, config)
         fz = self.baseline_scores(x, roots, targets, rows, result, config)
         if fx is None:
-            fx = self.scores(x, targets, config["batch_size"])
+            fx = self.scores(x, targets, config["batch_size"], layout=call_layout(config))
         total = result.attributions.reshape(num_examples, -1).sum(axis=1)
         delta = total - (fx - fz)
         return Explained(attributions=result.attributions, delta=delta, baseline_scores=fz, scores=fx,
@@ -157,13 +165,13 @@ class SmoothTaylor(AttributionMethod):
         block_size, tolerance, cap = config["roots"], float(config["tolerance"]), config["max_roots"]
         total, total_sq = np.zeros((num_examples,) + shape), np.zeros((num_examples,) + shape)
         fz_sum, count = np.zeros(num_examples), np.zeros(num_examples, int)
-        error = np.full(num_examples, np.inf)
-        active = np.ones(num_examples, bool)
-        gradients, block = 0, 0
+        gradients = 0
         if fx is None:
-            fx = self.scores(x, targets, config["batch_size"])
-        while active.any():
-            todo = np.flatnonzero(active)
+            fx = self.scores(x, targets, config["batch_size"], layout=call_layout(config))
+
+        def root_block(block, todo):
+            """Block ``block`` of roots for ``todo``; their relative standard errors after it."""
+            nonlocal gradients
             roots = BaselineSet(self.roots(shape, config, block), "roots", relative=True, scale=sigma)
             rows = PathRows.grid(num_examples, block_size, np.zeros(1), np.full(1, float(block_size)),
                                  per_example_baselines=False)  # weight 1: raw per-root terms
@@ -173,20 +181,14 @@ class SmoothTaylor(AttributionMethod):
             gradients += len(rows)
             total[todo] += result.attributions[todo]
             total_sq[todo] += result.squares[todo]
-            fz_sum += np.bincount(rows.example, weights=result.row_scores, minlength=num_examples)
+            fz_sum[:] += np.bincount(rows.example, weights=result.row_scores, minlength=num_examples)
             count[todo] += block_size
-            k = count[todo].reshape((-1,) + (1,) * len(shape)).astype(np.float64)
-            mean = total[todo] / k
-            variance = np.maximum(total_sq[todo] / k - mean**2, 0.0) * k / np.maximum(k - 1, 1)
-            standard_error = np.sqrt((variance / k).reshape(len(todo), -1).sum(axis=1))
-            size = np.sqrt((mean**2).reshape(len(todo), -1).sum(axis=1))
-            error[todo] = np.where(size > 0, standard_error / np.where(size > 0, size, 1.0), standard_error)
-            active[todo[(error[todo] <= tolerance) | (count[todo] + block_size > cap)]] = False
-            block += 1
-        if np.any(error > tolerance):
-            warnings.warn(f"SmoothTaylor: {int(np.sum(error > tolerance))} of {num_examples} image(s) did not "
-                          f"reach tolerance={tolerance:g} within max_roots={cap} (relative standard errors "
-                          f"{np.round(error[error > tolerance], 5).tolist()}).", RuntimeWarning, stacklevel=4)
+            return relative_standard_error(total[todo], total_sq[todo], count[todo])
+
+        refined = refine(root_block, num_examples, tolerance,
+                         budget=lambda rounds, todo: count[todo] + block_size <= cap)
+        warn_unconverged("SmoothTaylor", refined, "tolerance", tolerance, "max_roots", cap, stacklevel=5)
+        error = refined.error
         attributions = total / count.reshape((-1,) + (1,) * len(shape))
         fz = fz_sum / count
         delta = attributions.reshape(num_examples, -1).sum(axis=1) - (fx - fz)
@@ -197,9 +199,10 @@ class SmoothTaylor(AttributionMethod):
     def _adaptive(self, x, targets, fx, config) -> Explained:
         """Adaptive noising per image. The map returned is the best one the search evaluated (the
         authors' code keeps it), with its objective value: no further SmoothTaylor run."""
-        if self.layout() is not None:
+        layout = call_layout(config)
+        if layout is not None:
             raise InvalidTypeError("SmoothTaylor(sigma='adaptive') explains models with one image input; this model "
-                                   f"has inputs {list(self.layout().names)}. " + received("sigma", config["sigma"]))
+                                   f"has inputs {list(layout.names)}. " + received("sigma", config["sigma"]))
         with value_range_checked():  # attribute() has checked the inputs once
             result = _search(self, x.numpy(), config, objective=config["objective"], target=targets.indices,
                              stop_rule=config["stop_rule"], normalisation=config["normalisation"],
@@ -394,7 +397,7 @@ def adaptive_noising(
         raise InvalidTypeError("Adaptive noising explains models with one image input; this model has inputs "
                                f"{list(method.spec.inputs.names)}. " + received("model.inputs", list(method.spec.inputs.names)))
     images_checked = validate_images(images, method.spec, name="images")
-    config = method._merge(method.config, {"roots": roots})
+    config = method.call_options(roots=roots)
     warn_outside_value_range(images_checked.array, config["value_range"], name="images", stacklevel=2)
     with value_range_checked():  # checked once: the search calls attribute and AUPC many times
         return _search(method, images_checked.array, config, objective=objective, target=target, sigma0=sigma0,
