@@ -32,7 +32,7 @@ from tfattr.core.inputs import ModelSpec, model_spec, validate_images, validate_
 from tfattr.core.noise import NoiseTunnel
 from tfattr.core.result import Explanation
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
-from tfattr.methods.base import COMMON_OPTIONS, AttributionMethod
+from tfattr.methods.base import AttributionMethod
 from tfattr.surgery.cloning import SyncedClone
 
 __all__ = ["SaliencyLogger", "SaliencyLoggerWarning", "SaliencyRecord", "METRICS", "RUN_NAME"]
@@ -280,12 +280,8 @@ def _method_kind(method, method_options) -> str:
                 "wrap anything else, e.g. NoiseTunnel, in a factory `lambda model: NoiseTunnel(Gradient(model))`. "
                 + received("method", method.__name__)
             )
-        allowed = set(COMMON_OPTIONS) | set(method.options)
-        for cls in method.__mro__:
-            init = cls.__dict__.get("__init__")
-            if init is not None:
-                allowed |= {p.name for p in inspect.signature(init).parameters.values()
-                            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self", "model"}
+        allowed = {p.name for p in inspect.signature(method).parameters.values()  # every option (tfattr.core.checks)
+                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"model"}
         unknown = sorted(set(method_options) - allowed)
         if unknown:
             raise InvalidTypeError(

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfattr.errors import InvalidInputError, InvalidOptionTypeError, InvalidTypeError, received
+from tfattr.errors import InvalidInputError, InvalidOptionTypeError, InvalidTypeError, TfattrError, received
 
 __all__ = [
     "Option", "options_by_name", "signature_with_options", "positive_int", "integer_at_least", "positive_number",
@@ -110,10 +110,18 @@ def choices(*allowed) -> Check:
 
 
 def optional(check: Check) -> Check:
-    """``None`` or what ``check`` accepts."""
+    """``None`` or what ``check`` accepts (its message then says "… or None")."""
     def optional_check(name, value):
-        if value is not None:
+        if value is None:
+            return
+        try:
             check(name, value)
+        except TfattrError as error:
+            text = str(error)
+            tail = text.rfind(". Received: ")
+            if tail < 0 or text[:tail].endswith("or None"):
+                raise
+            raise type(error)(text[:tail] + " or None" + text[tail:]) from None
     optional_check.__name__ = f"optional_{getattr(check, '__name__', 'check')}"
     return optional_check
 

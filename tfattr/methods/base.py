@@ -46,7 +46,6 @@ COMMON_OPTIONS: Tuple[Option, ...] = (
     Option("output", None),  # checked against the model's outputs (resolve_output)
     Option("fixed_inputs", None, checks.input_selection),
 )
-_COMMON = {option.name: option.default for option in COMMON_OPTIONS}
 
 
 class Call(dict):

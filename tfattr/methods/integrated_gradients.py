@@ -39,7 +39,7 @@ BASELINE_OPTIONS = (
 
 def quadrature_rule(name: str, value) -> None:
     """A rule :func:`~tfattr.core.quadrature.quadrature` knows (short forms accepted)."""
-    quadrature(value, 1)
+    quadrature(value, 2)  # the smallest step count every rule takes
 
 
 def _tolerance(what: str):
