@@ -183,11 +183,20 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
     Special case: with ``steps=1`` and a baseline whose activations at the layer are zero,
     ``w_k = (1/Z) Σ_ij ∂y(I)/∂A^k_ij · A^k_ij(I)``, i.e. ``GradCAM(weighting="gradient_x_activation")``.
 
-    Options: ``layer`` (as :class:`GradCAM`), ``steps`` (``m``, default 50), the IG baseline
-    options (``baseline="zero"``, ``n_baselines``, ``value_range``, ``seed``, ``sigma``,
-    ``blur_sigma``, ``value``; a trained baseline goes in as an array), ``relu``,
-    ``upsample``, ``normalize``, ``batch_size``, ``verbose``, ``output``, and two options for the
-    authors' notebook (the paper's eq. 6 is the default):
+    Options (``inspect.signature(RSIGradCAM)`` lists them with their defaults):
+        layer: as :class:`GradCAM`.
+        steps: ``m``, the intervals of the path (default 50).
+        baseline, n_baselines, value_range, seed, per_image_baselines, sigma, blur_sigma, value:
+            the baseline options of :class:`~tfattr.methods.integrated_gradients.IntegratedGradients`
+            (default ``baseline="zero"``; a trained baseline goes in as an array).
+        relu, upsample, normalize: the map options of :class:`GradCAM` (defaults ``True``,
+            ``True``, ``False``).
+        tolerance, max_steps, min_steps: a requested accuracy instead of ``steps`` (below;
+            ``max_steps`` defaults to 257 here).
+        batch_size, verbose, parallel_chunks, output, fixed_inputs: see
+            :class:`~tfattr.methods.base.AttributionMethod`.
+
+    and two options for the authors' notebook (the paper's eq. 6 is the default):
 
     * ``rule``: ``"riemann_right"`` (eq. 6, default) or ``"trapezoid"`` (alias
       ``"riemann_trapezoid"``; ``steps`` still counts intervals, ``m ≥ 1``): the integrand of each

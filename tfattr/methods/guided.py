@@ -84,8 +84,11 @@ class GuidedIntegratedGradients(_MaxPoolRule, IntegratedGradients):
     et al. (CVPR 2021), which keeps the normal gradient and changes the path; here the path
     is IG's straight line and the gradient changes.
 
-    ``maxpool_rule="code"`` uses the max-pool backward of the authors' code (plain gradient ⊙
-    nearest-upsampled ``1[∂F/∂y > 0]``; see :func:`tfattr.surgery.guided_clone`).
+    Options: every option of :class:`~tfattr.methods.integrated_gradients.IntegratedGradients`, and
+
+        maxpool_rule: ``"paper"`` (default) or ``"code"``: the max-pool backward of the authors'
+            code (plain gradient ⊙ nearest-upsampled ``1[∂F/∂y > 0]``; see
+            :func:`tfattr.surgery.guided_clone`).
 
     Every IG option works unchanged (``baseline``, ``steps``, ``rule``, ``n_baselines``,
     ``value_range``, ``seed``, ``batch_size``, …) and so does wrapping in
@@ -112,9 +115,14 @@ class GuidedBackprop(_MaxPoolRule, Gradient):
     ``∂^G f(x)/∂x`` with ReLU backward ``relu(∂F/∂y ⊙ 1[x > 0])`` and max-pool backward
     ``relu(∂F/∂y_i ⊙ 1[x_ij = y_i])`` (the guided non-linearities of Kwon, Koo & Cho).
 
-    Options: ``maxpool_rule`` (``"paper"``, or ``"code"``: the authors' code's max-pool backward,
-    see :func:`tfattr.surgery.guided_clone`); ``absolute`` as in :class:`~tfattr.methods.gradient.Gradient`; ``batch_size``,
-    ``verbose``, ``output`` (the explained output of a model with several). Raises :class:`~tfattr.errors.InvalidInputError` on a model with no ReLU/max-pool.
+    Options:
+        maxpool_rule: ``"paper"`` (default), or ``"code"``: the authors' code's max-pool backward
+            (see :func:`tfattr.surgery.guided_clone`).
+        absolute: as in :class:`~tfattr.methods.gradient.Gradient`.
+        batch_size, verbose, parallel_chunks, output, fixed_inputs: see
+            :class:`~tfattr.methods.base.AttributionMethod`.
+
+    Raises :class:`~tfattr.errors.InvalidInputError` on a model with no ReLU/max-pool.
 
     Example:
         >>> GuidedBackprop(model).attribute(images, target=3).attributions

@@ -1,0 +1,176 @@
+"""The method contract: every attribution method exported by ``tfattr`` shows its options in
+``inspect.signature`` (with their defaults), documents each in its docstring (or the docstring
+of the class it takes the option from), and rejects a wrong type or value of each option with a
+tfattr error naming it (at construction and as a per-call override)."""
+
+import inspect
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import tfattr
+from tfattr.errors import TfattrError
+from tfattr.methods.base import AttributionMethod
+
+#: per option: wrong values (a wrong type and/or a wrong value); an option without an entry fails
+#: test_every_option_has_wrong_values_to_try, so a new option must bring its own
+WRONG = {
+    "batch_size": [0, 2.5, "fast"],
+    "verbose": ["loud", -1],
+    "parallel_chunks": [0, 1.5],
+    "output": [5, "nope"],
+    "fixed_inputs": [1.5, {"a": 1}],
+    "baseline": [True, None],
+    "steps": [0, 2.5, "50"],
+    "rule": ["simpson", 3],
+    "n_baselines": [0, 1.0],
+    "value_range": [(1, 0), "wide"],
+    "seed": [-1, 0.5],
+    "per_image_baselines": ["yes", 1],
+    "sigma": [-1.0, "wide"],
+    "blur_sigma": [-1.0, "soft"],
+    "value": [float("nan"), "grey"],
+    "tolerance": [0, -0.1, "tight"],
+    "max_steps": [1, 2.5],
+    "min_steps": [1, "3"],
+    "baseline_tolerance": [0, "tight"],
+    "max_baselines": [1, 2.5],
+    "absolute": ["yes", 1],
+    "maxpool_rule": ["torch", 1],
+    "relu": ["yes", 0],
+    "upsample": ["yes", 0],
+    "normalize": ["yes", 1],
+    "weighting": ["sum", 1],
+    "positive_units": ["yes", 1],
+    "input_baseline": ["zero", True],
+    "reduce": ["mean", 1],
+    "roots": [0, 1.5],
+    "noise_scale": ["percent", 1],
+    "objective": ["best", 1],
+    "stop_rule": ["never", 1],
+    "normalisation": [(0.0, -1.0), "imagenet"],
+    "max_roots": [0, 2.5],
+    # NoiseTunnel
+    "nt_type": ["mean", 1],
+    "nt_samples": [0, 2.5],
+    "stdevs": [-1.0, "x"],
+    "noise_level": [-0.1, "x"],
+    "nt_tolerance": [0, "x"],
+    "nt_max_samples": [0, 2.5],
+}
+
+#: constructor arguments that are not options (the layer of a layer method)
+LAYER = {"GradCAM": {"layer": "conv"}, "RSIGradCAM": {"layer": "conv"}, "LayerIntegratedGradients": {"layer": "conv"},
+         "LayerConductance": {"layer": "conv"}}
+
+
+def _exported_methods():
+    found = []
+    for name in tfattr.__all__:
+        obj = getattr(tfattr, name)
+        if isinstance(obj, type) and (issubclass(obj, AttributionMethod) or obj is tfattr.NoiseTunnel):
+            found.append(obj)
+    return found
+
+
+METHODS = _exported_methods()
+
+
+def _options(cls):
+    """The option names in the signature (every parameter after the model / wrapped method and the layer)."""
+    skip = {"model", "method", "layer", "attribute_to"}
+    return [p.name for p in inspect.signature(cls).parameters.values() if p.name not in skip]
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    h = keras.layers.MaxPooling2D()(h)
+    out = keras.layers.Dense(3)(keras.layers.Flatten()(h))
+    return keras.Model(inputs, out)
+
+
+def _build(cls, model, **options):
+    if cls is tfattr.NoiseTunnel:
+        return cls(tfattr.Gradient(model), **options)
+    return cls(model, **LAYER.get(cls.__name__, {}), **options)
+
+
+def test_the_exported_methods_are_found():
+    names = {cls.__name__ for cls in METHODS}
+    assert {"IntegratedGradients", "SmoothTaylor", "GradCAM", "RSIGradCAM", "Gradient", "InputXGradient",
+            "GuidedBackprop", "GuidedIntegratedGradients", "LayerIntegratedGradients", "LayerConductance",
+            "NoiseTunnel"} <= names
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.__name__)
+def test_signature_shows_every_option_with_its_default(cls):
+    signature = inspect.signature(cls)
+    assert not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()), str(signature)
+    if cls is tfattr.NoiseTunnel:
+        return  # plain keywords in its own __init__
+    names = _options(cls)
+    assert names == [n for n in cls.option_table if n in names] and set(names) == set(cls.option_table)
+    for name, option in cls.option_table.items():
+        assert signature.parameters[name].default is option.default, name
+        assert signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.__name__)
+def test_the_constructor_keeps_every_default(cls, model):
+    method = _build(cls, model)
+    for p in inspect.signature(cls).parameters.values():
+        if p.name in _options(cls) and p.name not in ("value_range", "rule"):  # resolved / normalised defaults
+            assert method.config[p.name] == p.default or method.config[p.name] is p.default, p.name
+
+
+_ENTRY = re.compile(r"^\s*(?:[*-]\s+)?((?:``)?\w+(?:``)?(?:\s*,\s*(?:``)?\w+(?:``)?)*)\s*:(?:\s|$)")
+
+
+def _documented(cls):
+    """Option names that open an entry (``name: …`` or ``a, b, c: …``) in the docstrings of the
+    class and of the classes it inherits from."""
+    names = set()
+    for klass in cls.__mro__:
+        for line in (klass.__doc__ or "").splitlines():
+            match = _ENTRY.match(line)
+            if match:
+                names |= {part.strip().strip("`") for part in match.group(1).split(",")}
+    return names
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.__name__)
+def test_every_option_has_a_docstring_entry(cls):
+    missing = [name for name in _options(cls) if name not in _documented(cls)]
+    assert not missing, f"{cls.__name__}'s docstring has no entry for {missing}"
+
+
+def test_every_option_has_wrong_values_to_try():
+    missing = sorted({name for cls in METHODS for name in _options(cls)} - set(WRONG))
+    assert not missing
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.__name__)
+def test_a_wrong_value_of_each_option_raises_an_error_naming_it(cls, model):
+    method = _build(cls, model)
+    images = np.random.default_rng(0).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
+    for name in _options(cls):
+        for wrong in WRONG[name]:
+            with pytest.raises(TfattrError, match=rf"`?{name}`?.*Received: {name}\b"):
+                _build(cls, model, **{name: wrong})
+            if cls is tfattr.NoiseTunnel:
+                continue
+            with pytest.raises(TfattrError, match=rf"Received: {name}\b"):  # as a per-call override
+                method.attribute(images, **{name: wrong})
+
+
+def test_old_keyword_calls_keep_working(model):
+    images = np.random.default_rng(1).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    options = dict(baseline="uniform", steps=4, rule="gauss_legendre", n_baselines=2, seed=3, batch_size=8)
+    by_keywords = tfattr.IntegratedGradients(model, **options).attribute(images, target=1)
+    by_override = tfattr.IntegratedGradients(model).attribute(images, target=1, **options)
+    np.testing.assert_array_equal(by_keywords.attributions, by_override.attributions)
