@@ -118,7 +118,8 @@ def warn_unconverged(owner: str, refinement: Refinement, option: str, tolerance:
     """A ``RuntimeWarning`` naming the examples that did not converge (nothing when all did):
 
     ``"{owner}: 2 of 5 example(s) did not reach {option}=0.01 within {budget_name}=64 ({errors}
-    [...]){; tail}."``"""
+    [...]){; tail}."``; ``stacklevel`` counts from the caller's frame, as :func:`warnings.warn`'s
+    does (the default 2 points at the caller's caller)."""
     missed = ~refinement.converged
     if not missed.any():
         return
