@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
@@ -26,7 +26,8 @@ from tfattr.errors import InvalidInputError, InvalidOptionTypeError, InvalidType
 
 __all__ = [
     "Option", "options_by_name", "signature_with_options", "positive_int", "integer_at_least", "positive_number",
-    "non_negative_number", "finite_number", "probability", "boolean", "choice", "optional", "any_value", "seed", "batch_size",
+    "non_negative_number", "finite_number", "probability", "boolean", "choice", "choices", "optional", "any_value",
+    "seed", "batch_size", "at_least", "defaults", "pick", "with_default", "resolve_options",
     "verbose", "sigma_values", "value_range_pair", "baseline_value", "input_selection",
 ]
 
@@ -260,9 +261,3 @@ def pick(options: Sequence[Option], *names: str) -> Tuple[Option, ...]:
 def with_default(option: Option, default) -> Option:
     """``option`` with another default."""
     return Option(option.name, default, option.check, option.schedules)
-
-
-def restricted(option: Option, *allowed, default=None) -> Option:
-    """``option`` accepting only ``allowed`` values."""
-    return Option(option.name, allowed[0] if default is None else default, choices(*allowed), option.schedules)
-

@@ -4,9 +4,11 @@ The methods that take a requested accuracy instead of a count refine per example
 IG's ``tolerance`` (nested trapezoid levels), IG's ``baseline_tolerance`` (blocks of baseline
 draws), RSI-Grad-CAM's ``tolerance`` (nested Stieltjes grids), SmoothTaylor's ``tolerance``
 (blocks of roots) and NoiseTunnel's ``nt_tolerance`` (blocks of noisy copies). Each round works on
-the examples still refining only; :func:`refine` runs the rounds, stops an example once its error
-is at most the tolerance (after at least ``min_rounds`` rounds) or once its budget is spent, and
-:func:`warn_unconverged` names those that ran out of budget.
+the examples still refining only; :class:`Refiner` runs the rounds (as a loop, ``for round, todo
+in refiner: … refiner.record(todo, errors)``; :func:`refine` is the same with the round as a
+function), stops an example once its error is at most the tolerance (after at least
+``min_rounds`` rounds) or once its budget is spent, and :func:`warn_unconverged` names those that
+ran out of budget.
 
 Monte-Carlo error (:func:`relative_standard_error`): for ``k`` i.i.d. samples ``q₁…q_k`` of a map,
 the sample variance of each value with Bessel's correction,
@@ -27,7 +29,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["Refinement", "refine", "relative_standard_error", "warn_unconverged"]
+__all__ = ["Refinement", "Refiner", "refine", "relative_standard_error", "warn_unconverged"]
 
 
 @dataclass
@@ -40,21 +42,75 @@ class Refinement:
     rounds: np.ndarray
 
 
+class Refiner:
+    """The refinement rounds of ``num_examples`` examples, as a loop::
+
+        refiner = Refiner(n, tolerance, max_rounds=top + 1)
+        for round_, todo in refiner:           # todo: the examples still refining
+            errors = ...                       # work on todo; their errors after this round
+            stopped = refiner.record(todo, errors)
+        refiner.result()                       # a Refinement
+
+    An example stops once its error is ``≤ tolerance`` after at least ``min_rounds`` rounds of its
+    own, or when ``budget(rounds_done, todo)`` says it may not take another round; the loop ends
+    when none is left or after ``max_rounds`` rounds.
+
+    Args:
+        num_examples: examples in all.
+        tolerance: the error an example must reach.
+        min_rounds: rounds an example takes at least.
+        max_rounds: rounds in all at most (``None``: until ``budget`` stops every example).
+        budget: ``budget(rounds_done, todo) -> mask`` over ``todo``: whether each may take one more
+            round (``None``: always).
+    """
+
+    def __init__(self, num_examples: int, tolerance: float, *, min_rounds: int = 1, max_rounds: Optional[int] = None,
+                 budget: Optional[Callable[[int, np.ndarray], np.ndarray]] = None):
+        self.tolerance, self.min_rounds, self.max_rounds, self.budget = tolerance, min_rounds, max_rounds, budget
+        self.error = np.full(num_examples, np.inf)
+        self.rounds = np.zeros(num_examples, int)
+        self.active = np.ones(num_examples, bool)
+        self.done_rounds = 0
+        self._recorded = True
+
+    def __iter__(self):
+        while self.active.any() and (self.max_rounds is None or self.done_rounds < self.max_rounds):
+            todo = np.flatnonzero(self.active)
+            self._recorded = False
+            yield self.done_rounds, todo
+            if not self._recorded:  # a round that measured nothing still counts
+                self.record(todo, None)
+
+    def record(self, todo: np.ndarray, errors: Optional[np.ndarray]) -> np.ndarray:
+        """End the round of ``todo`` with their ``errors`` (``None`` or ``inf`` entries: not
+        measurable yet); returns the examples that stop refining now."""
+        self._recorded = True
+        self.done_rounds += 1
+        self.rounds[todo] += 1
+        if errors is not None:
+            self.error[todo] = errors
+        stop = (self.error[todo] <= self.tolerance) & (self.rounds[todo] >= self.min_rounds)
+        if self.budget is not None:
+            stop |= ~np.asarray(self.budget(self.done_rounds, todo), bool)
+        self.active[todo[stop]] = False
+        return todo[stop]
+
+    def result(self) -> "Refinement":
+        """Per example: the last error, whether it converged (``error ≤ tolerance``), its rounds."""
+        return Refinement(error=self.error.copy(), converged=self.error <= self.tolerance, rounds=self.rounds.copy())
+
+
 def refine(step: Callable[[int, np.ndarray], Optional[np.ndarray]], num_examples: int, tolerance: float, *,
            min_rounds: int = 1, max_rounds: Optional[int] = None,
            budget: Optional[Callable[[int, np.ndarray], np.ndarray]] = None) -> Refinement:
-    """Run refinement rounds until every example converged or ran out of budget.
+    """Run refinement rounds until every example converged or ran out of budget (a
+    :class:`Refiner` loop whose round is ``step``).
 
     Args:
         step: ``step(round, todo) -> errors``: do round ``round`` (0, 1, …) for the examples
             ``todo`` (indices of those still refining) and return their errors after it (``None``
             or ``inf`` entries: not measurable yet).
-        num_examples: examples in all.
-        tolerance: an example stops once its error is ``≤ tolerance`` …
-        min_rounds: … after at least this many rounds of its own.
-        max_rounds: at most this many rounds in all (``None``: until ``budget`` stops them).
-        budget: ``budget(rounds_done, todo) -> mask`` over ``todo``: whether each may take one more
-            round (``None``: always).
+        num_examples, tolerance, min_rounds, max_rounds, budget: as for :class:`Refiner`.
 
     Returns:
         A :class:`Refinement`.
@@ -64,22 +120,10 @@ def refine(step: Callable[[int, np.ndarray], Optional[np.ndarray]], num_examples
         >>> refine(halves, 2, 0.1).rounds.tolist()
         [4, 4]
     """
-    error = np.full(num_examples, np.inf)
-    rounds = np.zeros(num_examples, int)
-    active = np.ones(num_examples, bool)
-    done_rounds = 0
-    while active.any() and (max_rounds is None or done_rounds < max_rounds):
-        todo = np.flatnonzero(active)
-        measured = step(done_rounds, todo)
-        done_rounds += 1
-        rounds[todo] += 1
-        if measured is not None:
-            error[todo] = measured
-        stop = (error[todo] <= tolerance) & (rounds[todo] >= min_rounds)
-        if budget is not None:
-            stop |= ~np.asarray(budget(done_rounds, todo), bool)
-        active[todo[stop]] = False
-    return Refinement(error=error, converged=error <= tolerance, rounds=rounds)
+    refiner = Refiner(num_examples, tolerance, min_rounds=min_rounds, max_rounds=max_rounds, budget=budget)
+    for round_, todo in refiner:
+        refiner.record(todo, step(round_, todo))
+    return refiner.result()
 
 
 def relative_standard_error(total: np.ndarray, total_sq: np.ndarray, count: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from tfattr.core.keys import Uncacheable, canonical
 from tfattr.core.ranges import warn_outside_value_range
 from tfattr.core.result import Explanation
 from tfattr.core.targets import Targets, resolve_output, resolve_targets, select_scores
-from tfattr.errors import InvalidInputError, InvalidTypeError, received
+from tfattr.errors import InvalidTypeError, received
 
 __all__ = ["AttributionMethod", "Explained", "Call", "COMMON_OPTIONS", "call_layout", "with_options"]
 
@@ -334,7 +334,8 @@ class AttributionMethod:
         flat = self.to_model_dtype(baselines.flat(), layout)
         if baselines.per_example:
             owner = np.repeat(np.arange(num_examples), count)
-            return self.scores(flat, targets, config["batch_size"], owner, layout).reshape(num_examples, count).mean(axis=1)
+            shared = self.scores(flat, targets, config["batch_size"], owner, layout)
+            return shared.reshape(num_examples, count).mean(axis=1)
         if targets.score_fn is not None:
             shared = self.scores(flat, targets, config["batch_size"], layout=layout)
             return np.full(num_examples, shared.mean())

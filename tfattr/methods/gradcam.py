@@ -9,7 +9,6 @@ gradients integrated against the layer's activations as a Riemann–Stieltjes su
 
 from __future__ import annotations
 
-import warnings
 
 import keras
 import numpy as np
@@ -19,10 +18,11 @@ from tfattr.baselines.registry import BaselineSet
 from tfattr.core import checks
 from tfattr.core.adaptive import level_bounds, level_rows, relative_error
 from tfattr.core.checks import Option
+from tfattr.core.convergence import Refiner, warn_unconverged
 from tfattr.core.engine import PathRows
 from tfattr.core.gradients import LayerGradients
 from tfattr.core.layers import find_layer, last_layer_with_rank, layer_output_rank
-from tfattr.errors import InvalidInputError, InvalidTypeError, received
+from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.core.ranges import resolve_value_range
 from tfattr.methods.integrated_gradients import BASELINE_OPTIONS, IG_OPTIONS, IntegratedGradients
@@ -231,11 +231,13 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
     """
 
     name = "rsi_gradcam"
-    options = (BASELINE_OPTIONS[:1] + IG_OPTIONS[:1]
+    options = (checks.pick(BASELINE_OPTIONS + IG_OPTIONS, "baseline", "steps")
                + (Option("rule", "riemann_right", checks.choices(*_RSI_RULES, *_RSI_RULE_ALIASES)),)
-               + BASELINE_OPTIONS[1:]
-               + (IG_OPTIONS[2], checks.with_default(IG_OPTIONS[3], 257), IG_OPTIONS[4])  # tolerance, max/min_steps
-               + MAP_OPTIONS + (Option("positive_units", False, checks.boolean),))
+               + checks.pick(BASELINE_OPTIONS + IG_OPTIONS, "n_baselines", "value_range", "seed", "per_image_baselines",
+                             "sigma", "blur_sigma", "value", "tolerance")
+               + (checks.with_default(checks.pick(IG_OPTIONS, "max_steps")[0], 257),)
+               + checks.pick(IG_OPTIONS, "min_steps") + MAP_OPTIONS
+               + (Option("positive_units", False, checks.boolean),))
     rules = _RSI_RULES
     combine = "stieltjes"
     collect_endpoint = True
@@ -302,15 +304,11 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         kept = {}  # (example, baseline) -> {node: (gradient, activations)}
         terms = [None] * num_examples  # per example: Σ over baselines of the ordered sums
         fz, level = np.zeros(num_examples), np.zeros(num_examples, int)
-        error = np.full(num_examples, np.inf)
-        active = np.ones(num_examples, bool)
+        refiner = Refiner(num_examples, tolerance, min_rounds=bottom + 1, max_rounds=top + 1)
         activations = start = None
         trapezoid = config["rule"] == "trapezoid"
         evaluated = 0
-        for k in range(top + 1):
-            todo = np.flatnonzero(active)
-            if len(todo) == 0:
-                break
+        for k, todo in refiner:
             rows = level_rows(k, num_examples, count, todo, baselines.per_example)
             result = self.integrate(x, baselines, targets, rows, config, collect_rows=True)
             evaluated += len(rows)
@@ -348,24 +346,22 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
                     activations[e] = kept[(int(e), 0)][span][1]
                 terms[e] = update if terms[e] is None else terms[e] + update
             level[todo] = k
-            error[todo] = relative_error(np.array([terms[e].sum() / count for e in todo]), fx[todo] - fz[todo])
-            done = todo[(error[todo] <= tolerance) & (k >= bottom)]
-            active[done] = False
+            done = refiner.record(todo, relative_error(np.array([terms[e].sum() / count for e in todo]),
+                                                       fx[todo] - fz[todo]))
             for e in done:  # free the converged paths' nodes
                 for b in range(count):
                     kept.pop((int(e), b), None)
-        if active.any():
-            warnings.warn(
-                f"RSIGradCAM: {int(active.sum())} of {num_examples} example(s) did not reach tolerance="
-                f"{tolerance:g} within max_steps={config['max_steps']} (relative completeness errors "
-                f"{np.round(error[active], 6).tolist()}); returning the finest level.", RuntimeWarning, stacklevel=4)
+        refined = refiner.result()
+        warn_unconverged("RSIGradCAM", refined, "tolerance", tolerance, "max_steps", config["max_steps"],
+                         errors="relative completeness errors", digits=6, tail="returning the finest level",
+                         stacklevel=5)
         terms = np.stack(terms) / count
         channel_weights, selected = self._channel_weights(terms, activations, start, config)
         cam = self._cam(channel_weights, activations, tuple(x.shape[1:]), config)
         total = terms.reshape(num_examples, -1).sum(axis=1)
         info = {"layer": self.layer.name, "weights": channel_weights, "activations": activations,
                 "baseline": baselines.name, "steps": 2**level, "nodes": 2**level + 1, "rule": config["rule"],
-                "converged": ~active, "relative_error": error, "tolerance": tolerance}
+                "converged": refined.converged, "relative_error": refined.error, "tolerance": tolerance}
         if selected is not None:
             info["selected"] = selected
         return Explained(attributions=cam, gradients=evaluated, scores=fx, baseline_scores=fz, delta=total - (fx - fz),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from tfattr.core.adaptive import level_bounds, level_nodes, level_rows, relative
 from tfattr.core.checks import Option
 from tfattr.core.convergence import refine, relative_standard_error, warn_unconverged
 from tfattr.core.engine import PathRows
-from tfattr.core.quadrature import RULES, quadrature
+from tfattr.core.quadrature import quadrature
 from tfattr.core.ranges import resolve_value_range
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained, call_layout, with_options
@@ -144,7 +143,9 @@ class IntegratedGradients(AttributionMethod):
     #: how ``tolerance`` is checked: "completeness" (true gradients) or "successive" (the relative
     #: L1 change between nested levels, for gradients that do not integrate to f(x) − f(z))
     convergence = "completeness"
-    options = BASELINE_OPTIONS[:1] + IG_OPTIONS[:2] + BASELINE_OPTIONS[1:] + IG_OPTIONS[2:]
+    options = checks.pick(BASELINE_OPTIONS + IG_OPTIONS, "baseline", "steps", "rule", "n_baselines", "value_range",
+                          "seed", "per_image_baselines", "sigma", "blur_sigma", "value", "tolerance", "max_steps",
+                          "min_steps", "baseline_tolerance", "max_baselines")
 
     def check_combination(self, config):
         quadrature(config["rule"], config["steps"])  # raises on a bad rule/steps
@@ -303,7 +304,8 @@ class IntegratedGradients(AttributionMethod):
             nonlocal gradients, bank, drawn
             size = min(block, cap - drawn)
             if bank is None or bank.count < drawn + size:  # draws 0..K−1 of one sequence, grown by doubling
-                bank = self.make_baselines(x_host, with_options(config, n_baselines=min(cap, max(2 * drawn, drawn + size))))
+                grown = min(cap, max(2 * drawn, drawn + size))
+                bank = self.make_baselines(x_host, with_options(config, n_baselines=grown))
             part = bank.array[todo if bank.per_example else slice(None), drawn:drawn + size]  # shared unless per image
             pseudo = BaselineSet(np.broadcast_to(part, (len(todo),) + part.shape[1:]).reshape((len(todo) * size, 1) + part.shape[2:]),
                                  bank.name, relative=bank.relative, clip=bank.clip)

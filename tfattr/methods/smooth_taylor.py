@@ -9,7 +9,6 @@ step. The scores at ``α = 0`` are ``f(z⁽ʳ⁾)``, so the Taylor reconstructio
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
@@ -24,7 +23,6 @@ from tfattr.core.inputs import validate_images
 from tfattr.core.ranges import (IMAGENET_MEAN, IMAGENET_STD_RGB, resolve_value_range, value_range_checked,
                                 warn_outside_value_range)
 from tfattr.core.random import STREAM_SMOOTH_TAYLOR, rng
-from tfattr.core.result import Explanation
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained, call_layout
 
