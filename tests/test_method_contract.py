@@ -174,3 +174,35 @@ def test_old_keyword_calls_keep_working(model):
     by_keywords = tfattr.IntegratedGradients(model, **options).attribute(images, target=1)
     by_override = tfattr.IntegratedGradients(model).attribute(images, target=1, **options)
     np.testing.assert_array_equal(by_keywords.attributions, by_override.attributions)
+
+
+def test_the_public_protocol_reproduces_attribute_with_the_call_state_passed_down():
+    """call_options → validate → resolve → explain → package is attribute(); the input layout of a
+    model with several inputs travels in the Call (no thread-local set by validate)."""
+    keras.utils.set_random_seed(2)
+    a, b = keras.Input((5,), name="table"), keras.Input((4, 3), name="series")
+    h = keras.layers.Concatenate()([a, keras.layers.Flatten()(b)])
+    model = keras.Model([a, b], keras.layers.Dense(3)(keras.layers.Dense(8, activation="tanh")(h)))
+    x = [np.random.default_rng(3).uniform(0, 1, size=(2, 5)).astype(np.float32),
+         np.random.default_rng(4).uniform(0, 1, size=(2, 4, 3)).astype(np.float32)]
+    ig = tfattr.IntegratedGradients(model, steps=4, batch_size=8)
+    config = ig.call_options(fixed_inputs=["series"], baseline="uniform")
+    assert config.layout is None
+    images = ig.validate(x, config)
+    assert config.layout is images.layout and config.replace(steps=8).layout is images.layout
+    packed = ig.to_model_dtype(images.array, config.layout)
+    targets, fx = ig.resolve(packed, 1, config["batch_size"], config["output"], config.layout)
+    by_protocol = ig.package(ig.explain(packed, targets, fx, config), images, targets, fx, config)
+    reference = ig.attribute(x, target=1, fixed_inputs=["series"], baseline="uniform")
+    for mine, theirs in zip(by_protocol.attributions, reference.attributions):
+        np.testing.assert_array_equal(mine, theirs)
+    assert np.all(by_protocol.attributions[1] == 0)  # the fixed input
+    # the constructor's options are untouched by a call's overrides
+    assert ig.config["baseline"] == "zero" and ig.config["fixed_inputs"] is None
+
+
+def test_noise_tunnel_uses_only_the_public_protocol():
+    import tfattr.core.noise as noise
+
+    source = inspect.getsource(noise)
+    assert not re.search(r"method\._\w", source)
