@@ -198,15 +198,11 @@ def input_selection(name: str, value) -> None:
 # -- option declarations -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Option:
-    """One constructor option of a method: its ``name``, ``default`` and ``check(name, value)``.
-
-    ``schedules``: the option only schedules the work (no attribution depends on it; left out of
-    cache keys)."""
+    """One constructor option of a method: its ``name``, ``default`` and ``check(name, value)``."""
 
     name: str
     default: Any
     check: Check = any_value
-    schedules: bool = False
 
     def validate(self, value) -> None:
         self.check(self.name, value)
@@ -260,4 +256,4 @@ def pick(options: Sequence[Option], *names: str) -> Tuple[Option, ...]:
 
 def with_default(option: Option, default) -> Option:
     """``option`` with another default."""
-    return Option(option.name, default, option.check, option.schedules)
+    return Option(option.name, default, option.check)

@@ -41,8 +41,8 @@ __all__ = ["AttributionMethod", "Explained", "Call", "COMMON_OPTIONS", "call_lay
 #: the options every method takes (documented on :class:`AttributionMethod`)
 COMMON_OPTIONS: Tuple[Option, ...] = (
     Option("batch_size", "auto", checks.batch_size),
-    Option("verbose", "auto", checks.verbose, schedules=True),
-    Option("parallel_chunks", 2, checks.positive_int, schedules=True),
+    Option("verbose", "auto", checks.verbose),
+    Option("parallel_chunks", 2, checks.positive_int),
     Option("output", None),  # checked against the model's outputs (resolve_output)
     Option("fixed_inputs", None, checks.input_selection),
 )
@@ -119,7 +119,7 @@ class AttributionMethod:
     #: the method's own options (name, default, check), declared by each class in full: a subclass
     #: lists what it takes rather than inheriting options and rejecting some
     options: Tuple[Option, ...] = ()
-    #: every option of the class (:data:`COMMON_OPTIONS` then :attr:`options`), by name; built by
+    #: every option of the class (:attr:`options` then :data:`COMMON_OPTIONS`), by name; built by
     #: ``__init_subclass__``, which also sets the class's ``__signature__``
     option_table: Dict[str, Option] = checks.options_by_name(COMMON_OPTIONS)
     #: how the engine combines a row's gradient: "path" (× (x − z)), "plain", "stieltjes" or
@@ -138,7 +138,7 @@ class AttributionMethod:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.option_table = checks.options_by_name(COMMON_OPTIONS + tuple(cls.options))
+        cls.option_table = checks.options_by_name(tuple(cls.options) + COMMON_OPTIONS)
         cls.__signature__ = checks.signature_with_options(cls.__init__, cls.option_table.values())
 
     def __init__(self, model, **options):
