@@ -118,6 +118,7 @@ def test_signature_shows_every_option_with_its_default(cls):
     for name, option in cls.option_table.items():
         assert signature.parameters[name].default is option.default, name
         assert signature.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+        option.validate(option.default)  # every default passes its own check
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.__name__)

@@ -229,8 +229,8 @@ def signature_with_options(init, options: Iterable[Option]) -> inspect.Signature
     return inspect.Signature(head + keywords)
 
 
-def resolve_options(owner: str, table: Dict[str, Option], base: Dict[str, Any], overrides: Dict[str, Any],
-                    ) -> Dict[str, Any]:
+def resolve_options(owner: str, table: Dict[str, Option], base: Dict[str, Any],
+                    overrides: Dict[str, Any]) -> Dict[str, Any]:
     """``base`` updated with ``overrides``, each override checked by its option; unknown names raise
     :class:`~tfattr.errors.InvalidTypeError` naming ``owner``'s options."""
     unknown = sorted(set(overrides) - set(table))
