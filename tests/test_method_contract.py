@@ -207,3 +207,17 @@ def test_noise_tunnel_uses_only_the_public_protocol():
 
     source = inspect.getsource(noise)
     assert not re.search(r"method\._\w", source)
+
+
+def test_a_subclass_declaring_options_the_former_way_still_works(model):
+    class Scaled(tfattr.Gradient):
+        options = {"absolute": False, "factor": 2.0}  # {name: default}, as before Option tables
+
+        def _explain(self, x, targets, fx, config):
+            out = super()._explain(x, targets, fx, config)
+            return type(out)(out, attributions=out["attributions"] * config["factor"])
+
+    assert inspect.signature(Scaled).parameters["factor"].default == 2.0
+    images = np.random.default_rng(5).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(Scaled(model, factor=3.0).attribute(images, target=0).attributions,
+                               3.0 * tfattr.Gradient(model).attribute(images, target=0).attributions, rtol=1e-6)

@@ -138,7 +138,10 @@ class AttributionMethod:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.option_table = checks.options_by_name(tuple(cls.options) + COMMON_OPTIONS)
+        own = cls.options
+        if isinstance(own, dict):  # the former declaration {name: default}: options without a check
+            cls.options = own = tuple(Option(name, default) for name, default in own.items())
+        cls.option_table = checks.options_by_name(tuple(own) + COMMON_OPTIONS)
         cls.__signature__ = checks.signature_with_options(cls.__init__, cls.option_table.values())
 
     def __init__(self, model, **options):
