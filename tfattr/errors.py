@@ -8,8 +8,8 @@ the message alone. The classes subclass the built-in ``ValueError`` /
 
 from __future__ import annotations
 
-__all__ = ["TfattrError", "InvalidInputError", "InvalidTypeError", "InvalidOptionTypeError", "MissingDependencyError", "ValueRangeWarning",
-           "received"]
+__all__ = ["TfattrError", "InvalidInputError", "InvalidTypeError", "InvalidOptionError", "MissingDependencyError",
+           "ValueRangeWarning", "received"]
 
 
 class TfattrError(Exception):
@@ -24,9 +24,10 @@ class InvalidTypeError(TfattrError, TypeError):
     """An argument has the wrong type or dtype."""
 
 
-class InvalidOptionTypeError(InvalidTypeError, InvalidInputError):
-    """An on/off option got something other than ``True``/``False``: a ``TypeError`` and, like
-    every other option error, a ``ValueError``, so either ``except`` catches it."""
+class InvalidOptionError(InvalidTypeError, InvalidInputError):
+    """An option a method does not take, or an on/off option given something other than
+    ``True``/``False``: a ``TypeError`` (as Python's unexpected keyword argument) and, like every
+    other option error, a ``ValueError``, so either ``except`` catches it."""
 
 
 class MissingDependencyError(TfattrError, ImportError):

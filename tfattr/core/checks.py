@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
-from tfattr.errors import InvalidInputError, InvalidOptionTypeError, InvalidTypeError, TfattrError, received
+from tfattr.errors import InvalidInputError, InvalidOptionError, InvalidTypeError, TfattrError, received
 
 __all__ = [
     "Option", "options_by_name", "signature_with_options", "positive_int", "integer_at_least", "positive_number",
@@ -89,9 +89,9 @@ def probability(name: str, value) -> None:
 
 def boolean(name: str, value) -> None:
     """``True`` or ``False`` (NumPy bools too). Anything else raises
-    :class:`~tfattr.errors.InvalidOptionTypeError` (both a ``TypeError`` and a ``ValueError``)."""
+    :class:`~tfattr.errors.InvalidOptionError` (both a ``TypeError`` and a ``ValueError``)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise InvalidOptionTypeError(f"`{name}` must be True or False. " + received(name, value))
+        raise InvalidOptionError(f"`{name}` must be True or False. " + received(name, value))
 
 
 def choice(name: str, value, allowed: Sequence, what: str = "") -> None:
@@ -232,10 +232,10 @@ def signature_with_options(init, options: Iterable[Option]) -> inspect.Signature
 def resolve_options(owner: str, table: Dict[str, Option], base: Dict[str, Any],
                     overrides: Dict[str, Any]) -> Dict[str, Any]:
     """``base`` updated with ``overrides``, each override checked by its option; unknown names raise
-    :class:`~tfattr.errors.InvalidTypeError` naming ``owner``'s options."""
+    :class:`~tfattr.errors.InvalidOptionError` naming ``owner``'s options."""
     unknown = sorted(set(overrides) - set(table))
     if unknown:
-        raise InvalidTypeError(
+        raise InvalidOptionError(
             f"{owner} got unknown option(s) {unknown}; its options are {sorted(table)}. "
             + received(unknown[0], overrides[unknown[0]]))
     for name, value in overrides.items():

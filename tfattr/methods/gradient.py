@@ -8,7 +8,7 @@ from tfattr.baselines.registry import BaselineSet
 from tfattr.core import checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import PathRows
-from tfattr.methods.base import AttributionMethod, Explained
+from tfattr.methods.base import AttributionMethod, Explained, call_layout
 
 __all__ = ["Gradient", "InputXGradient"]
 
@@ -21,12 +21,12 @@ def _single_point(method: AttributionMethod, x, targets, config):
     return method.integrate(x, zero, targets, rows, config), len(rows)
 
 
-def _zero_fixed(method: AttributionMethod, attributions: np.ndarray) -> np.ndarray:
-    """``attributions`` with the positions of fixed inputs set to exactly 0.
+def _zero_fixed(config, attributions: np.ndarray) -> np.ndarray:
+    """``attributions`` with the positions of the call's fixed inputs set to exactly 0.
 
     ``fixed_inputs`` means "baseline = input, attribution 0" for every method; a gradient is not
     multiplied by ``x − z`` (which is 0 there), so it is zeroed here."""
-    layout = method.layout()
+    layout = call_layout(config)
     if layout is None or not any(layout.fixed):
         return attributions
     attributions = np.array(attributions, copy=True)
@@ -58,7 +58,7 @@ class Gradient(AttributionMethod):
     def _explain(self, x, targets, fx, config) -> Explained:
         result, count = _single_point(self, x, targets, config)
         attributions = np.abs(result.attributions) if config["absolute"] else result.attributions
-        attributions = _zero_fixed(self, attributions)
+        attributions = _zero_fixed(config, attributions)
         return Explained(attributions=attributions, gradients=count, scores=result.row_scores,
                          targets=result.row_classes)
 
