@@ -95,7 +95,7 @@ class Refiner:
         self.active[todo[stop]] = False
         return todo[stop]
 
-    def result(self) -> "Refinement":
+    def result(self) -> Refinement:
         """Per example: the last error, whether it converged (``error ≤ tolerance``), its rounds."""
         return Refinement(error=self.error.copy(), converged=self.error <= self.tolerance, rounds=self.rounds.copy())
 

@@ -59,7 +59,7 @@ class Call(dict):
         super().__init__(options, **changes)
         self.layout = layout
 
-    def replace(self, **changes) -> "Call":
+    def replace(self, **changes) -> Call:
         """A copy with ``changes`` to the options (the state kept)."""
         return Call(self, layout=self.layout, **changes)
 

@@ -9,7 +9,6 @@ gradients integrated against the layer's activations as a Riemann–Stieltjes su
 
 from __future__ import annotations
 
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -22,9 +21,9 @@ from tfattr.core.convergence import Refiner, warn_unconverged
 from tfattr.core.engine import PathRows
 from tfattr.core.gradients import LayerGradients
 from tfattr.core.layers import find_layer, last_layer_with_rank, layer_output_rank
+from tfattr.core.ranges import resolve_value_range
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained
-from tfattr.core.ranges import resolve_value_range
 from tfattr.methods.integrated_gradients import BASELINE_OPTIONS, IG_OPTIONS, IntegratedGradients
 
 __all__ = ["GradCAM", "RSIGradCAM"]

@@ -19,15 +19,15 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from tfattr.core import checks
 from tfattr.core.autotune import forward_size
+from tfattr.core.checks import Option
 from tfattr.core.gradients import LayerInjection
 from tfattr.core.inputs import ModelSpec, validate_inputs
 from tfattr.core.layers import find_layer
+from tfattr.core.ranges import resolve_value_range
 from tfattr.core.structure import InputLayout, InputsSpec, inputs_spec
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
-from tfattr.core import checks
-from tfattr.core.checks import Option
-from tfattr.core.ranges import resolve_value_range
 from tfattr.methods.base import Call
 from tfattr.methods.integrated_gradients import BASELINE_OPTIONS, IG_OPTIONS, IntegratedGradients
 
