@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import cv2
 import keras
@@ -14,7 +13,6 @@ import numpy as np
 import pytest
 
 import tfattr
-from conftest import small_cnn
 from tfattr import cli
 from tfattr.cli import _load_images, main
 
@@ -41,7 +39,8 @@ def _explain_runs(model, runs):
     code = ("import resource, sys, time\nfrom tfattr.cli import main\n"
             f"for image, out in {runs!r}:\n"
             "    begin = time.perf_counter()\n"
-            f"    rc = main(['explain', '--model', {model!r}, '--images', image, '--method', 'gradient', '--out', out])\n"
+             f"    rc = main(['explain', '--model', {model!r}, '--images', image, '--method', 'gradient',"
+             f" '--out', out])\n"
             "    sys.stderr.write('\\n--- %d %d %.2f\\n' % (rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
             "time.perf_counter() - begin))\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
@@ -151,8 +150,10 @@ def test_a_model_of_other_channels_is_an_error_naming_model(tmp_path, images, ca
     model.save(tmp_path / "two.keras")
     image = str(tmp_path / "a.png")
     cv2.imwrite(image, np.zeros((16, 16, 3), np.uint8))
-    assert main(["explain", "--model", str(tmp_path / "two.keras"), "--images", image, "--out", str(tmp_path / "o")]) == 2
-    assert "--model: the command reads images as grey (1 channel) or RGB (3 channels); the model takes 2" in one_line(capsys)
+    assert main(["explain", "--model", str(tmp_path / "two.keras"), "--images", image,
+                 "--out", str(tmp_path / "o")]) == 2
+    assert ("--model: the command reads images as grey (1 channel) or RGB (3 channels); the model takes 2"
+            in one_line(capsys))
 
 
 # -- item 22: models of a free size --------------------------------------------------------------------------
@@ -187,13 +188,15 @@ def test_a_free_size_model_takes_the_images_size_or_size(tmp_path, capsys):
     # more images than memory holds: named before any is drawn (was a MemoryError)
     assert main(["evaluate", "--model", path, "--images", "10000", "--size", "3000", "--methods", "gradient",
                  "--out", str(tmp_path / "eval")]) == 2
-    assert "error: --images: 10000 images of 3000×3000 need about 3017.5 GiB, more than half of this machine" in one_line(capsys)
+    assert ("error: --images: 10000 images of 3000×3000 need about 3017.5 GiB, more than half of this machine"
+            in one_line(capsys))
 
 
 def test_size_must_agree_with_a_fixed_model(tmp_path, model_path, capsys):
     image = str(tmp_path / "a.png")
     cv2.imwrite(image, np.zeros((16, 16, 3), np.uint8))
-    assert main(["explain", "--model", model_path, "--images", image, "--size", "32", "--out", str(tmp_path / "o")]) == 2
+    assert main(["explain", "--model", model_path, "--images", image, "--size", "32",
+                 "--out", str(tmp_path / "o")]) == 2
     assert one_line(capsys) == "tfattr explain: error: --size: the model takes 16×16 images only. Received: --size=[32]"
 
 
@@ -211,8 +214,8 @@ def test_an_unusable_out_is_refused_before_any_attribution(tmp_path, model_path,
                         (str(a_file / "sub"), f"{str(a_file)!r} is a file, not a folder")):
         for argv in (["explain", "--model", model_path, "--images", image], ["evaluate", "--model", model_path]):
             assert main(argv + ["--out", out]) == 2
-            assert one_line(capsys) == (f"tfattr {argv[0]}: error: --out: cannot write in the folder {out!r}: {reason}. "
-                                        f"Received: --out={out!r}")
+            assert one_line(capsys) == (f"tfattr {argv[0]}: error: --out: cannot write in the folder {out!r}: "
+                                        f"{reason}. Received: --out={out!r}")
     assert a_file.read_text() == "notes"
 
 
@@ -276,7 +279,8 @@ def test_imagenette_offline_fails_fast_naming_the_dataset(tmp_path):
     seconds = float(run.stderr.rsplit("--- ", 1)[1])
     assert seconds < 20, seconds
     assert re.search(r"error: --dataset imagenette: it is not in the TFDS folder .* and its download host "
-                     r"s3\.amazonaws\.com cannot be reached .* Received: --dataset='imagenette'", run.stderr), run.stderr[-2000:]
+                     r"s3\.amazonaws\.com cannot be reached .* Received: --dataset='imagenette'",
+                     run.stderr), run.stderr[-2000:]
 
 
 # -- odd image files ------------------------------------------------------------------------------------------
@@ -317,7 +321,8 @@ def test_odd_image_files_are_read_or_refused_in_one_line(tmp_path, model_path, c
     assert one_line(capsys).endswith(f"Is a directory. Received: --images={str(tmp_path)!r}")
 
 
-@pytest.mark.parametrize("ext, params", [(".png", []), (".jpg", []), (".bmp", []), (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
+@pytest.mark.parametrize("ext, params", [(".png", []), (".jpg", []), (".bmp", []),
+                                         (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
                                          (".tiff", []), (".ppm", []), (".gif", [])])
 def test_the_pixel_cap_reads_each_format_s_header(tmp_path, ext, params):
     """The size each header declares (what the cap checks before decoding) is the decoded size; a lossless

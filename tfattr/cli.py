@@ -584,7 +584,6 @@ def _image_shape(model, requested) -> Tuple[Optional[Tuple[int, int]], int]:
 
 
 def _explain(args) -> int:
-    import tfattr.core.inputs
     from tfattr import viz
     from tfattr.core.files import atomic_write
 
