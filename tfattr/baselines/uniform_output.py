@@ -367,7 +367,7 @@ def train_uniform_baseline(
         >>> print(trained.report())
         >>> ig = tfattr.IntegratedGradients(model, baseline=trained)
     """
-    from tfattr.core.engine import progress_bar
+    from tfattr.core.progress import progress_bar
     from tfattr.core.inputs import validate_value_range
 
     shape, input_dtype, classes = _check_model(model)

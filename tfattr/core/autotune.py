@@ -362,14 +362,19 @@ def start_size(model, shape: Tuple[int, ...], dtype, device: str) -> int:
     return size
 
 
-def tuner_for(gradient_fn, shape: Tuple[int, ...], dtype, combine: str, workers: int, device: str,
-              relative: bool = False) -> ChunkTuner:
+def tuner_for(gradient_fn, shape: Tuple[int, ...], dtype, combine, workers: int, device: str,
+              relative: bool = False, forward: bool = False) -> ChunkTuner:
     """The process's :class:`ChunkTuner` for this key (created on first use, capped by
-    :func:`limits` and the byte budget, preloaded from the on-disk cache when enabled)."""
+    :func:`limits` and the byte budget, preloaded from the on-disk cache when enabled).
+    ``forward``: the rows are forward passes without a gradient
+    (:class:`~tfattr.core.engine.ForwardEngine`), measured apart from the gradient rows of the
+    same model; a point then holds its activations only (half of :func:`point_bytes`)."""
     owner = _owner(gradient_fn)
     device = _device_name(device)
     dtype_name = getattr(dtype, "name", str(dtype))
     key = (_kind(gradient_fn), tuple(shape), dtype_name, combine, int(workers), device, bool(relative))
+    if forward:
+        key += ("forward",)
     with _registry_lock:
         try:
             table = _tuners.setdefault(owner, {})
@@ -383,6 +388,7 @@ def tuner_for(gradient_fn, shape: Tuple[int, ...], dtype, combine: str, workers:
         if max_bytes is not None:
             itemsize = getattr(dtype, "size", 4)
             per_point = point_bytes(owner, tuple(shape), itemsize) or math.prod(shape) * itemsize * 64
+            per_point = per_point // 2 if forward else per_point
             cap = max(1, min(cap, max_bytes // max(1, per_point * int(workers))))
         tuner = ChunkTuner(cap=cap, workers=workers, start=start_size(owner, shape, dtype, device))
         disk = _disk_path()

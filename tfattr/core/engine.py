@@ -1,6 +1,6 @@
-"""One path integrator for every gradient-based method.
+"""One engine for every method: chunked, compiled rows of gradients or of forward passes.
 
-The work of a method is a flat list of *rows*; row ``r`` says "take the gradient at
+The work of a method is a flat list of *rows*. A **path row** ``r`` says "take the gradient at
 ``z_b + α (x_e − z_b)`` for example ``e``, baseline ``b``, and add ``w ·
 gradient`` (times ``x_e − z_b`` for integrated methods) to example ``e``'s
 attribution". Integrated Gradients is the grid examples × baselines × quadrature
@@ -8,15 +8,22 @@ nodes; the gradient is the single row ``α = 1``; input × gradient is one row
 ``α = 1`` from a zero baseline with the multiplication; SmoothTaylor is IG with
 its noisy roots as baselines and one node ``α = 0``; Grad-CAM and RSI-Grad-CAM are
 the same rows with a layer's gradient function and another way to combine. A method
-only builds rows and picks a gradient function and a combination.
+only builds rows and picks a gradient function and a combination (:data:`COMBINATIONS`).
+
+A **forward row** (:class:`ForwardRows`, :class:`ForwardEngine`) is a batched forward pass and
+no gradient: a perturbed copy of example ``e`` that the method builds on the device from the
+row's index (occlusion windows, RISE masks drawn per row from a seed, deletion steps), scored
+by the model's target, and combined per example (the scores themselves, or a weighted sum of
+score × a per-row vector). Perturbation methods and metrics run on them.
 
 The engine slices the rows into chunks of ``batch_size`` and runs one compiled
-``tf.function`` per chunk that interpolates the points, calls the gradient
-function, weights the gradients and sums them per example (a segment sum); the
-per-example sums are accumulated on the host in float64. Consequences:
+``tf.function`` per chunk that builds the points, calls the gradient function (or the model),
+combines the rows and sums them per example (a segment sum); the per-example sums are
+accumulated on the host in float64 (:class:`_Accumulator`). Consequences:
 
 * memory is bounded by ``parallel_chunks × batch_size`` points, whatever the number of steps
-  (``batch_size="auto"`` measures the fastest size up to a cap, :mod:`tfattr.core.autotune`);
+  (``batch_size="auto"`` measures the fastest size up to a cap, :mod:`tfattr.core.autotune`;
+  forward rows are measured apart from gradient rows);
 * the result does not depend on ``batch_size`` (up to float32 summation order);
 * the chunk function is traced once per input shape/dtype (its signature has a free
   batch axis), so calls with other batch sizes, step counts or rows do not retrace.
@@ -30,88 +37,23 @@ completeness run over every input together; inputs marked fixed keep ``z = x``.
 from __future__ import annotations
 
 import contextlib
-import math
-import sys
 import threading
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from tfattr.core import autotune
 from tfattr.core.gradients import compiled_forward
-from tfattr.core.targets import record_classes, recorded_classes, select_output
+from tfattr.core.progress import LineProgress, Verbose, progress_bar  # noqa: F401  (re-exported)
+from tfattr.core.targets import record_classes, recorded_classes, select_output, select_scores
 
-__all__ = ["PathRows", "EngineResult", "PathEngine", "COMBINES", "forward_outputs", "progress_bar"]
-
-Verbose = Union[int, bool, str]
-
-_AUTO_PROGRESS_CHUNKS = 64
-
-
-def _interactive() -> bool:
-    """stdout is a terminal, or a notebook renders it: a bar redrawn in place is read by someone."""
-    if "ipykernel" in sys.modules:
-        return True
-    try:
-        return bool(sys.stdout.isatty())
-    except (AttributeError, ValueError):  # no stdout, or a closed one
-        return False
-
-
-class LineProgress:
-    """Progress as plain lines for stdout that is not a terminal (log files, pipes).
-
-    Prints ``current/total units - elapsed - metric: value`` about every 10 % and at the end,
-    with no ANSI codes, carriage returns or backspaces (``keras.utils.Progbar`` redraws its
-    bar with them whenever it runs on a POSIX system). Same ``update`` call as ``Progbar``;
-    metrics named in ``stateful_metrics`` show their last value, the others their mean.
-    """
-
-    def __init__(self, total: int, unit: str = "chunk"):
-        self.total = int(total)
-        self.unit = unit
-        self.stateful_metrics = set()
-        self._sums = {}
-        self._every = max(1, math.ceil(self.total / 10))
-        self._next = self._every
-        self._start = time.perf_counter()
-
-    def update(self, current: int, values=None, finalize=None) -> None:
-        for name, value in values or ():
-            if name in self.stateful_metrics:
-                self._sums[name] = (float(value), 1)
-            else:
-                total, count = self._sums.get(name, (0.0, 0))
-                self._sums[name] = (total + float(value), count + 1)
-        if current < self._next and current < self.total:
-            return
-        self._next = (current // self._every + 1) * self._every
-        parts = [f"{current}/{self.total} {self.unit}s", f"{time.perf_counter() - self._start:.0f}s"]
-        parts += [f"{name}: {total / count:.4g}" for name, (total, count) in self._sums.items()]
-        print(" - ".join(parts), flush=True)
-
-
-def progress_bar(total: int, verbose: Verbose, unit: str = "chunk"):
-    """A progress display when ``verbose`` asks for one, else ``None``.
-
-    On a terminal (or in a notebook) a ``keras.utils.Progbar``; otherwise plain
-    :class:`LineProgress` lines. ``verbose="auto"`` shows a bar for long runs only (≥ 64
-    chunks) and only on a terminal or in a notebook: it writes nothing into logs.
-    """
-    interactive = _interactive()
-    show = (total >= _AUTO_PROGRESS_CHUNKS and interactive) if verbose == "auto" else bool(verbose)
-    if not show or total <= 1:
-        return None
-    if not interactive:
-        return LineProgress(total, unit)
-    import keras
-
-    return keras.utils.Progbar(total, unit_name=unit)
+__all__ = ["PathRows", "EngineResult", "PathEngine", "COMBINES", "COMBINATIONS", "ChunkOutputs",
+           "ForwardRows", "ForwardEngine", "ForwardResult", "ChunkRows", "FORWARD_COMBINES",
+           "NestedStieltjesPaths", "forward_outputs", "progress_bar"]
 
 
 @dataclass
@@ -187,7 +129,88 @@ class EngineResult:
     row_classes: Optional[np.ndarray] = None
 
 
-COMBINES = ("path", "plain", "stieltjes", "stieltjes_trapezoid", "stieltjes_left")
+# -- combinations: how a path row's gradient enters its example's sum ------------------------------
+
+class RowTerms(NamedTuple):
+    """What a combination sees of a chunk's rows (all in the accumulation dtype, rows first).
+
+    Attributes:
+        gradients: ``(rows, …)`` ``∂score/∂values`` at each row's point.
+        values: ``(rows, …)`` the differentiated tensor at each point (the point, or a layer's
+            activations).
+        weight: ``(rows,)`` float64 weight of each row.
+        delta: ``(rows, …)`` ``x_e − z_b``, the path's direction in the input's dtype.
+    """
+
+    gradients: tf.Tensor
+    values: tf.Tensor
+    weight: tf.Tensor
+    delta: tf.Tensor
+
+
+def _per_row(vector, like):
+    """``vector`` (one value per row) cast to ``like``'s dtype and shaped to broadcast over it."""
+    return tf.reshape(tf.cast(vector, like.dtype), [-1] + [1] * (like.shape.rank - 1))
+
+
+def _previous(carry, first):
+    """The row before a chunk: the carried one, or (first chunk) ``first`` itself (a zero increment)."""
+    return tf.cond(tf.shape(carry)[0] > 0, lambda: tf.reshape(carry, tf.shape(first)), lambda: first)
+
+
+def combine_plain(rows: RowTerms, carry):
+    """``w_r · g_r``: gradients and their averages (SmoothGrad, Grad-CAM)."""
+    return rows.gradients * _per_row(rows.weight, rows.gradients), rows.values[-1:]
+
+
+def combine_path(rows: RowTerms, carry):
+    """``w_r · g_r ⊙ (x_e − z_b)``: Integrated Gradients (eq. 3 of Sundararajan et al.), input ×
+    gradient, SmoothTaylor."""
+    weighted = rows.gradients * _per_row(rows.weight, rows.gradients)
+    return weighted * tf.cast(rows.delta, rows.gradients.dtype), rows.values[-1:]
+
+
+def combine_stieltjes(rows: RowTerms, carry):
+    """``w_r · g_r ⊙ (v_r − v_{r−1})``: a Riemann–Stieltjes sum along the path (RSI-Grad-CAM eq. 6);
+    ``carry`` is the previous chunk's last values."""
+    values = rows.values
+    previous = tf.concat([_previous(carry, values[:1]), values[:-1]], axis=0)
+    weighted = rows.gradients * _per_row(rows.weight, rows.gradients)
+    return weighted * (values - previous), values[-1:]
+
+
+def combine_stieltjes_trapezoid(rows: RowTerms, carry):
+    """``w_r · ½(g_r + g_{r−1}) ⊙ (v_r − v_{r−1})``: the Riemann–Stieltjes sum with the trapezoid
+    average of the integrand (the RSI-Grad-CAM authors' notebook); ``carry`` is the previous
+    chunk's last values and gradient, stacked."""
+    values, gradients = rows.values, rows.gradients
+    head = _previous(carry, tf.concat([values[:1], gradients[:1]], axis=0))
+    previous = tf.concat([head[:1], values[:-1]], axis=0)
+    previous_gradients = tf.concat([head[1:], gradients[:-1]], axis=0)
+    contribution = 0.5 * (gradients + previous_gradients) * _per_row(rows.weight, gradients) * (values - previous)
+    return contribution, tf.concat([values[-1:], gradients[-1:]], axis=0)
+
+
+def combine_stieltjes_left(rows: RowTerms, carry):
+    """``w_r · g_{r−1} ⊙ (v_r − v_{r−1})``: the Riemann–Stieltjes sum with the integrand at each
+    interval's left end (captum's conductance sum); carried as the trapezoid's."""
+    values, gradients = rows.values, rows.gradients
+    head = _previous(carry, tf.concat([values[:1], gradients[:1]], axis=0))
+    previous = tf.concat([head[:1], values[:-1]], axis=0)
+    previous_gradients = tf.concat([head[1:], gradients[:-1]], axis=0)
+    contribution = previous_gradients * _per_row(rows.weight, gradients) * (values - previous)
+    return contribution, tf.concat([values[-1:], gradients[-1:]], axis=0)
+
+
+#: the combinations of path rows: ``name -> f(RowTerms, carry) -> (contributions, carry)``
+COMBINATIONS: Dict[str, Callable] = {
+    "path": combine_path,
+    "plain": combine_plain,
+    "stieltjes": combine_stieltjes,
+    "stieltjes_trapezoid": combine_stieltjes_trapezoid,
+    "stieltjes_left": combine_stieltjes_left,
+}
+COMBINES = tuple(COMBINATIONS)
 #: combinations that carry the previous row across chunks (run one chunk at a time)
 SEQUENTIAL = ("stieltjes", "stieltjes_trapezoid", "stieltjes_left")
 #: ops that write a variable non-atomically (Keras ``assign``/``assign_add`` is a read then an
@@ -196,6 +219,11 @@ SEQUENTIAL = ("stieltjes", "stieltjes_trapezoid", "stieltjes_left")
 #: ``AssignSubVariableOp`` hold the variable's lock and stay concurrent.
 STATE_WRITES = frozenset({"AssignVariableOp", "ResourceScatterUpdate", "ResourceScatterNdUpdate",
                           "ResourceStridedSliceAssign", "AssignVariableXlaConcatND"})
+
+
+def _check_combine(combine):
+    if combine not in COMBINATIONS:
+        raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
 
 
 def writes_state(function) -> bool:
@@ -248,6 +276,190 @@ def _current_device() -> str:
     return context.context().device_name or ""
 
 
+# -- what a chunk returns, and the host-side sums ---------------------------------------------------
+
+class ChunkOutputs(NamedTuple):
+    """What one compiled chunk returns; entries not asked for are empty tensors.
+
+    Attributes:
+        scores: ``(rows,)`` float64 score of the model at each row's point.
+        sums: ``(examples in the chunk, …)`` per-example sums of the rows' contributions.
+        carry: the chunk's last row (values, and gradient for the trapezoid) for the next chunk's
+            Riemann–Stieltjes increment.
+        squares: per-example sums of squared contributions (``collect_squares``).
+        input_values: per-example sums of the values of rows at ``α = 1`` (``collect_endpoint``).
+        input_rows: ``(examples in the chunk,)`` how many rows were at ``α = 1``.
+        baseline_values: per-example sums of the values of rows at ``α = 0`` (``collect_endpoint``).
+        baseline_rows: ``(examples in the chunk,)`` how many rows were at ``α = 0``.
+        row_gradients: ``(rows, …)`` every row's unweighted gradient (``collect_rows``).
+        row_values: ``(rows, …)`` every row's values (``collect_rows``).
+        classes: ``(rows,)`` the class each row explained (its top-1 for a negative target).
+    """
+
+    scores: tf.Tensor
+    sums: tf.Tensor
+    carry: tf.Tensor
+    squares: tf.Tensor
+    input_values: tf.Tensor
+    input_rows: tf.Tensor
+    baseline_values: tf.Tensor
+    baseline_rows: tf.Tensor
+    row_gradients: tf.Tensor
+    row_values: tf.Tensor
+    classes: tf.Tensor
+
+
+def _chunk_examples(example: np.ndarray, start: int, stop: int) -> Tuple[int, int]:
+    """``(first, count)``: the first example of rows ``start:stop`` and how many examples they span."""
+    first = int(example[start])
+    return first, int(example[stop - 1]) - first + 1
+
+
+class _Accumulator:
+    """The host side of one engine call: every chunk's per-example sums added in chunk order in
+    float64, its row scores and classes stored, and (on request) the α = 1 / α = 0 values, the
+    squared contributions and every row's gradient and values kept.
+
+    A chunk holding every example (a single-point method's call) is taken as it is (``0 + s = s``)
+    without zero-filled arrays to add it to.
+    """
+
+    def __init__(self, num_examples: int, total: int, endpoint: bool = False, squares: bool = False,
+                 rows: bool = False):
+        self.num_examples = num_examples
+        self.want_endpoint, self.want_squares, self.want_rows = endpoint, squares, rows
+        self.sums = self.squares = None
+        self.input_values = self.input_rows = self.baseline_values = self.baseline_rows = None
+        self.row_scores = np.zeros(total, dtype=np.float64)
+        self.row_classes = np.zeros(total, dtype=np.int32)
+        self.kept_gradients: List[np.ndarray] = []
+        self.kept_values: List[np.ndarray] = []
+
+    def add(self, start: int, stop: int, first: int, count: int, out) -> None:
+        """Add the chunk of rows ``start:stop`` (examples ``first … first + count − 1``)."""
+        sums = out.sums.numpy() if out.sums is not None else None
+        if sums is not None and sums.shape[:1] == (count,):
+            self._add_sums(sums, first, count, out)
+        self.row_scores[start:stop] = out.scores.numpy()
+        self.row_classes[start:stop] = out.classes.numpy()
+        if self.want_rows:
+            self.kept_gradients.append(out.row_gradients.numpy())
+            self.kept_values.append(out.row_values.numpy())
+
+    def _add_sums(self, sums: np.ndarray, first: int, count: int, out) -> None:
+        if self.sums is None and first == 0 and count == self.num_examples:
+            self.sums = sums.astype(np.float64)
+            if self.want_squares:
+                self.squares = out.squares.numpy().astype(np.float64)
+            if self.want_endpoint:
+                self.input_values = out.input_values.numpy().astype(np.float64)
+                self.input_rows = out.input_rows.numpy().astype(np.float64)
+                self.baseline_values = out.baseline_values.numpy().astype(np.float64)
+                self.baseline_rows = out.baseline_rows.numpy().astype(np.float64)
+            return
+        if self.sums is None:
+            self.sums = np.zeros((self.num_examples,) + sums.shape[1:], dtype=np.float64)
+            if self.want_endpoint:
+                self.input_values = np.zeros_like(self.sums)
+                self.input_rows = np.zeros(self.num_examples)
+                self.baseline_values = np.zeros_like(self.sums)
+                self.baseline_rows = np.zeros(self.num_examples)
+        part = slice(first, first + count)
+        self.sums[part] += sums
+        if self.want_squares:
+            if self.squares is None:
+                self.squares = np.zeros_like(self.sums)
+            self.squares[part] += out.squares.numpy()
+        if self.want_endpoint:
+            self.input_values[part] += out.input_values.numpy()
+            self.input_rows[part] += out.input_rows.numpy()
+            self.baseline_values[part] += out.baseline_values.numpy()
+            self.baseline_rows[part] += out.baseline_rows.numpy()
+
+    def result(self, chunks: int) -> "EngineResult":
+        endpoint = start = None
+        if self.want_endpoint:
+            endpoint, start = self.input_values, self.baseline_values
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if not np.all(self.input_rows == 1.0):  # one row at α = 1 per example: the mean is the row
+                    endpoint = endpoint / self.input_rows.reshape((-1,) + (1,) * (endpoint.ndim - 1))
+                start = start / self.baseline_rows.reshape((-1,) + (1,) * (start.ndim - 1))
+        gradients = values = None
+        if self.want_rows:
+            gradients = np.concatenate(self.kept_gradients) if self.kept_gradients else None
+            values = np.concatenate(self.kept_values) if self.kept_values else None
+        return EngineResult(self.sums, self.row_scores, chunks, endpoint, self.squares, gradients, values, start,
+                            self.row_classes)
+
+
+# -- the chunk loop shared by path and forward rows --------------------------------------------------
+
+def _run_chunks(call: Callable, consume: Callable, total: int, schedule, workers: int, verbose: Verbose,
+                carry=None) -> int:
+    """Run rows ``0 … total − 1`` in chunks as ``schedule`` sizes them and return the chunk count.
+
+    ``call(start, stop, carry) -> outputs`` runs one chunk (on a worker thread when ``workers > 1``);
+    ``consume(start, stop, outputs)`` adds it on the calling thread, always in chunk order, so the
+    result does not depend on the timing. The schedule's rounds come first: the first chunk alone
+    (it traces the chunk function on first use) and, while ``batch_size="auto"`` is measuring,
+    timed rounds of chunks in flight together; then the rest at one size, ``workers`` chunks at a
+    time. With one worker each chunk gets the previous chunk's ``outputs.carry`` (the
+    Riemann–Stieltjes combinations run that way).
+    """
+    num_chunks = schedule.estimate_chunks(total)
+    bar = progress_bar(num_chunks, verbose)
+    done = 0
+
+    def finish(start, stop, outputs):
+        nonlocal done  # the progress count only; every sum lives in the consumer
+        consume(start, stop, outputs)
+        done += 1
+        if bar is not None:
+            bar.update(min(done, num_chunks))
+
+    def run(spans, carry, pool):
+        if pool is None or len(spans) <= 1:
+            for start, stop in spans:
+                outputs = call(start, stop, carry)
+                carry = getattr(outputs, "carry", carry)
+                finish(start, stop, outputs)
+            return carry
+        pending = deque()
+        for start, stop in spans:
+            pending.append((start, stop, pool.submit(call, start, stop, carry)))
+            if len(pending) >= workers:
+                begin, end, future = pending.popleft()
+                finish(begin, end, future.result())
+        while pending:
+            begin, end, future = pending.popleft()
+            finish(begin, end, future.result())
+        return carry
+
+    with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+        start = 0
+        while start < total:
+            planned = schedule.next_round(total - start)
+            if planned is None:
+                break
+            spans = []
+            for size in planned[0]:
+                spans.append((start, min(start + size, total)))
+                start = spans[-1][1]
+            began = autotune.clock()
+            carry = run(spans, carry, pool)
+            if planned[1]:
+                schedule.record([stop - begin for begin, stop in spans], autotune.clock() - began)
+        size = schedule.size
+        run([(s, min(s + size, total)) for s in range(start, total, size)], carry, pool)
+    return done
+
+
+def _on_device(device: str):
+    return tf.device(device) if device else contextlib.nullcontext()
+
+
+# -- path rows -------------------------------------------------------------------------------------
+
 class PathEngine:
     """Chunked, compiled evaluation of a list of :class:`PathRows`.
 
@@ -261,7 +473,8 @@ class PathEngine:
             gradient function, input shape, combination and device; capped, see
             :mod:`tfattr.core.autotune`). Chunks may then differ in size within a call; rows
             still run in order and are summed in chunk order.
-        combine: how a row's gradient ``g_r`` enters its example's sum:
+        combine: how a row's gradient ``g_r`` enters its example's sum (one function each in
+            :data:`COMBINATIONS`):
 
             * ``"path"``: ``w_r · g_r ⊙ (x_e − z_b)`` — Integrated Gradients (eq. 3 of
               Sundararajan et al.), input × gradient, SmoothTaylor;
@@ -282,7 +495,7 @@ class PathEngine:
             from which a Monte-Carlo standard error follows when rows are i.i.d. samples.
         collect_rows: also return every row's gradient and values (``EngineResult.row_gradients``,
             ``row_values``; host memory grows with the rows), for methods that combine points
-            across refinement levels (adaptive RSI-Grad-CAM).
+            across refinement levels (adaptive RSI-Grad-CAM, :class:`NestedStieltjesPaths`).
         parallel_chunks: chunks in flight at once (default 2), each from its own host thread:
             while one chunk's kernels run, the next is dispatched, and on a CPU two chunks share
             the cores better than one (measured 3–8% faster than one chunk after the other on 2
@@ -305,8 +518,7 @@ class PathEngine:
         collect_rows: bool = False,
         parallel_chunks: int = 2,
     ):
-        if combine not in COMBINES:
-            raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
+        _check_combine(combine)
         self.gradient_fn = gradient_fn
         self.batch_size = autotune.AUTO if batch_size == autotune.AUTO else int(batch_size)
         self.combine = combine
@@ -332,29 +544,13 @@ class PathEngine:
                 self._compiled[key] = chunk
             return self._compiled[key]
 
-    def _build_chunk(self, shape, dtype, relative, clip, combine, layout=None, direct=False):
-        """The compiled chunk. ``direct``: the rows are the inputs themselves, one per example in
-        example order at ``α = 1`` with weight 1 from a zero baseline, combined ``"plain"`` (gradients,
-        guided backprop, Grad-CAM): the chunk is the gradient pass on the rows of ``x`` and nothing
-        else — no interpolation, weighting or segment sums, whose results equal it bit for bit
-        (``0 + 1·(x − 0) = x`` and ``1·g = g`` exactly, one row per segment), except the sign of a
-        zero input: the general chunk turns ``−0.0`` into ``+0.0``, the direct one keeps it."""
-        rank = len(shape) + 1
-        acc_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+    def _gradients_at(self, layout, acc_dtype):
+        """``(points, target_rows) -> (scores, gradients, values, classes)`` in ``acc_dtype``; a
+        negative class is the row's top-1, picked in the same graph."""
         gradient_fn = self.gradient_fn
-        collect = self.collect_endpoint
-        squares = self.collect_squares
-        keep_rows = self.collect_rows
-        point_spec = tf.TensorSpec([None, *shape], dtype)
-        index_spec = tf.TensorSpec([None], tf.int32)
-        real_spec = tf.TensorSpec([None], tf.float64)
-
-        def per_row(vector, like):
-            return tf.reshape(tf.cast(vector, like.dtype), [-1] + [1] * (like.shape.rank - 1))
 
         def gradients_at(points, target_rows):
-            """``(scores, gradients, values, classes)`` of the rows at ``points``, in ``acc_dtype``."""
-            classes = record_classes()  # a negative class is the row's top-1, picked in this graph
+            classes = record_classes()
             if layout is None:
                 scores, gradients, values = gradient_fn(points, target_rows)
             else:  # several inputs packed in `points`: the model gets its list/dict, the gradients are packed
@@ -364,19 +560,59 @@ class PathEngine:
             classes = recorded_classes(classes, target_rows)
             return scores, tf.cast(gradients, acc_dtype), tf.cast(values, acc_dtype), classes
 
+        return gradients_at
+
+    def _build_chunk(self, shape, dtype, relative, clip, combine, layout=None, direct=False):
+        """The compiled chunk: path points → gradient function → combination → segment sums.
+
+        ``direct``: the rows are the inputs themselves, one per example in example order at
+        ``α = 1`` with weight 1 from a zero baseline, combined ``"plain"`` (gradients, guided
+        backprop, Grad-CAM): the chunk is the gradient pass on the rows of ``x`` and nothing
+        else — no interpolation, weighting or segment sums, whose results equal it bit for bit
+        (``0 + 1·(x − 0) = x`` and ``1·g = g`` exactly, one row per segment), except the sign of a
+        zero input: the general chunk turns ``−0.0`` into ``+0.0``, the direct one keeps it."""
+        rank = len(shape) + 1
+        acc_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+        gradients_at = self._gradients_at(layout, acc_dtype)
+        combination = COMBINATIONS[combine]
+        endpoint, squares, keep_rows = self.collect_endpoint, self.collect_squares, self.collect_rows
+        empty = lambda: tf.zeros([0], acc_dtype)  # noqa: E731  (what was not asked for)
+        point_spec = tf.TensorSpec([None, *shape], dtype)
+        index_spec = tf.TensorSpec([None], tf.int32)
+        real_spec = tf.TensorSpec([None], tf.float64)
+
+        def path_points(x, baselines, example, baseline, alpha, scale):
+            """``(points, delta)``: ``z_b + α (x_e − z_b)`` and ``x_e − z_b`` of each row."""
+            inputs = tf.gather(x, example)
+            origins = tf.gather(baselines, baseline)  # where each row's path starts
+            if relative:  # baselines are offsets around each input, scaled per example
+                origins = inputs + origins * tf.reshape(tf.cast(tf.gather(scale, example), dtype),
+                                                        [-1] + [1] * (rank - 1))
+                if clip is not None:
+                    origins = tf.clip_by_value(origins, tf.cast(clip[0], dtype), tf.cast(clip[1], dtype))
+            if layout is not None and any(layout.fixed):  # fixed inputs: baseline = input, x − z = 0 exactly
+                origins = tf.where(tf.constant(layout.fixed_mask()[None]), inputs, origins)
+            delta = inputs - origins
+            return origins + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta, delta
+
+        def values_where(mask, values, local, count):
+            """Per-example sums of the values of rows where ``mask`` holds, and how many rows that was."""
+            mask = tf.cast(mask, acc_dtype)
+            return (tf.math.unsorted_segment_sum(values * _per_row(mask, values), local, count),
+                    tf.math.unsorted_segment_sum(mask, local, count))
+
         def direct_chunk(x, example, target_rows, count):
             points = tf.gather(x, example)  # a copy, as in the general chunk (a slice of x rounds otherwise)
-            scores, sums, values, classes = gradients_at(points, target_rows)
-            empty = tf.zeros([0], acc_dtype)
-            if collect:
-                endpoint, ends = values, tf.ones([count], acc_dtype)
-                start, starts = tf.zeros_like(values), tf.zeros([count], acc_dtype)
-            else:
-                endpoint = ends = start = starts = empty
-            squared = sums * sums if squares else empty
-            row_out = (sums, values) if keep_rows else (empty, empty)
-            return (tf.cast(scores, tf.float64), sums, endpoint, ends, values[-1:], squared) + row_out + (start, starts,
-                                                                                                          classes)
+            scores, gradients, values, classes = gradients_at(points, target_rows)
+            return ChunkOutputs(
+                scores=tf.cast(scores, tf.float64), sums=gradients, carry=values[-1:],
+                squares=gradients * gradients if squares else empty(),
+                input_values=values if endpoint else empty(),
+                input_rows=tf.ones([count], acc_dtype) if endpoint else empty(),
+                baseline_values=tf.zeros_like(values) if endpoint else empty(),
+                baseline_rows=tf.zeros([count], acc_dtype) if endpoint else empty(),
+                row_gradients=gradients if keep_rows else empty(), row_values=values if keep_rows else empty(),
+                classes=classes)
 
         @tf.function(
             input_signature=[
@@ -392,62 +628,31 @@ class PathEngine:
                 tf.TensorSpec(None, acc_dtype),  # stieltjes: the row before the chunk (values[, gradient]) or empty
                 real_spec,  # relative baselines: per-example factor of the offsets
             ],
-            autograph=needs_autograph(gradient_fn),
+            autograph=needs_autograph(self.gradient_fn),
         )
         def chunk(x, baselines, example, baseline, alpha, weight, target_rows, first, count, carry, scale):
             self.traces += 1  # runs only while tracing
             if direct:
                 return direct_chunk(x, example, target_rows, count)
-            inputs = tf.gather(x, example)
-            starts = tf.gather(baselines, baseline)
-            if relative:  # baselines are offsets around each input, scaled per example
-                starts = inputs + starts * tf.reshape(tf.cast(tf.gather(scale, example), dtype), [-1] + [1] * (rank - 1))
-                if clip is not None:
-                    starts = tf.clip_by_value(starts, tf.cast(clip[0], dtype), tf.cast(clip[1], dtype))
-            if layout is not None and any(layout.fixed):  # fixed inputs: baseline = input, x − z = 0 exactly
-                starts = tf.where(tf.constant(layout.fixed_mask()[None]), inputs, starts)
-            delta = inputs - starts
-            points = starts + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta
+            points, delta = path_points(x, baselines, example, baseline, alpha, scale)
             scores, gradients, values, classes = gradients_at(points, target_rows)
-            contribution = gradients * per_row(weight, gradients)
-            if combine == "path":
-                contribution = contribution * tf.cast(delta, acc_dtype)
-            elif combine == "stieltjes":
-                head = tf.cond(tf.shape(carry)[0] > 0,
-                               lambda: tf.reshape(carry, tf.shape(values[:1])), lambda: values[:1])
-                previous = tf.concat([head, values[:-1]], axis=0)
-                contribution = contribution * (values - previous)
-            elif combine in ("stieltjes_trapezoid", "stieltjes_left"):
-                both = tf.concat([values[:1], gradients[:1]], axis=0)
-                head = tf.cond(tf.shape(carry)[0] > 0, lambda: tf.reshape(carry, tf.shape(both)), lambda: both)
-                previous = tf.concat([head[:1], values[:-1]], axis=0)
-                previous_gradients = tf.concat([head[1:], gradients[:-1]], axis=0)
-                slope = previous_gradients if combine == "stieltjes_left" else 0.5 * (gradients + previous_gradients)
-                contribution = slope * per_row(weight, gradients) * (values - previous)
+            contribution, last = combination(RowTerms(gradients, values, weight, delta), carry)
             local = example - first
-            sums = tf.math.unsorted_segment_sum(contribution, local, count)
-            if collect:
-                at_end = tf.cast(tf.equal(alpha, 1.0), acc_dtype)
-                endpoint = tf.math.unsorted_segment_sum(values * per_row(at_end, values), local, count)
-                ends = tf.math.unsorted_segment_sum(at_end, local, count)
-                at_start = tf.cast(tf.equal(alpha, 0.0), acc_dtype)
-                start = tf.math.unsorted_segment_sum(values * per_row(at_start, values), local, count)
-                starts = tf.math.unsorted_segment_sum(at_start, local, count)
-            else:
-                endpoint, ends = tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype)
-                start, starts = tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype)
-            if squares:  # Σ_r contribution_r², for Monte-Carlo standard errors when rows are i.i.d. samples
-                squared = tf.math.unsorted_segment_sum(contribution * contribution, local, count)
-            else:
-                squared = tf.zeros([0], acc_dtype)
-            if keep_rows:
-                row_out = (gradients, values)
-            else:
-                row_out = (tf.zeros([0], acc_dtype), tf.zeros([0], acc_dtype))
-            last = (tf.concat([values[-1:], gradients[-1:]], axis=0)
-                    if combine in ("stieltjes_trapezoid", "stieltjes_left") else values[-1:])
-            return (tf.cast(scores, tf.float64), sums, endpoint, ends, last, squared) + row_out + (start, starts,
-                                                                                                   classes)
+            input_values = input_rows = baseline_values = baseline_rows = empty()
+            if endpoint:
+                input_values, input_rows = values_where(tf.equal(alpha, 1.0), values, local, count)
+                baseline_values, baseline_rows = values_where(tf.equal(alpha, 0.0), values, local, count)
+            return ChunkOutputs(
+                scores=tf.cast(scores, tf.float64),
+                sums=tf.math.unsorted_segment_sum(contribution, local, count),
+                carry=last,
+                # Σ_r contribution_r², for Monte-Carlo standard errors when rows are i.i.d. samples
+                squares=(tf.math.unsorted_segment_sum(contribution * contribution, local, count) if squares
+                         else empty()),
+                input_values=input_values, input_rows=input_rows,
+                baseline_values=baseline_values, baseline_rows=baseline_rows,
+                row_gradients=gradients if keep_rows else empty(), row_values=values if keep_rows else empty(),
+                classes=classes)
 
         return chunk
 
@@ -473,20 +678,15 @@ class PathEngine:
         num_examples = int(x.shape[0])
         shape = tuple(int(d) for d in x.shape[1:])
         combine = self.combine if combine is None else combine
-        if combine not in COMBINES:
-            raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
+        _check_combine(combine)
         direct = rows_at_inputs(rows, num_examples, combine, relative, baselines)
         chunk = self._chunk_function(shape, x.dtype, bool(relative), None if clip is None else tuple(map(float, clip)),
                                      combine, layout, direct)
         acc_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         total = len(rows)
-        attributions = endpoint = ends = squares = origin = origins = None
-        row_scores = np.zeros(total, dtype=np.float64)
-        row_classes = np.zeros(total, dtype=np.int32)
         example = rows.example.astype(np.int32)
         baseline = rows.baseline.astype(np.int32)
         targets = np.asarray(target_indices, dtype=np.int32)[example]
-        carry = tf.zeros([0], acc_dtype)
         scale = tf.constant(np.ones(num_examples) if scale is None else np.asarray(scale, np.float64), tf.float64)
         # the Stieltjes sums carry across chunks; a model that writes its variables must not run twice at once
         workers = 1 if combine in SEQUENTIAL or getattr(chunk, "writes_state", False) else self.parallel_chunks
@@ -494,125 +694,22 @@ class PathEngine:
         device = _current_device()
         fresh, chunk.ran = not getattr(chunk, "ran", False), True
         schedule = self._schedule(shape, x.dtype, combine, bool(relative), total, workers, device, fresh)
-        num_chunks = schedule.estimate_chunks(total)
-        bar = progress_bar(num_chunks, self.verbose)
-        kept_gradients, kept_values = [], []
-        done = 0
+        sums = _Accumulator(num_examples, total, self.collect_endpoint, self.collect_squares, self.collect_rows)
 
         def call(start, stop, carry):
             part = slice(start, stop)
-            first = int(example[start])
-            count = int(example[stop - 1]) - first + 1
-            with tf.device(device) if device else contextlib.nullcontext():
-                outputs = chunk(
-                    x,
-                    baselines,
-                    tf.constant(example[part]),
-                    tf.constant(baseline[part]),
-                    tf.constant(rows.alpha[part], tf.float64),
-                    tf.constant(rows.weight[part], tf.float64),
-                    tf.constant(targets[part]),
-                    tf.constant(first, tf.int32),
-                    tf.constant(count, tf.int32),
-                    carry,
-                    scale,
-                )
-            return first, count, outputs
+            first, count = _chunk_examples(example, start, stop)
+            with _on_device(device):
+                return chunk(x, baselines, tf.constant(example[part]), tf.constant(baseline[part]),
+                             tf.constant(rows.alpha[part], tf.float64), tf.constant(rows.weight[part], tf.float64),
+                             tf.constant(targets[part]), tf.constant(first, tf.int32), tf.constant(count, tf.int32),
+                             carry, scale)
 
-        def consume(start, stop, first, count, outputs):
-            nonlocal attributions, endpoint, ends, squares, origin, origins, done
-            (scores, sums, chunk_endpoint, chunk_ends, _, chunk_squares, row_gradients, row_values, chunk_start,
-             chunk_starts, chunk_classes) = outputs
-            sums = sums.numpy()
-            if attributions is None and first == 0 and count == num_examples:
-                # one chunk holds every example (a single-point method's call): its sums are the
-                # result, taken as they are (0 + s = s) without zero-filled arrays to add them to
-                attributions = sums.astype(np.float64)
-                if self.collect_squares:
-                    squares = chunk_squares.numpy().astype(np.float64)
-                if self.collect_endpoint:
-                    endpoint = chunk_endpoint.numpy().astype(np.float64)
-                    ends = chunk_ends.numpy().astype(np.float64)
-                    origin = chunk_start.numpy().astype(np.float64)
-                    origins = chunk_starts.numpy().astype(np.float64)
-            else:
-                if attributions is None:
-                    attributions = np.zeros((num_examples,) + sums.shape[1:], dtype=np.float64)
-                    if self.collect_endpoint:
-                        endpoint = np.zeros_like(attributions)
-                        ends = np.zeros(num_examples)
-                        origin = np.zeros_like(attributions)
-                        origins = np.zeros(num_examples)
-                attributions[first : first + count] += sums
-                if self.collect_squares:
-                    if squares is None:
-                        squares = np.zeros_like(attributions)
-                    squares[first : first + count] += chunk_squares.numpy()
-                if self.collect_endpoint:
-                    endpoint[first : first + count] += chunk_endpoint.numpy()
-                    ends[first : first + count] += chunk_ends.numpy()
-                    origin[first : first + count] += chunk_start.numpy()
-                    origins[first : first + count] += chunk_starts.numpy()
-            row_scores[start:stop] = scores.numpy()
-            row_classes[start:stop] = chunk_classes.numpy()
-            if self.collect_rows:
-                kept_gradients.append(row_gradients.numpy())
-                kept_values.append(row_values.numpy())
-            done += 1
-            if bar is not None:
-                bar.update(min(done, num_chunks))
+        def consume(start, stop, outputs):
+            sums.add(start, stop, *_chunk_examples(example, start, stop), outputs)
 
-        def run(spans, carry, pool):
-            """Run ``spans`` (row ranges, in order) and sum them in order; ``workers`` in flight."""
-            if pool is None or len(spans) <= 1:
-                for start, stop in spans:
-                    first, count, outputs = call(start, stop, carry)
-                    carry = outputs[4]
-                    consume(start, stop, first, count, outputs)
-                return carry
-            pending = deque()
-            for start, stop in spans:
-                pending.append((start, stop, pool.submit(call, start, stop, carry)))
-                if len(pending) >= workers:
-                    begin, end, future = pending.popleft()
-                    consume(begin, end, *future.result())
-            while pending:
-                begin, end, future = pending.popleft()
-                consume(begin, end, *future.result())
-            return carry
-
-        # The schedule's rounds first: the first chunk alone (it traces the chunk function on first
-        # use) and, while batch_size="auto" is measuring, timed rounds of chunks in flight together;
-        # then the rest at one size, `workers` chunks at a time. Chunks are summed in chunk order, so
-        # the result does not depend on the timing.
-        with ThreadPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
-            start = 0
-            while start < total:
-                planned = schedule.next_round(total - start)
-                if planned is None:
-                    break
-                spans = []
-                for size in planned[0]:
-                    spans.append((start, min(start + size, total)))
-                    start = spans[-1][1]
-                began = autotune.clock()
-                carry = run(spans, carry, pool)
-                if planned[1]:
-                    schedule.record([stop - begin for begin, stop in spans], autotune.clock() - began)
-            size = schedule.size
-            run([(s, min(s + size, total)) for s in range(start, total, size)], carry, pool)
-        if self.collect_endpoint:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                if not np.all(ends == 1.0):  # one row at α = 1 per example: the mean is the row
-                    endpoint = endpoint / ends.reshape((-1,) + (1,) * (endpoint.ndim - 1))
-                origin = origin / origins.reshape((-1,) + (1,) * (origin.ndim - 1))
-        if self.collect_rows:
-            kept_gradients = np.concatenate(kept_gradients) if kept_gradients else None
-            kept_values = np.concatenate(kept_values) if kept_values else None
-        else:
-            kept_gradients = kept_values = None
-        return EngineResult(attributions, row_scores, done, endpoint, squares, kept_gradients, kept_values, origin,
-                            row_classes)
+        chunks = _run_chunks(call, consume, total, schedule, workers, self.verbose, carry=tf.zeros([0], acc_dtype))
+        return sums.result(chunks)
 
     def _schedule(self, shape, dtype, combine, relative, total, workers, device, fresh):
         """The chunk sizes of one call: every chunk of an explicit ``batch_size``, or for ``"auto"``
@@ -621,6 +718,350 @@ class PathEngine:
             return autotune.FixedSchedule(int(self.batch_size))
         tuner = autotune.tuner_for(self.gradient_fn, shape, dtype, combine, workers, device, relative)
         return tuner.session(total, fresh)
+
+
+# -- refinement of Riemann–Stieltjes sums on nested grids -------------------------------------------
+
+#: the combinations :class:`NestedStieltjesPaths` refines
+NESTED = ("stieltjes", "stieltjes_trapezoid")
+
+
+class NestedStieltjesPaths:
+    """The nodes of Riemann–Stieltjes paths refined on nested grids, and the change of their sums.
+
+    Level ``k`` of a path holds the nodes ``α = i / 2^k``; node ``i`` of the finest grid sits at
+    ``α = i / span``. Level 0 is the one interval ``[0, 1]``; each later level adds the midpoints
+    ``μ`` of the intervals ``[λ, ρ]`` of the level before, and the ordered sum changes by
+
+    * ``"stieltjes"`` (eq. 6's right sum): ``Σ_μ (g(μ) − g(ρ)) ⊙ (v(μ) − v(λ))`` (the right term of
+      ``[λ, ρ]`` splits in two);
+    * ``"stieltjes_trapezoid"``: ``½ Σ_μ [g(μ) ⊙ (v(ρ) − v(λ)) + g(λ) ⊙ (v(μ) − v(ρ)) + g(ρ) ⊙ (v(λ) −
+      v(μ))]`` (two half-intervals replace one),
+
+    so no gradient is computed twice and the running sum is the combination's sum with ``2^k``
+    intervals (up to float64 rounding of the order). The rows come from a :class:`PathEngine` call
+    with ``collect_rows=True``; their gradients ``g`` and values ``v`` are kept on the host (copies:
+    :meth:`forget` frees a converged path's memory).
+
+    Args:
+        span: ``2^top``, the finest level's number of intervals.
+        baselines: paths per example (one per baseline, ``row.baseline % baselines``).
+        combine: ``"stieltjes"`` or ``"stieltjes_trapezoid"``.
+    """
+
+    def __init__(self, span: int, baselines: int, combine: str = "stieltjes"):
+        if combine not in NESTED:
+            raise ValueError(f"`combine` must be one of {NESTED}. Received: combine={combine!r}")
+        self.span, self.baselines, self.trapezoid = int(span), int(baselines), combine == "stieltjes_trapezoid"
+        self._nodes: Dict[Tuple[int, int], Dict[int, Tuple[np.ndarray, np.ndarray]]] = {}
+
+    def add(self, rows: "PathRows", result: "EngineResult") -> None:
+        """Keep every row's gradient and values (``result`` of ``rows`` with ``collect_rows``)."""
+        nodes = np.rint(rows.alpha * self.span).astype(int)
+        for r in range(len(rows)):
+            path = self._nodes.setdefault((int(rows.example[r]), int(rows.baseline[r]) % self.baselines), {})
+            path[int(nodes[r])] = (result.row_gradients[r].copy(), result.row_values[r].copy())
+
+    def node(self, example: int, baseline: int, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``(gradient, values)`` of a kept node (``index`` on the finest grid)."""
+        return self._nodes[(int(example), int(baseline))][int(index)]
+
+    def change(self, example: int, level: int):
+        """The change of example ``example``'s sum (over its baselines) that ``level``'s nodes make
+        (level 0: the one-interval sum itself), float64."""
+        span, half = self.span, self.span >> level  # half: distance from a new node to its neighbours
+        update = 0.0
+        for b in range(self.baselines):
+            path = self._nodes[(int(example), b)]
+            if level == 0:  # one interval: g(1) ⊙ (v(1) − v(0)), or the ends' average for the trapezoid
+                gradient = path[span][0].astype(np.float64)
+                if self.trapezoid:
+                    gradient = 0.5 * (gradient + path[0][0])
+                update = update + gradient * (path[span][1] - path[0][1])
+                continue
+            for i in range(half, span, 2 * half):
+                (g_mid, a_mid), (g_left, a_left), (g_right, a_right) = path[i], path[i - half], path[i + half]
+                if self.trapezoid:  # ½(g_λ+g_μ)(A_μ−A_λ) + ½(g_μ+g_ρ)(A_ρ−A_μ) − ½(g_λ+g_ρ)(A_ρ−A_λ)
+                    update = update + 0.5 * (g_mid.astype(np.float64) * (a_right - a_left)
+                                             + g_left * (a_mid - a_right) + g_right * (a_left - a_mid))
+                else:  # the right term of [λ, ρ] splits in two
+                    update = update + (g_mid.astype(np.float64) - g_right) * (a_mid - a_left)
+        return update
+
+    def forget(self, example: int) -> None:
+        """Free the nodes of ``example``'s paths."""
+        for b in range(self.baselines):
+            self._nodes.pop((int(example), b), None)
+
+
+# -- forward rows ----------------------------------------------------------------------------------
+
+@dataclass
+class ForwardRows:
+    """Forward-only work: row ``r`` is one perturbed copy of example ``example[r]``, scored by the
+    model (no gradient). Rows are sorted by example.
+
+    Attributes:
+        example: ``(R,)`` example index of each row (non-decreasing).
+        weight: ``(R,)`` weight of each row in a ``"weighted"`` combination (default 1).
+    """
+
+    example: np.ndarray
+    weight: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        self.example = np.asarray(self.example, dtype=np.int64)
+        if self.weight is None:
+            self.weight = np.ones(len(self.example))
+        self.weight = np.asarray(self.weight, dtype=np.float64)
+        if self.example.ndim != 1 or self.weight.shape != self.example.shape:
+            raise ValueError("`example` and `weight` must be vectors of one value per row. "
+                             f"Received: example.shape={self.example.shape}, weight.shape={self.weight.shape}")
+        if len(self.example) and np.any(np.diff(self.example) < 0):
+            raise ValueError("Forward rows must be sorted by example. Received: example="
+                             f"{self.example[:10].tolist()}…")
+
+    def __len__(self) -> int:
+        return int(self.example.shape[0])
+
+    @classmethod
+    def repeat(cls, num_examples: int, per_example: int, weight: Optional[np.ndarray] = None) -> "ForwardRows":
+        """``per_example`` rows for each of ``num_examples`` examples; ``weight`` per row, or one
+        ``(per_example,)`` vector repeated for every example."""
+        example = np.repeat(np.arange(num_examples), per_example)
+        if weight is not None and np.shape(weight) == (per_example,):
+            weight = np.tile(np.asarray(weight, np.float64), num_examples)
+        return cls(example, weight)
+
+    @property
+    def position(self) -> np.ndarray:
+        """``(R,)`` each row's index among its example's rows."""
+        if not len(self):
+            return np.zeros(0, np.int64)
+        first = np.searchsorted(self.example, self.example, side="left")
+        return np.arange(len(self)) - first
+
+
+class ChunkRows(NamedTuple):
+    """What a forward builder receives for one chunk (device tensors).
+
+    Attributes:
+        row: ``(rows,)`` int32 global index of each row (``0 … R − 1``): the key of per-row random
+            draws, so that a row's perturbation does not depend on the chunk it falls in.
+        example: ``(rows,)`` int32 example of each row (index into ``x``).
+        position: ``(rows,)`` int32 index of each row among its example's rows.
+        context: the float64 tensor the call passed (a seed, a table of windows, …).
+    """
+
+    row: tf.Tensor
+    example: tf.Tensor
+    position: tf.Tensor
+    context: tf.Tensor
+
+
+class ForwardOutputs(NamedTuple):
+    """What one compiled forward chunk returns: ``scores (rows,)`` float64, the per-example ``sums``
+    of the combination (empty for ``"scores"``) and the ``classes`` scored."""
+
+    scores: tf.Tensor
+    sums: tf.Tensor
+    classes: tf.Tensor
+
+
+@dataclass
+class ForwardResult:
+    """What one forward run returns.
+
+    Attributes:
+        sums: ``(N, …)`` float64 per-example sums of the combination (``None`` for ``"scores"``,
+            and for examples without rows the sums are 0).
+        row_scores: ``(R,)`` float64 target score of the model at each row.
+        row_classes: ``(R,)`` the class each row scored (for a negative target, the row's top-1).
+        chunks: compiled chunk calls (= batched forward passes).
+    """
+
+    sums: Optional[np.ndarray]
+    row_scores: np.ndarray
+    row_classes: np.ndarray
+    chunks: int
+
+
+def forward_weighted(scores, vectors, weight):
+    """``w_r · s_r · v_r``: the row's weight times its score times its vector (RISE's mask-weighted
+    sum of scores; occlusion's window with ``w_r = −1`` plus ``f(x)`` times the window count)."""
+    factor = tf.cast(weight, vectors.dtype) * tf.cast(scores, vectors.dtype)
+    return vectors * _per_row(factor, vectors)
+
+
+#: the named combinations of forward rows (a callable ``(scores, vectors, weight) -> (rows, …)``
+#: contributions is accepted too); ``"scores"`` sums nothing: the row scores are the result
+FORWARD_COMBINES = ("scores", "weighted")
+
+
+class _ForwardScores:
+    """The model and score of forward rows, as :mod:`~tfattr.core.autotune` keys them (the model
+    owns the measurements; the type keeps them apart from gradient rows')."""
+
+    layer = None
+
+    def __init__(self, model, score_fn):
+        self.model, self.score_fn = model, score_fn
+
+
+def _name(function) -> str:
+    return getattr(function, "__qualname__", None) or type(function).__name__
+
+
+class ForwardEngine:
+    """Chunked, compiled forward passes over :class:`ForwardRows` (no gradient).
+
+    A perturbation method supplies the rows (how many per example, and their weights), a
+    ``build`` function that makes a chunk of perturbed inputs on the device from the chunk's row
+    indices (:class:`ChunkRows`; masks are drawn per row from a seed,
+    :func:`~tfattr.core.random.row_uniform`, never for all rows at once), and a combination.
+    The engine runs the chunks as it runs path rows: ``batch_size`` rows a chunk, ``"auto"``
+    sizes measured per model, input shape, builder and combination (apart from the gradient
+    rows of the same model), ``parallel_chunks`` chunks in flight, per-example sums added on the
+    host in float64 in chunk order, so the result does not depend on the chunking.
+
+    Args:
+        model: the Keras model (any callable on a batch).
+        score_fn: what a row scores: ``None`` (the class of ``target_indices``), the user's
+            callable ``outputs -> (batch,)``, or :attr:`~tfattr.core.targets.Targets.scorer`
+            (picks the ``output=`` of a model with several).
+        batch_size: rows per forward pass, or ``"auto"``.
+        parallel_chunks: chunks in flight at once (a model that writes its variables runs one).
+        verbose: ``0``, ``1`` or ``"auto"``.
+
+    Example:
+        >>> def build(x, rows):  # occlude one pixel per row
+        ...     mask = tf.one_hot(rows.position, 64, dtype=x.dtype)
+        ...     return tf.gather(x, rows.example) * (1 - tf.reshape(mask, (-1, 8, 8, 1))), mask
+        >>> engine = ForwardEngine(model, batch_size=16)
+        >>> engine.run(x, ForwardRows.repeat(len(x), 64), build, [3] * len(x), combine="weighted").sums
+    """
+
+    def __init__(self, model, score_fn: Optional[Callable] = None, batch_size: Union[int, str] = autotune.AUTO,
+                 parallel_chunks: int = 2, verbose: Verbose = "auto"):
+        self.model = model
+        self.score_fn = score_fn
+        self.batch_size = autotune.AUTO if batch_size == autotune.AUTO else int(batch_size)
+        self.parallel_chunks = max(1, int(parallel_chunks))
+        self.verbose = verbose
+        self._scores = _ForwardScores(model, score_fn)
+        self._compiled = {}
+        self._lock = threading.Lock()
+        self.traces = 0
+
+    def _chunk_function(self, shape, dtype, build, combine, layout):
+        key = (shape, dtype.name, build, combine, layout)
+        with self._lock:
+            if key not in self._compiled:
+                chunk = self._build_chunk(shape, dtype, build, combine, layout)
+                chunk.writes_state = writes_state(chunk)
+                self._compiled[key] = chunk
+            return self._compiled[key]
+
+    def _build_chunk(self, shape, dtype, build, combine, layout):
+        model, score_fn = self.model, self.score_fn
+        acc_dtype = tf.float64 if dtype == tf.float64 else tf.float32
+        combination = forward_weighted if combine == "weighted" else combine
+        index_spec = tf.TensorSpec([None], tf.int32)
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, *shape], dtype),  # x: all examples
+            index_spec,  # row: global row index
+            index_spec,  # example of each row
+            index_spec,  # position of each row among its example's
+            tf.TensorSpec([None], tf.float64),  # weight of each row
+            index_spec,  # class of each row
+            tf.TensorSpec([], tf.int32),  # first example in the chunk
+            tf.TensorSpec([], tf.int32),  # number of examples in the chunk
+            tf.TensorSpec(None, tf.float64),  # the call's context
+        ])
+        def chunk(x, row, example, position, weight, target_rows, first, count, context):
+            self.traces += 1  # runs only while tracing
+            built = build(x, ChunkRows(row, example, position, context))
+            points, vectors = built if isinstance(built, tuple) else (built, None)
+            classes = record_classes()
+            outputs = model(points if layout is None else layout.unpack(points), training=False)
+            scores = select_scores(outputs, target_rows, score_fn)
+            classes = recorded_classes(classes, target_rows)
+            if combine == "scores":
+                sums = tf.zeros([0], acc_dtype)
+            else:
+                if vectors is None:
+                    raise ValueError("A combined forward run needs `build` to return (points, vectors). "
+                                     f"Received: build={_name(build)} returned points only")
+                contribution = combination(scores, tf.cast(vectors, acc_dtype), weight)
+                sums = tf.math.unsorted_segment_sum(contribution, example - first, count)
+            return ForwardOutputs(tf.cast(scores, tf.float64), sums, classes)
+
+        return chunk
+
+    def run(self, x, rows: ForwardRows, build: Callable, target_indices=None, combine="scores", context=None,
+            layout=None) -> ForwardResult:
+        """Score every row and combine them per example.
+
+        Args:
+            x: ``(N, …)`` inputs (in the model's dtype; several inputs packed, see ``layout``).
+            rows: the work, sorted by example.
+            build: ``build(x, rows: ChunkRows) -> points`` or ``(points, vectors)``, traced once per
+                input shape: ``points`` ``(rows, …)`` are the model's inputs for the chunk (packed
+                for several inputs), ``vectors`` ``(rows, …)`` what ``"weighted"`` multiplies.
+                Keep one ``build`` function per method (each new function compiles anew); pass
+                per-call values (a seed, windows) through ``context``.
+            target_indices: ``(N,)`` class per example (ignored by a callable ``score_fn``; a
+                negative class scores each row's top-1).
+            combine: ``"scores"`` (the row scores are the result), ``"weighted"``
+                (:func:`forward_weighted`, per-example ``Σ_r w_r s_r v_r``) or a callable
+                ``(scores, vectors, weight) -> (rows, …)`` contributions, summed per example.
+            context: a float64 array handed to ``build`` (default an empty vector).
+            layout: the :class:`~tfattr.core.structure.InputLayout` of a packed ``x``.
+        """
+        if not (combine in FORWARD_COMBINES or callable(combine)):
+            raise ValueError(f"`combine` must be one of {FORWARD_COMBINES} or a callable. Received: combine={combine!r}")
+        x = tf.convert_to_tensor(x)
+        num_examples, total = int(x.shape[0]), len(rows)
+        if total and (rows.example.min() < 0 or rows.example.max() >= num_examples):
+            raise ValueError(f"Forward rows must name examples 0 … {num_examples - 1}. "
+                             f"Received: example range [{rows.example.min()}, {rows.example.max()}]")
+        shape = tuple(int(d) for d in x.shape[1:])
+        chunk = self._chunk_function(shape, x.dtype, build, combine, layout)
+        example = rows.example.astype(np.int32)
+        position = rows.position.astype(np.int32)
+        targets = (np.zeros(num_examples, np.int32) if target_indices is None
+                   else np.broadcast_to(np.asarray(target_indices, np.int32), (num_examples,)))[example]
+        context = tf.constant(np.zeros(0) if context is None else np.asarray(context, np.float64), tf.float64)
+        workers = 1 if getattr(chunk, "writes_state", False) else self.parallel_chunks
+        device = _current_device()
+        fresh, chunk.ran = not getattr(chunk, "ran", False), True
+        if self.batch_size != autotune.AUTO:
+            schedule = autotune.FixedSchedule(int(self.batch_size))
+        else:
+            kind = ("forward", combine if isinstance(combine, str) else _name(combine), _name(build))
+            schedule = autotune.tuner_for(self._scores, shape, x.dtype, kind, workers, device,
+                                          forward=True).session(total, fresh)
+        sums = _Accumulator(num_examples, total)
+
+        def call(start, stop, carry):
+            part = slice(start, stop)
+            first, count = _chunk_examples(example, start, stop)
+            with _on_device(device):
+                return chunk(x, tf.range(start, stop, dtype=tf.int32), tf.constant(example[part]),
+                             tf.constant(position[part]), tf.constant(rows.weight[part], tf.float64),
+                             tf.constant(targets[part]), tf.constant(first, tf.int32), tf.constant(count, tf.int32),
+                             context)
+
+        def consume(start, stop, outputs):
+            sums.add(start, stop, *_chunk_examples(example, start, stop), outputs)
+
+        chunks = _run_chunks(call, consume, total, schedule, workers, self.verbose) if total else 0
+        result = sums.result(chunks)
+        if combine != "scores" and result.attributions is None:  # no rows: nothing summed
+            result.attributions = np.zeros((num_examples,))
+        return ForwardResult(None if combine == "scores" else result.attributions, result.row_scores,
+                             result.row_classes, chunks)
 
 
 def forward_outputs(model, points, batch_size: int, output=None, layout=None) -> np.ndarray:

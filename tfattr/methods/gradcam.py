@@ -18,7 +18,7 @@ from tfattr.core import checks
 from tfattr.core.adaptive import level_bounds, level_rows, relative_error
 from tfattr.core.checks import Option
 from tfattr.core.convergence import Refiner, warn_unconverged
-from tfattr.core.engine import PathRows
+from tfattr.core.engine import NestedStieltjesPaths, PathRows
 from tfattr.core.gradients import LayerGradients
 from tfattr.core.layers import find_layer, last_layer_with_rank, layer_output_rank
 from tfattr.core.ranges import resolve_value_range
@@ -300,56 +300,35 @@ class RSIGradCAM(_LayerMethod, IntegratedGradients):
         tolerance = float(config["tolerance"])
         bottom, top = level_bounds(config["min_steps"], config["max_steps"])
         span = 2**top  # node i of the finest grid sits at α = i / span
-        kept = {}  # (example, baseline) -> {node: (gradient, activations)}
+        paths = NestedStieltjesPaths(span, count, self.combine_for(config))  # every node of an unconverged path
         terms = [None] * num_examples  # per example: Σ over baselines of the ordered sums
         fz, level = np.zeros(num_examples), np.zeros(num_examples, int)
         refiner = Refiner(num_examples, tolerance, min_rounds=bottom + 1, max_rounds=top + 1)
         activations = start = None
-        trapezoid = config["rule"] == "trapezoid"
         evaluated = 0
         for k, todo in refiner:
             rows = level_rows(k, num_examples, count, todo, baselines.per_example)
             result = self.integrate(x, baselines, targets, rows, config, collect_rows=True)
             evaluated += len(rows)
-            nodes = np.rint(rows.alpha * span).astype(int)
-            for r in range(len(rows)):
-                # copies, not views of the level's arrays, so freeing a converged path frees its memory
-                kept.setdefault((int(rows.example[r]), int(rows.baseline[r]) % count), {})[int(nodes[r])] = (
-                    result.row_gradients[r].copy(), result.row_values[r].copy())
+            paths.add(rows, result)
             if k == 0:
                 fz = self.baseline_scores(x, baselines, targets, rows, result, config)
                 if fx is None:
                     fx = self.scores_at_input(rows, result, num_examples)
                 activations = np.zeros((num_examples,) + result.row_values.shape[1:])
                 start = np.zeros_like(activations)
-            half = span >> k  # distance from a new node to its neighbours
             for e in todo:
-                update = 0.0
-                for b in range(count):
-                    path = kept[(int(e), b)]
-                    if k == 0:  # one interval: ∂y(1)/∂A ⊙ (A(1) − A(0)), or the ends' average for trapezoid
-                        gradient = path[span][0].astype(np.float64)
-                        if trapezoid:
-                            gradient = 0.5 * (gradient + path[0][0])
-                        update = update + gradient * (path[span][1] - path[0][1])
-                        start[e] += path[0][1] / count
-                        continue
-                    for i in range(half, span, 2 * half):
-                        (g_mid, a_mid), (g_left, a_left), (g_right, a_right) = path[i], path[i - half], path[i + half]
-                        if trapezoid:  # ½(g_λ+g_μ)(A_μ−A_λ) + ½(g_μ+g_ρ)(A_ρ−A_μ) − ½(g_λ+g_ρ)(A_ρ−A_λ)
-                            update = update + 0.5 * (g_mid.astype(np.float64) * (a_right - a_left)
-                                                     + g_left * (a_mid - a_right) + g_right * (a_left - a_mid))
-                        else:  # the right term of [λ, ρ] splits in two
-                            update = update + (g_mid.astype(np.float64) - g_right) * (a_mid - a_left)
+                update = paths.change(e, k)  # the level's change of the ordered sums (eq. 6 with 2^k intervals)
                 if k == 0:
-                    activations[e] = kept[(int(e), 0)][span][1]
+                    for b in range(count):
+                        start[e] += paths.node(e, b, 0)[1] / count
+                    activations[e] = paths.node(e, 0, span)[1]
                 terms[e] = update if terms[e] is None else terms[e] + update
             level[todo] = k
             done = refiner.record(todo, relative_error(np.array([terms[e].sum() / count for e in todo]),
                                                        fx[todo] - fz[todo]))
             for e in done:  # free the converged paths' nodes
-                for b in range(count):
-                    kept.pop((int(e), b), None)
+                paths.forget(e)
         refined = refiner.result()
         warn_unconverged("RSIGradCAM", refined, "tolerance", tolerance, "max_steps", config["max_steps"],
                          errors="relative completeness errors", digits=6, tail="returning the finest level",

@@ -30,7 +30,7 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from tfattr.core.engine import progress_bar
+from tfattr.core.progress import progress_bar
 from tfattr.core.gradients import compiled_forward
 from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
 from tfattr.core.targets import resolve_targets
