@@ -13,13 +13,15 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "rng"]
+__all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
+           "rng", "row_uniform"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
 STREAM_GAUSSIAN = 2
 STREAM_NOISE_TUNNEL = 3
 STREAM_SMOOTH_TAYLOR = 4
+STREAM_FORWARD_ROWS = 5
 
 
 def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator:
@@ -37,3 +39,32 @@ def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator
     if block == 0:
         return np.random.default_rng([int(seed), int(stream)])
     return np.random.default_rng([int(seed), int(stream), int(block)])
+
+
+def row_uniform(seed, rows, shape, dtype=None, stream: int = STREAM_FORWARD_ROWS):
+    """Uniform ``[0, 1)`` draws of ``shape`` for each row index in ``rows``, inside or outside a
+    ``tf.function`` (the masks of forward rows, :class:`~tfattr.core.engine.ForwardEngine`).
+
+    Row ``r``'s draws are ``tf.random.stateless_uniform(shape, seed=(seed, stream · 2³² + r))``:
+    they depend on the seed, the stream and the row only, so a chunk draws its own rows' masks
+    and the result is the same for any chunk size or chunk order, without ever holding every
+    row's masks at once.
+
+    Args:
+        seed: an integer (or a scalar tensor, e.g. read from a forward run's ``context``).
+        rows: ``(B,)`` integer row indices (below 2³²).
+        shape: the shape of one row's draws.
+        dtype: a float dtype (default float32).
+        stream: the purpose's stream (default :data:`STREAM_FORWARD_ROWS`).
+
+    Returns:
+        ``(B, *shape)`` draws.
+    """
+    import tensorflow as tf
+
+    dtype = tf.float32 if dtype is None else dtype
+    rows = tf.cast(tf.convert_to_tensor(rows), tf.int64)
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    keys = tf.stack([tf.fill(tf.shape(rows), seed), rows + tf.constant(int(stream) << 32, tf.int64)], axis=1)
+    return tf.map_fn(lambda key: tf.random.stateless_uniform(shape, seed=key, dtype=dtype), keys,
+                     fn_output_signature=dtype)
