@@ -20,6 +20,7 @@ from tfattr.core.engine import (ChunkRows, ForwardEngine, ForwardRows, NestedSti
                                 PathRows)
 from tfattr.core.random import row_uniform
 from tfattr.core.targets import OutputScore
+from tfattr.errors import InvalidInputError
 
 RTOL = 1e-12
 CHUNKS = (1, 2, 5, 64)  # every row its own chunk, chunks across example boundaries, one chunk
@@ -443,3 +444,10 @@ def test_forward_rows_refuse_unsorted_rows_a_missing_vector_and_an_unknown_combi
                    combine="weighted")
     with pytest.raises(ValueError, match="examples 0"):
         engine.run(x, ForwardRows(np.array([0, 2])), masked, [0, 0], context=[SEED])
+
+
+def test_forward_rows_scored_by_class_need_the_classes():
+    model, _, _ = _linear_model()
+    with pytest.raises(InvalidInputError, match="target_indices"):
+        ForwardEngine(model, batch_size=2, verbose=0).run(np.zeros((1,) + SHAPE), ForwardRows.repeat(1, 2), masked,
+                                                          context=[SEED])

@@ -49,7 +49,8 @@ import tensorflow as tf
 from tfattr.core import autotune
 from tfattr.core.gradients import compiled_forward
 from tfattr.core.progress import LineProgress, Verbose, progress_bar  # noqa: F401  (re-exported)
-from tfattr.core.targets import record_classes, recorded_classes, select_output, select_scores
+from tfattr.core.targets import OutputScore, record_classes, recorded_classes, select_output, select_scores
+from tfattr.errors import InvalidInputError, received
 
 __all__ = ["PathRows", "EngineResult", "PathEngine", "COMBINES", "COMBINATIONS", "ChunkOutputs",
            "ForwardRows", "ForwardEngine", "ForwardResult", "ChunkRows", "FORWARD_COMBINES",
@@ -223,7 +224,7 @@ STATE_WRITES = frozenset({"AssignVariableOp", "ResourceScatterUpdate", "Resource
 
 def _check_combine(combine):
     if combine not in COMBINATIONS:
-        raise ValueError(f"`combine` must be one of {COMBINES}. Received: combine={combine!r}")
+        raise InvalidInputError(f"`combine` must be one of {COMBINES}. " + received("combine", combine))
 
 
 def writes_state(function) -> bool:
@@ -751,7 +752,7 @@ class NestedStieltjesPaths:
 
     def __init__(self, span: int, baselines: int, combine: str = "stieltjes"):
         if combine not in NESTED:
-            raise ValueError(f"`combine` must be one of {NESTED}. Received: combine={combine!r}")
+            raise InvalidInputError(f"`combine` must be one of {NESTED}. " + received("combine", combine))
         self.span, self.baselines, self.trapezoid = int(span), int(baselines), combine == "stieltjes_trapezoid"
         self._nodes: Dict[Tuple[int, int], Dict[int, Tuple[np.ndarray, np.ndarray]]] = {}
 
@@ -815,11 +816,11 @@ class ForwardRows:
             self.weight = np.ones(len(self.example))
         self.weight = np.asarray(self.weight, dtype=np.float64)
         if self.example.ndim != 1 or self.weight.shape != self.example.shape:
-            raise ValueError("`example` and `weight` must be vectors of one value per row. "
-                             f"Received: example.shape={self.example.shape}, weight.shape={self.weight.shape}")
+            raise InvalidInputError("`example` and `weight` must be vectors of one value per row. "
+                                    + received("(example.shape, weight.shape)", (self.example.shape, self.weight.shape)))
         if len(self.example) and np.any(np.diff(self.example) < 0):
-            raise ValueError("Forward rows must be sorted by example. Received: example="
-                             f"{self.example[:10].tolist()}…")
+            raise InvalidInputError("Forward rows must be sorted by example. "
+                                    + received("example[:10]", self.example[:10].tolist()))
 
     def __len__(self) -> int:
         return int(self.example.shape[0])
@@ -953,6 +954,13 @@ class ForwardEngine:
         self._lock = threading.Lock()
         self.traces = 0
 
+    def _autograph(self) -> bool:
+        """AutoGraph for a user's score or model function (as :func:`needs_autograph`); builders are
+        the methods' own code: tensor ops, no Python branch on a tensor."""
+        from tfattr.core.gradients import InputGradients
+
+        return needs_autograph(InputGradients(self.model, self.score_fn))
+
     def _chunk_function(self, shape, dtype, build, combine, layout):
         key = (shape, dtype.name, build, combine, layout)
         with self._lock:
@@ -978,7 +986,7 @@ class ForwardEngine:
             tf.TensorSpec([], tf.int32),  # first example in the chunk
             tf.TensorSpec([], tf.int32),  # number of examples in the chunk
             tf.TensorSpec(None, tf.float64),  # the call's context
-        ])
+        ], autograph=self._autograph())
         def chunk(x, row, example, position, weight, target_rows, first, count, context):
             self.traces += 1  # runs only while tracing
             built = build(x, ChunkRows(row, example, position, context))
@@ -991,8 +999,8 @@ class ForwardEngine:
                 sums = tf.zeros([0], acc_dtype)
             else:
                 if vectors is None:
-                    raise ValueError("A combined forward run needs `build` to return (points, vectors). "
-                                     f"Received: build={_name(build)} returned points only")
+                    raise InvalidInputError("A combined forward run needs `build` to return (points, vectors). "
+                                            + received("build", f"{_name(build)}, which returned points only"))
                 contribution = combination(scores, tf.cast(vectors, acc_dtype), weight)
                 sums = tf.math.unsorted_segment_sum(contribution, example - first, count)
             return ForwardOutputs(tf.cast(scores, tf.float64), sums, classes)
@@ -1010,7 +1018,9 @@ class ForwardEngine:
                 input shape: ``points`` ``(rows, …)`` are the model's inputs for the chunk (packed
                 for several inputs), ``vectors`` ``(rows, …)`` what ``"weighted"`` multiplies.
                 Keep one ``build`` function per method (each new function compiles anew); pass
-                per-call values (a seed, windows) through ``context``.
+                per-call values (a seed, windows) through ``context``. It is traced without
+                AutoGraph (unless the score or model is a user's function): tensor ops only, no
+                Python ``if`` on a tensor.
             target_indices: ``(N,)`` class per example (ignored by a callable ``score_fn``; a
                 negative class scores each row's top-1).
             combine: ``"scores"`` (the row scores are the result), ``"weighted"``
@@ -1020,12 +1030,17 @@ class ForwardEngine:
             layout: the :class:`~tfattr.core.structure.InputLayout` of a packed ``x``.
         """
         if not (combine in FORWARD_COMBINES or callable(combine)):
-            raise ValueError(f"`combine` must be one of {FORWARD_COMBINES} or a callable. Received: combine={combine!r}")
+            raise InvalidInputError(f"`combine` must be one of {FORWARD_COMBINES} or a callable. "
+                                    + received("combine", combine))
         x = tf.convert_to_tensor(x)
         num_examples, total = int(x.shape[0]), len(rows)
         if total and (rows.example.min() < 0 or rows.example.max() >= num_examples):
-            raise ValueError(f"Forward rows must name examples 0 … {num_examples - 1}. "
-                             f"Received: example range [{rows.example.min()}, {rows.example.max()}]")
+            raise InvalidInputError(f"Forward rows must name examples 0 … {num_examples - 1} of `x`. "
+                                    + received("rows.example range", (int(rows.example.min()), int(rows.example.max()))))
+        classes_needed = self.score_fn is None or (isinstance(self.score_fn, OutputScore) and self.score_fn.score_fn is None)
+        if target_indices is None and classes_needed:
+            raise InvalidInputError("Forward rows scored by class need `target_indices` (one class per example, "
+                                    "negative for each row's top-1). " + received("target_indices", None))
         shape = tuple(int(d) for d in x.shape[1:])
         chunk = self._chunk_function(shape, x.dtype, build, combine, layout)
         example = rows.example.astype(np.int32)
