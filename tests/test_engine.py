@@ -39,7 +39,8 @@ class Quadratic:
 
     def __call__(self, points, target_rows):
         w = tf.reshape(tf.gather(self.table, target_rows), tf.shape(points))
-        return tf.reduce_sum(tf.reshape(w * points * points, [tf.shape(points)[0], -1]), axis=1), 2.0 * w * points, points
+        scores = tf.reduce_sum(tf.reshape(w * points * points, [tf.shape(points)[0], -1]), axis=1)
+        return scores, 2.0 * w * points, points
 
     def numpy(self, points, targets):
         w = self.weights[targets].reshape(points.shape)

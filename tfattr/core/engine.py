@@ -239,10 +239,10 @@ def writes_state(function) -> bool:
 def needs_autograph(gradient_fn) -> bool:
     """Whether the chunk function must trace with AutoGraph: unless every piece of Python it runs
     is tfattr's or a Keras layer's (tfattr branches on Python values only; Keras runs a layer's
-    ``call`` without AutoGraph conversion either way). A user's callable target, model function, ``tf.Module`` or gradient function
-    may use a Python ``if`` on a tensor, which only AutoGraph turns into graph control flow.
-    Without it, tracing skips the conversion: about a fifth of the first call's trace on
-    MobileNetV2."""
+    ``call`` without AutoGraph conversion either way). A user's callable target, model function,
+    ``tf.Module`` or gradient function may use a Python ``if`` on a tensor, which only AutoGraph
+    turns into graph control flow. Without it, tracing skips the conversion: about a fifth of the
+    first call's trace on MobileNetV2."""
     import keras
 
     from tfattr.core.gradients import InputGradients, LayerGradients, LayerInjection
@@ -817,7 +817,8 @@ class ForwardRows:
         self.weight = np.asarray(self.weight, dtype=np.float64)
         if self.example.ndim != 1 or self.weight.shape != self.example.shape:
             raise InvalidInputError("`example` and `weight` must be vectors of one value per row. "
-                                    + received("(example.shape, weight.shape)", (self.example.shape, self.weight.shape)))
+                                    + received("(example.shape, weight.shape)",
+                                               (self.example.shape, self.weight.shape)))
         if len(self.example) and np.any(np.diff(self.example) < 0):
             raise InvalidInputError("Forward rows must be sorted by example. "
                                     + received("example[:10]", self.example[:10].tolist()))
@@ -1036,8 +1037,10 @@ class ForwardEngine:
         num_examples, total = int(x.shape[0]), len(rows)
         if total and (rows.example.min() < 0 or rows.example.max() >= num_examples):
             raise InvalidInputError(f"Forward rows must name examples 0 … {num_examples - 1} of `x`. "
-                                    + received("rows.example range", (int(rows.example.min()), int(rows.example.max()))))
-        classes_needed = self.score_fn is None or (isinstance(self.score_fn, OutputScore) and self.score_fn.score_fn is None)
+                                    + received("rows.example range",
+                                               (int(rows.example.min()), int(rows.example.max()))))
+        score_fn = self.score_fn
+        classes_needed = score_fn is None or (isinstance(score_fn, OutputScore) and score_fn.score_fn is None)
         if target_indices is None and classes_needed:
             raise InvalidInputError("Forward rows scored by class need `target_indices` (one class per example, "
                                     "negative for each row's top-1). " + received("target_indices", None))
