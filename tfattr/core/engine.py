@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from tfattr.core import autotune
 from tfattr.core.gradients import compiled_forward
-from tfattr.core.progress import LineProgress, Verbose, progress_bar  # noqa: F401  (re-exported)
+from tfattr.core.progress import LineProgress, ProgressCount, Verbose, progress_bar  # noqa: F401  (re-exported)
 from tfattr.core.targets import OutputScore, record_classes, recorded_classes, select_output, select_scores
 from tfattr.errors import InvalidInputError, received
 
@@ -407,16 +407,11 @@ def _run_chunks(call: Callable, consume: Callable, total: int, schedule, workers
     time. With one worker each chunk gets the previous chunk's ``outputs.carry`` (the
     Riemann–Stieltjes combinations run that way).
     """
-    num_chunks = schedule.estimate_chunks(total)
-    bar = progress_bar(num_chunks, verbose)
-    done = 0
+    progress = ProgressCount(schedule.estimate_chunks(total), verbose)
 
     def finish(start, stop, outputs):
-        nonlocal done  # the progress count only; every sum lives in the consumer
         consume(start, stop, outputs)
-        done += 1
-        if bar is not None:
-            bar.update(min(done, num_chunks))
+        progress.advance()
 
     def run(spans, carry, pool):
         if pool is None or len(spans) <= 1:
@@ -452,7 +447,7 @@ def _run_chunks(call: Callable, consume: Callable, total: int, schedule, workers
                 schedule.record([stop - begin for begin, stop in spans], autotune.clock() - began)
         size = schedule.size
         run([(s, min(s + size, total)) for s in range(start, total, size)], carry, pool)
-    return done
+    return progress.done
 
 
 def _on_device(device: str):

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Union
 
-__all__ = ["Verbose", "LineProgress", "progress_bar", "AUTO_PROGRESS_CHUNKS"]
+__all__ = ["Verbose", "LineProgress", "ProgressCount", "progress_bar", "AUTO_PROGRESS_CHUNKS"]
 
 Verbose = Union[int, bool, str]
 
@@ -80,3 +80,21 @@ def progress_bar(total: int, verbose: Verbose, unit: str = "chunk"):
     import keras
 
     return keras.utils.Progbar(total, unit_name=unit)
+
+
+class ProgressCount:
+    """Counts finished units (chunks) and shows them on :func:`progress_bar`'s display, if any.
+
+    ``total`` is an estimate (``batch_size="auto"`` may change the sizes during a call): the display
+    never passes it.
+    """
+
+    def __init__(self, total: int, verbose: Verbose, unit: str = "chunk"):
+        self.total = int(total)
+        self.done = 0
+        self.bar = progress_bar(self.total, verbose, unit=unit)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(min(self.done, self.total))
