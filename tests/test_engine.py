@@ -452,3 +452,42 @@ def test_forward_rows_scored_by_class_need_the_classes():
     with pytest.raises(InvalidInputError, match="target_indices"):
         ForwardEngine(model, batch_size=2, verbose=0).run(np.zeros((1,) + SHAPE), ForwardRows.repeat(1, 2), masked,
                                                           context=[SEED])
+
+
+def occluded(x, rows: ChunkRows):
+    """Occlusion: row ``p`` zeroes the 2×2 window whose corner is row ``p`` of the context table."""
+    corners = tf.cast(tf.reshape(rows.context, (-1, 2)), tf.int32)
+    corner = tf.gather(corners, rows.position)
+    i = tf.range(SHAPE[0])[None, :, None]
+    j = tf.range(SHAPE[1])[None, None, :]
+    h, w = corner[:, 0, None, None], corner[:, 1, None, None]
+    window = tf.cast((i >= h) & (i < h + 2) & (j >= w) & (j < w + 2), x.dtype)
+    return tf.gather(x, rows.example) * (1.0 - window[..., None]), window
+
+
+def test_an_occlusion_method_on_forward_rows_matches_the_analytic_occlusion_of_a_linear_model():
+    """For ``f(x) = x·M + b``, occluding a window changes the score by the window's share
+    ``Σ_{i ∈ window} M[i, t] x_i``; occlusion attributes to each pixel the mean change over the
+    windows that cover it. On forward rows: ``Σ_r (f(x) − s_r) · window_r`` is ``f(x) Σ_r window_r``
+    minus the ``"weighted"`` combination's ``Σ_r s_r · window_r``."""
+    model, m, b = _linear_model()
+    x = np.random.default_rng(6).normal(size=(2,) + SHAPE)
+    targets = np.array([1, 2])
+    corners = np.array([(h, w) for h in range(3) for w in range(3)], np.float64)  # stride 1, 9 windows
+    rows = ForwardRows.repeat(2, len(corners))
+    found = {}
+    for batch_size in (4, 18):
+        result = ForwardEngine(model, batch_size=batch_size, verbose=0).run(
+            x, rows, occluded, targets, combine="weighted", context=corners.ravel())
+        fx = (x.reshape(2, -1) @ m + b)[np.arange(2), targets]
+        windows = np.zeros((len(corners),) + SHAPE[:2])
+        for p, (h, w) in enumerate(corners.astype(int)):
+            windows[p, h : h + 2, w : w + 2] = 1
+        found[batch_size] = (fx[:, None, None] * windows.sum(axis=0) - result.sums) / windows.sum(axis=0)
+    share = (x * m[:, targets].T.reshape((2,) + SHAPE)).sum(axis=-1)  # each pixel's term of the score
+    expected = np.zeros((2,) + SHAPE[:2])
+    for h, w in corners.astype(int):
+        expected[:, h : h + 2, w : w + 2] += share[:, h : h + 2, w : w + 2].sum(axis=(1, 2))[:, None, None]
+    expected /= windows.sum(axis=0)
+    assert_close(found[4], expected)
+    assert_close(found[18], expected)
