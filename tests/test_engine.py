@@ -231,10 +231,10 @@ def test_the_direct_chunk_is_the_gradient_at_the_inputs_and_equals_the_general_c
 
 
 def _slow(inner):
-    """``inner`` with a 20 ms host sleep in every chunk (so that chunks in flight overlap)."""
+    """``inner`` with a 50 ms host sleep in every chunk (so that chunks in flight overlap)."""
 
     def pause():
-        time.sleep(0.02)
+        time.sleep(0.05)
         return np.float64(0.0)
 
     def gradient_fn(points, target_rows):
