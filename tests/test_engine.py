@@ -125,18 +125,19 @@ def _stieltjes_rows(n, baselines, steps):
     return PathRows.grid(n, baselines, alphas, np.concatenate([[0.0], np.ones(steps)]))
 
 
-def _stieltjes_reference(fn, rows, x, z, targets, trapezoid):
+def _stieltjes_reference(fn, rows, x, z, targets, combine):
     points, _ = _points(rows, x, z)
     values, gradients = fn.numpy(points, targets[rows.example])
     out = np.zeros((len(x),) + values.shape[1:])
     for r in range(1, len(rows)):  # each path starts with a weight-0 row at α₀
-        g = 0.5 * (gradients[r] + gradients[r - 1]) if trapezoid else gradients[r]
+        g = {"stieltjes": gradients[r], "stieltjes_trapezoid": 0.5 * (gradients[r] + gradients[r - 1]),
+             "stieltjes_left": gradients[r - 1]}[combine]
         out[rows.example[r]] += rows.weight[r] * g * (values[r] - values[r - 1])
     return out, values
 
 
 @pytest.mark.parametrize("batch_size", CHUNKS + (3, 4))
-@pytest.mark.parametrize("combine", ["stieltjes", "stieltjes_trapezoid"])
+@pytest.mark.parametrize("combine", ["stieltjes", "stieltjes_trapezoid", "stieltjes_left"])
 def test_stieltjes_sums_carry_the_previous_row_across_chunk_boundaries(combine, batch_size):
     """Batch size 1 makes every increment cross a chunk boundary: without the carried row (and,
     for the trapezoid, the carried gradient) the increments at the boundaries would be lost."""
@@ -146,7 +147,7 @@ def test_stieltjes_sums_carry_the_previous_row_across_chunk_boundaries(combine, 
     rows = _stieltjes_rows(len(x), 2, 7)
     engine = PathEngine(fn, batch_size=batch_size, combine=combine, collect_endpoint=True, verbose=0)
     result = engine.integrate(tf.constant(x), tf.constant(z), targets, rows)
-    expected, values = _stieltjes_reference(fn, rows, x, z, targets, combine == "stieltjes_trapezoid")
+    expected, values = _stieltjes_reference(fn, rows, x, z, targets, combine)
     assert_close(result.attributions, expected)
     # the layer's values at the input and (mean over the baselines) at the start of the paths
     assert_close(result.endpoint, _segment(values[rows.alpha == 1.0], rows.example[rows.alpha == 1.0], len(x)) / 2)
@@ -284,7 +285,7 @@ def test_chunks_in_flight_run_together_and_sum_in_chunk_order(combine, monkeypat
         assert probes[0].most == (1 if chunks == 1 or combine == "stieltjes" else 3)
     np.testing.assert_array_equal(results[1].attributions, results[3].attributions)
     np.testing.assert_array_equal(results[1].row_scores, results[3].row_scores)
-    expected, _ = (_stieltjes_reference(fn, rows, x, z, targets, False) if combine == "stieltjes" else (None, None))
+    expected, _ = (_stieltjes_reference(fn, rows, x, z, targets, combine) if combine == "stieltjes" else (None, None))
     if expected is not None:
         assert_close(results[3].attributions, expected)
 
