@@ -16,8 +16,7 @@ import tensorflow as tf
 
 from tfattr.core import autotune
 from tfattr.core import engine as engine_module
-from tfattr.core.engine import (ChunkRows, ForwardEngine, ForwardRows, NestedStieltjesPaths, PathEngine,
-                                PathRows)
+from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows, NestedStieltjesPaths, PathEngine, PathRows
 from tfattr.core.random import row_uniform
 from tfattr.core.targets import OutputScore
 from tfattr.errors import InvalidInputError

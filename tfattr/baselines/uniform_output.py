@@ -367,8 +367,8 @@ def train_uniform_baseline(
         >>> print(trained.report())
         >>> ig = tfattr.IntegratedGradients(model, baseline=trained)
     """
-    from tfattr.core.progress import progress_bar
     from tfattr.core.inputs import validate_value_range
+    from tfattr.core.progress import progress_bar
 
     shape, input_dtype, classes = _check_model(model)
     value_range = validate_value_range(value_range)

@@ -30,9 +30,9 @@ from typing import Callable, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
-from tfattr.core.progress import progress_bar
 from tfattr.core.gradients import compiled_forward
 from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images
+from tfattr.core.progress import progress_bar
 from tfattr.core.targets import resolve_targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
