@@ -42,8 +42,10 @@ from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.core.quadrature import quadrature  # noqa: E402
 from tfattr.core.result import Explanation  # noqa: E402
 from tfattr.methods import (  # noqa: E402
+    BlurIntegratedGradients,
     GradCAM,
     Gradient,
+    GradientShap,
     GuidedBackprop,
     GuidedIntegratedGradients,
     InputXGradient,
@@ -89,6 +91,8 @@ __all__ = [
     "reduce_last_axis",
     "IntegratedGradients",
     "SmoothTaylor",
+    "GradientShap",
+    "BlurIntegratedGradients",
     "adaptive_noising",
     "SaliencyLogger",
 ]

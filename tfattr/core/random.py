@@ -1,8 +1,8 @@
 """The seeded random streams every random draw of tfattr comes from.
 
 One user seed feeds several independent streams, one per purpose (uniform and Gaussian
-baselines, NoiseTunnel's noise, SmoothTaylor's roots), so that changing how many draws one
-purpose takes never shifts the draws of another. A stream's draws depend on the seed, the
+baselines, NoiseTunnel's noise, SmoothTaylor's roots, GradientShap's draws), so that changing how
+many draws one purpose takes never shifts the draws of another. A stream's draws depend on the seed, the
 stream and the block index only, never on the batch: every example of a batch gets the same
 draws, and an example's result is the same alone or in a batch.
 """
@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
-           "rng", "row_uniform"]
+           "STREAM_GRADIENT_SHAP", "rng", "row_uniform"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
@@ -22,6 +22,7 @@ STREAM_GAUSSIAN = 2
 STREAM_NOISE_TUNNEL = 3
 STREAM_SMOOTH_TAYLOR = 4
 STREAM_FORWARD_ROWS = 5
+STREAM_GRADIENT_SHAP = 6
 
 
 def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator:
