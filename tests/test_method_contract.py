@@ -52,6 +52,14 @@ WRONG = {
     "stop_rule": ["never", 1],
     "normalisation": [(0.0, -1.0), "imagenet"],
     "max_roots": [0, 2.5],
+    # GradientShap
+    "baselines": [True, "zero"],
+    "n_samples": [0, 2.5],
+    "reference_size": [0, "all"],
+    # BlurIntegratedGradients
+    "max_sigma": [0, "wide"],
+    "grad_step": [0.0, "fine"],
+    "sqrt": ["yes", 1],
     # NoiseTunnel
     "nt_type": ["mean", 1],
     "nt_samples": [0, 2.5],
@@ -104,7 +112,7 @@ def test_the_exported_methods_are_found():
     names = {cls.__name__ for cls in METHODS}
     assert {"IntegratedGradients", "SmoothTaylor", "GradCAM", "RSIGradCAM", "Gradient", "InputXGradient",
             "GuidedBackprop", "GuidedIntegratedGradients", "LayerIntegratedGradients", "LayerConductance",
-            "NoiseTunnel"} <= names
+            "NoiseTunnel", "GradientShap", "BlurIntegratedGradients"} <= names
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.__name__)

@@ -83,6 +83,9 @@ METHODS = {
     "smooth_taylor": lambda m: tfattr.SmoothTaylor(m, roots=6, sigma=0.2, seed=1),
     "gradcam": lambda m: tfattr.GradCAM(m, layer="conv"),
     "rsi_gradcam": lambda m: tfattr.RSIGradCAM(m, layer="conv", steps=6),
+    "gradient_shap": lambda m: tfattr.GradientShap(m, baselines=np.random.default_rng(2).uniform(0, 1, (4, 8, 8, 3)),
+                                                   n_samples=4, stdevs=0.1),
+    "blur_ig": lambda m: tfattr.BlurIntegratedGradients(m, max_sigma=3.0, steps=6),
 }
 
 
