@@ -96,7 +96,7 @@ def _blur_block(x, rows, cols, rows_diff, cols_plus, cols_diff, factor):
 
 
 class BlurIntegratedGradients(AttributionMethod):
-    r"""Blur IG, eq. (4) of Xu et al. 2020, discretised as PAIR saliency's ``BlurIG.GetMask``.
+    r"""Blur IG (Xu, Venugopalan & Sundararajan, CVPR 2020), discretised as PAIR saliency's ``BlurIG.GetMask``.
 
     The path runs through Gaussian blurs of the input, ``γ(σ) = G_σ ∗ x`` from the input
     (``σ = 0``) to ``σ = max_sigma``; with PAIR's levels ``σ_0 = 0 < σ_1 < … < σ_steps`` and
@@ -118,7 +118,7 @@ class BlurIntegratedGradients(AttributionMethod):
         grad_step: the step ``h`` of the finite-difference derivative in σ (default 0.01, PAIR's).
         sqrt: PAIR's square-root schedule ``σ_i = √(i·max_sigma/steps)`` (default False). PAIR
             applies one level's ``σ_{i+1} − σ_i`` to a whole ``batch_size`` batch of levels; with
-            ``sqrt=True`` and ``batch_size > 1`` its result is therefore not eq. (4)'s sum (its
+            ``sqrt=True`` and ``batch_size > 1`` its result is therefore not the sum above (its
             default ``batch_size=1`` is). tfattr uses each level's own step.
         batch_size, verbose, parallel_chunks, output, fixed_inputs: see
             :class:`~tfattr.methods.base.AttributionMethod` (one input only: ``fixed_inputs``

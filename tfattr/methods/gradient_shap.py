@@ -74,7 +74,8 @@ def baseline_distribution(baselines, shape, reference_size: int = 100, dtype=np.
 
 
 class GradientShap(AttributionMethod):
-    r"""GradientSHAP (captum's ``GradientShap``) = Expected Gradients, eq. (5) of Erion et al. 2021.
+    r"""GradientSHAP (captum's ``GradientShap``) = Expected Gradients (Erion et al. 2021) in its
+    sampling form ``E_{b∼D, α∼U(0,1)}[(x − b) ⊙ ∇f(b + α(x − b))]``.
 
     For each example ``x`` and each of ``n_samples`` draws ``s``: a baseline ``b_s`` drawn
     uniformly (with replacement) from the baseline distribution, ``α_s ~ U(0, 1)`` and input
@@ -83,7 +84,7 @@ class GradientShap(AttributionMethod):
     ``φ(x) = (1/S) Σ_s (x̃_s − b_s) ⊙ ∇f(b_s + α_s (x̃_s − b_s))``
 
     — a one-sample Monte-Carlo estimate of the IG path integral per draw, averaged, whose
-    expectation is the mean over baselines of IG from each (Erion et al. eq. 5–6) when
+    expectation is the mean over baselines of IG from each (Expected Gradients) when
     ``stdevs = 0``. As captum (``NoiseTunnel`` over ``InputBaselineXGradient``): the gradient is
     taken on the path from ``b`` to the *noisy* input and multiplied by ``x̃ − b`` (the noisy
     input), not ``x − b``; the noise enters both.
