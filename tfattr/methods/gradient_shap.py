@@ -18,7 +18,7 @@ from tfattr.methods.base import AttributionMethod, Explained
 __all__ = ["GradientShap", "baseline_distribution"]
 
 #: host values (float64) of one block of noisy pseudo-examples at most (bounds the engine's sums)
-_BLOCK_VALUES = 1 << 22
+_BLOCK_VALUES = 1 << 24
 
 
 def _distribution_check(name: str, value) -> None:
