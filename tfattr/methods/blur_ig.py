@@ -26,7 +26,7 @@ _LIFT = 2.0**20
 BOUNDARY_MODES = ("constant", "reflect")
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)
 def _blur_matrix(size: int, sigma: float, truncate: float, mode: str) -> np.ndarray:
     if sigma <= 1e-15:  # scipy skips an axis of sigma ≤ 1e-15; PAIR returns the image at sigma 0
         return np.eye(size)
@@ -35,17 +35,16 @@ def _blur_matrix(size: int, sigma: float, truncate: float, mode: str) -> np.ndar
     c = -0.5 / (sigma * sigma)
     weights = np.exp(k * (k * c))  # scipy's _gaussian_kernel1d (Horner form of its polynomial)
     weights /= weights.sum()
+    if mode == "constant":  # zeros outside (cval = 0): M[i, j] = w[j − i + r] for |j − i| ≤ r
+        offset = np.arange(size)[None, :] - np.arange(size)[:, None]
+        inside = np.abs(offset) <= radius
+        return np.where(inside, weights[np.clip(offset + radius, 0, 2 * radius)], 0.0)
+    # "reflect": d c b a | a b c d | d c b a, periodic in 2·size
     rows = np.repeat(np.arange(size), len(k))
-    cols = (np.arange(size)[:, None] + k[None, :]).ravel()
-    w = np.tile(weights, size)
-    if mode == "constant":  # zeros outside (cval = 0)
-        keep = (cols >= 0) & (cols < size)
-        rows, cols, w = rows[keep], cols[keep], w[keep]
-    else:  # "reflect": d c b a | a b c d | d c b a, periodic in 2·size
-        cols = np.mod(cols, 2 * size)
-        cols = np.where(cols >= size, 2 * size - 1 - cols, cols)
+    cols = np.mod((np.arange(size)[:, None] + k[None, :]).ravel(), 2 * size)
+    cols = np.where(cols >= size, 2 * size - 1 - cols, cols)
     matrix = np.zeros((size, size))
-    np.add.at(matrix, (rows, cols), w)
+    np.add.at(matrix, (rows, cols), np.tile(weights, size))
     return matrix
 
 
