@@ -18,7 +18,7 @@ from tfattr.methods.base import AttributionMethod, Explained
 __all__ = ["BlurIntegratedGradients", "blur_sigmas", "gaussian_blur_matrix", "gaussian_blur"]
 
 #: values of one block of path points at most (points, their differences, the engine's host sums)
-_BLOCK_VALUES = 1 << 24
+_BLOCK_VALUES = 1 << 23
 #: the path's differences enter the engine as ``x' − z`` with ``x' = z + 2^20 · d`` and weight
 #: ``2^-20``: ``|x' − z|`` then dwarfs ``|z|`` and the float subtraction returns ``2^20 · d`` to
 #: the dtype's relative precision (powers of two scale exactly). Half-precision inputs use 1.
