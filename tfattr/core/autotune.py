@@ -26,8 +26,9 @@ cache), and hands each :meth:`~tfattr.core.engine.PathEngine.integrate` call a
   one chunk until a larger call of the same key has measured sizes; a size larger than a whole
   call is not measured: the search stops there;
 * the cap bounds memory: at most :data:`max_points` points per chunk (default 64 on a CPU,
-  1024 with a GPU visible), and optionally ``max_bytes`` of estimated activations over the
-  chunks in flight (see :func:`point_bytes`).
+  1024 with a GPU visible), and at most ``max_bytes`` of estimated activations over the
+  chunks in flight (see :func:`point_bytes`; default :data:`MEMORY_FRACTION` of the machine's
+  available memory, or of the GPU's, see :func:`default_max_bytes`).
 
 Tuning spreads over as many calls as it needs: a call with few rows measures what fits and the
 next call of the same key continues. :func:`configure` changes the caps and the on-disk cache;
@@ -36,17 +37,20 @@ next call of the same key continues. :func:`configure` changes the caps and the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import numbers
 import os
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 __all__ = ["AUTO", "ChunkTuner", "TuningSession", "FixedSchedule", "configure", "tuner_for", "reset",
-           "point_bytes", "limits", "forward_size", "clock"]
+           "point_bytes", "limits", "forward_size", "clock", "machine_memory", "default_max_bytes"]
 
 #: the ``batch_size`` value that asks for a measured chunk size
 AUTO = "auto"
@@ -64,30 +68,94 @@ ROUNDS = 2
 #: sizes tried past the fastest one before the search stops
 PATIENCE = 2
 
+#: the default byte budget (``max_bytes``) is this fraction of the memory the machine has available
+#: (``MemAvailable`` of ``/proc/meminfo``, else free pages) when the tuner of a key is created, or
+#: of the device's memory on a GPU (:func:`machine_memory`)
+MEMORY_FRACTION = 0.25
+
+#: the words ``TFATTR_CHUNK_CACHE`` (and a string ``disk_cache``) accept as booleans, any case
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("", "0", "false", "no", "off")
+
 _settings = {"max_points": None, "max_bytes": None, "disk_cache": None, "timer": None}
+
+
+def _positive_int(value, name: str) -> Optional[int]:
+    """``value`` as a positive int (``None`` kept), else a tfattr error naming ``name``."""
+    from tfattr.errors import InvalidInputError, InvalidTypeError, received
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidTypeError(f"`{name}` must be a positive integer or None. " + received(name, value))
+    if value < 1:
+        raise InvalidInputError(f"`{name}` must be at least 1. " + received(name, value))
+    return int(value)
+
+
+def _cache_setting(value, name: str):
+    """``None`` (off), ``True`` (the default file) or a path, from a ``disk_cache`` value or the
+    ``TFATTR_CHUNK_CACHE`` text: boolean words (``1 true yes on`` / ``0 false no off``, any case)
+    are booleans; any other string must look like a path (hold a folder separator, start with
+    ``~`` or end in ``.json``), so that a mistyped word does not become a file in the current
+    folder."""
+    from tfattr.errors import InvalidInputError, InvalidTypeError, received
+
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if not isinstance(value, str):
+        raise InvalidTypeError(f"`{name}` must be True, False, None or a file path. " + received(name, value))
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return None
+    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
+    if any(sep in value for sep in separators) or value.startswith("~") or word.endswith(".json"):
+        return value
+    raise InvalidInputError(
+        f"`{name}` must be a boolean word ({'/'.join(_TRUE_WORDS)} or {'/'.join(w for w in _FALSE_WORDS if w)}) "
+        "or a path to a JSON file (with a folder, e.g. ./sizes.json, or ending in .json). " + received(name, value))
 
 
 def configure(max_points: Optional[int] = None, max_bytes: Optional[int] = None, disk_cache=None,
               timer: Optional[Callable[[List[int]], float]] = None) -> None:
     """Set the caps of automatic chunk sizes and the on-disk cache for this process.
 
+    Every argument is checked here (a tfattr error naming it, not a failure at the next call).
+
     Args:
-        max_points: largest chunk (points per forward+backward pass); ``None`` restores the
-            default (64 on a CPU, 1024 with a GPU visible). Also read from ``TFATTR_MAX_POINTS``.
+        max_points: largest chunk (points per forward+backward pass), a positive integer;
+            ``None`` restores the default (64 on a CPU, 1024 with a GPU visible). Also read
+            from ``TFATTR_MAX_POINTS`` (a positive integer; empty means unset).
         max_bytes: budget of estimated activation memory over the chunks in flight
-            (:func:`point_bytes` × size × ``parallel_chunks``); ``None``: no byte cap.
+            (:func:`point_bytes` × size × ``parallel_chunks``), a positive integer; ``None``:
+            :data:`MEMORY_FRACTION` of the machine's available memory, or of the device's on a
+            GPU (:func:`default_max_bytes`), read when a key is first tuned.
         disk_cache: ``True`` (a JSON file ``tfattr_chunk_sizes.json`` in ``$KERAS_HOME`` or
             ``~/.keras``), a file path, or ``False``/``None`` (default: off; the
-            ``TFATTR_CHUNK_CACHE`` environment variable, ``1`` or a path, turns it on). The file
-            is keyed by the model's name, class, parameter count and layer count, the input
-            shape, the gradient function, the device, TensorFlow's version and the CPU count.
+            ``TFATTR_CHUNK_CACHE`` environment variable turns it on). A string is read as the
+            variable is: ``1/true/yes/on`` and ``0/false/no/off`` (any case) are booleans, any
+            other string must look like a path (a folder separator, a leading ``~`` or a
+            ``.json`` ending). The file is keyed by the model's name, class, parameter count and
+            layer count, the input shape, the gradient function, the device, TensorFlow's
+            version and the CPU count. An unreadable or malformed file is treated as empty (one
+            warning) and replaced at the next write.
         timer: ``timer(sizes) -> seconds`` replaces the measured time of a timed round of chunks
             of ``sizes`` (tests inject speeds with it); ``None`` measures with ``time.perf_counter``.
     """
-    _settings["max_points"] = None if max_points is None else int(max_points)
-    _settings["max_bytes"] = None if max_bytes is None else int(max_bytes)
-    _settings["disk_cache"] = disk_cache
-    _settings["timer"] = timer
+    from tfattr.errors import InvalidTypeError, received
+
+    if timer is not None and not callable(timer):
+        raise InvalidTypeError("`timer` must be a callable timer(sizes) -> seconds or None. " + received("timer", timer))
+    settings = {"max_points": _positive_int(max_points, "max_points"),
+                "max_bytes": _positive_int(max_bytes, "max_bytes"),
+                "disk_cache": _cache_setting(disk_cache, "disk_cache"), "timer": timer}
+    _settings.update(settings)
 
 
 def clock() -> float:
@@ -100,13 +168,81 @@ def _gpu_visible() -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
+def _env_max_points() -> Optional[int]:
+    from tfattr.errors import InvalidInputError, received
+
+    text = os.environ.get("TFATTR_MAX_POINTS", "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise InvalidInputError("The environment variable TFATTR_MAX_POINTS must be a positive integer "
+                                "(points per chunk) or empty. " + received("TFATTR_MAX_POINTS", text))
+    return value
+
+
+def _meminfo_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gpu_memory(device: str) -> Optional[int]:
+    """The memory TensorFlow gives the GPU ``device`` (its ``memory_limit``; the smallest GPU's
+    when ``device`` names none), else ``None``."""
+    try:
+        from tensorflow.python.client import device_lib
+
+        gpus = [d for d in device_lib.list_local_devices() if d.device_type == "GPU"]
+        named = [d for d in gpus if device.upper().endswith(d.name.upper().split("DEVICE:")[-1])]
+        found = [int(d.memory_limit) for d in (named or gpus) if int(d.memory_limit) > 0]
+        return min(found) if found else None
+    except Exception:  # noqa: BLE001 - a private API: no reading means no device budget
+        return None
+
+
+def machine_memory(device: str = "") -> Optional[int]:
+    """Bytes of memory chunks may use on ``device``: on a GPU the device's memory (TensorFlow's
+    ``memory_limit``), else the machine's available memory (``MemAvailable`` of
+    ``/proc/meminfo``, else ``os.sysconf`` free pages); ``None`` when it cannot be read."""
+    if "GPU" in device.upper():
+        memory = _gpu_memory(device)
+        if memory:
+            return memory
+    memory = _meminfo_available()
+    if memory:
+        return memory
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def default_max_bytes(device: str = "") -> Optional[int]:
+    """The byte budget when ``max_bytes`` is not set: :data:`MEMORY_FRACTION` of
+    :func:`machine_memory` (``None`` when the memory cannot be read)."""
+    memory = machine_memory(device)
+    return None if not memory else max(1, int(memory * MEMORY_FRACTION))
+
+
 def limits(device: str) -> Tuple[int, Optional[int]]:
     """``(max_points, max_bytes)`` in force for ``device``."""
-    points = _settings["max_points"] or int(os.environ.get("TFATTR_MAX_POINTS", "0") or 0)
+    points = _settings["max_points"] or _env_max_points()
     if not points:
         on_gpu = "GPU" in device.upper() or (not device and _gpu_visible())
         points = 1024 if on_gpu else 64
-    return max(1, points), _settings["max_bytes"]
+    max_bytes = _settings["max_bytes"]
+    if max_bytes is None:
+        max_bytes = default_max_bytes(device)
+    return max(1, points), max_bytes
 
 
 def point_bytes(model, shape: Tuple[int, ...], itemsize: int) -> Optional[int]:
@@ -395,7 +531,7 @@ def tuner_for(gradient_fn, shape: Tuple[int, ...], dtype, combine, workers: int,
         if disk is not None:
             disk_key = _disk_key(owner, key)
             stored = _read_disk(disk).get(disk_key)
-            if isinstance(stored, int) and 1 <= stored <= cap:
+            if type(stored) is int and 1 <= stored <= cap:
                 tuner.chosen = stored
             tuner.on_decide = lambda size, path=disk, k=disk_key: _write_disk(path, k, size)
         table[key] = tuner
@@ -407,17 +543,13 @@ def tuner_for(gradient_fn, shape: Tuple[int, ...], dtype, combine, workers: int,
 def _disk_path() -> Optional[str]:
     setting = _settings["disk_cache"]
     if setting is None:
-        setting = os.environ.get("TFATTR_CHUNK_CACHE") or None
-        if setting in ("0", "false", "False"):
-            setting = None
-        elif setting in ("1", "true", "True"):
-            setting = True
+        setting = _cache_setting(os.environ.get("TFATTR_CHUNK_CACHE", ""), "TFATTR_CHUNK_CACHE")
     if not setting:
         return None
     if setting is True:
         home = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
         return os.path.join(home, "tfattr_chunk_sizes.json")
-    return os.fspath(setting)
+    return os.path.expanduser(os.fspath(setting))
 
 
 def _disk_key(owner, key: tuple) -> str:
@@ -432,25 +564,84 @@ def _disk_key(owner, key: tuple) -> str:
     return json.dumps([list(model), repr(key), tf.__version__, os.cpu_count()])
 
 
+#: a cache file larger than this is not read (it holds one small entry per model and input)
+MAX_CACHE_BYTES = 4 << 20
+_warned: set = set()
+_disk_lock = threading.Lock()  # one read-modify-write at a time in this process (flock: across processes)
+
+
+def _warn_once(path: str, problem: str) -> None:
+    if (path, problem) in _warned:
+        return
+    _warned.add((path, problem))
+    warnings.warn(f"tfattr's chunk-size cache {path!r} {problem}; it is treated as empty (chunk sizes are "
+                  "measured again) and replaced at the next write.", UserWarning, stacklevel=3)
+
+
 def _read_disk(path: str) -> dict:
+    """The cache's entries ``{key: size}``; ``{}`` (one warning) for an unreadable or malformed
+    file: too large, not UTF-8 JSON, nested beyond Python's recursion limit, not an object.
+    Entries that are not a string key with a positive integer size are dropped."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            table = json.load(handle)
-        return table if isinstance(table, dict) else {}
-    except (OSError, ValueError):
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CACHE_BYTES + 1)
+    except FileNotFoundError:
         return {}
+    except OSError as error:
+        _warn_once(path, f"cannot be read ({type(error).__name__})")
+        return {}
+    if len(data) > MAX_CACHE_BYTES:
+        _warn_once(path, f"is larger than {MAX_CACHE_BYTES} bytes")
+        return {}
+    try:
+        table = json.loads(data.decode("utf-8")) if data.strip() else {}
+    except (ValueError, RecursionError, MemoryError) as error:
+        _warn_once(path, f"is not valid JSON ({type(error).__name__})")
+        return {}
+    if not isinstance(table, dict):
+        _warn_once(path, f"holds a JSON {type(table).__name__}, not an object")
+        return {}
+    clean = {k: v for k, v in table.items() if isinstance(k, str) and type(v) is int and v >= 1}
+    if len(clean) != len(table):
+        _warn_once(path, "has entries that are not a positive integer size (dropped)")
+    return clean
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    """An exclusive ``flock`` on ``path + ".lock"`` (two processes writing the cache keep both
+    entries); nothing where locks are unavailable (a read-only folder, no ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not Linux/macOS
+        yield
+        return
+    try:
+        handle = open(path + ".lock", "a+b")
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def _write_disk(path: str, key: str, size: int) -> None:
     from tfattr.core.files import write_text
 
-    table = _read_disk(path)
-    table[key] = int(size)
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        write_text(path, json.dumps(table, indent=1, sort_keys=True))
-    except OSError:  # a read-only home: the cache is an optimisation
-        pass
+        with _disk_lock, _file_lock(path):
+            table = _read_disk(path)
+            table[key] = int(size)
+            write_text(path, json.dumps(table, indent=1, sort_keys=True))
+    except OSError as error:  # a read-only home, a folder at the path: the cache is an optimisation
+        _warn_once(path, f"cannot be written ({type(error).__name__})")
 
 
 def forward_size(batch_size) -> int:
