@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfattr.core.layers import LAYER_CALL_LOCK
+from tfattr.core.layers import LAYER_CALL_LOCK, patched_call
 from tfattr.core.targets import select_scores
 
 __all__ = ["InputGradients", "compiled_forward", "input_gradients"]
@@ -213,22 +213,17 @@ class LayerGradients:
     def __call__(self, points: tf.Tensor, target_rows: tf.Tensor):
         captured = []
         layer = self.layer
-        original = layer.call
 
-        def tapped(*args, **kwargs):
+        def tapped(original, *args, **kwargs):  # this thread's calls only (see patched_call)
             out = original(*args, **kwargs)
             captured.append(out)
             return out
 
-        with LAYER_CALL_LOCK:
-            layer.call = tapped
-            try:
-                with tf.GradientTape() as tape:
-                    tape.watch(points)
-                    outputs = _call_model(self.model, points)
-                    scores = select_scores(outputs, target_rows, self.score_fn)
-            finally:
-                del layer.call
+        with patched_call(layer, tapped):
+            with tf.GradientTape() as tape:
+                tape.watch(points)
+                outputs = _call_model(self.model, points)
+                scores = select_scores(outputs, target_rows, self.score_fn)
         if len(captured) != 1:
             from tfattr.errors import InvalidInputError, received
 
@@ -322,9 +317,8 @@ class LayerInjection:
 
     def _run_locked(self, model_inputs, value=None, training=False):
         layer, seen = self.layer, []
-        original = layer.call
 
-        def tapped(*args, **kwargs):
+        def tapped(original, *args, **kwargs):  # this thread's calls only (see patched_call)
             seen.append(args[0] if self.attribute_to == "input" else None)
             if value is None:
                 out = original(*args, **kwargs)
@@ -335,11 +329,8 @@ class LayerInjection:
                 return value
             return original(value, *args[1:], **kwargs)
 
-        layer.call = tapped
-        try:
+        with patched_call(layer, tapped):
             outputs = self.model(model_inputs, training=training)
-        finally:
-            del layer.call
         if len(seen) != 1:
             from tfattr.errors import InvalidInputError, received
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import threading
 from typing import Iterator, List, Tuple, Union
@@ -14,7 +15,39 @@ from tfattr.errors import InvalidInputError, InvalidTypeError, received
 #: function is traced or a model runs eagerly, not in compiled runs.
 LAYER_CALL_LOCK = threading.RLock()
 
-__all__ = ["find_layer", "layer_paths", "last_layer_with_rank", "layer_output_rank", "called_layer_ranks"]
+__all__ = ["patched_call", "find_layer", "layer_paths", "last_layer_with_rank", "layer_output_rank", "called_layer_ranks"]
+
+
+@contextlib.contextmanager
+def patched_call(layer, replacement):
+    """Replace ``layer.call`` by ``replacement(original, *args, **kwargs)`` for the block, **for
+    this thread only**, under :data:`LAYER_CALL_LOCK`.
+
+    A call of the layer from another thread while the block runs — a plain ``model(x)``, or
+    IG tracing its gradient function on the same model — runs the original ``call``: it is not
+    counted, captured or fed an injected value, so a layer method is not told its layer "ran 2
+    times" by a model call it did not make, and the other thread gets the model's true output.
+    Patches nest (the innermost runs first) and the previous ``call`` is restored at the end.
+    """
+    owner = threading.get_ident()
+    with LAYER_CALL_LOCK:
+        had_own = "call" in vars(layer)
+        previous = vars(layer).get("call")
+        original = layer.call
+
+        def call(*args, **kwargs):
+            if threading.get_ident() != owner:
+                return original(*args, **kwargs)
+            return replacement(original, *args, **kwargs)
+
+        layer.call = call
+        try:
+            yield
+        finally:
+            if had_own:
+                layer.call = previous
+            else:
+                del layer.call
 
 
 def _children(layer):
@@ -63,25 +96,17 @@ def called_layer_ranks(model, sample) -> List[Tuple[object, int]]:
     ran: List[Tuple[object, int]] = []
 
     def tap(layer):
-        original = layer.call
-
-        def tapped(*args, **kwargs):
+        def tapped(original, *args, **kwargs):
             out = original(*args, **kwargs)
             ran.append((layer, _output_rank(out)))
             return out
 
         return tapped
 
-    tapped = []
-    with LAYER_CALL_LOCK:
-        try:
-            for layer in leaves:
-                layer.call = tap(layer)
-                tapped.append(layer)
-            model(sample, training=False)
-        finally:
-            for layer in tapped:
-                del layer.call
+    with LAYER_CALL_LOCK, contextlib.ExitStack() as stack:
+        for layer in leaves:
+            stack.enter_context(patched_call(layer, tap(layer)))
+        model(sample, training=False)
     return ran
 
 

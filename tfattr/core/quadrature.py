@@ -19,7 +19,17 @@ import numpy as np
 
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
+#: the most nodes a rule gives (2^20): a million gradient evaluations per example and baseline
+#: (minutes per example even at GPU speeds); its nodes and weights take 16 MiB, its engine rows
+#: ~50 bytes each. Larger counts (``steps=10**9`` would allocate 8 GB per array) are refused.
+MAX_STEPS = 1 << 20
+#: the most Gauss–Legendre nodes: they are eigenvalues of an n × n matrix, O(n³) (1000 nodes
+#: take ~3 s on a 2-core CPU, 2000 ~20 s); exact to degree 4095 already.
+MAX_GAUSS_LEGENDRE_STEPS = 2048
+
 __all__ = [
+    "MAX_STEPS",
+    "MAX_GAUSS_LEGENDRE_STEPS",
     "RULES",
     "quadrature",
     "riemann_left",
@@ -121,9 +131,16 @@ def quadrature(rule: str, steps: int) -> Tuple[np.ndarray, np.ndarray]:
         raise InvalidTypeError("`steps` must be a positive integer. " + received("steps", steps))
     if steps < 1:
         raise InvalidInputError("`steps` must be at least 1. " + received("steps", steps))
+    if steps > MAX_STEPS:
+        raise InvalidInputError(f"`steps` must be at most {MAX_STEPS} (2^20 gradient evaluations per example "
+                                "and baseline). " + received("steps", steps))
     if not isinstance(rule, str):
         raise InvalidTypeError(f"`rule` must be a string, one of {sorted(RULES)}. " + received("rule", rule))
     key = _ALIASES.get(rule.lower(), rule.lower())
     if key not in RULES:
         raise InvalidInputError(f"Unknown quadrature rule; expected one of {sorted(RULES)}. " + received("rule", rule))
+    if key == "gauss_legendre" and steps > MAX_GAUSS_LEGENDRE_STEPS:
+        raise InvalidInputError(f"`steps` must be at most {MAX_GAUSS_LEGENDRE_STEPS} for the Gauss-Legendre rule "
+                                "(its nodes cost O(steps^3) to compute); use a Riemann rule for more nodes. "
+                                + received("steps", steps))
     return RULES[key](int(steps))
