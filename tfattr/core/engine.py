@@ -57,6 +57,11 @@ __all__ = ["PathRows", "EngineResult", "PathEngine", "COMBINES", "COMBINATIONS",
            "NestedStieltjesPaths", "forward_outputs", "progress_bar"]
 
 
+#: the most rows (points: examples × baselines × nodes) one call integrates: 2^24, whose index
+#: arrays take ~1 GiB while built (hours of gradients even at thousands of points a second)
+MAX_ROWS = 1 << 24
+
+
 @dataclass
 class PathRows:
     """The points a method needs, one row each, sorted by example.
@@ -92,6 +97,14 @@ class PathRows:
         The weight of a row is ``w_m / num_baselines`` (IG_noise, SmoothTaylor eq. 3).
         """
         steps = len(alphas)
+        if num_examples * num_baselines * steps > MAX_ROWS:  # refused before the index arrays exist
+            from tfattr.errors import InvalidInputError, received
+
+            raise InvalidInputError(
+                f"A call would integrate {num_examples} examples x {num_baselines} baselines x {steps} steps "
+                f"= {num_examples * num_baselines * steps} gradient evaluations, over the {MAX_ROWS} one call "
+                "indexes (~64 bytes each); lower `steps` or `n_baselines`, or split the batch. "
+                + received("(examples, n_baselines, steps)", (num_examples, num_baselines, steps)))
         example = np.repeat(np.arange(num_examples), num_baselines * steps)
         k = np.tile(np.repeat(np.arange(num_baselines), steps), num_examples)
         baseline = k + (example * num_baselines if per_example_baselines else 0)
