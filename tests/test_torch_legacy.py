@@ -113,3 +113,165 @@ def test_zip_format_and_foreign_files_are_refused_with_a_clear_error():
         read_torch_legacy(io.BytesIO(pickle.dumps(42)))
     with pytest.raises(InvalidInputError, match="Not a legacy torch checkpoint: a pickle could not be read"):
         read_torch_legacy(io.BytesIO(b"not a pickle"))
+
+
+# -- hostile files (issue 24 items 12–14): bounded time and memory, one tfattr error -------------
+
+import collections  # noqa: E402
+import subprocess  # noqa: E402
+import types  # noqa: E402
+
+from tfattr.data import torch_legacy  # noqa: E402
+
+
+class _StorageRef:
+    def __init__(self, key, type_name, numel):
+        self.key, self.type_name, self.numel = key, type_name, numel
+
+
+class _T:
+    """A tensor placeholder pickled as ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``."""
+
+    def __init__(self, key, offset, size, stride, numel, type_name="FloatStorage"):
+        self.args = (_StorageRef(key, type_name, numel), offset, tuple(size), tuple(stride))
+
+    def __reduce__(self):
+        return sys.modules["torch._utils"]._rebuild_tensor_v2, self.args + (False, collections.OrderedDict())
+
+
+def _torch_file(monkeypatch, state, keys, storages=b"", system=None, magic=LEGACY_MAGIC_NUMBER):
+    """A legacy file pickled by the standard pickler against stand-in ``torch`` modules (torch is
+    not needed; the modules are removed after the test)."""
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*args):  # pragma: no cover - never called
+        raise AssertionError
+
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    for name in ("FloatStorage", "LongStorage"):
+        setattr(torch, name, type(name, (), {"__module__": "torch"}))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _StorageRef):
+                return ("storage", getattr(torch, obj.type_name), obj.key, "cpu", obj.numel, None)
+            return None
+
+    parts = [magic, LEGACY_PROTOCOL_VERSION, system or {"little_endian": True}, state, keys]
+    out = io.BytesIO()
+    for part in parts:
+        Pickler(out, protocol=2).dump(part)
+    return io.BytesIO(out.getvalue() + storages)
+
+
+def _laughs(levels=40, width=10):
+    """A "billion laughs" list: ``width**levels`` leaves from a few hundred pickle bytes (memo reuse)."""
+    value = ["lol"]
+    for _ in range(levels):
+        value = [value] * width
+    return value
+
+
+def _run_isolated(code: str, timeout=120):
+    """Run ``code`` in a fresh process (a reader that hangs in C cannot be interrupted in-process)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_billion_laughs_pickle_is_refused_in_bounded_time(tmp_path):
+    laughs = pickle.dumps(_laughs(), protocol=2)
+    assert len(laughs) < 1024  # 10^40 leaves
+    tuple_keys = b"\x80\x02}" + b")" + b"".join(b"q\x00h\x00h\x00\x86q\x00" for _ in range(60)) + b"K\x01s."  # {((),())..: 1}
+    (tmp_path / "laughs_magic").write_bytes(laughs)
+    (tmp_path / "laughs_keys").write_bytes(b"".join(pickle.dumps(p, protocol=2) for p in (
+        LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, {"little_endian": True}, {})) + laughs)
+    (tmp_path / "laughs_hash").write_bytes(pickle.dumps(LEGACY_MAGIC_NUMBER, protocol=2) + tuple_keys)
+    code = f"""
+import sys
+from tfattr.data.torch_legacy import read_torch_legacy
+from tfattr.errors import InvalidInputError
+for name in ("laughs_magic", "laughs_keys", "laughs_hash"):
+    try:
+        read_torch_legacy({str(tmp_path)!r} + "/" + name)
+    except InvalidInputError as error:
+        assert len(str(error)) < 800, len(str(error))
+        print(name, "refused")
+"""
+    out = _run_isolated(code, timeout=300)  # importing tfattr takes most of it; each file is read in milliseconds
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.split() == ["laughs_magic", "refused", "laughs_keys", "refused", "laughs_hash", "refused"]
+
+
+def test_a_refused_file_cannot_change_the_storage_types_of_later_reads():
+    # GLOBAL torch.FloatStorage, BUILD (None, {"dtype": "<i4"}): setattr on the stand-in
+    build = (b"\x80\x02ctorch\nFloatStorage\nN}X\x05\x00\x00\x00dtypeX\x03\x00\x00\x00<i4s\x86b.")
+    for attack in (build, build.replace(b"FloatStorage", b"LongStorage")):
+        with pytest.raises(InvalidInputError):
+            read_torch_legacy(io.BytesIO(attack))
+    state = read_torch_legacy(_crafted_file(size=(2, 2), stride=(2, 1)))  # still float32 from 4-byte floats
+    assert state["w"].dtype == np.float32
+    np.testing.assert_array_equal(state["w"], [[0.0, 1.0], [2.0, 3.0]])
+
+
+def _deep_list(depth):
+    return b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+
+
+@pytest.mark.parametrize("case", ["huge storage", "negative numel", "too many axes", "non-string keys",
+                                  "deeply nested keys", "non-string name", "float size", "not a bool endianness",
+                                  "huge stride on a unit axis", "zero-size huge axis"])
+def test_malformed_sizes_keys_and_nesting_give_one_tfattr_error(monkeypatch, case):
+    one = np.float32(7).tobytes()
+    files = {
+        "huge storage": lambda: _torch_file(monkeypatch, {"w": _T("0", 0, (1,), (1,), 2**62)}, ["0"],
+                                            struct.pack("<q", 2**62) + one),
+        "negative numel": lambda: _torch_file(monkeypatch, {"w": _T("0", 0, (1,), (1,), -5)}, ["0"],
+                                              struct.pack("<q", -5) + one),
+        "too many axes": lambda: _torch_file(monkeypatch, {"w": _T("0", 0, (1,) * 100, (1,) * 100, 1)}, ["0"],
+                                             struct.pack("<q", 1) + one),
+        "non-string keys": lambda: _torch_file(monkeypatch, {"w": _T("0", 0, (1,), (1,), 1)}, [0, "0"],
+                                               struct.pack("<q", 1) + one),
+        "non-string name": lambda: _torch_file(monkeypatch, {("w",): _T("0", 0, (1,), (1,), 1)}, ["0"],
+                                               struct.pack("<q", 1) + one),
+        "float size": lambda: _torch_file(monkeypatch, {"w": _T("0", 0, (1.5,), (1,), 1)}, ["0"],
+                                          struct.pack("<q", 1) + one),
+        "not a bool endianness": lambda: _torch_file(monkeypatch, {"w": _T("0", 0, (1,), (1,), 1)}, ["0"],
+                                                     struct.pack("<q", 1) + one, system={"little_endian": [1]}),
+        "huge stride on a unit axis": lambda: _torch_file(monkeypatch, {"w": _T("0", 0, (1, 1), (2**70, 1), 1)},
+                                                          ["0"], struct.pack("<q", 1) + one),
+        "zero-size huge axis": lambda: _torch_file(monkeypatch, {"w": _T("0", 0, (0, 2**70), (1, 1), 1)}, ["0"],
+                                                   struct.pack("<q", 1) + one),
+    }
+    if case == "deeply nested keys":
+        header = b"".join(pickle.dumps(p, protocol=2) for p in (LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION,
+                                                                 {"little_endian": True}, {}))
+        file = io.BytesIO(header + _deep_list(200_000))
+    else:
+        file = files[case]()
+    if case == "huge stride on a unit axis":  # a valid tensor: the unused stride must not overflow
+        np.testing.assert_array_equal(read_torch_legacy(file)["w"], [[7.0]])
+        return
+    with pytest.raises(InvalidInputError, match="Received: "):
+        read_torch_legacy(file)
+
+
+@pytest.mark.parametrize("side", [5000, 40000])
+def test_a_stride_zero_tensor_larger_than_its_storage_is_refused_before_allocating(monkeypatch, side):
+    import resource
+
+    file = _torch_file(monkeypatch, {"w": _T("0", 0, (side, side), (0, 0), 1)}, ["0"],
+                       struct.pack("<q", 1) + np.float32(1).tobytes())
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InvalidInputError, match="more elements than their storages hold"):
+        read_torch_legacy(file)
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 < 32 << 20
+    # a small broadcast (stride-0) tensor, within MAX_EXTRA_ELEMENTS, is still read
+    small = _torch_file(monkeypatch, {"w": _T("0", 0, (3, 2), (0, 1), 2)}, ["0"],
+                        struct.pack("<q", 2) + np.float32([1, 2]).tobytes())
+    np.testing.assert_array_equal(read_torch_legacy(small)["w"], [[1, 2]] * 3)
+    assert torch_legacy.MAX_EXTRA_ELEMENTS == 1 << 24

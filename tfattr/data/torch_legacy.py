@@ -24,14 +24,40 @@ types (mapped to NumPy dtypes) — and refuses every other one (``os.system``,
 from __future__ import annotations
 
 import collections
+import io
+import math
 import os
 import pickle
+import reprlib
 import struct
 from typing import BinaryIO, Dict, Optional, Union
 
 import numpy as np
 
-from tfattr.errors import InvalidInputError, received
+from tfattr.errors import InvalidInputError
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 3, 6, 6, 4
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 80, 80, 80
+
+
+def received(name: str, value) -> str:
+    """``Received: name=value`` with a bounded repr: a crafted object (a "billion laughs" of
+    shared nested lists, a 10^5-deep nesting) is shown by its first levels and items only, in
+    time and memory independent of its expanded size."""
+    try:
+        text = _SHORT.repr(value)
+    except Exception:  # noqa: BLE001 - a message must not fail
+        text = f"<{type(value).__name__}>"
+    return f"Received: {name}={text[:200]}"
+
+
+#: a tensor of a legacy file may hold more elements than its storage only through overlapping
+#: (stride-0) views; all tensors together may exceed their storages' elements by at most this many
+#: (64 MiB of float32), so a few-byte storage cannot be declared as a 40000² stride-0 tensor
+MAX_EXTRA_ELEMENTS = 1 << 24
+#: the most axes a tensor may declare
+MAX_DIMS = 32
 
 __all__ = ["LEGACY_MAGIC_NUMBER", "LEGACY_PROTOCOL_VERSION", "RestrictedUnpickler", "read_torch_legacy"]
 
@@ -47,17 +73,30 @@ class _StorageType:
     __slots__ = ("name", "dtype")
 
     def __init__(self, name: str, dtype: str):
-        self.name, self.dtype = name, np.dtype(dtype)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", np.dtype(dtype))
+
+    def __setattr__(self, key, value):  # a pickle's BUILD cannot change what a storage type means
+        raise InvalidInputError("A torch storage type cannot be modified by the checkpoint. " + received(key, value))
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
 
 
-_STORAGE_TYPES = {name: _StorageType(name, dtype) for name, dtype in (
-    ("FloatStorage", "<f4"), ("DoubleStorage", "<f8"), ("HalfStorage", "<f2"), ("LongStorage", "<i8"),
-    ("IntStorage", "<i4"), ("ShortStorage", "<i2"), ("CharStorage", "i1"), ("ByteStorage", "u1"),
-    ("BoolStorage", "?"),
-)}
+_STORAGE_DTYPES = (("FloatStorage", "<f4"), ("DoubleStorage", "<f8"), ("HalfStorage", "<f2"), ("LongStorage", "<i8"),
+                   ("IntStorage", "<i4"), ("ShortStorage", "<i2"), ("CharStorage", "i1"), ("ByteStorage", "u1"),
+                   ("BoolStorage", "?"))
+
+
+def _fresh_globals() -> dict:
+    """(module, name) → stand-in, new for each read: nothing one file does to them reaches another."""
+    table = {("collections", "OrderedDict"): collections.OrderedDict,
+             ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2}
+    table.update({("torch", name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES})
+    return table
+
+
+
 
 
 class _Storage:
@@ -77,18 +116,24 @@ class _Tensor:
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
+    def elements(self) -> int:
+        return math.prod(self.size)
+
     def to_numpy(self, name: str) -> np.ndarray:
         data = self.storage.data
         if any(s < 0 for s in self.size) or any(s < 0 for s in self.stride):
             raise InvalidInputError(f"Tensor {name!r} has a negative size or stride. " + received("size", self.size))
-        if int(np.prod(self.size)) == 0:
+        if self.elements() == 0:
+            if any(n > MAX_EXTRA_ELEMENTS for n in self.size):
+                raise InvalidInputError(f"Tensor {name!r} declares an axis too long. " + received("size", self.size))
             return np.zeros(self.size, data.dtype)
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
         if self.offset < 0 or last >= data.size:
             raise InvalidInputError(
                 f"Tensor {name!r} reaches past the end of its storage ({data.size} elements). "
                 + received("(offset, size, stride)", (self.offset, self.size, self.stride)))
-        strides = tuple(s * data.itemsize for s in self.stride)
+        # an axis of length 1 never steps: its stride (maybe huge) is not used
+        strides = tuple((s if n > 1 else 0) * data.itemsize for n, s in zip(self.size, self.stride))
         view = np.lib.stride_tricks.as_strided(data[self.offset:], shape=self.size, strides=strides, writeable=False)
         return np.array(view, dtype=data.dtype.newbyteorder("="))
 
@@ -98,31 +143,81 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         raise InvalidInputError("torch._utils._rebuild_tensor_v2 needs a storage as its first argument. "
                                 + received("type(storage)", type(storage).__name__))
     try:
-        size, stride = tuple(int(v) for v in size), tuple(int(v) for v in stride)
+        if not all(type(v) is int for v in (storage_offset, *size, *stride)):
+            raise TypeError
+        size, stride = tuple(size), tuple(stride)
         storage_offset = int(storage_offset)
     except (TypeError, ValueError):
         raise InvalidInputError("A tensor's offset, size and stride must be integers. "
                                 + received("(offset, size, stride)", (storage_offset, size, stride))) from None
-    if len(size) != len(stride):
-        raise InvalidInputError("A tensor's size and stride must have the same length. "
+    if len(size) != len(stride) or len(size) > MAX_DIMS:
+        raise InvalidInputError(f"A tensor's size and stride must have the same length, at most {MAX_DIMS}. "
                                 + received("(size, stride)", (size, stride)))
     return _Tensor(storage, storage_offset, size, stride)
 
 
-#: (module, name) → object: everything a legacy state dict's pickles may name
-_ALLOWED_GLOBALS = {("collections", "OrderedDict"): collections.OrderedDict,
-                    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2}
-_ALLOWED_GLOBALS.update({("torch", name): storage_type for name, storage_type in _STORAGE_TYPES.items()})
 
 
-class RestrictedUnpickler(pickle.Unpickler):
+_FLAT = (str, int, float, bytes, bool, type(None))
+
+
+def _flat_key(key):
+    """Dict keys must hash in time linear in the file (no nested tuples: a tuple of shared tuples
+    of depth 60 hashes in 2^60 steps)."""
+    if not isinstance(key, _FLAT):
+        raise InvalidInputError("A dictionary key in the checkpoint must be a string or a number. "
+                                + received("type(key)", type(key).__name__))
+    return key
+
+
+class _BoundedFile:
+    """A file whose ``read(n)`` never asks for more than the bytes left (a pickle declaring a
+    2^40-byte string does not make the reader allocate it)."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.left = None
+        if file.seekable():
+            here = file.tell()
+            end = file.seek(0, io.SEEK_END)
+            file.seek(here)
+            self.left = end - here
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left is not None and (n is None or n < 0 or n > self.left):
+            n = self.left
+        data = self.file.read(n)
+        if self.left is not None:
+            self.left -= len(data)
+        return data
+
+    def readline(self, limit: int = -1) -> bytes:
+        limit = 1 << 16 if limit is None or limit < 0 else limit
+        data = self.file.readline(limit)
+        if self.left is not None:
+            self.left -= len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the Python unpickler: its opcodes can be guarded
     """An unpickler that resolves only the globals of a torch state dict.
 
     ``find_class`` returns NumPy stand-ins for ``collections.OrderedDict``,
-    ``torch._utils._rebuild_tensor_v2`` and the ``torch.*Storage`` types, and raises
-    :class:`~tfattr.errors.InvalidInputError` for any other global, so a crafted pickle cannot
-    reach ``os.system``, ``builtins.eval``, ``subprocess`` or anything else. Persistent ids
-    must be storage references (``("storage", type, key, location, numel, view)``).
+    ``torch._utils._rebuild_tensor_v2`` and the ``torch.*Storage`` types (new ones for each
+    read, immutable), and raises :class:`~tfattr.errors.InvalidInputError` for any other global,
+    so a crafted pickle cannot reach ``os.system``, ``builtins.eval``, ``subprocess`` or anything
+    else. Persistent ids must be storage references (``("storage", type, key, location, numel,
+    view)``). Dictionary keys must be strings or numbers, sets are refused, and ``BUILD`` sets
+    attributes only on ``OrderedDict`` instances (torch's ``_metadata``), so no object of the
+    file hashes, compares or changes anything in time beyond linear in its size.
 
     Example:
         >>> RestrictedUnpickler(io.BytesIO(pickle.dumps(os.system))).load()
@@ -130,14 +225,17 @@ class RestrictedUnpickler(pickle.Unpickler):
         tfattr.errors.InvalidInputError: ... Received: global='posix.system'
     """
 
-    def __init__(self, file: BinaryIO, storages: Optional[Dict[str, _Storage]] = None):
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
+
+    def __init__(self, file: BinaryIO, storages: Optional[Dict[str, _Storage]] = None, stand_ins=None):
         super().__init__(file)
         self.storages = {} if storages is None else storages
+        self.stand_ins = _fresh_globals() if stand_ins is None else stand_ins
 
     def find_class(self, module: str, name: str):
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
+            return self.stand_ins[(module, name)]
+        except (KeyError, TypeError):
             raise InvalidInputError(
                 "Refusing to unpickle a global a torch state dict does not need (unpickling runs "
                 "it); only collections.OrderedDict, torch._utils._rebuild_tensor_v2 and "
@@ -145,11 +243,15 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and type(pid[4]) is int and pid[4] >= 0):
             raise InvalidInputError("A persistent id must be a storage reference "
                                     "('storage', torch.<Type>Storage, key, location, numel, view). "
                                     + received("persistent_id", pid))
         _, storage_type, key, _, numel, view = pid
+        if storage_type not in self.stand_ins.values():
+            raise InvalidInputError("A storage type must be one of this file's torch.*Storage globals. "
+                                    + received("persistent_id", pid))
         if view is not None:
             raise InvalidInputError("Views of storages (torch < 0.4 checkpoints) are not supported. "
                                     + received("view", view))
@@ -161,15 +263,68 @@ class RestrictedUnpickler(pickle.Unpickler):
                                     + received("persistent_id", pid))
         return storage
 
+    # -- guarded opcodes ------------------------------------------------------------------------
 
-def _load(file: BinaryIO, storages: Dict[str, _Storage]):
+    def _load_setitem(self):
+        _flat_key(self.stack[-2])
+        pickle._Unpickler.load_setitem(self)  # noqa: SLF001
+
+    def _load_setitems(self):
+        for key in self.stack[0::2]:  # the items since the mark
+            _flat_key(key)
+        pickle._Unpickler.load_setitems(self)  # noqa: SLF001
+
+    def _load_dict(self):
+        for key in self.stack[0::2]:
+            _flat_key(key)
+        pickle._Unpickler.load_dict(self)  # noqa: SLF001
+
+    def _refuse_sets(self):
+        raise InvalidInputError("A torch state dict holds no sets. " + received("opcode", "set"))
+
+    def _load_build(self):
+        instance = self.stack[-2]
+        state = self.stack[-1]
+        if not (type(instance) is collections.OrderedDict and isinstance(state, dict)):
+            raise InvalidInputError("The checkpoint sets attributes of an object other than a state dict. "
+                                    + received("type(object)", type(instance).__name__))
+        for key in state:
+            if not isinstance(key, str):
+                raise InvalidInputError("Attribute names must be strings. " + received("type(key)", type(key).__name__))
+        self.stack.pop()
+        instance.__dict__.update(state)
+
+    def _load_reduce(self):
+        args = self.stack[-1]
+        function = self.stack[-2]
+        if function is collections.OrderedDict and args:
+            raise InvalidInputError("collections.OrderedDict is only rebuilt empty in a state dict. "
+                                    + received("args", args))
+        pickle._Unpickler.load_reduce(self)  # noqa: SLF001
+
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.ADDITEMS[0]] = _refuse_sets
+    dispatch[pickle.FROZENSET[0]] = _refuse_sets
+    dispatch[pickle.EMPTY_SET[0]] = _refuse_sets
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+
+
+_MALFORMED = (pickle.UnpicklingError, ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError,
+              OverflowError, MemoryError, RecursionError, struct.error, UnicodeDecodeError)
+
+
+def _load(file, storages: Dict[str, _Storage], stand_ins=None):
     try:
-        return RestrictedUnpickler(file, storages).load()
+        return RestrictedUnpickler(file, storages, stand_ins).load()
     except InvalidInputError:
         raise
     except Exception as error:  # a malformed pickle: the unpickler's own error, reworded
+        detail = str(error)[:160]
         raise InvalidInputError(f"Not a legacy torch checkpoint: a pickle could not be read "
-                                f"({type(error).__name__}: {error}). " + received("position", file.tell())) from None
+                                f"({type(error).__name__}: {detail}). " + received("position", file.tell())) from None
 
 
 def read_torch_legacy(file: Union[str, os.PathLike, BinaryIO]) -> collections.OrderedDict[str, np.ndarray]:
@@ -207,24 +362,50 @@ def read_torch_legacy(file: Union[str, os.PathLike, BinaryIO]) -> collections.Or
     if start == b"PK":
         raise InvalidInputError("This is a zip-format torch checkpoint (torch >= 1.6); only the legacy "
                                 "format is read here. " + received("first bytes", start))
+    try:
+        return _read(_BoundedFile(file))
+    except InvalidInputError:
+        raise
+    except _MALFORMED as error:  # one error type for every malformed file
+        raise InvalidInputError(f"Not a readable legacy torch checkpoint ({type(error).__name__}: "
+                                f"{str(error)[:160]}). " + received("position", file.tell())) from None
+
+
+def _read(file: _BoundedFile) -> "collections.OrderedDict[str, np.ndarray]":
     storages: Dict[str, _Storage] = {}
-    magic = _load(file, storages)
-    if magic != LEGACY_MAGIC_NUMBER:
+    stand_ins = _fresh_globals()
+    magic = _load(file, storages, stand_ins)
+    if type(magic) is not int or magic != LEGACY_MAGIC_NUMBER:
         raise InvalidInputError("Not a legacy torch checkpoint: wrong magic number. " + received("magic", magic))
-    version = _load(file, storages)
-    if version != LEGACY_PROTOCOL_VERSION:
+    version = _load(file, storages, stand_ins)
+    if type(version) is not int or version != LEGACY_PROTOCOL_VERSION:
         raise InvalidInputError(f"Unsupported legacy torch protocol version; expected {LEGACY_PROTOCOL_VERSION}. "
                                 + received("version", version))
-    system = _load(file, storages)
+    system = _load(file, storages, stand_ins)
     little_endian = system.get("little_endian", True) if isinstance(system, dict) else True
-    state = _load(file, storages)
-    keys = _load(file, storages)
+    if not isinstance(little_endian, bool):
+        raise InvalidInputError("The checkpoint's `little_endian` must be True or False. "
+                                + received("little_endian", little_endian))
+    state = _load(file, storages, stand_ins)
+    keys = _load(file, storages, stand_ins)
     if not isinstance(state, dict):
         raise InvalidInputError("The checkpoint holds no state dict (name → tensor). "
                                 + received("type(object)", type(state).__name__))
-    if not (isinstance(keys, list) and sorted(keys) == sorted(storages)):
+    if not (isinstance(keys, list) and all(type(k) is str for k in keys) and sorted(keys) == sorted(storages)):
         raise InvalidInputError("The checkpoint's list of storage keys does not match the storages its "
                                 "tensors reference. " + received("keys", keys))
+    for name, tensor in state.items():
+        if type(name) is not str:
+            raise InvalidInputError("State dict names must be strings. " + received("type(name)", type(name).__name__))
+        if not isinstance(tensor, _Tensor):
+            raise InvalidInputError(f"State dict entry {name!r} is not a tensor. "
+                                    + received("type", type(tensor).__name__))
+    budget = sum(storage.numel for storage in storages.values()) + MAX_EXTRA_ELEMENTS
+    if sum(tensor.elements() for tensor in state.values()) > budget:
+        raise InvalidInputError(
+            "The checkpoint's tensors declare more elements than their storages hold (overlapping stride-0 "
+            f"views beyond {MAX_EXTRA_ELEMENTS} extra elements); not a state dict. "
+            + received("sizes", [tensor.size for tensor in list(state.values())[:4]]))
     for key in keys:
         storage = storages[key]
         count_bytes = file.read(8)
@@ -235,14 +416,13 @@ def read_torch_legacy(file: Union[str, os.PathLike, BinaryIO]) -> collections.Or
             raise InvalidInputError(f"Storage {key!r} holds {count} elements where its reference says "
                                     f"{storage.numel}. " + received("key", key))
         dtype = storage.type.dtype if little_endian else storage.type.dtype.newbyteorder(">")
+        if file.left is not None and count * dtype.itemsize > file.left:  # before allocating
+            raise InvalidInputError(f"The checkpoint ends inside storage {key!r}. " + received("key", key))
         raw = file.read(count * dtype.itemsize)
         if len(raw) != count * dtype.itemsize:
             raise InvalidInputError(f"The checkpoint ends inside storage {key!r}. " + received("key", key))
         storage.data = np.frombuffer(raw, dtype=dtype)
     result = collections.OrderedDict()
     for name, tensor in state.items():
-        if not isinstance(tensor, _Tensor):
-            raise InvalidInputError(f"State dict entry {name!r} is not a tensor. "
-                                    + received("type", type(tensor).__name__))
-        result[str(name)] = tensor.to_numpy(str(name))
+        result[name] = tensor.to_numpy(name)
     return result
