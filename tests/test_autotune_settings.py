@@ -27,7 +27,8 @@ def fresh_tuning(monkeypatch):
 
 
 @pytest.mark.parametrize("name, value, error", [
-    ("max_points", "abc", InvalidTypeError), ("max_points", "64", InvalidTypeError), ("max_points", 2.5, InvalidTypeError),
+    ("max_points", "abc", InvalidTypeError), ("max_points", "64", InvalidTypeError),
+    ("max_points", 2.5, InvalidTypeError),
     ("max_points", True, InvalidTypeError), ("max_points", 0, InvalidInputError), ("max_points", -4, InvalidInputError),
     ("max_bytes", "1GB", InvalidTypeError), ("max_bytes", -1, InvalidInputError), ("max_bytes", 0, InvalidInputError),
     ("disk_cache", 123, InvalidTypeError), ("disk_cache", 1.0, InvalidTypeError), ("timer", 5, InvalidTypeError),

@@ -16,7 +16,7 @@ from conftest import small_cnn
 from tfattr import IntegratedGradients
 from tfattr.core import autotune
 from tfattr.core.gradients import InputGradients
-from tfattr.errors import InvalidInputError, InvalidTypeError
+from tfattr.errors import InvalidInputError
 
 SHAPE = (16, 16, 3)
 

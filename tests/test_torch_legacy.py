@@ -186,7 +186,8 @@ def _run_isolated(code: str, timeout=120):
 def test_a_billion_laughs_pickle_is_refused_in_bounded_time(tmp_path):
     laughs = pickle.dumps(_laughs(), protocol=2)
     assert len(laughs) < 1024  # 10^40 leaves
-    tuple_keys = b"\x80\x02}" + b")" + b"".join(b"q\x00h\x00h\x00\x86q\x00" for _ in range(60)) + b"K\x01s."  # {((),())..: 1}
+    # {((),())..: 1}
+    tuple_keys = b"\x80\x02}" + b")" + b"".join(b"q\x00h\x00h\x00\x86q\x00" for _ in range(60)) + b"K\x01s."
     (tmp_path / "laughs_magic").write_bytes(laughs)
     (tmp_path / "laughs_keys").write_bytes(b"".join(pickle.dumps(p, protocol=2) for p in (
         LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION, {"little_endian": True}, {})) + laughs)

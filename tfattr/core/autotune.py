@@ -151,7 +151,8 @@ def configure(max_points: Optional[int] = None, max_bytes: Optional[int] = None,
     from tfattr.errors import InvalidTypeError, received
 
     if timer is not None and not callable(timer):
-        raise InvalidTypeError("`timer` must be a callable timer(sizes) -> seconds or None. " + received("timer", timer))
+        raise InvalidTypeError("`timer` must be a callable timer(sizes) -> seconds or None. "
+                               + received("timer", timer))
     settings = {"max_points": _positive_int(max_points, "max_points"),
                 "max_bytes": _positive_int(max_bytes, "max_bytes"),
                 "disk_cache": _cache_setting(disk_cache, "disk_cache"), "timer": timer}

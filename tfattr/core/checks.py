@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
 
 import numpy as np
 
+from tfattr.core.quadrature import MAX_STEPS
 from tfattr.errors import InvalidInputError, InvalidOptionError, InvalidTypeError, TfattrError, received
 
 __all__ = [
@@ -53,6 +54,15 @@ def integer_at_least(name: str, value, minimum: int, what: str = "") -> None:
 def positive_int(name: str, value) -> None:
     """An integer ``≥ 1`` (not a bool)."""
     integer_at_least(name, value, 1)
+
+
+def path_steps(name: str, value) -> None:
+    """An integer in ``[1, MAX_STEPS]``: quadrature nodes (gradient evaluations) per path. Larger
+    counts are refused before anything is allocated (:data:`tfattr.core.quadrature.MAX_STEPS`)."""
+    integer_at_least(name, value, 1)
+    if value > MAX_STEPS:
+        raise InvalidInputError(f"`{name}` must be at most {MAX_STEPS} (2^20 gradient evaluations per example "
+                                "and baseline). " + received(name, value))
 
 
 def at_least(minimum: int) -> Check:

@@ -15,7 +15,8 @@ from tfattr.errors import InvalidInputError, InvalidTypeError, received
 #: function is traced or a model runs eagerly, not in compiled runs.
 LAYER_CALL_LOCK = threading.RLock()
 
-__all__ = ["patched_call", "find_layer", "layer_paths", "last_layer_with_rank", "layer_output_rank", "called_layer_ranks"]
+__all__ = ["patched_call", "find_layer", "layer_paths", "last_layer_with_rank", "layer_output_rank",
+           "called_layer_ranks"]
 
 
 @contextlib.contextmanager

@@ -371,7 +371,7 @@ def read_torch_legacy(file: Union[str, os.PathLike, BinaryIO]) -> collections.Or
                                 f"{str(error)[:160]}). " + received("position", file.tell())) from None
 
 
-def _read(file: _BoundedFile) -> "collections.OrderedDict[str, np.ndarray]":
+def _read(file: _BoundedFile) -> collections.OrderedDict[str, np.ndarray]:
     storages: Dict[str, _Storage] = {}
     stand_ins = _fresh_globals()
     magic = _load(file, storages, stand_ins)

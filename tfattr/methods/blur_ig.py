@@ -136,7 +136,7 @@ class BlurIntegratedGradients(AttributionMethod):
     name = "blur_integrated_gradients"
     options = (
         Option("max_sigma", 50.0, checks.positive_number),
-        Option("steps", 100, checks.positive_int),
+        Option("steps", 100, checks.path_steps),
         Option("grad_step", 0.01, checks.positive_number),
         Option("sqrt", False, checks.boolean),
     )

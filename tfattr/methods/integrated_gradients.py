@@ -51,7 +51,7 @@ def _tolerance(what: str):
 #: IG's own options besides the baseline options (``steps``/``rule`` quadrature, the requested
 #: accuracies and their budgets)
 IG_OPTIONS = (
-    Option("steps", 50, checks.positive_int),
+    Option("steps", 50, checks.path_steps),
     Option("rule", "riemann_right", quadrature_rule),
     Option("tolerance", None, _tolerance("a relative completeness error")),
     Option("max_steps", 1025, checks.at_least(2)),
