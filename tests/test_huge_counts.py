@@ -49,3 +49,14 @@ def test_more_rows_than_one_call_indexes_are_refused_before_allocating():
     images = np.zeros((32, 16, 16, 3), np.float32)
     with pytest.raises(InvalidInputError, match="gradient evaluations"):
         IntegratedGradients(small_cnn("relu"), steps=steps, batch_size=8).attribute(images, target=0)
+
+
+@pytest.mark.parametrize("n_baselines", [10**9, MAX_ROWS + 1])
+def test_huge_baseline_draws_are_refused_before_drawing(n_baselines):
+    images = np.zeros((2, 16, 16, 3), np.float32)
+    before = peak_rss()
+    message = rf"`n_baselines` draws of \(2, 16, 16, 3\).*Received: n_baselines={n_baselines}"
+    with pytest.raises(InvalidInputError, match=message):
+        IntegratedGradients(small_cnn("relu"), baseline="uniform", n_baselines=n_baselines, steps=2).attribute(
+            images, target=0)
+    assert peak_rss() - before < 64 << 20  # nothing near n_baselines × 768 floats was drawn

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from tfattr.core.engine import MAX_ROWS
 from tfattr.core.random import STREAM_GAUSSIAN, STREAM_UNIFORM, rng
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
@@ -246,6 +247,7 @@ def make_baselines(
                 "callable, the folder of a saved baseline or 'shipped:NAME'. " + received("baseline", baseline)
             )
         draws = int(n_baselines) if key in _RANDOM else 1
+        _check_draw_count(draws, x)
         array = BASELINES[key](x, low, high, draws, seed, **options)
         name = key if draws == 1 else f"{key} x{draws}"
         if key == "gaussian":
@@ -270,6 +272,20 @@ def make_baselines(
         "`baseline` must be a name, a number, an array, a tensor or a callable. "
         + received("type(baseline)", type(baseline).__name__)
     )
+
+
+#: the most bytes the draws of a random baseline may take (float64 while drawn): 8 GiB
+MAX_DRAW_BYTES = 8 << 30
+
+
+def _check_draw_count(draws: int, x: np.ndarray) -> None:
+    """Refuse a draw count whose rows (one per example and draw, :data:`MAX_ROWS`) or arrays
+    (``draws × |x| × 8`` bytes) could never be held, before anything is drawn."""
+    size = int(np.prod(x.shape[1:], dtype=np.int64)) * max(int(x.shape[0]), 1)
+    if draws * max(int(x.shape[0]), 1) > MAX_ROWS or draws * size * 8 > MAX_DRAW_BYTES:
+        raise InvalidInputError(
+            f"`n_baselines` draws of {tuple(x.shape)} inputs would take more than {MAX_ROWS} rows or "
+            f"{MAX_DRAW_BYTES >> 30} GiB; draw fewer or split the batch. " + received("n_baselines", draws))
 
 
 def make_baselines_per_input(baseline, layout, x: np.ndarray, value_range: Tuple[float, float] = (0.0, 1.0),
