@@ -44,6 +44,8 @@ WRONG = {
     "normalize": ["yes", 1],
     "weighting": ["sum", 1],
     "positive_units": ["yes", 1],
+    "convention": ["torch", 1],
+    "center": ["yes", 1],
     "input_baseline": ["zero", True],
     "reduce": ["mean", 1],
     "roots": [0, 1.5],
@@ -71,7 +73,8 @@ WRONG = {
 
 #: constructor arguments that are not options (the layer of a layer method)
 LAYER = {"GradCAM": {"layer": "conv"}, "RSIGradCAM": {"layer": "conv"}, "LayerIntegratedGradients": {"layer": "conv"},
-         "LayerConductance": {"layer": "conv"}}
+         "LayerConductance": {"layer": "conv"}, "GradCAMPlusPlus": {"layer": "conv"}, "LayerCAM": {"layer": "conv"},
+         "XGradCAM": {"layer": "conv"}, "HiResCAM": {"layer": "conv"}, "EigenCAM": {"layer": "conv"}}
 
 
 def _exported_methods():

@@ -1,6 +1,7 @@
 """Attribution methods; each builds engine rows and picks a gradient function."""
 
 from tfattr.methods.blur_ig import BlurIntegratedGradients
+from tfattr.methods.cams import EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from tfattr.methods.gradcam import GradCAM, RSIGradCAM
 from tfattr.methods.gradient import Gradient, InputXGradient
 from tfattr.methods.gradient_shap import GradientShap
@@ -9,5 +10,5 @@ from tfattr.methods.integrated_gradients import IntegratedGradients
 from tfattr.methods.layer import LayerConductance, LayerIntegratedGradients, reduce_last_axis
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
 
-__all__ = ["GradCAM", "RSIGradCAM", "Gradient", "InputXGradient", "IntegratedGradients", "SmoothTaylor", "adaptive_noising", "AdaptiveNoisingResult", "GuidedBackprop", "GuidedIntegratedGradients", "LayerIntegratedGradients", "LayerConductance", "reduce_last_axis", "GradientShap",
+__all__ = ["GradCAM", "RSIGradCAM", "GradCAMPlusPlus", "LayerCAM", "XGradCAM", "HiResCAM", "EigenCAM", "Gradient", "InputXGradient", "IntegratedGradients", "SmoothTaylor", "adaptive_noising", "AdaptiveNoisingResult", "GuidedBackprop", "GuidedIntegratedGradients", "LayerIntegratedGradients", "LayerConductance", "reduce_last_axis", "GradientShap",
            "BlurIntegratedGradients"]

@@ -102,7 +102,11 @@ class _LayerMethod:
                 f"Layer {self.layer.name!r} must output (batch, height, width, channels) maps. "
                 + received("activations.shape", activations.shape)
             )
-        cam = np.einsum("nk,nhwk->nhw", weights, activations)
+        return self._finish(np.einsum("nk,nhwk->nhw", weights, activations), image_shape, config)
+
+    def _finish(self, cam: np.ndarray, image_shape, config) -> np.ndarray:
+        """The map options on a raw ``(N, h, w)`` map: ReLU, bilinear upsampling to the image's
+        height and width (``tf.image.resize``, half-pixel centres), division by each map's maximum."""
         if config["relu"]:
             cam = np.maximum(cam, 0.0)
         if config["upsample"] and cam.shape[1:3] != tuple(image_shape[:2]):
