@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_float32_close
+from conftest import assert_float32_close, small_cnn
 
 from tfattr import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from tfattr.errors import InvalidInputError
@@ -230,3 +230,34 @@ def test_target_none_is_the_top1_class_in_the_same_pass(model):
         explicit = cls(model, layer="conv2", batch_size=8).attribute(IMAGES, top1)
         np.testing.assert_array_equal(implicit.targets, top1)
         np.testing.assert_allclose(np.asarray(implicit), np.asarray(explicit), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls", list(CLASSES.values()), ids=lambda c: c.__name__)
+def test_one_model_call_per_chunk_with_the_top1_class_in_the_pass(cls):
+    model = small_cnn("relu", counter=True)
+    counter = model.get_layer("counter").calls
+    images = np.random.default_rng(5).uniform(0, 1, size=(5, 16, 16, 3)).astype(np.float32)
+    cls(model, batch_size=2).attribute(images[:1])  # the default layer is found and the chunk traced
+    before = int(counter.numpy())
+    expl = cls(model, batch_size=2).attribute(images)
+    assert int(counter.numpy()) - before == 3  # ceil(5 / 2) chunks, no forward pass for the targets
+    assert expl.gradients == 5
+    np.testing.assert_array_equal(expl.targets, model.predict(images, verbose=0).argmax(axis=1))
+
+
+def test_gradcam_plus_plus_keeps_pytorch_grad_cams_eps_where_gradients_are_small():
+    """With g ~ 1e-4 (g² ≪ 1e-6), pytorch-grad-cam's + 1e-6 in α's denominator changes the map:
+    the default convention reproduces it, not the eps-free formula."""
+    model = cnn(seed=5)
+    head = model.get_layer("head")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 1e-3, bias])
+    g, a, y = tape_values(model, IMAGES, TARGETS)
+    assert np.abs(g).max() < 1e-3
+    mine = np.asarray(GradCAMPlusPlus(model, layer="conv2", upsample=False).attribute(IMAGES, TARGETS))
+    assert_float32_close(mine, numpy_map("gradcam++", g, a, y))
+    g2 = g * g
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = np.where(g != 0, g2 / (2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * g), 0.0)
+    without_eps = np.maximum(np.einsum("nk,nhwk->nhw", (np.maximum(g, 0) * alpha).sum(axis=(1, 2)), a), 0)
+    assert np.abs(mine - without_eps).max() > 0.5 * np.abs(without_eps).max()
