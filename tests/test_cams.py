@@ -261,3 +261,16 @@ def test_gradcam_plus_plus_keeps_pytorch_grad_cams_eps_where_gradients_are_small
         alpha = np.where(g != 0, g2 / (2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * g), 0.0)
     without_eps = np.maximum(np.einsum("nk,nhwk->nhw", (np.maximum(g, 0) * alpha).sum(axis=(1, 2)), a), 0)
     assert np.abs(mine - without_eps).max() > 0.5 * np.abs(without_eps).max()
+
+
+@pytest.mark.parametrize("cls", [GradCAMPlusPlus, LayerCAM, XGradCAM, HiResCAM], ids=lambda c: c.__name__)
+def test_output_picks_the_explained_head_of_a_model_with_two(cls):
+    base = cnn(seed=6)
+    keras.utils.set_random_seed(7)
+    other = keras.layers.Dense(2, name="other")(keras.layers.Flatten()(base.get_layer("conv2").output))
+    two = keras.Model(base.inputs, [other, base.outputs[0]])
+    both = cls(two, layer="conv2", output=1, relu=False).attribute(IMAGES, TARGETS)
+    alone = cls(base, layer="conv2", relu=False).attribute(IMAGES, TARGETS)
+    assert_float32_close(np.asarray(both), np.asarray(alone))
+    g, a, y = tape_values(base, IMAGES, TARGETS)
+    np.testing.assert_allclose(both.scores, y, rtol=1e-5)
