@@ -41,14 +41,19 @@ from tfattr.core.files import atomic_write, write_text  # noqa: E402
 from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.data import PHOTOS, digits_on_photos  # noqa: E402
 from tfattr.methods import (  # noqa: E402
+    EigenCAM,
     GradCAM,
+    GradCAMPlusPlus,
     Gradient,
     GuidedBackprop,
     GuidedIntegratedGradients,
+    HiResCAM,
     InputXGradient,
     IntegratedGradients,
+    LayerCAM,
     RSIGradCAM,
     SmoothTaylor,
+    XGradCAM,
 )
 from tfattr.surgery import logits_model  # noqa: E402
 
@@ -102,10 +107,16 @@ def methods(model):
     yield "SmoothTaylor", SmoothTaylor(model, roots=150, sigma=0.15, noise_scale="relative", **common)
     yield "SmoothTaylor adapt.", SmoothTaylor(model, roots=10, sigma="adaptive", objective="autvc",
                                                      noise_scale="relative", **common)
-    yield "Grad-CAM", GradCAM(model, layer="block3_conv2", **common)
+    layer_cam = dict(layer="block3_conv2", **common)  # the CAMs (titles read by the CLI: literal yields)
+    yield "Grad-CAM", GradCAM(model, **layer_cam)
     yield "RSI-Grad-CAM", RSIGradCAM(model, layer="block3_conv2", steps=50, **common)
     yield "RSI-Grad-CAM notebook", RSIGradCAM(model, layer="block3_conv2", steps=50, rule="trapezoid",
                                                      positive_units=True, **common)
+    yield "Grad-CAM++", GradCAMPlusPlus(model, **layer_cam)
+    yield "LayerCAM", LayerCAM(model, **layer_cam)
+    yield "XGrad-CAM", XGradCAM(model, **layer_cam)
+    yield "HiResCAM", HiResCAM(model, **layer_cam)
+    yield "Eigen-CAM", EigenCAM(model, **layer_cam)
 
 
 #: AUPC noise copies a step in the digits part (the paper: 50; ``make papers`` runs 50). With 4,
@@ -298,6 +309,11 @@ def photo_methods(model):
     yield "RSI-Grad-CAM", RSIGradCAM(model, steps=16, value_range=PHOTO_RANGE, **cam)
     yield "RSI-Grad-CAM notebook", RSIGradCAM(model, steps=16, rule="trapezoid", positive_units=True,
                                                      value_range=PHOTO_RANGE, **cam)
+    yield "Grad-CAM++", GradCAMPlusPlus(model, **cam)
+    yield "LayerCAM", LayerCAM(model, **cam)
+    yield "XGrad-CAM", XGradCAM(model, **cam)
+    yield "HiResCAM", HiResCAM(model, **cam)
+    yield "Eigen-CAM", EigenCAM(model, **cam)
 
 
 def evaluate_photos(model, x, attributions, targets, protocol, seed):
