@@ -33,6 +33,11 @@ FROM_DEMO = {
     "smooth-taylor": (["SmoothTaylor"], "absolute_value"),
     "gradcam": (["Grad-CAM"], "positive"),
     "rsi-gradcam": (["RSI-Grad-CAM", "RSI-Grad-CAM_notebook"], "positive"),
+    "gradcam-plus-plus": (["Grad-CAM++"], "positive"),
+    "layercam": (["LayerCAM"], "positive"),
+    "xgradcam": (["XGrad-CAM"], "positive"),
+    "hirescam": (["HiResCAM"], "positive"),
+    "eigencam": (["Eigen-CAM"], "positive"),
 }
 
 
