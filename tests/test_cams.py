@@ -151,9 +151,10 @@ def test_gradcam_plus_plus_tf_keras_vis_overflow_is_an_error_unless_normalised()
 
 
 @pytest.mark.parametrize("relu", [False, True])
-def test_hirescam_equals_gradcam_under_global_average_pooling_and_a_linear_head(relu):
+def test_hirescam_and_xgradcam_equal_gradcam_under_global_average_pooling_and_a_linear_head(relu):
     """g^k_ij = W_kc / (h·w) at every position: HiResCAM's Σ_k g ⊙ A is Grad-CAM's Σ_k mean(g) A^k
-    (no area factor: Grad-CAM's weights are the mean, not the sum, of the gradient)."""
+    (no area factor: Grad-CAM's weights are the mean, not the sum, of the gradient), and XGrad-CAM's
+    weights Σ_ij (A_ij / Σ A) g reduce to the constant g (a dead ReLU channel adds 0 to both maps)."""
     model = cnn(seed=1, head="gap")
     g, _, _ = tape_values(model, IMAGES, TARGETS)
     kernel = model.get_layer("head").get_weights()[0]
@@ -162,6 +163,8 @@ def test_hirescam_equals_gradcam_under_global_average_pooling_and_a_linear_head(
         hires = HiResCAM(model, layer="conv2", relu=relu, upsample=upsample).attribute(IMAGES, TARGETS)
         grad = GradCAM(model, layer="conv2", relu=relu, upsample=upsample).attribute(IMAGES, TARGETS)
         assert_float32_close(np.asarray(hires), np.asarray(grad), relative=1e-5)
+        xgrad = XGradCAM(model, layer="conv2", relu=relu, upsample=upsample).attribute(IMAGES, TARGETS)
+        assert_float32_close(np.asarray(xgrad), np.asarray(grad), relative=1e-5)
 
 
 def test_layercam_equals_hirescam_where_the_gradient_is_positive():

@@ -183,6 +183,9 @@ class XGradCAM(_ActivationGradientCAM):
     (``xgrad_cam.py``) adds ``10⁻⁷`` to ``Σ_ab A`` instead, a relative difference of
     ``10⁻⁷ / Σ_ab A`` in that channel's weight. The weights are meant for non-negative activations
     (after a ReLU): for a layer with signed outputs, ``Σ_ab A`` near 0 makes a weight large.
+    When the layer is followed by global average pooling and a linear head, the gradient is the
+    same at every position and the weights reduce to it: XGrad-CAM equals Grad-CAM there (with
+    non-negative activations, a channel summing to 0 is 0 everywhere and adds nothing to either).
 
     Args:
         model: the Keras model.
