@@ -32,6 +32,7 @@ __all__ = [
     "MAX_GAUSS_LEGENDRE_STEPS",
     "RULES",
     "quadrature",
+    "rule_key",
     "riemann_left",
     "riemann_right",
     "riemann_middle",
@@ -113,6 +114,17 @@ _ALIASES = {
 }
 
 
+def rule_key(rule: str) -> str:
+    """The canonical name of a quadrature rule (short forms accepted), without computing nodes;
+    a tfattr error naming ``rule`` for anything else."""
+    if not isinstance(rule, str):
+        raise InvalidTypeError(f"`rule` must be a string, one of {sorted(RULES)}. " + received("rule", rule))
+    key = _ALIASES.get(rule.lower(), rule.lower())
+    if key not in RULES:
+        raise InvalidInputError(f"Unknown quadrature rule; expected one of {sorted(RULES)}. " + received("rule", rule))
+    return key
+
+
 def quadrature(rule: str, steps: int) -> Tuple[np.ndarray, np.ndarray]:
     """Return ``(alphas, weights)`` (float64, shape ``(steps,)``) of a named rule.
 
@@ -134,11 +146,7 @@ def quadrature(rule: str, steps: int) -> Tuple[np.ndarray, np.ndarray]:
     if steps > MAX_STEPS:
         raise InvalidInputError(f"`steps` must be at most {MAX_STEPS} (2^20 gradient evaluations per example "
                                 "and baseline). " + received("steps", steps))
-    if not isinstance(rule, str):
-        raise InvalidTypeError(f"`rule` must be a string, one of {sorted(RULES)}. " + received("rule", rule))
-    key = _ALIASES.get(rule.lower(), rule.lower())
-    if key not in RULES:
-        raise InvalidInputError(f"Unknown quadrature rule; expected one of {sorted(RULES)}. " + received("rule", rule))
+    key = rule_key(rule)
     if key == "gauss_legendre" and steps > MAX_GAUSS_LEGENDRE_STEPS:
         raise InvalidInputError(f"`steps` must be at most {MAX_GAUSS_LEGENDRE_STEPS} for the Gauss-Legendre rule "
                                 "(its nodes cost O(steps^3) to compute); use a Riemann rule for more nodes. "

@@ -15,7 +15,7 @@ from tfattr.core.adaptive import level_bounds, level_nodes, level_rows, relative
 from tfattr.core.checks import Option
 from tfattr.core.convergence import refine, relative_standard_error, warn_unconverged
 from tfattr.core.engine import PathRows
-from tfattr.core.quadrature import quadrature
+from tfattr.core.quadrature import quadrature, rule_key
 from tfattr.core.ranges import resolve_value_range
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained, call_layout, with_options
@@ -38,7 +38,7 @@ BASELINE_OPTIONS = (
 
 def quadrature_rule(name: str, value) -> None:
     """A rule :func:`~tfattr.core.quadrature.quadrature` knows (short forms accepted)."""
-    quadrature(value, 2)  # the smallest step count every rule takes
+    rule_key(value)
 
 
 def _tolerance(what: str):
