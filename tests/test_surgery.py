@@ -654,3 +654,23 @@ def test_logits_model_follows_the_models_current_weights_after_training_or_assig
     assert np.abs(ig_after.attributions - ig_before).max() > 1e-3  # the network did change
     guided = guided_clone(model)  # the guided clone's cache follows too
     np.testing.assert_allclose(guided(x).numpy(), probabilities, rtol=1e-6, atol=1e-7)
+
+
+def test_cached_clones_are_rebuilt_when_a_sequential_model_gains_or_loses_layers():
+    """``pop``/``add`` on a Sequential model after its clones were cached: the cache handed out the
+    clone of the former layers (the old head's scores, silently, or a raw TF error for a new class)."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    x = RNG.normal(size=(4, 5)).astype(np.float32)
+    logits_model(model), guided_clone(model)  # cached
+    model.pop()
+    model.add(keras.layers.Dense(3, activation="softmax", name="new_head", kernel_initializer="ones"))
+    probabilities = model(x).numpy()
+    assert_softmax_of(logits_model(model)(x), probabilities)
+    np.testing.assert_allclose(guided_clone(model)(x).numpy(), probabilities, rtol=1e-6, atol=1e-7)
+    model.pop()
+    model.add(keras.layers.Dense(6, name="wide_head"))  # no softmax now, six classes
+    with pytest.warns(SurgeryWarning, match="no final softmax"):
+        assert logits_model(model) is model
+    np.testing.assert_allclose(guided_clone(model)(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-7)

@@ -84,16 +84,35 @@ def _cache(kind: str) -> weakref.WeakKeyDictionary:
     return _CACHES.setdefault(kind, weakref.WeakKeyDictionary())
 
 
-def cached_clone(kind: str, model) -> Optional[keras.Model]:
+def _wiring(model) -> tuple:
+    """What a cached clone of ``model`` was built from: its leaf layers (path, class, identity) and
+    its variables (identity). A Sequential model's ``add``/``pop`` (or a rebuilt nested model) changes
+    it, and then the cached clone, built from the former layers, must not be handed out again.
+    The source variables stay alive in the clone's record, so their ids are not reused meanwhile."""
     try:
-        return _cache(kind).get(model)
+        layers = tuple((path, type(layer).__name__, id(layer)) for path, layer in leaf_layers(model))
+        variables = tuple(id(v) for v in getattr(model, "variables", ()))
+    except Exception:  # noqa: BLE001 - a model we cannot walk: no reuse
+        return (object(),)
+    return layers, variables
+
+
+def cached_clone(kind: str, model) -> Optional[keras.Model]:
+    """The clone of ``model`` stored under ``kind``, if ``model``'s layers are still the ones it was
+    built from (else ``None``: the caller rebuilds)."""
+    try:
+        entry = _cache(kind).get(model)
     except TypeError:  # not weak-referenceable
         return None
+    if entry is None:
+        return None
+    clone, wiring = entry
+    return clone if wiring == _wiring(model) else None
 
 
 def store_clone(kind: str, model, clone) -> None:
     try:
-        _cache(kind)[model] = clone
+        _cache(kind)[model] = (clone, _wiring(model))
     except TypeError:
         pass
 
