@@ -510,3 +510,23 @@ def test_gradcams_default_layer_settled_by_the_run_is_cached_without_a_warning(x
         served = run(net, x, method, tmp_path)
     assert not first.cached and served.cached and len(os.listdir(tmp_path)) in (1, 2)
     np.testing.assert_array_equal(values(served), values(again))
+
+
+def test_folder_digest_of_a_folder_holding_a_fifo_or_a_device_link_returns(tmp_path):
+    """A FIFO (or a link to ``/dev/zero``) in a saved baseline folder: the digest blocked forever
+    (no writer) or read without end, hanging the result key and ``cached_load``."""
+    import threading
+
+    from tfattr.baselines.saved import folder_digest
+
+    (tmp_path / "metadata.json").write_text("{}")
+    before = folder_digest(tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink("/dev/zero", tmp_path / "zeros")
+    os.symlink(tmp_path / "gone", tmp_path / "dangling")
+    found = []
+    worker = threading.Thread(target=lambda: found.append(folder_digest(tmp_path)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert found, "folder_digest did not return"
+    assert found[0] != before and found[0] == folder_digest(tmp_path)  # the extra entries count, stably

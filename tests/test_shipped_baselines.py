@@ -62,3 +62,26 @@ def test_shipped_baselines_load_by_name_and_the_checkout_paths_are_the_same_file
         make_baselines("shipped:nope", np.zeros((1, 64, 64, 3), np.float32))
     with pytest.raises(InvalidInputError, match=r"ships no baseline.*Received: name='digits'$"):
         load_shipped("digits")
+
+
+def test_a_shipped_baseline_by_name_is_keyed_by_its_folders_content(tmp_path, monkeypatch):
+    """``baseline="shipped:NAME"``: the cache key held only the name, so rows cached with the
+    former files were served after the shipped folder changed (a retrained baseline)."""
+    import shutil
+
+    import keras
+
+    import tfattr
+    from tfattr.baselines import shipped
+
+    folder = tmp_path / "digits_on_photos_uniform"
+    shutil.copytree(shipped.shipped_baseline_path("digits_on_photos_uniform"), folder)
+    monkeypatch.setattr(shipped, "asset_path", lambda *parts: str(tmp_path / parts[-1]))
+    model = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    key = tfattr.IntegratedGradients(model, baseline="shipped:digits_on_photos_uniform", steps=4).cache_key
+    before = key()
+    with open(folder / "metadata.json", "a") as handle:
+        handle.write(" ")  # other bytes, same JSON
+    assert key() != before
+    by_folder = tfattr.IntegratedGradients(model, baseline=str(folder), steps=4).cache_key()
+    assert key()["state"] == by_folder["state"]  # the same folder digest as the folder given by its path

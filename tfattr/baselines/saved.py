@@ -638,11 +638,37 @@ def folder_digest(path: Union[str, os.PathLike]) -> str:
         for name in sorted(files):
             full = os.path.join(folder, name)
             hasher.update(os.path.relpath(full, root).replace(os.sep, "/").encode() + b"\0")
-            with open(full, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    hasher.update(block)
+            _hash_file(hasher, full)
             hasher.update(b"\0")
     return hasher.hexdigest()
+
+
+def _hash_file(hasher, full: str) -> None:
+    """Feed ``full``'s bytes to ``hasher``; a FIFO, socket or device (which no SavedModel reader
+    opens, and whose reading would block or never end: ``/dev/zero``) by its type only, a dangling
+    link by its target."""
+    import stat
+
+    try:
+        # without blocking: opening a FIFO no one writes to would wait forever
+        descriptor = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        if not os.path.islink(full):
+            raise
+        hasher.update(b"<dangling link>" + os.fsencode(os.readlink(full)))
+        return
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            hasher.update(f"<not a regular file: {stat.S_IFMT(mode):o}>".encode())
+            return
+        while True:
+            block = os.read(descriptor, 1 << 20)
+            if not block:
+                break
+            hasher.update(block)
+    finally:
+        os.close(descriptor)
 
 
 #: what every metadata.json holds (save_baseline writes all of it): section -> keys

@@ -172,7 +172,9 @@ class IntegratedGradients(AttributionMethod):
         return uses_value_range(config["baseline"])
 
     def _cache_state(self, config):
-        baseline = config["baseline"]
+        from tfattr.baselines.shipped import resolve
+
+        baseline = resolve(config["baseline"])  # "shipped:NAME" is keyed by its folder's content too
         if isinstance(baseline, str) and os.path.isdir(baseline):  # a saved baseline folder (as the registry)
             from tfattr.baselines.saved import folder_digest
 
