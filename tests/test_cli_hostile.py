@@ -364,3 +364,26 @@ def test_a_device_a_fifo_and_a_reversed_value_range_are_refused(tmp_path, model_
             assert one_line(capsys) == (f"tfattr {command[0]}: error: --value-range: LOW must be below HIGH. "
                                         f"Received: --value-range='{low} {high}'")
     assert not os.path.exists(out)
+
+
+def test_the_pixel_cap_reads_a_jpeg_or_tiff_size_placed_after_64_kib(tmp_path, monkeypatch):
+    """A JPEG whose start-of-frame follows 128 KiB of APP segments, a TIFF whose IFD sits after 64 KiB (as
+    writers put it after the pixels): the header check read only the first 64 KiB, found no size, and the
+    20000² image was decoded (400 MB grey) before the cap refused it. Now refused from the header, no pixel
+    decoded."""
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: pytest.fail("decoded before the header check"))
+    jpeg = bytearray(cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = (20000).to_bytes(2, "big") * 2
+    padding = (b"\xff\xef" + (65535).to_bytes(2, "big") + bytes(65533)) * 2
+    ifd = 8 + 70000
+    entries = [(256, 4, 20000), (257, 4, 20000)]  # ImageWidth, ImageLength as LONG
+    tiff = (b"II*\x00" + ifd.to_bytes(4, "little") + bytes(70000) + len(entries).to_bytes(2, "little")
+            + b"".join(t.to_bytes(2, "little") + k.to_bytes(2, "little") + (1).to_bytes(4, "little")
+                       + v.to_bytes(4, "little") for t, k, v in entries) + bytes(4))
+    for name, data in (("hidden.jpg", bytes(jpeg[:2]) + padding + bytes(jpeg[2:])), ("hidden.tiff", tiff)):
+        path = str(tmp_path / name)
+        with open(path, "wb") as handle:
+            handle.write(data)
+        with pytest.raises(tfattr.errors.InvalidInputError, match=r"is 20000×20000 pixels, more than the 100000000"):
+            cli._read_image_files([path])

@@ -450,6 +450,17 @@ def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
     return None
 
 
+def _file_header_size(data: np.ndarray) -> Optional[Tuple[int, int]]:
+    """:func:`_header_size` of a file's bytes: its first 64 KiB, or all of it for a JPEG or TIFF whose
+    size is not in them (a JPEG's start-of-frame may follow 64 KiB of APP segments, a TIFF's first IFD
+    may sit at the end of the file: read only the start, a crafted file would skip the cap)."""
+    head = data[:65536].tobytes()
+    shape = _header_size(head)
+    if shape is None and data.size > len(head) and (head[:2] == b"\xff\xd8" or head[:4] in (b"II*\x00", b"MM\x00*")):
+        shape = _header_size(data.tobytes())
+    return shape
+
+
 def _read_image_files(paths: List[str]) -> List[np.ndarray]:
     """Every image file's bytes; a missing or unreadable file, or one whose header declares more than
     :data:`MAX_PIXELS` pixels, raises one error naming it (before any model is loaded or pixel decoded)."""
@@ -469,7 +480,7 @@ def _read_image_files(paths: List[str]) -> List[np.ndarray]:
         except OSError as error:
             raise InvalidInputError(f"--images: cannot read image {path!r}: {error.strerror or error}. "
                                     + received("--images", path)) from None
-        shape = _header_size(data[:65536].tobytes())
+        shape = _file_header_size(data)
         if shape is not None and shape[0] * shape[1] > MAX_PIXELS:
             raise InvalidInputError(f"--images: image {path!r} is {shape[1]}×{shape[0]} pixels, more than the "
                                     f"{MAX_PIXELS} pixels an image may have (its pixels would not fit in memory at "
@@ -491,7 +502,7 @@ def _decode_image(path: str, data: np.ndarray, size: Optional[Tuple[int, int]], 
     import cv2
 
     factor = reduced
-    shape = _header_size(data[:65536].tobytes())
+    shape = _file_header_size(data)
     if size is not None and shape is not None and data[:2].tobytes() == b"\xff\xd8":
         # a decoder-level reduction keeps the image at least as large as ``size`` in both orientations
         # (the EXIF orientation may swap its sides); the area resize does the rest
