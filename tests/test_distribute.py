@@ -286,3 +286,24 @@ def test_a_model_of_several_inputs_is_distributed_like_the_direct_call():
     done = subprocess.run([sys.executable, "-c", SEVERAL_INPUTS, ROOT, COMMON], capture_output=True, text=True,
                           env=env, timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout[-2000:] + done.stderr[-4000:]
+
+
+def test_a_dict_of_inputs_in_another_order_than_the_model_s_keeps_each_input_s_map():
+    """``{"b": …, "a": …}`` for a model whose inputs are ``[a, b]``: the explanation's dict follows the
+    model's order and was zipped with the caller's keys by position, so ``a`` got ``b``'s map."""
+    import keras
+    import numpy as np
+
+    import tfattr
+    from tfattr.distribute import distributed_attribute
+
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    out = keras.layers.Lambda(lambda t: keras.ops.stack(
+        [keras.ops.sum(t[0], 1) + 10 * keras.ops.sum(t[1], 1), -keras.ops.sum(t[0], 1)], 1))([a, b])
+    rng = np.random.default_rng(0)
+    inputs = {"b": rng.normal(size=(4, 3)).astype("float32"), "a": rng.normal(size=(4, 3)).astype("float32")}
+    for model in (keras.Model([a, b], out), keras.Model({"a": a, "b": b}, out)):
+        maps = distributed_attribute(tfattr.Gradient(model), inputs, target=0).attributions
+        assert list(maps) == ["b", "a"]
+        np.testing.assert_array_equal(maps["a"], np.ones((4, 3)))  # ∂f/∂a = 1, ∂f/∂b = 10
+        np.testing.assert_array_equal(maps["b"], np.full((4, 3), 10.0))

@@ -253,7 +253,10 @@ def distributed_attribute(method, images, target=None, strategy: Optional[tf.dis
         if rebuild is None:
             fields["attributions"] = np.asarray(expl)
         else:
-            parts = expl.attributions.values() if isinstance(expl.attributions, dict) else expl.attributions
+            maps = expl.attributions
+            # by key: the explanation's dict follows the model's input order, the caller's may differ
+            parts = [maps[k] for k in images] if isinstance(maps, dict) and isinstance(images, dict) else \
+                list(maps.values()) if isinstance(maps, dict) else maps
             fields.update({f"attributions:{i}": np.asarray(a) for i, a in enumerate(parts)})
         for name in ("targets", "scores", "baseline_scores", "delta"):
             value = getattr(expl, name)
