@@ -530,3 +530,11 @@ def test_folder_digest_of_a_folder_holding_a_fifo_or_a_device_link_returns(tmp_p
     worker.join(timeout=20)
     assert found, "folder_digest did not return"
     assert found[0] != before and found[0] == folder_digest(tmp_path)  # the extra entries count, stably
+
+
+def test_canonical_refuses_dict_keys_whose_names_collide():
+    """``{1: a, "int:1": b}``: the int key is named ``"int:1"``, so one entry replaced the other and the
+    key did not change with it (``{1: 0.5, "int:1": 9}`` and ``{1: 0.7, "int:1": 9}`` shared a key)."""
+    with pytest.raises(Uncacheable, match="collide"):
+        canonical({1: 0.5, "int:1": 9})
+    assert canonical({1: 0.5, "int:2": 9}) != canonical({1: 0.7, "int:2": 9})

@@ -69,6 +69,8 @@ def canonical(value: Any, where: str = "value") -> Any:
     if isinstance(value, dict):
         # a key by its type too: {1: a} and {"1": a} are other options
         keyed = {(k if isinstance(k, str) else f"{type(k).__name__}:{k!r}"): (k, v) for k, v in value.items()}
+        if len(keyed) != len(value):  # {1: a, "int:1": b}: two keys, one name; one entry would go unkeyed
+            raise Uncacheable(f"{where} has keys whose names collide ({sorted(map(repr, value))})")
         return {name: canonical(v, f"{where}[{k!r}]") for name, (k, v) in sorted(keyed.items())}
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:  # its bytes are pointers: equal bytes need not mean equal content
