@@ -130,3 +130,29 @@ def test_curves_are_the_metrics_curves_with_their_areas():
     np.testing.assert_allclose(metrics.simpson(ax.lines[0].get_xydata()[None, :, 1]), aupc.area[:1])
     with pytest.raises(InvalidInputError, match="Received: index=5"):
         viz.show_curves(aupc, index=5)
+
+
+def test_show_takes_odd_maps_exactly_or_refuses_them_by_name():
+    """Complex maps lost their imaginary part silently, strings were a raw ValueError, finite maps whose
+    channel sum overflows were called non-finite, and a batch of grey images (N, H, W) given to show_grid
+    was read as one image (an error about the maps' count)."""
+    import ml_dtypes
+
+    from tfattr.errors import InvalidTypeError
+
+    with pytest.raises(InvalidTypeError, match=r"real-valued map\. Received: attribution\.dtype='complex128'$"):
+        viz.normalise_sign(np.ones((4, 4)) * 1j)
+    with pytest.raises(InvalidTypeError, match=r"real-valued map\. Received: attribution\.dtype='<U3'$"):
+        viz.normalise_sign(np.array([["abc"] * 2] * 2))
+    huge = np.full((4, 4, 3), 1e308)
+    huge[0, 0] = 0.0
+    expected = np.ones((4, 4))
+    expected[0, 0] = 0.0
+    np.testing.assert_array_equal(viz.normalise_sign(huge, percentile=100), expected)
+    half = np.arange(16, dtype=np.float32).reshape(4, 4).astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(viz.normalise_sign(half, percentile=100), np.arange(16).reshape(4, 4) / 15)
+    grey = np.random.default_rng(0).random((2, 8, 8))
+    fig, axes = viz.show_grid(grey, {"m": np.ones((2, 8, 8))})
+    assert axes.shape == (2, 2)
+    np.testing.assert_allclose(axes[1, 0].images[0].get_array(), np.repeat(grey[1][..., None], 3, axis=-1))
+    plt.close(fig)

@@ -24,7 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from tfattr.core import result as _result
-from tfattr.errors import InvalidInputError, received
+from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["METHODS", "SIGNS", "normalise_sign", "show", "show_grid", "curve_xy", "show_curves"]
 
@@ -60,14 +60,24 @@ def _as_map(attribution, name: str = "attribution") -> np.ndarray:
     if isinstance(attribution, (list, tuple, dict)):
         raise InvalidInputError(f"`{name}` must be one map (H, W) or (H, W, C); for a model with several inputs "
                                 "pick one input's map. " + received(f"type({name})", type(attribution).__name__))
-    a = np.asarray(attribution, dtype=np.float64)
-    if a.ndim == 3:
-        a = a.sum(axis=-1)
-    if a.ndim != 2:
+    raw = np.asarray(attribution)
+    try:  # complex (its imaginary part would be dropped), strings, objects, dates: not a map
+        if raw.dtype.kind in "cOUSMm":
+            raise TypeError
+        a = raw.astype(np.float64)  # bfloat16 (an ml_dtypes 'V' kind) converts
+    except (TypeError, ValueError):
+        raise InvalidTypeError(f"`{name}` must be a real-valued map. "
+                               + received(f"{name}.dtype", str(raw.dtype))) from None
+    if a.ndim not in (2, 3):
         raise InvalidInputError(f"`{name}` must be one map of shape (H, W) or (H, W, C). "
                                 + received(f"{name}.shape", np.shape(attribution)))
     if not np.all(np.isfinite(a)):
         raise InvalidInputError(f"`{name}` must be finite. " + received(name, "an array with NaN or Inf"))
+    if a.ndim == 3:
+        total = a.sum(axis=-1)
+        if not np.all(np.isfinite(total)):  # finite values whose channel sum overflows: the drawing is
+            total = (a / np.abs(a).max()).sum(axis=-1)  # scale-free (normalise_sign divides by a percentile)
+        a = total
     return a
 
 
@@ -213,8 +223,8 @@ def show_grid(images, methods: Mapping[str, Any], method: str = "blended_heat_ma
     if hasattr(images, "numpy") and callable(images.numpy):
         images = images.numpy()
     images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[None]
+    if images.ndim == 3:  # one (H, W, C) image, or a batch of grey (N, H, W) ones
+        images = images[None] if images.shape[-1] in (1, 3, 4) else images[..., None]
     if not isinstance(methods, Mapping) or not methods:
         raise InvalidInputError("`methods` must be a non-empty dict {title: explanation or maps}. "
                                 + received("methods", methods))
