@@ -538,3 +538,34 @@ def test_canonical_refuses_dict_keys_whose_names_collide():
     with pytest.raises(Uncacheable, match="collide"):
         canonical({1: 0.5, "int:1": 9})
     assert canonical({1: 0.5, "int:2": 9}) != canonical({1: 0.7, "int:2": 9})
+
+
+def test_a_cached_row_with_an_encrypted_or_repeated_member_is_recomputed_not_raised(tmp_path):
+    """A zip member flagged encrypted made zipfile raise RuntimeError, which escaped ``evaluate``; a member
+    named twice was read as whichever came last. Both are damaged rows: a warning, then a recompute."""
+    import io
+    import zipfile
+
+    from tfattr.evaluation import _load_row
+
+    def npy(array):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    path = str(tmp_path / "row.npz")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("key.npy", npy(np.array("k")))
+    data = bytearray(open(path, "rb").read())
+    central = data.rfind(b"PK\x01\x02")
+    data[central + 8] |= 1  # the "encrypted" flag bit
+    open(path, "wb").write(bytes(data))
+    with pytest.warns(RuntimeWarning, match="encrypted"):
+        assert _load_row(path, "m", "k") is None
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("key.npy", npy(np.array("other")))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile: "Duplicate name"
+            archive.writestr("key.npy", npy(np.array("k")))
+    with pytest.warns(RuntimeWarning, match="appears twice"):
+        assert _load_row(path, "m", "k") is None

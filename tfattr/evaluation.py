@@ -240,6 +240,12 @@ def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
         for info in members:
             if not info.filename.endswith(".npy"):
                 raise DamagedCacheFile(f"member {info.filename!r} is not an array")
+            if info.filename[:-4] in arrays:  # which of two would be the row's?
+                raise DamagedCacheFile(f"member {info.filename!r} appears twice")
+            # an encrypted member or another compression (zipfile raises RuntimeError, NotImplementedError)
+            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise DamagedCacheFile(f"member {info.filename!r} is encrypted or compressed otherwise than "
+                                       "savez writes")
             total += info.file_size
             if total > limit:
                 raise DamagedCacheFile(f"members of more than {limit} bytes")
