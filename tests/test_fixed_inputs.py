@@ -122,3 +122,28 @@ def test_int64_ids_beyond_float64_reach_the_model_exactly(hashed_model):
                                        value_range=(-3, 3)).attribute([x, h], target=1)
     np.testing.assert_allclose(draws.scores, truth[:, 1], rtol=1e-6)
     assert np.all(np.abs(draws.delta) < 1e-5)
+
+
+def test_float_ids_beyond_the_floats_exact_integers_and_bfloat16_fractions_are_refused(hashed_model, ids_model):
+    """``float64(2**60 + 1)`` is ``2**60``: integral, so it was taken as the id 2**60 (another id, other
+    scores, no error); bfloat16 ids have no NumPy 'f' kind, so ``1.5`` skipped the fractional check and was
+    truncated to 1; a ragged nested list was a raw NumPy ValueError."""
+    import ml_dtypes
+
+    x = np.ones((1, 3), "float32")
+    rounded = np.array([[2**60 + 1, 5]]).astype(np.float64)
+    assert int(rounded[0, 0]) % 7 != (2**60 + 1) % 7  # the rounded id scores otherwise
+    with pytest.raises(InvalidTypeError, match=r"float64 values of magnitude 2\*\*53 or more for model input 'h'"):
+        tfattr.Gradient(hashed_model, fixed_inputs="h").attribute([x, rounded], target=0)
+    with pytest.raises(InvalidTypeError, match=r"float32 values of magnitude 2\*\*24 or more.*Received: "
+                                               r"inputs\[1\]\[\(0, 1\)\]=16777216"):
+        tfattr.Gradient(hashed_model, fixed_inputs="h").attribute([x, np.array([[3, 2**24]], np.float32)], target=0)
+    exact = tfattr.Gradient(hashed_model, fixed_inputs="h").attribute([x, np.array([[3, 2**24 - 1]], np.float32)],
+                                                                        target=0)
+    np.testing.assert_allclose(exact.scores, np.asarray(hashed_model([x, np.array([[3, 2**24 - 1]])]))[:, 0])
+    ids = np.array([[1.5, 2.0], [3.0, 4.0]], np.float32).astype(ml_dtypes.bfloat16)
+    with pytest.raises(InvalidTypeError, match=r"non-integral values.*Received: inputs\[1\]\[\(0, 0\)\]=1.5$"):
+        tfattr.IntegratedGradients(ids_model, steps=4, fixed_inputs="ids").attribute([np.ones((2, 3)), ids], target=0)
+    with pytest.raises(tfattr.errors.InvalidInputError, match=r"`inputs\[1\]` must be a rectangular array"):
+        tfattr.IntegratedGradients(ids_model, steps=4, fixed_inputs="ids").attribute([np.ones((2, 3)), [[1, 2], [3]]],
+                                                                                    target=0)

@@ -284,7 +284,11 @@ def exact_integers(array: np.ndarray, dtype: str, where: str, input_name: str) -
     target = np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
     if array.dtype == target:
         return array
-    if array.dtype.kind == "f":
+    source = tf.as_dtype(array.dtype)
+    if source.is_floating:
+        # significand bits: every integer below 2**bits is exact in the source dtype, and only those
+        bits = {"float16": 11, "bfloat16": 8, "float32": 24}.get(source.name, 53)
+        array = array.astype(np.float64)  # exact for every float dtype (bfloat16 has no 'f' kind in NumPy)
         fractional = array != np.floor(array)
         if fractional.any():
             first = tuple(int(j) for j in np.argwhere(fractional)[0])
@@ -292,6 +296,17 @@ def exact_integers(array: np.ndarray, dtype: str, where: str, input_name: str) -
                 f"`{where}` holds non-integral values for model input {input_name!r}, which takes {dtype} "
                 f"(ids, masks): they would be rounded to other values. Pass integers (or floats with integral "
                 "values). " + received(f"{where}[{first}]", float(array[first])))
+        # from 2**p on (p = the float's significand bits: 53, 24, 11, 8) a float holds only some integers,
+        # each also the rounding of its neighbours: 2**60 + 1 read as float64 is 2**60, an integral value
+        # that is another id than the caller's
+        beyond = np.abs(array) >= 2.0 ** bits
+        if target.kind != "b" and beyond.any():
+            first = tuple(int(j) for j in np.argwhere(beyond)[0])
+            raise InvalidTypeError(
+                f"`{where}` holds {source.name} values of magnitude 2**{bits} or more for model input "
+                f"{input_name!r}, which takes {dtype}: {source.name} cannot tell such ids apart from their "
+                "neighbours (they may be rounded already). Pass an integer array. "
+                + received(f"{where}[{first}]", float(array[first])))
     if array.size:
         low, high = (0, 1) if target.kind == "b" else (int(np.iinfo(target).min), int(np.iinfo(target).max))
         smallest, largest = array.min(), array.max()
@@ -354,7 +369,11 @@ def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inp
         where = name if container == "single" else (f"{name}[{input_name!r}]" if container == "dict" else f"{name}[{i}]")
         if isinstance(item, (tf.Tensor, tf.Variable)):
             item = item.numpy()
-        array = np.asarray(item)
+        try:
+            array = np.asarray(item)
+        except ValueError:  # a ragged nested list
+            raise InvalidInputError(f"`{where}` must be a rectangular array (a nested list of rows of one length). "
+                                    + received(where, _describe(item))) from None
         try:
             kind = tf.as_dtype(array.dtype)
             is_float, is_number = kind.is_floating, kind.is_floating or kind.is_integer or kind.is_bool
