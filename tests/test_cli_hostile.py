@@ -219,6 +219,23 @@ def test_an_unusable_out_is_refused_before_any_attribution(tmp_path, model_path,
     assert a_file.read_text() == "notes"
 
 
+
+def test_an_out_that_is_a_dangling_link_is_refused_before_any_attribution(tmp_path, model_path, monkeypatch, capsys):
+    """``--out`` a link to a missing folder: the check walked up to the link's (writable) parent and passed,
+    and ``os.makedirs`` failed there only after the attributions were computed."""
+    def never(*args, **kwargs):
+        raise AssertionError("a method was built before --out was checked")
+
+    monkeypatch.setattr(cli, "_build_method", never)
+    image = str(tmp_path / "a.png")
+    cv2.imwrite(image, np.zeros((16, 16, 3), np.uint8))
+    out = str(tmp_path / "results")
+    os.symlink(str(tmp_path / "gone"), out)
+    for argv in (["explain", "--model", model_path, "--images", image], ["evaluate", "--model", model_path]):
+        assert main(argv + ["--out", out]) == 2
+        assert one_line(capsys) == (f"tfattr {argv[0]}: error: --out: cannot write in the folder {out!r}: {out!r} is "
+                                    f"a link to a missing {str(tmp_path / 'gone')!r}. Received: --out={out!r}")
+
 # -- item 23: flags that would be ignored, empty or unknown names ---------------------------------------------
 def test_flags_a_method_ignores_are_named_in_a_warning(tmp_path, model_path, capsys):
     image = str(tmp_path / "a.png")

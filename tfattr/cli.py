@@ -214,6 +214,8 @@ def _check_out(out: str) -> str:
     try:
         existing = os.path.abspath(out)
         while not os.path.exists(existing):
+            if os.path.islink(existing):  # a dangling link: makedirs would fail there after all the work
+                raise FileExistsError(errno.EEXIST, f"{existing!r} is a link to a missing {os.readlink(existing)!r}")
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
             raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a folder" if existing == os.path.abspath(out)
