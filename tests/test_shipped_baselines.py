@@ -85,3 +85,14 @@ def test_a_shipped_baseline_by_name_is_keyed_by_its_folders_content(tmp_path, mo
     assert key() != before
     by_folder = tfattr.IntegratedGradients(model, baseline=str(folder), steps=4).cache_key()
     assert key()["state"] == by_folder["state"]  # the same folder digest as the folder given by its path
+
+
+def test_a_shipped_name_that_is_not_a_string_is_a_named_error():
+    """``load_shipped(["digits_on_photos_uniform"])`` was a raw ``TypeError: unhashable type: 'list'``."""
+    from tfattr.baselines import load_shipped
+    from tfattr.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match=r"ships no baseline.*Received: name=\['digits_on_photos_uniform'\]$"):
+        load_shipped(["digits_on_photos_uniform"])
+    with pytest.raises(InvalidInputError, match=r"ships no baseline.*Received: name=None$"):
+        load_shipped(None)

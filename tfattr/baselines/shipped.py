@@ -36,7 +36,7 @@ def shipped_baseline_path(name: str) -> str:
         InvalidInputError: no baseline of that name is shipped.
     """
     key = name[len(SHIPPED_PREFIX):] if isinstance(name, str) and name.startswith(SHIPPED_PREFIX) else name
-    if key not in SHIPPED_BASELINES:
+    if not isinstance(key, str) or key not in SHIPPED_BASELINES:  # a list would be a raw "unhashable" TypeError
         raise InvalidInputError(f"tfattr ships no baseline of that name; expected one of "
                                 f"{sorted(SHIPPED_BASELINES)}. " + received("name", name))
     return asset_path("baselines", key)
