@@ -572,3 +572,28 @@ def test_cli_model_efficientnet_lite0_builds_the_imagenet_loader_on_0_to_255(cla
     assert main(["baseline", "show", out, "--model", "efficientnet_lite0"]) == 0
     assert "matches efficientnet_lite0" in capsys.readouterr().out
     assert built == ["imagenet", "imagenet"]
+
+
+def test_the_fingerprint_tells_apart_configs_holding_large_arrays_that_differ_in_the_middle():
+    """A Lambda closing over a 2000-element mask: the config's repr elides the middle of the array, so a
+    mask differing there gave the same fingerprint (a baseline trained for one model passed the other's
+    check) although the models compute other outputs. Small arrays keep their repr (saved fingerprints
+    of models with small config arrays do not change)."""
+    import keras
+
+    from tfattr.baselines.records import _canonical, model_fingerprint
+
+    def build(mask):
+        x = keras.Input((2000,), name="x")
+        masked = keras.layers.Lambda(lambda t: t * mask, name="mask")(x)
+        return keras.Model(x, keras.layers.Dense(2, kernel_initializer="ones", name="dense")(masked), name="m")
+
+    ones = np.ones(2000, "float32")
+    hole = ones.copy()
+    hole[1000] = 0.0
+    first, second = build(ones), build(hole)
+    probe = np.ones((1, 2000), "float32")
+    assert not np.array_equal(first(probe), second(probe))
+    assert model_fingerprint(first)["architecture"] != model_fingerprint(second)["architecture"]
+    small = np.arange(3.0)
+    assert _canonical(small) == repr(small)

@@ -17,6 +17,8 @@ from typing import Any, Dict
 import keras
 import numpy as np
 
+from tfattr.core.keys import array_digest
+
 __all__ = ["TrainedBaseline", "format_report", "model_fingerprint", "output_statistics"]
 
 
@@ -33,6 +35,9 @@ def _canonical(value):
         return [_canonical(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if isinstance(value, np.ndarray) and not value.dtype.hasobject and value.size > np.get_printoptions()["threshold"]:
+        # its repr elides the middle ("[1. 1. 1. ... 1. 1. 1.]"): two arrays would share it
+        return f"array {value.dtype.str} {list(value.shape)} sha256:{array_digest(value)}"
     return _ADDRESS.sub("", repr(value))
 
 
