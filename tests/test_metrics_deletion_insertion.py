@@ -134,3 +134,20 @@ def test_progress_bar_is_shown_when_asked(linear, capsys):
     model, _, images = linear
     metrics.deletion(model, images, images, pixels_per_step=8, batch_size=8, verbose=1)
     assert "10/10" in capsys.readouterr().out  # 4 × 19 rows in chunks of 8
+
+
+def test_a_sequential_model_changed_after_scoring_is_scored_as_it_is_now():
+    """``pop``/``add`` on a Sequential model after a metric ran: the compiled forward cached per model
+    still ran the former head, so deletion's curve was the old model's (1/3 for every class) while
+    ``model(x)`` gave 0.96."""
+    x = np.random.default_rng(0).random((2, 8, 8, 1)).astype("float32")
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, kernel_initializer="ones", name="equal")])
+    maps = np.random.default_rng(1).random((2, 8, 8))
+    for _ in range(6):  # past the eager first passes: traced
+        metrics.deletion(model, x, maps, target=0, pixels_per_step=16)
+    model.pop()
+    model.add(keras.layers.Dense(3, name="tilted",
+                                 kernel_initializer=keras.initializers.Constant(np.tile([[0.1, 0.0, -0.1]], (64, 1)))))
+    start = metrics.deletion(model, x, maps, target=0, pixels_per_step=16).curve[:, 0]
+    np.testing.assert_allclose(start, keras.ops.softmax(model(x)).numpy()[:, 0], rtol=1e-5)

@@ -75,6 +75,19 @@ class InputGradients:
 _FORWARD_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _layers_signature(model) -> tuple:
+    """The identities of a model's layers (nested ones included). A Sequential model's ``add``/``pop``
+    changes it, and a forward traced before would still run the former layers. The traces keep the
+    former layers alive, so their ids are not reused while a cached forward exists."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if not callable(flatten):
+        return (id(model),)
+    try:
+        return tuple(id(layer) for layer in flatten(include_self=False, recursive=True))
+    except Exception:  # noqa: BLE001 - a model we cannot walk: keyed by itself only
+        return (id(model),)
+
+
 #: eager forward passes per model and input shape before ``compiled_forward(..., eager_first=True)``
 #: traces (about the cost of one trace; see :func:`compiled_forward`)
 EAGER_PASSES = 4
@@ -95,8 +108,11 @@ def compiled_forward(model) -> Callable[..., tf.Tensor]:
     float32 rounding, not bit for bit (a top-1 class on an exact near-tie may then differ
     between a first and a later call).
     """
+    signature = _layers_signature(model)
     try:
-        return _FORWARD_CACHE[model]
+        cached_signature, cached = _FORWARD_CACHE[model]
+        if cached_signature == signature:
+            return cached
     except (KeyError, TypeError):
         pass
     traced = {}
@@ -135,7 +151,7 @@ def compiled_forward(model) -> Callable[..., tf.Tensor]:
         return fn(inputs)
 
     try:
-        _FORWARD_CACHE[model] = forward
+        _FORWARD_CACHE[model] = (signature, forward)
     except TypeError:  # not weak-referenceable: do not cache
         pass
     return forward
