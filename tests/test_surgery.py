@@ -674,3 +674,23 @@ def test_cached_clones_are_rebuilt_when_a_sequential_model_gains_or_loses_layers
     with pytest.warns(SurgeryWarning, match="no final softmax"):
         assert logits_model(model) is model
     np.testing.assert_allclose(guided_clone(model)(x).numpy(), model(x).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_method_made_before_a_sequential_add_or_pop_is_refused_not_explained_stale():
+    """A method object keeps its model's input spec, engines and clones: after ``pop``/``add`` it
+    would explain the former layers (the old head's scores), so it refuses by name instead."""
+    import tfattr
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"), keras.layers.Dense(3)])
+    x = np.random.default_rng(0).normal(size=(2, 6)).astype("float32")
+    methods = [tfattr.Gradient(model), tfattr.IntegratedGradients(model, steps=4), tfattr.GuidedBackprop(model)]
+    for method in methods:
+        method.attribute(x, target=0)
+    model.pop()
+    model.add(keras.layers.Dense(4, name="new_head"))
+    for method in methods:
+        with pytest.raises(InvalidInputError, match=r"layers changed.*make the method again.*Received: model="):
+            method.attribute(x, target=0)
+    fresh = tfattr.IntegratedGradients(model, steps=4).attribute(x, target=3)
+    np.testing.assert_allclose(fresh.scores, keras.ops.convert_to_numpy(model(x))[:, 3], rtol=1e-5, atol=1e-6)

@@ -75,7 +75,7 @@ class InputGradients:
 _FORWARD_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _layers_signature(model) -> tuple:
+def layers_signature(model) -> tuple:
     """The identities of a model's layers (nested ones included). A Sequential model's ``add``/``pop``
     changes it, and a forward traced before would still run the former layers. The traces keep the
     former layers alive, so their ids are not reused while a cached forward exists."""
@@ -108,7 +108,7 @@ def compiled_forward(model) -> Callable[..., tf.Tensor]:
     float32 rounding, not bit for bit (a top-1 class on an exact near-tie may then differ
     between a first and a later call).
     """
-    signature = _layers_signature(model)
+    signature = layers_signature(model)
     try:
         cached_signature, cached = _FORWARD_CACHE[model]
         if cached_signature == signature:

@@ -28,13 +28,13 @@ from tfattr.core import checks
 from tfattr.core.autotune import forward_size
 from tfattr.core.checks import Option
 from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outputs
-from tfattr.core.gradients import InputGradients
+from tfattr.core.gradients import InputGradients, layers_signature
 from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images, validate_inputs
 from tfattr.core.keys import Uncacheable, canonical
 from tfattr.core.ranges import warn_outside_value_range
 from tfattr.core.result import Explanation
 from tfattr.core.targets import Targets, resolve_output, resolve_targets, select_scores
-from tfattr.errors import InvalidTypeError, received
+from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
 __all__ = ["AttributionMethod", "Explained", "Call", "COMMON_OPTIONS", "call_layout", "with_options"]
 
@@ -151,6 +151,7 @@ class AttributionMethod:
             )
         self.model = model
         self.spec = model_spec(model, several=True)
+        self._layers = layers_signature(model)  # a Sequential add/pop after this is refused, not explained stale
         self.config = self._merge(checks.defaults(self.option_table), options)
         self._engines: Dict[Any, PathEngine] = {}
         self._engine_lock = threading.Lock()  # replicas of tfattr.distribute share the method
@@ -158,7 +159,14 @@ class AttributionMethod:
     # -- options ---------------------------------------------------------------------------
     def call_options(self, **overrides) -> Call:
         """The options of one call: the constructor's with ``overrides``, each checked by its
-        option's check (:mod:`tfattr.core.checks`), then together (:meth:`check_combination`)."""
+        option's check (:mod:`tfattr.core.checks`), then together (:meth:`check_combination`).
+        A model whose layers changed since the method was made (a Sequential ``add``/``pop``) is
+        refused: the method's input spec, engines and clones describe the former layers."""
+        if layers_signature(self.model) != self._layers:
+            raise InvalidInputError(
+                f"The model's layers changed (e.g. a Sequential add/pop) after this {type(self).__name__} was "
+                "made; make the method again for the changed model. "
+                + received("model", getattr(self.model, "name", type(self.model).__name__)))
         return self._merge(self.config, overrides)
 
     def _merge(self, base: Dict[str, Any], overrides: Dict[str, Any]) -> Call:
@@ -264,6 +272,7 @@ class AttributionMethod:
             with self._engine_lock:  # replicas of tfattr.distribute share the method (and may build the model)
                 if key not in accepted:
                     self.spec = check_model_accepts(self.model, x)
+                    self._layers = layers_signature(self.model)  # a model built by this call may add layers
                     accepted.add(key)
 
     def resolve(self, x: tf.Tensor, target, batch_size: int, output=None, layout=None):
