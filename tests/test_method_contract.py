@@ -62,6 +62,13 @@ WRONG = {
     "max_sigma": [0, "wide"],
     "grad_step": [0.0, "fine"],
     "sqrt": ["yes", 1],
+    # Occlusion, FeatureAblation, RISE
+    "window": [0, "big"],
+    "strides": [0, (1.5,)],
+    "feature_mask": [1.5, "columns"],
+    "n_masks": [0, 2.5],
+    "grid": [0, "fine"],
+    "p": [0.0, 1.5],
     # NoiseTunnel
     "nt_type": ["mean", 1],
     "nt_samples": [0, 2.5],

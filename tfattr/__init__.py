@@ -42,8 +42,10 @@ from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.core.quadrature import quadrature  # noqa: E402
 from tfattr.core.result import Explanation  # noqa: E402
 from tfattr.methods import (  # noqa: E402
+    RISE,
     BlurIntegratedGradients,
     EigenCAM,
+    FeatureAblation,
     GradCAM,
     GradCAMPlusPlus,
     Gradient,
@@ -56,6 +58,7 @@ from tfattr.methods import (  # noqa: E402
     LayerCAM,
     LayerConductance,
     LayerIntegratedGradients,
+    Occlusion,
     RSIGradCAM,
     SmoothTaylor,
     XGradCAM,
@@ -103,6 +106,9 @@ __all__ = [
     "SmoothTaylor",
     "GradientShap",
     "BlurIntegratedGradients",
+    "Occlusion",
+    "FeatureAblation",
+    "RISE",
     "adaptive_noising",
     "SaliencyLogger",
 ]

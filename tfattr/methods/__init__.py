@@ -8,7 +8,8 @@ from tfattr.methods.gradient_shap import GradientShap
 from tfattr.methods.guided import GuidedBackprop, GuidedIntegratedGradients
 from tfattr.methods.integrated_gradients import IntegratedGradients
 from tfattr.methods.layer import LayerConductance, LayerIntegratedGradients, reduce_last_axis
+from tfattr.methods.perturbation import RISE, FeatureAblation, Occlusion
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
 
 __all__ = ["GradCAM", "RSIGradCAM", "GradCAMPlusPlus", "LayerCAM", "XGradCAM", "HiResCAM", "EigenCAM", "Gradient", "InputXGradient", "IntegratedGradients", "SmoothTaylor", "adaptive_noising", "AdaptiveNoisingResult", "GuidedBackprop", "GuidedIntegratedGradients", "LayerIntegratedGradients", "LayerConductance", "reduce_last_axis", "GradientShap",
-           "BlurIntegratedGradients"]
+           "BlurIntegratedGradients", "Occlusion", "FeatureAblation", "RISE"]
