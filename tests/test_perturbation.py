@@ -154,3 +154,99 @@ def test_occlusion_refuses_windows_that_do_not_fit():
         tfattr.Occlusion(model, window=(2, 2), strides=(3, 1)).attribute(x, target=0)
     with pytest.raises(TfattrError, match="baseline"):
         tfattr.Occlusion(model, window=(2, 2), strides=1, baseline=np.zeros(3)).attribute(x, target=0)
+
+
+# -- FeatureAblation ---------------------------------------------------------------------------------
+
+def test_feature_ablation_of_a_linear_model_gives_each_group_its_terms():
+    """``f = w·x + b``: ablating group ``g`` drops the score by ``Σ_{j ∈ g} w_j (x_j − b_j)``,
+    given to every feature of ``g``; 2×2 superpixels shared across channels (mask ``(H, W, 1)``)."""
+    model, m, b = _linear((4, 6, 2))
+    x = np.random.default_rng(7).normal(size=(2, 4, 6, 2))
+    baseline = 0.25
+    superpixels = (np.arange(4)[:, None] // 2 * 3 + np.arange(6)[None, :] // 2)[..., None]  # 6 groups
+    found = tfattr.FeatureAblation(model, feature_mask=superpixels, baseline=baseline, batch_size=5).attribute(
+        x, target=[2, 0])
+    terms = m[:, [2, 0]].T.reshape(2, 4, 6, 2) * (x - baseline)
+    expected = np.zeros_like(x)
+    for g in range(6):
+        inside = np.broadcast_to(superpixels == g, x.shape[1:])
+        expected[:, inside] = terms[:, inside].sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(found.attributions, expected, rtol=0, atol=1e-12)
+    assert list(found.info["groups"]) == [6, 6] and found.info["rows"] == 12
+
+
+def _interaction_model():
+    """``f(x) = x0·x1 + x2 − x3`` on tabular rows (one output)."""
+    inputs = keras.Input((4,), dtype="float64")
+    out = keras.layers.Lambda(lambda t: t[:, 0:1] * t[:, 1:2] + t[:, 2:3] - t[:, 3:4], dtype="float64")(inputs)
+    return keras.Model(inputs, out)
+
+
+def test_feature_ablation_groups_on_a_model_with_a_known_interaction():
+    """Grouping the interacting pair gives the pair ``x0 x1`` (once); ablating them apart gives
+    each ``x0 x1`` (the interaction counted twice), as captum does; per-example masks too."""
+    model = _interaction_model()
+    x = np.array([[2.0, 3.0, 5.0, 7.0], [-1.0, 4.0, 0.5, 2.0]])
+    pair = tfattr.FeatureAblation(model, feature_mask=np.array([0, 0, 1, 2])).attribute(x, target=0)
+    np.testing.assert_allclose(pair.attributions, [[6, 6, 5, -7], [-4, -4, 0.5, -2]], atol=1e-12)
+    alone = tfattr.FeatureAblation(model).attribute(x, target=0)  # default: every column its own group
+    np.testing.assert_allclose(alone.attributions, [[6, 6, 5, -7], [-4, -4, 0.5, -2]], atol=1e-12)
+    assert list(alone.info["groups"]) == [4, 4]
+    # one mask per example: example 0 groups (x2, x3), example 1 groups everything
+    masks = np.array([[0, 1, 2, 2], [5, 5, 5, 5]])
+    mixed = tfattr.FeatureAblation(model, feature_mask=masks, baseline=1.0).attribute(x, target=0)
+    f = lambda v: v[0] * v[1] + v[2] - v[3]  # noqa: E731
+    e0 = [f(x[0]) - f([1.0, 3.0, 5.0, 7.0]), f(x[0]) - f([2.0, 1.0, 5.0, 7.0])]
+    e0 += [f(x[0]) - f([2.0, 3.0, 1.0, 1.0])] * 2
+    np.testing.assert_allclose(mixed.attributions, [e0, [f(x[1]) - f([1.0] * 4)] * 4], atol=1e-12)
+    assert list(mixed.info["groups"]) == [3, 1] and mixed.info["rows"] == 4
+
+
+def test_feature_ablation_does_not_depend_on_the_chunk_size():
+    model = _cnn(dtype="float32")
+    x = np.random.default_rng(8).uniform(size=(3, 9, 11, 2)).astype("float32")
+    mask = (np.arange(9)[:, None] // 3 * 4 + np.arange(11)[None, :] // 3)[..., None]  # 12 superpixels
+    maps = {}
+    for batch_size in (1, 3, 64):
+        found = tfattr.FeatureAblation(model, feature_mask=mask, batch_size=batch_size).attribute(x)
+        assert found.info["forward_passes"] == math.ceil(3 * 12 / batch_size) + math.ceil(3 / batch_size)
+        maps[batch_size] = found.attributions
+    scale = np.abs(np.asarray(model(x))).max()  # float32 rounding of a batched pass, as for occlusion
+    for batch_size in (3, 64):
+        np.testing.assert_allclose(maps[batch_size], maps[1], rtol=0, atol=1e-6 * scale)
+
+
+def test_feature_ablation_of_several_inputs_takes_a_mask_and_a_baseline_per_input():
+    """A table ``(N, 3)`` and a series ``(N, 4, 2)`` into one linear unit; group 0 spans both
+    inputs (the table's first column and the series' first step), the other ids stay in one input."""
+    a, s = keras.Input((3,), name="table", dtype="float64"), keras.Input((4, 2), name="series", dtype="float64")
+    dense = keras.layers.Dense(1, dtype="float64")
+    joined = keras.layers.Concatenate(dtype="float64")([a, keras.layers.Flatten(dtype="float64")(s)])
+    model = keras.Model([a, s], dense(joined))
+    w = np.random.default_rng(9).normal(size=(11, 1))
+    dense.set_weights([w, np.array([0.3])])
+    rng = np.random.default_rng(10)
+    x = [rng.normal(size=(2, 3)), rng.normal(size=(2, 4, 2))]
+    masks = {"table": np.array([0, 1, 2]), "series": np.array([0, 3, 3, 4])[:, None]}
+    baselines = [1.0, np.full((4, 2), -0.5)]
+    found = tfattr.FeatureAblation(model, feature_mask=masks, baseline=baselines).attribute(x, target=0)
+    terms = np.concatenate([(x[0] - 1.0), (x[1] + 0.5).reshape(2, 8)], axis=1) * w[:, 0]
+    ids = np.concatenate([masks["table"], np.repeat(masks["series"][:, 0], 2)])
+    expected = np.stack([[terms[e, ids == ids[i]].sum() for i in range(11)] for e in range(2)])
+    np.testing.assert_allclose(found.attributions[0], expected[:, :3], atol=1e-12)
+    np.testing.assert_allclose(found.attributions[1], expected[:, 3:].reshape(2, 4, 2), atol=1e-12)
+    assert list(found.info["groups"]) == [5, 5]
+    # a fixed input is never ablated: attribution 0, its groups run no row
+    fixed = tfattr.FeatureAblation(model, fixed_inputs="series").attribute(x, target=0)
+    np.testing.assert_allclose(fixed.attributions[0], x[0] * w[:3, 0], atol=1e-12)
+    assert np.all(fixed.attributions[1] == 0) and list(fixed.info["groups"]) == [3, 3]
+
+
+def test_feature_ablation_refuses_masks_that_do_not_fit():
+    model = _interaction_model()
+    x = np.ones((2, 4))
+    with pytest.raises(TfattrError, match="feature_mask"):
+        tfattr.FeatureAblation(model, feature_mask=np.array([0, 1, 2])).attribute(x, target=0)
+    with pytest.raises(TfattrError, match="feature_mask"):
+        tfattr.FeatureAblation(model, feature_mask=np.array([0.0, 1.0, 2.0, 3.0])).attribute(x, target=0)
