@@ -476,7 +476,7 @@ def _rise_context_masks(context, position, height, width, dtype):
     shift_x = tf.minimum(tf.cast(tf.floor(draws[:, grid * grid + 1] * tf.cast(cell_w, tf.float64)), tf.int32),
                          cell_w - 1)
     masks = tf.matmul(tf.matmul(tf.gather(vertical, shift_y), cells), tf.gather(horizontal, shift_x), transpose_b=True)
-    return masks, context[5 + vertical_size + horizontal_size:]
+    return tf.reshape(masks, [-1, height, width]), context[5 + vertical_size + horizontal_size:]
 
 
 def rise_masks(seed: int, positions, height: int, width: int, grid: int = 7, p: float = 0.5) -> np.ndarray:
