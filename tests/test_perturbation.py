@@ -349,3 +349,31 @@ def test_rise_never_holds_every_mask():
     growth = _vm("VmHWM") - before
     assert found.info["forward_passes"] == 200
     assert growth < 100 * 2**20, growth
+
+
+# -- shared: targets, outputs, one example ------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda m: tfattr.Occlusion(m, window=(2, 2), strides=1, batch_size=8),
+    lambda m: tfattr.FeatureAblation(m, feature_mask=np.arange(20).reshape(4, 5, 1) // 3, batch_size=8),
+    lambda m: tfattr.RISE(m, n_masks=16, grid=2, seed=1, batch_size=8),
+], ids=["occlusion", "feature_ablation", "rise"])
+def test_top1_output_and_callable_targets(make):
+    """``target=None`` explains each example's top-1 class; ``output=`` picks a head of a model with
+    two (here half the logits: half the maps); a callable target scores the outputs it is given."""
+    model, m, b = _linear((4, 5, 2), classes=3, seed=15)
+    x = np.random.default_rng(16).normal(size=(3, 4, 5, 2))
+    top1 = (x.reshape(3, -1) @ m + b).argmax(axis=1)
+    found = make(model).attribute(x)
+    np.testing.assert_array_equal(found.targets, top1)
+    np.testing.assert_allclose(found.attributions, make(model).attribute(x, target=top1).attributions, atol=1e-12)
+    inputs = keras.Input((4, 5, 2), dtype="float64")
+    both = keras.Model(inputs, {"logits": model(inputs), "half": 0.5 * model(inputs)})
+    half = make(both).attribute(x, target=[0, 1, 2], output="half")
+    full = make(model).attribute(x, target=[0, 1, 2])
+    np.testing.assert_allclose(half.attributions, 0.5 * full.attributions, atol=1e-12)
+    summed = make(model).attribute(x, target=lambda out: out[:, 0] + out[:, 1])
+    parts = [make(model).attribute(x, target=c).attributions for c in (0, 1)]
+    np.testing.assert_allclose(summed.attributions, parts[0] + parts[1], atol=1e-12)
+    one = make(model).attribute(x[0], target=1)  # one example without a batch axis
+    np.testing.assert_allclose(one.attributions, make(model).attribute(x[:1], target=1).attributions[0], atol=1e-12)
