@@ -377,3 +377,30 @@ def test_top1_output_and_callable_targets(make):
     np.testing.assert_allclose(summed.attributions, parts[0] + parts[1], atol=1e-12)
     one = make(model).attribute(x[0], target=1)  # one example without a batch axis
     np.testing.assert_allclose(one.attributions, make(model).attribute(x[:1], target=1).attributions[0], atol=1e-12)
+
+
+def test_feature_ablation_replaces_token_ids_by_the_baseline_token():
+    """Integer inputs are replaced, never interpolated: ablating token ``t`` feeds the model the
+    padding id 0 there (alone, and beside a float input)."""
+    keras.utils.set_random_seed(17)
+    tokens = keras.Input((5,), dtype="int32", name="tokens")
+    numbers = keras.Input((2,), name="numbers")
+    embedded = keras.layers.Flatten()(keras.layers.Embedding(10, 3)(tokens))
+    both = keras.Model([tokens, numbers], keras.layers.Dense(2)(keras.layers.Concatenate()([embedded, numbers])))
+    alone = keras.Model(tokens, keras.layers.Dense(2)(embedded))
+    ids = np.array([[1, 2, 3, 4, 5], [6, 7, 8, 9, 1]], np.int32)
+    side = np.random.default_rng(18).normal(size=(2, 2)).astype("float32")
+
+    def drops(model, inputs, column):
+        ablated = [a.copy() for a in inputs]
+        ablated[0][:, column] = 0
+        call = (lambda a: model(a[0])) if len(inputs) == 1 else model
+        return np.asarray(call(inputs))[:, 0] - np.asarray(call(ablated))[:, 0]
+
+    found = tfattr.FeatureAblation(alone, baseline=0).attribute(ids, target=0)
+    expected = np.stack([drops(alone, [ids], c) for c in range(5)], axis=1)
+    np.testing.assert_allclose(found.attributions, expected, atol=1e-5)
+    pair = tfattr.FeatureAblation(both, baseline=[0, 0.0], fixed_inputs="numbers").attribute([ids, side], target=0)
+    expected = np.stack([drops(both, [ids, side], c) for c in range(5)], axis=1)
+    np.testing.assert_allclose(pair.attributions[0], expected, atol=1e-5)
+    assert np.all(pair.attributions[1] == 0)

@@ -324,7 +324,7 @@ def exact_integers(array: np.ndarray, dtype: str, where: str, input_name: str) -
 
 
 def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inputs",
-                    allow_all_fixed: bool = False) -> Images:
+                    allow_all_fixed: bool = False, integers: bool = False) -> Images:
     """Check the inputs of a model with several (``spec.inputs``) and pack them.
 
     ``inputs`` is a list or tuple in the model's input order, or a dict keyed by the input
@@ -335,6 +335,8 @@ def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inp
     in the space of the layer that consumes it (``LayerIntegratedGradients``). Its values must
     be exact in the model's dtype (:func:`exact_integers`): a float array with integral values
     is converted, a fractional or out-of-range value is refused.
+    ``integers=True`` (perturbation methods, which replace values and never interpolate) accepts
+    integer inputs that are not fixed.
 
     Returns an :class:`Images` whose ``array`` is the packed ``(N, D)`` batch and whose
     ``layout`` unpacks it.
@@ -381,13 +383,13 @@ def validate_inputs(inputs, spec: ModelSpec, fixed_inputs=None, name: str = "inp
             is_float = is_number = False
         if not is_number:
             raise InvalidTypeError(f"`{where}` must hold numbers. " + received(f"{where}.dtype", str(array.dtype)))
-        if not is_float and not is_fixed:
+        if not is_float and not is_fixed and not integers:
             raise InvalidTypeError(
                 f"`{where}` (model input {input_name!r}) is an integer input: a path method cannot interpolate "
                 "integers. Mark it fixed with fixed_inputs=[...] (its baseline is then the input itself), or "
                 "explain it in the space of the layer that consumes it (e.g. its Embedding) with "
                 "tfattr.LayerIntegratedGradients(model, layer=...). " + received(f"{where}.dtype", str(array.dtype)))
-        if is_float and tf.as_dtype(dtype).is_floating is False and not is_fixed:
+        if is_float and tf.as_dtype(dtype).is_floating is False and not is_fixed and not integers:
             raise InvalidTypeError(
                 f"Model input {input_name!r} takes {dtype}: a path method cannot interpolate it; mark it fixed "
                 "(fixed_inputs) or use tfattr.LayerIntegratedGradients. " + received(f"{where}.dtype", str(array.dtype)))

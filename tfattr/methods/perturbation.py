@@ -26,7 +26,9 @@ import tensorflow as tf
 from tfattr.core import autotune, checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows
+from tfattr.core.inputs import ModelSpec, validate_inputs
 from tfattr.core.random import row_uniform
+from tfattr.core.structure import InputsSpec
 from tfattr.core.targets import Targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained, call_layout
@@ -327,6 +329,8 @@ def _feature_groups(mask, x, layout) -> np.ndarray:
         if any(layout.split):
             raise InvalidInputError("FeatureAblation cannot ablate integer inputs beyond float64's exact range "
                                     "(2^53). " + received("inputs dtypes", list(layout.dtypes)))
+        if layout.kind == "single" and mask is not None and not isinstance(mask, (list, tuple, dict)):
+            mask = [mask]  # one (integer) input: its mask as given
         if mask is not None and not isinstance(mask, (list, tuple, dict)):
             raise InvalidInputError("For a model with several inputs, `feature_mask` is one mask per input (a list "
                                     "or a dict; None for one group per value). "
@@ -377,6 +381,9 @@ class FeatureAblation(_PerturbationMethod):
     example; the default mask (every scalar its own group) is one forward pass per value of the
     input: ``H·W·C`` rows per image (150,528 for 224×224×3) — give superpixels or columns instead.
 
+    Integer inputs (token ids), alone or beside others, are accepted: a group of them is replaced
+    by the baseline's integers (e.g. the padding id), never interpolated.
+
     Options:
         feature_mask: integer group ids, broadcastable to the inputs ``(N, …)`` (shared by every
             example, e.g. ``(H, W, 1)`` groups pixels across channels, or one mask per example);
@@ -403,6 +410,30 @@ class FeatureAblation(_PerturbationMethod):
         Option("feature_mask", None, _check_mask),
         Option("baseline", 0, _check_baseline),
     )
+
+    def validate(self, inputs, config, name: str = "inputs"):
+        """Inputs as every method takes them, and integer inputs too (token ids): a group of them is
+        replaced by the baseline's integers, never interpolated."""
+        several = self.spec.inputs
+        if several is None:
+            if self.spec.input_dtype is None or tf.as_dtype(self.spec.input_dtype).is_floating:
+                return super().validate(inputs, config, name)
+            symbolic = list(getattr(self.model, "inputs", None) or [])
+            if len(symbolic) != 1:
+                return super().validate(inputs, config, name)
+            tensor = symbolic[0]
+            several = InputsSpec("single", (getattr(tensor, "name", None) or "input",), (tuple(tensor.shape)[1:],),
+                                 (tf.as_dtype(tensor.dtype).name,))
+        spec = ModelSpec(None, self.spec.input_dtype, self.spec.num_classes, self.spec.output_kind,
+                         self.spec.output_names, self.spec.output_classes, inputs=several)
+        images = validate_inputs(inputs, spec, config.get("fixed_inputs"), name=name, integers=True)
+        config.layout = images.layout
+        return images
+
+    @staticmethod
+    def _unpack_attributions(packed, images):
+        parts = AttributionMethod._unpack_attributions(packed, images)
+        return parts[0] if images.container == "single" else parts  # one integer input: its array
 
     def _explain(self, x, targets, fx, config) -> Explained:
         layout = call_layout(config)
