@@ -447,6 +447,18 @@ def test_forward_rows_refuse_unsorted_rows_a_missing_vector_and_an_unknown_combi
         engine.run(x, ForwardRows(np.array([0, 2])), masked, [0, 0], context=[SEED])
 
 
+def unranked(x, rows):
+    """Vectors reshaped by a tensor shape (their rank unknown while tracing)."""
+    return tf.gather(x, rows.example), tf.reshape(tf.gather(x, rows.example), tf.cast(rows.context, tf.int32))
+
+
+def test_forward_vectors_of_unknown_rank_are_refused_with_a_tfattr_error():
+    model, _, _ = _linear_model()
+    with pytest.raises(InvalidInputError, match="known rank"):
+        ForwardEngine(model, batch_size=2, verbose=0).run(np.zeros((2,) + SHAPE), ForwardRows.repeat(2, 1), unranked,
+                                                          [0, 0], combine="weighted", context=[-1, 4, 4, 2])
+
+
 def test_forward_rows_scored_by_class_need_the_classes():
     model, _, _ = _linear_model()
     with pytest.raises(InvalidInputError, match="target_indices"):

@@ -1010,6 +1010,10 @@ class ForwardEngine:
                 if vectors is None:
                     raise InvalidInputError("A combined forward run needs `build` to return (points, vectors). "
                                             + received("build", f"{_name(build)}, which returned points only"))
+                if tf.convert_to_tensor(vectors).shape.rank is None:  # the combinations broadcast per row
+                    raise InvalidInputError("`build` must return vectors of a known rank (reshape them, e.g. "
+                                            "tf.reshape(v, [-1, height, width])). "
+                                            + received("build", f"{_name(build)}, whose vectors have an unknown rank"))
                 contribution = combination(scores, tf.cast(vectors, acc_dtype), weight)
                 sums = tf.math.unsorted_segment_sum(contribution, example - first, count)
             return ForwardOutputs(tf.cast(scores, tf.float64), sums, classes)
