@@ -414,3 +414,12 @@ def test_rise_puts_the_top_quarter_of_its_map_in_the_quadrant_the_model_sees():
     saliency = tfattr.RISE(model, n_masks=1000, grid=4, seed=0, batch_size=256).attribute(x, target=0).attributions
     top = np.argsort(saliency[0].ravel())[-64:]
     assert weights[..., 0].ravel()[top].mean() >= 0.75
+
+
+def test_occlusion_and_rise_send_models_with_several_inputs_to_feature_ablation():
+    a, s = keras.Input((3,), name="a"), keras.Input((4,), name="s")
+    model = keras.Model([a, s], keras.layers.Dense(2)(keras.layers.Concatenate()([a, s])))
+    x = [np.zeros((1, 3), "float32"), np.zeros((1, 4), "float32")]
+    for method in (tfattr.Occlusion(model, window=1, strides=1), tfattr.RISE(model)):
+        with pytest.raises(TfattrError, match="FeatureAblation"):
+            method.attribute(x, target=0)

@@ -119,6 +119,14 @@ class _PerturbationMethod(AttributionMethod):
 
     several_inputs = False
 
+    def validate(self, inputs, config, name: str = "inputs"):
+        if self.spec.inputs is not None and not self.several_inputs:
+            raise InvalidTypeError(
+                f"{type(self).__name__} explains models with one input; this model has inputs "
+                f"{list(self.spec.inputs.names)}. Use FeatureAblation (one feature mask per input). "
+                + received("model.inputs", list(self.spec.inputs.names)))
+        return super().validate(inputs, config, name)
+
     def forward_engine(self, targets: Targets, config) -> ForwardEngine:
         """A cached :class:`ForwardEngine` scoring ``targets`` (callables get their own)."""
         key = ("forward", targets.score_fn, targets.output)
