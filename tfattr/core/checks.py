@@ -35,7 +35,7 @@ __all__ = [
 Check = Callable[[str, Any], None]
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -46,7 +46,7 @@ def _is_number(value) -> bool:
 # -- the checks --------------------------------------------------------------------------------
 def integer_at_least(name: str, value, minimum: int, what: str = "") -> None:
     """An integer (not a bool) ``≥ minimum``; ``what`` is an optional parenthesis after the name."""
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         expected = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
         raise InvalidInputError(f"`{name}`{what} must be {expected}. " + received(name, value))
 
@@ -143,7 +143,7 @@ def any_value(name: str, value) -> None:
 
 def seed(name: str, value) -> None:
     """A random seed: an integer ≥ 0, or ``None`` (fresh entropy on every call)."""
-    if value is not None and (not _is_int(value) or value < 0):
+    if value is not None and (not is_int(value) or value < 0):
         raise InvalidInputError(f"`{name}` must be an integer ≥ 0 or None. " + received(name, value))
 
 
@@ -151,7 +151,7 @@ def batch_size(name: str, value) -> None:
     """``"auto"`` or a positive integer."""
     if isinstance(value, str) and value == "auto":
         return
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise InvalidInputError(
             f"`{name}` (points per forward+backward pass) must be a positive integer or 'auto'. "
             + received(name, value))
@@ -161,7 +161,7 @@ def verbose(name: str, value) -> None:
     """``"auto"``, a bool or an integer ``≥ 0`` (Keras' convention)."""
     if isinstance(value, str) and value == "auto":
         return
-    if isinstance(value, (bool, np.bool_)) or (_is_int(value) and value >= 0):
+    if isinstance(value, (bool, np.bool_)) or (is_int(value) and value >= 0):
         return
     raise InvalidInputError(f"`{name}` must be 'auto', 0, 1 or a bool. " + received(name, value))
 
@@ -198,9 +198,9 @@ def baseline_value(name: str, value) -> None:
 def input_selection(name: str, value) -> None:
     """``None``, an input's name or index, or a list/tuple of them (checked against the model's
     inputs when it runs)."""
-    if value is None or isinstance(value, str) or _is_int(value):
+    if value is None or isinstance(value, str) or is_int(value):
         return
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) or _is_int(v) for v in value):
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) or is_int(v) for v in value):
         return
     raise InvalidTypeError(f"`{name}` must name inputs: a name, an index, or a list of them. " + received(name, value))
 

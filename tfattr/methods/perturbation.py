@@ -162,7 +162,7 @@ class _PerturbationMethod(AttributionMethod):
 def _window_check(name: str, value) -> None:
     """A positive integer, or a non-empty tuple/list of positive integers."""
     items = value if isinstance(value, (tuple, list)) else (value,)
-    if not items or not all(checks._is_int(v) and v >= 1 for v in items):
+    if not items or not all(checks.is_int(v) and v >= 1 for v in items):
         raise InvalidInputError(f"`{name}` must be a positive integer or a tuple of positive integers. "
                                 + received(name, value))
 
