@@ -44,6 +44,7 @@ from tfattr.core.result import Explanation  # noqa: E402
 from tfattr.methods import (  # noqa: E402
     RISE,
     BlurIntegratedGradients,
+    Deconvolution,
     EigenCAM,
     FeatureAblation,
     GradCAM,
@@ -51,6 +52,7 @@ from tfattr.methods import (  # noqa: E402
     Gradient,
     GradientShap,
     GuidedBackprop,
+    GuidedGradCAM,
     GuidedIntegratedGradients,
     HiResCAM,
     InputXGradient,
@@ -109,6 +111,8 @@ __all__ = [
     "Occlusion",
     "FeatureAblation",
     "RISE",
+    "Deconvolution",
+    "GuidedGradCAM",
     "adaptive_noising",
     "SaliencyLogger",
 ]

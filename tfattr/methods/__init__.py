@@ -11,5 +11,6 @@ from tfattr.methods.layer import LayerConductance, LayerIntegratedGradients, red
 from tfattr.methods.perturbation import RISE, FeatureAblation, Occlusion
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
 
-__all__ = ["GradCAM", "RSIGradCAM", "GradCAMPlusPlus", "LayerCAM", "XGradCAM", "HiResCAM", "EigenCAM", "Gradient", "InputXGradient", "IntegratedGradients", "SmoothTaylor", "adaptive_noising", "AdaptiveNoisingResult", "GuidedBackprop", "GuidedIntegratedGradients", "LayerIntegratedGradients", "LayerConductance", "reduce_last_axis", "GradientShap",
-           "BlurIntegratedGradients", "Occlusion", "FeatureAblation", "RISE"]
+from tfattr.methods.propagation import Deconvolution, GuidedGradCAM
+
+__all__ = ['GradCAM', 'RSIGradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'XGradCAM', 'HiResCAM', 'EigenCAM', 'Gradient', 'InputXGradient', 'IntegratedGradients', 'SmoothTaylor', 'adaptive_noising', 'AdaptiveNoisingResult', 'GuidedBackprop', 'GuidedIntegratedGradients', 'LayerIntegratedGradients', 'LayerConductance', 'reduce_last_axis', 'GradientShap', 'BlurIntegratedGradients', 'Occlusion', 'FeatureAblation', 'RISE', 'Deconvolution', 'GuidedGradCAM']

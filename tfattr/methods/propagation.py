@@ -1,0 +1,162 @@
+r"""Propagation methods built on surgery clones: Deconvolution and Guided Grad-CAM.
+
+* :class:`Deconvolution` (Zeiler & Fergus 2014): the input gradient of the deconvnet clone
+  (:func:`tfattr.surgery.propagation.deconv_clone`), whose ReLUs pass ``relu(∂F/∂y)`` back
+  whatever their input was; the same rows as :class:`~tfattr.methods.guided.GuidedBackprop`.
+* :class:`GuidedGradCAM` (Selvaraju et al. 2017, §3.2 "Guided Grad-CAM"): guided backpropagation
+  ⊙ the Grad-CAM map upsampled to the input, as captum's ``GuidedGradCam``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfattr.core import checks
+from tfattr.core.checks import Option
+from tfattr.core.gradients import InputGradients
+from tfattr.core.targets import Targets
+from tfattr.errors import InvalidInputError, received
+from tfattr.methods.base import AttributionMethod, Explained
+from tfattr.methods.gradcam import GradCAM
+from tfattr.methods.gradient import Gradient
+from tfattr.methods.guided import MAXPOOL_RULE, GuidedBackprop
+from tfattr.surgery.cloning import surgery_report, synced
+from tfattr.surgery.guided import _nearest_upsample
+from tfattr.surgery.propagation import deconv_clone
+
+__all__ = ["Deconvolution", "GuidedGradCAM", "deconv_gradient_function", "upsample_map"]
+
+
+def deconv_gradient_function(model, score_fn=None) -> InputGradients:
+    """``(points, target_rows) -> (scores, deconvnet gradients, points)`` for the engine.
+
+    Raises:
+        InvalidInputError: the model has no ReLU tfattr can swap (its deconvolution would be the
+            plain gradient, silently).
+    """
+    clone = deconv_clone(model)
+    report = surgery_report(clone)
+    if not report.changed:
+        hidden = (" It does contain ReLU ops that cannot be swapped: " + ", ".join(report.left_alone[:10]) + ".") \
+            if report.left_alone else ""
+        raise InvalidInputError(
+            f"Deconvolution changes the backward pass of ReLU layers, but model {model.name!r} has none that "
+            "tfattr can swap (keras.layers.ReLU/LeakyReLU/PReLU, Activation('relu'), activation='relu' in "
+            f"Conv/Dense layers); its deconvolution would just be the plain gradient.{hidden} "
+            + received("model.name", model.name))
+    return InputGradients(synced(clone), score_fn)
+
+
+class Deconvolution(Gradient):
+    r"""Deconvolution (Zeiler & Fergus 2014): the gradient with every ReLU's backward ``relu(∂F/∂y)``.
+
+    ``R = ∂^D f(x)/∂x`` where each ReLU ``y = relu(x)`` sends ``relu(∂F/∂y)`` back (the forward
+    mask ``1[x > 0]`` is ignored) and max-pools keep their plain gradient (the arg-max
+    "switches" of the paper's unpooling), as captum's ``Deconvolution``, which overrides only
+    ``torch.nn.ReLU``. Runs on the model's deconvnet clone
+    (:func:`tfattr.surgery.propagation.deconv_clone`; the model itself is never changed), with
+    the model's current weights.
+
+    Options:
+        absolute: as in :class:`~tfattr.methods.gradient.Gradient`.
+        batch_size, verbose, parallel_chunks, output, fixed_inputs: see
+            :class:`~tfattr.methods.base.AttributionMethod`.
+
+    Raises :class:`~tfattr.errors.InvalidInputError` on a model with no ReLU to swap.
+
+    Example:
+        >>> Deconvolution(model).attribute(images, target=3).attributions
+    """
+
+    name = "deconvolution"
+    options = Gradient.options
+
+    def gradient_function(self, score_fn=None):
+        return deconv_gradient_function(self.model, score_fn)
+
+
+INTERPOLATE_MODES = ("nearest", "bilinear")
+
+
+def upsample_map(cam: np.ndarray, size, mode: str) -> np.ndarray:
+    """``(N, h, w)`` maps resized to ``size = (H, W)`` as ``torch.nn.functional.interpolate``.
+
+    ``"nearest"``: output position ``j`` takes ``⌊j · h / H⌋`` (PyTorch's ``nearest``);
+    ``"bilinear"``: half-pixel centres without corner alignment (PyTorch's ``align_corners=False``,
+    ``tf.image.resize(..., "bilinear")``).
+    """
+    cam = np.asarray(cam)
+    if tuple(cam.shape[1:3]) == tuple(size):
+        return cam
+    if mode == "nearest":
+        like = tf.zeros((1,) + tuple(size))
+        return _nearest_upsample(tf.convert_to_tensor(cam), like, (1, 2)).numpy()
+    return tf.image.resize(cam[..., None], tuple(size), method="bilinear").numpy()[..., 0]
+
+
+class GuidedGradCAM(AttributionMethod):
+    r"""Guided Grad-CAM (Selvaraju et al. 2017, §3.2): guided backpropagation ⊙ upsampled Grad-CAM.
+
+    ``R_c(x) = ∂^G y^c/∂x ⊙ up(ReLU(Σ_k α_k^c A^k))`` with ``α_k^c = (1/Z) Σ_ij ∂y^c/∂A^k_ij``
+    (Grad-CAM, eqs. 1–2) at ``layer`` and ``∂^G`` the guided-backpropagation gradient
+    (:class:`~tfattr.methods.guided.GuidedBackprop`). The map has the layer's resolution and is
+    upsampled to the input's height and width; every input channel is multiplied by the same
+    map (captum's ``GuidedGradCam``, which broadcasts its ``(N, 1, H, W)`` map over channels).
+    Both parts explain the same class: ``target=None`` is the top-1 class found in the Grad-CAM
+    pass, then handed to guided backpropagation.
+
+    Args:
+        model: the Keras model.
+        layer: as :class:`~tfattr.methods.gradcam.GradCAM` (default: the last layer with a 4-D output).
+        interpolate_mode: how the map is upsampled: ``"nearest"`` (default, captum's default) or
+            ``"bilinear"`` (half-pixel centres, PyTorch's ``align_corners=False``; the paper's).
+        maxpool_rule: the guided max-pool rule (see :class:`~tfattr.methods.guided.GuidedBackprop`).
+        batch_size, verbose, parallel_chunks, output: see :class:`~tfattr.methods.base.AttributionMethod`.
+
+    ``info`` holds ``"gradcam"`` (the ``(N, h, w)`` map before upsampling), ``"guided"`` (the
+    guided-backpropagation gradients) and ``"layer"``.
+
+    Example:
+        >>> GuidedGradCAM(model, layer="conv").attribute(images).attributions   # (N, H, W, C)
+    """
+
+    name = "guided_gradcam"
+    options = (Option("interpolate_mode", "nearest", checks.choices(*INTERPOLATE_MODES)), MAXPOOL_RULE)
+    combine = "plain"
+    top1_in_rows = True
+    several_inputs = False
+
+    def __init__(self, model, layer=None, **options):
+        super().__init__(model, **options)
+        self.gradcam = GradCAM(model, layer, relu=True, upsample=False)
+        self.guided = GuidedBackprop(model)
+
+    @property
+    def layer(self):
+        return self.gradcam.layer
+
+    def describe(self, config) -> str:
+        return f"guided_gradcam(layer={self.layer.name})"
+
+    def _cache_state(self, config):
+        return dict(super()._cache_state(config), layer=None if self.layer is None else self.layer.name)
+
+    def _part_options(self, config):
+        return dict(batch_size=config["batch_size"], verbose=config["verbose"],
+                    parallel_chunks=config["parallel_chunks"], output=config["output"])
+
+    def _explain(self, x, targets, fx, config) -> Explained:
+        cam_config = self.gradcam.call_options(**self._part_options(config))
+        cam = self.gradcam.explain(x, targets, fx, cam_config)
+        classes = cam.get("targets")
+        if classes is not None and targets.indices is not None:  # the top-1 classes of the Grad-CAM pass
+            targets = Targets(np.asarray(classes, np.int32), targets.score_fn, targets.output)
+        guided_config = self.guided.call_options(maxpool_rule=config["maxpool_rule"], **self._part_options(config))
+        guided = self.guided.explain(x, targets, None, guided_config)
+        up = upsample_map(cam["attributions"], tuple(x.shape[1:3]), config["interpolate_mode"])
+        attributions = guided["attributions"] * up[..., None]
+        return Explained(attributions=attributions, gradients=cam["gradients"] + guided["gradients"],
+                         scores=cam.get("scores"), targets=classes,
+                         info={"layer": self.layer.name, "gradcam": cam["attributions"],
+                               "guided": guided["attributions"]})
