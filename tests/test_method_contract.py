@@ -44,6 +44,7 @@ WRONG = {
     "normalize": ["yes", 1],
     "weighting": ["sum", 1],
     "positive_units": ["yes", 1],
+    "interpolate_mode": ["area", 1],
     "convention": ["torch", 1],
     "center": ["yes", 1],
     "input_baseline": ["zero", True],

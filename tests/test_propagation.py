@@ -108,3 +108,47 @@ def test_deconvolution_refuses_a_model_without_relu():
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(3, activation="tanh")(inputs)))
     with pytest.raises(InvalidInputError, match="Received: model.name"):
         tfattr.Deconvolution(model).attribute(np.ones((1, 4), np.float32), target=0)
+
+
+# -- Guided Grad-CAM -----------------------------------------------------------------------------
+
+def _hand_guided_gradcam(model, x, targets, mode):
+    kernel, bias = (np.asarray(v, np.float64) for v in model.get_layer("conv").get_weights())
+    dense_w, _ = (np.asarray(v, np.float64) for v in model.get_layer("head").get_weights())
+    pre = _conv_valid(x.astype(np.float64), kernel, bias)
+    out = []
+    for e, t in enumerate(targets):
+        grad_a = dense_w[:, t].reshape(pre.shape[1:])             # ∂y/∂A at the ReLU's output
+        weights = grad_a.mean(axis=(0, 1))                         # α_k (Grad-CAM eq. 1)
+        cam = np.maximum(np.einsum("hwk,k->hw", np.maximum(pre[e], 0), weights), 0)
+        if mode == "nearest":                                      # torch: j ↦ ⌊j · 4 / 6⌋
+            index = (np.arange(6) * 4) // 6
+            up = cam[index][:, index]
+        else:
+            up = tf.image.resize(cam[None, ..., None], (6, 6), method="bilinear").numpy()[0, ..., 0]
+        guided = _conv_transpose((np.maximum(grad_a, 0) * (pre[e] > 0))[None], kernel, x[e:e + 1].shape)[0]
+        out.append(guided * up[..., None])                         # every channel times the map
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_guided_gradcam_equals_the_numpy_composition(mode):
+    model, x = _small_cnn(seed=3), _images(seed=4)
+    result = tfattr.GuidedGradCAM(model, layer="relu", interpolate_mode=mode, batch_size=8).attribute(x)
+    top1 = np.argmax(np.asarray(model(x)), axis=1)
+    np.testing.assert_array_equal(result.targets, top1)
+    expected = _hand_guided_gradcam(model, x, top1, mode)
+    assert np.abs(expected).max() > 1e-3  # a map that is not all zero
+    np.testing.assert_allclose(result.attributions, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_guided_gradcam_is_guided_backprop_times_the_upsampled_gradcam_of_tfattr():
+    model, x = _small_cnn(seed=5, pool=True), _images(n=4, seed=6)
+    result = tfattr.GuidedGradCAM(model, layer="relu", interpolate_mode="bilinear").attribute(x)  # top-1
+    guided = tfattr.GuidedBackprop(model).attribute(x, target=result.targets).attributions
+    cam = tfattr.GradCAM(model, layer="relu").attribute(x, target=result.targets).attributions  # bilinear
+    np.testing.assert_allclose(result.attributions, guided * cam[..., None], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(result.targets, np.argmax(np.asarray(model(x)), axis=1))
+    np.testing.assert_allclose(result.info["gradcam"],
+                               tfattr.GradCAM(model, layer="relu", upsample=False)
+                               .attribute(x, target=result.targets).attributions, rtol=1e-6, atol=1e-7)
