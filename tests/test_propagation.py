@@ -152,3 +152,138 @@ def test_guided_gradcam_is_guided_backprop_times_the_upsampled_gradcam_of_tfattr
     np.testing.assert_allclose(result.info["gradcam"],
                                tfattr.GradCAM(model, layer="relu", upsample=False)
                                .attribute(x, target=result.targets).attributions, rtol=1e-6, atol=1e-7)
+
+
+# -- DeepLift (Rescale) --------------------------------------------------------------------------
+
+def test_deeplift_equals_the_rescale_rule_by_hand():
+    model, x = _small_cnn(seed=7), _images(seed=8)
+    x0 = np.random.default_rng(9).normal(size=(1, 6, 6, 2)).astype(np.float32)
+    result = tfattr.DeepLift(model, baseline=x0, batch_size=8).attribute(x, target=2)
+    kernel, bias = (np.asarray(v, np.float64) for v in model.get_layer("conv").get_weights())
+    dense_w, dense_b = (np.asarray(v, np.float64) for v in model.get_layer("head").get_weights())
+    pre = _conv_valid(x.astype(np.float64), kernel, bias)
+    pre0 = _conv_valid(x0.astype(np.float64), kernel, bias)
+    slope = (np.maximum(pre, 0) - np.maximum(pre0, 0)) / (pre - pre0)  # Δy/Δx of each ReLU
+    upstream = np.broadcast_to(dense_w[:, 2], (len(x), dense_w.shape[0])).reshape(pre.shape)
+    expected = (x.astype(np.float64) - x0) * _conv_transpose(upstream * slope, kernel, x.shape)
+    assert np.any((pre > 0) != (pre0 > 0))  # some ReLUs change state: the rule is not the gradient there
+    np.testing.assert_allclose(result.attributions, expected, rtol=1e-4, atol=1e-5)
+    fx = np.maximum(pre, 0).reshape(len(x), -1) @ dense_w[:, 2] + dense_b[2]
+    fx0 = np.maximum(pre0, 0).reshape(1, -1) @ dense_w[:, 2] + dense_b[2]
+    np.testing.assert_allclose(expected.reshape(len(x), -1).sum(axis=1), fx - fx0, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(result.delta, 0.0, atol=1e-4)
+
+
+def _resnet_like(seed=0):
+    """conv → BN → ReLU → max-pool → [conv → BN → ReLU → conv] + skip → ReLU → flatten → dense + sigmoid → dense."""
+    keras.utils.set_random_seed(seed)
+    biases = keras.initializers.RandomUniform(-0.3, 0.3)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", bias_initializer=biases)(inputs)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.MaxPooling2D(2, name="pool")(h)
+    r = keras.layers.Conv2D(4, 3, padding="same", activation="relu", bias_initializer=biases)(h)
+    r = keras.layers.BatchNormalization(name="bn2")(r)
+    r = keras.layers.Conv2D(4, 3, padding="same", bias_initializer=biases)(r)
+    h = keras.layers.Activation("relu")(keras.layers.Add()([h, r]))
+    h = keras.layers.Conv2D(4, 1, activation="tanh", bias_initializer=biases)(h)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(3, bias_initializer=biases)(keras.layers.Dense(5, activation="sigmoid", kernel_initializer=
+                                                                            keras.initializers.RandomNormal(0, 1))(h))
+    model = keras.Model(inputs, out)
+    rng = np.random.default_rng(seed)
+    for name in ("bn1", "bn2"):  # non-trivial inference statistics: BN is an affine map, not the identity
+        layer = model.get_layer(name)
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(size=beta.shape),
+                           rng.normal(size=mean.shape), rng.uniform(0.5, 2, var.shape)])
+    return model
+
+
+def test_deeplift_sums_to_delta_through_batchnorm_maxpool_add_sigmoid_and_tanh():
+    model = _resnet_like()
+    x = np.random.default_rng(10).uniform(0, 1, (4, 8, 8, 3)).astype(np.float32)
+    method = tfattr.DeepLift(model, baseline="uniform", n_baselines=2, seed=3, batch_size=3)
+    result = method.attribute(x)  # top-1
+    fx = np.asarray(model(x))[np.arange(4), result.targets]
+    np.testing.assert_allclose(result.scores, fx, rtol=1e-5, atol=1e-6)
+    change = np.abs(result.scores - result.baseline_scores)
+    assert change.min() > 1e-3  # the deltas are not trivially zero
+    # float32 rounding of a few hundred terms of size ≲ |f| (measured: |delta| ≤ 1.2e-7 here)
+    bound = 1e-5 * (1 + np.abs(result.scores).max())
+    assert np.abs(result.delta).max() < bound, (result.delta, bound)
+    # the plain gradient × (x − x₀) does not sum to the change on this network: the rule matters
+    ixg = tfattr.IntegratedGradients(model, baseline="uniform", n_baselines=2, seed=3, steps=1).attribute(
+        x, target=result.targets)
+    assert np.abs(ixg.delta).max() > 100 * bound
+    # chunking does not change the result
+    again = method.attribute(x, target=result.targets, batch_size=8)
+    np.testing.assert_allclose(again.attributions, result.attributions, rtol=1e-5, atol=1e-6)
+
+
+def test_deeplift_clone_forward_is_the_models_and_the_model_is_untouched():
+    model = _resnet_like(seed=1)
+    x = np.random.default_rng(11).uniform(0, 1, (4, 8, 8, 3)).astype(np.float32)
+    types = [type(layer) for layer in model.layers]
+    clone = tfattr.surgery.deeplift_clone(model)
+    np.testing.assert_array_equal(np.asarray(clone(x, training=False)), np.asarray(model(x, training=False)))
+    assert [type(layer) for layer in model.layers] == types
+    assert "pool" in surgery_report(clone).changed
+
+
+def test_deeplift_maxpool_rule_is_captums():
+    """Captum's maxpool rule on one 2-wide window (by hand): x = (1, 3), x₀ = (4, 0); y = 3, y₀ = 4,
+    ŷ = max(y, y₀) = 4; g·(ŷ − y₀) = 0 goes to x's arg-max (index 1), g·(y − ŷ) = −g to x₀'s
+    (index 0); multipliers = routed / Δx = (−g / −3, 0 / 3)."""
+    from tfattr.surgery.deeplift import maxpool_pair
+
+    def pool(t):
+        return tf.nn.max_pool1d(t, 2, 2, "VALID")
+
+    pair = tf.constant([[[1.0], [3.0]], [[4.0], [0.0]]])
+    with tf.GradientTape() as tape:
+        tape.watch(pair)
+        y = maxpool_pair(pool, pair, pool(pair))
+        score = 5.0 * y[0, 0, 0]
+    grad = tape.gradient(score, pair).numpy()
+    np.testing.assert_allclose(grad[0, :, 0], [-5.0 / -3.0, 0.0])
+    np.testing.assert_array_equal(grad[1], 0.0)
+    np.testing.assert_allclose(np.sum(grad[0, :, 0] * (pair[0, :, 0] - pair[1, :, 0])), 5.0 * (3.0 - 4.0))
+
+
+def test_deeplift_equals_integrated_gradients_on_a_linear_model():
+    keras.utils.set_random_seed(12)
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, keras.layers.Dense(3, bias_initializer="ones")(keras.layers.Dense(4)(inputs)))
+    x = np.random.default_rng(13).normal(size=(3, 5)).astype(np.float32)
+    dl = tfattr.DeepLift(model, baseline=0.5).attribute(x, target=1)
+    ig = tfattr.IntegratedGradients(model, baseline=0.5, steps=4).attribute(x, target=1)
+    np.testing.assert_allclose(dl.attributions, ig.attributions, rtol=1e-5, atol=1e-6)
+
+
+def test_deeplift_follows_the_models_current_weights():
+    model, x = _small_cnn(seed=14), _images(seed=15)
+    method = tfattr.DeepLift(model)
+    method.attribute(x, target=0)
+    model.get_layer("conv").set_weights([w * 1.5 for w in model.get_layer("conv").get_weights()])
+    result = method.attribute(x, target=0)
+    np.testing.assert_allclose(result.scores, np.asarray(model(x))[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.delta, 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("head", ["softmax_activation", "softmax_layer", "layer_norm"])
+def test_deeplift_refuses_layers_without_a_rule_by_name(head):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(3, activation="relu", name="hidden")(inputs)
+    if head == "softmax_activation":
+        out = keras.layers.Dense(2, activation="softmax", name="probs")(h)
+    elif head == "softmax_layer":
+        out = keras.layers.Softmax(name="probs")(keras.layers.Dense(2)(h))
+    else:
+        out = keras.layers.Dense(2)(keras.layers.LayerNormalization(name="probs")(h))
+    model = keras.Model(inputs, out)
+    with pytest.raises(InvalidInputError, match=r"probs \(.*Received: model.name"):
+        tfattr.DeepLift(model).attribute(np.ones((1, 4), np.float32), target=0)

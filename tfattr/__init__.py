@@ -45,6 +45,7 @@ from tfattr.methods import (  # noqa: E402
     RISE,
     BlurIntegratedGradients,
     Deconvolution,
+    DeepLift,
     EigenCAM,
     FeatureAblation,
     GradCAM,
@@ -113,6 +114,7 @@ __all__ = [
     "RISE",
     "Deconvolution",
     "GuidedGradCAM",
+    "DeepLift",
     "adaptive_noising",
     "SaliencyLogger",
 ]

@@ -557,10 +557,16 @@ class PathEngine:
         """``(points, target_rows) -> (scores, gradients, values, classes)`` in ``acc_dtype``; a
         negative class is the row's top-1, picked in the same graph."""
         gradient_fn = self.gradient_fn
+        paired = getattr(gradient_fn, "takes_origins", False)
 
-        def gradients_at(points, target_rows):
+        def gradients_at(points, target_rows, origins):
             classes = record_classes()
-            if layout is None:
+            if paired:  # the gradient function also sees each row's path start (DeepLift's reference)
+                if layout is not None:
+                    raise InvalidInputError("A gradient function that takes the rows' baselines explains models "
+                                            "with one input. " + received("layout", layout))
+                scores, gradients, values = gradient_fn(points, target_rows, origins)
+            elif layout is None:
                 scores, gradients, values = gradient_fn(points, target_rows)
             else:  # several inputs packed in `points`: the model gets its list/dict, the gradients are packed
                 scores, gradients, values = gradient_fn(layout.unpack(points), target_rows)
@@ -602,7 +608,7 @@ class PathEngine:
             if layout is not None and any(layout.fixed):  # fixed inputs: baseline = input, x − z = 0 exactly
                 origins = tf.where(tf.constant(layout.fixed_mask()[None]), inputs, origins)
             delta = inputs - origins
-            return origins + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta, delta
+            return origins + tf.reshape(tf.cast(alpha, dtype), [-1] + [1] * (rank - 1)) * delta, delta, origins
 
         def values_where(mask, values, local, count):
             """Per-example sums of the values of rows where ``mask`` holds, and how many rows that was."""
@@ -612,7 +618,7 @@ class PathEngine:
 
         def direct_chunk(x, example, target_rows, count):
             points = tf.gather(x, example)  # a copy, as in the general chunk (a slice of x rounds otherwise)
-            scores, gradients, values, classes = gradients_at(points, target_rows)
+            scores, gradients, values, classes = gradients_at(points, target_rows, tf.zeros_like(points))
             return ChunkOutputs(
                 scores=tf.cast(scores, tf.float64), sums=gradients, carry=values[-1:],
                 squares=gradients * gradients if squares else empty(),
@@ -643,8 +649,8 @@ class PathEngine:
             self.traces += 1  # runs only while tracing
             if direct:
                 return direct_chunk(x, example, target_rows, count)
-            points, delta = path_points(x, baselines, example, baseline, alpha, scale)
-            scores, gradients, values, classes = gradients_at(points, target_rows)
+            points, delta, origins = path_points(x, baselines, example, baseline, alpha, scale)
+            scores, gradients, values, classes = gradients_at(points, target_rows, origins)
             contribution, last = combination(RowTerms(gradients, values, weight, delta), carry)
             local = example - first
             input_values = input_rows = baseline_values = baseline_rows = empty()

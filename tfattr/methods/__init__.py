@@ -13,4 +13,6 @@ from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, ad
 
 from tfattr.methods.propagation import Deconvolution, GuidedGradCAM
 
-__all__ = ['GradCAM', 'RSIGradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'XGradCAM', 'HiResCAM', 'EigenCAM', 'Gradient', 'InputXGradient', 'IntegratedGradients', 'SmoothTaylor', 'adaptive_noising', 'AdaptiveNoisingResult', 'GuidedBackprop', 'GuidedIntegratedGradients', 'LayerIntegratedGradients', 'LayerConductance', 'reduce_last_axis', 'GradientShap', 'BlurIntegratedGradients', 'Occlusion', 'FeatureAblation', 'RISE', 'Deconvolution', 'GuidedGradCAM']
+from tfattr.methods.propagation import Deconvolution, DeepLift, GuidedGradCAM
+
+__all__ = ['GradCAM', 'RSIGradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'XGradCAM', 'HiResCAM', 'EigenCAM', 'Gradient', 'InputXGradient', 'IntegratedGradients', 'SmoothTaylor', 'adaptive_noising', 'AdaptiveNoisingResult', 'GuidedBackprop', 'GuidedIntegratedGradients', 'LayerIntegratedGradients', 'LayerConductance', 'reduce_last_axis', 'GradientShap', 'BlurIntegratedGradients', 'Occlusion', 'FeatureAblation', 'RISE', 'Deconvolution', 'GuidedGradCAM', 'DeepLift']

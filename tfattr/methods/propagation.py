@@ -1,10 +1,13 @@
-r"""Propagation methods built on surgery clones: Deconvolution and Guided Grad-CAM.
+r"""Propagation methods built on surgery clones: Deconvolution, Guided Grad-CAM, DeepLift.
 
 * :class:`Deconvolution` (Zeiler & Fergus 2014): the input gradient of the deconvnet clone
   (:func:`tfattr.surgery.propagation.deconv_clone`), whose ReLUs pass ``relu(∂F/∂y)`` back
   whatever their input was; the same rows as :class:`~tfattr.methods.guided.GuidedBackprop`.
 * :class:`GuidedGradCAM` (Selvaraju et al. 2017, §3.2 "Guided Grad-CAM"): guided backpropagation
   ⊙ the Grad-CAM map upsampled to the input, as captum's ``GuidedGradCam``.
+* :class:`DeepLift` (Shrikumar et al. 2017, Rescale rule): ``(x − x₀) ⊙`` the multipliers of the
+  DeepLIFT clone (:func:`tfattr.surgery.deeplift.deeplift_clone`), whose nonlinearities see the
+  input and the reference in one batched pass.
 """
 
 from __future__ import annotations
@@ -12,20 +15,25 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfattr.baselines.registry import BaselineSet
 from tfattr.core import checks
 from tfattr.core.checks import Option
+from tfattr.core.engine import PathRows
 from tfattr.core.gradients import InputGradients
+from tfattr.core.ranges import resolve_value_range
 from tfattr.core.targets import Targets
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.gradcam import GradCAM
 from tfattr.methods.gradient import Gradient
 from tfattr.methods.guided import MAXPOOL_RULE, GuidedBackprop
+from tfattr.methods.integrated_gradients import BASELINE_OPTIONS, IntegratedGradients
 from tfattr.surgery.cloning import surgery_report, synced
+from tfattr.surgery.deeplift import DeepLiftGradients, deeplift_clone
 from tfattr.surgery.guided import _nearest_upsample
 from tfattr.surgery.propagation import deconv_clone
 
-__all__ = ["Deconvolution", "GuidedGradCAM", "deconv_gradient_function", "upsample_map"]
+__all__ = ["Deconvolution", "GuidedGradCAM", "DeepLift", "deconv_gradient_function", "upsample_map"]
 
 
 def deconv_gradient_function(model, score_fn=None) -> InputGradients:
@@ -160,3 +168,61 @@ class GuidedGradCAM(AttributionMethod):
                          scores=cam.get("scores"), targets=classes,
                          info={"layer": self.layer.name, "gradcam": cam["attributions"],
                                "guided": guided["attributions"]})
+
+
+class DeepLift(IntegratedGradients):
+    r"""DeepLIFT with the Rescale rule (Shrikumar, Greenside & Kundaje 2017), as captum's ``DeepLift``
+    (``multiply_by_inputs=True``).
+
+    ``R_i = (x_i − x₀_i) · m_i`` where ``m`` are the DeepLIFT multipliers of the target score
+    w.r.t. the input: the chain rule with every elementwise nonlinearity's derivative replaced by
+    ``Δy/Δx = (φ(x) − φ(x₀))/(x − x₀)`` (paper §3.5.1; the derivative where ``|Δx| < 10⁻¹⁰``, captum's
+    ``eps``) and max-pools by captum's rule (:mod:`tfattr.surgery.deeplift`). On networks of linear
+    layers, elementwise nonlinearities and max-pools the result sums to ``f(x) − f(x₀)``
+    (summation-to-delta, eq. 1): ``Explanation.delta`` is ``Σ R − (f(x) − f(x₀))``, zero up to float
+    rounding. One forward and one backward pass of the model's DeepLIFT clone on ``[x; x₀]`` per
+    example and baseline; layers without a rule (softmax, ``Multiply``, LayerNormalization, custom
+    layers…) are refused by name (explain a softmax model's logits with
+    :func:`tfattr.surgery.logits_model`).
+
+    Options:
+        baseline: the reference ``x₀`` (default ``"zero"``, i.e. 0); any baseline of
+            :class:`~tfattr.methods.integrated_gradients.IntegratedGradients` (a number, an array, ``"blur"``,
+            ``"uniform"``…). With ``n_baselines > 1`` draws (or an array of several) the attributions are
+            averaged over them.
+        n_baselines, value_range, seed, per_image_baselines, sigma, blur_sigma, value: the baseline
+            options of :class:`~tfattr.methods.integrated_gradients.IntegratedGradients`.
+        batch_size, verbose, parallel_chunks, output: see :class:`~tfattr.methods.base.AttributionMethod`.
+
+    Example:
+        >>> expl = DeepLift(model, baseline=0).attribute(images, target=3)
+        >>> expl.attributions.sum(axis=(1, 2, 3)) - (expl.scores - expl.baseline_scores)   # ≈ 0
+    """
+
+    name = "deeplift"
+    several_inputs = False
+    options = checks.pick(BASELINE_OPTIONS, "baseline", "n_baselines", "value_range", "seed", "per_image_baselines",
+                          "sigma", "blur_sigma", "value")
+
+    def check_combination(self, config):
+        config["value_range"] = resolve_value_range(config["value_range"], self.model)
+
+    def describe(self, config) -> str:
+        baseline = config["baseline"] if isinstance(config["baseline"], str) else "custom"
+        return f"{self.name}(baseline={baseline})"
+
+    def gradient_function(self, score_fn=None):
+        return DeepLiftGradients(synced(deeplift_clone(self.model)), score_fn)
+
+    def _explain(self, x, targets, fx, config, baselines: BaselineSet = None) -> Explained:
+        deeplift_clone(self.model)  # refuses unsupported layers before any work
+        if baselines is None:
+            baselines = self.make_baselines(x.numpy(), config)
+        num_examples = int(x.shape[0])
+        rows = PathRows.grid(num_examples, baselines.count, np.ones(1), np.ones(1), baselines.per_example)
+        result = self.integrate(x, baselines, targets, rows, config)
+        fz = self.baseline_scores(x, baselines, targets, rows, result, config)
+        fx = self.scores_at_input(rows, result, num_examples) if fx is None else fx
+        total = result.attributions.reshape(num_examples, -1).sum(axis=1)
+        return Explained(attributions=result.attributions, delta=total - (fx - fz), baseline_scores=fz, scores=fx,
+                         gradients=len(rows), info={"baseline": baselines.name, "n_baselines": baselines.count})

@@ -21,6 +21,7 @@ from tfattr.surgery.cloning import (
     surgery_report,
     synced,
 )
+from tfattr.surgery.deeplift import deeplift_clone
 from tfattr.surgery.guided import (
     MAXPOOL_RULES,
     GuidedActivation,
@@ -43,6 +44,7 @@ from tfattr.surgery.propagation import deconv_clone
 __all__ = [
     "guided_clone",
     "deconv_clone",
+    "deeplift_clone",
     "MAXPOOL_RULES",
     "nearest_sign_maxpool",
     "logits_model",
