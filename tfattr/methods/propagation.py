@@ -30,7 +30,6 @@ from tfattr.methods.guided import MAXPOOL_RULE, GuidedBackprop
 from tfattr.methods.integrated_gradients import BASELINE_OPTIONS, IntegratedGradients
 from tfattr.surgery.cloning import surgery_report, synced
 from tfattr.surgery.deeplift import DeepLiftGradients, deeplift_clone
-from tfattr.surgery.guided import _nearest_upsample
 from tfattr.surgery.propagation import deconv_clone
 
 __all__ = ["Deconvolution", "GuidedGradCAM", "DeepLift", "deconv_gradient_function", "upsample_map"]
@@ -98,8 +97,9 @@ def upsample_map(cam: np.ndarray, size, mode: str) -> np.ndarray:
     if tuple(cam.shape[1:3]) == tuple(size):
         return cam
     if mode == "nearest":
-        like = tf.zeros((1,) + tuple(size))
-        return _nearest_upsample(tf.convert_to_tensor(cam), like, (1, 2)).numpy()
+        rows = (np.arange(size[0]) * cam.shape[1]) // size[0]
+        cols = (np.arange(size[1]) * cam.shape[2]) // size[1]
+        return cam[:, rows][:, :, cols]
     return tf.image.resize(cam[..., None], tuple(size), method="bilinear").numpy()[..., 0]
 
 
