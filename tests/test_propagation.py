@@ -287,3 +287,23 @@ def test_deeplift_refuses_layers_without_a_rule_by_name(head):
     model = keras.Model(inputs, out)
     with pytest.raises(InvalidInputError, match=r"probs \(.*Received: model.name"):
         tfattr.DeepLift(model).attribute(np.ones((1, 4), np.float32), target=0)
+
+
+def test_deeplift_shap_is_the_mean_of_deeplift_over_the_baselines_and_sums_to_the_mean_change():
+    model = _resnet_like(seed=2)
+    rng = np.random.default_rng(16)
+    x = rng.uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    background = rng.uniform(0, 1, (3, 8, 8, 3)).astype(np.float32)
+    shap = tfattr.DeepLiftShap(model, baselines=background, batch_size=4).attribute(x, target=1)
+    each = [tfattr.DeepLift(model, baseline=b[None]).attribute(x, target=1) for b in background]
+    np.testing.assert_allclose(shap.attributions, np.mean([e.attributions for e in each], axis=0),
+                               rtol=1e-5, atol=1e-7)
+    fb = np.asarray(model(background))[:, 1]
+    np.testing.assert_allclose(shap.baseline_scores, fb.mean(), rtol=1e-5, atol=1e-6)
+    assert np.abs(shap.scores - shap.baseline_scores).min() > 1e-3
+    assert np.abs(shap.delta).max() < 1e-5 * (1 + np.abs(shap.scores).max())
+
+
+def test_deeplift_shap_needs_a_distribution():
+    with pytest.raises(InvalidInputError, match="Received: baselines"):
+        tfattr.DeepLiftShap(_small_cnn()).attribute(_images(), target=0)

@@ -46,6 +46,7 @@ from tfattr.methods import (  # noqa: E402
     BlurIntegratedGradients,
     Deconvolution,
     DeepLift,
+    DeepLiftShap,
     EigenCAM,
     FeatureAblation,
     GradCAM,
@@ -115,6 +116,7 @@ __all__ = [
     "Deconvolution",
     "GuidedGradCAM",
     "DeepLift",
+    "DeepLiftShap",
     "adaptive_noising",
     "SaliencyLogger",
 ]

@@ -15,4 +15,6 @@ from tfattr.methods.propagation import Deconvolution, GuidedGradCAM
 
 from tfattr.methods.propagation import Deconvolution, DeepLift, GuidedGradCAM
 
-__all__ = ['GradCAM', 'RSIGradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'XGradCAM', 'HiResCAM', 'EigenCAM', 'Gradient', 'InputXGradient', 'IntegratedGradients', 'SmoothTaylor', 'adaptive_noising', 'AdaptiveNoisingResult', 'GuidedBackprop', 'GuidedIntegratedGradients', 'LayerIntegratedGradients', 'LayerConductance', 'reduce_last_axis', 'GradientShap', 'BlurIntegratedGradients', 'Occlusion', 'FeatureAblation', 'RISE', 'Deconvolution', 'GuidedGradCAM', 'DeepLift']
+from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, GuidedGradCAM
+
+__all__ = ['GradCAM', 'RSIGradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'XGradCAM', 'HiResCAM', 'EigenCAM', 'Gradient', 'InputXGradient', 'IntegratedGradients', 'SmoothTaylor', 'adaptive_noising', 'AdaptiveNoisingResult', 'GuidedBackprop', 'GuidedIntegratedGradients', 'LayerIntegratedGradients', 'LayerConductance', 'reduce_last_axis', 'GradientShap', 'BlurIntegratedGradients', 'Occlusion', 'FeatureAblation', 'RISE', 'Deconvolution', 'GuidedGradCAM', 'DeepLift', 'DeepLiftShap']

@@ -7,7 +7,8 @@ r"""Propagation methods built on surgery clones: Deconvolution, Guided Grad-CAM,
   ⊙ the Grad-CAM map upsampled to the input, as captum's ``GuidedGradCam``.
 * :class:`DeepLift` (Shrikumar et al. 2017, Rescale rule): ``(x − x₀) ⊙`` the multipliers of the
   DeepLIFT clone (:func:`tfattr.surgery.deeplift.deeplift_clone`), whose nonlinearities see the
-  input and the reference in one batched pass.
+  input and the reference in one batched pass; :class:`DeepLiftShap` averages it over a
+  distribution of references (captum's ``DeepLiftShap``).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.gradcam import GradCAM
 from tfattr.methods.gradient import Gradient
+from tfattr.methods.gradient_shap import _distribution_check, baseline_distribution
 from tfattr.methods.guided import MAXPOOL_RULE, GuidedBackprop
 from tfattr.methods.integrated_gradients import BASELINE_OPTIONS, IntegratedGradients
 from tfattr.surgery.cloning import surgery_report, synced
 from tfattr.surgery.deeplift import DeepLiftGradients, deeplift_clone
 from tfattr.surgery.propagation import deconv_clone
 
-__all__ = ["Deconvolution", "GuidedGradCAM", "DeepLift", "deconv_gradient_function", "upsample_map"]
+__all__ = ["Deconvolution", "GuidedGradCAM", "DeepLift", "DeepLiftShap", "deconv_gradient_function", "upsample_map"]
 
 
 def deconv_gradient_function(model, score_fn=None) -> InputGradients:
@@ -226,3 +228,48 @@ class DeepLift(IntegratedGradients):
         total = result.attributions.reshape(num_examples, -1).sum(axis=1)
         return Explained(attributions=result.attributions, delta=total - (fx - fz), baseline_scores=fz, scores=fx,
                          gradients=len(rows), info={"baseline": baselines.name, "n_baselines": baselines.count})
+
+
+class DeepLiftShap(DeepLift):
+    r"""DeepLiftShap (captum's ``DeepLiftShap``): DeepLift averaged over a distribution of references.
+
+    ``R_i = (1/K) Σ_k (x_i − b_k,i) · m_i(x, b_k)``: the :class:`DeepLift` (Rescale) attributions of
+    ``x`` for every baseline ``b_k`` of the distribution, averaged (every baseline is used, none
+    drawn). It sums to ``f(x) − (1/K) Σ_k f(b_k)`` (``Explanation.delta`` ≈ 0 on the networks
+    :class:`DeepLift` supports), which approximates SHAP values under the independence of the
+    inputs and the linearisation of Lundberg & Lee 2017. One pass of the DeepLIFT clone per
+    example and baseline.
+
+    Options:
+        baselines: the distribution: a ``(K, …)`` array or tensor of baselines of the inputs' shape,
+            or a ``tf.data.Dataset`` whose first ``reference_size`` examples are taken (as
+            :class:`~tfattr.methods.gradient_shap.GradientShap`). Required.
+        reference_size: examples taken from a dataset (default 100).
+        batch_size, verbose, parallel_chunks, output: see :class:`~tfattr.methods.base.AttributionMethod`.
+
+    Example:
+        >>> expl = DeepLiftShap(model, baselines=background[:16]).attribute(images, target=3)
+    """
+
+    name = "deeplift_shap"
+    options = (Option("baselines", None, _distribution_check), Option("reference_size", 100, checks.positive_int))
+
+    def check_combination(self, config):
+        pass
+
+    def uses_value_range(self, config) -> bool:
+        return False
+
+    def _cache_state(self, config):
+        return {}
+
+    def describe(self, config) -> str:
+        return self.name
+
+    def make_baselines(self, x_array: np.ndarray, config) -> BaselineSet:
+        if config["baselines"] is None:
+            raise InvalidInputError("DeepLiftShap needs a baseline distribution: pass `baselines=` (a (K, …) array "
+                                    "or a tf.data.Dataset). " + received("baselines", None))
+        references = baseline_distribution(config["baselines"], x_array.shape[1:], config["reference_size"],
+                                           np.float64)
+        return BaselineSet(references[None], "distribution")
