@@ -90,6 +90,29 @@ def test_deconv_clone_forward_is_the_models_bit_for_bit_and_the_model_is_untouch
                                rtol=1e-6, atol=1e-6)
 
 
+def test_deconvolution_routes_max_pools_through_their_switches_as_captum():
+    """Max-pools keep their plain gradient under deconvolution (captum overrides only ReLU): the
+    upstream of each 2×2 window goes to its arg-max (first in row-major order on ties), then the
+    ReLU passes relu(·) whatever its input."""
+    model, x = _small_cnn(seed=17, pool=True), _images(seed=18)
+    kernel, bias = (np.asarray(v, np.float64) for v in model.get_layer("conv").get_weights())
+    dense_w, _ = (np.asarray(v, np.float64) for v in model.get_layer("head").get_weights())
+    pre = _conv_valid(x.astype(np.float64), kernel, bias)       # (N, 4, 4, 3)
+    act = np.maximum(pre, 0)
+    g_pool = dense_w[:, 0].reshape(2, 2, 3)
+    g_act = np.zeros_like(act)
+    for n in range(len(x)):
+        for i in range(2):
+            for j in range(2):
+                for k in range(3):
+                    window = act[n, 2 * i:2 * i + 2, 2 * j:2 * j + 2, k]
+                    a, b = np.unravel_index(np.argmax(window), (2, 2))
+                    g_act[n, 2 * i + a, 2 * j + b, k] += g_pool[i, j, k]
+    expected = _conv_transpose(np.maximum(g_act, 0), kernel, x.shape)
+    result = tfattr.Deconvolution(model).attribute(x, target=0)
+    np.testing.assert_allclose(result.attributions, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_deconvolution_follows_the_models_current_weights():
     model, x = _small_cnn(), _images()
     method = tfattr.Deconvolution(model, batch_size=8)
