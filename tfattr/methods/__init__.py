@@ -9,12 +9,35 @@ from tfattr.methods.guided import GuidedBackprop, GuidedIntegratedGradients
 from tfattr.methods.integrated_gradients import IntegratedGradients
 from tfattr.methods.layer import LayerConductance, LayerIntegratedGradients, reduce_last_axis
 from tfattr.methods.perturbation import RISE, FeatureAblation, Occlusion
+from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, GuidedGradCAM
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
 
-from tfattr.methods.propagation import Deconvolution, GuidedGradCAM
-
-from tfattr.methods.propagation import Deconvolution, DeepLift, GuidedGradCAM
-
-from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, GuidedGradCAM
-
-__all__ = ['GradCAM', 'RSIGradCAM', 'GradCAMPlusPlus', 'LayerCAM', 'XGradCAM', 'HiResCAM', 'EigenCAM', 'Gradient', 'InputXGradient', 'IntegratedGradients', 'SmoothTaylor', 'adaptive_noising', 'AdaptiveNoisingResult', 'GuidedBackprop', 'GuidedIntegratedGradients', 'LayerIntegratedGradients', 'LayerConductance', 'reduce_last_axis', 'GradientShap', 'BlurIntegratedGradients', 'Occlusion', 'FeatureAblation', 'RISE', 'Deconvolution', 'GuidedGradCAM', 'DeepLift', 'DeepLiftShap']
+__all__ = [
+    "GradCAM",
+    "RSIGradCAM",
+    "GradCAMPlusPlus",
+    "LayerCAM",
+    "XGradCAM",
+    "HiResCAM",
+    "EigenCAM",
+    "Gradient",
+    "InputXGradient",
+    "IntegratedGradients",
+    "SmoothTaylor",
+    "adaptive_noising",
+    "AdaptiveNoisingResult",
+    "GuidedBackprop",
+    "GuidedIntegratedGradients",
+    "LayerIntegratedGradients",
+    "LayerConductance",
+    "reduce_last_axis",
+    "GradientShap",
+    "BlurIntegratedGradients",
+    "Occlusion",
+    "FeatureAblation",
+    "RISE",
+    "Deconvolution",
+    "GuidedGradCAM",
+    "DeepLift",
+    "DeepLiftShap",
+]
