@@ -153,8 +153,28 @@ class AttributionMethod:
         self.spec = model_spec(model, several=True)
         self._layers = layers_signature(model)  # a Sequential add/pop after this is refused, not explained stale
         self.config = self._merge(checks.defaults(self.option_table), options)
+        self._given_options = dict(options)  # as the user gave them, for with_model
         self._engines: Dict[Any, PathEngine] = {}
         self._engine_lock = threading.Lock()  # replicas of tfattr.distribute share the method
+
+    # -- another model -----------------------------------------------------------------------
+    def with_model(self, model) -> "AttributionMethod":
+        """The same method with the same options, bound to another ``model`` (e.g. a copy of this
+        one with some weights randomised, :func:`tfattr.metrics.model_parameter_randomisation`).
+
+        Options are passed as they were given to the constructor (not resolved against this
+        method's model, so defaults that read the model, such as ``value_range``, are read from
+        the new one); a layer given by object or found by default is passed by name, so the new
+        model must have a layer of that name (``keras.models.clone_model`` keeps names).
+
+        Example:
+            >>> Gradient(model).with_model(other_model).attribute(images)
+        """
+        return type(self)(model, **self._constructor_arguments(), **self._given_options)
+
+    def _constructor_arguments(self) -> Dict[str, Any]:
+        """Constructor arguments besides the model and the options (a method's ``layer``)."""
+        return dict(getattr(self, "_layer_arguments", {}))
 
     # -- options ---------------------------------------------------------------------------
     def call_options(self, **overrides) -> Call:

@@ -54,6 +54,9 @@ class _LayerMethod:
         self.layer = last_layer_with_rank(self.model, 4) if layer is None else find_layer(self.model, layer)
         self._check_layer()
 
+    def _constructor_arguments(self):
+        return {"layer": None if self.layer is None else self.layer.name}
+
     def _ready_layer(self, x) -> None:
         """Find the default layer / check the layer's rank on one example of ``x``, before any gradient."""
         if self._layer_checked:

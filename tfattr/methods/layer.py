@@ -127,6 +127,7 @@ class LayerIntegratedGradients(IntegratedGradients):
         self.model_inputs = several
         self.layer = find_layer(model, layer)
         self.attribute_to = attribute_to
+        self._layer_arguments = {"layer": self.layer.name, "attribute_to": attribute_to}
         kind, names = several.kind, several.names
 
         def model_inputs(items):
@@ -282,6 +283,7 @@ class LayerConductance(IntegratedGradients):
     def __init__(self, model, layer, **options):
         super().__init__(model, **options)
         self.layer = find_layer(model, layer)
+        self._layer_arguments = {"layer": self.layer.name}
 
     def gradient_function(self, score_fn=None):
         from tfattr.core.gradients import LayerGradients

@@ -9,6 +9,9 @@ Faithfulness (a model is run on perturbed inputs; batched through a compiled for
 
 Smoothness (no model): :func:`atv`, :func:`multiscale_atv`, :func:`autvc`.
 
+Randomisation (sanity checks; a method re-explains randomised copies):
+    :func:`model_parameter_randomisation` (Adebayo et al. 2018), :func:`random_logit` (Sixt et al. 2020).
+
 Localisation (ground-truth masks): :func:`pointing_game`, :func:`mask_energy`.
 
 Every metric works on a batch and returns NumPy arrays (areas and the curves for
@@ -52,6 +55,14 @@ from tfattr.metrics.perturbation import (
     insertion,
     select_windows,
 )
+from tfattr.metrics.randomisation import (
+    RandomisationResult,
+    RandomLogitResult,
+    model_parameter_randomisation,
+    random_logit,
+    randomisable_layers,
+    randomise_layers,
+)
 from tfattr.metrics.smoothness import (
     AUTVCResult,
     AUTVCUndefinedError,
@@ -88,4 +99,10 @@ __all__ = [
     "pointing_game",
     "mask_energy",
     "PointingGameResult",
+    "model_parameter_randomisation",
+    "RandomisationResult",
+    "random_logit",
+    "RandomLogitResult",
+    "randomisable_layers",
+    "randomise_layers",
 ]
