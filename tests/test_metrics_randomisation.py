@@ -1,0 +1,148 @@
+"""Randomisation sanity checks: MPRT (Adebayo et al. 2018) and the random logit test (Sixt et al. 2020)."""
+
+import keras
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+from skimage.metrics import structural_similarity
+
+import tfattr
+from tfattr import metrics
+from tfattr.errors import InvalidInputError, InvalidTypeError
+
+from conftest import small_cnn
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return small_cnn("relu", size=12, seed=3)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(1).uniform(0, 1, size=(2, 12, 12, 3)).astype(np.float32)
+
+
+def _maps(method, images, targets):
+    return np.abs(np.asarray(method.attribute(images, target=targets).attributions, np.float64)).sum(-1)
+
+
+def test_first_row_is_one_and_trained_model_untouched(cnn, x):
+    before = [w.copy() for w in cnn.get_weights()]
+    outputs = np.asarray(cnn(x))
+    result = metrics.model_parameter_randomisation(cnn, x, tfattr.Gradient(cnn, batch_size=8), order="cascading")
+    assert result.layers == [None, "dense_1", "dense", "conv2d_1", "conv2d"]
+    assert result.similarities.shape == (5, 2)
+    np.testing.assert_allclose(result.similarities[0], 1.0, atol=1e-9)
+    assert all(np.array_equal(a, b) for a, b in zip(before, cnn.get_weights()))
+    np.testing.assert_array_equal(np.asarray(cnn(x)), outputs)
+    np.testing.assert_array_equal(result.targets, np.argmax(outputs, axis=1))
+
+
+@pytest.mark.parametrize("order", ["cascading", "independent"])
+def test_rows_equal_scipy_spearman_on_hand_randomised_copies(cnn, x, order):
+    result = metrics.model_parameter_randomisation(cnn, x, tfattr.Gradient(cnn, batch_size=8), order=order, seed=5)
+    names = result.layers[1:]
+    trained = _maps(tfattr.Gradient(cnn), x, result.targets)
+    for k in range(1, len(names) + 1):
+        chosen = names[:k] if order == "cascading" else [names[k - 1]]
+        copy = metrics.randomise_layers(cnn, chosen, seed=5)
+        maps = _maps(tfattr.Gradient(copy), x, result.targets)
+        expected = [spearmanr(trained[n].ravel(), maps[n].ravel()).statistic for n in range(len(x))]
+        np.testing.assert_allclose(result.similarities[k], expected, atol=1e-6)
+
+
+def test_ssim_equals_skimage(cnn, x):
+    result = metrics.model_parameter_randomisation(cnn, x, tfattr.Gradient(cnn), similarity="ssim",
+                                                   layers=["dense_1", "conv2d"], order="cascading")
+    trained = _maps(tfattr.Gradient(cnn), x, result.targets)
+    maps = _maps(tfattr.Gradient(metrics.randomise_layers(cnn, ["dense_1", "conv2d"])), x, result.targets)
+    for n in range(len(x)):
+        a, b = trained[n], maps[n]
+        data_range = max(a.max(), b.max()) - min(a.min(), b.min())
+        assert result.similarities[2, n] == pytest.approx(structural_similarity(a, b, data_range=data_range), abs=1e-6)
+    np.testing.assert_allclose(result.similarities[0], 1.0)
+
+
+def _two_heads():
+    """Class 0 comes from head ``a``; head ``b``'s weights do not enter class 0's gradient."""
+    keras.utils.set_random_seed(2)
+    bias = keras.initializers.RandomUniform(-0.3, 0.3, seed=2)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, activation="tanh", bias_initializer=bias, name="conv")(inputs))
+    a = keras.layers.Dense(1, bias_initializer=bias, name="head_a")(h)
+    b = keras.layers.Dense(2, bias_initializer=bias, name="head_b")(h)
+    return keras.Model(inputs, keras.layers.Concatenate(name="join")([a, b]))
+
+
+def test_layer_outside_the_explained_path_keeps_the_map():
+    model = _two_heads()
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
+    result = metrics.model_parameter_randomisation(model, images, tfattr.Gradient(model), targets=[0, 0],
+                                                   order="independent")
+    assert result.layers == [None, "head_b", "head_a", "conv"]
+    np.testing.assert_array_equal(result.similarities[1], 1.0)  # head_b: class 0's gradient is bit-identical
+    assert np.all(result.similarities[2] < 0.99) and np.all(result.similarities[3] < 0.99)
+    np.testing.assert_array_equal(result.targets, [0, 0])
+
+
+def test_gradient_decorrelates_under_cascading_randomisation(cnn, x):
+    """Adebayo et al.'s headline for the gradient: once every layer is re-drawn, the map no longer
+    resembles the trained model's. The re-drawn weights are seeded draws independent of the
+    trained ones, so the rank correlation of the two |gradient| maps has no reason to stay near 1
+    (measured ≈ 0.1 here); 0.5 leaves a wide margin for any CPU's rounding."""
+    result = metrics.model_parameter_randomisation(cnn, x, tfattr.Gradient(cnn), order="cascading")
+    assert result.mean[0] == pytest.approx(1.0)
+    assert result.mean[-1] < 0.5
+    again = metrics.model_parameter_randomisation(cnn, x, tfattr.Gradient(cnn), order="cascading")
+    np.testing.assert_array_equal(result.similarities, again.similarities)  # seeded
+
+
+def test_with_model_keeps_options_and_layer(cnn, x):
+    copy = keras.models.clone_model(cnn)
+    copy.set_weights(cnn.get_weights())
+    ig = tfattr.IntegratedGradients(cnn, steps=7, batch_size=4)
+    rebound = ig.with_model(copy)
+    assert rebound.model is copy and rebound.config["steps"] == 7
+    np.testing.assert_allclose(rebound.attribute(x).attributions, ig.attribute(x).attributions, rtol=1e-5, atol=1e-7)
+    cam = tfattr.GradCAM(cnn, layer="conv2d").with_model(copy)
+    assert cam.layer is copy.get_layer("conv2d")
+
+
+def _linear(classes=4, features=12, seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = keras.Input((2, 2, 3))
+    dense = keras.layers.Dense(classes, name="linear")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    model.get_layer("linear").set_weights([rng.normal(size=(features, classes)), rng.normal(size=classes)])
+    return model
+
+
+def test_random_logit_on_a_linear_model_compares_weight_rows():
+    """``∂f_c/∂x = W[:, c]``: the map of class c is ``|W[:, c]|`` summed over channels."""
+    model = _linear()
+    images = np.random.default_rng(1).normal(size=(3, 2, 2, 3)).astype(np.float32)
+    result = metrics.random_logit(model, images, tfattr.Gradient(model), similarity="spearman", seed=4)
+    assert np.all(result.random_targets != result.targets) and np.all(result.random_targets < 4)
+    weights = np.abs(model.get_layer("linear").get_weights()[0]).reshape(2, 2, 3, 4).sum(axis=2)
+    for n in range(3):
+        expected = spearmanr(weights[..., result.targets[n]].ravel(), weights[..., result.random_targets[n]].ravel())
+        assert result.similarities[n] == pytest.approx(expected.statistic, abs=1e-9)
+    again = metrics.random_logit(model, images, tfattr.Gradient(model), similarity="spearman", seed=4)
+    np.testing.assert_array_equal(again.random_targets, result.random_targets)
+
+
+def test_errors_name_the_argument(cnn, x):
+    method = tfattr.Gradient(cnn)
+    with pytest.raises(InvalidInputError, match=r"`order`.*Received: order='top'"):
+        metrics.model_parameter_randomisation(cnn, x, method, order="top")
+    with pytest.raises(InvalidInputError, match=r"`similarity`.*Received: similarity='hog'"):
+        metrics.model_parameter_randomisation(cnn, x, method, similarity="hog")
+    with pytest.raises(InvalidInputError, match=r"`layers`.*Received: layers='flatten'"):
+        metrics.model_parameter_randomisation(cnn, x, method, layers=["flatten"])
+    with pytest.raises(InvalidInputError, match=r"`method` must be bound to `model`"):
+        metrics.model_parameter_randomisation(_linear(), x, method)
+    with pytest.raises(InvalidTypeError, match=r"`method`.*Received: type\(method\)='str'"):
+        metrics.model_parameter_randomisation(cnn, x, "gradient")
+    with pytest.raises(InvalidInputError, match=r"`num_classes`.*Received: num_classes=1"):
+        metrics.random_logit(cnn, x, method, num_classes=1)
