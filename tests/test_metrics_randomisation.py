@@ -3,14 +3,13 @@
 import keras
 import numpy as np
 import pytest
+from conftest import small_cnn
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
 import tfattr
 from tfattr import metrics
 from tfattr.errors import InvalidInputError, InvalidTypeError
-
-from conftest import small_cnn
 
 
 @pytest.fixture(scope="module")

@@ -158,7 +158,7 @@ class AttributionMethod:
         self._engine_lock = threading.Lock()  # replicas of tfattr.distribute share the method
 
     # -- another model -----------------------------------------------------------------------
-    def with_model(self, model) -> "AttributionMethod":
+    def with_model(self, model) -> AttributionMethod:
         """The same method with the same options, bound to another ``model`` (e.g. a copy of this
         one with some weights randomised, :func:`tfattr.metrics.model_parameter_randomisation`).
 

@@ -137,7 +137,8 @@ def randomisable_layers(model) -> List[str]:
     counts as one layer)."""
     layers = getattr(model, "layers", None)
     if layers is None:
-        raise InvalidTypeError("`model` must be a Keras model with layers. " + received("type(model)", type(model).__name__))
+        raise InvalidTypeError("`model` must be a Keras model with layers. "
+                               + received("type(model)", type(model).__name__))
     return [layer.name for layer in reversed(layers) if _randomisable(layer)]
 
 
@@ -232,7 +233,7 @@ class RandomisationResult:
         return self.similarities.mean(axis=1)
 
 
-def _explain(method, images, targets, options) -> "tuple":
+def _explain(method, images, targets, options) -> tuple:
     explanation = method.attribute(images, target=targets, **options)
     return _absolute_maps(explanation), explanation.targets
 
