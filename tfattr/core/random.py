@@ -14,7 +14,8 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
-           "STREAM_GRADIENT_SHAP", "rng", "row_uniform"]
+           "STREAM_GRADIENT_SHAP", "STREAM_INFIDELITY", "STREAM_FAITHFULNESS_CORRELATION", "STREAM_SENSITIVITY",
+           "rng", "row_uniform", "row_normal"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
@@ -23,6 +24,9 @@ STREAM_NOISE_TUNNEL = 3
 STREAM_SMOOTH_TAYLOR = 4
 STREAM_FORWARD_ROWS = 5
 STREAM_GRADIENT_SHAP = 6
+STREAM_INFIDELITY = 7
+STREAM_FAITHFULNESS_CORRELATION = 8
+STREAM_SENSITIVITY = 9
 
 
 def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator:
@@ -40,6 +44,24 @@ def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator
     if block == 0:
         return np.random.default_rng([int(seed), int(stream)])
     return np.random.default_rng([int(seed), int(stream), int(block)])
+
+
+def _row_draws(sampler, seed, rows, shape, dtype, stream):
+    import tensorflow as tf
+
+    dtype = tf.float32 if dtype is None else dtype
+    rows = tf.cast(tf.convert_to_tensor(rows), tf.int64)
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    keys = tf.stack([tf.fill(tf.shape(rows), seed), rows + tf.constant(int(stream) << 32, tf.int64)], axis=1)
+    return tf.map_fn(lambda key: sampler(shape, seed=key, dtype=dtype), keys, fn_output_signature=dtype)
+
+
+def row_normal(seed, rows, shape, dtype=None, stream: int = STREAM_FORWARD_ROWS):
+    """Standard normal draws of ``shape`` for each row index in ``rows``: as :func:`row_uniform`,
+    with ``tf.random.stateless_normal`` (the noise of a metric's perturbed rows)."""
+    import tensorflow as tf
+
+    return _row_draws(tf.random.stateless_normal, seed, rows, shape, dtype, stream)
 
 
 def row_uniform(seed, rows, shape, dtype=None, stream: int = STREAM_FORWARD_ROWS):
@@ -63,9 +85,4 @@ def row_uniform(seed, rows, shape, dtype=None, stream: int = STREAM_FORWARD_ROWS
     """
     import tensorflow as tf
 
-    dtype = tf.float32 if dtype is None else dtype
-    rows = tf.cast(tf.convert_to_tensor(rows), tf.int64)
-    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-    keys = tf.stack([tf.fill(tf.shape(rows), seed), rows + tf.constant(int(stream) << 32, tf.int64)], axis=1)
-    return tf.map_fn(lambda key: tf.random.stateless_uniform(shape, seed=key, dtype=dtype), keys,
-                     fn_output_signature=dtype)
+    return _row_draws(tf.random.stateless_uniform, seed, rows, shape, dtype, stream)

@@ -7,6 +7,9 @@ Faithfulness (a model is run on perturbed inputs; batched through a compiled for
     of the top-1 class while pixels are deleted (to 0) or inserted (into a blurred copy).
     :func:`completeness_error` (IG), :func:`taylor_error` (SmoothTaylor eq. 8).
 
+Faithfulness to random perturbations (forward rows): :func:`faithfulness_correlation` (Bhatt et
+    al. 2020), :func:`infidelity` (Yeh et al. 2019, captum's definition).
+
 Smoothness (no model): :func:`atv`, :func:`multiscale_atv`, :func:`autvc`.
 
 Randomisation (sanity checks; a method re-explains randomised copies):
@@ -43,6 +46,12 @@ Example::
 
 from tfattr.metrics._common import simpson
 from tfattr.metrics.completeness import CompletenessResult, completeness_error, taylor_error
+from tfattr.metrics.faithfulness import (
+    FaithfulnessCorrelationResult,
+    InfidelityResult,
+    faithfulness_correlation,
+    infidelity,
+)
 from tfattr.metrics.localisation import PointingGameResult, mask_energy, pointing_game
 from tfattr.metrics.perturbation import (
     AUPCResult,
@@ -105,4 +114,8 @@ __all__ = [
     "RandomLogitResult",
     "randomisable_layers",
     "randomise_layers",
+    "faithfulness_correlation",
+    "FaithfulnessCorrelationResult",
+    "infidelity",
+    "InfidelityResult",
 ]
