@@ -304,7 +304,8 @@ def infidelity(model, images, attributions, target=None, n_perturb_samples: int 
     # the same draws on the host (M of them, shared by every image), and Iⱼ as the model saw it
     noise = row_normal(seed, tf.range(count), tuple(x.shape[1:]), dtype=tf.as_dtype(dtype),
                        stream=STREAM_INFIDELITY)
-    scaled = (tf.cast(float(sigma), tf.as_dtype(dtype)) * noise).numpy()
+    # σ as the device has it: the float64 context cast to the model's dtype (not a float32 constant)
+    scaled = (tf.cast(tf.constant(float(sigma), tf.float64), tf.as_dtype(dtype)) * noise).numpy()
     products = np.empty((x.shape[0], count))
     denominator = x.astype(np.float64) - reference
     denominator = np.where(denominator != 0, denominator, 1.0)
