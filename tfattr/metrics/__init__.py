@@ -10,6 +10,9 @@ Faithfulness (a model is run on perturbed inputs; batched through a compiled for
 Faithfulness to random perturbations (forward rows): :func:`faithfulness_correlation` (Bhatt et
     al. 2020), :func:`infidelity` (Yeh et al. 2019, captum's definition).
 
+Robustness (the method re-explains perturbed inputs): :func:`max_sensitivity`,
+    :func:`avg_sensitivity` (Yeh et al. 2019).
+
 Smoothness (no model): :func:`atv`, :func:`multiscale_atv`, :func:`autvc`.
 
 Randomisation (sanity checks; a method re-explains randomised copies):
@@ -72,6 +75,12 @@ from tfattr.metrics.randomisation import (
     randomisable_layers,
     randomise_layers,
 )
+from tfattr.metrics.robustness import (
+    SensitivityResult,
+    avg_sensitivity,
+    max_sensitivity,
+    sensitivity_perturbations,
+)
 from tfattr.metrics.smoothness import (
     AUTVCResult,
     AUTVCUndefinedError,
@@ -118,4 +127,8 @@ __all__ = [
     "FaithfulnessCorrelationResult",
     "infidelity",
     "InfidelityResult",
+    "max_sensitivity",
+    "avg_sensitivity",
+    "SensitivityResult",
+    "sensitivity_perturbations",
 ]
