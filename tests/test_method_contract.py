@@ -240,3 +240,23 @@ def test_a_subclass_declaring_options_the_former_way_still_works(model):
     images = np.random.default_rng(5).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(Scaled(model, factor=3.0).attribute(images, target=0).attributions,
                                3.0 * tfattr.Gradient(model).attribute(images, target=0).attributions, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.__name__)
+def test_with_model_makes_the_same_method_on_another_model(cls, model):
+    """``method.with_model(copy)`` (used by the randomisation metrics): same class, same options, and
+    on a copy with the same weights the same attributions."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    extra = {"seed": 3} if "seed" in _options(cls) else {}
+    if cls.__name__ == "GradientShap":
+        extra["baselines"] = np.random.default_rng(1).uniform(size=(4, 8, 8, 3))
+    method = _build(cls, model, **extra)
+    rebound = method.with_model(copy)
+    assert type(rebound) is cls and rebound.model is copy
+    assert {k: v for k, v in rebound.config.items()} == {k: v for k, v in method.config.items()}
+    if getattr(method, "layer", None) is not None:
+        assert rebound.layer is copy.get_layer(method.layer.name)
+    images = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(rebound.attribute(images, target=1).attributions),
+                               np.asarray(method.attribute(images, target=1).attributions), rtol=1e-5, atol=1e-6)

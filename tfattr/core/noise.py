@@ -87,9 +87,15 @@ class NoiseTunnel:
                 f"NoiseTunnel averages maps of the inputs' shape; {type(method).__name__} attributes to a layer. "
                 + received("method", type(method).__name__))
         self.method = method
-        self.config = self._check(dict(nt_type=nt_type, nt_samples=nt_samples, stdevs=stdevs,
-                                       noise_level=noise_level, value_range=value_range, seed=seed,
-                                       nt_tolerance=nt_tolerance, nt_max_samples=nt_max_samples))
+        self._given = dict(nt_type=nt_type, nt_samples=nt_samples, stdevs=stdevs, noise_level=noise_level,
+                           value_range=value_range, seed=seed, nt_tolerance=nt_tolerance,
+                           nt_max_samples=nt_max_samples)
+        self.config = self._check(dict(self._given))
+
+    def with_model(self, model) -> NoiseTunnel:
+        """The same tunnel (same options) around the wrapped method re-bound to ``model``
+        (:meth:`~tfattr.methods.base.AttributionMethod.with_model`)."""
+        return NoiseTunnel(self.method.with_model(model), **self._given)
 
     def _check(self, config: Dict[str, Any]) -> Dict[str, Any]:
         checks.choice("nt_type", config["nt_type"], NT_TYPES)
