@@ -150,3 +150,15 @@ def test_errors_name_the_argument(cnn, x):
         metrics.model_parameter_randomisation(cnn, x, "gradient")
     with pytest.raises(InvalidInputError, match=r"`num_classes`.*Received: num_classes=1"):
         metrics.random_logit(cnn, x, method, num_classes=1)
+
+
+def test_copies_keep_the_declared_value_range(cnn, x):
+    """A method's defaults read the model's declared range (NoiseTunnel's σ = 0.15 × range): the
+    randomised copies must declare it too, or row 0 compares maps made with different noise."""
+    model = small_cnn("relu", size=12, seed=3)
+    model.tfattr_value_range = (0.0, 255.0)
+    images = x * 255.0
+    tunnel = tfattr.NoiseTunnel(tfattr.Gradient(model), nt_samples=4, seed=1)
+    result = metrics.model_parameter_randomisation(model, images, tunnel, layers=metrics.randomisable_layers(model)[:1])
+    np.testing.assert_allclose(result.similarities[0], 1.0, atol=1e-9)
+    assert metrics.randomise_layers(model, []).tfattr_value_range == (0.0, 255.0)

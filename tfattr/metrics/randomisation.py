@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from tfattr.core.ranges import VALUE_RANGE_ATTRIBUTE
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.metrics._common import check_seed
 
@@ -187,11 +188,15 @@ def _clone(model):
         raise InvalidTypeError("Randomisation tests copy the model with keras.models.clone_model, which failed: "
                                f"{error}. " + received("type(model)", type(model).__name__)) from None
     clone.set_weights(model.get_weights())
+    declared = getattr(model, VALUE_RANGE_ATTRIBUTE, None)
+    if declared is not None:  # the range methods read their defaults from (noise, baselines)
+        setattr(clone, VALUE_RANGE_ATTRIBUTE, declared)
     return clone
 
 
 def randomise_layers(model, layers: Sequence[str], seed: int = 0, initializer=None):
-    """A copy of ``model`` (``keras.models.clone_model``, weights copied) whose ``layers`` (names)
+    """A copy of ``model`` (``keras.models.clone_model``, weights and the declared
+    ``tfattr_value_range`` copied) whose ``layers`` (names)
     are re-initialised as :func:`model_parameter_randomisation` does; ``model`` is untouched.
 
     Example:
