@@ -164,3 +164,15 @@ def test_errors_name_the_argument(cnn, images):
         metrics.infidelity(cnn, images, phi.sum(-1))
     with pytest.raises(InvalidInputError, match=r"`normalize`.*Received: normalize='yes'"):
         metrics.infidelity(cnn, images, phi, normalize="yes")
+
+
+def test_a_second_call_reuses_the_compiled_rows_and_host_draws_equal_device_draws(cnn, images):
+    from tfattr.core.random import compiled_row_draws, row_uniform
+    from tfattr.metrics.faithfulness import _ENGINES
+
+    phi = np.ones_like(images)
+    for seed in (0, 1):
+        metrics.faithfulness_correlation(cnn, images, phi, subset_size=5, runs=3, seed=seed, batch_size=4, verbose=0)
+    assert _ENGINES[cnn][(4, 0)].traces == 1
+    eager = row_uniform(9, tf.constant([0, 3]), (5,), dtype=tf.float64, stream=8).numpy()
+    np.testing.assert_array_equal(compiled_row_draws("uniform", 9, [0, 3], (5,), tf.float64, stream=8), eager)

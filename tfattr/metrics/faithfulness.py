@@ -15,6 +15,8 @@ weigh the attributions in float64.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -23,7 +25,13 @@ import tensorflow as tf
 
 from tfattr.core import autotune
 from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows, forward_outputs
-from tfattr.core.random import STREAM_FAITHFULNESS_CORRELATION, STREAM_INFIDELITY, row_normal, row_uniform
+from tfattr.core.random import (
+    STREAM_FAITHFULNESS_CORRELATION,
+    STREAM_INFIDELITY,
+    compiled_row_draws,
+    row_normal,
+    row_uniform,
+)
 from tfattr.core.targets import resolve_targets
 from tfattr.errors import InvalidInputError, received
 from tfattr.metrics._common import as_array, check_images, check_positive_int, check_seed, maps_for_images
@@ -47,6 +55,26 @@ def _seed(seed) -> int:
     return seed
 
 
+_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ENGINES_LOCK = threading.Lock()
+
+
+def _engine(model, score_fn, batch_size, verbose) -> ForwardEngine:
+    """One :class:`ForwardEngine` per model, score function, batch size and verbosity, kept while the
+    model lives: its compiled chunks are traced once, not at every metric call."""
+    if score_fn is not None:  # a user's function (often a new lambda per call): not kept
+        return ForwardEngine(model, score_fn=score_fn, batch_size=batch_size, verbose=verbose)
+    key = (batch_size, verbose)
+    with _ENGINES_LOCK:
+        try:
+            per_model = _ENGINES.setdefault(model, {})
+        except TypeError:  # a model that cannot be weakly referenced: a fresh engine
+            return ForwardEngine(model, score_fn=score_fn, batch_size=batch_size, verbose=verbose)
+        if key not in per_model:
+            per_model[key] = ForwardEngine(model, score_fn=score_fn, batch_size=batch_size, verbose=verbose)
+        return per_model[key]
+
+
 class _Scores:
     """Targets and ``f(x)`` of the unperturbed images; :meth:`rows` scores forward rows."""
 
@@ -62,8 +90,7 @@ class _Scores:
 
     def rows(self, x: np.ndarray, per_example: int, build, context) -> np.ndarray:
         """``(N, per_example)`` scores of the rows ``build`` makes."""
-        engine = ForwardEngine(self.model, score_fn=self.targets.score_fn, batch_size=self.batch_size,
-                               verbose=self.verbose)
+        engine = _engine(self.model, self.targets.score_fn, self.batch_size, self.verbose)
         rows = ForwardRows.repeat(int(x.shape[0]), per_example)
         result = engine.run(tf.convert_to_tensor(x), rows, build, self.targets.indices, context=context)
         return result.row_scores.reshape(int(x.shape[0]), per_example)
@@ -102,14 +129,15 @@ def subset_masks(seed: int, runs, pixels: int, subset_size: int) -> np.ndarray:
     """``(len(runs), pixels)`` bool masks of :func:`faithfulness_correlation`'s subsets: run ``r``
     takes the ``subset_size`` pixels with the smallest of its seeded uniform draws (a subset drawn
     uniformly without replacement)."""
-    draws = row_uniform(seed, tf.constant(np.asarray(runs, np.int32)), (pixels,), dtype=tf.float64,
-                        stream=STREAM_FAITHFULNESS_CORRELATION)
-    return _subset_mask(draws, subset_size, pixels).numpy() > 0
+    draws = compiled_row_draws("uniform", seed, runs, (pixels,), dtype=tf.float64,
+                               stream=STREAM_FAITHFULNESS_CORRELATION)
+    return _subset_mask(tf.constant(draws), subset_size, pixels).numpy() > 0
 
 
 def _subset_mask(draws, subset_size, pixels):
-    chosen = tf.math.top_k(-draws, k=subset_size).indices
-    return tf.reduce_sum(tf.one_hot(chosen, pixels, dtype=draws.dtype), axis=1)
+    """1 at the ``subset_size`` smallest draws of each row (float64 uniforms: ties have probability ~0)."""
+    threshold = -tf.math.top_k(-draws, k=subset_size).values[:, -1:]
+    return tf.cast(draws <= threshold, draws.dtype)
 
 
 def _subset_points(x, rows: ChunkRows):
@@ -302,8 +330,8 @@ def infidelity(model, images, attributions, target=None, n_perturb_samples: int 
     row_scores = scores.rows(x, count, _noisy_points, [seed, float(sigma)])
     drops = scores.fx[:, None] - row_scores
     # the same draws on the host (M of them, shared by every image), and Iⱼ as the model saw it
-    noise = row_normal(seed, tf.range(count), tuple(x.shape[1:]), dtype=tf.as_dtype(dtype),
-                       stream=STREAM_INFIDELITY)
+    noise = compiled_row_draws("normal", seed, np.arange(count), tuple(x.shape[1:]), dtype=tf.as_dtype(dtype),
+                               stream=STREAM_INFIDELITY)
     # σ as the device has it: the float64 context cast to the model's dtype (not a float32 constant)
     scaled = (tf.cast(tf.constant(float(sigma), tf.float64), tf.as_dtype(dtype)) * noise).numpy()
     products = np.empty((x.shape[0], count))

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tfattr.core.random import STREAM_SENSITIVITY, row_uniform
+from tfattr.core.random import STREAM_SENSITIVITY, compiled_row_draws
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.metrics._common import check_positive_int, check_seed
 
@@ -41,7 +41,8 @@ class SensitivityResult:
 def sensitivity_perturbations(seed: int, count: int, shape, radius: float) -> np.ndarray:
     """``(count, *shape)`` float64 perturbations ``δⱼ ~ U[−r, r]`` per feature (captum's
     ``default_perturb_func``: the L∞ ball of radius ``r``); ``δⱼ`` from ``seed`` and ``j`` alone."""
-    draws = row_uniform(seed, tf.range(count), tuple(shape), dtype=tf.float64, stream=STREAM_SENSITIVITY).numpy()
+    draws = compiled_row_draws("uniform", seed, np.arange(count), tuple(shape), dtype=tf.float64,
+                               stream=STREAM_SENSITIVITY)
     return (2.0 * draws - 1.0) * float(radius)
 
 
