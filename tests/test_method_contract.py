@@ -47,6 +47,8 @@ WRONG = {
     "interpolate_mode": ["area", 1],
     "convention": ["torch", 1],
     "center": ["yes", 1],
+    "top_k": [0, 2.5],
+    "ablation_value": [float("nan"), "zero"],
     "input_baseline": ["zero", True],
     "reduce": ["mean", 1],
     "roots": [0, 1.5],
@@ -82,7 +84,8 @@ WRONG = {
 #: constructor arguments that are not options (the layer of a layer method)
 LAYER = {"GradCAM": {"layer": "conv"}, "RSIGradCAM": {"layer": "conv"}, "LayerIntegratedGradients": {"layer": "conv"},
          "LayerConductance": {"layer": "conv"}, "GradCAMPlusPlus": {"layer": "conv"}, "LayerCAM": {"layer": "conv"},
-         "XGradCAM": {"layer": "conv"}, "HiResCAM": {"layer": "conv"}, "EigenCAM": {"layer": "conv"}}
+         "XGradCAM": {"layer": "conv"}, "HiResCAM": {"layer": "conv"}, "EigenCAM": {"layer": "conv"},
+         "ScoreCAM": {"layer": "conv"}, "AblationCAM": {"layer": "conv"}}
 
 
 def _exported_methods():

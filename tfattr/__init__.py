@@ -43,6 +43,7 @@ from tfattr.core.quadrature import quadrature  # noqa: E402
 from tfattr.core.result import Explanation  # noqa: E402
 from tfattr.methods import (  # noqa: E402
     RISE,
+    AblationCAM,
     BlurIntegratedGradients,
     Deconvolution,
     DeepLift,
@@ -64,6 +65,7 @@ from tfattr.methods import (  # noqa: E402
     LayerIntegratedGradients,
     Occlusion,
     RSIGradCAM,
+    ScoreCAM,
     SmoothTaylor,
     XGradCAM,
     adaptive_noising,
@@ -99,6 +101,8 @@ __all__ = [
     "XGradCAM",
     "HiResCAM",
     "EigenCAM",
+    "ScoreCAM",
+    "AblationCAM",
     "Gradient",
     "InputXGradient",
     "GuidedBackprop",

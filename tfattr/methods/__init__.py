@@ -10,6 +10,7 @@ from tfattr.methods.integrated_gradients import IntegratedGradients
 from tfattr.methods.layer import LayerConductance, LayerIntegratedGradients, reduce_last_axis
 from tfattr.methods.perturbation import RISE, FeatureAblation, Occlusion
 from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, GuidedGradCAM
+from tfattr.methods.score_cams import AblationCAM, ScoreCAM
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "XGradCAM",
     "HiResCAM",
     "EigenCAM",
+    "ScoreCAM",
+    "AblationCAM",
     "Gradient",
     "InputXGradient",
     "IntegratedGradients",

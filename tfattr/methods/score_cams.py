@@ -1,0 +1,280 @@
+"""The gradient-free CAMs whose channel weights come from masked forward passes: Score-CAM
+(Wang et al. 2020, with Faster Score-CAM's channel selection) and Ablation-CAM (Desai &
+Ramaswamy 2020).
+
+Both first run Grad-CAM's pass (one forward and one backward to the layer per chunk of
+examples) for the layer's activations ``A`` ``(N, h, w, K)``, the explained score ``y`` and the
+explained class (``target=None``: the top-1, picked there); the gradients are not used. The
+channel weights then come from **forward rows** (:class:`~tfattr.core.engine.ForwardEngine`),
+one row per example and channel, built on the device per chunk from the row's example and
+channel, never all ``K`` masks of a batch at once:
+
+* Score-CAM: the row is the input masked by the channel's upsampled, min–max normalised map,
+  ``x ⊙ M_k``, scored by the model;
+* Ablation-CAM: the row starts *at the layer*: the model runs with the layer's output replaced
+  by ``A`` with channel ``k`` set to the ablation value
+  (:class:`~tfattr.core.gradients.LayerInjection`; the layers before it do not feed the score
+  and are pruned from the compiled pass, inputs that bypass the layer still reach the head).
+
+Every row scores the class explained at ``x``. The map is ``ReLU(Σ_k w_k A^k)`` with Grad-CAM's
+options (``relu``, ``upsample``, ``normalize``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from tfattr.core import checks
+from tfattr.core.checks import Option
+from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows
+from tfattr.core.gradients import LayerInjection
+from tfattr.errors import InvalidInputError, received
+from tfattr.methods.cams import _ActivationGradientCAM
+from tfattr.methods.gradcam import MAP_OPTIONS
+
+__all__ = ["ScoreCAM", "AblationCAM"]
+
+
+def _score_cam_rows(x, rows: ChunkRows):
+    """Score-CAM's masked inputs of one chunk: the map of row ``r`` is ``context[example, position]``
+    ``(h, w)``, bilinearly resized to the input (half-pixel centres, as Grad-CAM's upsampling),
+    min–max normalised to ``[0, 1]`` (a constant map gives the mask 0), times the example."""
+    maps = tf.gather_nd(rows.context, tf.stack([rows.example, rows.position], axis=1))
+    maps = tf.ensure_shape(maps, [None, None, None])  # (rows, h, w)
+    masks = tf.image.resize(tf.cast(maps, x.dtype)[..., None], x.shape[1:3], method="bilinear")  # (rows, H, W, 1)
+    masks = tf.cast(masks, x.dtype)
+    low = tf.reduce_min(masks, axis=[1, 2, 3], keepdims=True)
+    span = tf.reduce_max(masks, axis=[1, 2, 3], keepdims=True) - low
+    masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), tf.zeros_like(masks))
+    return tf.gather(x, rows.example) * tf.cast(masks, x.dtype)
+
+
+class _AblationRows:
+    """Ablation-CAM's rows of one chunk: the example's inputs and the layer's activations with channel
+    ``position`` set to the ablation value (``context`` = ``[A, value everywhere]``, ``(2, N, h, w, K)``).
+    One builder per activation shape ``(h, w, K)`` (the layers after it need the static shape)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(int(d) for d in shape)
+
+    def __call__(self, x, rows: ChunkRows):
+        context = tf.ensure_shape(rows.context, [2, None, *self.shape])
+        activations = tf.gather(context[0], rows.example)  # (rows, h, w, K)
+        value = tf.gather(context[1], rows.example)
+        ablated = tf.one_hot(rows.position, self.shape[-1], dtype=activations.dtype)[:, None, None, :]
+        injected = activations * (1.0 - ablated) + value * ablated
+        return [tf.gather(x, rows.example), tf.cast(injected, x.dtype)]
+
+
+class _ForwardCAM(_ActivationGradientCAM):
+    """Grad-CAM's pass for ``A``, ``y`` and the classes, then one forward row per example and channel."""
+
+    def builder(self, activations):
+        """The chunk builder (the same object for every call: one compiled chunk per input shape)."""
+        raise NotImplementedError
+
+    def __init__(self, model, layer=None, **options):
+        super().__init__(model, layer, **options)
+        self._forward_engines = {}
+        self._forward_lock = threading.Lock()
+
+    def forward_rows_model(self):
+        """What the forward rows run: the model (Score-CAM) or the model fed at the layer."""
+        return self.model
+
+    def forward_engine(self, targets, config) -> ForwardEngine:
+        key = ("index",) if targets.score_fn is None else ("callable", targets.score_fn)
+        key += ("output", targets.output)
+        with self._forward_lock:
+            engine = self._forward_engines.get(key)
+            if engine is None:
+                if targets.score_fn is not None:  # keep one callable engine at a time
+                    for old in [k for k in self._forward_engines if k[0] == "callable"]:
+                        del self._forward_engines[old]
+                engine = ForwardEngine(self.forward_rows_model(), targets.scorer)
+                self._forward_engines[key] = engine
+        engine.batch_size = config["batch_size"]
+        engine.parallel_chunks = int(config["parallel_chunks"])
+        engine.verbose = config["verbose"]
+        return engine
+
+    def _rows(self, activations, scores, config):
+        """``(ForwardRows, context, channels)``: ``channels`` ``(N, k)`` the channel of each row."""
+        raise NotImplementedError
+
+    def _weights(self, row_scores, scores, config):
+        """Channel weights ``(N, k)`` from the rows' scores ``(N, k)`` and ``y`` ``(N,)``."""
+        raise NotImplementedError
+
+    def _explain(self, x, targets, fx, config):
+        out = super()._explain(x, targets, fx, config)  # Grad-CAM's pass; _map keeps what the rows need
+        activations, scores, classes = out["info"]["activations"], np.asarray(out["scores"], np.float64), out["targets"]
+        num_examples = len(activations)
+        rows, context, channels = self._rows(activations, scores, config)
+        engine = self.forward_engine(targets, config)
+        result = engine.run(x, rows, self.builder(activations), np.asarray(classes, np.int32), combine="scores",
+                            context=context)
+        row_scores = result.row_scores.reshape(num_examples, -1)
+        weights = self._weights(row_scores, scores, config)
+        selected = np.take_along_axis(activations, channels[:, None, None, :], axis=-1)
+        raw = np.einsum("nk,nhwk->nhw", weights, selected)
+        out["attributions"] = self._finish(raw, tuple(x.shape[1:]), config)
+        out["info"].update(weights=weights, channel_scores=row_scores, channels=channels,
+                           forward_rows=len(rows), forward_passes=result.chunks)
+        return out
+
+    def _map(self, g, activations, scores, config):
+        return np.zeros(activations.shape[:3]), {}  # replaced in _explain once the rows have run
+
+
+class ScoreCAM(_ForwardCAM):
+    """Score-CAM (Wang et al. 2020): each channel's map, upsampled to the input and min–max
+    normalised, masks the input; the channel weight is the model's score on the masked input.
+
+    ``M_k = s(Up(A^k))`` with ``s(m) = (m − min m) / (max m − min m)`` (eq. 3 of the paper; a
+    constant map gives ``M_k = 0``), ``C(A^k) = f_c(x ⊙ M_k)`` (eq. 4; the paper subtracts
+    ``f_c(x_b)`` of a baseline, a constant that the softmax below cancels),
+    ``w_k = softmax_k(C(A^k))`` over the channels (Algorithm 1), and the map
+    ``L = ReLU(Σ_k w_k A^k)`` (eq. 6), bilinearly upsampled to the input size.
+
+    Args:
+        model: the Keras model.
+        layer: as :class:`~tfattr.methods.gradcam.GradCAM` (name, nested path, index or layer
+            object; default: the last layer with a 4-D output).
+        weighting: ``"softmax"`` (default; the paper's Algorithm 1 and pytorch-grad-cam's
+            ``score_cam.py``: ``w = softmax over channels of the target scores``) or ``"score"``
+            (the raw target scores ``w_k = f_c(x ⊙ M_k)``, no softmax over channels:
+            tf-keras-vis's ``scorecam.py``, which scores the class *probability* — it applies a
+            softmax over the classes to the model's output — so its weights are this option's with
+            a model ending in a softmax, or with a callable ``target`` returning the probability).
+        top_k: ``None`` (default, every channel) or ``k``: Faster Score-CAM (tf-keras-vis's
+            ``max_N``): only the ``k`` channels whose activations have the largest standard
+            deviation over positions are masked, weighted and summed (per example; ties go to the
+            lower channel index). tf-keras-vis takes the union of the examples' selections over the
+            batch, which makes one example's map depend on the others in its batch; tfattr does not.
+        relu, upsample, normalize: the map options of :class:`~tfattr.methods.gradcam.GradCAM`.
+        batch_size, parallel_chunks, verbose: the masked inputs are forward rows (``"auto"``
+            sizes them; results do not depend on it beyond float32 rounding).
+        output: the explained output of a model with several (see
+            :class:`~tfattr.methods.base.AttributionMethod`).
+
+    Upsampling of the masks: bilinear with half-pixel centres (``tf.image.resize``, as the maps'
+    upsampling); pytorch-grad-cam uses ``align_corners=True`` and tf-keras-vis ``scipy.ndimage.zoom``
+    (``order=1``), which place the samples slightly differently; both add ``10⁻⁸``/``10⁻⁷`` to the
+    range in ``s``.
+
+    Cost: Grad-CAM's pass, then ``K`` (or ``top_k``) forward passes of the whole model per example.
+    ``info["weights"]`` holds ``w_k`` ``(N, k)``, ``info["channel_scores"]`` the masked scores
+    ``(N, k)``, ``info["channels"]`` the channel of each weight ``(N, k)`` and
+    ``info["activations"]`` ``A`` ``(N, h, w, K)``.
+
+    Example:
+        >>> ScoreCAM(model, layer="block5_conv3", top_k=32).attribute(images).attributions  # (N, H, W)
+    """
+
+    name = "scorecam"
+    options = MAP_OPTIONS + (Option("weighting", "softmax", checks.choices("softmax", "score")),
+                             Option("top_k", None, checks.optional(checks.positive_int)))
+
+    def builder(self, activations):
+        return _score_cam_rows
+
+    def describe(self, config) -> str:
+        extra = "" if config["weighting"] == "softmax" else f", weighting={config['weighting']}"
+        extra += "" if config["top_k"] is None else f", top_k={config['top_k']}"
+        return f"scorecam(layer={self.layer.name}{extra})"
+
+    def _rows(self, activations, scores, config):
+        num, _, _, channels = activations.shape
+        k = channels if config["top_k"] is None else int(config["top_k"])
+        if k > channels:
+            raise InvalidInputError(f"`top_k` must be at most the {channels} channels of layer {self.layer.name!r}. "
+                                    + received("top_k", k))
+        if k == channels:
+            chosen = np.tile(np.arange(channels), (num, 1))
+        else:
+            spread = activations.std(axis=(1, 2))  # (N, K), tf-keras-vis's reduce_std over positions
+            chosen = np.sort(np.argsort(-spread, axis=1, kind="stable")[:, :k], axis=1)
+        maps = np.take_along_axis(activations, chosen[:, None, None, :], axis=-1)  # (N, h, w, k)
+        return ForwardRows.repeat(num, k), np.transpose(maps, (0, 3, 1, 2)), chosen
+
+    def _weights(self, row_scores, scores, config):
+        if config["weighting"] == "score":
+            return row_scores
+        shifted = row_scores - row_scores.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+class AblationCAM(_ForwardCAM):
+    """Ablation-CAM (Desai & Ramaswamy 2020): the channel weight is the relative drop of the score
+    when the channel is ablated, ``w_k = (y − y_k) / y`` (eq. 4 of the paper; ``y_k`` is the score
+    with the layer's channel ``k`` set to 0 everywhere), and the map ``L = ReLU(Σ_k w_k A^k)``
+    (eq. 5), bilinearly upsampled to the input size.
+
+    Each ablated channel is a forward row that starts at the layer: the model runs with the
+    layer's output replaced by the ablated activations (the layers before it are not rerun per
+    row; inputs that bypass the layer, such as skip connections around it, keep their values).
+
+    Args:
+        model: the Keras model.
+        layer: as :class:`~tfattr.methods.gradcam.GradCAM`.
+        ablation_value: the value the ablated channel is set to (default ``0.0``, the paper's).
+            pytorch-grad-cam's ``AblationLayer`` uses 0 when the batch's smallest activation is 0
+            and otherwise that minimum minus ``10⁷``; pass such a value here to reproduce it.
+        relu, upsample, normalize: the map options of :class:`~tfattr.methods.gradcam.GradCAM`.
+        batch_size, parallel_chunks, verbose: the ablated channels are forward rows.
+        output: the explained output of a model with several (see
+            :class:`~tfattr.methods.base.AttributionMethod`).
+
+    ``y`` is the explained score itself (a logit, or a probability for a model ending in a
+    softmax): the weights assume ``y > 0`` (for ``y < 0`` the division flips their signs, as
+    in pytorch-grad-cam); ``y = 0`` raises an error (the weight is undefined).
+
+    When the layer is followed by global average pooling and a linear head
+    ``y = Σ_k W_k mean(A^k) + b``, ablating channel ``k`` removes its term:
+    ``w_k = W_k mean(A^k) / y``.
+
+    ``info["weights"]`` holds ``w_k`` ``(N, K)``, ``info["channel_scores"]`` ``y_k`` ``(N, K)`` and
+    ``info["activations"]`` ``A``.
+
+    Example:
+        >>> AblationCAM(model, layer="block5_conv3").attribute(images).attributions  # (N, H, W)
+    """
+
+    name = "ablationcam"
+    options = MAP_OPTIONS + (Option("ablation_value", 0.0, checks.finite_number),)
+
+    def __init__(self, model, layer=None, **options):
+        super().__init__(model, layer, **options)
+        self._injection = None
+        self._builders = {}
+
+    def builder(self, activations):
+        shape = tuple(activations.shape[1:])
+        with self._forward_lock:
+            return self._builders.setdefault(shape, _AblationRows(shape))
+
+    def describe(self, config) -> str:
+        extra = "" if config["ablation_value"] == 0 else f", ablation_value={config['ablation_value']:g}"
+        return f"ablationcam(layer={self.layer.name}{extra})"
+
+    def forward_rows_model(self):
+        if self._injection is None:
+            self._injection = LayerInjection(self.model, self.layer, "output")
+        return self._injection
+
+    def _rows(self, activations, scores, config):
+        num, _, _, channels = activations.shape
+        context = np.stack([activations, np.full(activations.shape, float(config["ablation_value"]))])
+        return ForwardRows.repeat(num, channels), context, np.tile(np.arange(channels), (num, 1))
+
+    def _weights(self, row_scores, scores, config):
+        if np.any(scores == 0):
+            raise InvalidInputError(
+                "Ablation-CAM divides by the explained score y, which is 0 for some example; explain another "
+                "class or output. " + received("scores", scores.tolist()))
+        return (scores[:, None] - row_scores) / scores[:, None]
