@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_float32_close
+from conftest import assert_float32_close, small_cnn
 from test_cams import IMAGES, TARGETS, cnn
 
 from tfattr import AblationCAM, ScoreCAM
@@ -97,7 +97,9 @@ def test_score_cam_equals_numpy_from_masked_inputs_run_here(model, weighting):
     default = ScoreCAM(model, layer="conv2", weighting=weighting, batch_size=4).attribute(IMAGES, TARGETS)
     expected = tf.image.resize(np.maximum(raw, 0)[..., None], (8, 8), method="bilinear").numpy()[..., 0]
     assert_float32_close(np.asarray(default), expected)
-    assert signed.info["forward_rows"] == 15 and signed.info["forward_passes"] == 4  # ceil(3·5 / 4) chunks
+    # one pass to the layer (3 examples ≤ 4), then ceil(3·5 / 4) chunks of masked inputs; no gradient
+    assert signed.info["forward_rows"] == 15 and signed.info["forward_passes"] == 1 + 4
+    assert signed.gradients == 0
 
 
 def test_score_cam_top_k_keeps_the_channels_of_largest_spread(model):
@@ -210,3 +212,18 @@ def test_output_picks_the_explained_head_of_a_model_with_two(cls):
 def test_ablation_cam_zero_score_is_an_error(model):
     with pytest.raises(InvalidInputError, match="Received: scores"):
         AblationCAM(model, layer="conv2").attribute(IMAGES, lambda out: out[:, 0] * 0.0)
+
+
+@pytest.mark.parametrize("cls", [ScoreCAM, AblationCAM], ids=lambda c: c.__name__)
+def test_model_calls_are_one_pass_to_the_layer_then_the_chunks_of_rows(cls):
+    """5 examples, batch_size=2: ceil(5/2) = 3 passes for A, y and the top-1 class (no separate
+    pass for the targets), then ceil(5·8/2) = 20 chunks of rows (8 channels in the default layer)."""
+    model = small_cnn("relu", counter=True)
+    counter = model.get_layer("counter").calls
+    images = np.random.default_rng(5).uniform(0, 1, size=(5, 16, 16, 3)).astype(np.float32)
+    cls(model, batch_size=2).attribute(images[:1])  # the default layer is found and the chunks traced
+    before = int(counter.numpy())
+    expl = cls(model, batch_size=2).attribute(images)
+    assert int(counter.numpy()) - before == 3 + 20
+    assert expl.info["forward_passes"] == 23 and expl.gradients == 0
+    np.testing.assert_array_equal(expl.targets, model.predict(images, verbose=0).argmax(axis=1))

@@ -910,8 +910,10 @@ def forward_weighted(scores, vectors, weight):
 
 
 #: the named combinations of forward rows (a callable ``(scores, vectors, weight) -> (rows, …)``
-#: contributions is accepted too); ``"scores"`` sums nothing: the row scores are the result
-FORWARD_COMBINES = ("scores", "weighted")
+#: contributions is accepted too); ``"scores"`` sums nothing: the row scores are the result;
+#: ``"values"`` sums what the model returns besides its outputs (a tapped model
+#: ``points -> (outputs, values)``, :class:`~tfattr.core.gradients.LayerTap`: a layer's activations)
+FORWARD_COMBINES = ("scores", "weighted", "values")
 
 
 class _ForwardScores:
@@ -1008,10 +1010,14 @@ class ForwardEngine:
             points, vectors = built if isinstance(built, tuple) else (built, None)
             classes = record_classes()
             outputs = model(points if layout is None else layout.unpack(points), training=False)
+            if combine == "values":
+                outputs, values = outputs
             scores = select_scores(outputs, target_rows, score_fn)
             classes = recorded_classes(classes, target_rows)
             if combine == "scores":
                 sums = tf.zeros([0], acc_dtype)
+            elif combine == "values":
+                sums = tf.math.unsorted_segment_sum(tf.cast(values, acc_dtype), example - first, count)
             else:
                 if vectors is None:
                     raise InvalidInputError("A combined forward run needs `build` to return (points, vectors). "
@@ -1043,7 +1049,10 @@ class ForwardEngine:
             target_indices: ``(N,)`` class per example (ignored by a callable ``score_fn``; a
                 negative class scores each row's top-1).
             combine: ``"scores"`` (the row scores are the result), ``"weighted"``
-                (:func:`forward_weighted`, per-example ``Σ_r w_r s_r v_r``) or a callable
+                (:func:`forward_weighted`, per-example ``Σ_r w_r s_r v_r``), ``"values"`` (the
+                engine's model returns ``(outputs, values)``, e.g. a
+                :class:`~tfattr.core.gradients.LayerTap`; per-example ``Σ_r values_r``: with one
+                row per example, a layer's activations from forward passes only) or a callable
                 ``(scores, vectors, weight) -> (rows, …)`` contributions, summed per example.
             context: a float64 array handed to ``build`` (default an empty vector).
             layout: the :class:`~tfattr.core.structure.InputLayout` of a packed ``x``.

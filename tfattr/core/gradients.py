@@ -23,7 +23,7 @@ import tensorflow as tf
 from tfattr.core.layers import LAYER_CALL_LOCK, patched_call
 from tfattr.core.targets import select_scores
 
-__all__ = ["InputGradients", "compiled_forward", "input_gradients"]
+__all__ = ["InputGradients", "compiled_forward", "input_gradients", "LayerTap"]
 
 
 def _call_model(model, inputs):
@@ -362,3 +362,18 @@ class LayerInjection:
     def capture(self, model_inputs):
         """The layer's output (``attribute_to="output"``) or input on ``model_inputs`` (eager)."""
         return self._run(model_inputs)[1]
+
+
+class LayerTap:
+    """The model that also returns one layer's output: ``tap(inputs) -> (outputs, activations)``
+    (forward only; the layer must run exactly once). The forward rows' ``combine="values"``
+    (:class:`~tfattr.core.engine.ForwardEngine`) runs it: a layer's activations, the score and the
+    top-1 class of each example from one forward pass, no backward."""
+
+    def __init__(self, model, layer):
+        self.model, self.layer = model, layer
+        self._injection = LayerInjection(model, layer, "output")
+        self.name = self._injection.name
+
+    def __call__(self, inputs, training=False):
+        return self._injection._run(inputs, None, training)

@@ -16,11 +16,13 @@ differ, each class's docstring says how, and Grad-CAM++ offers both conventions.
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
 from tfattr.baselines.registry import BaselineSet
 from tfattr.core import checks
 from tfattr.core.checks import Option
-from tfattr.core.engine import PathRows
+from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows, PathRows
+from tfattr.core.gradients import LayerTap
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.gradcam import MAP_OPTIONS, _LayerMethod
@@ -67,6 +69,53 @@ class _ActivationGradientCAM(_LayerMethod, AttributionMethod):
         info = dict({"layer": self.layer.name}, **info, activations=activations)
         return Explained(attributions=cam, gradients=len(rows), scores=result.row_scores, targets=result.row_classes,
                          info=info)
+
+
+def _same_inputs(x, rows: ChunkRows):
+    """The forward rows of a pass to a layer: each row is its example unchanged."""
+    return tf.gather(x, rows.example)
+
+
+class _LayerForward:
+    """A layer's activations, the explained score and class from forward passes only (no backward):
+    one forward row per example through a :class:`~tfattr.core.gradients.LayerTap`,
+    ``combine="values"``."""
+
+    def forward_engine(self, model, targets, config, kind="tap") -> ForwardEngine:
+        """A cached :class:`ForwardEngine` of ``model`` for the target kind (``kind`` names the model)."""
+        key = (kind,) + (("index",) if targets.score_fn is None else ("callable", targets.score_fn))
+        key += ("output", targets.output)
+        with self._engine_lock:
+            engines = self.__dict__.setdefault("_forward_engines", {})
+            engine = engines.get(key)
+            if engine is None:
+                if targets.score_fn is not None:  # keep one callable engine at a time
+                    for old in [k for k in engines if k[1] == "callable"]:
+                        del engines[old]
+                engine = ForwardEngine(model, targets.scorer)
+                engines[key] = engine
+        engine.batch_size = config["batch_size"]
+        engine.parallel_chunks = int(config["parallel_chunks"])
+        engine.verbose = config["verbose"]
+        return engine
+
+    def layer_forward(self, x, targets, config):
+        """``(A (N, h, w, K) float64, scores (N,), classes (N,), forward passes)``."""
+        self._ready_layer(x)
+        with self._engine_lock:
+            tap = self.__dict__.get("_tap")
+            if tap is None or tap.layer is not self.layer:
+                tap = self._tap = LayerTap(self.model, self.layer)
+        num_examples = int(x.shape[0])
+        result = self.forward_engine(tap, targets, config).run(
+            x, ForwardRows.repeat(num_examples, 1), _same_inputs, targets.indices, combine="values")
+        activations = np.asarray(result.sums, np.float64)
+        if activations.ndim != 4:
+            raise InvalidInputError(
+                f"Layer {self.layer.name!r} must output (batch, height, width, channels) maps. "
+                + received("activations.shape", activations.shape)
+            )
+        return activations, result.row_scores, result.row_classes, result.chunks
 
 
 def _channel_sums(activations: np.ndarray) -> np.ndarray:
@@ -237,7 +286,7 @@ class HiResCAM(_ActivationGradientCAM):
         return (g * activations).sum(axis=-1), {}
 
 
-class EigenCAM(_ActivationGradientCAM):
+class EigenCAM(_LayerForward, _ActivationGradientCAM):
     """Eigen-CAM (Muhammad & Yeasin 2020): the layer's activations projected on their first
     principal component. Per example, the ``(h·w, K)`` matrix ``A`` of positions × channels is
     centred over positions (``A − mean_ij A``, as pytorch-grad-cam's ``get_2d_projection``;
@@ -246,8 +295,9 @@ class EigenCAM(_ActivationGradientCAM):
     ``ReLU`` (with ``relu=True``) and bilinear upsampling.
 
     No gradient enters and the map does not depend on ``target`` (the explained class is still
-    reported in the :class:`~tfattr.core.result.Explanation`). It runs Grad-CAM's pass, whose
-    backward only reaches the layer (the head's cost).
+    reported in the :class:`~tfattr.core.result.Explanation`). It runs forward passes only (one
+    per chunk of examples, :class:`~tfattr.core.gradients.LayerTap`), which give the layer's
+    activations, the explained score and the top-1 class (``target=None``); no backward.
 
     Sign rule: a singular vector's sign is arbitrary (LAPACK's choice; pytorch-grad-cam's
     ``EigenCAM`` keeps whatever NumPy returns, so its map may be the negative of this one before
@@ -288,3 +338,10 @@ class EigenCAM(_ActivationGradientCAM):
         power = (singular**2).sum(axis=1)
         explained = np.where(power > 0, singular[:, 0] ** 2 / np.where(power > 0, power, 1.0), 0.0)
         return projection.reshape(num, height, width), {"component": component, "explained_variance": explained}
+
+    def _explain(self, x, targets, fx, config) -> Explained:
+        activations, scores, classes, passes = self.layer_forward(x, targets, config)
+        raw, info = self._map(None, activations, scores, config)
+        cam = self._finish(raw, tuple(x.shape[1:]), config)
+        info = dict({"layer": self.layer.name}, **info, activations=activations, forward_passes=passes)
+        return Explained(attributions=cam, gradients=0, scores=scores, targets=classes, info=info)

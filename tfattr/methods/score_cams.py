@@ -2,9 +2,10 @@
 (Wang et al. 2020, with Faster Score-CAM's channel selection) and Ablation-CAM (Desai &
 Ramaswamy 2020).
 
-Both first run Grad-CAM's pass (one forward and one backward to the layer per chunk of
-examples) for the layer's activations ``A`` ``(N, h, w, K)``, the explained score ``y`` and the
-explained class (``target=None``: the top-1, picked there); the gradients are not used. The
+Both first run forward passes to the layer (one per chunk of examples,
+:class:`~tfattr.core.gradients.LayerTap`, no backward) for the layer's activations ``A``
+``(N, h, w, K)``, the explained score ``y`` and the explained class (``target=None``: the top-1,
+picked there). The
 channel weights then come from **forward rows** (:class:`~tfattr.core.engine.ForwardEngine`),
 one row per example and channel, built on the device per chunk from the row's example and
 channel, never all ``K`` masks of a batch at once:
@@ -22,17 +23,16 @@ options (``relu``, ``upsample``, ``normalize``).
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import tensorflow as tf
 
 from tfattr.core import checks
 from tfattr.core.checks import Option
-from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows
+from tfattr.core.engine import ChunkRows, ForwardRows
 from tfattr.core.gradients import LayerInjection
 from tfattr.errors import InvalidInputError, received
-from tfattr.methods.cams import _ActivationGradientCAM
+from tfattr.methods.base import Explained
+from tfattr.methods.cams import _ActivationGradientCAM, _LayerForward
 from tfattr.methods.gradcam import MAP_OPTIONS
 
 __all__ = ["ScoreCAM", "AblationCAM"]
@@ -69,37 +69,17 @@ class _AblationRows:
         return [tf.gather(x, rows.example), tf.cast(injected, x.dtype)]
 
 
-class _ForwardCAM(_ActivationGradientCAM):
-    """Grad-CAM's pass for ``A``, ``y`` and the classes, then one forward row per example and channel."""
+class _ForwardCAM(_LayerForward, _ActivationGradientCAM):
+    """A forward pass to the layer for ``A``, ``y`` and the classes, then one forward row per example
+    and channel."""
 
     def builder(self, activations):
         """The chunk builder (the same object for every call: one compiled chunk per input shape)."""
         raise NotImplementedError
 
-    def __init__(self, model, layer=None, **options):
-        super().__init__(model, layer, **options)
-        self._forward_engines = {}
-        self._forward_lock = threading.Lock()
-
     def forward_rows_model(self):
         """What the forward rows run: the model (Score-CAM) or the model fed at the layer."""
         return self.model
-
-    def forward_engine(self, targets, config) -> ForwardEngine:
-        key = ("index",) if targets.score_fn is None else ("callable", targets.score_fn)
-        key += ("output", targets.output)
-        with self._forward_lock:
-            engine = self._forward_engines.get(key)
-            if engine is None:
-                if targets.score_fn is not None:  # keep one callable engine at a time
-                    for old in [k for k in self._forward_engines if k[0] == "callable"]:
-                        del self._forward_engines[old]
-                engine = ForwardEngine(self.forward_rows_model(), targets.scorer)
-                self._forward_engines[key] = engine
-        engine.batch_size = config["batch_size"]
-        engine.parallel_chunks = int(config["parallel_chunks"])
-        engine.verbose = config["verbose"]
-        return engine
 
     def _rows(self, activations, scores, config):
         """``(ForwardRows, context, channels)``: ``channels`` ``(N, k)`` the channel of each row."""
@@ -109,25 +89,20 @@ class _ForwardCAM(_ActivationGradientCAM):
         """Channel weights ``(N, k)`` from the rows' scores ``(N, k)`` and ``y`` ``(N,)``."""
         raise NotImplementedError
 
-    def _explain(self, x, targets, fx, config):
-        out = super()._explain(x, targets, fx, config)  # Grad-CAM's pass; _map keeps what the rows need
-        activations, scores, classes = out["info"]["activations"], np.asarray(out["scores"], np.float64), out["targets"]
+    def _explain(self, x, targets, fx, config) -> Explained:
+        activations, scores, classes, passes = self.layer_forward(x, targets, config)
         num_examples = len(activations)
         rows, context, channels = self._rows(activations, scores, config)
-        engine = self.forward_engine(targets, config)
+        engine = self.forward_engine(self.forward_rows_model(), targets, config, kind="rows")
         result = engine.run(x, rows, self.builder(activations), np.asarray(classes, np.int32), combine="scores",
                             context=context)
         row_scores = result.row_scores.reshape(num_examples, -1)
         weights = self._weights(row_scores, scores, config)
         selected = np.take_along_axis(activations, channels[:, None, None, :], axis=-1)
-        raw = np.einsum("nk,nhwk->nhw", weights, selected)
-        out["attributions"] = self._finish(raw, tuple(x.shape[1:]), config)
-        out["info"].update(weights=weights, channel_scores=row_scores, channels=channels,
-                           forward_rows=len(rows), forward_passes=result.chunks)
-        return out
-
-    def _map(self, g, activations, scores, config):
-        return np.zeros(activations.shape[:3]), {}  # replaced in _explain once the rows have run
+        cam = self._finish(np.einsum("nk,nhwk->nhw", weights, selected), tuple(x.shape[1:]), config)
+        info = {"layer": self.layer.name, "weights": weights, "channel_scores": row_scores, "channels": channels,
+                "activations": activations, "forward_rows": len(rows), "forward_passes": passes + result.chunks}
+        return Explained(attributions=cam, gradients=0, scores=scores, targets=classes, info=info)
 
 
 class ScoreCAM(_ForwardCAM):
@@ -166,7 +141,7 @@ class ScoreCAM(_ForwardCAM):
     (``order=1``), which place the samples slightly differently; both add ``10⁻⁸``/``10⁻⁷`` to the
     range in ``s``.
 
-    Cost: Grad-CAM's pass, then ``K`` (or ``top_k``) forward passes of the whole model per example.
+    Cost: a forward pass per chunk of examples for ``A``, then ``K`` (or ``top_k``) forward passes of the whole model per example.
     ``info["weights"]`` holds ``w_k`` ``(N, k)``, ``info["channel_scores"]`` the masked scores
     ``(N, k)``, ``info["channels"]`` the channel of each weight ``(N, k)`` and
     ``info["activations"]`` ``A`` ``(N, h, w, K)``.
@@ -255,7 +230,7 @@ class AblationCAM(_ForwardCAM):
 
     def builder(self, activations):
         shape = tuple(activations.shape[1:])
-        with self._forward_lock:
+        with self._engine_lock:
             return self._builders.setdefault(shape, _AblationRows(shape))
 
     def describe(self, config) -> str:
@@ -263,7 +238,7 @@ class AblationCAM(_ForwardCAM):
         return f"ablationcam(layer={self.layer.name}{extra})"
 
     def forward_rows_model(self):
-        if self._injection is None:
+        if self._injection is None or self._injection.layer is not self.layer:
             self._injection = LayerInjection(self.model, self.layer, "output")
         return self._injection
 
