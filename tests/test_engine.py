@@ -389,6 +389,35 @@ def test_forward_rows_score_the_top1_class_or_the_chosen_output():
     assert_close(half.row_scores, 0.5 * outputs[np.arange(len(rows)), np.array([2, 1])[rows.example]])
 
 
+def _at_layer(x, rows: ChunkRows):
+    """Rows that start at a layer: the example and the layer's value (``context``, one row each; the
+    context has no static shape, the layers after the injection need the value's)."""
+    return [tf.gather(x, rows.example), tf.ensure_shape(tf.gather(rows.context, rows.row), [None, 32])]
+
+
+@pytest.mark.parametrize("batch_size", (1, 4))
+def test_forward_rows_return_a_layers_values_and_can_start_at_a_layer(batch_size):
+    """``combine="values"`` with a LayerTap sums the layer's activations per example (the masked
+    points flattened, by the Reshape layer); a LayerInjection model runs rows from the layer."""
+    from tfattr.core.gradients import LayerInjection, LayerTap
+
+    model, m, b = _linear_model()
+    flat = model.layers[1]
+    x = np.random.default_rng(4).normal(size=(3,) + SHAPE)
+    rows = ForwardRows.repeat(3, 2)
+    tapped = ForwardEngine(LayerTap(model, flat), batch_size=batch_size, verbose=0).run(
+        x, rows, masked, [-1, -1, -1], combine="values", context=[SEED])
+    points = (x[rows.example] * _masks(len(rows))[..., None]).reshape(len(rows), -1)
+    assert_close(tapped.sums, _segment(points, rows.example, 3))
+    outputs = points @ m + b
+    np.testing.assert_array_equal(tapped.row_classes, outputs.argmax(axis=1))
+    assert_close(tapped.row_scores, outputs.max(axis=1))
+    values = np.random.default_rng(5).normal(size=(len(rows), points.shape[1]))
+    injected = ForwardEngine(LayerInjection(model, flat), batch_size=batch_size, verbose=0).run(
+        x, rows, _at_layer, [0, 2, 1], context=values)
+    assert_close(injected.row_scores, (values @ m + b)[np.arange(len(rows)), np.array([0, 2, 1])[rows.example]])
+
+
 def test_forward_rows_of_a_model_with_several_inputs_build_packed_points():
     from tfattr.core.inputs import model_spec, validate_inputs
 

@@ -141,7 +141,8 @@ class ScoreCAM(_ForwardCAM):
     (``order=1``), which place the samples slightly differently; both add ``10⁻⁸``/``10⁻⁷`` to the
     range in ``s``.
 
-    Cost: a forward pass per chunk of examples for ``A``, then ``K`` (or ``top_k``) forward passes of the whole model per example.
+    Cost: a forward pass per chunk of examples for ``A``, then ``K`` (or ``top_k``) forward passes
+    of the whole model per example.
     ``info["weights"]`` holds ``w_k`` ``(N, k)``, ``info["channel_scores"]`` the masked scores
     ``(N, k)``, ``info["channels"]`` the channel of each weight ``(N, k)`` and
     ``info["activations"]`` ``A`` ``(N, h, w, K)``.
