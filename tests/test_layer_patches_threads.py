@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import assert_float32_close, small_cnn
 
-from tfattr import GradCAM, Gradient, IntegratedGradients, LayerConductance, LayerIntegratedGradients, RSIGradCAM
+from tfattr import AblationCAM, GradCAM, Gradient, IntegratedGradients, LayerConductance, LayerIntegratedGradients, RSIGradCAM, ScoreCAM
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,8 @@ METHODS = {
     "rsi": lambda m: RSIGradCAM(m, layer=-4, steps=6, batch_size=4),
     "layer_ig": lambda m: LayerIntegratedGradients(m, layer=1, steps=6, batch_size=4),
     "conductance": lambda m: LayerConductance(m, layer=1, steps=6, batch_size=4),
+    "scorecam": lambda m: ScoreCAM(m, batch_size=4),  # the layer tapped, then masked inputs
+    "ablationcam": lambda m: AblationCAM(m, batch_size=4),  # the layer tapped, then rows injected at it
 }
 
 

@@ -86,6 +86,8 @@ METHODS = {
     "gradient_shap": lambda m: tfattr.GradientShap(m, baselines=np.random.default_rng(2).uniform(0, 1, (4, 8, 8, 3)),
                                                    n_samples=4, stdevs=0.1),
     "blur_ig": lambda m: tfattr.BlurIntegratedGradients(m, max_sigma=3.0, steps=6),
+    "scorecam": lambda m: tfattr.ScoreCAM(m, layer="conv"),
+    "ablationcam": lambda m: tfattr.AblationCAM(m, layer="conv"),
 }
 
 

@@ -7,6 +7,8 @@ one backward pass to the layer, giving the gradients ``g = ∂y/∂A`` and the a
 ``(N, h, w, K)``; the map is then computed on the host in float64 from ``g`` and ``A`` and goes
 through Grad-CAM's map options (``relu``, ``upsample``, ``normalize``). The layer is resolved as
 Grad-CAM's (a name, a nested path, an index or a layer; default the last layer with a 4-D output).
+Eigen-CAM needs no gradient: its pass is forward only (:class:`_LayerForward`: the model with the
+layer tapped, one forward row per example, ``combine="values"``).
 
 The equations follow the papers; where the most used implementations (pytorch-grad-cam,
 ``jacobgil/pytorch-grad-cam`` at 084273b; tf-keras-vis, ``keisen/tf-keras-vis`` at 8bb8392)
