@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from conftest import assert_float32_close, small_cnn
 
-from tfattr import AblationCAM, GradCAM, Gradient, IntegratedGradients, LayerConductance, LayerIntegratedGradients, RSIGradCAM, ScoreCAM
+from tfattr import (
+    AblationCAM,
+    GradCAM,
+    Gradient,
+    IntegratedGradients,
+    LayerConductance,
+    LayerIntegratedGradients,
+    RSIGradCAM,
+    ScoreCAM,
+)
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,12 @@ def score_cam_numpy(model, images, targets, weighting="softmax", channels=None):
             mask = (up - up.min()) / span if span > 0 else np.zeros_like(up)
             masked.append(images[n] * mask[..., None])
         scores = class_scores(model, np.stack(masked), np.full(len(masked), targets[n]))
-        w = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() if weighting == "softmax" else scores
+        if weighting == "softmax":
+            w = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+        elif weighting == "increment":  # minus the score of the black image
+            w = scores - class_scores(model, np.zeros_like(images[:1]), targets[n : n + 1])[0]
+        else:
+            w = scores
         raws.append(np.einsum("k,hwk->hw", w, a[n][..., channels[n]]))
         weights.append(w)
         all_scores.append(scores)
@@ -82,7 +87,7 @@ def ablation_cam_numpy(model, images, targets, value=0.0):
     return np.einsum("nk,nhwk->nhw", weights, a), weights, np.stack(ablated_scores)
 
 
-@pytest.mark.parametrize("weighting", ["softmax", "score"])
+@pytest.mark.parametrize("weighting", ["softmax", "score", "increment"])
 def test_score_cam_equals_numpy_from_masked_inputs_run_here(model, weighting):
     raw, weights, scores = score_cam_numpy(model, IMAGES, TARGETS, weighting)
     signed = ScoreCAM(model, layer="conv2", relu=False, upsample=False, weighting=weighting,
@@ -93,12 +98,18 @@ def test_score_cam_equals_numpy_from_masked_inputs_run_here(model, weighting):
     if weighting == "softmax":  # a distribution over channels
         np.testing.assert_allclose(signed.info["weights"].sum(axis=1), 1.0, rtol=1e-12)
     assert np.ptp(scores, axis=1).min() > 1e-3  # the masks change the scores: the weights are not flat
+    if weighting == "increment":
+        black = class_scores(model, np.zeros_like(IMAGES), TARGETS)
+        assert_float32_close(signed.info["baseline_score"], black)
+        assert np.abs(black).min() > 1e-2  # the subtraction matters
     # default options: ReLU, then bilinear upsampling to 8×8 (Grad-CAM's)
     default = ScoreCAM(model, layer="conv2", weighting=weighting, batch_size=4).attribute(IMAGES, TARGETS)
     expected = tf.image.resize(np.maximum(raw, 0)[..., None], (8, 8), method="bilinear").numpy()[..., 0]
     assert_float32_close(np.asarray(default), expected)
-    # one pass to the layer (3 examples ≤ 4), then ceil(3·5 / 4) chunks of masked inputs; no gradient
-    assert signed.info["forward_rows"] == 15 and signed.info["forward_passes"] == 1 + 4
+    # one pass to the layer (3 examples ≤ 4), then ceil(3·5 / 4) chunks of masked inputs (3·6 rows
+    # with the black image of "increment"); no gradient
+    rows = 18 if weighting == "increment" else 15
+    assert signed.info["forward_rows"] == rows and signed.info["forward_passes"] == 1 + -(-rows // 4)
     assert signed.gradients == 0
 
 

@@ -98,10 +98,14 @@ class _ForwardCAM(_LayerForward, _ActivationGradientCAM):
                             context=context)
         row_scores = result.row_scores.reshape(num_examples, -1)
         weights = self._weights(row_scores, scores, config)
+        extra = row_scores[:, channels.shape[1]:]  # Score-CAM's increments add a row at the zero image
+        row_scores = row_scores[:, : channels.shape[1]]
         selected = np.take_along_axis(activations, channels[:, None, None, :], axis=-1)
         cam = self._finish(np.einsum("nk,nhwk->nhw", weights, selected), tuple(x.shape[1:]), config)
         info = {"layer": self.layer.name, "weights": weights, "channel_scores": row_scores, "channels": channels,
                 "activations": activations, "forward_rows": len(rows), "forward_passes": passes + result.chunks}
+        if extra.size:
+            info["baseline_score"] = extra[:, 0]
         return Explained(attributions=cam, gradients=0, scores=scores, targets=classes, info=info)
 
 
@@ -124,7 +128,13 @@ class ScoreCAM(_ForwardCAM):
             (the raw target scores ``w_k = f_c(x ⊙ M_k)``, no softmax over channels:
             tf-keras-vis's ``scorecam.py``, which scores the class *probability* — it applies a
             softmax over the classes to the model's output — so its weights are this option's with
-            a model ending in a softmax, or with a callable ``target`` returning the probability).
+            a model ending in a softmax, or with a callable ``target`` returning the probability;
+            the authors' code, ``haofanwang/Score-CAM`` at d312f14, weighs by that probability too
+            and skips constant channels, which here get the weight ``f_c(x ⊙ 0)``), or
+            ``"increment"`` (eq. 4's
+            increase of confidence without the softmax, ``w_k = f_c(x ⊙ M_k) − f_c(x_b)`` with the
+            black baseline ``x_b = x ⊙ 0``, one more forward row per example;
+            ``info["baseline_score"]`` holds ``f_c(x_b)``).
         top_k: ``None`` (default, every channel) or ``k``: Faster Score-CAM (tf-keras-vis's
             ``max_N``): only the ``k`` channels whose activations have the largest standard
             deviation over positions are masked, weighted and summed (per example; ties go to the
@@ -137,7 +147,8 @@ class ScoreCAM(_ForwardCAM):
             :class:`~tfattr.methods.base.AttributionMethod`).
 
     Upsampling of the masks: bilinear with half-pixel centres (``tf.image.resize``, as the maps'
-    upsampling); pytorch-grad-cam uses ``align_corners=True`` and tf-keras-vis ``scipy.ndimage.zoom``
+    upsampling, as the authors' ``F.interpolate(..., align_corners=False)``); pytorch-grad-cam uses
+    ``align_corners=True`` and tf-keras-vis ``scipy.ndimage.zoom``
     (``order=1``), which place the samples slightly differently; both add ``10⁻⁸``/``10⁻⁷`` to the
     range in ``s``.
 
@@ -152,7 +163,7 @@ class ScoreCAM(_ForwardCAM):
     """
 
     name = "scorecam"
-    options = MAP_OPTIONS + (Option("weighting", "softmax", checks.choices("softmax", "score")),
+    options = MAP_OPTIONS + (Option("weighting", "softmax", checks.choices("softmax", "score", "increment")),
                              Option("top_k", None, checks.optional(checks.positive_int)))
 
     def builder(self, activations):
@@ -174,12 +185,16 @@ class ScoreCAM(_ForwardCAM):
         else:
             spread = activations.std(axis=(1, 2))  # (N, K), tf-keras-vis's reduce_std over positions
             chosen = np.sort(np.argsort(-spread, axis=1, kind="stable")[:, :k], axis=1)
-        maps = np.take_along_axis(activations, chosen[:, None, None, :], axis=-1)  # (N, h, w, k)
-        return ForwardRows.repeat(num, k), np.transpose(maps, (0, 3, 1, 2)), chosen
+        maps = np.transpose(np.take_along_axis(activations, chosen[:, None, None, :], axis=-1), (0, 3, 1, 2))
+        if config["weighting"] == "increment":  # one more row: a constant map masks to the zero image x ⊙ 0
+            maps = np.concatenate([maps, np.zeros_like(maps[:, :1])], axis=1)
+        return ForwardRows.repeat(num, maps.shape[1]), maps, chosen
 
     def _weights(self, row_scores, scores, config):
         if config["weighting"] == "score":
             return row_scores
+        if config["weighting"] == "increment":
+            return row_scores[:, :-1] - row_scores[:, -1:]
         shifted = row_scores - row_scores.max(axis=1, keepdims=True)
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)
