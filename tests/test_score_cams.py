@@ -238,3 +238,35 @@ def test_model_calls_are_one_pass_to_the_layer_then_the_chunks_of_rows(cls):
     assert int(counter.numpy()) - before == 3 + 20
     assert expl.info["forward_passes"] == 23 and expl.gradients == 0
     np.testing.assert_array_equal(expl.targets, model.predict(images, verbose=0).argmax(axis=1))
+
+
+def test_score_cam_equals_tf_keras_vis_on_a_layer_at_the_input_resolution():
+    """tf-keras-vis 0.8.7's ``Scorecam`` (no ReLU, no expansion, no normalisation) weighs by the
+    class probability (it applies a softmax over the classes to the logits): tfattr's
+    ``weighting="score"`` on the same network ending in a softmax. At the input's resolution both
+    upsamplings are the identity, so the masks agree (the peer's ``+ 1e-7`` in the min–max range
+    moves them by ≤ 1e-7 relative). ``top_k`` equals the peer's ``max_N`` per example (the peer takes
+    the union of a batch's selections, so one example at a time)."""
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    keras.utils.set_random_seed(0)
+    bias = keras.initializers.RandomUniform(-0.3, 0.3, seed=0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", bias_initializer=bias)(inputs)
+    h = keras.layers.Conv2D(CHANNELS, 3, padding="same", activation="relu", bias_initializer=bias, name="conv2")(h)
+    logits = keras.layers.Dense(4, bias_initializer=bias)(keras.layers.Flatten()(h))
+    model, probabilities = keras.Model(inputs, logits), keras.Model(inputs, keras.layers.Softmax()(logits))
+    targets = [int(t) for t in TARGETS]
+    options = dict(activation_modifier=None, expand_cam=False, normalize_cam=False, batch_size=4)
+    theirs = np.asarray(Scorecam(model)(CategoricalScore(targets), IMAGES, penultimate_layer="conv2", **options))
+    ours = ScoreCAM(probabilities, layer="conv2", weighting="score", relu=False, upsample=False).attribute(IMAGES,
+                                                                                                        targets)
+    assert_float32_close(np.asarray(ours), theirs)
+    assert np.ptp(theirs, axis=(1, 2)).min() > 0  # maps that vary
+    for n in range(3):
+        theirs_k = np.asarray(Scorecam(model)(CategoricalScore([targets[n]]), IMAGES[n : n + 1],
+                                              penultimate_layer="conv2", max_N=2, **options))
+        ours_k = ScoreCAM(probabilities, layer="conv2", weighting="score", relu=False, upsample=False,
+                          top_k=2).attribute(IMAGES[n : n + 1], targets[n])
+        assert_float32_close(np.asarray(ours_k), theirs_k)
