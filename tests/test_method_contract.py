@@ -61,6 +61,11 @@ WRONG = {
     "baselines": [True, "zero"],
     "n_samples": [0, 2.5],
     "reference_size": [0, "all"],
+    # KernelShap, ShapleyValueSampling, Lime (feature_mask: with FeatureAblation's)
+    "segmentation": ["watershed", 1.5],
+    "segmentation_options": ["fast", 1],
+    "kernel_width": [0, "wide"],
+    "hide_color": ["grey", float("nan")],
     # BlurIntegratedGradients
     "max_sigma": [0, "wide"],
     "grad_step": [0.0, "fine"],

@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
            "STREAM_GRADIENT_SHAP", "STREAM_INFIDELITY", "STREAM_FAITHFULNESS_CORRELATION", "STREAM_SENSITIVITY",
-           "rng", "row_uniform", "row_normal", "compiled_row_draws"]
+           "STREAM_SHAPLEY_SAMPLING", "rng", "row_uniform", "row_normal", "compiled_row_draws"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
@@ -27,6 +27,9 @@ STREAM_GRADIENT_SHAP = 6
 STREAM_INFIDELITY = 7
 STREAM_FAITHFULNESS_CORRELATION = 8
 STREAM_SENSITIVITY = 9
+# Shapley value sampling's permutations (numbered apart from other perturbation methods' streams;
+# KernelShap and Lime draw as shap and lime do, from numpy.random.RandomState(seed))
+STREAM_SHAPLEY_SAMPLING = 22
 
 
 def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator:
