@@ -54,7 +54,7 @@ def test_lime_equals_the_lime_packages_image_explainer_with_its_quickshift_and_s
     # each pixel shows its superpixel's coefficient
     np.testing.assert_allclose(np.asarray(ours.attributions), np.broadcast_to(
         coefficients[theirs.segments][..., None], SHAPE), atol=1e-5)
-    assert ours.info["forward_passes"] == 120
+    assert ours.info["rows"] == 120
 
 
 def test_lime_with_a_given_mask_and_hide_color_equals_lime(model, image):
@@ -68,7 +68,7 @@ def test_lime_with_a_given_mask_and_hide_color_equals_lime(model, image):
     np.testing.assert_allclose(ours.info["group_attributions"][0], coefficients, rtol=0, atol=1e-5)
     np.testing.assert_allclose(ours.info["intercept"][0], theirs.intercept[2], rtol=0, atol=1e-5)
     # explicit target: the image is scored in the rows too
-    assert ours.info["forward_passes"] == 2 * 80
+    assert ours.info["rows"] == 2 * 80
 
 
 def test_lime_samples_are_lime_s_draws_and_weights_its_cosine_kernel():

@@ -261,6 +261,8 @@ def test_with_model_makes_the_same_method_on_another_model(cls, model):
         extra.update(window=(3, 3), strides=(2, 2))
     if "n_masks" in _options(cls):  # fast
         extra["n_masks"] = 64
+    if cls.__name__ in ("KernelShap", "Lime"):  # fast (default: 2 M + 2048 coalitions, 1000 samples)
+        extra["n_samples"] = 100
     if cls.__name__ in ("GradientShap", "DeepLiftShap"):  # both need a baseline distribution
         extra["baselines"] = np.random.default_rng(1).uniform(size=(4, 8, 8, 3))
     method = _build(cls, model, **extra)

@@ -67,8 +67,8 @@ def _close(a, b, scale=1.0):
 def test_kernel_shap_with_every_coalition_is_the_brute_force_shapley_value(model):
     x, mask = _inputs(), _mask(6)
     found = tfattr.KernelShap(model, feature_mask=mask, n_samples=62, batch_size=16).attribute(x, target=1)
-    assert found.info["exact"].all() and found.info["forward_passes"] == 2 * (62 + 2)
-    assert found.info["forward_batches"] == 128 // 16  # the rows of both examples in full batches
+    assert found.info["exact"].all() and found.info["rows"] == 2 * (62 + 2)
+    assert found.info["forward_passes"] == 128 // 16  # the rows of both examples in full batches
     for e in range(2):
         expected = _brute_force_shapley(model, x[e], mask, 1)
         _close(found.info["group_attributions"][e], expected)
@@ -173,9 +173,9 @@ def test_kernel_shap_efficiency_holds_exactly_when_sampling(model):
     np.testing.assert_allclose(totals, found.scores - found.baseline_scores, rtol=0, atol=1e-12)
     np.testing.assert_allclose(found.delta, 0.0, atol=1e-12)
     # f(x) is the top-1 pass's: one fewer row per example than with an explicit target
-    assert found.info["forward_passes"] == 3 * (80 + 1)
+    assert found.info["rows"] == 3 * (80 + 1)
     explicit = tfattr.KernelShap(model, feature_mask=_mask(11), n_samples=80).attribute(x, target=found.targets)
-    assert explicit.info["forward_passes"] == 3 * (80 + 2)
+    assert explicit.info["rows"] == 3 * (80 + 2)
     _close(np.asarray(explicit.attributions), np.asarray(found.attributions))
 
 
@@ -185,7 +185,7 @@ def test_shapley_value_sampling_over_every_permutation_is_the_brute_force_shaple
     x, mask = _inputs(seed=5), _mask(4)
     found = tfattr.ShapleyValueSampling(model, feature_mask=mask, n_samples=24, batch_size=32).attribute(x, target=0)
     assert found.info["exact"].all() and found.info["permutations"][4].shape == (24, 4)
-    assert found.info["forward_passes"] == 2 * (24 * 3 + 2)
+    assert found.info["rows"] == 2 * (24 * 3 + 2)
     for e in range(2):
         _close(found.info["group_attributions"][e], _brute_force_shapley(model, x[e], mask, 0))
 
@@ -196,7 +196,7 @@ def test_shapley_value_sampling_telescopes_for_any_number_of_samples(model):
         found = tfattr.ShapleyValueSampling(model, feature_mask=_mask(9), n_samples=samples).attribute(x)
         totals = np.array([v.sum() for v in found.info["group_attributions"]])
         np.testing.assert_allclose(totals, found.scores - found.baseline_scores, rtol=0, atol=1e-12)
-        assert found.info["forward_passes"] == 3 * (samples * 8 + 1)
+        assert found.info["rows"] == 3 * (samples * 8 + 1)
 
 
 def test_shapley_value_sampling_is_seeded_and_chunk_size_invariant(model):

@@ -244,7 +244,7 @@ class Lime(CoalitionMethod):
         scores_x = np.array([s[0] for s in scores]) if fx is None else np.asarray(fx, np.float64)
         info = {"intercept": intercepts, "score": fits, "local_pred": local, "group_attributions": values,
                 "groups": masks.counts.copy(), "group_ids": masks.labels,
-                "forward_passes": sum(len(t) for t in tables), "forward_batches": batches}
+                "rows": sum(len(t) for t in tables), "forward_passes": batches}
         if labels is not None:
             info["segments"] = labels
         return Explained(attributions=self.paint(masks, values, x.shape[1:]), scores=scores_x, gradients=0,

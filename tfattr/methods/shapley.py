@@ -222,7 +222,7 @@ class _ShapleyBase(CoalitionMethod):
             scores=fx,
             gradients=0,
             info={"group_attributions": values, "groups": masks.counts.copy(), "group_ids": masks.labels,
-                  "exact": np.array(exact), "forward_passes": passes, "forward_batches": batches,
+                  "exact": np.array(exact), "rows": passes, "forward_passes": batches,
                   **self._info(plans)},
         )
 
@@ -256,8 +256,8 @@ class KernelShap(_ShapleyBase):
     Cost: ``S + 1`` forward passes per example (``S = min(n_samples, 2^M − 2)`` coalitions and
     the baseline), ``+ 1`` for ``f(x)`` with an explicit ``target`` (``target=None`` reads it from
     the top-1 pass); batched by the engine's forward rows; a least-squares solve of
-    ``S × (M − 1)`` per example on the host. ``info["forward_passes"]`` counts the rows,
-    ``info["forward_batches"]`` the batched model calls.
+    ``S × (M − 1)`` per example on the host. ``info["rows"]`` counts the rows,
+    ``info["forward_passes"]`` the batched model calls.
 
     Options (constructor defaults, each overridable in :meth:`attribute`):
         feature_mask: integer group ids: ``None`` (default; every value its own group), one
