@@ -332,3 +332,27 @@ def test_additive_model_with_one_interaction_exact_values_and_the_sampling_estim
         # is below |c x0 x1| √(ln(2/1e-6) / 2P) (the draws are fixed by the seed: this holds on any CPU)
         bound = np.abs(0.8 * x[:, 0] * x[:, 1]) * np.sqrt(np.log(2 / 1e-6) / (2 * samples))
         assert np.all(np.abs(found[:, 0] - exact[:, 0]) <= bound)
+
+
+def test_token_ids_are_replaced_by_the_baseline_token_never_interpolated():
+    """A text model on integer token ids: each token is a group; a coalition puts token 0 where a
+    token is off. Exact KernelSHAP equals the brute-force Shapley values on the token arrays."""
+    keras.utils.set_random_seed(5)
+    tokens = keras.Input((6,), dtype="int32")
+    h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(tokens))
+    model = keras.Model(tokens, keras.layers.Dense(2)(keras.layers.Dense(4, activation="tanh")(h)))
+    ids = np.array([[3, 7, 1, 12, 5, 9], [4, 4, 18, 2, 11, 6]], np.int32)
+    found = tfattr.KernelShap(model, n_samples=62).attribute(ids, target=1)
+    assert found.info["exact"].all() and np.asarray(found.attributions).shape == (2, 6)
+    subsets = np.array(list(itertools.product([0, 1], repeat=6)), bool)
+    for e in range(2):
+        value = np.asarray(model(np.where(subsets, ids[e], 0).astype(np.int32)), np.float64)[:, 1]
+        table = dict(zip(map(tuple, subsets.astype(int)), value))
+        phi = np.zeros(6)
+        for s, v in table.items():
+            for i in np.flatnonzero(np.array(s) == 0):
+                size = sum(s)
+                with_i = tuple(1 if j == i else s[j] for j in range(6))
+                phi[i] += math.factorial(size) * math.factorial(5 - size) / math.factorial(6) * (table[with_i] - v)
+        _close(found.info["group_attributions"][e], phi)
+        _close(np.asarray(found.attributions)[e], phi)

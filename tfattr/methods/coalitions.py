@@ -125,6 +125,11 @@ def group_masks(feature_mask, x_array: np.ndarray, layout=None) -> GroupMasks:
         ids = _one_mask(feature_mask, x_array.shape[1:], num_examples, "feature_mask")
     else:
         names = layout.names
+        if any(layout.split):
+            raise InvalidInputError("Coalitions cannot hold integer inputs beyond float64's exact range (2^53). "
+                                    + received("inputs dtypes", list(layout.dtypes)))
+        if layout.kind == "single" and feature_mask is not None and not isinstance(feature_mask, (list, tuple, dict)):
+            feature_mask = [feature_mask]  # one integer input (token ids): its mask as given
         if isinstance(feature_mask, dict):
             unknown = sorted(set(map(str, feature_mask)) - set(names))
             if unknown:
@@ -154,8 +159,6 @@ def group_masks(feature_mask, x_array: np.ndarray, layout=None) -> GroupMasks:
                 part, top = np.arange(top, top + size, dtype=np.int64)[None], top + size
             else:
                 part = _one_mask(mask, shape, num_examples, where)
-            if layout.is_split(i):
-                part = np.concatenate([part, part], axis=1)  # both columns of a split integer value
             parts.append(part)
         rows = max(p.shape[0] for p in parts)
         ids = np.concatenate([np.broadcast_to(p, (rows, p.shape[1])) for p in parts], axis=1)
@@ -264,6 +267,33 @@ class CoalitionMethod(AttributionMethod):
     Subclasses implement :meth:`_explain` with :meth:`masks`, :meth:`baseline_rows` and
     :meth:`run_coalitions`.
     """
+
+    def validate(self, inputs, config, name: str = "inputs"):
+        """Inputs as every method takes them, and integer inputs too (token ids): a group of them is
+        replaced by the baseline's integers (a coalition selects values, never interpolates)."""
+        from tfattr.core.inputs import ModelSpec, validate_inputs
+        from tfattr.core.structure import InputsSpec
+
+        several = self.spec.inputs
+        if several is None:
+            if self.spec.input_dtype is None or tf.as_dtype(self.spec.input_dtype).is_floating:
+                return super().validate(inputs, config, name)
+            symbolic = list(getattr(self.model, "inputs", None) or [])
+            if len(symbolic) != 1:
+                return super().validate(inputs, config, name)
+            tensor = symbolic[0]
+            several = InputsSpec("single", (getattr(tensor, "name", None) or "input",), (tuple(tensor.shape)[1:],),
+                                 (tf.as_dtype(tensor.dtype).name,))
+        spec = ModelSpec(None, self.spec.input_dtype, self.spec.num_classes, self.spec.output_kind,
+                         self.spec.output_names, self.spec.output_classes, inputs=several)
+        images = validate_inputs(inputs, spec, config.get("fixed_inputs"), name=name, integers=True)
+        config.layout = images.layout
+        return images
+
+    @staticmethod
+    def _unpack_attributions(packed, images):
+        parts = AttributionMethod._unpack_attributions(packed, images)
+        return parts[0] if images.container == "single" else parts  # one integer input: its array
 
     def masks(self, x_array: np.ndarray, config) -> GroupMasks:
         return group_masks(config["feature_mask"], x_array, call_layout(config))
