@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from conftest import assert_float32_close
 
 import tfattr
-from tests.conftest import assert_float32_close
 from tfattr.errors import InvalidInputError, InvalidTypeError
 
 VOCAB, LENGTH, WIDTH = 12, 8, 4
