@@ -29,14 +29,15 @@ from tfattr.core.autotune import forward_size
 from tfattr.core.checks import Option
 from tfattr.core.engine import EngineResult, PathEngine, PathRows, forward_outputs
 from tfattr.core.gradients import InputGradients, layers_signature
-from tfattr.core.inputs import Images, check_model_accepts, model_spec, validate_images, validate_inputs
+from tfattr.core.inputs import Images, ModelSpec, check_model_accepts, model_spec, validate_images, validate_inputs
 from tfattr.core.keys import Uncacheable, canonical
 from tfattr.core.ranges import warn_outside_value_range
 from tfattr.core.result import Explanation
+from tfattr.core.structure import InputsSpec
 from tfattr.core.targets import Targets, resolve_output, resolve_targets, select_scores
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["AttributionMethod", "Explained", "Call", "COMMON_OPTIONS", "call_layout", "with_options"]
+__all__ = ["AttributionMethod", "Explained", "Call", "COMMON_OPTIONS", "SelectsValues", "call_layout", "with_options"]
 
 #: the options every method takes (documented on :class:`AttributionMethod`)
 COMMON_OPTIONS: Tuple[Option, ...] = (
@@ -519,3 +520,33 @@ class AttributionMethod:
         if images.container == "dict":
             return dict(zip(layout.names, parts))
         return tuple(parts) if images.container == "tuple" else parts
+
+
+class SelectsValues:
+    """Mixin of the methods whose rows *select* values (``x``'s or a baseline's) instead of
+    interpolating them (feature ablation, coalitions): they take integer inputs too (token ids),
+    a group of which is replaced by the baseline's integers, never interpolated. Put it before the
+    method's base class: ``class M(SelectsValues, AttributionMethod)``."""
+
+    def validate(self, inputs, config, name: str = "inputs"):
+        several = self.spec.inputs
+        if several is None:
+            if self.spec.input_dtype is None or tf.as_dtype(self.spec.input_dtype).is_floating:
+                return super().validate(inputs, config, name)
+            symbolic = list(getattr(self.model, "inputs", None) or [])
+            if len(symbolic) != 1:
+                return super().validate(inputs, config, name)
+            tensor = symbolic[0]
+            several = InputsSpec("single", (getattr(tensor, "name", None) or "input",), (tuple(tensor.shape)[1:],),
+                                 (tf.as_dtype(tensor.dtype).name,))
+        spec = ModelSpec(None, self.spec.input_dtype, self.spec.num_classes, self.spec.output_kind,
+                         self.spec.output_names, self.spec.output_classes, inputs=several)
+        images = validate_inputs(inputs, spec, config.get("fixed_inputs"), name=name, integers=True)
+        config.layout = images.layout
+        return images
+
+    @staticmethod
+    def _unpack_attributions(packed, images):
+        parts = AttributionMethod._unpack_attributions(packed, images)
+        return parts[0] if images.container == "single" else parts  # one integer input: its array
+

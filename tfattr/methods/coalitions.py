@@ -24,7 +24,7 @@ from tfattr.core.checks import Option
 from tfattr.core.engine import MAX_ROWS, ForwardEngine, ForwardRows
 from tfattr.core.ranges import resolve_value_range
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
-from tfattr.methods.base import AttributionMethod, call_layout
+from tfattr.methods.base import AttributionMethod, SelectsValues, call_layout
 
 __all__ = ["GroupMasks", "group_masks", "pack_coalitions", "coalition_points", "CoalitionMethod",
            "feature_mask_check", "check_coalitions", "prefix_words", "BITS_PER_WORD"]
@@ -261,39 +261,12 @@ COALITION_OPTIONS = (
 )
 
 
-class CoalitionMethod(AttributionMethod):
+class CoalitionMethod(SelectsValues, AttributionMethod):
     """Base of the methods whose rows are coalitions of feature groups (forward rows only).
 
     Subclasses implement :meth:`_explain` with :meth:`masks`, :meth:`baseline_rows` and
     :meth:`run_coalitions`.
     """
-
-    def validate(self, inputs, config, name: str = "inputs"):
-        """Inputs as every method takes them, and integer inputs too (token ids): a group of them is
-        replaced by the baseline's integers (a coalition selects values, never interpolates)."""
-        from tfattr.core.inputs import ModelSpec, validate_inputs
-        from tfattr.core.structure import InputsSpec
-
-        several = self.spec.inputs
-        if several is None:
-            if self.spec.input_dtype is None or tf.as_dtype(self.spec.input_dtype).is_floating:
-                return super().validate(inputs, config, name)
-            symbolic = list(getattr(self.model, "inputs", None) or [])
-            if len(symbolic) != 1:
-                return super().validate(inputs, config, name)
-            tensor = symbolic[0]
-            several = InputsSpec("single", (getattr(tensor, "name", None) or "input",), (tuple(tensor.shape)[1:],),
-                                 (tf.as_dtype(tensor.dtype).name,))
-        spec = ModelSpec(None, self.spec.input_dtype, self.spec.num_classes, self.spec.output_kind,
-                         self.spec.output_names, self.spec.output_classes, inputs=several)
-        images = validate_inputs(inputs, spec, config.get("fixed_inputs"), name=name, integers=True)
-        config.layout = images.layout
-        return images
-
-    @staticmethod
-    def _unpack_attributions(packed, images):
-        parts = AttributionMethod._unpack_attributions(packed, images)
-        return parts[0] if images.container == "single" else parts  # one integer input: its array
 
     def masks(self, x_array: np.ndarray, config) -> GroupMasks:
         return group_masks(config["feature_mask"], x_array, call_layout(config))

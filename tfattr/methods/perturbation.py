@@ -26,12 +26,10 @@ import tensorflow as tf
 from tfattr.core import autotune, checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows
-from tfattr.core.inputs import ModelSpec, validate_inputs
 from tfattr.core.random import row_uniform
-from tfattr.core.structure import InputsSpec
 from tfattr.core.targets import Targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
-from tfattr.methods.base import AttributionMethod, Explained, call_layout
+from tfattr.methods.base import AttributionMethod, Explained, SelectsValues, call_layout
 
 __all__ = ["Occlusion", "FeatureAblation", "RISE", "score_drop", "occlusion_windows", "rise_mask_tables",
            "rise_masks"]
@@ -380,7 +378,7 @@ def _ablated(x, rows: ChunkRows):
     return points, tf.cast(inside, x.dtype)
 
 
-class FeatureAblation(_PerturbationMethod):
+class FeatureAblation(SelectsValues, _PerturbationMethod):
     """Feature ablation (captum's ``FeatureAblation``): replace a group of features by the baseline
     and give every feature of the group the drop of the score, ``A_i = f(x) − f(x_{g(i)})`` where
     ``x_g`` is ``x`` with group ``g`` set to the baseline.
@@ -418,30 +416,6 @@ class FeatureAblation(_PerturbationMethod):
         Option("feature_mask", None, _check_mask),
         Option("baseline", 0, _check_baseline),
     )
-
-    def validate(self, inputs, config, name: str = "inputs"):
-        """Inputs as every method takes them, and integer inputs too (token ids): a group of them is
-        replaced by the baseline's integers, never interpolated."""
-        several = self.spec.inputs
-        if several is None:
-            if self.spec.input_dtype is None or tf.as_dtype(self.spec.input_dtype).is_floating:
-                return super().validate(inputs, config, name)
-            symbolic = list(getattr(self.model, "inputs", None) or [])
-            if len(symbolic) != 1:
-                return super().validate(inputs, config, name)
-            tensor = symbolic[0]
-            several = InputsSpec("single", (getattr(tensor, "name", None) or "input",), (tuple(tensor.shape)[1:],),
-                                 (tf.as_dtype(tensor.dtype).name,))
-        spec = ModelSpec(None, self.spec.input_dtype, self.spec.num_classes, self.spec.output_kind,
-                         self.spec.output_names, self.spec.output_classes, inputs=several)
-        images = validate_inputs(inputs, spec, config.get("fixed_inputs"), name=name, integers=True)
-        config.layout = images.layout
-        return images
-
-    @staticmethod
-    def _unpack_attributions(packed, images):
-        parts = AttributionMethod._unpack_attributions(packed, images)
-        return parts[0] if images.container == "single" else parts  # one integer input: its array
 
     def _explain(self, x, targets, fx, config) -> Explained:
         layout = call_layout(config)
