@@ -162,3 +162,18 @@ def test_copies_keep_the_declared_value_range(cnn, x):
     result = metrics.model_parameter_randomisation(model, images, tunnel, layers=metrics.randomisable_layers(model)[:1])
     np.testing.assert_allclose(result.similarities[0], 1.0, atol=1e-9)
     assert metrics.randomise_layers(model, []).tfattr_value_range == (0.0, 255.0)
+
+
+def test_separable_conv_kernels_use_their_own_initializers():
+    # SeparableConv2D's weights are depthwise_kernel / pointwise_kernel, initialised by
+    # depthwise_initializer / pointwise_initializer: not the σ = 0.01 fallback
+    inputs = keras.Input((6, 6, 2))
+    hidden = keras.layers.SeparableConv2D(3, 3, depthwise_initializer="ones", pointwise_initializer="ones",
+                                          bias_initializer="zeros", name="sep")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(hidden)))
+    model.get_layer("sep").set_weights([w * 0 + 0.5 for w in model.get_layer("sep").get_weights()])
+    copy = metrics.randomise_layers(model, ["sep"], seed=0)
+    depthwise, pointwise, bias = copy.get_layer("sep").get_weights()
+    np.testing.assert_array_equal(depthwise, 1.0)
+    np.testing.assert_array_equal(pointwise, 1.0)
+    np.testing.assert_array_equal(bias, 0.0)

@@ -122,6 +122,8 @@ def _initializer_of(layer, variable):
 
     name = variable.name.split("/")[-1].split(":")[0]
     candidates = [f"{name}_initializer"] + (["depthwise_initializer"] if name == "kernel" else [])
+    if name.endswith("_kernel"):  # SeparableConv: depthwise_kernel → depthwise_initializer (pointwise too)
+        candidates.append(f"{name[:-len('_kernel')]}_initializer")
     for attribute in candidates:
         initializer = getattr(layer, attribute, None)
         if initializer is not None:
