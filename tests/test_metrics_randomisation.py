@@ -177,3 +177,16 @@ def test_separable_conv_kernels_use_their_own_initializers():
     np.testing.assert_array_equal(depthwise, 1.0)
     np.testing.assert_array_equal(pointwise, 1.0)
     np.testing.assert_array_equal(bias, 0.0)
+
+
+def test_random_logit_draws_from_the_methods_output_on_a_two_output_model():
+    inputs = keras.Input((4, 4, 1))
+    flat = keras.layers.Flatten()(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(7, name="wide")(flat), keras.layers.Dense(2, name="two")(flat)])
+    x = np.random.default_rng(0).uniform(size=(5, 4, 4, 1)).astype(np.float32)
+    result = metrics.random_logit(model, x, tfattr.Gradient(model, output="two"), targets=[0, 1, 0, 1, 0], seed=0,
+                                  similarity="spearman")
+    np.testing.assert_array_equal(result.random_targets, [1, 0, 1, 0, 1])  # two classes: the other one
+    wide = metrics.random_logit(model, x, tfattr.Gradient(model, output=0), targets=[0] * 5, seed=3,
+                                similarity="spearman")
+    assert set(wide.random_targets) <= set(range(1, 7))

@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from tfattr.core.ranges import VALUE_RANGE_ATTRIBUTE
+from tfattr.core.targets import resolve_output
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.metrics._common import check_seed
 
@@ -371,6 +372,9 @@ def random_logit(model, images, method, targets=None, similarity: str = "ssim", 
     if num_classes is None:
         shape = getattr(model, "output_shape", None)
         num_classes = shape[-1] if isinstance(shape, tuple) else None
+        config, spec = getattr(method, "config", None), getattr(method, "spec", None)
+        if num_classes is None and config is not None and spec is not None:  # the method's `output=`
+            num_classes = resolve_output(config.get("output"), spec)[1]
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise InvalidInputError("`num_classes` must be an integer ≥ 2 (the model's output width by default). "
                                 + received("num_classes", num_classes))
