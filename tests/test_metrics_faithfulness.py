@@ -176,3 +176,24 @@ def test_a_second_call_reuses_the_compiled_rows_and_host_draws_equal_device_draw
     assert _ENGINES[cnn][(4, 0)].traces == 1
     eager = row_uniform(9, tf.constant([0, 3]), (5,), dtype=tf.float64, stream=8).numpy()
     np.testing.assert_array_equal(compiled_row_draws("uniform", 9, [0, 3], (5,), tf.float64, stream=8), eager)
+
+
+def test_output_chooses_the_scored_output_of_a_two_output_model():
+    # the error for a several-output model asks for `output=`: the metrics take it, and score
+    # exactly as the one-output model made of that head
+    inputs = keras.Input((4, 4, 1))
+    flat = keras.layers.Flatten()(inputs)
+    head = keras.layers.Dense(3, bias_initializer="ones", name="head")
+    two = keras.Model(inputs, [keras.layers.Dense(5, name="other")(flat), head(flat)])
+    one = keras.Model(inputs, head(flat))
+    x = np.random.default_rng(0).uniform(size=(2, 4, 4, 1)).astype(np.float32)
+    phi = np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
+    with pytest.raises(InvalidInputError, match="output="):
+        metrics.infidelity(two, x, phi, target=1)
+    for chosen in (1, "head"):
+        got = metrics.infidelity(two, x, phi, target=[1, 2], output=chosen)
+        want = metrics.infidelity(one, x, phi, target=[1, 2])
+        np.testing.assert_allclose(got.score_drops, want.score_drops, rtol=1e-6, atol=1e-7)
+        got = metrics.faithfulness_correlation(two, x, phi, target=[1, 2], subset_size=4, runs=5, output=chosen)
+        want = metrics.faithfulness_correlation(one, x, phi, target=[1, 2], subset_size=4, runs=5)
+        np.testing.assert_allclose(got.score_drops, want.score_drops, rtol=1e-6, atol=1e-7)

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from tfattr.core import autotune
 from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows, forward_outputs
+from tfattr.core.inputs import model_spec
 from tfattr.core.random import (
     STREAM_FAITHFULNESS_CORRELATION,
     STREAM_INFIDELITY,
@@ -32,7 +33,7 @@ from tfattr.core.random import (
     row_normal,
     row_uniform,
 )
-from tfattr.core.targets import resolve_targets
+from tfattr.core.targets import resolve_output, resolve_targets
 from tfattr.errors import InvalidInputError, received
 from tfattr.metrics._common import as_array, check_images, check_positive_int, check_seed, maps_for_images
 
@@ -78,10 +79,13 @@ def _engine(model, score_fn, batch_size, verbose) -> ForwardEngine:
 class _Scores:
     """Targets and ``f(x)`` of the unperturbed images; :meth:`rows` scores forward rows."""
 
-    def __init__(self, model, x: np.ndarray, target, batch_size, verbose):
+    def __init__(self, model, x: np.ndarray, target, batch_size, verbose, output=None):
         self.model, self.batch_size, self.verbose = model, batch_size, verbose
-        outputs = forward_outputs(model, tf.convert_to_tensor(x), batch_size)
-        self.targets = resolve_targets(target, outputs, int(x.shape[0]))
+        key = None
+        if output is not None:  # a model with several outputs: the one `output` names
+            key, _ = resolve_output(output, model_spec(model), callable_target=callable(target))
+        outputs = forward_outputs(model, tf.convert_to_tensor(x), batch_size, output=key)
+        self.targets = resolve_targets(target, outputs, int(x.shape[0]), output=key)
         if self.targets.score_fn is not None:
             self.fx = np.asarray(tf.convert_to_tensor(self.targets.score_fn(tf.convert_to_tensor(outputs))),
                                  np.float64).reshape(-1)
@@ -90,7 +94,7 @@ class _Scores:
 
     def rows(self, x: np.ndarray, per_example: int, build, context) -> np.ndarray:
         """``(N, per_example)`` scores of the rows ``build`` makes."""
-        engine = _engine(self.model, self.targets.score_fn, self.batch_size, self.verbose)
+        engine = _engine(self.model, self.targets.scorer, self.batch_size, self.verbose)
         rows = ForwardRows.repeat(int(x.shape[0]), per_example)
         result = engine.run(tf.convert_to_tensor(x), rows, build, self.targets.indices, context=context)
         return result.row_scores.reshape(int(x.shape[0]), per_example)
@@ -173,7 +177,7 @@ def _baseline_values(baseline, x: np.ndarray) -> np.ndarray:
 def faithfulness_correlation(model, images, attributions, target=None, subset_size: int = 224, runs: int = 100,
                              baseline: Union[str, float] = "black", seed: Optional[int] = 0,
                              batch_size: Union[int, str] = "auto",
-                             verbose: Union[int, bool, str] = "auto") -> FaithfulnessCorrelationResult:
+                             verbose: Union[int, bool, str] = "auto", output=None) -> FaithfulnessCorrelationResult:
     """Faithfulness correlation (Bhatt, Weller & Moura, IJCAI 2020, eq. 4; Quantus
     ``FaithfulnessCorrelation`` defaults). Higher is better (in [−1, 1]).
 
@@ -201,6 +205,8 @@ def faithfulness_correlation(model, images, attributions, target=None, subset_si
         seed: seed of the subsets (``None``: fresh).
         batch_size: rows per forward pass or ``"auto"``.
         verbose: progress bar.
+        output: the scored output of a model with several (an index or a name), as the methods'
+            ``output=``; ``None`` for a model with one.
 
     Returns:
         :class:`FaithfulnessCorrelationResult`.
@@ -219,7 +225,7 @@ def faithfulness_correlation(model, images, attributions, target=None, subset_si
     count = check_positive_int(runs, "runs", minimum=2)
     seed = _seed(seed)
     values = _baseline_values(baseline, x)
-    scores = _Scores(model, x, target, _batch_size(batch_size), verbose)
+    scores = _Scores(model, x, target, _batch_size(batch_size), verbose, output)
     row_scores = scores.rows(x, count, _subset_points, np.concatenate([[seed, size], values]))
     subsets = subset_masks(seed, np.arange(count), pixels, size)
     sums = maps.reshape(num, pixels) @ subsets.T.astype(np.float64)
@@ -263,7 +269,7 @@ def _noisy_points(x, rows: ChunkRows):
 def infidelity(model, images, attributions, target=None, n_perturb_samples: int = 10, sigma: float = 0.003,
                multiply_by_inputs: bool = False, baselines=None, normalize: bool = False,
                seed: Optional[int] = 0, batch_size: Union[int, str] = "auto",
-               verbose: Union[int, bool, str] = "auto") -> InfidelityResult:
+               verbose: Union[int, bool, str] = "auto", output=None) -> InfidelityResult:
     r"""Explanation infidelity (Yeh et al., NeurIPS 2019, Def. 2.1), as ``captum.metrics.infidelity``
     computes it with Gaussian perturbations. Lower is better (0: the attribution predicts every
     perturbation's effect).
@@ -296,6 +302,8 @@ def infidelity(model, images, attributions, target=None, n_perturb_samples: int 
         seed: seed of the perturbations (``None``: fresh).
         batch_size: rows per forward pass or ``"auto"``.
         verbose: progress bar.
+        output: the scored output of a model with several (an index or a name), as the methods'
+            ``output=``; ``None`` for a model with one.
 
     Returns:
         :class:`InfidelityResult`.
@@ -326,7 +334,7 @@ def infidelity(model, images, attributions, target=None, n_perturb_samples: int 
         except ValueError:
             raise InvalidInputError(f"`baselines` must broadcast to the images' shape {tuple(x.shape)}. "
                                     + received("baselines.shape", tuple(array.shape))) from None
-    scores = _Scores(model, x, target, _batch_size(batch_size), verbose)
+    scores = _Scores(model, x, target, _batch_size(batch_size), verbose, output)
     row_scores = scores.rows(x, count, _noisy_points, [seed, float(sigma)])
     drops = scores.fx[:, None] - row_scores
     # the same draws on the host (M of them, shared by every image), and Iⱼ as the model saw it
