@@ -423,3 +423,18 @@ def test_occlusion_and_rise_send_models_with_several_inputs_to_feature_ablation(
     for method in (tfattr.Occlusion(model, window=1, strides=1), tfattr.RISE(model)):
         with pytest.raises(TfattrError, match="FeatureAblation"):
             method.attribute(x, target=0)
+
+
+def test_baseline_per_example_error_names_the_broadcastable_form():
+    # a (N,) baseline is per last axis (numpy's broadcasting): when N ≠ C it is refused with the
+    # per-example form to pass instead, (N, 1, 1, 1), which gives each example its own value
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, keras.layers.Dense(2, bias_initializer="ones")(keras.layers.Flatten()(inputs)))
+    x = np.random.default_rng(0).uniform(size=(3, 4, 4, 2)).astype(np.float32)
+    with pytest.raises(TfattrError, match=r"one value per example as \(N, 1, 1, 1\)"):
+        tfattr.Occlusion(model, window=(2, 2), strides=2, baseline=np.array([0.0, 0.5, 1.0])).attribute(x, target=1)
+    per_example = tfattr.Occlusion(model, window=(4, 4), strides=4,
+                                   baseline=np.array([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1)).attribute(x, target=1)
+    fx = np.asarray(model(x))[:, 1]
+    fb = np.asarray(model(np.broadcast_to(np.array([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1), x.shape)))[:, 1]
+    np.testing.assert_allclose(np.asarray(per_example.attributions)[:, 0, 0, 0], fx - fb, rtol=1e-5, atol=1e-6)

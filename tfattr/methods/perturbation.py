@@ -76,8 +76,10 @@ def _broadcast(name: str, value, shape: Tuple[int, ...]) -> np.ndarray:
     try:
         return np.broadcast_to(array, shape)
     except ValueError:
+        one = "(N" + ", 1" * (len(shape) - 1) + ")"
         raise InvalidInputError(f"`{name}` must be broadcastable to the inputs' shape {shape} (a number, one value "
-                                "per example, a shared array or one array per example). "
+                                f"per example as {one}, a shared array or one array per example; a 1-D array is "
+                                "per last axis, numpy's broadcasting). "
                                 + received(f"{name}.shape", array.shape)) from None
 
 
@@ -254,7 +256,8 @@ class Occlusion(_PerturbationMethod):
             listed axis (not listed: 1, captum's default); at most the window along an axis it
             does not cover whole.
         baseline: the replacement value: a number, or an array broadcastable to the inputs
-            ``(N, …)`` (one per example, shared, per channel ``(C,)``).
+            ``(N, …)`` (one per example as ``(N, 1, 1, 1)``, shared, per channel ``(C,)``; a 1-D
+            array is always per channel, numpy's broadcasting, even when its length is ``N``).
         batch_size, verbose, parallel_chunks, output: see :class:`~tfattr.methods.base.AttributionMethod`.
 
     The result's ``info`` holds ``forward_passes`` (model calls: ``⌈N · windows / batch_size⌉`` for
