@@ -133,3 +133,11 @@ def test_lime_on_several_inputs_with_a_mask_per_input_and_group_means_as_fill():
         np.testing.assert_allclose(found.info["intercept"][e], intercept, atol=1e-5)
         np.testing.assert_allclose(found.info["score"][e], score, atol=1e-5)
         np.testing.assert_allclose(found.attributions[1][e], beta[np.broadcast_to(masks[1], (4, 2))], atol=1e-5)
+
+
+def test_a_wrong_segmentation_mask_is_named_as_the_option_given():
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    x = np.random.default_rng(0).uniform(size=(2, 4, 4, 2)).astype(np.float32)
+    with pytest.raises(InvalidInputError, match=r"^`segmentation` must broadcast .*segmentation\.shape=\(5, 5\)"):
+        tfattr.Lime(model, segmentation=np.zeros((5, 5), np.int64), n_samples=20).attribute(x, target=1)

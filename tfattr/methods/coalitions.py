@@ -109,7 +109,7 @@ def _one_mask(mask, shape, num_examples: int, where: str) -> np.ndarray:
     return np.asarray(full, np.int64).reshape(-1 if batched else 1, size)
 
 
-def group_masks(feature_mask, x_array: np.ndarray, layout=None) -> GroupMasks:
+def group_masks(feature_mask, x_array: np.ndarray, layout=None, name: str = "feature_mask") -> GroupMasks:
     """The :class:`GroupMasks` of a batch ``x_array`` (``(N, …)``, or ``(N, D)`` packed with
     ``layout``) from the user's ``feature_mask``.
 
@@ -122,7 +122,7 @@ def group_masks(feature_mask, x_array: np.ndarray, layout=None) -> GroupMasks:
     """
     num_examples = int(x_array.shape[0])
     if layout is None:
-        ids = _one_mask(feature_mask, x_array.shape[1:], num_examples, "feature_mask")
+        ids = _one_mask(feature_mask, x_array.shape[1:], num_examples, name)
     else:
         names = layout.names
         if any(layout.split):
@@ -151,7 +151,7 @@ def group_masks(feature_mask, x_array: np.ndarray, layout=None) -> GroupMasks:
         given = [np.asarray(m.numpy() if hasattr(m, "numpy") else m) for m in masks if m is not None]
         top = max([int(g.max()) + 1 for g in given if g.size] + [0])
         for i, (mask, shape, fixed) in enumerate(zip(masks, layout.shapes, layout.fixed)):
-            where = f"feature_mask[{names[i]!r}]" if isinstance(feature_mask, dict) else f"feature_mask[{i}]"
+            where = f"{name}[{names[i]!r}]" if isinstance(feature_mask, dict) else f"{name}[{i}]"
             size = int(np.prod(shape, dtype=np.int64))
             if fixed:
                 part = np.full((1, size), -1, np.int64)

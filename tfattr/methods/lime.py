@@ -197,7 +197,7 @@ class Lime(CoalitionMethod):
             labels = np.stack([segment(image, segmentation, config["segmentation_options"], config["seed"])
                                for image in x_array])
             return group_masks(labels[..., None], x_array), labels
-        masks = group_masks(segmentation, x_array, layout)
+        masks = group_masks(segmentation, x_array, layout, name="segmentation")
         return masks, None
 
     def fill(self, x_array: np.ndarray, masks: GroupMasks, config) -> np.ndarray:
