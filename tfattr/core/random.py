@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
            "STREAM_GRADIENT_SHAP", "STREAM_INFIDELITY", "STREAM_FAITHFULNESS_CORRELATION", "STREAM_SENSITIVITY",
-           "STREAM_SHAPLEY_SAMPLING", "rng", "row_uniform", "row_normal", "compiled_row_draws"]
+           "STREAM_SHAPLEY_SAMPLING", "STREAM_SENSITIVITY_N", "STREAM_MU_FIDELITY", "STREAM_ROAD", "rng", "row_uniform", "row_normal", "compiled_row_draws"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
@@ -30,6 +30,10 @@ STREAM_SENSITIVITY = 9
 # Shapley value sampling's permutations (numbered apart from other perturbation methods' streams;
 # KernelShap and Lime draw as shap and lime do, from numpy.random.RandomState(seed))
 STREAM_SHAPLEY_SAMPLING = 22
+# the faithfulness metrics of tfattr.metrics.faithfulness_more (numbered apart from the others)
+STREAM_SENSITIVITY_N = 40
+STREAM_MU_FIDELITY = 41
+STREAM_ROAD = 42
 
 
 def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator:

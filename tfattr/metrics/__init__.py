@@ -8,7 +8,12 @@ Faithfulness (a model is run on perturbed inputs; batched through a compiled for
     :func:`completeness_error` (IG), :func:`taylor_error` (SmoothTaylor eq. 8).
 
 Faithfulness to random perturbations (forward rows): :func:`faithfulness_correlation` (Bhatt et
-    al. 2020), :func:`infidelity` (Yeh et al. 2019, captum's definition).
+    al. 2020), :func:`infidelity` (Yeh et al. 2019, captum's definition), :func:`sensitivity_n`
+    (Ancona et al. 2018), :func:`mu_fidelity` (xplique's MuFidelity).
+
+Faithfulness to an order of removal (forward rows): :func:`monotonicity` (Arya et al. 2019),
+    :func:`selectivity` (Montavon et al. 2018), :func:`irof` (Rieger & Hansen 2020),
+    :func:`road` (Rong et al. 2022, noisy linear imputation).
 
 Robustness (the method re-explains perturbed inputs): :func:`max_sensitivity`,
     :func:`avg_sensitivity` (Yeh et al. 2019).
@@ -54,6 +59,21 @@ from tfattr.metrics.faithfulness import (
     InfidelityResult,
     faithfulness_correlation,
     infidelity,
+)
+from tfattr.metrics.faithfulness_more import (
+    IROFResult,
+    MonotonicityResult,
+    MuFidelityResult,
+    ROADResult,
+    SelectivityResult,
+    SensitivityNResult,
+    irof,
+    monotonicity,
+    mu_fidelity,
+    road,
+    road_imputation,
+    selectivity,
+    sensitivity_n,
 )
 from tfattr.metrics.localisation import PointingGameResult, mask_energy, pointing_game
 from tfattr.metrics.perturbation import (
@@ -127,6 +147,19 @@ __all__ = [
     "FaithfulnessCorrelationResult",
     "infidelity",
     "InfidelityResult",
+    "monotonicity",
+    "MonotonicityResult",
+    "selectivity",
+    "SelectivityResult",
+    "sensitivity_n",
+    "SensitivityNResult",
+    "irof",
+    "IROFResult",
+    "road",
+    "road_imputation",
+    "ROADResult",
+    "mu_fidelity",
+    "MuFidelityResult",
     "max_sensitivity",
     "avg_sensitivity",
     "SensitivityResult",
