@@ -107,7 +107,7 @@ def test_monotonicity_equals_quantus_loop_inserting_the_images_values(cnn, data)
         return out
 
     curves = []
-    reference = quantus.Monotonicity(features_in_step=4, perturb_func=insert, disable_warnings=True)
+    reference = quantus.Monotonicity(features_in_step=8, perturb_func=insert, disable_warnings=True)
     original = reference.evaluate_batch
 
     def keep_curve(model, x_batch, y_batch, a_batch, **kwargs):  # record the curve Quantus computes
@@ -123,7 +123,7 @@ def test_monotonicity_equals_quantus_loop_inserting_the_images_values(cnn, data)
 
     reference.evaluate_batch = keep_curve
     expected = _quantus(reference, cnn, x, maps, targets)
-    ours = metrics.monotonicity(cnn, x, maps, features_in_step=4, batch_size=7)
+    ours = metrics.monotonicity(cnn, x, maps, features_in_step=8, batch_size=7)
     np.testing.assert_allclose(ours.curve, np.stack(curves, axis=1), atol=1e-5)
     assert ours.monotonic.tolist() == list(expected)
 
@@ -132,8 +132,8 @@ def test_quantus_default_monotonicity_is_flat_where_ours_is_not(cnn, data):
     """Quantus 0.6's default writes the baseline into the baseline image: every map passes."""
     x, maps = data
     targets = _top1(cnn, x)
-    assert all(_quantus(quantus.Monotonicity(features_in_step=4, disable_warnings=True), cnn, x, maps, targets))
-    ours = metrics.monotonicity(cnn, x, maps, features_in_step=4)
+    assert all(_quantus(quantus.Monotonicity(features_in_step=16, disable_warnings=True), cnn, x, maps, targets))
+    ours = metrics.monotonicity(cnn, x, maps, features_in_step=16)
     assert not ours.monotonic.all()
     assert np.ptp(ours.curve, axis=1).min() > 0
 
@@ -234,20 +234,27 @@ def test_sensitivity_n_random_equals_a_hand_loop_on_the_same_subsets(cnn, data):
 
 
 # -- IROF --------------------------------------------------------------------------------------------
-def test_irof_equals_quantus_per_image_with_slic_segments(cnn, data, monkeypatch):
-    """On the logits model (Quantus scores a softmax model ~0.5 s a step: the ratio is the same formula)."""
+def test_irof_equals_quantus_per_image_on_the_same_superpixels(cnn, data, monkeypatch):
+    """Quantus's IROF with its SLIC call made coarser (8 segments: it scores a step in ~0.3 s) and ours
+    given the same segments; our default segments are Quantus's ``slic(image, start_label=0)``."""
+    from skimage.segmentation import slic
+
+    from quantus.helpers import utils as quantus_utils
+
     x, maps = data[0][:2], data[1][:2]
     monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)  # Quantus 0.6 calls np.trapz (NumPy 2.4 removed it)
+    monkeypatch.setattr(quantus_utils, "get_superpixel_segments",
+                        lambda img, segmentation_method: slic(img, n_segments=8, start_label=0))
+    segments = np.stack([slic(image.astype(np.float64), n_segments=8, start_label=0) for image in x])
     targets = _top1(cnn, x)
-    ours = metrics.irof(cnn, x, maps, baseline=0.3)
-    assert ours.curve.shape[1] > 20  # SLIC's ~n_segments=100 on 8×8: most pixels their own segment
+    ours = metrics.irof(cnn, x, maps, segments=segments, baseline=0.3)
+    assert 4 <= ours.curve.shape[1] <= 16
     for i in range(len(x)):  # one image a call: Quantus pads the curves of a batch to its longest
         reference = quantus.IROF(perturb_baseline=0.3, return_aggregate=False, disable_warnings=True)
         expected = _quantus(reference, cnn, x[i : i + 1], maps[i : i + 1], targets[i : i + 1])
         assert ours.aoc[i] == pytest.approx(float(expected[0]), abs=1e-4)
-    from skimage.segmentation import slic
-
-    np.testing.assert_array_equal(ours.segments[0], slic(x[0].astype(np.float64), start_label=0))
+    default = metrics.irof(cnn, x[:1], maps[:1])
+    np.testing.assert_array_equal(default.segments[0], slic(x[0].astype(np.float64), start_label=0))
 
 
 def test_irof_curve_with_given_segments_is_the_score_ratio(soft_cnn, data):
