@@ -4,10 +4,11 @@ analytic cases on a linear model.
 
 Quantus takes a Keras 3 model (``quantus.TensorFlowModel``); it works on channels-first images, so the
 model is given behind a ``Permute`` layer with ``channel_first=True`` (with channels-last images and
-``channel_first=False`` its SensitivityN counts the features from the wrong axes), maps as ``(N, 1, H, W)``, ``softmax=False`` (our metrics score
-the model's output as is). The images have one channel: Quantus ranks the ``(channel, pixel)`` entries of a
-map broadcast over the channels, with ties between the copies in NumPy's unstable order; on one channel
-its features are our pixels.
+``channel_first=False`` its SensitivityN counts the features from the wrong axes), maps as
+``(N, 1, H, W)``, ``softmax=False`` (our metrics score the model's output as is).
+The images have one channel: Quantus ranks the ``(channel, pixel)`` entries of a map broadcast over
+the channels, with ties between the copies in NumPy's unstable order; on one channel its features are
+our pixels.
 """
 
 import warnings
@@ -22,7 +23,6 @@ import tfattr
 from tfattr import metrics
 from tfattr.errors import InvalidInputError
 from tfattr.metrics.faithfulness_more import mu_fidelity_masks, road_imputation, sensitivity_n_subsets
-
 
 SIZE = 8
 
@@ -237,9 +237,8 @@ def test_sensitivity_n_random_equals_a_hand_loop_on_the_same_subsets(cnn, data):
 def test_irof_equals_quantus_per_image_on_the_same_superpixels(cnn, data, monkeypatch):
     """Quantus's IROF with its SLIC call made coarser (8 segments: it scores a step in ~0.3 s) and ours
     given the same segments; our default segments are Quantus's ``slic(image, start_label=0)``."""
-    from skimage.segmentation import slic
-
     from quantus.helpers import utils as quantus_utils
+    from skimage.segmentation import slic
 
     x, maps = data[0][:2], data[1][:2]
     monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)  # Quantus 0.6 calls np.trapz (NumPy 2.4 removed it)

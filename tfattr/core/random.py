@@ -15,7 +15,8 @@ import numpy as np
 
 __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
            "STREAM_GRADIENT_SHAP", "STREAM_INFIDELITY", "STREAM_FAITHFULNESS_CORRELATION", "STREAM_SENSITIVITY",
-           "STREAM_SHAPLEY_SAMPLING", "STREAM_SENSITIVITY_N", "STREAM_MU_FIDELITY", "STREAM_ROAD", "rng", "row_uniform", "row_normal", "compiled_row_draws"]
+           "STREAM_SHAPLEY_SAMPLING", "STREAM_SENSITIVITY_N", "STREAM_MU_FIDELITY", "STREAM_ROAD",
+           "rng", "row_uniform", "row_normal", "compiled_row_draws"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
