@@ -22,7 +22,12 @@ from scipy.stats import spearmanr
 import tfattr
 from tfattr import metrics
 from tfattr.errors import InvalidInputError
-from tfattr.metrics.faithfulness_more import mu_fidelity_masks, road_imputation, sensitivity_n_subsets
+from tfattr.metrics.faithfulness_more import (
+    monotonicity_correlation_values,
+    mu_fidelity_masks,
+    road_imputation,
+    sensitivity_n_subsets,
+)
 
 SIZE = 8
 
@@ -157,6 +162,29 @@ def test_monotonicity_curve_of_a_linear_model_is_the_cumulative_sum_of_sorted_co
     model_neg, _, _ = _linear(seed=3)
     result = metrics.monotonicity(model_neg, x, np.ones((2, 6, 6)), target=0, baseline=0.0)
     assert not result.monotonic.any()  # weights of both signs in pixel order: the curve goes down somewhere
+
+
+def test_monotonicity_correlation_equals_quantus_with_the_same_values_injected(cnn, data):
+    """Quantus draws each replacement value from np.random; its perturbation is given ours, in its call
+    order (group k, sample j → row k·M + j)."""
+    x, maps = data
+    targets = _top1(cnn, x)
+    values = monotonicity_correlation_values(5, np.arange(8 * 2))
+    calls = []
+
+    def uniform(arr, indices, **kwargs):
+        out = arr.copy()
+        out[np.arange(len(arr))[:, None], indices] = values[len(calls)]
+        calls.append(1)
+        return out
+
+    reference = quantus.MonotonicityCorrelation(features_in_step=8, nr_samples=2, perturb_func=uniform,
+                                                disable_warnings=True)
+    expected = _quantus(reference, cnn, x, maps, targets)
+    assert len(calls) == 16
+    ours = metrics.monotonicity_correlation(cnn, x, maps, features_in_step=8, nr_samples=2, seed=5, batch_size=5)
+    np.testing.assert_allclose(ours.correlation, expected, atol=1e-9)
+    assert np.all(ours.variances > 0)
 
 
 # -- selectivity -----------------------------------------------------------------------------------
@@ -361,6 +389,8 @@ def test_errors_name_the_argument(cnn, data):
         metrics.monotonicity(cnn, x, maps, features_in_step=65)
     with pytest.raises(InvalidInputError, match=r"`absolute`.*Received: absolute='yes'"):
         metrics.monotonicity(cnn, x, maps, absolute="yes")
+    with pytest.raises(InvalidInputError, match=r"`high`.*Received: \(low, high\)=\(1.0, 0.5\)"):
+        metrics.monotonicity_correlation(cnn, x, maps, low=1.0, high=0.5)
     with pytest.raises(InvalidInputError, match=r"`patch_size`.*Received: patch_size=9"):
         metrics.selectivity(cnn, x, maps, patch_size=9)
     with pytest.raises(InvalidInputError, match=r"`n`.*Received: n=\[0, 3\]"):

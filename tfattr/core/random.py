@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
            "STREAM_GRADIENT_SHAP", "STREAM_INFIDELITY", "STREAM_FAITHFULNESS_CORRELATION", "STREAM_SENSITIVITY",
            "STREAM_SHAPLEY_SAMPLING", "STREAM_SENSITIVITY_N", "STREAM_MU_FIDELITY", "STREAM_ROAD",
-           "rng", "row_uniform", "row_normal", "compiled_row_draws"]
+           "STREAM_MONOTONICITY_CORRELATION", "rng", "row_uniform", "row_normal", "compiled_row_draws"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
@@ -35,6 +35,7 @@ STREAM_SHAPLEY_SAMPLING = 22
 STREAM_SENSITIVITY_N = 40
 STREAM_MU_FIDELITY = 41
 STREAM_ROAD = 42
+STREAM_MONOTONICITY_CORRELATION = 43
 
 
 def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator:

@@ -12,6 +12,7 @@ Faithfulness to random perturbations (forward rows): :func:`faithfulness_correla
     (Ancona et al. 2018), :func:`mu_fidelity` (xplique's MuFidelity).
 
 Faithfulness to an order of removal (forward rows): :func:`monotonicity` (Arya et al. 2019),
+    :func:`monotonicity_correlation` (Nguyen & Martínez 2020),
     :func:`selectivity` (Montavon et al. 2018), :func:`irof` (Rieger & Hansen 2020),
     :func:`road` (Rong et al. 2022, noisy linear imputation).
 
@@ -62,6 +63,7 @@ from tfattr.metrics.faithfulness import (
 )
 from tfattr.metrics.faithfulness_more import (
     IROFResult,
+    MonotonicityCorrelationResult,
     MonotonicityResult,
     MuFidelityResult,
     ROADResult,
@@ -69,6 +71,7 @@ from tfattr.metrics.faithfulness_more import (
     SensitivityNResult,
     irof,
     monotonicity,
+    monotonicity_correlation,
     mu_fidelity,
     road,
     road_imputation,
@@ -149,6 +152,8 @@ __all__ = [
     "InfidelityResult",
     "monotonicity",
     "MonotonicityResult",
+    "monotonicity_correlation",
+    "MonotonicityCorrelationResult",
     "selectivity",
     "SelectivityResult",
     "sensitivity_n",

@@ -2,6 +2,8 @@
 subsets, an attribution map gives.
 
 * :func:`monotonicity` — Arya et al. 2019 (Quantus ``Monotonicity``). Higher (True) is better.
+* :func:`monotonicity_correlation` — Nguyen & Martínez 2020 (Quantus ``MonotonicityCorrelation``).
+  Higher is better.
 * :func:`selectivity` — Montavon, Samek & Müller 2018 (Quantus ``Selectivity``). Lower is better.
 * :func:`sensitivity_n` — Ancona et al., ICLR 2018 (random subsets of ``n`` pixels; Quantus
   ``SensitivityN``'s cumulative top-``n`` variant as ``subsets="top"``). Higher is better.
@@ -33,15 +35,23 @@ import numpy as np
 import tensorflow as tf
 
 from tfattr.core.engine import ChunkRows, ForwardRows
-from tfattr.core.random import STREAM_MU_FIDELITY, STREAM_ROAD, STREAM_SENSITIVITY_N, compiled_row_draws, row_uniform
+from tfattr.core.random import (
+    STREAM_MONOTONICITY_CORRELATION,
+    STREAM_MU_FIDELITY,
+    STREAM_ROAD,
+    STREAM_SENSITIVITY_N,
+    compiled_row_draws,
+    row_uniform,
+)
 from tfattr.errors import InvalidInputError, received
 from tfattr.metrics._common import as_array, check_images, check_positive_int, maps_for_images
 from tfattr.metrics.faithfulness import _baseline_values, _batch_size, _engine, _pearson, _Scores, _seed
 
 __all__ = [
-    "MonotonicityResult", "SelectivityResult", "SensitivityNResult", "IROFResult", "ROADResult", "MuFidelityResult",
-    "monotonicity", "selectivity", "sensitivity_n", "irof", "road", "mu_fidelity", "road_imputation",
-    "mu_fidelity_masks", "sensitivity_n_subsets",
+    "MonotonicityResult", "MonotonicityCorrelationResult", "SelectivityResult", "SensitivityNResult",
+    "IROFResult", "ROADResult", "MuFidelityResult", "monotonicity", "monotonicity_correlation",
+    "monotonicity_correlation_values", "selectivity", "sensitivity_n", "irof", "road", "mu_fidelity",
+    "road_imputation", "mu_fidelity_masks", "sensitivity_n_subsets",
 ]
 
 
@@ -188,6 +198,122 @@ def monotonicity(model, images, attributions, target=None, features_in_step: int
     curve = _rank_rows(scores, x, ranks, thresholds, values, keep=True)
     return MonotonicityResult(monotonic=np.all(np.diff(curve, axis=1) >= 0, axis=1), curve=curve,
                               targets=scores.targets.indices)
+
+
+# -- monotonicity correlation ----------------------------------------------------------------------
+@dataclass
+class MonotonicityCorrelationResult:
+    """What :func:`monotonicity_correlation` returns (``N`` images, ``K`` groups, ``M`` samples).
+
+    Attributes:
+        correlation: ``(N,)`` Spearman correlation of ``attribution_sums`` and ``variances`` (higher is better).
+        attribution_sums: ``(N, K)`` ``Σ_{i∈group k} φ_i`` (of ``|φ|`` with ``absolute``).
+        variances: ``(N, K)`` ``mean_j (f(x̃_kj) − f(x))² / f(x)²`` (``f(x)²`` taken as 1 where
+            ``|f(x)| < eps``, as Quantus).
+        targets: ``(N,)`` the classes scored (``None`` for a callable target).
+    """
+
+    correlation: np.ndarray
+    attribution_sums: np.ndarray
+    variances: np.ndarray
+    targets: Optional[np.ndarray]
+
+
+def monotonicity_correlation_values(seed: int, rows, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """The replacement value of each row of :func:`monotonicity_correlation` (row ``k·M + j``: group
+    ``k``, sample ``j``; the same for every image): uniform in ``[low, high)`` from the seed."""
+    draws = compiled_row_draws("uniform", seed, np.asarray(rows), (1,), dtype=tf.float64,
+                               stream=STREAM_MONOTONICITY_CORRELATION)[:, 0]
+    return low + (high - low) * draws
+
+
+def _band_points(x, rows: ChunkRows):
+    """Row ``k·M + j`` of image ``n``: ``x_n`` with the pixels ranked ``k·s … (k+1)·s − 1`` (all
+    channels) at a seeded uniform value. Context: ``[seed, s, M, low, high, ranks (N·H·W)]``."""
+    context = tf.reshape(rows.context, [-1])
+    seed = tf.cast(context[0], tf.int64)
+    step, samples = context[1], tf.cast(context[2], tf.int32)
+    num = tf.shape(x)[0]
+    ranks = tf.reshape(context[5:], tf.stack([num, tf.shape(x)[1], tf.shape(x)[2], 1]))
+    group = tf.cast(rows.position // samples, tf.float64)
+    inside = tf.equal(tf.floor(tf.gather(ranks, rows.example) / step), tf.reshape(group, (-1, 1, 1, 1)))
+    draws = row_uniform(seed, rows.position, (1,), dtype=tf.float64, stream=STREAM_MONOTONICITY_CORRELATION)
+    values = tf.cast(context[3] + (context[4] - context[3]) * draws, x.dtype)
+    points = tf.gather(x, rows.example)
+    return tf.where(inside, tf.reshape(values, (-1, 1, 1, 1)) * tf.ones_like(points), points)
+
+
+def monotonicity_correlation(model, images, attributions, target=None, features_in_step: int = 1,
+                             nr_samples: int = 100, absolute: bool = True, low: float = 0.0, high: float = 1.0,
+                             eps: float = 1e-5, seed: Optional[int] = 0, batch_size: Union[int, str] = "auto",
+                             verbose: Union[int, bool, str] = "auto", output=None) -> MonotonicityCorrelationResult:
+    """Monotonicity correlation (Nguyen & Martínez, "On quantitative aspects of model
+    interpretability", 2020, §3.2; Quantus ``MonotonicityCorrelation``). Higher is better (in [−1, 1]).
+
+    The pixels are grouped in order of increasing attribution, ``features_in_step`` pixels a group;
+    each group ``k`` alone is set to a uniform random value (``M = nr_samples`` times), and the
+    score's normalised variance ``v_k = mean_j (f(x̃_kj) − f(x))² / f(x)²`` is compared with the
+    group's attribution ``a_k = Σ_{i∈k} φ_i``: ``Spearman(a, v)`` per image (a faithful map gives
+    larger effects to larger attributions).
+
+    Quantus's defaults: ``features_in_step=1``, ``nr_samples=100``, ``abs=True``, ``eps=1e-5``,
+    baseline ``"uniform"`` in ``[0, 1)``. Quantus draws a value per image from ``np.random``;
+    here row ``k·M + j``'s value comes from ``seed`` and the row alone, the same for every image
+    (:func:`monotonicity_correlation_values`); with the same values injected the two are equal.
+    The work is ``⌈H·W/s⌉ · M`` forward passes per image: choose ``features_in_step`` accordingly.
+
+    Args:
+        model: Keras model on ``(N, H, W, C)`` images.
+        images: the images (or one image).
+        attributions: the images' shape or ``(N, H, W)`` maps.
+        target: ``None`` (top-1 class), an int, ints, or a callable ``outputs -> (batch,)``.
+        features_in_step: pixels per group ``s``.
+        nr_samples: ``M`` random values per group.
+        absolute: order and sum ``|φ|`` (Quantus's default) or the signed ``φ``.
+        low: lower bound of the uniform values.
+        high: upper bound (> ``low``).
+        eps: ``|f(x)|`` below which the variance is not normalised.
+        seed: seed of the values (``None``: fresh).
+        batch_size: rows per forward pass or ``"auto"``.
+        verbose: progress bar.
+        output: the scored output of a model with several (an index or a name).
+
+    Returns:
+        :class:`MonotonicityCorrelationResult`.
+
+    Example:
+        >>> monotonicity_correlation(model, images, expl.attributions, features_in_step=64, nr_samples=10).correlation
+    """
+    from scipy.stats import spearmanr
+
+    x, maps, scores = _prepare(model, images, attributions, target, batch_size, verbose, output)
+    num, height, width = maps.shape
+    pixels = height * width
+    step = check_positive_int(features_in_step, "features_in_step")
+    if step > pixels:
+        raise InvalidInputError(f"`features_in_step` must be at most the number of pixels H·W = {pixels}. "
+                                + received("features_in_step", features_in_step))
+    samples = check_positive_int(nr_samples, "nr_samples")
+    absolute = _check_bool(absolute, "absolute")
+    for name, value in (("low", low), ("high", high), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(
+                value):
+            raise InvalidInputError(f"`{name}` must be a finite number. " + received(name, value))
+    if not high > low:
+        raise InvalidInputError("`high` must be above `low`. " + received("(low, high)", (low, high)))
+    seed = _seed(seed)
+    phi = np.abs(maps) if absolute else maps
+    ranks = _order_ranks(phi, descending=False)
+    groups = math.ceil(pixels / step)
+    context = np.concatenate([[seed, step, samples, float(low), float(high)], ranks.reshape(-1).astype(np.float64)])
+    row_scores = scores.rows(x, groups * samples, _band_points, context).reshape(num, groups, samples)
+    scale = np.where(np.abs(scores.fx) >= eps, 1.0 / np.where(scores.fx != 0, np.abs(scores.fx), 1.0), 1.0) ** 2
+    variances = ((row_scores - scores.fx[:, None, None]) ** 2).mean(axis=2) * scale[:, None]
+    group_of = ranks.reshape(num, pixels) // step
+    sums = np.stack([np.bincount(group_of[i], weights=phi[i].reshape(-1), minlength=groups) for i in range(num)])
+    correlation = np.array([spearmanr(sums[i], variances[i])[0] for i in range(num)])
+    return MonotonicityCorrelationResult(correlation=correlation, attribution_sums=sums, variances=variances,
+                                         targets=scores.targets.indices)
 
 
 # -- selectivity -----------------------------------------------------------------------------------
