@@ -24,7 +24,16 @@ Smoothness (no model): :func:`atv`, :func:`multiscale_atv`, :func:`autvc`.
 Randomisation (sanity checks; a method re-explains randomised copies):
     :func:`model_parameter_randomisation` (Adebayo et al. 2018), :func:`random_logit` (Sixt et al. 2020).
 
-Localisation (ground-truth masks): :func:`pointing_game`, :func:`mask_energy`.
+Pixel flipping and region perturbation (forward rows): :func:`pixel_flipping` (Bach et al. 2015),
+    :func:`region_perturbation` (Samek et al. 2017, Quantus's grid variant).
+
+Complexity (no model): :func:`sparseness` (Gini, Chalasani et al. 2020), :func:`complexity`
+    (entropy, Bhatt et al. 2020), :func:`effective_complexity` (Nguyen & Martínez 2020).
+
+Localisation (ground-truth masks): :func:`pointing_game`, :func:`mask_energy`,
+    :func:`relevance_mass_accuracy`, :func:`relevance_rank_accuracy` (Arras et al. 2022),
+    :func:`top_k_intersection` (Theiner et al. 2022), :func:`attribution_localisation`
+    (Kohlbrenner et al. 2020), :func:`auc` (ROC AUC, Fawcett 2006).
 
 Every metric works on a batch and returns NumPy arrays (areas and the curves for
 plotting); metrics that draw noise take a ``seed``; long runs show a progress bar.
@@ -55,6 +64,7 @@ Example::
 
 from tfattr.metrics._common import simpson
 from tfattr.metrics.completeness import CompletenessResult, completeness_error, taylor_error
+from tfattr.metrics.complexity import complexity, effective_complexity, sparseness
 from tfattr.metrics.faithfulness import (
     FaithfulnessCorrelationResult,
     InfidelityResult,
@@ -78,7 +88,23 @@ from tfattr.metrics.faithfulness_more import (
     selectivity,
     sensitivity_n,
 )
-from tfattr.metrics.localisation import PointingGameResult, mask_energy, pointing_game
+from tfattr.metrics.flipping import (
+    PixelFlippingResult,
+    RegionPerturbationResult,
+    pixel_flipping,
+    region_grid,
+    region_perturbation,
+)
+from tfattr.metrics.localisation import (
+    PointingGameResult,
+    attribution_localisation,
+    auc,
+    mask_energy,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from tfattr.metrics.perturbation import (
     AUPCResult,
     CausalResult,
@@ -140,6 +166,19 @@ __all__ = [
     "pointing_game",
     "mask_energy",
     "PointingGameResult",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "top_k_intersection",
+    "attribution_localisation",
+    "auc",
+    "sparseness",
+    "complexity",
+    "effective_complexity",
+    "pixel_flipping",
+    "PixelFlippingResult",
+    "region_perturbation",
+    "RegionPerturbationResult",
+    "region_grid",
     "model_parameter_randomisation",
     "RandomisationResult",
     "random_logit",
