@@ -84,7 +84,7 @@ def _flip_points(x, rows: ChunkRows):
     step = context[0]
     baselines = context[1 : 1 + num]
     ranks = tf.reshape(context[1 + num :], (num, height * width))
-    flipped = tf.gather(ranks, rows.example) < (tf.cast(rows.position, tf.float64) + 1.0) * step
+    flipped = tf.gather(ranks, rows.example) < ((tf.cast(rows.position, tf.float64) + 1.0) * step)[:, None]
     mask = tf.reshape(flipped, (-1, height, width, 1))
     points = tf.gather(x, rows.example)
     baseline = tf.reshape(tf.cast(tf.gather(baselines, rows.example), x.dtype), (-1, 1, 1, 1))
