@@ -16,6 +16,7 @@ import pytest
 import quantus
 from conftest import small_cnn
 
+import tfattr
 from tfattr import metrics
 from tfattr.errors import InvalidInputError, InvalidTypeError
 from tfattr.metrics.flipping import region_grid
@@ -206,6 +207,30 @@ def test_pixel_flipping_equals_quantus(cnn, images, maps, targets, pixels_per_st
     # the last step flips every pixel: the score of the all-baseline image
     flat = np.asarray(cnn(np.full_like(images, 0.25)))[np.arange(N), targets]
     np.testing.assert_allclose(ours.curve[:, -1], flat, rtol=1e-5, atol=1e-6)
+
+
+def test_pixel_flipping_equals_quantus_softmax_default(images, maps):
+    """Quantus scores probabilities by default (``softmax=True``); tfattr scores the output as is: a
+    model ending in a softmax gives both the same (Quantus keeps such a model as it is)."""
+    model = small_cnn("relu", size=SIZE, seed=4, softmax=True)
+    targets = np.asarray(model(images)).argmax(axis=1)
+    ours = metrics.pixel_flipping(model, images, maps, target=targets, pixels_per_step=16, baseline="black")
+    metric = quantus.PixelFlipping(features_in_step=C * 16, disable_warnings=True)  # perturb_baseline="black"
+    theirs = np.asarray(metric(model=model, x_batch=images, y_batch=targets, a_batch=maps[:, None],
+                               channel_first=False), np.float64)
+    np.testing.assert_allclose(ours.curve, theirs, rtol=1e-5, atol=1e-6)
+    assert np.all(ours.curve <= 1.0) and np.all(ours.curve >= 0.0)
+
+
+def test_metrics_take_an_explanation(cnn, images, masks):
+    explanation = tfattr.Gradient(cnn).attribute(images)
+    array = np.asarray(explanation.attributions)
+    np.testing.assert_array_equal(metrics.sparseness(explanation), metrics.sparseness(array))
+    np.testing.assert_array_equal(metrics.auc(explanation, masks), metrics.auc(array, masks))
+    a = metrics.region_perturbation(cnn, images, explanation, patch_size=4, regions=3, baseline=0.0)
+    b = metrics.region_perturbation(cnn, images, array.sum(axis=-1), patch_size=4, regions=3, baseline=0.0)
+    np.testing.assert_array_equal(a.order, b.order)
+    np.testing.assert_allclose(a.drops, b.drops, rtol=1e-6, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
