@@ -105,7 +105,7 @@ def test_complexity_analytic_values():
 def test_complexity_errors_name_the_argument():
     with pytest.raises(InvalidInputError, match=r"`normalise`.*Received: normalise=True"):
         metrics.sparseness(np.ones((1, 3, 3)), normalise=True)
-    with pytest.raises(InvalidInputError, match=r"non-negative.*Received: maps\[\(0, 0, 1\)\]=-1.0"):
+    with pytest.raises(InvalidInputError, match=r"`attributions`.*non-negative.*Received: map\[0, 0, 1\]=-1.0"):
         metrics.complexity(np.array([[[1.0, -1.0]]]), absolute=False)
     with pytest.raises(InvalidInputError, match=r"`eps`.*Received: eps=-0.1"):
         metrics.effective_complexity(np.ones((1, 3, 3)), eps=-0.1)

@@ -67,8 +67,9 @@ def _non_negative(maps: np.ndarray, metric: str) -> np.ndarray:
     if (maps < 0).any():
         first = tuple(int(i) for i in np.argwhere(maps < 0)[0])
         raise InvalidInputError(
-            f"{metric} is defined for non-negative maps: keep `absolute=True` or pass non-negative attributions "
-            f"(the map at {first} is negative). " + received(f"maps[{first}]", float(maps[first])))
+            f"`attributions` must give non-negative maps with `absolute=False` ({metric} is defined on "
+            f"non-negative values; keep `absolute=True` for |map|). "
+            + received(f"map{list(first)}", float(maps[first])))
     return maps.reshape(maps.shape[0], -1)
 
 
