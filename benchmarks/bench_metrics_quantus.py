@@ -5,8 +5,9 @@ process: tfattr's ``metrics.pixel_flipping`` / ``metrics.region_perturbation`` (
 engine), Quantus's ``PixelFlipping`` / ``RegionPerturbation`` (``softmax=False``, fixed baseline
 ``0.0``, ``a_batch`` of shape ``(N, 1, H, W)``, ``channel_first=False``), and the *floor*: exactly
 the forward passes tfattr runs — the same chunk sizes, through the same compiled forward function,
-on a pre-built batch — with nothing else. Each is timed ``--repeats`` times, alternately (the
-machine is shared), and the best kept. The two libraries' curves are compared too (max difference).
+on a pre-built batch — with nothing else. Each is timed several times, alternately (the machine is
+shared; ``--repeats`` for the floor and tfattr, ``--quantus-repeats`` for Quantus), and the best kept.
+The two libraries' curves are compared too (max difference).
 
     python benchmarks/bench_metrics_quantus.py                     # 48×48, 8 images (≈ 4 min on 2 cores)
     python benchmarks/bench_metrics_quantus.py --size 96 --images 16
@@ -69,7 +70,8 @@ def main():
     parser.add_argument("--pixels-per-step", type=int, default=48)
     parser.add_argument("--patch-size", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9, help="floor and tfattr timings (cheap)")
+    parser.add_argument("--quantus-repeats", type=int, default=2, help="Quantus timings (slow)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
@@ -82,6 +84,13 @@ def main():
     # scale as ties (by position), Quantus by exact value, so near-ties of a normal map would order apart
     maps = np.stack([rng.permutation(args.size * args.size) for _ in range(args.images)])
     maps = (maps.reshape(x.shape[:3]) / (args.size * args.size) - 0.3).astype(np.float32)
+    # region perturbation: the patch sums of those maps can tie exactly (sums of integers), and ties order
+    # apart; these maps give each patch its own level (gaps of ≥ ½ of a level between patch sums)
+    grid = metrics.region_grid(args.size, args.size, args.patch_size)
+    levels = int(grid.max()) + 1
+    region_maps = np.stack([rng.permutation(levels)[grid] + 0.5 * rng.permutation(grid.size).reshape(grid.shape)
+                            / grid.size for _ in range(args.images)])
+    region_maps = (region_maps / levels).astype(np.float32)
     targets = np.asarray(model(x)).argmax(axis=1)
     pixels = args.size * args.size
     steps = math.ceil(pixels / args.pixels_per_step)
@@ -99,13 +108,13 @@ def main():
                                  channel_first=False, softmax=False, batch_size=len(x)))
 
     def ours_rp():
-        return metrics.region_perturbation(model, x, maps, target=targets, patch_size=args.patch_size,
+        return metrics.region_perturbation(model, x, region_maps, target=targets, patch_size=args.patch_size,
                                            regions=patches, baseline=0.0, batch_size=batch, verbose=0).drops
 
     def quantus_rp():
         metric = quantus.RegionPerturbation(patch_size=args.patch_size, regions_evaluation=patches,
                                             perturb_baseline=0.0, abs=False, normalise=False, disable_warnings=True)
-        return np.asarray(metric(model=model, x_batch=x, y_batch=targets, a_batch=maps[:, None],
+        return np.asarray(metric(model=model, x_batch=x, y_batch=targets, a_batch=region_maps[:, None],
                                  channel_first=False, softmax=False, batch_size=len(x)))
 
     for name, ours, theirs, rows in (("pixel_flipping", ours_pf, quantus_pf, steps),
@@ -116,10 +125,11 @@ def main():
         floor_seconds(model, x, rows, batch)
         print(f"  max |tfattr − Quantus| = {np.abs(a - b).max():.2e} (scores up to {np.abs(b).max():.2f})")
         best = {"floor": [], "tfattr": [], "quantus": []}
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             best["floor"].append(floor_seconds(model, x, rows, batch))
             best["tfattr"].append(timed(ours)[0])
-            best["quantus"].append(timed(theirs)[0])
+            if repeat < args.quantus_repeats:
+                best["quantus"].append(timed(theirs)[0])
             print("  " + "   ".join(f"{k} {v[-1]:6.2f} s" for k, v in best.items()), flush=True)
         floor, t_ours, t_quantus = (min(best[k]) for k in ("floor", "tfattr", "quantus"))
         print(f"  best: floor {floor:.2f} s, tfattr {t_ours:.2f} s ({t_ours / floor:.2f}× the floor), "
