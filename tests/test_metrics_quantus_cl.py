@@ -36,10 +36,11 @@ def images():
 
 @pytest.fixture(scope="module")
 def maps():
-    """(N, H, W) signed maps with distinct, well-separated values."""
+    """(N, H, W) signed maps with distinct, well-separated values and absolute values (the offset
+    47.8 is not a half-integer, so |k − 47.8| never ties: gaps ≥ 0.4/144 of the largest ≈ 96/144)."""
     rng = np.random.default_rng(6)
     values = np.stack([rng.permutation(SIZE * SIZE) for _ in range(N)]).astype(np.float64)
-    return ((values - SIZE * SIZE / 3) / (SIZE * SIZE)).reshape(N, SIZE, SIZE).astype(np.float32)
+    return ((values - 47.8) / (SIZE * SIZE)).reshape(N, SIZE, SIZE).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def targets(cnn, images):
     return np.asarray(cnn(images)).argmax(axis=1)
 
 
-@pytest.mark.parametrize("pixels_per_step", [6, 16])
+@pytest.mark.parametrize("pixels_per_step", [12, 16])
 def test_pixel_flipping_equals_quantus(cnn, images, maps, targets, pixels_per_step):
     ours = metrics.pixel_flipping(cnn, images, maps, target=targets, pixels_per_step=pixels_per_step,
                                   baseline=0.25, batch_size=50)
@@ -248,7 +249,7 @@ def test_region_perturbation_equals_quantus(cnn, images, region_maps, targets, p
     for m in maps:  # the precondition: no near-ties, 16× the 2**-14 tie resolution
         sums = np.sort(np.bincount(grid.ravel(), weights=m.ravel().astype(np.float64), minlength=patches))
         assert np.diff(sums).min() > 2.0 ** -10 * np.abs(sums).max()
-    regions = min(patches, 10)
+    regions = min(patches, 6)
     ours = metrics.region_perturbation(cnn, images, maps, target=targets, patch_size=patch_size, regions=regions,
                                        order=order, baseline="black", batch_size=7)
     metric = quantus.RegionPerturbation(patch_size=patch_size, order=order, regions_evaluation=regions,
