@@ -108,7 +108,7 @@ def sparseness(attributions, absolute: bool = True, normalise: Union[None, bool,
 
 def complexity(attributions, absolute: bool = True, normalise: Union[None, bool, str] = None) -> np.ndarray:
     r"""Complexity: the entropy of the fractional contributions (Bhatt, Weller & Moura, "Evaluating
-    and Aggregating Feature-based Model Explanations", IJCAI 2020, eq. 6; Quantus ``Complexity``).
+    and Aggregating Feature-based Model Explanations", IJCAI 2020, "complexity"; Quantus ``Complexity``).
     Lower is better.
 
     ``P_g(i) = |g_i| / Σ_j |g_j|`` over the ``H·W`` pixels, and

@@ -164,7 +164,7 @@ class RegionPerturbationResult:
     Attributes:
         drops: ``(N, L)`` ``f(x) − f(x_k)`` after the first ``k = 1 … L`` patches are perturbed
             (Quantus's ``RegionPerturbation`` output).
-        aopc: ``(N,)`` ``Σ_{k=0}^{L} (f(x) − f(x_k)) / (L + 1)`` (Samek et al. 2017, eq. 12, one
+        aopc: ``(N,)`` ``Σ_{k=0}^{L} (f(x) − f(x_k)) / (L + 1)`` (Samek et al. 2017, the AOPC of one
             image; the ``k = 0`` term is 0). MoRF: higher is better; LeRF: lower is better.
         initial: ``(N,)`` ``f(x)``.
         order: ``(N, L)`` the patches perturbed, in order (row-major index on the grid).
@@ -222,7 +222,7 @@ def region_perturbation(model, images, attributions, target=None, patch_size: in
     patches ordered: ``"morf"`` (highest sum first), ``"lerf"`` (lowest first) or ``"random"``
     (seeded). For ``k = 1 … L`` the first ``k`` patches are set to the baseline (cumulatively) and
 
-    ``drop_k = f(x) − f(x_k)``,  ``AOPC = Σ_{k=0}^{L} drop_k / (L + 1)``  (eq. 12, ``drop_0 = 0``).
+    ``drop_k = f(x) − f(x_k)``,  ``AOPC = Σ_{k=0}^{L} drop_k / (L + 1)``  (the AOPC, ``drop_0 = 0``).
 
     The paper perturbs ``9 × 9`` regions centred on the most relevant pixels, not yet perturbed,
     with uniform noise (that protocol is :func:`~tfattr.metrics.aupc`); this is Quantus's grid

@@ -143,7 +143,7 @@ def _flat(maps: np.ndarray, mask: np.ndarray):
 
 def relevance_mass_accuracy(attributions, masks, absolute: bool = False) -> np.ndarray:
     r"""Relevance mass accuracy (Arras, Osman & Samek, "CLEVR-XAI: A benchmark dataset for the ground
-    truth evaluation of neural network explanations", Information Fusion 2022, eq. 1; Quantus
+    truth evaluation of neural network explanations", Information Fusion 2022; Quantus
     ``RelevanceMassAccuracy``). Higher is better.
 
     ``MA = R_within / R_total = Σ_{p ∈ GT} R_p / Σ_p R_p``
@@ -172,7 +172,7 @@ def relevance_mass_accuracy(attributions, masks, absolute: bool = False) -> np.n
 
 
 def relevance_rank_accuracy(attributions, masks, absolute: bool = False) -> np.ndarray:
-    r"""Relevance rank accuracy (Arras, Osman & Samek 2022, eq. 2; Quantus ``RelevanceRankAccuracy``).
+    r"""Relevance rank accuracy (Arras, Osman & Samek 2022; Quantus ``RelevanceRankAccuracy``).
     Higher is better.
 
     With ``K = |GT|`` the mask's size and ``P_top K`` the ``K`` pixels of highest relevance,
@@ -246,7 +246,7 @@ def attribution_localisation(attributions, masks, weighted: bool = False, positi
                              absolute: bool = False) -> np.ndarray:
     r"""Attribution localisation, the inside-total relevance ratio (Kohlbrenner, Bauer, Nakajima,
     Binder, Samek & Lapuschkin, "Towards Best Practice in Explaining Neural Network Decisions with
-    LRP", IJCNN 2020, eq. 9–10; Quantus ``AttributionLocalisation``). Higher is better.
+    LRP", IJCNN 2020; Quantus ``AttributionLocalisation``). Higher is better.
 
     ``μ = R_in / R_tot`` with ``R`` the positive part of the map (the paper's: ``positive=True``),
     ``R_in`` its sum on the object and ``R_tot`` its sum over the image; in [0, 1].
