@@ -130,7 +130,7 @@ def main():
             best["tfattr"].append(timed(ours)[0])
             if repeat < args.quantus_repeats:
                 best["quantus"].append(timed(theirs)[0])
-            print("  " + "   ".join(f"{k} {v[-1]:6.2f} s" for k, v in best.items()), flush=True)
+            print("  " + "   ".join(f"{k} {v[-1]:6.2f} s" for k, v in best.items() if v), flush=True)
         floor, t_ours = min(best["floor"]), min(best["tfattr"])
         line = f"  best: floor {floor:.2f} s, tfattr {t_ours:.2f} s ({t_ours / floor:.2f}× the floor)"
         if best["quantus"]:
