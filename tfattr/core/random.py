@@ -16,7 +16,8 @@ import numpy as np
 __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
            "STREAM_GRADIENT_SHAP", "STREAM_INFIDELITY", "STREAM_FAITHFULNESS_CORRELATION", "STREAM_SENSITIVITY",
            "STREAM_SHAPLEY_SAMPLING", "STREAM_SENSITIVITY_N", "STREAM_MU_FIDELITY", "STREAM_ROAD",
-           "STREAM_MONOTONICITY_CORRELATION", "rng", "row_uniform", "row_normal", "compiled_row_draws"]
+           "STREAM_MONOTONICITY_CORRELATION", "STREAM_SOBOL", "STREAM_FEATURE_PERMUTATION", "rng", "row_uniform",
+           "row_normal", "compiled_row_draws"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
@@ -36,6 +37,9 @@ STREAM_SENSITIVITY_N = 40
 STREAM_MU_FIDELITY = 41
 STREAM_ROAD = 42
 STREAM_MONOTONICITY_CORRELATION = 43
+# SobolAttribution's scrambling and FeaturePermutation's permutations
+STREAM_SOBOL = 23
+STREAM_FEATURE_PERMUTATION = 24
 
 
 def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator:

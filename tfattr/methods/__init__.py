@@ -9,10 +9,12 @@ from tfattr.methods.guided import GuidedBackprop, GuidedIntegratedGradients
 from tfattr.methods.integrated_gradients import IntegratedGradients
 from tfattr.methods.layer import LayerConductance, LayerIntegratedGradients, reduce_last_axis
 from tfattr.methods.lime import Lime
+from tfattr.methods.permutation import FeaturePermutation
 from tfattr.methods.perturbation import RISE, FeatureAblation, Occlusion
 from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, GuidedGradCAM
 from tfattr.methods.score_cams import AblationCAM, ScoreCAM
 from tfattr.methods.shapley import KernelShap, ShapleyValueSampling
+from tfattr.methods.sobol import SobolAttribution
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
 
 __all__ = [
@@ -48,4 +50,6 @@ __all__ = [
     "KernelShap",
     "ShapleyValueSampling",
     "Lime",
+    "SobolAttribution",
+    "FeaturePermutation",
 ]
