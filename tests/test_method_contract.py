@@ -77,6 +77,10 @@ WRONG = {
     "n_masks": [0, 2.5],
     "grid": [0, "fine"],
     "p": [0.0, 1.5],
+    # SobolAttribution, FeaturePermutation
+    "n_designs": [0, 12],
+    "perturbation": ["blurring", 1],
+    "n_permutations": [0, 2.5],
     # NoiseTunnel
     "nt_type": ["mean", 1],
     "nt_samples": [0, 2.5],
