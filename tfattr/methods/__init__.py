@@ -14,8 +14,8 @@ from tfattr.methods.perturbation import RISE, FeatureAblation, Occlusion
 from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, GuidedGradCAM
 from tfattr.methods.score_cams import AblationCAM, ScoreCAM
 from tfattr.methods.shapley import KernelShap, ShapleyValueSampling
-from tfattr.methods.sobol import SobolAttribution
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
+from tfattr.methods.sobol import SobolAttribution
 
 __all__ = [
     "GradCAM",

@@ -109,7 +109,8 @@ def _sobol_rows(x, rows: ChunkRows, amplitude: bool):
     dimension = tf.cast(static[1], tf.int32)
     grid = tf.cast(static[2], tf.int32)
     sigma = tf.cast(static[3], x.dtype)
-    masks, rest = _design_masks(tf.reshape(rows.context, [-1])[4:], rows.position, n_designs, dimension, height, width, grid)
+    masks, rest = _design_masks(tf.reshape(rows.context, [-1])[4:], rows.position, n_designs, dimension, height,
+                                width, grid)
     masks = tf.cast(tf.reshape(masks, [-1, height, width] + [1] * (len(shape) - 2)), x.dtype)
     inputs = tf.gather(x, rows.example)
     if amplitude:
