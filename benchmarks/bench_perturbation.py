@@ -229,7 +229,9 @@ def main():
         check_rows(model, x, cases)
         bench_model("small VGG-style CNN 64×64", model, x, cases, [32, 64])
     if "lite0" in args.only:
-        model = tfattr.data.EfficientNetLite0()
+        from tfattr.data import EfficientNetLite0
+
+        model = EfficientNetLite0()
         x = np.random.default_rng(0).uniform(0, 255, size=(1, 224, 224, 3)).astype(np.float32)
         settings = {"window": 56, "stride": 28, "superpixels": 6, "samples": 96, "masks": 128, "grid": 3, "designs": 8}
         cases = cases_for(model, x, 224, settings)

@@ -78,7 +78,7 @@ WRONG = {
     "grid": [0, "fine"],
     "p": [0.0, 1.5],
     # SobolAttribution, FeaturePermutation
-    "n_designs": [0, 12],
+    "n_designs": [0, 2.5],
     "perturbation": ["blurring", 1],
     "n_permutations": [0, 2.5],
     # NoiseTunnel

@@ -89,6 +89,7 @@ METHODS = {
     "scorecam": lambda m: tfattr.ScoreCAM(m, layer="conv"),
     "ablationcam": lambda m: tfattr.AblationCAM(m, layer="conv"),
     "sobol": lambda m: tfattr.SobolAttribution(m, grid=2, n_designs=4, seed=1),
+    "hsic": lambda m: tfattr.HsicAttribution(m, grid=2, n_designs=16, seed=1),
     "feature_permutation": lambda m: tfattr.FeaturePermutation(
         m, feature_mask=np.repeat(np.repeat(np.arange(4).reshape(2, 2, 1), 4, 0), 4, 1), seed=1),
 }

@@ -276,3 +276,42 @@ def test_feature_permutation_calls_the_model_once_per_chunk_and_refuses_a_single
     assert float(counter.rows.numpy()) == 4 * 3 + 4  # every (example, feature) once, f(x) once
     with pytest.raises(TfattrError, match=r"at least 2 examples.*Received: inputs.shape"):
         tfattr.FeaturePermutation(model).attribute(x[:1], target=0)
+
+
+# -- HSIC ------------------------------------------------------------------------------------------------
+
+def _xplique_hsic_binary(masks, outputs):
+    """xplique's ``BinaryEstimator`` (float32): binary input kernel ``1 + 0.5 − (X − X')²``, RBF output
+    kernel of width the median output (``tfp.stats.percentile(Y, 50, "linear")``), ``sum(Kc ⊙ Lcᵀ)/n``."""
+    x = np.asarray(masks, np.float32).T[:, None, :, None]  # "n h w c -> (h w c) n" then "d n -> d 1 n 1"
+    y = np.asarray(outputs, np.float32).reshape(-1, 1)
+    n = len(y)
+    width = np.float32(np.percentile(y, 50.0))
+    gram_l = np.exp(-((y - y.T) ** 2) / (2 * width ** 2))
+    gram_k = np.prod(1 + (0.5 - (x - np.swapaxes(x, 2, 3)) ** 2), axis=1)  # (d, n, n)
+    h = np.eye(n, dtype=np.float32) - np.ones((n, n), np.float32) / n
+    kc = np.einsum("ijk,kl->ijl", np.einsum("jk,ikl->ijl", h, gram_k), h)
+    lc = h @ gram_l @ h
+    return np.sum(kc * lc.T[None], axis=(1, 2)) / n
+
+
+def test_hsic_equals_xpliques_binary_estimator_and_finds_the_quadrant():
+    """Same binary design (the scrambled Sobol points rounded, from the seed): xplique's masks,
+    inpainting, scores and BinaryEstimator agree with HsicAttribution's to float32 rounding; on the
+    quadrant model the four seen cells hold the four largest values."""
+    from tfattr.methods.sobol import binary_design
+
+    model = _quadrant_model()
+    x = np.random.default_rng(5).uniform(0.5, 1.5, size=(1, 12, 12, 1))
+    found = tfattr.HsicAttribution(model, grid=4, n_designs=64, seed=2, batch_size=30).attribute(x, target=0)
+    assert found.info["forward_passes"] == math.ceil(64 / 30) and found.info["rows"] == 64
+    design = binary_design(16, 64, 2)
+    assert set(np.unique(design)) <= {0.0, 1.0}
+    masks = tf.image.resize(design.reshape(-1, 4, 4, 1), (12, 12), method="nearest").numpy()
+    outputs = np.asarray(model(x[0][None] * masks))[:, 0]
+    expected = _xplique_hsic_binary(design, outputs)
+    np.testing.assert_allclose(found.info["hsic"][0].ravel(), expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    inside = np.zeros((4, 4), bool)
+    inside[:2, :2] = True
+    top = np.argsort(found.info["hsic"][0].ravel())[-4:]
+    assert set(top) == set(np.flatnonzero(inside.ravel()))

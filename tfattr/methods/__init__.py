@@ -15,7 +15,7 @@ from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, Gu
 from tfattr.methods.score_cams import AblationCAM, ScoreCAM
 from tfattr.methods.shapley import KernelShap, ShapleyValueSampling
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
-from tfattr.methods.sobol import SobolAttribution
+from tfattr.methods.sobol import HsicAttribution, SobolAttribution
 
 __all__ = [
     "GradCAM",
@@ -51,5 +51,6 @@ __all__ = [
     "ShapleyValueSampling",
     "Lime",
     "SobolAttribution",
+    "HsicAttribution",
     "FeaturePermutation",
 ]

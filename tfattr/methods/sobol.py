@@ -25,7 +25,8 @@ from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import Explained
 from tfattr.methods.perturbation import _baselines, _check_baseline, _PerturbationMethod
 
-__all__ = ["SobolAttribution", "sobol_design", "jansen_total_order", "nearest_indices", "PERTURBATIONS"]
+__all__ = ["SobolAttribution", "HsicAttribution", "sobol_design", "binary_design", "jansen_total_order",
+           "hsic_binary", "nearest_indices", "PERTURBATIONS"]
 
 #: the perturbations of :class:`SobolAttribution` (xplique's ``inpainting``, ``blurring``, ``amplitude``)
 PERTURBATIONS = ("inpainting", "blur", "amplitude")
@@ -206,6 +207,18 @@ class SobolAttribution(_PerturbationMethod):
         Option("seed", 0, checks.seed),
     )
 
+    #: the key of the per-cell values in ``info``
+    info_key = "total_indices"
+
+    def design(self, dimension: int, n_designs: int, seed):
+        """``(A, B, rows per image)``: the scrambled Sobol design (rows ``[A; B; C_0; …]``)."""
+        a, b = sobol_design(dimension, n_designs, seed)
+        return a, b, n_designs * (dimension + 2)
+
+    def estimate(self, scores: np.ndarray, design, n_designs: int) -> np.ndarray:
+        """Per-cell values ``(N, D)`` from the rows' scores ``(N, rows per image)``."""
+        return jansen_total_order(scores, n_designs)
+
     def check_combination(self, config) -> None:
         sigma = config["sigma"]
         if config["perturbation"] == "blur" and sigma is not None and not checks.is_int(sigma):
@@ -225,7 +238,7 @@ class SobolAttribution(_PerturbationMethod):
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         dimension = grid * grid
-        a, b = sobol_design(dimension, n_designs, seed)
+        a, b, per_example = self.design(dimension, n_designs, seed)
         sigma = config["sigma"]
         if sigma is None:
             sigma = 10 if perturbation == "blur" else 1.0
@@ -236,17 +249,96 @@ class SobolAttribution(_PerturbationMethod):
             rest = _box_blur(np.asarray(x, np.float64), int(sigma)).ravel()
         context = np.concatenate([[n_designs, dimension, grid, float(sigma)], a.ravel(), b.ravel(),
                                   nearest_indices(grid, height), nearest_indices(grid, width), rest])
-        per_example = n_designs * (dimension + 2)
         rows = ForwardRows.repeat(num, per_example)
         build = _sobol_amplitude if perturbation == "amplitude" else _sobol_blend
         result = self.run_rows(x, targets, rows, build, "scores", context, config)
-        indices = jansen_total_order(result.row_scores.reshape(num, per_example), n_designs)
+        indices = self.estimate(result.row_scores.reshape(num, per_example), (a, b), n_designs)
         indices = indices.reshape(num, grid, grid)
         maps = tf.image.resize(tf.constant(indices[..., None], tf.float32), (height, width), method="bicubic")
-        info = {"total_indices": indices, "forward_passes": result.chunks, "rows": len(rows),
+        info = {self.info_key: indices, "forward_passes": result.chunks, "rows": len(rows),
                 "n_designs": n_designs, "seed": seed}
         return Explained(attributions=np.asarray(maps, np.float64)[..., 0], scores=fx, info=info)
 
     def describe(self, config) -> str:
         return (f"sobol(grid={config['grid']}, n_designs={config['n_designs']}, "
+                f"perturbation={config['perturbation']!r})")
+
+
+# -- HSIC ----------------------------------------------------------------------------------------------
+
+def binary_design(dimension: int, n_designs: int, seed) -> np.ndarray:
+    """``(n_designs, dimension)`` binary masks: a scrambled Sobol sequence rounded to {0, 1}
+    (xplique's ``TFSobolSequence(binary=True)``, scrambled here from ``seed``)."""
+    import warnings
+
+    from scipy.stats import qmc
+
+    with warnings.catch_warnings():  # scipy warns when n is not a power of two (xplique's default is 500)
+        warnings.simplefilter("ignore", UserWarning)
+        points = qmc.Sobol(dimension, scramble=True, rng=rng(seed, STREAM_SOBOL)).random(n_designs)
+    return np.round(points)
+
+
+def hsic_binary(masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """xplique's ``BinaryEstimator``: for each cell ``i``, ``HSIC_i = tr(H K_i H · H L H) / n`` with
+    the input kernel ``K_i[j, k] = 1 + ½ − (X_ji − X_ki)²`` (binary), the output kernel
+    ``L[j, k] = exp(−(y_j − y_k)² / (2 w²))``, ``w`` the median of the scores, ``H = I − 1/n``.
+    ``masks (n, D)``, ``scores (…, n)``; returns ``(…, D)``."""
+    masks = np.asarray(masks, np.float64)
+    scores = np.asarray(scores, np.float64)
+    n = masks.shape[0]
+    centre = np.eye(n) - 1.0 / n
+    width = np.median(scores, axis=-1)[..., None, None]
+    gram = np.exp(-((scores[..., :, None] - scores[..., None, :]) ** 2) / (2 * width ** 2))
+    output = centre @ gram @ centre  # (…, n, n)
+    inputs = 1.5 - (masks.T[:, :, None] - masks.T[:, None, :]) ** 2  # (D, n, n)
+    inputs = centre @ inputs @ centre
+    return np.einsum("djk,...kj->...d", inputs, output) / n
+
+
+class HsicAttribution(SobolAttribution):
+    """HSIC attribution (Novello, Fel & Vigouroux, NeurIPS 2022, "Making Sense of Dependence:
+    Efficient Black-box Explanations Using Dependence Measure"): for each cell of a
+    ``grid × grid`` partition, the Hilbert–Schmidt independence criterion between the cell being
+    kept or removed and the model's score, as xplique's ``HsicAttributionMethod``.
+
+    ``n_designs`` binary masks (a scrambled Sobol sequence in ``[0, 1]^{grid²}`` rounded to
+    {0, 1}) are upsampled by nearest neighbour and applied by the perturbation (as
+    :class:`SobolAttribution`: ``"inpainting"``, ``"blur"``, ``"amplitude"``); with the binary input
+    kernel and an RBF output kernel of width the median score (xplique's ``BinaryEstimator``),
+    ``HSIC_i = tr(H K_i H L H) / n`` (eq. 3 of the paper with xplique's normalisation). Each mask is
+    one forward row (``⌈N · n_designs / batch_size⌉`` model calls); the ``grid × grid`` values
+    (``info["hsic"]``) are upsampled bicubically to the image.
+
+    Options:
+        grid: cells per side (at most the image's side).
+        n_designs: masks per image (xplique's default 500; any count ≥ 2).
+        perturbation, sigma, baseline, seed: as :class:`SobolAttribution`.
+        batch_size, verbose, parallel_chunks, output: see :class:`~tfattr.methods.base.AttributionMethod`.
+
+    Example:
+        >>> HsicAttribution(model, grid=8, n_designs=500).attribute(images, target=3).attributions
+    """
+
+    name = "hsic"
+    options = (
+        Option("grid", 8, checks.positive_int),
+        Option("n_designs", 500, checks.at_least(2)),
+        Option("perturbation", "inpainting", checks.choices(*PERTURBATIONS)),
+        Option("sigma", None, _optional_positive),
+        Option("baseline", 0, _check_baseline),
+        Option("seed", 0, checks.seed),
+    )
+
+    def design(self, dimension, n_designs, seed):
+        masks = binary_design(dimension, n_designs, seed)
+        return masks, masks, n_designs
+
+    def estimate(self, scores, design, n_designs):
+        return hsic_binary(design[0], scores)
+
+    info_key = "hsic"
+
+    def describe(self, config) -> str:
+        return (f"hsic(grid={config['grid']}, n_designs={config['n_designs']}, "
                 f"perturbation={config['perturbation']!r})")
