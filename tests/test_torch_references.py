@@ -132,3 +132,68 @@ def test_gradient_shap_equals_captum_given_tfattrs_draws(small):
     expl = tfattr.GradientShap(model, baselines=ref["baselines"], n_samples=samples, stdevs=stdevs,
                                seed=seed).attribute(ref["x"], target=ref["targets"])
     assert_float32_close(expl.attributions, ref["gradient_shap"])
+
+
+# ----------------------------------------------------------------------------- pytorch-grad-cam
+
+#: reference key → (tfattr class, options matching pytorch-grad-cam's conventions)
+CAMS = {
+    "gradcam": (tfattr.GradCAM, {}),
+    "gradcamplusplus": (tfattr.GradCAMPlusPlus, {"convention": "pytorch-grad-cam"}),
+    "xgradcam": (tfattr.XGradCAM, {}),
+    "hirescam": (tfattr.HiResCAM, {}),
+    "eigencam": (tfattr.EigenCAM, {}),
+    "layercam": (tfattr.LayerCAM, {}),
+    "scorecam": (tfattr.ScoreCAM, {}),
+    "ablationcam": (tfattr.AblationCAM, {"ablation_value": 0.0}),
+}
+
+
+def _sign_corrected(maps):
+    """pytorch-grad-cam's EigenCAM keeps LAPACK's sign of the component; tfattr flips each map so that its
+    largest-magnitude value is positive (``get_2d_projection_with_sign_correction``'s rule)."""
+    flat = maps.reshape(len(maps), -1)
+    flip = np.abs(flat.min(axis=1)) > np.abs(flat.max(axis=1))
+    return maps * np.where(flip, -1.0, 1.0)[:, None, None]
+
+
+def _cam(name, ref, model, **options):
+    cls, convention = CAMS[name]
+    layer = str(ref["score_layer"] if name == "scorecam" and "score_layer" in ref else ref["layer"])
+    return cls(model, layer=layer, **convention, **options).attribute(ref["x"], target=ref["targets"]).attributions
+
+
+def _raw_reference(name, ref):
+    raw = ref[f"{name}_raw"].astype(np.float64)
+    return _sign_corrected(raw) if name == "eigencam" else raw
+
+
+def _scaled_like_pytorch_grad_cam(ours, name, ref):
+    """tfattr's ``relu=True, upsample=True`` map ``U`` put through pytorch-grad-cam's scalings: its ``cam(...)``
+    min–max scales ``ReLU(raw)`` at the layer's resolution (``scale_cam_image``: ``(r − m)/(M − m + 1e-7)``),
+    resizes, and min–max scales the mean over target layers again (``aggregate_multi_layers``). Resizing is
+    affine-equivariant, so that output is ``(U − min U) / (max U − min U + 1e-7 · (M − m + 1e-7))``."""
+    relu = np.maximum(ref[f"{name}_raw"].astype(np.float64), 0.0)
+    first = relu.max(axis=(1, 2)) - relu.min(axis=(1, 2)) + 1e-7
+    low, high = ours.min(axis=(1, 2)), ours.max(axis=(1, 2))
+    return (ours - low[:, None, None]) / (high - low + 1e-7 * first)[:, None, None]
+
+
+@pytest.mark.parametrize("name", list(CAMS))
+def test_cam_raw_map_equals_pytorch_grad_cam(small, name):
+    """The map before ReLU at the layer's resolution (what pytorch-grad-cam's ``get_cam_image`` returns)."""
+    _, model, ref = small
+    ours = _cam(name, ref, model, relu=False, upsample=False)
+    assert_float32_close(ours, _raw_reference(name, ref), err_msg=name)
+
+
+@pytest.mark.parametrize("name", [n for n in CAMS if n != "eigencam"])
+def test_cam_upsampled_map_scaled_as_pytorch_grad_cam_equals_its_output(small, name):
+    """tfattr's default map (ReLU, bilinear upsampling with half-pixel centres) against ``cam(...)``'s
+    (ReLU, min–max scaling, ``cv2.resize`` INTER_LINEAR, also half-pixel centres, min–max scaling again),
+    ours scaled as theirs.
+    (Eigen-CAM's raw map differs by the sign convention only; its ReLU'd map is then another map.)"""
+    _, model, ref = small
+    ours = _cam(name, ref, model)
+    assert ours.shape == ref[f"{name}_default"].shape
+    assert_float32_close(_scaled_like_pytorch_grad_cam(ours, name, ref), ref[f"{name}_default"], err_msg=name)
