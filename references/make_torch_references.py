@@ -369,6 +369,15 @@ def run_references(model, layer, score_layer, side, name, targets, shap_stdevs, 
         out[f"{key}_raw"] = np.asarray(value, np.float32)      # get_cam_image: before ReLU, layer resolution
         out[f"{key}_default"] = store(default)                 # what cam(...) returns: ReLU, min–max, cv2 resize
         print(name, cam_name, "done")
+    if "ScoreCAM" in cams and score_layer is not layer:  # its masks upsampled from the coarser layer
+        cam = ScoreCAM(model=model, target_layers=[layer])
+        raw = []
+        original = cam.get_cam_image
+        cam.get_cam_image = lambda *a, **k: raw.append(np.array(original(*a, **k))) or raw[-1]
+        out["scorecam_coarse_default"] = store(cam(input_tensor=x, targets=[ClassifierOutputTarget(t)
+                                                                                for t in target_list]))
+        out["scorecam_coarse_raw"] = np.asarray(raw[0], np.float32)
+        print(name, "ScoreCAM at the coarser layer done")
     return out
 
 
@@ -379,9 +388,16 @@ def lite0_references(side):
     from efficientnet_lite_pytorch import EfficientNet
     from torch import nn
 
-    # captum 0.9's DeepLift has no rule for nn.ReLU6 and would silently use its gradient: register
-    # the Rescale rule (captum's `nonlinear`, used for ReLU/ELU/Sigmoid/…) for it, as tfattr does
-    deep_lift.SUPPORTED_NON_LINEAR[nn.ReLU6] = deep_lift.nonlinear
+    class ReLU6(nn.ReLU):
+        """``nn.ReLU6``'s function as a subclass of ``nn.ReLU``: captum 0.9 hooks ``nn.ReLU`` only in
+        GuidedBackprop/Deconvolution (``isinstance(module, nn.ReLU)``) and has no DeepLift rule for
+        ``nn.ReLU6`` (``SUPPORTED_NON_LINEAR[type(module)]``); as is, it would silently take ReLU6's plain
+        gradient in all three. tfattr treats ReLU6 as a ReLU there; so does this reference."""
+
+        def forward(self, x):
+            return torch.nn.functional.relu6(x)
+
+    deep_lift.SUPPORTED_NON_LINEAR[ReLU6] = deep_lift.nonlinear   # the Rescale rule, as for nn.ReLU
 
     net = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(str(side["lite0/checkpoint"]), map_location="cpu", weights_only=False)
@@ -397,10 +413,10 @@ def lite0_references(side):
         def __init__(self, net):
             super().__init__()
             self.net = net
-            self.stem_activation = nn.ReLU6()
-            self.expand_activation = nn.ModuleList([nn.ReLU6() for _ in net._blocks])
-            self.dw_activation = nn.ModuleList([nn.ReLU6() for _ in net._blocks])
-            self.top_activation = nn.ReLU6()
+            self.stem_activation = ReLU6()
+            self.expand_activation = nn.ModuleList([ReLU6() for _ in net._blocks])
+            self.dw_activation = nn.ModuleList([ReLU6() for _ in net._blocks])
+            self.top_activation = ReLU6()
 
         def forward(self, rgb):
             net = self.net

@@ -48,6 +48,7 @@ WRONG = {
     "convention": ["torch", 1],
     "center": ["yes", 1],
     "top_k": [0, 2.5],
+    "mask_upsampling": ["nearest", True],
     "ablation_value": [float("nan"), "zero"],
     "input_baseline": ["zero", True],
     "reduce": ["mean", 1],

@@ -197,3 +197,79 @@ def test_cam_upsampled_map_scaled_as_pytorch_grad_cam_equals_its_output(small, n
     ours = _cam(name, ref, model)
     assert ours.shape == ref[f"{name}_default"].shape
     assert_float32_close(_scaled_like_pytorch_grad_cam(ours, name, ref), ref[f"{name}_default"], err_msg=name)
+
+
+def test_score_cam_align_corners_masks_equal_pytorch_grad_cam_at_a_coarser_layer(small):
+    """At a layer coarser than the input pytorch-grad-cam upsamples Score-CAM's masks with aligned corners:
+    ``mask_upsampling="align_corners"`` equals it; tfattr's default (half-pixel centres) is another map."""
+    _, model, ref = small
+    layer = str(ref["layer"])
+    reference = ref["scorecam_coarse_raw"].astype(np.float64)
+    aligned = tfattr.ScoreCAM(model, layer=layer, mask_upsampling="align_corners", relu=False, upsample=False)
+    assert_float32_close(aligned.attribute(ref["x"], target=ref["targets"]).attributions, reference)
+    default = tfattr.ScoreCAM(model, layer=layer, relu=False, upsample=False)
+    ours = default.attribute(ref["x"], target=ref["targets"]).attributions
+    gap = np.abs(ours - reference).reshape(len(ours), -1).max(axis=1)
+    assert np.all(gap > 1e-3 * np.abs(reference).reshape(len(ours), -1).max(axis=1))
+
+
+# ----------------------------------------------------------------------------- EfficientNet-Lite0
+
+#: EfficientNet-Lite0 (≈ 50 layers, sums over up to 1280 channels, inputs in [0, 255]): the logits of
+#: the two frameworks differ by ~1e-5 of their scale, and the maps inherit more from the deeper backward
+#: pass; pixel maps are stored in float16 (≤ 2⁻¹¹ ≈ 4.9e-4 of a value, of the scale for a map
+#: normalised by its maximum). Bound: 5e-3 of each map's largest reference value for pixel maps
+#: (margin ≥ 2 over what was measured, see the report in docs/guides/references.md) and for the
+#: layer-resolution CAMs (float32).
+LITE0_PIXELS = 5e-3
+LITE0_CAMS = 5e-3
+
+
+@pytest.fixture(scope="module")
+def lite0_ref(lite0):
+    ref = _load("efficientnet_lite0")
+    ref["x"] = ref["x"].astype(np.float32)
+    return lite0, ref
+
+
+def test_lite0_keras_logits_are_the_torch_packages(lite0_ref):
+    model, ref = lite0_ref
+    assert_float32_close(model(ref["x"]).numpy(), ref["logits"], relative=1e-4)
+    assert list(ref["logits"].argmax(axis=1)) == [285, 967]  # Egyptian cat, espresso: the explained classes
+
+
+def test_lite0_deeplift_deeplift_shap_and_gradient_shap_equal_captum(lite0_ref):
+    model, ref = lite0_ref
+    target = ref["targets"]
+    expl = tfattr.DeepLift(model, baseline=ref["baseline"][None].astype(np.float32)).attribute(ref["x"], target=target)
+    assert_float32_close(expl.attributions, ref["deeplift"], relative=LITE0_PIXELS, err_msg="deeplift")
+    baselines = ref["baselines"].astype(np.float32)
+    expl = tfattr.DeepLiftShap(model, baselines=baselines).attribute(ref["x"], target=target)
+    assert_float32_close(expl.attributions, ref["deeplift_shap"], relative=LITE0_PIXELS, err_msg="deeplift_shap")
+    drawn = GradientShap.draws(ref["x"].shape[1:], len(baselines), len(ref["shap_alpha"]), 0.0, 7)
+    np.testing.assert_array_equal(drawn["index"], ref["shap_index"])
+    np.testing.assert_array_equal(drawn["alpha"], ref["shap_alpha"])
+    expl = tfattr.GradientShap(model, baselines=baselines, n_samples=len(ref["shap_alpha"]), seed=7).attribute(
+        ref["x"], target=target)
+    assert_float32_close(expl.attributions, ref["gradient_shap"], relative=LITE0_PIXELS, err_msg="gradient_shap")
+
+
+def test_lite0_deconvolution_and_guided_gradcam_equal_captum(lite0_ref):
+    model, ref = lite0_ref
+    expl = tfattr.Deconvolution(model).attribute(ref["x"], target=ref["targets"])
+    assert_float32_close(expl.attributions, ref["deconvolution"], relative=LITE0_PIXELS, err_msg="deconvolution")
+    expl = tfattr.GuidedGradCAM(model, layer=str(ref["layer"])).attribute(ref["x"], target=ref["targets"])
+    assert_float32_close(expl.attributions, ref["guided_gradcam"], relative=LITE0_PIXELS, err_msg="guided_gradcam")
+
+
+def test_lite0_cams_equal_pytorch_grad_cam(lite0_ref):
+    model, ref = lite0_ref
+    for name in CAMS:
+        if f"{name}_raw" not in ref:
+            assert name == "scorecam"  # 1280 masked 224×224 passes per image: compared on the small networks
+            continue
+        raw = _cam(name, ref, model, relu=False, upsample=False)
+        assert_float32_close(raw, _raw_reference(name, ref), relative=LITE0_CAMS, err_msg=name)
+        if name != "eigencam":
+            up = _scaled_like_pytorch_grad_cam(_cam(name, ref, model), name, ref)
+            assert_float32_close(up, ref[f"{name}_default"], relative=LITE0_CAMS, err_msg=name)

@@ -52,6 +52,40 @@ def _score_cam_rows(x, rows: ChunkRows):
     return tf.gather(x, rows.example) * tf.cast(masks, x.dtype)
 
 
+def _align_corners_matrix(size: int, source: int) -> np.ndarray:
+    """``(size, source)`` weights of bilinear resizing with aligned corners (PyTorch's
+    ``align_corners=True``, ``UpsamplingBilinear2d``): output ``i`` samples ``i · (source − 1)/(size − 1)``."""
+    position = np.arange(size) * ((source - 1) / (size - 1) if size > 1 else 0.0)
+    low = np.clip(np.floor(position).astype(int), 0, source - 1)
+    high = np.minimum(low + 1, source - 1)
+    frac = position - low
+    weights = np.zeros((size, source))
+    np.add.at(weights, (np.arange(size), low), 1.0 - frac)
+    np.add.at(weights, (np.arange(size), high), frac)
+    return weights
+
+
+class _AlignedScoreRows:
+    """Score-CAM's masked inputs with the maps resized by aligned corners (``mask_upsampling="align_corners"``,
+    pytorch-grad-cam's ``UpsamplingBilinear2d``), then min–max normalised as :func:`_score_cam_rows`.
+    One builder per map shape ``(h, w)``."""
+
+    def __init__(self, shape):
+        self.shape = tuple(int(d) for d in shape)
+
+    def __call__(self, x, rows: ChunkRows):
+        maps = tf.gather_nd(rows.context, tf.stack([rows.example, rows.position], axis=1))
+        maps = tf.cast(tf.ensure_shape(maps, [None, *self.shape]), x.dtype)  # (rows, h, w)
+        size = tuple(int(d) for d in x.shape[1:3])
+        rows_matrix = tf.constant(_align_corners_matrix(size[0], self.shape[0]), x.dtype)
+        cols_matrix = tf.constant(_align_corners_matrix(size[1], self.shape[1]), x.dtype)
+        masks = tf.einsum("Hh,rhw,Ww->rHW", rows_matrix, maps, cols_matrix)[..., None]
+        low = tf.reduce_min(masks, axis=[1, 2, 3], keepdims=True)
+        span = tf.reduce_max(masks, axis=[1, 2, 3], keepdims=True) - low
+        masks = tf.where(span > 0, (masks - low) / tf.where(span > 0, span, 1.0), tf.zeros_like(masks))
+        return tf.gather(x, rows.example) * masks
+
+
 class _AblationRows:
     """Ablation-CAM's rows of one chunk: the example's inputs and the layer's activations with channel
     ``position`` set to the ablation value (``context`` = ``[A, value everywhere]``, ``(2, N, h, w, K)``).
@@ -73,7 +107,7 @@ class _ForwardCAM(_LayerForward, _ActivationGradientCAM):
     """A forward pass to the layer for ``A``, ``y`` and the classes, then one forward row per example
     and channel."""
 
-    def builder(self, activations):
+    def builder(self, activations, config=None):
         """The chunk builder (the same object for every call: one compiled chunk per input shape)."""
         raise NotImplementedError
 
@@ -94,7 +128,7 @@ class _ForwardCAM(_LayerForward, _ActivationGradientCAM):
         num_examples = len(activations)
         rows, context, channels = self._rows(activations, scores, config)
         engine = self.forward_engine(self.forward_rows_model(), targets, config, kind="rows")
-        result = engine.run(x, rows, self.builder(activations), np.asarray(classes, np.int32), combine="scores",
+        result = engine.run(x, rows, self.builder(activations, config), np.asarray(classes, np.int32), combine="scores",
                             context=context)
         row_scores = result.row_scores.reshape(num_examples, -1)
         weights = self._weights(row_scores, scores, config)
@@ -140,17 +174,21 @@ class ScoreCAM(_ForwardCAM):
             deviation over positions are masked, weighted and summed (per example; ties go to the
             lower channel index). tf-keras-vis takes the union of the examples' selections over the
             batch, which makes one example's map depend on the others in its batch; tfattr does not.
+        mask_upsampling: how each map is resized to the input before ``s``: ``"half_pixel"``
+            (default; bilinear with half-pixel centres, ``tf.image.resize``, as the maps' upsampling,
+            as the authors' ``F.interpolate(..., align_corners=False)``) or ``"align_corners"``
+            (bilinear with aligned corners: output ``i`` samples the map at ``i (h − 1)/(H − 1)``,
+            pytorch-grad-cam's ``UpsamplingBilinear2d``; with it the weights equal pytorch-grad-cam's
+            ``ScoreCAM``). The two agree at a layer with the input's resolution.
         relu, upsample, normalize: the map options of :class:`~tfattr.methods.gradcam.GradCAM`.
         batch_size, parallel_chunks, verbose: the masked inputs are forward rows (``"auto"``
             sizes them; results do not depend on it beyond float32 rounding).
         output: the explained output of a model with several (see
             :class:`~tfattr.methods.base.AttributionMethod`).
 
-    Upsampling of the masks: bilinear with half-pixel centres (``tf.image.resize``, as the maps'
-    upsampling, as the authors' ``F.interpolate(..., align_corners=False)``); pytorch-grad-cam uses
-    ``align_corners=True`` and tf-keras-vis ``scipy.ndimage.zoom``
-    (``order=1``), which place the samples slightly differently; both add ``10⁻⁸``/``10⁻⁷`` to the
-    range in ``s``.
+    tf-keras-vis resizes with ``scipy.ndimage.zoom`` (``order=1``), which places the samples
+    slightly differently again; pytorch-grad-cam and tf-keras-vis add ``10⁻⁸``/``10⁻⁷`` to the
+    range in ``s`` (tfattr does not: a constant map gives the mask 0).
 
     Cost: a forward pass per chunk of examples for ``A``, then ``K`` (or ``top_k``) forward passes
     of the whole model per example.
@@ -164,14 +202,24 @@ class ScoreCAM(_ForwardCAM):
 
     name = "scorecam"
     options = MAP_OPTIONS + (Option("weighting", "softmax", checks.choices("softmax", "score", "increment")),
-                             Option("top_k", None, checks.optional(checks.positive_int)))
+                             Option("top_k", None, checks.optional(checks.positive_int)),
+                             Option("mask_upsampling", "half_pixel", checks.choices("half_pixel", "align_corners")))
 
-    def builder(self, activations):
-        return _score_cam_rows
+    def __init__(self, model, layer=None, **options):
+        super().__init__(model, layer, **options)
+        self._aligned = {}
+
+    def builder(self, activations, config=None):
+        if config is None or config["mask_upsampling"] == "half_pixel":
+            return _score_cam_rows
+        shape = tuple(activations.shape[1:3])
+        with self._engine_lock:
+            return self._aligned.setdefault(shape, _AlignedScoreRows(shape))
 
     def describe(self, config) -> str:
         extra = "" if config["weighting"] == "softmax" else f", weighting={config['weighting']}"
         extra += "" if config["top_k"] is None else f", top_k={config['top_k']}"
+        extra += "" if config["mask_upsampling"] == "half_pixel" else ", mask_upsampling=align_corners"
         return f"scorecam(layer={self.layer.name}{extra})"
 
     def _rows(self, activations, scores, config):
@@ -244,7 +292,7 @@ class AblationCAM(_ForwardCAM):
         self._injection = None
         self._builders = {}
 
-    def builder(self, activations):
+    def builder(self, activations, config=None):
         shape = tuple(activations.shape[1:])
         with self._engine_lock:
             return self._builders.setdefault(shape, _AblationRows(shape))
