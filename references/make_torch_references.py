@@ -221,7 +221,7 @@ def torch_side(only=None):
             layer, score_layer = SMALL_LAYERS[name]
             out = {k[len(name) + 1:]: v for k, v in side.items() if k.startswith(name + "/")}
             out.update(run_references(model, getattr(model, layer), getattr(model, score_layer), side, name,
-                                      TARGETS, shap_stdevs=SHAP_STDEVS, input_scale=None))
+                                      TARGETS, shap_stdevs=SHAP_STDEVS))
             if name == "vgg":  # captum's DeepLift as is, ReLU and max-pool modules back to back
                 from captum.attr import DeepLift
 
@@ -231,7 +231,7 @@ def torch_side(only=None):
                 attr, delta = DeepLift(plain).attribute(x, base, target=torch.tensor(TARGETS),
                                                         return_convergence_delta=True)
                 out["deeplift_adjacent"], out["deeplift_adjacent_delta"] = nhwc(attr), delta.detach().numpy()
-                print(name, "captum DeepLift with adjacent ReLU/max-pool modules: delta", out["deeplift_adjacent_delta"])
+                print(name, "captum DeepLift, ReLU + max-pool adjacent: delta", out["deeplift_adjacent_delta"])
             out["layer"], out["score_layer"] = np.array(layer), np.array(score_layer)
             results[name] = out
     if only in (None, "lite0"):
@@ -285,12 +285,11 @@ class _Fixed:
         np.random.choice, np.random.uniform, self.torch.normal = self.saved
 
 
-def run_references(model, layer, score_layer, side, name, targets, shap_stdevs, input_scale, cams=CAMS,
-                   half=False):
+def run_references(model, layer, score_layer, side, name, targets, shap_stdevs, cams=CAMS, half=False):
     """captum's DeepLift, DeepLiftShap, Deconvolution, GuidedGradCam, GradientShap and pytorch-grad-cam's
-    CAMs on ``model`` (NCHW), returned NHWC. ``input_scale``: inputs are stored as uint8 pixels."""
+    CAMs on ``model`` (NCHW), returned NHWC (``half``: pixel maps and CAM outputs in float16)."""
     import torch
-    from captum.attr import DeepLift, DeepLiftShap, Deconvolution, GradientShap, GuidedGradCam
+    from captum.attr import Deconvolution, DeepLift, DeepLiftShap, GradientShap, GuidedGradCam
     from pytorch_grad_cam import (
         AblationCAM,
         EigenCAM,
@@ -357,7 +356,11 @@ def run_references(model, layer, score_layer, side, name, targets, shap_stdevs, 
         cam.get_cam_image = recording
         if cam_name == "AblationCAM":  # its ablation value is 0 only where the layer's minimum is 0
             seen = {}
-            hook = at.register_forward_hook(lambda m, i, o: seen.setdefault("a", o.detach().clone()))
+
+            def keep(module, inputs, output, _seen=seen):
+                _seen.setdefault("a", output.detach().clone())
+
+            hook = at.register_forward_hook(keep)
             with torch.no_grad():
                 model(x)
             hook.remove()
@@ -441,12 +444,12 @@ def lite0_references(side):
         same = model(x)
         package = net((x - 127.0) / 128.0)
     assert torch.equal(same, package), float((same - package).abs().max())
-    out = {"x": side["lite0/x"], "baseline": side["lite0/baseline"], "baselines": side["lite0/baselines"], "shap_index": side["lite0/shap_index"],
-           "shap_alpha": side["lite0/shap_alpha"], "layer": np.array(LITE0_LAYER)}
+    out = {key: side[f"lite0/{key}"] for key in ("x", "baseline", "baselines", "shap_index", "shap_alpha")}
+    out["layer"] = np.array(LITE0_LAYER)
     # ScoreCAM: 1280 masked 224×224 forward passes per image (and masks upsampled 7 → 224 with
     # align_corners=True, another convention than tfattr's): compared on the small networks only
     refs = run_references(model, model.top_activation, None, side, "lite0", LITE0_TARGETS, shap_stdevs=0.0,
-                          input_scale=255.0, cams=tuple(c for c in CAMS if c != "ScoreCAM"), half=True)
+                          cams=tuple(c for c in CAMS if c != "ScoreCAM"), half=True)
     out.update(refs)
     return out
 

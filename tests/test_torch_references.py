@@ -20,9 +20,9 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import assert_float32_close
 
 import tfattr
-from conftest import assert_float32_close
 from tfattr.methods.gradient_shap import GradientShap
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "references")
