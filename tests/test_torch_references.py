@@ -216,13 +216,14 @@ def test_score_cam_align_corners_masks_equal_pytorch_grad_cam_at_a_coarser_layer
 # ----------------------------------------------------------------------------- EfficientNet-Lite0
 
 #: EfficientNet-Lite0 (≈ 50 layers, sums over up to 1280 channels, inputs in [0, 255]): the logits of
-#: the two frameworks differ by ~1e-5 of their scale, and the maps inherit more from the deeper backward
-#: pass; pixel maps are stored in float16 (≤ 2⁻¹¹ ≈ 4.9e-4 of a value, of the scale for a map
-#: normalised by its maximum). Bound: 5e-3 of each map's largest reference value for pixel maps
-#: (margin ≥ 2 over what was measured, see the report in docs/guides/references.md) and for the
-#: layer-resolution CAMs (float32).
-LITE0_PIXELS = 5e-3
-LITE0_CAMS = 5e-3
+#: the two frameworks agree to ~1e-5 of their scale; maps inherit more rounding from the deeper passes,
+#: and pixel maps are stored in float16 (≤ 2⁻¹¹ ≈ 4.9e-4 of a value, at most that of the scale). Bound:
+#: 5e-3 of each map's largest reference value, for pixel maps and for the layer-resolution CAMs (float32).
+#: Measured (docs/guides/references.md): ≤ 1.5e-3 for DeepLift/DeepLiftShap/Deconvolution/Guided
+#: Grad-CAM and ≤ 1e-4 for the CAMs.
+LITE0_BOUND = 5e-3
+
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -232,44 +233,62 @@ def lite0_ref(lite0):
     return lite0, ref
 
 
+@slow
 def test_lite0_keras_logits_are_the_torch_packages(lite0_ref):
     model, ref = lite0_ref
     assert_float32_close(model(ref["x"]).numpy(), ref["logits"], relative=1e-4)
     assert list(ref["logits"].argmax(axis=1)) == [285, 967]  # Egyptian cat, espresso: the explained classes
 
 
-def test_lite0_deeplift_deeplift_shap_and_gradient_shap_equal_captum(lite0_ref):
+@slow
+def test_lite0_deeplift_and_deeplift_shap_equal_captum(lite0_ref):
     model, ref = lite0_ref
     target = ref["targets"]
     expl = tfattr.DeepLift(model, baseline=ref["baseline"][None].astype(np.float32)).attribute(ref["x"], target=target)
-    assert_float32_close(expl.attributions, ref["deeplift"], relative=LITE0_PIXELS, err_msg="deeplift")
+    assert_float32_close(expl.attributions, ref["deeplift"], relative=LITE0_BOUND, err_msg="deeplift")
+    expl = tfattr.DeepLiftShap(model, baselines=ref["baselines"].astype(np.float32)).attribute(ref["x"], target=target)
+    assert_float32_close(expl.attributions, ref["deeplift_shap"], relative=LITE0_BOUND, err_msg="deeplift_shap")
+
+
+@slow
+def test_lite0_gradient_shap_equals_captum_but_at_the_pixels_of_flipped_relu6_gates(lite0_ref):
+    """GradientShap is made of plain gradients at points ``b + α (x − b)`` inside the path, where a 50-layer
+    ReLU6 network has units within float32 rounding of 0 or 6: the two frameworks' rounding (captum also
+    rounds α to float32) flips some of those gates and changes the gradient of a few pixels by a sizeable
+    part of the scale. Measured: relative L2 error ≤ 0.7 %, 99.9th percentile of the error ≤ 0.4 % of the
+    scale, largest error 3.3 % (110 of 150 528 values above 0.5 %). Bounds: relative L2 ≤ 2 %, 99.9th
+    percentile ≤ 1.5 % of the scale — a wrong draw, sign or factor is off by tens of percent."""
+    model, ref = lite0_ref
     baselines = ref["baselines"].astype(np.float32)
-    expl = tfattr.DeepLiftShap(model, baselines=baselines).attribute(ref["x"], target=target)
-    assert_float32_close(expl.attributions, ref["deeplift_shap"], relative=LITE0_PIXELS, err_msg="deeplift_shap")
     drawn = GradientShap.draws(ref["x"].shape[1:], len(baselines), len(ref["shap_alpha"]), 0.0, 7)
     np.testing.assert_array_equal(drawn["index"], ref["shap_index"])
     np.testing.assert_array_equal(drawn["alpha"], ref["shap_alpha"])
     expl = tfattr.GradientShap(model, baselines=baselines, n_samples=len(ref["shap_alpha"]), seed=7).attribute(
-        ref["x"], target=target)
-    assert_float32_close(expl.attributions, ref["gradient_shap"], relative=LITE0_PIXELS, err_msg="gradient_shap")
+        ref["x"], target=ref["targets"])
+    ours, theirs = expl.attributions.reshape(2, -1), ref["gradient_shap"].astype(np.float64).reshape(2, -1)
+    error = np.abs(ours - theirs)
+    assert np.all(np.linalg.norm(ours - theirs, axis=1) <= 2e-2 * np.linalg.norm(theirs, axis=1))
+    assert np.all(np.quantile(error, 0.999, axis=1) <= 1.5e-2 * np.abs(theirs).max(axis=1))
 
 
+@slow
 def test_lite0_deconvolution_and_guided_gradcam_equal_captum(lite0_ref):
     model, ref = lite0_ref
     expl = tfattr.Deconvolution(model).attribute(ref["x"], target=ref["targets"])
-    assert_float32_close(expl.attributions, ref["deconvolution"], relative=LITE0_PIXELS, err_msg="deconvolution")
+    assert_float32_close(expl.attributions, ref["deconvolution"], relative=LITE0_BOUND, err_msg="deconvolution")
     expl = tfattr.GuidedGradCAM(model, layer=str(ref["layer"])).attribute(ref["x"], target=ref["targets"])
-    assert_float32_close(expl.attributions, ref["guided_gradcam"], relative=LITE0_PIXELS, err_msg="guided_gradcam")
+    assert_float32_close(expl.attributions, ref["guided_gradcam"], relative=LITE0_BOUND, err_msg="guided_gradcam")
 
 
-def test_lite0_cams_equal_pytorch_grad_cam(lite0_ref):
+@slow
+@pytest.mark.parametrize("name", [n for n in CAMS if n != "scorecam"])
+def test_lite0_cam_equals_pytorch_grad_cam(lite0_ref, name):
+    """The raw maps (7×7 at ``top_activation``) of every CAM; the upsampled, scaled output for Grad-CAM
+    (the ReLU/upsampling is the same code for every CAM, compared one by one on the small networks).
+    Score-CAM (1280 masked 224×224 passes per image) is compared on the small networks only."""
     model, ref = lite0_ref
-    for name in CAMS:
-        if f"{name}_raw" not in ref:
-            assert name == "scorecam"  # 1280 masked 224×224 passes per image: compared on the small networks
-            continue
-        raw = _cam(name, ref, model, relu=False, upsample=False)
-        assert_float32_close(raw, _raw_reference(name, ref), relative=LITE0_CAMS, err_msg=name)
-        if name != "eigencam":
-            up = _scaled_like_pytorch_grad_cam(_cam(name, ref, model), name, ref)
-            assert_float32_close(up, ref[f"{name}_default"], relative=LITE0_CAMS, err_msg=name)
+    raw = _cam(name, ref, model, relu=False, upsample=False)
+    assert_float32_close(raw, _raw_reference(name, ref), relative=LITE0_BOUND, err_msg=name)
+    if name == "gradcam":
+        up = _scaled_like_pytorch_grad_cam(_cam(name, ref, model), name, ref)
+        assert_float32_close(up, ref[f"{name}_default"], relative=LITE0_BOUND, err_msg=name)
