@@ -42,6 +42,7 @@ from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.core.quadrature import quadrature  # noqa: E402
 from tfattr.core.result import Explanation  # noqa: E402
 from tfattr.methods import (  # noqa: E402
+    LRP,
     RISE,
     AblationCAM,
     BlurIntegratedGradients,
@@ -126,6 +127,7 @@ __all__ = [
     "Deconvolution",
     "GuidedGradCAM",
     "DeepLift",
+    "LRP",
     "DeepLiftShap",
     "KernelShap",
     "ShapleyValueSampling",

@@ -9,6 +9,7 @@ from tfattr.methods.guided import GuidedBackprop, GuidedIntegratedGradients
 from tfattr.methods.integrated_gradients import IntegratedGradients
 from tfattr.methods.layer import LayerConductance, LayerIntegratedGradients, reduce_last_axis
 from tfattr.methods.lime import Lime
+from tfattr.methods.lrp import LRP
 from tfattr.methods.permutation import FeaturePermutation
 from tfattr.methods.perturbation import RISE, FeatureAblation, Occlusion
 from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, GuidedGradCAM
@@ -46,6 +47,7 @@ __all__ = [
     "Deconvolution",
     "GuidedGradCAM",
     "DeepLift",
+    "LRP",
     "DeepLiftShap",
     "KernelShap",
     "ShapleyValueSampling",

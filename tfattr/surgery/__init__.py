@@ -39,12 +39,14 @@ from tfattr.surgery.guided import (
     positive_gradient_gate,
 )
 from tfattr.surgery.logits import find_softmax_head, logits_model
+from tfattr.surgery.lrp import lrp_clone
 from tfattr.surgery.propagation import deconv_clone
 
 __all__ = [
     "guided_clone",
     "deconv_clone",
     "deeplift_clone",
+    "lrp_clone",
     "MAXPOOL_RULES",
     "nearest_sign_maxpool",
     "logits_model",

@@ -44,7 +44,7 @@ import hashlib
 import inspect
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import keras
 import numpy as np

