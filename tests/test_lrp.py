@@ -173,3 +173,50 @@ def test_keras_applications_conserve_or_name_the_layer(name):
     # these untrained nets, whose MobileNetV2 output is ~1e-12) conserves up to float32 sums of ~10⁵ terms
     assert scores[0, target] != 0
     np.testing.assert_allclose(float(tf.reduce_sum(relevance)), scores[0, target], rtol=2e-3)
+
+
+def _reference_model(kind, data):
+    """The Keras twins of references/make_zennit_references.py's networks, with the stored weights."""
+    def w(name, count):
+        return [data[f"w_{name}_{i}"].astype("float32") for i in range(count)]
+
+    inputs = keras.Input((8, 8, 3))
+    if kind == "vgg":
+        h = L.Conv2D(4, 3, padding="same", activation="relu")
+        c2, bn2, c3 = L.Conv2D(6, 3, padding="same"), L.BatchNormalization(), L.Conv2D(6, 3, padding="same",
+                                                                                        activation="relu")
+        d1, d2 = L.Dense(5, activation="relu"), L.Dense(3)
+        out = d2(d1(L.Flatten()(c3(L.MaxPooling2D()(L.ReLU()(bn2(c2(h(inputs)))))))))
+        model = keras.Model(inputs, out)
+        for layer, name, count in ((h, "c1", 2), (c2, "c2", 2), (bn2, "bn2", 4), (c3, "c3", 2), (d1, "d1", 2),
+                                   (d2, "d2", 2)):
+            layer.set_weights(w(name, count))
+        return model
+    layers = {}
+    for name in ("1", "2", "3"):
+        layers["c" + name] = L.Conv2D(4, 3, padding="same")
+        layers["bn" + name] = L.BatchNormalization()
+    h = L.ReLU()(layers["bn1"](layers["c1"](inputs)))
+    r = layers["bn3"](layers["c3"](L.ReLU()(layers["bn2"](layers["c2"](h)))))
+    h = L.ReLU()(L.Add()([h, r]))
+    dense = L.Dense(3)
+    out = dense(L.GlobalAveragePooling2D()(L.AveragePooling2D(2)(h)))
+    model = keras.Model(inputs, out)
+    for name, layer in layers.items():
+        layer.set_weights(w(name, 2 if name.startswith("c") else 4))
+    dense.set_weights(w("d", 2))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["vgg", "resnet"])
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_equals_zennit_on_the_same_weights(kind, composite):
+    data = np.load(os.path.join(REFERENCES, f"zennit_lrp_{kind}.npz"))
+    model = _reference_model(kind, data)
+    x = data["x"].astype("float32")
+    np.testing.assert_allclose(model(x), data["out"], rtol=1e-4, atol=1e-5)  # the layouts match
+    expl = tfattr.LRP(model, composite=composite).attribute(x, target=data["target"])
+    expected = data[composite]
+    # zennit ran in float64; float32 here: the rules' divisions by stab(z) amplify rounding where |z| is
+    # small, so the bound is 1e-4 of the largest relevance (a wrong rule or layout is off by O(1))
+    np.testing.assert_allclose(expl.attributions, expected, atol=1e-4 * np.abs(expected).max())

@@ -476,7 +476,9 @@ def _rule_layer(base, kind):
             if not all(x.dtype.is_floating for x in xs):
                 return y
             _probe(self.name, inputs)
-            fn = (lambda t: base.call(self, t, *args, **kwargs))
+            def fn(t):
+                return base.call(self, t, *args, **kwargs)
+
             with tf.name_scope(LRP_SCOPE):
                 return _norm(fn, xs, y, self._tfattr_stabilizer)
         if base is _L.BatchNormalization:
@@ -551,7 +553,7 @@ def _batchnorm_merges(model) -> Dict[int, object]:
                 producers.setdefault(id(a), []).append(b)
                 edges.append((a, b))
         calls = {}
-        for src, dst in edges:
+        for _, dst in edges:
             calls[id(dst)] = calls.get(id(dst), 0) + 1
         for src, dst in edges:
             if not (isinstance(dst, _L.BatchNormalization) and type(src) in LINEAR):
@@ -779,7 +781,8 @@ def lrp_clone(model: keras.Model, composite: Optional[str] = "epsilon_plus", rul
         else:
             plain.append((source, target, replaced))
     variable_pairs = copy_weights(plain) + extra_pairs
-    changed = tuple(path for path, layer, rule, _ in assigned if rule is not None and not isinstance(rule, GradientRule))
+    changed = tuple(path for path, _, rule, _ in assigned
+                    if rule is not None and not isinstance(rule, GradientRule))
     notes = tuple(f"{layer.name} merged into {source_name}" for source_name, layer in
                   ((next(s.name for _, s, _, _ in assigned if id(s) == k), bn) for k, bn in merges.items()))
     register(clone, SurgeryReport("lrp", changed, (), notes), variable_pairs)
