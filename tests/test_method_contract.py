@@ -82,6 +82,16 @@ WRONG = {
     "n_designs": [0, 2.5],
     "perturbation": ["blurring", 1],
     "n_permutations": [0, 2.5],
+    # LRP
+    "composite": ["zennit", 1],
+    "epsilon": [-1.0, "small"],
+    "gamma": [-0.5, "big"],
+    "stabilizer": [0.0, "tiny"],
+    "low": ["black", float("nan")],
+    "high": ["white", float("inf")],
+    "rules": [["zplus"], {"dense": "zminus"}],
+    "unsupported": ["ignore", 1],
+    "layer_sums": ["yes", 1],
     # NoiseTunnel
     "nt_type": ["mean", 1],
     "nt_samples": [0, 2.5],
