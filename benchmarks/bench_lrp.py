@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 import tfattr
+import tfattr.data
 from tfattr.surgery import clear_cache
 from tfattr.surgery.lrp import lrp_clone
 

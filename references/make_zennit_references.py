@@ -150,6 +150,11 @@ def main():
                                rtol=1e-12, atol=1e-12)
             stored["out"] = out
             stored[cname] = relevance
+        # inputs of both signs: the a⁻ terms of z⁺ and α2β1 in the first layer
+        stored["x_signed"] = x * 2.0 - 1.0
+        for cname, composite in (("epsilon_plus", EpsilonPlus(canonizers=[ExactMergeBatchNorm()])),
+                                 ("epsilon_alpha2_beta1", EpsilonAlpha2Beta1(canonizers=[ExactMergeBatchNorm()]))):
+            stored[cname + "_signed"] = zennit_lrp(model, stored["x_signed"], target, composite)[1]
         path = os.path.join(OUT, f"zennit_lrp_{kind}.npz")
         np.savez_compressed(path + ".tmp.npz", **stored)
         os.replace(path + ".tmp.npz", path)

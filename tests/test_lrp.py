@@ -220,3 +220,8 @@ def test_equals_zennit_on_the_same_weights(kind, composite):
     # zennit ran in float64; float32 here: the rules' divisions by stab(z) amplify rounding where |z| is
     # small, so the bound is 1e-4 of the largest relevance (a wrong rule or layout is off by O(1))
     np.testing.assert_allclose(expl.attributions, expected, atol=1e-4 * np.abs(expected).max())
+    if composite != "epsilon_gamma_box":  # inputs of both signs (zᴮ's box is [0, 1])
+        signed = data["x_signed"].astype("float32")
+        expl = tfattr.LRP(model, composite=composite).attribute(signed, target=data["target"])
+        expected = data[composite + "_signed"]
+        np.testing.assert_allclose(expl.attributions, expected, atol=1e-4 * np.abs(expected).max())

@@ -253,32 +253,18 @@ def _box(value, like):
 
 
 def linear_relevance(rule: Rule, lin, a, kernel, bias, z, R):
-    """``R_a`` of the linear map ``z = lin(a, kernel, bias)`` under ``rule`` (module docstring)."""
+    """``R_a`` of the linear map ``z = lin(a, kernel, bias)`` under ``rule`` (module docstring).
+
+    The rules that split the input by sign (z⁺, αβ, γ) check once whether ``a`` has a negative entry
+    (``tf.cond``); after a ReLU it has none, and the ``a⁻`` terms, which are then zero, are skipped.
+    """
+    if isinstance(rule, (ZPlus, AlphaBeta, Gamma)):
+        has_negative = tf.reduce_any(a < 0)
+        return tf.cond(has_negative, lambda: _signed_relevance(rule, lin, a, kernel, bias, z, R, True),
+                       lambda: _signed_relevance(rule, lin, a, kernel, bias, z, R, False))
     st = rule.stabilizer
     if isinstance(rule, Epsilon):
         return a * _vjp(lin, a, kernel, R / stabilize(z, rule.epsilon))
-    ap, an = tf.maximum(a, 0), tf.minimum(a, 0)
-    if isinstance(rule, (ZPlus, AlphaBeta)):
-        wp, wn = tf.maximum(kernel, 0), tf.minimum(kernel, 0)
-        zp = lin(ap, wp, _pos(bias)) + lin(an, wn, None)
-        gp = R / stabilize(zp, st)
-        positive = ap * _vjp(lin, a, wp, gp) + an * _vjp(lin, a, wn, gp)
-        if isinstance(rule, ZPlus) or rule.beta == 0:
-            return positive if isinstance(rule, ZPlus) else rule.alpha * positive
-        zn = lin(ap, wn, _neg(bias)) + lin(an, wp, None)
-        gn = R / stabilize(zn, st)
-        negative = ap * _vjp(lin, a, wn, gn) + an * _vjp(lin, a, wp, gn)
-        return rule.alpha * positive - rule.beta * negative
-    if isinstance(rule, Gamma):
-        g = tf.cast(rule.gamma, kernel.dtype)
-        wgp, wgn = kernel + g * tf.maximum(kernel, 0), kernel + g * tf.minimum(kernel, 0)
-        bgp = None if bias is None else bias + g * tf.maximum(bias, 0)
-        bgn = None if bias is None else bias + g * tf.minimum(bias, 0)
-        zero = tf.zeros_like(z)
-        up = tf.where(z > 0, R / stabilize(lin(ap, wgp, bgp) + lin(an, wgn, None), st), zero)
-        down = tf.where(z < 0, R / stabilize(lin(ap, wgn, bgn) + lin(an, wgp, None), st), zero)
-        return ap * (_vjp(lin, a, wgp, up) + _vjp(lin, a, wgn, down)) + an * (_vjp(lin, a, wgn, up)
-                                                                              + _vjp(lin, a, wgp, down))
     if isinstance(rule, ZBox):
         low, high = _box(rule.low, a), _box(rule.high, a)
         wp, wn = tf.maximum(kernel, 0), tf.minimum(kernel, 0)
@@ -294,6 +280,39 @@ def linear_relevance(rule: Rule, lin, a, kernel, bias, z, R):
         return _vjp(lin, a, w2, R / stabilize(zw, st))
     raise InvalidTypeError(f"{type(rule).__name__} is not a rule for a layer with weights. "
                            + received("rule", rule))
+
+
+def _signed_relevance(rule, lin, a, kernel, bias, z, R, negative: bool):
+    """z⁺, αβ and γ; ``negative=False`` drops the terms of ``a⁻`` (valid when ``a ≥ 0``)."""
+    st = rule.stabilizer
+    ap = tf.maximum(a, 0)
+    an = tf.minimum(a, 0) if negative else None
+
+    def lin_neg(w):  # the a⁻ term of a modified forward (no bias), or nothing
+        return lin(an, w, None) if negative else None
+
+    def back_neg(w, g):
+        return an * _vjp(lin, a, w, g) if negative else None
+
+    if isinstance(rule, (ZPlus, AlphaBeta)):
+        wp, wn = tf.maximum(kernel, 0), tf.minimum(kernel, 0)
+        gp = R / stabilize(_add(lin(ap, wp, _pos(bias)), lin_neg(wn)), st)
+        positive = _add(ap * _vjp(lin, a, wp, gp), back_neg(wn, gp))
+        if isinstance(rule, ZPlus):
+            return positive
+        if rule.beta == 0:
+            return rule.alpha * positive
+        gn = R / stabilize(_add(lin(ap, wn, _neg(bias)), lin_neg(wp)), st)
+        negative_part = _add(ap * _vjp(lin, a, wn, gn), back_neg(wp, gn))
+        return rule.alpha * positive - rule.beta * negative_part
+    g = tf.cast(rule.gamma, kernel.dtype)
+    wgp, wgn = kernel + g * tf.maximum(kernel, 0), kernel + g * tf.minimum(kernel, 0)
+    bgp = None if bias is None else bias + g * tf.maximum(bias, 0)
+    bgn = None if bias is None else bias + g * tf.minimum(bias, 0)
+    zero = tf.zeros_like(z)
+    up = tf.where(z > 0, R / stabilize(_add(lin(ap, wgp, bgp), lin_neg(wgn)), st), zero)
+    down = tf.where(z < 0, R / stabilize(_add(lin(ap, wgn, bgn), lin_neg(wgp)), st), zero)
+    return _add(ap * (_vjp(lin, a, wgp, up) + _vjp(lin, a, wgn, down)), back_neg(wgn, up), back_neg(wgp, down))
 
 
 def _pass(x, y):
