@@ -139,6 +139,37 @@ def test_zbox_is_the_hand_computed_rule_and_takes_the_box():
     assert not np.allclose(other.attributions, expl.attributions)
 
 
+def test_wsquare_and_flat_are_the_hand_computed_rules():
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3, bias_initializer="random_normal")])
+    x = np.random.default_rng(7).normal(size=(2, 4)).astype("float32")
+    W, b = (w.astype(np.float64) for w in model.get_weights())
+    f = (x @ W + b)[:, 1]
+    square = tfattr.LRP(model, rules={L.Dense: "wsquare"}).attribute(x, target=1).attributions
+    flat = tfattr.LRP(model, rules={L.Dense: "flat"}).attribute(x, target=1).attributions
+    w = W[:, 1]
+    for n in range(2):  # w²: R_i = w_i² / (Σ w² + b²) · f (zennit squares the bias); flat: f / 4
+        np.testing.assert_allclose(square[n], w**2 / (np.sum(w**2) + b[1] ** 2) * f[n], rtol=1e-5)
+        np.testing.assert_allclose(flat[n], np.full(4, f[n] / 4), rtol=1e-5)
+
+
+def test_per_call_rules_and_trained_weights_are_followed():
+    model = _graph_net()
+    x = _images()
+    method = tfattr.LRP(model)
+    plus = method.attribute(x, target=1).attributions
+    eps = method.attribute(x, target=1, composite="epsilon").attributions
+    np.testing.assert_allclose(eps, tfattr.LRP(model, composite="epsilon").attribute(x, target=1).attributions,
+                               rtol=1e-5, atol=1e-7)
+    assert not np.allclose(plus, eps)
+    model.set_weights([w * 1.5 if w.ndim > 1 else w for w in model.get_weights()])
+    after = method.attribute(x, target=1).attributions
+    fresh = lrp_clone(model, "epsilon_plus")  # refreshed from the model's new weights
+    _, expected, _ = LRPGradients(fresh)(tf.constant(x), tf.constant([1, 1]))
+    np.testing.assert_allclose(after, expected.numpy(), rtol=1e-4, atol=1e-7)
+    assert not np.allclose(after, plus)
+
+
 def test_a_layer_without_a_rule_is_a_named_error():
     inputs = keras.Input((6,))
     h = L.Dense(4, activation="relu", name="hidden")(inputs)
@@ -155,7 +186,8 @@ def test_a_layer_without_a_rule_is_a_named_error():
         tfattr.LRP(softmax).attribute(x, target=0)
 
 
-@pytest.mark.parametrize("name", ["VGG16", "ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"])
+@pytest.mark.parametrize("name", ["VGG16", pytest.param("ResNet50", marks=pytest.mark.slow), "MobileNetV2",
+                                  pytest.param("DenseNet121", marks=pytest.mark.slow), "EfficientNetB0"])
 def test_keras_applications_conserve_or_name_the_layer(name):
     keras.utils.set_random_seed(0)
     model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3), classifier_activation=None)

@@ -477,7 +477,8 @@ class LRPLinear(keras.layers.Layer):
             return tf.identity(zz), backward
 
         with tf.name_scope(LRP_SCOPE):
-            params = [tf.stop_gradient(k) for k in kernels] + ([] if bias is None else [tf.stop_gradient(bias)])
+            params = [tf.cast(tf.stop_gradient(k), inputs.dtype)
+                      for k in kernels + ([] if bias is None else [bias])]  # mixed precision: compute dtype
             z = op(inputs, tf.stop_gradient(z), *params)
             if _is_linear_activation(self.activation):
                 return z
