@@ -139,6 +139,22 @@ def test_zbox_is_the_hand_computed_rule_and_takes_the_box():
     assert not np.allclose(other.attributions, expl.attributions)
 
 
+def test_the_box_is_carried_through_the_preprocessing_layers():
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((5,))
+    dense = L.Dense(3, bias_initializer="random_normal")
+    model = keras.Model(inputs, dense(L.Rescaling(0.5, offset=-1.0)(inputs)))
+    model.tfattr_value_range = (0.0, 4.0)  # the Dense sees [-1, 1]
+    x = np.random.default_rng(9).uniform(0, 4, (2, 5)).astype("float32")
+    expl = tfattr.LRP(model, rules={L.Dense: "zbox"}).attribute(x, target=0)
+    W, b = (w.astype(np.float64) for w in dense.get_weights())
+    a, w = 0.5 * x.astype(np.float64) - 1.0, W[:, 0]
+    for n in range(2):  # zᴮ with l = -1, h = 1 at the Dense input; Rescaling passes the relevance on
+        terms = a[n] * w + np.maximum(w, 0) - np.minimum(w, 0)
+        np.testing.assert_allclose(expl.attributions[n], terms / terms.sum() * (a[n] @ w + b[0]), rtol=1e-4,
+                                   atol=1e-6)
+
+
 def test_wsquare_and_flat_are_the_hand_computed_rules():
     keras.utils.set_random_seed(6)
     model = keras.Sequential([keras.Input((4,)), L.Dense(3, bias_initializer="random_normal")])

@@ -617,6 +617,59 @@ def _user_rule(rules, path, layer, epsilon, gamma, stabilizer, box) -> Optional[
     return None
 
 
+def _frozen(value):
+    """A bound as a float or nested tuples (hashable, with a stable repr for the cache key)."""
+    array = np.asarray(value, np.float64)
+    if array.ndim == 0:
+        return float(array)
+
+    def nest(a):
+        return tuple(nest(b) for b in a) if a.ndim > 1 else tuple(float(v) for v in a)
+    return nest(array)
+
+
+_AFFINE_INPUT_LAYERS = tuple(getattr(_L, n) for n in ("Rescaling", "Normalization") if hasattr(_L, n))
+
+
+def box_at(model, layer, box):
+    """The zᴮ box ``(low, high)`` given in ``model``'s input units, carried to ``layer``'s input through
+    the Rescaling/Normalization layers between them (elementwise affine maps; their images of the bounds,
+    ordered, per channel when constant over positions). Unchanged when ``layer`` reads the input directly
+    or through anything else."""
+    if not _is_functional(model) or not model.inputs or len(model.inputs) != 1:
+        return box
+    nodes = getattr(model, "_nodes", set())
+    chain = []
+    current = layer
+    while True:
+        inbound = [node for i, node in enumerate(getattr(current, "_inbound_nodes", []))
+                   if f"{id(current)}_ib-{i}" in nodes]
+        if len(inbound) != 1 or len(inbound[0].input_tensors) != 1:
+            return box
+        producer = inbound[0].input_tensors[0]._keras_history.operation
+        if isinstance(producer, keras.layers.InputLayer):
+            break
+        if type(producer) not in _AFFINE_INPUT_LAYERS:
+            return box
+        chain.append(producer)
+        current = producer
+    if not chain:
+        return box
+    shape = (1,) + tuple(model.inputs[0].shape[1:])
+    ends = []
+    for bound in box:
+        t = tf.constant(np.broadcast_to(np.asarray(bound, np.float32), shape))
+        for step in reversed(chain):
+            t = step(t)
+        ends.append(np.asarray(t)[0].astype(np.float64))
+    low, high = np.minimum(*ends), np.maximum(*ends)
+
+    def compact(a):
+        channels = a.reshape(-1, a.shape[-1])
+        return _frozen(channels[0] if np.all(channels == channels[0]) else a)
+    return compact(low), compact(high)
+
+
 def resolve_rules(model, composite: Optional[str] = "epsilon_plus", rules=None, epsilon: float = 1e-6,
                   gamma: float = 0.25, stabilizer: float = 1e-6, box=(0.0, 1.0), unsupported: str = "raise"):
     """``[(path, layer, rule or None, why unsupported or None)]`` for every leaf layer of ``model``.
@@ -643,7 +696,8 @@ def resolve_rules(model, composite: Optional[str] = "epsilon_plus", rules=None, 
     out = []
     for path, layer in leaf_layers(model):
         why = None
-        rule = _user_rule(rules, path, layer, epsilon, gamma, stabilizer, box) if isinstance(
+        rule = _user_rule(rules, path, layer, epsilon, gamma, stabilizer,
+                          box_at(model, layer, box) if isinstance(layer, LINEAR) else box) if isinstance(
             layer, keras.layers.Layer) else None
         if not isinstance(layer, keras.layers.Layer):  # keras.ops node
             kind = type(layer).__name__
@@ -661,7 +715,8 @@ def resolve_rules(model, composite: Optional[str] = "epsilon_plus", rules=None, 
                 first_done = True
             if rule is None:
                 if is_first:
-                    rule = _as_rule(first_rule, epsilon, gamma, stabilizer, box)
+                    rule = _as_rule(first_rule, epsilon, gamma, stabilizer,
+                                    box_at(model, layer, box) if first_rule == "zbox" else box)
                 elif isinstance(layer, CONVOLUTIONS) and conv_rule:
                     rule = _as_rule(conv_rule, epsilon, gamma, stabilizer, box)
                 elif dense_rule:
@@ -725,8 +780,7 @@ def lrp_clone(model: keras.Model, composite: Optional[str] = "epsilon_plus", rul
     if unsupported not in ("raise", "gradient"):
         raise InvalidInputError("`unsupported` must be 'raise' or 'gradient'. " + received("unsupported", unsupported))
     check_cloneable(model, "LRP")
-    box = (tuple(np.asarray(box[0], np.float64).ravel().tolist()) if np.ndim(box[0]) else float(box[0]),
-           tuple(np.asarray(box[1], np.float64).ravel().tolist()) if np.ndim(box[1]) else float(box[1]))
+    box = (_frozen(box[0]), _frozen(box[1]))
     assigned = resolve_rules(model, composite, rules, epsilon, gamma, stabilizer, box, unsupported)
     missing = [f"{path} ({why})" for path, _, _, why in assigned if why is not None]
     if missing:
