@@ -11,7 +11,7 @@ from tfattr.core.ranges import resolve_value_range
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.gradient import _single_point
-from tfattr.surgery.cloning import synced
+from tfattr.surgery.cloning import _wiring, synced
 from tfattr.surgery.lrp import COMPOSITES, RULE_NAMES, LRPGradients, Rule, layer_relevances, lrp_clone
 
 __all__ = ["LRP"]
@@ -125,11 +125,22 @@ class LRP(AttributionMethod):
         return low, high
 
     def clone(self, config=None):
-        """The LRP clone of the model for ``config``'s rule set (cached per model and rule set)."""
+        """The LRP clone of the model for ``config``'s rule set (cached per model and rule set; it runs
+        through :func:`~tfattr.surgery.synced`, with the model's current weights)."""
         config = self.config if config is None else config
-        return lrp_clone(self.model, config["composite"], config["rules"], epsilon=config["epsilon"],
-                         gamma=config["gamma"], stabilizer=config["stabilizer"], box=self._box(config),
-                         unsupported=config["unsupported"])
+        low, high = self._box(config)
+        key = repr((config["composite"], config["rules"], config["epsilon"], config["gamma"], config["stabilizer"],
+                    np.asarray(low).tolist(), np.asarray(high).tolist(), config["unsupported"]))
+        memo = self.__dict__.setdefault("_lrp_clones", {})
+        wiring = _wiring(self.model)
+        found = memo.get(key)
+        if found is not None and found[0] == wiring:
+            return found[1]
+        clone = lrp_clone(self.model, config["composite"], config["rules"], epsilon=config["epsilon"],
+                          gamma=config["gamma"], stabilizer=config["stabilizer"], box=(low, high),
+                          unsupported=config["unsupported"], refresh_weights=False)
+        memo[key] = (wiring, clone)
+        return clone
 
     def engine(self, targets, config, collect_rows: bool = False) -> PathEngine:
         clone = self.clone(config)

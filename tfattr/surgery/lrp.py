@@ -763,11 +763,12 @@ def _stage_rules(layer, rule, stabilizer):
 
 def lrp_clone(model: keras.Model, composite: Optional[str] = "epsilon_plus", rules=None, epsilon: float = 1e-6,
               gamma: float = 0.25, stabilizer: float = 1e-6, box=(0.0, 1.0), unsupported: str = "raise",
-              canonize: bool = True) -> keras.Model:
+              canonize: bool = True, refresh_weights: bool = True) -> keras.Model:
     """The LRP clone of ``model`` for a rule set (module docstring); cached per model and rule set.
 
     Its forward pass is the model's; its input "gradient" against the output gradient ``R_out`` is the
-    input relevance. Every call copies the model's current weights into the cached clone.
+    input relevance. Every call copies the model's current weights into the cached clone (unless
+    ``refresh_weights=False``: callers that run it through :func:`~tfattr.surgery.synced` need not).
 
     Raises:
         InvalidInputError: layers without a rule (all named), unless ``unsupported="gradient"``.
@@ -799,7 +800,8 @@ def lrp_clone(model: keras.Model, composite: Optional[str] = "epsilon_plus", rul
     kind = "lrp:" + key
     clone = cached_clone(kind, model)
     if clone is not None:
-        refresh(clone)
+        if refresh_weights:
+            refresh(clone)
         return clone
     extra_pairs: List[Tuple[object, object]] = []
     made = {}
