@@ -275,13 +275,18 @@ def test_equals_zennit_on_the_same_weights(kind, composite):
         np.testing.assert_allclose(expl.attributions, expected, atol=1e-4 * np.abs(expected).max())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
-def test_equals_zennit_on_efficientnet_lite0(composite):
+@pytest.fixture(scope="module")
+def lite0():
     from tfattr.data import EfficientNetLite0
 
+    return EfficientNetLite0(input_shape=(64, 64, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("composite", ["epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1"])
+def test_equals_zennit_on_efficientnet_lite0(composite, lite0):
     data = np.load(os.path.join(REFERENCES, "zennit_lrp_lite0.npz"))
-    model = EfficientNetLite0(input_shape=(64, 64, 3))
+    model = lite0
     x = data["x"].astype("float32")
     # the same network (measured: 2e-5 of 12.9, float32 against float64)
     np.testing.assert_allclose(model(x), data["out"], atol=1e-4 * np.abs(data["out"]).max())
