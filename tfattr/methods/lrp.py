@@ -11,7 +11,7 @@ from tfattr.core.ranges import resolve_value_range
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.gradient import _single_point
-from tfattr.surgery.cloning import _wiring, synced
+from tfattr.surgery.cloning import model_wiring, synced
 from tfattr.surgery.lrp import COMPOSITES, RULE_NAMES, LRPGradients, Rule, layer_relevances, lrp_clone
 
 __all__ = ["LRP"]
@@ -132,7 +132,7 @@ class LRP(AttributionMethod):
         key = repr((config["composite"], config["rules"], config["epsilon"], config["gamma"], config["stabilizer"],
                     np.asarray(low).tolist(), np.asarray(high).tolist(), config["unsupported"]))
         memo = self.__dict__.setdefault("_lrp_clones", {})
-        wiring = _wiring(self.model)
+        wiring = model_wiring(self.model)
         found = memo.get(key)
         if found is not None and found[0] == wiring:
             return found[1]

@@ -84,7 +84,7 @@ def _cache(kind: str) -> weakref.WeakKeyDictionary:
     return _CACHES.setdefault(kind, weakref.WeakKeyDictionary())
 
 
-def _wiring(model) -> tuple:
+def model_wiring(model) -> tuple:
     """What a cached clone of ``model`` was built from: its leaf layers (path, class, identity) and
     its variables (identity). A Sequential model's ``add``/``pop`` (or a rebuilt nested model) changes
     it, and then the cached clone, built from the former layers, must not be handed out again.
@@ -107,12 +107,12 @@ def cached_clone(kind: str, model) -> Optional[keras.Model]:
     if entry is None:
         return None
     clone, wiring = entry
-    return clone if wiring == _wiring(model) else None
+    return clone if wiring == model_wiring(model) else None
 
 
 def store_clone(kind: str, model, clone) -> None:
     try:
-        _cache(kind)[model] = (clone, _wiring(model))
+        _cache(kind)[model] = (clone, model_wiring(model))
     except TypeError:
         pass
 
