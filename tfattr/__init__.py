@@ -44,7 +44,9 @@ from tfattr.core.result import Explanation  # noqa: E402
 from tfattr.methods import (  # noqa: E402
     LRP,
     RISE,
+    XRAI,
     AblationCAM,
+    AdaptivePathIntegratedGradients,
     BlurIntegratedGradients,
     Deconvolution,
     DeepLift,
@@ -121,6 +123,8 @@ __all__ = [
     "SmoothTaylor",
     "GradientShap",
     "BlurIntegratedGradients",
+    "AdaptivePathIntegratedGradients",
+    "XRAI",
     "Occlusion",
     "FeatureAblation",
     "RISE",

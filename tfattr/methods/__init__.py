@@ -1,5 +1,6 @@
 """Attribution methods; each builds engine rows and picks a gradient function."""
 
+from tfattr.methods.adaptive_path import AdaptivePathIntegratedGradients
 from tfattr.methods.blur_ig import BlurIntegratedGradients
 from tfattr.methods.cams import EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from tfattr.methods.gradcam import GradCAM, RSIGradCAM
@@ -17,6 +18,7 @@ from tfattr.methods.score_cams import AblationCAM, ScoreCAM
 from tfattr.methods.shapley import KernelShap, ShapleyValueSampling
 from tfattr.methods.smooth_taylor import AdaptiveNoisingResult, SmoothTaylor, adaptive_noising
 from tfattr.methods.sobol import HsicAttribution, SobolAttribution
+from tfattr.methods.xrai import XRAI
 
 __all__ = [
     "GradCAM",
@@ -41,6 +43,8 @@ __all__ = [
     "reduce_last_axis",
     "GradientShap",
     "BlurIntegratedGradients",
+    "AdaptivePathIntegratedGradients",
+    "XRAI",
     "Occlusion",
     "FeatureAblation",
     "RISE",
