@@ -71,6 +71,16 @@ WRONG = {
     "max_sigma": [0, "wide"],
     "grad_step": [0.0, "fine"],
     "sqrt": ["yes", 1],
+    # AdaptivePathIntegratedGradients
+    "fraction": [-0.1, "quarter"],
+    "max_dist": [1.5, "far"],
+    # XRAI
+    "attribution_method": ["ig", 1],
+    "algorithm": ["slow", 1],
+    "area_threshold": [1.5, "all"],
+    "min_pixel_diff": [0, 2.5],
+    "dilation_radius": [-1, 2.5],
+    "scales": [(), "fine"],
     # Occlusion, FeatureAblation, RISE
     "window": [0, "big"],
     "strides": [0, (1.5,)],
@@ -146,7 +156,8 @@ def test_the_exported_methods_are_found():
     names = {cls.__name__ for cls in METHODS}
     assert {"IntegratedGradients", "SmoothTaylor", "GradCAM", "RSIGradCAM", "Gradient", "InputXGradient",
             "GuidedBackprop", "GuidedIntegratedGradients", "LayerIntegratedGradients", "LayerConductance",
-            "NoiseTunnel", "GradientShap", "BlurIntegratedGradients"} <= names
+            "NoiseTunnel", "GradientShap", "BlurIntegratedGradients", "AdaptivePathIntegratedGradients",
+            "XRAI"} <= names
 
 
 @pytest.mark.parametrize("cls", METHODS, ids=lambda c: c.__name__)

@@ -196,6 +196,13 @@ class XRAI(AttributionMethod):
     combine = "path"
     several_inputs = False
 
+    def with_model(self, model) -> "XRAI":
+        """The same XRAI on ``model``; a given ``attribution_method`` is rebound to it too."""
+        options = dict(self._given_options)
+        if options.get("attribution_method") is not None:
+            options["attribution_method"] = options["attribution_method"].with_model(model)
+        return type(self)(model, **options)
+
     def describe(self, config) -> str:
         base = config["attribution_method"]
         inner = f"steps={config['steps']}" if base is None else base.describe(base.config)
