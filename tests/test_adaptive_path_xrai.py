@@ -119,7 +119,8 @@ def test_adaptive_path_ig_is_complete_on_a_linear_model_and_converges_on_the_cnn
     for steps in (16, 256):
         expl = tfattr.AdaptivePathIntegratedGradients(cnn, steps=steps, batch_size=8).attribute(x, target=1)
         total = expl.attributions.reshape(2, -1).sum(axis=1)
-        np.testing.assert_allclose(expl.delta, total - (expl.scores - expl.baseline_scores), rtol=1e-4, atol=1e-6)  # float32 sums
+        gap = expl.scores - expl.baseline_scores
+        np.testing.assert_allclose(expl.delta, total - gap, rtol=1e-4, atol=1e-6)  # float32 attributions summed
         deltas.append(np.abs(expl.delta))
     mass = np.abs(expl.attributions).reshape(2, -1).sum(axis=1)
     assert np.all(deltas[1] < deltas[0]) and np.all(deltas[1] < 0.02 * mass)

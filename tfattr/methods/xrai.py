@@ -204,7 +204,7 @@ class XRAI(AttributionMethod):
     combine = "path"
     several_inputs = False
 
-    def with_model(self, model) -> "XRAI":
+    def with_model(self, model) -> XRAI:
         """The same XRAI on ``model``; a given ``attribution_method`` is rebound to it too."""
         options = dict(self._given_options)
         if options.get("attribution_method") is not None:
