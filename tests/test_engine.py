@@ -209,7 +209,8 @@ def test_every_rows_gradient_and_values_are_kept_on_request():
 
 def test_the_direct_chunk_is_the_gradient_at_the_inputs_and_equals_the_general_chunk(monkeypatch):
     """Rows at the inputs (one per example, α = 1, weight 1, zero baseline, "plain") run the
-    gradient pass alone: 2 W ⊙ x, bit for bit what the general chunk gives."""
+    gradient pass alone, in a compiled function of its own: 2 W ⊙ x, bit for bit what the general
+    chunk gives."""
     x, _, w, targets = _data()
     zero = tf.zeros((1,) + x.shape[1:], tf.float64)
     rows = PathRows.grid(len(x), 1, np.ones(1), np.ones(1), per_example_baselines=False)
@@ -217,6 +218,9 @@ def test_the_direct_chunk_is_the_gradient_at_the_inputs_and_equals_the_general_c
     direct = PathEngine(fn, batch_size=2, combine="plain", collect_endpoint=True, collect_squares=True, verbose=0)
     found = direct.integrate(tf.constant(x), zero, targets, rows)
     assert [key[7] for key in direct._compiled] == [True]
+    # its own compiled function takes the four tensors it reads (x, example, class, count), not the
+    # general chunk's eleven: each argument costs Python dispatch per call (a step of an adaptive path)
+    assert len(next(iter(direct._compiled.values())).input_signature) == 4
     _, gradients = fn.numpy(x, targets)
     assert_close(found.attributions, gradients)
     assert_close(found.squares, gradients**2)

@@ -629,6 +629,16 @@ class PathEngine:
                 row_gradients=gradients if keep_rows else empty(), row_values=values if keep_rows else empty(),
                 classes=classes)
 
+        if direct:  # its own signature: the four tensors it reads (each argument costs Python dispatch per call)
+            @tf.function(input_signature=[point_spec, index_spec, index_spec, tf.TensorSpec([], tf.int32)],
+                         autograph=needs_autograph(self.gradient_fn))
+            def direct_only(x, example, target_rows, count):
+                self.traces += 1  # runs only while tracing
+                return direct_chunk(x, example, target_rows, count)
+
+            direct_only.direct = True
+            return direct_only
+
         @tf.function(
             input_signature=[
                 point_spec,  # x: all examples
@@ -647,8 +657,6 @@ class PathEngine:
         )
         def chunk(x, baselines, example, baseline, alpha, weight, target_rows, first, count, carry, scale):
             self.traces += 1  # runs only while tracing
-            if direct:
-                return direct_chunk(x, example, target_rows, count)
             points, delta, origins = path_points(x, baselines, example, baseline, alpha, scale)
             scores, gradients, values, classes = gradients_at(points, target_rows, origins)
             contribution, last = combination(RowTerms(gradients, values, weight, delta), carry)
@@ -715,6 +723,8 @@ class PathEngine:
             part = slice(start, stop)
             first, count = _chunk_examples(example, start, stop)
             with _on_device(device):
+                if direct:
+                    return chunk(x, tf.constant(example[part]), tf.constant(targets[part]), tf.constant(count, tf.int32))
                 return chunk(x, baselines, tf.constant(example[part]), tf.constant(baseline[part]),
                              tf.constant(rows.alpha[part], tf.float64), tf.constant(rows.weight[part], tf.float64),
                              tf.constant(targets[part]), tf.constant(first, tf.int32), tf.constant(count, tf.int32),

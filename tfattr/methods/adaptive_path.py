@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from tfattr.baselines.registry import BaselineSet, make_baselines, uses_value_range
+from tfattr.baselines.registry import make_baselines, uses_value_range
 from tfattr.core import checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import PathRows
@@ -151,13 +151,15 @@ class AdaptivePathIntegratedGradients(AttributionMethod):
         l1_total = np.abs(flat_input - flat_baseline).sum(axis=1)
         point = flat_baseline.copy()
         attributions = np.zeros_like(flat_input)
-        zero = BaselineSet(np.zeros((1, 1) + tuple(x.shape[1:])), "zero")
+        zero = self.to_model_dtype(np.zeros((1,) + tuple(x.shape[1:])))
         rows = PathRows.grid(num_examples, 1, np.ones(1), np.ones(1), per_example_baselines=False)
+        engine = self.engine(targets, config)  # "plain" rows at the points: the engine's gradient-only chunks
+        indices = targets.indices if targets.indices is not None else np.zeros(num_examples, np.int32)
         moving = np.flatnonzero(l1_total > 0)  # an input equal to its baseline gets 0 (PAIR)
         fz = None
         for step in range(steps):
             at = self.to_model_dtype(point.reshape(x_input.shape))
-            result = self.integrate(at, zero, targets, rows, config)  # one gradient row per example
+            result = engine.integrate(at, zero, indices, rows, combine="plain")  # one gradient row per example
             if step == 0:
                 fz = result.row_scores.copy()
             grads = result.attributions.reshape(num_examples, -1)
