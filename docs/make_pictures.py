@@ -7,7 +7,9 @@ Each picture is one row of the demo's three photos (chelsea, coffee, rocket) exp
 (ImageNet, top-1 class), the map blended over the photo with :func:`tfattr.viz.show_grid`. The maps are the
 demo's own (its ``imagenet_attributions.npz``, same settings as its table); the two layer methods, which the
 demo does not run, are computed here at the layer ``top_activation`` (7×7×1280, summed over channels and
-upsampled), LayerIntegratedGradients and LayerConductance with 16 trapezoid steps from a black image.
+upsampled), LayerIntegratedGradients and LayerConductance with 16 trapezoid steps from a black image; the
+two path methods the demo does not run either, AdaptivePathIntegratedGradients (PAIR's GuidedIG, 64 steps from
+a black image) and XRAI (PAIR's IG, 50 steps, black + white baselines), are computed here too.
 """
 
 import argparse
@@ -72,14 +74,35 @@ def layer_maps(images, targets):
     return out
 
 
+def path_maps(images, targets):
+    """AdaptivePathIntegratedGradients (64 steps, black baseline; summed |·| over channels by the grid) and
+    XRAI (its region maps) on EfficientNet-Lite0."""
+    import tfattr
+    from tfattr.data import EfficientNetLite0
+
+    model = EfficientNetLite0()
+    apig = tfattr.AdaptivePathIntegratedGradients(model, steps=64, verbose=0).attribute(images, target=targets)
+    xrai = tfattr.XRAI(model, steps=50, verbose=0).attribute(images, target=targets)
+    return {"AdaptivePathIntegratedGradients": np.asarray(apig.attributions), "XRAI": np.asarray(xrai.attributions)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default="/tmp/demo_out", help="the demo's --out folder")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "img", "methods"))
     parser.add_argument("--no-layer", action="store_true", help="skip the two layer methods (they load the model)")
+    parser.add_argument("--no-path", action="store_true", help="skip adaptive-path IG and XRAI (they load the model)")
+    parser.add_argument("--only-path", action="store_true", help="render adaptive-path IG and XRAI only")
     args = parser.parse_args(argv)
     data = np.load(os.path.join(args.demo, "imagenet_attributions.npz"))
     images, photos = data["images"], [str(p) for p in data["photos"]]
+    if not args.no_path:
+        maps = path_maps(images, data["targets"])
+        for slug, name, title, sign in [("adaptive-path-integrated-gradients", "AdaptivePathIntegratedGradients",
+                                         "GuidedIG (PAIR)", "absolute_value"), ("xrai", "XRAI", "XRAI", "positive")]:
+            _save(_figure(images, {title: maps[name]}, sign, photos), os.path.join(args.out, slug + ".jpg"))
+    if args.only_path:
+        return
     for slug, (columns, sign) in FROM_DEMO.items():
         fig = _figure(images, {c.replace("_", " "): data[c] for c in columns}, sign, photos)
         _save(fig, os.path.join(args.out, slug + ".jpg"))
