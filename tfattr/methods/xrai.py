@@ -141,6 +141,10 @@ def _attribution_method(name, value):
                                "tfattr.IntegratedGradients(model)) or None. " + received(name, value))
 
 
+def _radius(name, value):
+    checks.integer_at_least(name, value, 0)
+
+
 def _scales(name, value):
     if not (isinstance(value, (tuple, list)) and len(value) > 0
             and all(checks._is_number(v) and np.isfinite(v) and v > 0 for v in value)):
@@ -198,7 +202,7 @@ class XRAI(AttributionMethod):
         Option("algorithm", "full", checks.choices(*ALGORITHMS)),
         Option("area_threshold", 1.0, checks.probability),
         Option("min_pixel_diff", 50, checks.positive_int),
-        Option("dilation_radius", 5, lambda name, value: checks.integer_at_least(name, value, 0)),
+        Option("dilation_radius", 5, _radius),
         Option("scales", FELZENSZWALB_SCALES, _scales),
     )
     combine = "path"
