@@ -36,8 +36,18 @@ import numpy as np
 
 from tfattr.errors import InvalidInputError, received
 
-METHODS = ("ig", "guided-ig", "gradient", "input-x-gradient", "guided-backprop", "smoothgrad", "smoothtaylor",
-           "gradcam", "rsi-gradcam")
+
+def _methods() -> Tuple[str, ...]:
+    """Every method name of :data:`tfattr.methods.registry.REGISTRY` (imported on demand: it loads TensorFlow)."""
+    from tfattr.methods.registry import method_names
+
+    return method_names()
+
+
+def __getattr__(name):  # ``tfattr.cli.METHODS``: the registry's names
+    if name == "METHODS":
+        return _methods()
+    raise AttributeError(name)
 
 
 #: the largest --steps, --samples, --roots, --n-baselines: a million points per image is hours of work
@@ -94,6 +104,27 @@ def _number(flag: str, bound: Optional[str] = None, word: Optional[str] = None):
     return parse
 
 
+def _probability(flag: str):
+    """An argparse type: a number in (0, 1]."""
+
+    def parse(text: str):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= 1:
+            raise argparse.ArgumentTypeError("expected a probability in (0, 1]. " + received(flag, text))
+        return value
+
+    return parse
+
+
+#: the most cells, window or stride along one side (10,000 px: the largest --size)
+MAX_SIDE = 10_000
+#: --segmentation's values (tfattr.methods.registry.SEGMENTATIONS, kept here so the parser loads no TensorFlow)
+SEGMENTATIONS = ("grid", "quickshift", "slic", "felzenszwalb")
+
+
 def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default="zero",
                         help="IG baseline: zero, black, uniform, gaussian, blur, max_distance, or a saved baseline "
@@ -111,10 +142,43 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--roots", type=_integer("--roots", 1, maximum=MAX_COUNT), default=150, help="SmoothTaylor roots R (default: 150)")
     parser.add_argument("--sigma", type=_number("--sigma", "≥ 0", word="adaptive"), default="0.15",
                         help="SmoothTaylor sigma relative to the value range, or 'adaptive' (default: 0.15)")
-    parser.add_argument("--layer", default=None, help="Grad-CAM layer name or path (default: last 4-D layer)")
+    parser.add_argument("--layer", default=None, help="the CAMs' and Guided Grad-CAM's layer name or path (default: "
+                                                      "the last 4-D layer)")
     parser.add_argument("--rsi-notebook", action="store_true",
                         help="RSI-Grad-CAM as in the authors' notebook: trapezoid average of the path gradients and "
                              "only units with A > 0, a positive integral and a positive increment (default: eq. 6)")
+    parser.add_argument("--window", type=_integer("--window", 1, maximum=MAX_SIDE), nargs="+", default=None,
+                        metavar="SIDE", help="occlusion: window SIDE×SIDE or H W (default: 15 15)")
+    parser.add_argument("--strides", type=_integer("--strides", 1, maximum=MAX_SIDE), nargs="+", default=None,
+                        metavar="STEP", help="occlusion: step between windows, one or H W (default: 8 8)")
+    parser.add_argument("--n-masks", type=_integer("--n-masks", 1, maximum=MAX_COUNT), default=None,
+                        help="RISE: random masks (default: 4000)")
+    parser.add_argument("--grid", type=_integer("--grid", 1, maximum=MAX_SIDE), default=None,
+                        help="RISE: cells per side of a mask's grid (default: 7)")
+    parser.add_argument("--p", type=_probability("--p"), default=None, help="RISE: keep probability of a cell (default: 0.5)")
+    parser.add_argument("--n-samples", type=_integer("--n-samples", 1, "auto", maximum=MAX_COUNT), default=None,
+                        help="LIME (default 1000), KernelSHAP ('auto'), Shapley sampling (25), GradientSHAP (5): "
+                             "samples per image")
+    parser.add_argument("--segmentation", choices=SEGMENTATIONS, default=None,
+                        help="LIME, KernelSHAP, Shapley sampling, feature ablation: the features, a grid of "
+                             "--cells × --cells squares or each image's superpixels (default: quickshift for LIME, "
+                             "grid otherwise)")
+    parser.add_argument("--cells", type=_integer("--cells", 1, maximum=MAX_SIDE), default=None,
+                        help="--segmentation grid: squares per side (default: 8)")
+    parser.add_argument("--kernel-width", type=_number("--kernel-width", "> 0"), default=None,
+                        help="LIME: width of the exponential kernel on cosine distance (default: 0.25)")
+    parser.add_argument("--stdevs", type=_number("--stdevs", "≥ 0"), default=None,
+                        help="GradientSHAP: standard deviation of the input noise (default: 0)")
+    parser.add_argument("--baselines", default=None,
+                        help="GradientSHAP, DeepLiftSHAP: the baseline distribution, a .npy file (K, H, W, C) in the "
+                             "model's range or --references draws of a baseline name, e.g. uniform (default: uniform)")
+    parser.add_argument("--references", type=_integer("--references", 1, maximum=10_000), default=None,
+                        help="draws of a named --baselines distribution (default: 16)")
+    parser.add_argument("--max-sigma", type=_number("--max-sigma", "> 0"), default=None,
+                        help="Blur IG: the largest blur sigma in pixels (default: 50)")
+    parser.add_argument("--top-k", type=_integer("--top-k", 1, maximum=MAX_COUNT), default=None,
+                        help="Score-CAM: only the k channels of the largest mean activation (Faster Score-CAM; "
+                             "default: all)")
     parser.add_argument("--value-range", type=_number("--value-range"), nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="the model's input range; images are scaled to it (default: 0 1; 0 255 for "
                              "keras.applications names)")
@@ -154,19 +218,41 @@ def _load_model(name: str, weights: str):
     return tfattr.surgery.logits_model(model, missing="ignore"), (0.0, 1.0)
 
 
-#: flags that only some methods read: (argparse dest, flag, default, methods that use it)
+#: flags that only some methods read: (argparse dest, flag, default); the methods that read each are the
+#: registry entries whose ``reads`` name the dest (:func:`_flag_users`)
 METHOD_FLAGS = (
-    ("baseline", "--baseline", "zero", ("ig", "guided-ig", "rsi-gradcam")),
-    ("steps", "--steps", 50, ("ig", "guided-ig", "rsi-gradcam")),
-    ("rule", "--rule", "riemann_right", ("ig", "guided-ig")),
-    ("tolerance", "--tolerance", None, ("ig", "guided-ig", "rsi-gradcam")),
-    ("baseline_tolerance", "--baseline-tolerance", None, ("ig", "guided-ig")),
-    ("n_baselines", "--n-baselines", 1, ("ig", "guided-ig", "rsi-gradcam")),
-    ("samples", "--samples", 25, ("smoothgrad",)),
-    ("roots", "--roots", 150, ("smoothtaylor",)),
-    ("sigma", "--sigma", "0.15", ("smoothtaylor",)),
-    ("layer", "--layer", None, ("gradcam", "rsi-gradcam")),
+    ("baseline", "--baseline", "zero"),
+    ("steps", "--steps", 50),
+    ("rule", "--rule", "riemann_right"),
+    ("tolerance", "--tolerance", None),
+    ("baseline_tolerance", "--baseline-tolerance", None),
+    ("n_baselines", "--n-baselines", 1),
+    ("samples", "--samples", 25),
+    ("roots", "--roots", 150),
+    ("sigma", "--sigma", "0.15"),
+    ("layer", "--layer", None),
+    ("window", "--window", None),
+    ("strides", "--strides", None),
+    ("n_masks", "--n-masks", None),
+    ("grid", "--grid", None),
+    ("p", "--p", None),
+    ("n_samples", "--n-samples", None),
+    ("segmentation", "--segmentation", None),
+    ("cells", "--cells", None),
+    ("kernel_width", "--kernel-width", None),
+    ("stdevs", "--stdevs", None),
+    ("baselines", "--baselines", None),
+    ("references", "--references", None),
+    ("max_sigma", "--max-sigma", None),
+    ("top_k", "--top-k", None),
 )
+
+
+def _flag_users(dest: str) -> Tuple[str, ...]:
+    """The method names whose registry entry reads the setting ``dest``."""
+    from tfattr.methods.registry import REGISTRY
+
+    return tuple(name for name, item in REGISTRY.items() if dest in item.reads)
 
 
 def _method_names(args) -> List[str]:
@@ -175,11 +261,11 @@ def _method_names(args) -> List[str]:
         return [args.method]
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not names:
-        raise InvalidInputError(f"--methods: no method named; choose from {', '.join(METHODS)}. "
+        raise InvalidInputError(f"--methods: no method named; choose from {', '.join(_methods())}. "
                                 + received("--methods", args.methods))
     for name in names:
-        if name not in METHODS:
-            raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}. "
+        if name not in _methods():
+            raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(_methods())}. "
                                     + received("--methods", name))
     return names
 
@@ -192,10 +278,11 @@ def _check_method_flags(names: List[str], args) -> None:
 
     flag_of = "--methods" if hasattr(args, "methods") else "--method"
     command = "evaluate" if hasattr(args, "methods") else "explain"
-    for dest, flag, default, users in METHOD_FLAGS:
+    for dest, flag, default in METHOD_FLAGS:
         value = getattr(args, dest, default)
         if value == default or (dest == "sigma" and value == float(default)):
             continue
+        users = _flag_users(dest)
         if not any(name in users for name in names):
             print(f"tfattr {command}: warning: {flag} is ignored: it applies to {', '.join(users)}; the method(s) "
                   f"are {', '.join(names)}. " + received(flag_of, ",".join(names)), file=sys.stderr)
@@ -234,45 +321,30 @@ def _check_rsi_notebook(names, args) -> None:
                                 + received("--methods" if hasattr(args, "methods") else "--method", ",".join(names)))
 
 
-def _build_method(name: str, model, args, value_range):
-    from tfattr.core.noise import NoiseTunnel
-    from tfattr.methods import (
-        GradCAM,
-        Gradient,
-        GuidedBackprop,
-        GuidedIntegratedGradients,
-        InputXGradient,
-        IntegratedGradients,
-        RSIGradCAM,
-        SmoothTaylor,
-    )
+#: how the registry's errors name a setting on the command line
+_FLAG_OF = {dest: flag for dest, flag, _ in METHOD_FLAGS}
 
-    common = dict(batch_size=args.batch_size, verbose=args.verbose)
-    ig = dict(baseline=args.baseline, steps=args.steps, rule=args.rule, n_baselines=args.n_baselines,
-              value_range=value_range, seed=args.seed, tolerance=args.tolerance, **common)
-    if args.baseline_tolerance is not None:
-        ig["baseline_tolerance"] = args.baseline_tolerance
-    sigma = args.sigma if args.sigma == "adaptive" else float(args.sigma)
-    rsi = dict(rule="trapezoid", positive_units=True) if args.rsi_notebook else {}
-    builders = {
-        "ig": lambda: IntegratedGradients(model, **ig),
-        "guided-ig": lambda: GuidedIntegratedGradients(model, **ig),
-        "gradient": lambda: Gradient(model, **common),
-        "input-x-gradient": lambda: InputXGradient(model, **common),
-        "guided-backprop": lambda: GuidedBackprop(model, **common),
-        "smoothgrad": lambda: NoiseTunnel(Gradient(model, **common), nt_samples=args.samples,
-                                                 value_range=value_range, seed=args.seed),
-        "smoothtaylor": lambda: SmoothTaylor(model, roots=args.roots, sigma=sigma, noise_scale="relative",
-                                                    value_range=value_range, seed=args.seed, **common),
-        "gradcam": lambda: GradCAM(model, layer=args.layer, **common),
-        "rsi-gradcam": lambda: RSIGradCAM(model, layer=args.layer, steps=args.steps, baseline=args.baseline,
-                                                 n_baselines=args.n_baselines, tolerance=args.tolerance,
-                                                 value_range=value_range, seed=args.seed, **rsi, **common),
-    }
-    if name not in builders:
-        raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(METHODS)}. "
-                                + received("--methods" if hasattr(args, "methods") else "--method", name))
-    return builders[name]()
+
+def _build_method(name: str, model, args, value_range, images=None):
+    """The method ``name`` from :data:`tfattr.methods.registry.REGISTRY`, built from the flags (``images``:
+    the images it explains, for a segmentation's feature masks and a named baseline distribution)."""
+    from tfattr.methods.registry import build_method, entry
+
+    argument = "--methods" if hasattr(args, "methods") else "--method"
+    entry(name, argument)
+    settings = dict(vars(args), value_range=value_range, images=images)
+    for dest in ("window", "strides"):  # one value: a square
+        if settings.get(dest) is not None:
+            if len(settings[dest]) > 2:
+                raise InvalidInputError(f"{_FLAG_OF[dest]} takes SIDE or H W. " + received(_FLAG_OF[dest], settings[dest]))
+            settings[dest] = tuple(settings[dest]) * 2 if len(settings[dest]) == 1 else tuple(settings[dest])
+    try:
+        return build_method(name, model, settings, argument)
+    except (ValueError, TypeError) as error:  # a setting's error: say the flag
+        text = str(error)
+        for dest, flag in _FLAG_OF.items():
+            text = text.replace(f"Received: {dest}=", f"Received: {flag}=").replace(f"`{dest}`", flag)
+        raise type(error)(text) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -285,7 +357,7 @@ def _parser() -> argparse.ArgumentParser:
                               "keras.applications name: vgg16, vgg19, resnet50, densenet121, mobilenet_v2, inception_v3")
     explain.add_argument("--weights", default="imagenet", help="keras.applications weights: imagenet or none")
     explain.add_argument("--images", nargs="+", required=True, help="image files (PNG, JPEG, ...)")
-    explain.add_argument("--method", choices=METHODS, default="ig", help="attribution method (default: ig)")
+    explain.add_argument("--method", choices=_methods(), default="ig", help="attribution method (default: ig)")
     explain.add_argument("--size", type=_integer("--size", 1, maximum=10_000), nargs="+", default=None,
                          metavar="SIDE", help="resize the images to SIDE×SIDE or H×W (--size H W); needed for a model "
                                               "that takes any size and images of several sizes (default: the model's size)")
@@ -612,7 +684,7 @@ def _explain(args) -> int:
     args.verbose = 1
     size, channels = _image_shape(model, args.size)
     x = _load_images(args.images, size, value_range, files, channels=channels)
-    method = _build_method(args.method, model, args, value_range)
+    method = _build_method(args.method, model, args, value_range, images=x)
     expl = method.attribute(x, target=args.target)
     os.makedirs(args.out, exist_ok=True)
     attributions = np.asarray(expl)
@@ -696,6 +768,11 @@ def _evaluate(args) -> int:
     names = _method_names(args)
     _check_rsi_notebook(names, args)
     _check_method_flags(names, args)
+    per_image = [n for n in names if n in _flag_users("segmentation") and n != "lime"]
+    if args.strategy != "default" and per_image and args.segmentation not in (None, "grid"):
+        raise InvalidInputError(f"--segmentation {args.segmentation}: superpixels are one feature mask per image, and "
+                                f"--strategy {args.strategy} shards the images; use --segmentation grid (one mask for "
+                                f"all) with {', '.join(per_image)}. " + received("--segmentation", args.segmentation))
     if args.dataset not in ("digits_on_photos", "imagenette"):
         raise InvalidInputError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette. "
                                 + received("--dataset", args.dataset))
@@ -736,7 +813,7 @@ def _evaluate(args) -> int:
     x = x.astype(np.float32)
     if channels == 1:  # a grey model: the luma of the RGB images (ITU-R BT.601, as OpenCV's RGB2GRAY)
         x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
-    methods = [(name, _build_method(name, model, args, value_range)) for name in names]
+    methods = [(name, _build_method(name, model, args, value_range, images=x)) for name in names]
     side = x.shape[1]
     kernel = args.aupc_kernel or max(2, round(15 * side / 224))
     print(f"evaluating {len(names)} method(s) on {len(x)} {args.dataset} image(s), {side}x{side}, AUPC windows {kernel}px")

@@ -43,7 +43,7 @@ RUN_NAME = "saliency"
 #: built-in metric names (see :class:`SaliencyLogger`)
 METRICS = ("atv", "autvc", "completeness", "aupc")
 
-MethodSpec = Union[AttributionMethod, NoiseTunnel, type, Callable[[keras.Model], Any]]
+MethodSpec = Union[AttributionMethod, NoiseTunnel, type, str, Callable[[keras.Model], Any]]
 MetricSpec = Union[str, Tuple[str, Dict[str, Any]], Tuple[str, Callable], Callable]
 
 
@@ -305,6 +305,19 @@ def _method_kind(method, method_options) -> str:
     )
 
 
+def _method_by_name(name: str, method_options):
+    """The class a registry name builds (``"occlusion"`` → :class:`~tfattr.Occlusion`), to be
+    instantiated with ``method_options``; a name that builds no single class (``"smoothgrad"``,
+    a NoiseTunnel) is a factory building it from ``method_options`` as settings (``{"samples": 8}``)."""
+    from tfattr.methods.registry import entry
+
+    item = entry(name, "method")
+    if isinstance(item.cls, type) and issubclass(item.cls, AttributionMethod):
+        return item.cls
+    settings = dict(method_options or {})
+    return lambda model: item.make(model, settings)
+
+
 def _method_tag(method) -> str:
     if isinstance(method, NoiseTunnel):
         return f"{method.config['nt_type']}_{_method_tag(method.method)}"
@@ -315,7 +328,7 @@ class SaliencyLogger(keras.callbacks.Callback):
     """Log the attributions of a probe batch to TensorBoard (and PNGs) while ``model.fit`` trains.
 
     Args:
-        method: what explains the probe images, in one of three forms:
+        method: what explains the probe images, in one of four forms:
 
             * an **instance** bound to the model you train, ``IntegratedGradients(model, steps=32)``
               (also a :class:`~tfattr.NoiseTunnel` around one); used as it is. tfattr methods
@@ -325,6 +338,10 @@ class SaliencyLogger(keras.callbacks.Callback):
               used too, with a :class:`SaliencyLoggerWarning`;
             * a **class** plus ``method_options``, ``method=tfattr.IntegratedGradients,
               method_options={"steps": 32}``: instantiated on the trained model;
+            * a **name** from :data:`tfattr.methods.registry.REGISTRY` (the CLI's names:
+              ``"occlusion"``, ``"rise"``, ``"gradcam++"``, ``"deeplift"``, …) plus
+              ``method_options``: the class it names, as above (``"smoothgrad"``: a
+              NoiseTunnel, its ``method_options`` are the registry's settings, ``{"samples": 8}``);
             * a **factory** ``model -> method``, e.g. ``lambda m: NoiseTunnel(Gradient(m))``, or,
               to explain the logits of a softmax model,
               ``lambda m: IntegratedGradients(tfattr.surgery.synced(tfattr.surgery.logits_model(m)))``
@@ -433,6 +450,9 @@ class SaliencyLogger(keras.callbacks.Callback):
         if method_options is not None and not isinstance(method_options, dict):
             raise InvalidTypeError("`method_options` must be a dict of options. "
                                    + received("method_options", method_options))
+        if isinstance(method, str):  # a name of tfattr.methods.registry: its class (options checked as a class's)
+            method = _method_by_name(method, method_options)
+            method_options = None if not isinstance(method, type) else method_options
         self._method_spec = method
         self.method_options = dict(method_options or {})
         self._kind = _method_kind(method, self.method_options)
