@@ -62,7 +62,8 @@ def test_explain_with_requested_accuracies_matches_the_library(saved, tmp_path, 
 def test_bad_arguments_exit_with_code_2(saved, tmp_path, capsys):
     model_path, paths = saved
     with pytest.raises(SystemExit) as exit_info:
-        main(["explain", "--model", model_path, "--images", *paths, "--method", "no-such-method", "--out", str(tmp_path)])
+        main(["explain", "--model", model_path, "--images", *paths, "--method", "no-such-method",
+              "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     code = main(["explain", "--model", model_path, "--images", *paths, "--baseline", "grey", "--out", str(tmp_path)])
     assert code == 2

@@ -224,7 +224,8 @@ def test_method_and_dataset_names_are_errors_naming_the_flag(files, tmp_path, ca
     assert main(["explain", "--model", model, "--images", image, "--method", "ig", "--rsi-notebook", "--out", out]) == 2
     assert one_line(capsys).endswith("--rsi-notebook applies to rsi-gradcam only; the method(s) are ig. "
                                      "Received: --method='ig'")
-    assert main(["evaluate", "--model", model, "--images", "1", "--methods", "gradient,lime", "--out", out]) == 2
-    assert one_line(capsys).endswith("Received: --methods='lime'")
+    assert main(["evaluate", "--model", model, "--images", "1", "--methods", "gradient,no-such-method",
+                 "--out", out]) == 2
+    assert one_line(capsys).endswith("Received: --methods='no-such-method'")
     assert main(["evaluate", "--model", model, "--dataset", "mnist", "--out", out]) == 2
     assert one_line(capsys).endswith("choose digits_on_photos or imagenette. Received: --dataset='mnist'")

@@ -48,7 +48,8 @@ CASES = {
     "ablationcam": ([], lambda m: tfattr.AblationCAM(m)),
     "gradient-shap": (["--n-samples", "4", "--stdevs", "0.1", "--references", "3", "--seed", "2"],
                       lambda m: tfattr.GradientShap(m, baselines=_background(2), n_samples=4, stdevs=0.1, seed=2)),
-    "blur-ig": (["--steps", "8", "--max-sigma", "4"], lambda m: tfattr.BlurIntegratedGradients(m, steps=8, max_sigma=4.0)),
+    "blur-ig": (["--steps", "8", "--max-sigma", "4"],
+                lambda m: tfattr.BlurIntegratedGradients(m, steps=8, max_sigma=4.0)),
     "occlusion": (["--window", "4", "--strides", "2", "3", "--baseline", "0.5"],
                   lambda m: tfattr.Occlusion(m, window=(4, 4), strides=(2, 3), baseline=0.5)),
     "feature-ablation": (["--cells", "4"], lambda m: tfattr.FeatureAblation(m, feature_mask=_grid(4), baseline=0.0)),
@@ -150,6 +151,7 @@ def test_a_flag_no_chosen_method_reads_is_a_warning(saved, tmp_path, capsys):
 def test_evaluate_runs_new_methods_by_name(tmp_path):
     """`tfattr evaluate --methods occlusion,gradcam++` scores the methods the registry builds."""
     from conftest import small_cnn
+
     from tfattr.data import digits_on_photos
     from tfattr.evaluation import evaluate
 

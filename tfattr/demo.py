@@ -41,6 +41,8 @@ from tfattr.core.files import atomic_write, write_text  # noqa: E402
 from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.data import PHOTOS, digits_on_photos  # noqa: E402
 from tfattr.methods import (  # noqa: E402
+    RISE,
+    DeepLift,
     EigenCAM,
     GradCAM,
     GradCAMPlusPlus,
@@ -50,11 +52,16 @@ from tfattr.methods import (  # noqa: E402
     HiResCAM,
     InputXGradient,
     IntegratedGradients,
+    KernelShap,
     LayerCAM,
+    Lime,
+    Occlusion,
     RSIGradCAM,
+    ScoreCAM,
     SmoothTaylor,
     XGradCAM,
 )
+from tfattr.methods.lime import segment  # noqa: E402
 from tfattr.surgery import logits_model  # noqa: E402
 
 #: scikit-image photos whose content is an ImageNet class (EfficientNet-Lite0's top-1: Egyptian cat
@@ -77,7 +84,15 @@ PROTOCOLS = {
     "quick": dict(kernel_size=15, regions=4, perturbations=2, pixels_per_step=224 * 56),
 }
 PHOTO_SETTINGS = ("IG 32 steps (trapezoid; IG_noise 4 draws × 8 steps), SmoothGrad 16 samples (paper: 50), "
-                  "SmoothTaylor 16 roots (paper: 100–200), RSI-Grad-CAM 16 steps (notebook: 50)")
+                  "SmoothTaylor 16 roots (paper: 100–200), RSI-Grad-CAM 16 steps (notebook: 50), "
+                  "Score-CAM the 64 channels of largest mean activation (Faster Score-CAM; all 1,280: the paper), "
+                  "Occlusion 32×32 windows at stride 16 (captum's tutorial: 15×15 at 8), "
+                  "RISE {rise} masks of 7×7 cells (paper: 4,000–8,000), "
+                  "LIME {lime} samples on quickshift superpixels (lime: 1,000), "
+                  "KernelSHAP {kernelshap} samples on 50 SLIC superpixels (shap: 2·M + 2,048)")
+#: the perturbation methods' sample counts on the photos (reduced; the full settings: docs/methods/*.md)
+PHOTO_SAMPLES = {"rise": 1000, "lime": 300, "kernelshap": 300}
+PHOTO_SETTINGS = PHOTO_SETTINGS.format(**{k: f"{v:,}" for k, v in PHOTO_SAMPLES.items()})
 
 
 def load_classifier():
@@ -283,9 +298,20 @@ def explain_digits(args, wanted):
 
 # --------------------------------------------------------------------------- real photos, ImageNet
 
-def photo_methods(model):
+def superpixels(x, n_segments: int = 50):
+    """``(N, H, W, 1)`` SLIC superpixels of photos in [0, 255] (KernelSHAP's features on the photos)."""
+    return np.stack([segment(image / 255.0, "slic", {"n_segments": n_segments}) for image in x])[..., None]
+
+
+def quickshift_255(image):
+    """lime's quickshift superpixels of a photo in [0, 255] (scikit-image reads float colours in [0, 1])."""
+    return segment(image / 255.0, "quickshift")
+
+
+def photo_methods(model, x=None):
     """(title, method) pairs for EfficientNet-Lite0 on RGB in [0, 255]: the digits part's methods
-    at fewer steps and samples (:data:`PHOTO_SETTINGS`); "IG zero" is the black image here.
+    at fewer steps and samples (:data:`PHOTO_SETTINGS`) and the perturbation methods (``x``: the
+    photos, for KernelSHAP's superpixels); "IG zero" is the black image here.
     Adaptive noising is left out: each of its ~30 objective evaluations per image is a SmoothTaylor
     run, minutes per photo at 224 px on 2 cores."""
     common = dict(verbose=0)  # batch_size="auto"
@@ -314,6 +340,37 @@ def photo_methods(model):
     yield "XGrad-CAM", XGradCAM(model, **cam)
     yield "HiResCAM", HiResCAM(model, **cam)
     yield "Eigen-CAM", EigenCAM(model, **cam)
+    yield "Score-CAM", ScoreCAM(model, top_k=64, **cam)
+    yield "DeepLift", DeepLift(model, baseline="zero", value_range=PHOTO_RANGE, **common)
+    # perturbation methods: forward passes only, fewer samples than their papers (PHOTO_SETTINGS)
+    yield "Occlusion", Occlusion(model, window=(32, 32), strides=(16, 16), baseline=0.0, **common)
+    yield "RISE", RISE(model, n_masks=PHOTO_SAMPLES["rise"], grid=7, p=0.5, **common)
+    yield "LIME", Lime(model, segmentation=quickshift_255, n_samples=PHOTO_SAMPLES["lime"], **common)
+    yield "KernelSHAP", KernelShap(model, feature_mask=superpixels(x) if x is not None else None,
+                                          n_samples=PHOTO_SAMPLES["kernelshap"], baseline=0.0, **common)
+    # slots for the methods joining after their branches merge (one line each; titles are literal yields):
+    # yield "Sobol", SobolAttribution(model, grid=8, n_designs=32, **common)
+    # yield "LRP", LRP(model, composite="epsilon_plus", **common)
+    # yield "Adaptive-path IG", AdaptivePathIntegratedGradients(model, steps=32, value_range=PHOTO_RANGE, **common)
+    # yield "XRAI", XRAI(model, steps=32, value_range=PHOTO_RANGE, **common)
+
+
+#: how the picture shows a method's map (the metrics and the .npz use the map as it is): RISE's map
+#: sits on a constant floor E[f(x ⊙ m)] (its minimum is subtracted, as the paper's min–max display);
+#: the other perturbation maps are signed score drops / weights, of which the picture shows the
+#: positive part (evidence for the class: |map| would light up what argues against it as well)
+DISPLAY = {"RISE": "minus its minimum", "Occlusion": "positive part", "LIME": "positive part",
+           "KernelSHAP": "positive part"}
+
+
+def displayed(title: str, attribution: np.ndarray) -> np.ndarray:
+    """``attribution`` as the demo's picture shows it (:data:`DISPLAY`)."""
+    how = DISPLAY.get(title)
+    if how == "minus its minimum":
+        return attribution - attribution.min()
+    if how == "positive part":
+        return np.maximum(attribution, 0)
+    return attribution
 
 
 def evaluate_photos(model, x, attributions, targets, protocol, seed):
@@ -356,7 +413,7 @@ def explain_photos(args, photos, wanted):
     titles = [[f"{p}: {name} {prob:.2f}"] for p, (_, name, prob) in zip(photos, top)]
     column_titles = ["photo: top-1 class, p"]
     table, raw, curves = [], {}, {}
-    for title, method in photo_methods(model):
+    for title, method in photo_methods(model, x):
         if wanted is not None and title not in wanted:
             continue
         start = time.perf_counter()
@@ -374,7 +431,7 @@ def explain_photos(args, photos, wanted):
                      + [f"{float(np.mean(v)):.3f}" for v in scores.values()])
         column_titles.append(title)
         for i in range(len(x)):
-            rows[i].append(viz.overlay(x[i], attributions[i], value_range=PHOTO_RANGE, size=tile))
+            rows[i].append(viz.overlay(x[i], displayed(title, attributions[i]), value_range=PHOTO_RANGE, size=tile))
             titles[i].append(f"del {scores['deletion'][i]:.2f} ins {scores['insertion'][i]:.2f}")
         print(f"  {title:<22} {seconds:6.1f}s (metrics {metric_seconds:5.1f}s)  "
               + "  ".join(f"{k} {float(np.mean(v)):.3f}" for k, v in scores.items()), flush=True)
@@ -422,7 +479,8 @@ def explain_photos(args, photos, wanted):
                  "logit (SmoothTaylor: the Taylor reconstruction error; Grad-CAMs: at the layer). AUPC: the logit "
                  "as a share of |f(x)|, noise U[0, 255]. Deletion: softmax probability as pixels turn black; "
                  "insertion: as they return onto a blurred copy. AUTVC: total variation over a Gaussian "
-                 "pyramid of the map. Seconds: wall clock of the attribution alone on a shared 2-core machine.")
+                 "pyramid of the map. Seconds: wall clock of the attribution alone on a shared 2-core machine. "
+                 "Pictures: " + "; ".join(f"{k} {v}" for k, v in DISPLAY.items()) + " (the metrics: the map as it is).")
     text = "\n".join(lines) + "\n"
     md = _write_text(os.path.join(args.out, "imagenet_metrics.md"), text)
     npz = os.path.join(args.out, "imagenet_attributions.npz")
