@@ -188,3 +188,12 @@ def test_the_callback_takes_a_registry_name(saved, images):
 def test_build_method_leaves_unset_settings_to_the_class_defaults(relu_cnn):
     rise = build_method("rise", relu_cnn, {"n_masks": None, "grid": 5})
     assert rise.config["n_masks"] == 4000 and rise.config["grid"] == 5
+
+
+def test_demo_titles_include_the_photo_methods():
+    """`tfattr demo --methods RISE` is accepted: the titles come from both parts' method lists, each once."""
+    from tfattr.cli import _demo_titles
+
+    titles = _demo_titles()
+    assert {"Occlusion", "RISE", "LIME", "KernelSHAP", "Score-CAM", "DeepLift", "Grad-CAM++", "LayerCAM"} <= set(titles)
+    assert len(titles) == len(set(titles)) and "Gradient" in titles

@@ -830,7 +830,8 @@ def _evaluate(args) -> int:
 
 def _demo_titles() -> List[str]:
     """The method titles the demo runs: the first item of each ``yield "Title", method`` in
-    :func:`tfattr.demo.methods` (read from the module's source, nothing imported or run)."""
+    :func:`tfattr.demo.methods` and :func:`tfattr.demo.photo_methods` (read from the module's source,
+    nothing imported or run), each once."""
     import ast
     import importlib.util
 
@@ -841,12 +842,12 @@ def _demo_titles() -> List[str]:
         tree = ast.parse(handle.read())
     titles = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.name == "methods":
+        if isinstance(node, ast.FunctionDef) and node.name in ("methods", "photo_methods"):
             for inner in ast.walk(node):
                 if (isinstance(inner, ast.Yield) and isinstance(inner.value, ast.Tuple) and inner.value.elts
                         and isinstance(inner.value.elts[0], ast.Constant) and isinstance(inner.value.elts[0].value, str)):
                     titles.append(inner.value.elts[0].value)
-    return titles
+    return list(dict.fromkeys(titles))
 
 
 #: skimage.data names that are not a photo (helpers, volumes, downloads of other kinds)

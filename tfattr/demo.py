@@ -87,7 +87,7 @@ PHOTO_SETTINGS = ("IG 32 steps (trapezoid; IG_noise 4 draws × 8 steps), SmoothG
                   "SmoothTaylor 16 roots (paper: 100–200), RSI-Grad-CAM 16 steps (notebook: 50), "
                   "Score-CAM the 64 channels of largest mean activation (Faster Score-CAM; all 1,280: the paper), "
                   "Occlusion 32×32 windows at stride 16 (captum's tutorial: 15×15 at 8), "
-                  "RISE {rise} masks of 7×7 cells (paper: 4,000–8,000), "
+                  "RISE {rise} masks of 7×7 cells on the softmax probability (paper: 4,000–8,000), "
                   "LIME {lime} samples on quickshift superpixels (lime: 1,000), "
                   "KernelSHAP {kernelshap} samples on 50 SLIC superpixels (shap: 2·M + 2,048)")
 #: the perturbation methods' sample counts on the photos (reduced; the full settings: docs/methods/*.md)
@@ -303,6 +303,11 @@ def superpixels(x, n_segments: int = 50):
     return np.stack([segment(image / 255.0, "slic", {"n_segments": n_segments}) for image in x])[..., None]
 
 
+def probabilities(model: keras.Model) -> keras.Model:
+    """``model`` (logits) followed by a softmax: what RISE scores on the photos."""
+    return keras.Model(model.input, keras.layers.Softmax()(model.output), name=f"{model.name}_softmax")
+
+
 def quickshift_255(image):
     """lime's quickshift superpixels of a photo in [0, 255] (scikit-image reads float colours in [0, 1])."""
     return segment(image / 255.0, "quickshift")
@@ -344,7 +349,8 @@ def photo_methods(model, x=None):
     yield "DeepLift", DeepLift(model, baseline="zero", value_range=PHOTO_RANGE, **common)
     # perturbation methods: forward passes only, fewer samples than their papers (PHOTO_SETTINGS)
     yield "Occlusion", Occlusion(model, window=(32, 32), strides=(16, 16), baseline=0.0, **common)
-    yield "RISE", RISE(model, n_masks=PHOTO_SAMPLES["rise"], grid=7, p=0.5, **common)
+    # RISE scores the class probability, as its paper (on the logits, 1,000 masks gave noise here)
+    yield "RISE", RISE(probabilities(model), n_masks=PHOTO_SAMPLES["rise"], grid=7, p=0.5, **common)
     yield "LIME", Lime(model, segmentation=quickshift_255, n_samples=PHOTO_SAMPLES["lime"], **common)
     yield "KernelSHAP", KernelShap(model, feature_mask=superpixels(x) if x is not None else None,
                                           n_samples=PHOTO_SAMPLES["kernelshap"], baseline=0.0, **common)
