@@ -37,10 +37,14 @@ def _background(seed=0):
                                             seed=seed).array, np.float32).reshape(3, 16, 16, 3)
 
 
-#: name → (flags, the Python API's method for the same options)
+def _first_conv(model):
+    return next(layer.name for layer in model.layers if "conv" in layer.name)
+
+
+#: name → (flags, the Python API's method for the same options; "{conv}": the first convolution's name)
 CASES = {
     "gradcam++": ([], lambda m: tfattr.GradCAMPlusPlus(m)),
-    "layercam": (["--layer", "conv2d"], lambda m: tfattr.LayerCAM(m, layer="conv2d")),
+    "layercam": (["--layer", "{conv}"], lambda m: tfattr.LayerCAM(m, layer=_first_conv(m))),
     "xgradcam": ([], lambda m: tfattr.XGradCAM(m)),
     "hirescam": ([], lambda m: tfattr.HiResCAM(m)),
     "eigencam": ([], lambda m: tfattr.EigenCAM(m)),
@@ -79,6 +83,7 @@ def test_every_registry_name_has_a_cli_case_here_or_in_test_cli():
 def test_explain_gives_the_library_result(saved, tmp_path, name):
     model, model_path, paths = saved
     flags, direct = CASES[name]
+    flags = [flag.replace("{conv}", _first_conv(model)) for flag in flags]
     out = tmp_path / "out"
     assert main(["explain", "--model", model_path, "--images", *paths, "--method", name, *flags,
                  "--out", str(out)]) == 0
