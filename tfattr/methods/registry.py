@@ -323,12 +323,13 @@ for _item in (
     MethodEntry("deeplift", DeepLift, ("baseline", "n_baselines"), title="DeepLift"),
     MethodEntry("deeplift-shap", DeepLiftShap, ("baselines", "references"),
                 build=_distribution_method(DeepLiftShap), needs_distribution=True, title="DeepLiftSHAP"),
-    # joining after the other helpers' branches (one line each):
-    # MethodEntry("sobol", SobolAttribution, ("grid", "n_designs", "perturbation"), title="Sobol"),
+    # joining after the other helpers' branches (one line each, plus the class's import above):
+    # MethodEntry("sobol", SobolAttribution, ("grid", "baseline"), build=_perturbation(SobolAttribution, ("grid",)),
+    #             title="Sobol"),
     # MethodEntry("feature-permutation", FeaturePermutation, ("segmentation", "cells"),
     #             build=_coalition(FeaturePermutation, fill=False), title="Feature permutation"),
-    # MethodEntry("lrp", LRP, ("composite",), title="LRP"),
-    # MethodEntry("apig", AdaptivePathIntegratedGradients, ("steps", "fraction", "max_dist"), title="Adaptive-path IG"),
-    # MethodEntry("xrai", XRAI, ("steps", "baseline"), title="XRAI"),
+    # MethodEntry("lrp", LRP, title="LRP"),
+    # MethodEntry("apig", AdaptivePathIntegratedGradients, ("steps", "baseline"), title="Adaptive-path IG"),
+    # MethodEntry("xrai", XRAI, ("steps",), title="XRAI"),
 ):
     register(_item)
