@@ -289,7 +289,8 @@ PROBE = data(4)[0]
         (dict(method_options={"steps": 4}), InvalidInputError, r"only goes with a method class"),
         (dict(method=tfattr.IntegratedGradients, method_options={"stepz": 4}), InvalidTypeError, r"unknown option\(s\) \['stepz'\]"),
         (dict(method=tfattr.NoiseTunnel), InvalidTypeError, r"factory.*Received: method='NoiseTunnel'"),
-        (dict(method="ig"), InvalidTypeError, r"Received: type\(method\)='str'$"),
+        (dict(method="no-such-method"), InvalidInputError, r"unknown method 'no-such-method'.*Received: method='no-such-method'$"),
+        (dict(method=42), InvalidTypeError, r"Received: type\(method\)='int'$"),
     ],
 )
 def test_bad_arguments_raise_at_construction(kwargs, error, match):
