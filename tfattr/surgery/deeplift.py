@@ -41,6 +41,7 @@ Layers (captum's ``DeepLift`` with ``multiply_by_inputs=True``,
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, Dict, List, Optional, Type
 
 import keras
@@ -117,6 +118,69 @@ def _half(t):
     return tf.shape(t)[0] // 2
 
 
+class _References(threading.local):
+    """The two-pass mode of :class:`DeepLiftGradients`: ``"record"`` while the clone runs on the
+    references (each nonlinearity appends its ``(x₀, y₀)`` in call order), ``"replay"`` while it
+    runs on the inputs under the tape (each takes the next recorded pair, the same call order);
+    ``None``: the paired-batch mode ``[x; x₀]``."""
+
+    def __init__(self):
+        self.mode = None
+        self.pairs = []
+
+
+_REFERENCES = _References()
+
+
+def _two_pass(kind: str, rule, fn: Callable, x: tf.Tensor, y: tf.Tensor):
+    """The nonlinearity in the two-pass mode: record ``(x₀, y₀)``, or ``y`` whose backward is ``rule``'s
+    multiplier for the inputs against the recorded reference (no reference rows in the backward)."""
+    if _REFERENCES.mode == "record":
+        _REFERENCES.pairs.append((kind, tf.stop_gradient(x), tf.stop_gradient(y)))
+        return tf.stop_gradient(y)
+    recorded, x0, y0 = _REFERENCES.pairs.pop(0)
+    if recorded != kind:  # pragma: no cover - the two passes call the same layers in the same order
+        raise RuntimeError(f"DeepLift two-pass: a {kind} met the reference of a {recorded}")
+
+    @tf.custom_gradient
+    def single(xx, yy):
+        def backward(upstream):
+            return rule(fn, xx, x0, yy, y0, tf.cast(upstream, xx.dtype)), tf.zeros_like(yy)
+
+        return tf.identity(yy), backward
+
+    with tf.name_scope(DEEPLIFT_SCOPE):
+        return single(x, tf.stop_gradient(y))
+
+
+def _rescale_multiplier(fn, x1, x0, y1, y0, g):
+    """``g ⊙ (y − y₀)/(x − x₀)``, ``g ⊙ fn'(x)`` where ``|x − x₀| < EPS``."""
+    with tf.GradientTape() as tape:
+        tape.watch(x1)
+        again = fn(x1)
+    plain = tape.gradient(again, x1, output_gradients=tf.cast(g, again.dtype))
+    dx = x1 - x0
+    small = tf.abs(dx) < tf.cast(EPS, dx.dtype)
+    rescaled = g * tf.cast(y1 - y0, x1.dtype) / tf.where(small, tf.ones_like(dx), dx)
+    return tf.where(small, tf.cast(plain, x1.dtype), rescaled)
+
+
+def _maxpool_multiplier(pool, x1, x0, y1, y0, g):
+    """captum's max-pool rule (module docstring) for inputs ``x1`` against references ``x0``."""
+    g = tf.cast(g, y1.dtype)
+    cross = tf.maximum(y1, y0)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x1, x0])
+        p1, p0 = pool(x1), pool(x0)
+    routed = (tape.gradient(p1, x1, output_gradients=g * (cross - y0))
+              + tape.gradient(p0, x0, output_gradients=g * (y1 - cross)))
+    plain = tape.gradient(p1, x1, output_gradients=g)
+    del tape
+    dx = x1 - x0
+    small = tf.abs(dx) < tf.cast(EPS, dx.dtype)
+    return tf.where(small, plain, routed / tf.where(small, tf.ones_like(dx), dx))
+
+
 def rescale_pair(fn: Callable, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """``y = fn(x)`` on a paired batch ``[x; x₀]`` whose backward is the Rescale multiplier.
 
@@ -125,21 +189,15 @@ def rescale_pair(fn: Callable, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """
     if not x.dtype.is_floating:
         return y
+    if _REFERENCES.mode is not None:
+        return _two_pass("rescale", _rescale_multiplier, fn, x, y)
 
     @tf.custom_gradient
     def paired(xx, yy):
         def backward(upstream):
             b = _half(xx)
             x1, x0, y1, y0 = xx[:b], xx[b:], yy[:b], yy[b:]
-            g = tf.cast(upstream[:b], xx.dtype)
-            with tf.GradientTape() as tape:
-                tape.watch(x1)
-                again = fn(x1)
-            plain = tape.gradient(again, x1, output_gradients=tf.cast(g, again.dtype))
-            dx = x1 - x0
-            small = tf.abs(dx) < tf.cast(EPS, dx.dtype)
-            rescaled = g * tf.cast(y1 - y0, xx.dtype) / tf.where(small, tf.ones_like(dx), dx)
-            grad = tf.where(small, tf.cast(plain, xx.dtype), rescaled)
+            grad = _rescale_multiplier(fn, x1, x0, y1, y0, tf.cast(upstream[:b], xx.dtype))
             return tf.concat([grad, tf.zeros_like(grad)], 0), tf.zeros_like(yy)
 
         return tf.identity(yy), backward
@@ -152,24 +210,15 @@ def maxpool_pair(pool: Callable, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """``y = pool(x)`` on a paired batch with captum's DeepLIFT max-pool backward (module docstring)."""
     if not x.dtype.is_floating:
         return y
+    if _REFERENCES.mode is not None:
+        return _two_pass("maxpool", _maxpool_multiplier, pool, x, y)
 
     @tf.custom_gradient
     def paired(xx, yy):
         def backward(upstream):
             b = _half(xx)
             x1, x0, y1, y0 = xx[:b], xx[b:], yy[:b], yy[b:]
-            g = tf.cast(upstream[:b], yy.dtype)
-            cross = tf.maximum(y1, y0)
-            with tf.GradientTape(persistent=True) as tape:
-                tape.watch([x1, x0])
-                p1, p0 = pool(x1), pool(x0)
-            routed = (tape.gradient(p1, x1, output_gradients=g * (cross - y0))
-                      + tape.gradient(p0, x0, output_gradients=g * (y1 - cross)))
-            plain = tape.gradient(p1, x1, output_gradients=g)
-            del tape
-            dx = x1 - x0
-            small = tf.abs(dx) < tf.cast(EPS, dx.dtype)
-            grad = tf.where(small, plain, routed / tf.where(small, tf.ones_like(dx), dx))
+            grad = _maxpool_multiplier(pool, x1, x0, y1, y0, upstream[:b])
             return tf.concat([grad, tf.zeros_like(grad)], 0), tf.zeros_like(yy)
 
         return tf.identity(yy), backward
@@ -333,11 +382,18 @@ class DeepLiftGradients:
         self.score_fn = score_fn
 
     def __call__(self, points, target_rows, origins):
-        b = tf.shape(points)[0]
-        with tf.GradientTape() as tape:
-            tape.watch(points)
-            outputs = self.model(tf.concat([points, tf.cast(origins, points.dtype)], 0), training=False)
-            outputs = tf.nest.map_structure(lambda t: t[:b], outputs)
-            scores = select_scores(outputs, target_rows, self.score_fn)
+        # two passes: the references forward (each nonlinearity records (x₀, y₀)), then the inputs
+        # under the tape (each reads its reference): the backward runs on the input rows only, not
+        # on [x; x₀] (half of whose rows carry zeros)
+        _REFERENCES.mode, _REFERENCES.pairs = "record", []
+        try:
+            self.model(tf.cast(origins, points.dtype), training=False)
+            _REFERENCES.mode = "replay"
+            with tf.GradientTape() as tape:
+                tape.watch(points)
+                outputs = self.model(points, training=False)
+                scores = select_scores(outputs, target_rows, self.score_fn)
+        finally:
+            _REFERENCES.mode, _REFERENCES.pairs = None, []
         gradients = tape.gradient(scores, points, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return scores, gradients, points
