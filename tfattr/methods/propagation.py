@@ -182,8 +182,8 @@ class DeepLift(IntegratedGradients):
     ``eps``) and max-pools by captum's rule (:mod:`tfattr.surgery.deeplift`). On networks of linear
     layers, elementwise nonlinearities and max-pools the result sums to ``f(x) − f(x₀)``
     (summation-to-delta, eq. 1): ``Explanation.delta`` is ``Σ R − (f(x) − f(x₀))``, zero up to float
-    rounding. One forward and one backward pass of the model's DeepLIFT clone on ``[x; x₀]`` per
-    example and baseline; layers without a rule (softmax, ``Multiply``, LayerNormalization, custom
+    rounding. Per example and baseline, a forward of the model's DeepLIFT clone on ``x₀`` and a
+    forward and backward on ``x`` (:class:`~tfattr.surgery.deeplift.DeepLiftGradients`); layers without a rule (softmax, ``Multiply``, LayerNormalization, custom
     layers…) are refused by name (explain a softmax model's logits with
     :func:`tfattr.surgery.logits_model`).
 

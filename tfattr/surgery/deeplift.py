@@ -14,7 +14,13 @@ the model's bit for bit, row by row) and passes it through an identity whose
 ``tf.custom_gradient`` backward takes the upstream multipliers ``g`` of the first half and
 returns, for the example half, ``g ⊙ Δy/Δx`` — or ``g ⊙ φ'(x)`` where ``|Δx| < 10⁻¹⁰`` (captum's
 ``eps``) — and zeros for the reference half (only the example half's input gradient is read).
-The clone is valid only on such paired batches; :class:`DeepLiftGradients` builds them.
+The clone is valid only on such paired batches, or in the two-pass mode of
+:class:`DeepLiftGradients`, which tfattr's ``DeepLift`` uses: a forward of the references alone, in
+which each nonlinearity records its ``(x₀, y₀)``, then the forward of the inputs under the tape,
+in which each nonlinearity takes its recorded reference (the same layers in the same call order),
+so the backward runs on the input rows only (two forwards and one backward: the least DeepLIFT
+needs; the paired pass also ran the backward through ``B`` reference rows of zeros). Both modes give
+the same multipliers.
 
 Layers (captum's ``DeepLift`` with ``multiply_by_inputs=True``,
 ``captum/attr/_core/deep_lift.py``):
@@ -370,8 +376,8 @@ def deeplift_clone(model: keras.Model) -> keras.Model:
 
 class DeepLiftGradients:
     """``(points, target_rows, origins) -> (scores, multipliers, points)``: the DeepLIFT multipliers
-    of the target score at ``points`` w.r.t. references ``origins``, from one pass of the clone on
-    ``[points; origins]``. The engine hands it each row's baseline (``takes_origins``); with the
+    of the target score at ``points`` w.r.t. references ``origins``, from a forward of the clone on
+    ``origins`` (recording) and a forward+backward on ``points`` (module docstring: two-pass mode). The engine hands it each row's baseline (``takes_origins``); with the
     engine's ``"path"`` combination the attribution is ``(x − x₀) ⊙ multipliers``.
     """
 
