@@ -183,7 +183,8 @@ class DeepLift(IntegratedGradients):
     layers, elementwise nonlinearities and max-pools the result sums to ``f(x) − f(x₀)``
     (summation-to-delta, eq. 1): ``Explanation.delta`` is ``Σ R − (f(x) − f(x₀))``, zero up to float
     rounding. Per example and baseline, a forward of the model's DeepLIFT clone on ``x₀`` and a
-    forward and backward on ``x`` (:class:`~tfattr.surgery.deeplift.DeepLiftGradients`); layers without a rule (softmax, ``Multiply``, LayerNormalization, custom
+    forward and backward on ``x`` (:class:`~tfattr.surgery.deeplift.DeepLiftGradients`); layers without
+    a rule (softmax, ``Multiply``, LayerNormalization, custom
     layers…) are refused by name (explain a softmax model's logits with
     :func:`tfattr.surgery.logits_model`).
 

@@ -377,7 +377,8 @@ def deeplift_clone(model: keras.Model) -> keras.Model:
 class DeepLiftGradients:
     """``(points, target_rows, origins) -> (scores, multipliers, points)``: the DeepLIFT multipliers
     of the target score at ``points`` w.r.t. references ``origins``, from a forward of the clone on
-    ``origins`` (recording) and a forward+backward on ``points`` (module docstring: two-pass mode). The engine hands it each row's baseline (``takes_origins``); with the
+    ``origins`` (recording) and a forward+backward on ``points`` (module docstring: two-pass mode).
+    The engine hands it each row's baseline (``takes_origins``); with the
     engine's ``"path"`` combination the attribution is ``(x − x₀) ⊙ multipliers``.
     """
 
