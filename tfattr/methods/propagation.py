@@ -215,10 +215,10 @@ class DeepLift(IntegratedGradients):
         return f"{self.name}(baseline={baseline})"
 
     def gradient_function(self, score_fn=None):
-        return DeepLiftGradients(synced(deeplift_clone(self.model)), score_fn)
+        return DeepLiftGradients(synced(deeplift_clone(self.model, refresh_weights=False)), score_fn)
 
     def _explain(self, x, targets, fx, config, baselines: BaselineSet = None) -> Explained:
-        deeplift_clone(self.model)  # refuses unsupported layers before any work
+        deeplift_clone(self.model, refresh_weights=False)  # refuses unsupported layers before any work
         if baselines is None:
             baselines = self.make_baselines(x.numpy(), config)
         num_examples = int(x.shape[0])

@@ -339,10 +339,11 @@ def unsupported_layers(model) -> List[str]:
     return list(dict.fromkeys(out))
 
 
-def deeplift_clone(model: keras.Model) -> keras.Model:
+def deeplift_clone(model: keras.Model, refresh_weights: bool = True) -> keras.Model:
     """The DeepLIFT (Rescale) clone of ``model``; call it on ``[x; x₀]`` batches (module docstring).
 
-    Cached per model (weakly); every call copies the model's current weights into the clone.
+    Cached per model (weakly); every call copies the model's current weights into the clone (``refresh_weights=False``:
+    no copy, for a caller that runs the clone through :func:`~tfattr.surgery.synced`, which reads the live weights).
 
     Raises:
         InvalidInputError: ``model`` has layers DeepLIFT does not support (all named).
@@ -355,7 +356,8 @@ def deeplift_clone(model: keras.Model) -> keras.Model:
     """
     clone = cached_clone("deeplift", model)
     if clone is not None:
-        refresh(clone)
+        if refresh_weights:  # False: the caller runs it through ``synced`` (the live weights), no copy
+            refresh(clone)
         return clone
     check_cloneable(model, "DeepLift")
     unsupported = unsupported_layers(model)
