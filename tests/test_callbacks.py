@@ -305,3 +305,29 @@ def test_autvc_on_probes_with_one_pyramid_level_is_refused_at_construction_namin
     probe = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
     with pytest.raises(InvalidInputError, match=r"at least 44×44 pixels.*min_size=30.*Received: probe_images.shape=\(2, 32"):
         SaliencyLogger(method=tfattr.Gradient(model), probe_images=probe, metrics=("autvc",))
+
+
+def test_named_metrics_of_the_registry_are_logged_as_scalars_equal_to_the_metric_functions(tmp_path):
+    """``metrics=("max_sensitivity", ("local_lipschitz_estimate", {...}))``: the registry's metrics, the
+    re-explaining ones with the logger's method, for the explained classes; masks' metrics refused."""
+    from tfattr import metrics
+
+    x, y = data()
+    model = compiled(small_cnn("tanh", size=SIZE, classes=CLASSES))
+    method = tfattr.Gradient(model)
+    logger = SaliencyLogger(method, x[:2], log_dir=tmp_path / "logs", strict=True, metrics=(
+        ("max_sensitivity", {"n_perturb_samples": 3}), ("local_lipschitz_estimate", {"n_perturb_samples": 2})))
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[logger])
+    record = logger.history[-1]
+    targets = logger.last_explanation.targets
+    expected = {"max_sensitivity": metrics.max_sensitivity(method, x[:2], targets, n_perturb_samples=3).sensitivity,
+                "local_lipschitz_estimate": metrics.local_lipschitz_estimate(method, x[:2], targets,
+                                                                             n_perturb_samples=2).score}
+    for name, values in expected.items():
+        assert record.metrics[name] == pytest.approx(float(np.mean(values)), rel=1e-5)
+    events = read_events(os.path.join(tmp_path / "logs", "saliency"))
+    assert events[("gradient/max_sensitivity", 0)] == pytest.approx(record.metrics["max_sensitivity"], rel=1e-6)
+    with pytest.raises(InvalidInputError, match=r"'pointing_game' compares maps with ground-truth masks"):
+        SaliencyLogger(method, x[:2], metrics=("pointing_game",))
+    with pytest.raises(InvalidInputError, match=r"unknown option\(s\) \['radius'\]"):
+        SaliencyLogger(method, x[:2], metrics=(("max_sensitivity", {"radius": 0.1}),))

@@ -116,13 +116,40 @@ def test_evaluate_prints_and_writes_the_metrics_table(tmp_path, capsys):
     data = digits_on_photos(2, size=32, split="test", seed=0)
     direct = evaluate(model, data["image"], [("ig", tfattr.IntegratedGradients(model, steps=4))],
                       labels=data["label"], masks=data["mask"], aupc_kernel=2, pointing_tolerance=2, verbose=False)
-    assert f"{direct[0].scores['AUPC']:.3f}" == rows["ig"].split("|")[2].strip()
+    mean, half = rows["ig"].split("|")[2].strip().split(" ± ")  # mean ± the half-width of its 95% interval
+    assert f"{direct[0].scores['AUPC']:.3f}" == mean and f"{direct[0].half_width('AUPC'):.3f}" == half
     mirrored = tmp_path / "mirrored"  # a one-device MirroredStrategy: the same numbers (no cache shared)
     assert main(["evaluate", "--model", str(model_path), "--images", "2", "--methods", "gradient,ig", "--steps", "4",
                  "--strategy", "mirrored", "--out", str(mirrored)]) == 0
     metric_cells = lambda text: [line.split("|")[2:-3] for line in text.splitlines()[2:]]  # noqa: E731
     assert metric_cells((mirrored / "table.md").read_text()) == metric_cells(table)
     assert main(["evaluate", "--model", str(model_path), "--dataset", "mnist", "--out", str(out)]) == 2
+
+
+def test_evaluate_metrics_flag_names_the_columns(tmp_path, capsys):
+    """``--metrics a,b``: one column each, in order, equal to tfattr.evaluate's named metrics; an unknown
+    name is a one-line error before any model is loaded."""
+    model = small_cnn("tanh", size=16, classes=10, seed=2)
+    model_path = tmp_path / "m16.keras"
+    model.save(model_path)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(model_path), "--images", "2", "--methods", "gradient", "--size", "16",
+                 "--metrics", "max_sensitivity, deletion", "--out", str(out)]) == 0
+    table = (out / "table.md").read_text().splitlines()
+    assert table[0] == "| method | max_sensitivity ↓ | deletion ↓ | seconds | gradients |"
+    from tfattr.data import digits_on_photos
+    from tfattr.evaluation import evaluate
+
+    data = digits_on_photos(2, size=16, split="test", seed=0)
+    direct = evaluate(model, data["image"], [("gradient", tfattr.Gradient(model))], labels=data["label"],
+                      metrics=["max_sensitivity", "deletion"], verbose=False)[0]
+    assert table[2].split("|")[2].strip() == f"{direct.scores['max_sensitivity']:.3f} ± " \
+        f"{direct.half_width('max_sensitivity'):.3f}"
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model_path), "--metrics", "aupc,sharpness", "--out", str(out)]) == 2
+    assert "--metrics: `metrics` must name registered metrics: aupc, autvc" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model_path), "--metrics", " , ", "--out", str(out)]) == 2
+    assert "--metrics: no metric named" in capsys.readouterr().err
 
 
 def test_a_saved_model_with_a_softmax_layer_is_explained_and_evaluated_on_its_logits(tmp_path, relu_cnn, images):

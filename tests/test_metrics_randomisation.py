@@ -139,8 +139,8 @@ def test_errors_name_the_argument(cnn, x):
     method = tfattr.Gradient(cnn)
     with pytest.raises(InvalidInputError, match=r"`order`.*Received: order='top'"):
         metrics.model_parameter_randomisation(cnn, x, method, order="top")
-    with pytest.raises(InvalidInputError, match=r"`similarity`.*Received: similarity='hog'"):
-        metrics.model_parameter_randomisation(cnn, x, method, similarity="hog")
+    with pytest.raises(InvalidInputError, match=r"`similarity`.*Received: similarity='pearson'"):
+        metrics.model_parameter_randomisation(cnn, x, method, similarity="pearson")
     flatten = next(layer.name for layer in cnn.layers if not layer.weights and "flatten" in layer.name)
     with pytest.raises(InvalidInputError, match=rf"`layers`.*Received: layers='{flatten}'"):
         metrics.model_parameter_randomisation(cnn, x, method, layers=[flatten])

@@ -384,6 +384,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="image side for a model that takes any size (default: the model's size)")
     evaluate.add_argument("--aupc-kernel", type=_integer("--aupc-kernel", 1), default=None,
                           help="AUPC window side (default: 15 scaled to the image side)")
+    evaluate.add_argument("--metrics", default=None,
+                          help="comma-separated metric names, one column each (default: the papers' table: AUPC, "
+                               "AUTVC, deletion, insertion, pointing game, mask energy); see tfattr.metrics.METRICS, "
+                               "e.g. max_sensitivity,local_lipschitz_estimate,model_parameter_randomisation")
     _method_options(evaluate)
     evaluate.add_argument("--out", default=os.path.join("outputs", "evaluate"), help="output folder (tables, cache)")
 
@@ -757,6 +761,24 @@ def _check_imagenette(split: str) -> None:
                             "it. " + received("--dataset", "imagenette"))
 
 
+def _metric_names(text) -> Optional[List[str]]:
+    """``evaluate --metrics``: ``None`` (the papers' table) or registered metric names, checked
+    before any model is loaded (the masks' metrics need the digits-on-photos dataset's masks)."""
+    if text is None:
+        return None
+    from tfattr.metrics.registry import METRICS, resolve_metrics
+
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise InvalidInputError(f"--metrics: no metric named; choose from {', '.join(METRICS)}. "
+                                + received("--metrics", text))
+    try:
+        resolve_metrics(names)
+    except InvalidInputError as error:
+        raise InvalidInputError(f"--metrics: {error}") from None
+    return names
+
+
 def _evaluate(args) -> int:
     from tfattr.distribute import strategy_from_name
 
@@ -773,6 +795,7 @@ def _evaluate(args) -> int:
         raise InvalidInputError(f"--segmentation {args.segmentation}: superpixels are one feature mask per image, and "
                                 f"--strategy {args.strategy} shards the images; use --segmentation grid (one mask for "
                                 f"all) with {', '.join(per_image)}. " + received("--segmentation", args.segmentation))
+    metric_names = _metric_names(args.metrics)
     if args.dataset not in ("digits_on_photos", "imagenette"):
         raise InvalidInputError(f"unknown dataset {args.dataset!r}; choose digits_on_photos or imagenette. "
                                 + received("--dataset", args.dataset))
@@ -819,7 +842,7 @@ def _evaluate(args) -> int:
     print(f"evaluating {len(names)} method(s) on {len(x)} {args.dataset} image(s), {side}x{side}, AUPC windows {kernel}px")
     rows = evaluate(model, x, methods, labels=labels, masks=masks, value_range=value_range, aupc_kernel=kernel,
                     pointing_tolerance=max(1, round(15 * side / 224)), seed=args.seed,
-                    cache_dir=os.path.join(args.out, "cache"), strategy=strategy)
+                    cache_dir=os.path.join(args.out, "cache"), strategy=strategy, metrics=metric_names)
     text = format_table(rows)
     print("\n" + text)
     from tfattr.core.files import write_text

@@ -10,6 +10,7 @@ cached in ``cache_dir`` under a key of everything that can change a number
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -36,7 +37,14 @@ from tfattr.core.ranges import IMAGENET_STD, resolve_value_range  # noqa: E402
 
 @dataclass
 class EvaluationRow:
-    """One method's scores: means over the images, plus per-image values and mean curves."""
+    """One method's scores: means over the images, plus per-image values and mean curves.
+
+    ``scores[m]`` is the mean of ``per_image[m]`` over the images where it is defined (NaN left
+    out); ``ci[m]`` its 95% (``evaluate``'s ``confidence``) percentile bootstrap interval
+    ``(low, high)`` over the images (:func:`tfattr.metrics.bootstrap_ci`, seeded by ``evaluate``'s
+    ``seed``; ``(nan, nan)`` below two images); ``half_width(m)`` is the ``h`` of the table's
+    ``m ± h``.
+    """
 
     method: str
     seconds: float
@@ -47,6 +55,29 @@ class EvaluationRow:
     cached: bool = False
     #: why a metric is missing (NaN), e.g. AUTVC on maps too small for two pyramid levels
     notes: List[str] = field(default_factory=list)
+    #: ``(low, high)`` bootstrap interval of each score over the images
+    ci: Dict[str, Tuple[float, float]] = field(default_factory=dict)
+
+    def half_width(self, metric: str) -> float:
+        """``h`` of ``score ± h``: the larger distance from the mean to an end of ``ci[metric]``
+        (``[m − h, m + h]`` contains the percentile interval, which need not be symmetric)."""
+        low, high = self.ci.get(metric, (np.nan, np.nan))
+        mean = self.scores.get(metric, np.nan)
+        return float(max(mean - low, high - mean))
+
+
+def _summary(per_image: Dict[str, np.ndarray], seed: int = 0, confidence: float = 0.95
+             ) -> Tuple[Dict[str, float], Dict[str, Tuple[float, float]]]:
+    """Means over the images (NaN left out) and their bootstrap intervals."""
+    from tfattr.metrics.statistics import bootstrap_ci
+
+    scores, intervals = {}, {}
+    for name, values in per_image.items():
+        array = np.asarray(values, np.float64).ravel()
+        finite = array[np.isfinite(array)]
+        scores[name] = float(finite.mean()) if finite.size else float("nan")
+        intervals[name] = bootstrap_ci(array, confidence=confidence, seed=seed)
+    return scores, intervals
 
 
 #: the layout of a cached row; part of the key
@@ -194,14 +225,15 @@ class DamagedCacheFile(ValueError):
     """A cache file whose content is not a row this code wrote (bounds, shapes, dtypes)."""
 
 
-def _row_limit(images) -> int:
-    """A bound on the bytes a row of ``images`` can hold: per image at most 16 float64 scores, at
-    most four float64 curves of at most ``H·W + 2`` points (deletion with one pixel per step),
-    plus 1 MiB for the key, the notes and the headers. A file claiming more is damaged."""
+def _row_limit(images, columns: int = 16) -> int:
+    """A bound on the bytes a row of ``images`` can hold: per image at most ``max(16, columns)``
+    float64 scores, at most four float64 curves of at most ``H·W + 2`` points (deletion with one
+    pixel per step), plus 1 MiB for the key, the notes and the headers. A file claiming more is
+    damaged."""
     shape = np.shape(images)
     count = int(shape[0]) if len(shape) else 1
     pixels = int(np.prod(shape[1:3])) if len(shape) >= 3 else 1
-    return (1 << 20) + 8 * (16 * count + 4 * (pixels + 2))
+    return (1 << 20) + 8 * (max(16, columns) * count + 4 * (pixels + 2))
 
 
 def _regular(descriptor: int, path: str) -> None:
@@ -278,17 +310,20 @@ def _read_npz_bounded(path: str, limit: int) -> Dict[str, np.ndarray]:
 
 
 def _load_row(path: str, name: str, key: str, count: Optional[int] = None,
-              limit: int = 1 << 26) -> Optional["EvaluationRow"]:
+              limit: int = 1 << 26, columns: Sequence[str] = ("AUPC",), seed: int = 0,
+              confidence: float = 0.95) -> Optional["EvaluationRow"]:
     """The row cached at ``path``, or ``None`` (with a warning) when the file cannot be read, holds
-    another key, more than ``limit`` bytes, or per-image values for other than ``count`` images."""
+    another key, more than ``limit`` bytes, per-image values for other than ``count`` images, or
+    lacks one of ``columns``."""
     try:
         stored = _read_npz_bounded(path, limit)
         if stored["key"].shape != () or str(stored["key"]) != key:
             raise KeyError("the file holds another key")
         per_image = {k[6:]: stored[k] for k in stored if k.startswith("image:")}
         curves = {k[6:]: stored[k] for k in stored if k.startswith("curve:")}
-        if "AUPC" not in per_image:
-            raise KeyError("image:AUPC")
+        for column in columns:
+            if column not in per_image:
+                raise KeyError(f"image:{column}")
         for k, v in [(f"image:{k}", v) for k, v in per_image.items()] + [(f"curve:{k}", v) for k, v in curves.items()]:
             if v.dtype.kind not in "fiub" or v.ndim != 1 or (k.startswith("image:") and count is not None
                                                               and len(v) != count):
@@ -299,8 +334,8 @@ def _load_row(path: str, name: str, key: str, count: Optional[int] = None,
         warnings.warn(f"The cached result {path!r} cannot be read ({type(error).__name__}: {error}); "
                       "recomputing it.", RuntimeWarning, stacklevel=3)
         return None
-    return EvaluationRow(name, seconds, gradients, {k: float(np.mean(v)) for k, v in per_image.items()}, per_image,
-                         curves, cached=True, notes=notes)
+    scores, intervals = _summary(per_image, seed, confidence)
+    return EvaluationRow(name, seconds, gradients, scores, per_image, curves, cached=True, notes=notes, ci=intervals)
 
 
 def _save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
@@ -326,6 +361,9 @@ def evaluate(
     cache_dir: Optional[str] = None,
     verbose: bool = True,
     strategy=None,
+    metrics: Optional[Sequence[str]] = None,
+    metric_options: Optional[Dict[str, Dict[str, Any]]] = None,
+    confidence: float = 0.95,
 ) -> List[EvaluationRow]:
     """Run and score each ``(name, method)`` on ``images``.
 
@@ -355,6 +393,17 @@ def evaluate(
         strategy: a ``tf.distribute`` strategy: the images are sharded over its replicas (and
             workers) with ``experimental_distribute_dataset``, attribution and metrics run per
             replica and are gathered (:mod:`tfattr.distribute`); results equal the single-device run.
+            (With ``metrics`` named, the attribution is distributed and the metrics run on the host.)
+        metrics: ``None`` (the papers' table: AUPC, AUTVC, deletion, insertion, and the pointing
+            game and mask energy with masks, completeness for path methods) or names of registered
+            metrics (:data:`tfattr.metrics.METRICS`: ``"max_sensitivity"``,
+            ``"local_lipschitz_estimate"``, ``"model_parameter_randomisation"``, ``"aupc"``, …), one
+            column each, in order. Metrics that re-explain get the method itself; random ones draw
+            from ``seed``. The names and their options enter the cache key.
+        metric_options: ``{name: {option: value}}`` overriding a named metric's defaults (e.g.
+            ``{"max_sensitivity": {"n_perturb_samples": 20}}``).
+        confidence: level of every cell's bootstrap interval (``EvaluationRow.ci``, ``m ± h`` in
+            :func:`format_table`; default 0.95), resampled over the images from ``seed``.
 
     AUTVC needs maps of at least 44 × 44 pixels (two pyramid levels,
     :func:`tfattr.metrics.autvc_min_size`); on smaller maps its score is NaN (an empty cell in
@@ -363,7 +412,9 @@ def evaluate(
     Returns:
         One :class:`EvaluationRow` per method, in order.
     """
-    from tfattr import metrics
+    from tfattr import metrics as measures
+    from tfattr.metrics.registry import MetricInputs, resolve_metrics
+    from tfattr.metrics.statistics import check_confidence
 
     methods = list(methods)
     for i, item in enumerate(methods):
@@ -371,6 +422,11 @@ def evaluate(
                 and hasattr(item[1], "attribute")):
             raise InvalidInputError("`methods` must be (name, method) pairs, e.g. [('ig', IntegratedGradients(model))]. "
                                     + received(f"methods[{i}]", item))
+    confidence = check_confidence(confidence)
+    if metrics is None and metric_options is not None:
+        raise InvalidInputError("`metric_options` sets options of named metrics: name them in `metrics`. "
+                                + received("metrics", None))
+    chosen = None if metrics is None else resolve_metrics(metrics, metric_options, masks_given=masks is not None)
     images = np.asarray(images)
     if labels is None:
         labels = np.argmax(model.predict(images, verbose=0), axis=1)
@@ -382,6 +438,9 @@ def evaluate(
     settings = dict(value_range=value_range, aupc_kernel=aupc_kernel, aupc_regions=aupc_regions,
                     aupc_perturbations=aupc_perturbations, pixels_per_step=pixels_per_step,
                     pointing_tolerance=pointing_tolerance, seed=seed)
+    columns = ("AUPC",) if chosen is None else tuple(spec.label for spec, _ in chosen)
+    if chosen is not None:  # the named metrics and every option they run with are part of the key
+        settings["metrics"] = [[spec.name, dict(options)] for spec, options in chosen]
     models: Dict[int, Any] = {}  # model keys of this call, by id
     printed = set()
 
@@ -404,7 +463,8 @@ def evaluate(
             else:
                 path = os.path.join(cache_dir, f"{key[:32]}.npz")
                 if os.path.lexists(path):
-                    row = _load_row(path, name, key, len(images), _row_limit(images))
+                    row = _load_row(path, name, key, len(images), _row_limit(images, len(columns) + 8), columns,
+                                    seed, confidence)
                     if row is not None:
                         rows.append(row)
                         if verbose:
@@ -419,12 +479,29 @@ def evaluate(
             explanation = distributed_attribute(method, images, target=labels, strategy=strategy)
         seconds = time.perf_counter() - start
         attributions = np.asarray(explanation)
+        row_notes: List[str] = []
+        if chosen is not None:
+            per_image = _named_metrics(chosen, MetricInputs(
+                model=model, images=images, attributions=attributions, method=method, explanation=explanation,
+                targets=labels, masks=masks, value_range=value_range, seed=seed, settings=settings),
+                functools.partial(note, row_notes))
+            scores, intervals = _summary(per_image, seed, confidence)
+            row = EvaluationRow(name, seconds, int(explanation.gradients), scores, per_image, {}, notes=row_notes,
+                                ci=intervals)
+            rows.append(row)
+            if path is not None:
+                _store_row(path, key, row, method, method_key)
+            if verbose:
+                print(f"  {name:<28} {seconds:7.2f}s  " + "  ".join(
+                    f"{k} {v:.3f} ± {row.half_width(k):.3f}" if np.isfinite(v) else f"{k} –"
+                    for k, v in row.scores.items()))
+            continue
 
         def perturbation_metrics(x, a, t):
-            return (metrics.aupc(model, x, a, target=t, kernel_size=aupc_kernel, regions=aupc_regions,
+            return (measures.aupc(model, x, a, target=t, kernel_size=aupc_kernel, regions=aupc_regions,
                                  perturbations=aupc_perturbations, value_range=value_range, seed=seed, verbose=0),
-                    metrics.deletion(model, x, a, target=t, pixels_per_step=pixels_per_step, verbose=0),
-                    metrics.insertion(model, x, a, target=t, pixels_per_step=pixels_per_step, verbose=0))
+                    measures.deletion(model, x, a, target=t, pixels_per_step=pixels_per_step, verbose=0),
+                    measures.insertion(model, x, a, target=t, pixels_per_step=pixels_per_step, verbose=0))
 
         if strategy is None:
             aupc, deletion, insertion = perturbation_metrics(images, attributions, labels)
@@ -440,11 +517,10 @@ def evaluate(
             fields = distributed_map(as_fields, [images, attributions, labels], strategy)
             aupc, deletion, insertion = (_Joined({k.split(".")[1]: v for k, v in fields.items() if k.startswith(p)})
                                          for p in ("aupc.", "deletion.", "insertion."))
-        row_notes: List[str] = []
         try:
-            smoothness = metrics.autvc(attributions).area
-        except metrics.AUTVCUndefinedError:
-            height, width = metrics.autvc_min_size()
+            smoothness = measures.autvc(attributions).area
+        except measures.AUTVCUndefinedError:
+            height, width = measures.autvc_min_size()
             smoothness = np.full(len(attributions), np.nan)
             note(row_notes, f"AUTVC left empty: the maps are {attributions.shape[1]}×{attributions.shape[2]} and "
                             f"AUTVC needs at least {height}×{width} (two Gaussian-pyramid levels).")
@@ -452,12 +528,13 @@ def evaluate(
         if explanation.delta is not None:
             per_image["completeness"] = np.asarray(explanation.relative_delta, np.float64)
         if masks is not None:
-            per_image["pointing"] = metrics.pointing_game(attributions, masks, tolerance=pointing_tolerance).hits.astype(float)
-            per_image["mask energy"] = metrics.mask_energy(attributions, masks, absolute=True)
+            per_image["pointing"] = measures.pointing_game(attributions, masks, tolerance=pointing_tolerance).hits.astype(float)
+            per_image["mask energy"] = measures.mask_energy(attributions, masks, absolute=True)
         curves = {"AUPC": aupc.curve.mean(axis=0), "deletion": deletion.curve.mean(axis=0),
                   "insertion": insertion.curve.mean(axis=0)}
-        row = EvaluationRow(name, seconds, int(explanation.gradients),
-                            {k: float(np.mean(v)) for k, v in per_image.items()}, per_image, curves, notes=row_notes)
+        scores, intervals = _summary(per_image, seed, confidence)
+        row = EvaluationRow(name, seconds, int(explanation.gradients), scores, per_image, curves, notes=row_notes,
+                            ci=intervals)
         rows.append(row)
         if path is not None:
             _store_row(path, key, row, method, method_key)
@@ -465,6 +542,32 @@ def evaluate(
             print(f"  {name:<28} {seconds:7.2f}s  " + "  ".join(
                 f"{k} {v:.3f}" if np.isfinite(v) else f"{k} –" for k, v in row.scores.items()))
     return rows
+
+
+def _named_metrics(chosen, inputs, note) -> Dict[str, np.ndarray]:
+    """Per-image values of each ``(spec, options)`` on ``inputs``; AUTVC on maps too small for it
+    is NaN with a note, as in the default table; a metric undefined on some images gets a note."""
+    from tfattr import metrics as measures
+
+    count = len(inputs.images)
+    per_image: Dict[str, np.ndarray] = {}
+    for spec, options in chosen:
+        try:
+            values = np.asarray(spec.compute(inputs, **options), np.float64).ravel()
+        except measures.AUTVCUndefinedError:
+            height, width = measures.autvc_min_size()
+            values = np.full(count, np.nan)
+            note(f"AUTVC left empty: the maps are {inputs.attributions.shape[1]}×{inputs.attributions.shape[2]} "
+                 f"and AUTVC needs at least {height}×{width} (two Gaussian-pyramid levels).")
+        if values.shape != (count,):
+            raise InvalidInputError(f"The metric {spec.name!r} must return one value per image. "
+                                    + received(f"{spec.name} shape", values.shape))
+        undefined = int(np.count_nonzero(~np.isfinite(values)))
+        if 0 < undefined and spec.name != "autvc":
+            note(f"{spec.label}: undefined (NaN) on {undefined} of {count} images; the mean and interval are over "
+                 "the others.")
+        per_image[spec.label] = values
+    return per_image
 
 
 def _file_content(structure) -> List[Any]:
@@ -505,13 +608,15 @@ def _store_row(path: str, key: str, row: EvaluationRow, method, method_key) -> N
                       "results are returned.", RuntimeWarning, stacklevel=3)
 
 
-def merge_rows(parts: Sequence[Sequence[EvaluationRow]]) -> List[EvaluationRow]:
+def merge_rows(parts: Sequence[Sequence[EvaluationRow]], seed: int = 0, confidence: float = 0.95
+               ) -> List[EvaluationRow]:
     """One row per method from :func:`evaluate` runs on disjoint parts of a dataset.
 
     Each part is the list :func:`evaluate` returned for some of the images, all with the same
     methods in the same order. Per-image values are concatenated in part order (so ``scores``
     are means over all images, NaN ignored), mean curves are averaged weighted by each part's
-    image count, seconds and gradients are summed, notes are kept once. Every metric of
+    image count, seconds and gradients are summed, notes are kept once, intervals are
+    bootstrapped over all images (``seed``, ``confidence`` as :func:`evaluate`). Every metric of
     :func:`evaluate` is computed per image (AUPC draws the same noise for every image of a
     batch), so evaluating images one at a time (each cached on its own) and merging gives the
     same table as one call on all of them, up to float32 rounding of batched forward passes.
@@ -536,13 +641,11 @@ def merge_rows(parts: Sequence[Sequence[EvaluationRow]]) -> List[EvaluationRow]:
                          np.float64)
         curves = {k: np.average([np.asarray(r.curves[k], np.float64) for r in rows], axis=0, weights=sizes)
                   for k in rows[0].curves if all(k in r.curves for r in rows)}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column (AUTVC on small maps) stays NaN
-            scores = {k: float(np.nanmean(v)) for k, v in per_image.items()}
+        scores, intervals = _summary(per_image, seed, confidence)  # an all-NaN column (AUTVC) stays NaN
         notes = list(dict.fromkeys(note for r in rows for note in r.notes))
         merged.append(EvaluationRow(rows[0].method, float(sum(r.seconds for r in rows)),
                                     int(sum(r.gradients for r in rows)), scores, per_image, curves,
-                                    cached=all(r.cached for r in rows), notes=notes))
+                                    cached=all(r.cached for r in rows), notes=notes, ci=intervals))
     return merged
 
 
@@ -554,18 +657,30 @@ class _Joined:
             setattr(self, name, value)
 
 
-def format_table(rows: Sequence[EvaluationRow], columns: Optional[Sequence[str]] = None, title: str = "") -> str:
-    """A Markdown table of ``rows`` (means over images); ↓/↑ mark lower/higher-is-better; a
-    missing or NaN score (AUTVC on maps too small for it) is an empty cell."""
-    direction = {"AUPC": "↓", "AUTVC": "↓", "deletion": "↓", "insertion": "↑", "pointing": "↑",
-                 "mask energy": "↑", "completeness": "↓"}
+def format_table(rows: Sequence[EvaluationRow], columns: Optional[Sequence[str]] = None, title: str = "",
+                 intervals: bool = True) -> str:
+    """A Markdown table of ``rows``: each cell the mean over images ``± h``, ``h`` the half-width of
+    its bootstrap interval (:meth:`EvaluationRow.half_width`; no ``±`` below two images or with
+    ``intervals=False``); ↓/↑ mark lower/higher-is-better (each registered metric's direction); a
+    missing or NaN score (AUTVC on maps too small for it) is an empty cell. ``columns``: default
+    every column of the rows, in the order :func:`evaluate` computed them."""
+    from tfattr.metrics.registry import METRICS
+
+    direction = {spec.label: spec.arrow for spec in METRICS.values()}
     if columns is None:
-        columns = [c for c in ("AUPC", "AUTVC", "deletion", "insertion", "pointing", "mask energy", "completeness")
-                   if any(c in r.scores for r in rows)]
+        columns = list(dict.fromkeys(c for r in rows for c in r.scores))
     header = ["method"] + [f"{c} {direction.get(c, '')}".strip() for c in columns] + ["seconds", "gradients"]
     lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cell(row, column):
+        value = row.scores.get(column, np.nan)
+        if not np.isfinite(value):
+            return ""
+        half = row.half_width(column) if intervals else np.nan
+        return f"{value:.3f} ± {half:.3f}" if np.isfinite(half) else f"{value:.3f}"
+
     for r in rows:
-        cells = [r.method] + [f"{r.scores[c]:.3f}" if np.isfinite(r.scores.get(c, np.nan)) else "" for c in columns]
+        cells = [r.method] + [cell(r, c) for c in columns]
         cells += [f"{r.seconds:.1f}", str(r.gradients)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

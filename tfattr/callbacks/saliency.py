@@ -118,10 +118,42 @@ class _Metric:
     name: str
     fn: Callable
     options: Dict[str, Any]
+    #: a metric of :data:`tfattr.metrics.METRICS` (called with the method too)
+    registered: bool = False
 
-    def __call__(self, model, images, explanation) -> float:
-        values = np.asarray(self.fn(model, images, explanation, **self.options), dtype=np.float64)
+    def __call__(self, model, images, explanation, method=None) -> float:
+        if self.registered:
+            values = self.fn(model, images, explanation, method, **self.options)
+        else:
+            values = self.fn(model, images, explanation, **self.options)
+        values = np.asarray(values, dtype=np.float64)
+        if self.registered:  # the mean over the images where it is defined, as evaluate's tables
+            values = values[np.isfinite(values)]
         return float(np.mean(values)) if values.size else float("nan")
+
+
+def _registered(key: str, options: Dict[str, Any], entry) -> Optional[_Metric]:
+    """A metric of :data:`tfattr.metrics.METRICS` by name (``None`` if there is none): computed on the
+    probe batch for the explained classes, with the method itself for the metrics that re-explain."""
+    from tfattr.metrics.registry import METRICS, MetricInputs
+
+    spec = METRICS.get(key)
+    if spec is None:
+        return None
+    if spec.needs == "masks":
+        raise InvalidInputError(f"The metric {key!r} compares maps with ground-truth masks, which the logger does "
+                                "not have. " + received("metrics", entry))
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise InvalidInputError(f"Metric {key!r} got unknown option(s) {unknown}; its options are "
+                                f"{sorted(spec.options)}. " + received("metrics", entry))
+
+    def compute(model, images, explanation, method, **chosen):
+        inputs = MetricInputs(model=model, images=np.asarray(images), attributions=explanation.numpy(),
+                              method=method, explanation=explanation, targets=explanation.targets)
+        return spec.compute(inputs, **dict(spec.defaults, **chosen))
+
+    return _Metric(_sanitize(key), compute, dict(options), registered=True)
 
 
 def _sanitize(name: str) -> str:
@@ -149,8 +181,13 @@ def _parse_metrics(metrics, probe: np.ndarray) -> List[_Metric]:
             key = spec if isinstance(spec, str) else name
             options = {} if isinstance(spec, str) else dict(spec)
             if key not in _BUILTIN:
+                named = _registered(key, options, entry)
+                if named is not None:
+                    parsed.append(named)
+                    continue
                 raise InvalidInputError(
-                    f"Unknown metric {key!r}; the built-in metrics are {METRICS}. Your own goes in as a callable "
+                    f"Unknown metric {key!r}; the built-in metrics are {METRICS} and those of "
+                    "tfattr.metrics.METRICS. Your own goes in as a callable "
                     "`(model, images, explanation) -> value per image` or a (name, callable) pair inside a list, "
                     "metrics=[('name', fn)]. " + received("metrics", entry)
                 )
@@ -378,6 +415,10 @@ class SaliencyLogger(keras.callbacks.Callback):
               default, and 15×15 windows that need large images), often far more than the
               attribution itself; give options as ``("aupc", {"kernel_size": 4,
               "regions": 8, "perturbations": 10})``;
+            * any metric of :data:`tfattr.metrics.METRICS` by name (``"max_sensitivity"``,
+              ``"local_lipschitz_estimate"``, ``"faithfulness_correlation"``, …; those needing
+              masks excepted), with its defaults, for the explained classes; the ones that
+              re-explain perturbed inputs call the method again (``n_perturb_samples`` times);
             * ``(name, options)`` for a built-in with options; a callable ``(model, images,
               explanation) -> value per image`` (tag = its ``__name__``) or a ``(name, callable)``
               pair inside the list (``metrics=["atv", ("on_object", fn)]``).
@@ -621,7 +662,8 @@ class SaliencyLogger(keras.callbacks.Callback):
             return None
         try:
             explanation = self._attribute(method)
-            values = {metric.name: metric(method.model, self.probe_images, explanation) for metric in self.metrics}
+            values = {metric.name: metric(method.model, self.probe_images, explanation, method)
+                      for metric in self.metrics}
             pictures = self._pictures(explanation) if (self.log_dir or self.image_dir) else []
             self._write(step, values, pictures)
         except Exception as error:  # noqa: BLE001 - reported, see `strict`

@@ -16,8 +16,8 @@ import numpy as np
 __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_SMOOTH_TAYLOR", "STREAM_FORWARD_ROWS",
            "STREAM_GRADIENT_SHAP", "STREAM_INFIDELITY", "STREAM_FAITHFULNESS_CORRELATION", "STREAM_SENSITIVITY",
            "STREAM_SHAPLEY_SAMPLING", "STREAM_SENSITIVITY_N", "STREAM_MU_FIDELITY", "STREAM_ROAD",
-           "STREAM_MONOTONICITY_CORRELATION", "STREAM_SOBOL", "STREAM_FEATURE_PERMUTATION", "rng", "row_uniform",
-           "row_normal", "compiled_row_draws"]
+           "STREAM_MONOTONICITY_CORRELATION", "STREAM_SOBOL", "STREAM_FEATURE_PERMUTATION", "STREAM_LIPSCHITZ",
+           "STREAM_RELATIVE_STABILITY", "STREAM_SMOOTH_MPRT", "rng", "row_uniform", "row_normal", "compiled_row_draws"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
@@ -40,6 +40,10 @@ STREAM_MONOTONICITY_CORRELATION = 43
 # SobolAttribution's scrambling and FeaturePermutation's permutations
 STREAM_SOBOL = 23
 STREAM_FEATURE_PERMUTATION = 24
+# the robustness and randomisation metrics of issue 29 (numbered apart from the others)
+STREAM_LIPSCHITZ = 50
+STREAM_RELATIVE_STABILITY = 51
+STREAM_SMOOTH_MPRT = 52
 
 
 def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator:

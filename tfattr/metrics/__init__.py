@@ -17,12 +17,16 @@ Faithfulness to an order of removal (forward rows): :func:`monotonicity` (Arya e
     :func:`road` (Rong et al. 2022, noisy linear imputation).
 
 Robustness (the method re-explains perturbed inputs): :func:`max_sensitivity`,
-    :func:`avg_sensitivity` (Yeh et al. 2019).
+    :func:`avg_sensitivity` (Yeh et al. 2019), :func:`local_lipschitz_estimate` (Alvarez-Melis &
+    Jaakkola 2018), :func:`relative_input_stability`, :func:`relative_output_stability` (Agarwal
+    et al. 2022).
 
 Smoothness (no model): :func:`atv`, :func:`multiscale_atv`, :func:`autvc`.
 
 Randomisation (sanity checks; a method re-explains randomised copies):
-    :func:`model_parameter_randomisation` (Adebayo et al. 2018), :func:`random_logit` (Sixt et al. 2020).
+    :func:`model_parameter_randomisation` (Adebayo et al. 2018), its smooth and efficient variants
+    :func:`smooth_model_parameter_randomisation`, :func:`efficient_model_parameter_randomisation`
+    (Hedström et al. 2023), :func:`random_logit` (Sixt et al. 2020).
 
 Pixel flipping and region perturbation (forward rows): :func:`pixel_flipping` (Bach et al. 2015),
     :func:`region_perturbation` (Samek et al. 2017, Quantus's grid variant).
@@ -34,6 +38,10 @@ Localisation (ground-truth masks): :func:`pointing_game`, :func:`mask_energy`,
     :func:`relevance_mass_accuracy`, :func:`relevance_rank_accuracy` (Arras et al. 2022),
     :func:`top_k_intersection` (Theiner et al. 2022), :func:`attribution_localisation`
     (Kohlbrenner et al. 2020), :func:`auc` (ROC AUC, Fawcett 2006).
+
+By name (:data:`METRICS`, :func:`register_metric`): what :func:`tfattr.evaluate` computes, each
+with its direction, defaults and paper. Over images: :func:`bootstrap_ci` (the tables' ± intervals)
+and :func:`paired_test` (which differences between methods are not noise).
 
 Every metric works on a batch and returns NumPy arrays (areas and the curves for
 plotting); metrics that draw noise take a ``seed``; long runs show a progress bar.
@@ -117,18 +125,39 @@ from tfattr.metrics.perturbation import (
     select_windows,
 )
 from tfattr.metrics.randomisation import (
+    EfficientMPRTResult,
     RandomisationResult,
     RandomLogitResult,
+    discrete_entropy,
+    efficient_model_parameter_randomisation,
+    hog_similarity,
+    map_similarity,
     model_parameter_randomisation,
     random_logit,
     randomisable_layers,
     randomise_layers,
+    smooth_model_parameter_randomisation,
+    smooth_noise,
+)
+from tfattr.metrics.registry import (
+    DEFAULT_METRICS,
+    METRICS,
+    MetricInputs,
+    MetricSpec,
+    metric_spec,
+    register_metric,
+    resolve_metrics,
 )
 from tfattr.metrics.robustness import (
     SensitivityResult,
+    StabilityResult,
     avg_sensitivity,
+    local_lipschitz_estimate,
     max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
     sensitivity_perturbations,
+    stability_perturbations,
 )
 from tfattr.metrics.smoothness import (
     AUTVCResult,
@@ -140,6 +169,7 @@ from tfattr.metrics.smoothness import (
     multiscale_atv,
     normalise_maps,
 )
+from tfattr.metrics.statistics import PairedComparison, bootstrap_ci, bootstrap_means, paired_test
 
 __all__ = [
     "simpson",
@@ -185,6 +215,13 @@ __all__ = [
     "RandomLogitResult",
     "randomisable_layers",
     "randomise_layers",
+    "smooth_model_parameter_randomisation",
+    "efficient_model_parameter_randomisation",
+    "EfficientMPRTResult",
+    "hog_similarity",
+    "map_similarity",
+    "discrete_entropy",
+    "smooth_noise",
     "faithfulness_correlation",
     "FaithfulnessCorrelationResult",
     "infidelity",
@@ -208,4 +245,20 @@ __all__ = [
     "avg_sensitivity",
     "SensitivityResult",
     "sensitivity_perturbations",
+    "local_lipschitz_estimate",
+    "relative_input_stability",
+    "relative_output_stability",
+    "StabilityResult",
+    "stability_perturbations",
+    "METRICS",
+    "DEFAULT_METRICS",
+    "MetricSpec",
+    "MetricInputs",
+    "metric_spec",
+    "register_metric",
+    "resolve_metrics",
+    "bootstrap_ci",
+    "bootstrap_means",
+    "paired_test",
+    "PairedComparison",
 ]

@@ -4,6 +4,10 @@
   (NeurIPS 2018), the model parameter randomisation test (MPRT): layers' weights are
   re-initialised from the top, cumulatively (cascading) or one at a time (independent), and the
   map on each randomised model is compared with the map on the trained model.
+* :func:`smooth_model_parameter_randomisation` (sMPRT) and
+  :func:`efficient_model_parameter_randomisation` (eMPRT) — Hedström et al., "Sanity Checks
+  Revisited: An Exploration to Repair the Model Parameter Randomisation Test" (XAI in Action,
+  NeurIPS 2023 workshop), as Quantus ``SmoothMPRT`` / ``EfficientMPRT`` define them.
 * :func:`random_logit` — Sixt et al. 2020 (Quantus ``RandomLogit``): the map for the explained
   class compared with the map for a random other class.
 
@@ -21,10 +25,16 @@ import numpy as np
 from tfattr.core.ranges import VALUE_RANGE_ATTRIBUTE
 from tfattr.core.targets import resolve_output
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
-from tfattr.metrics._common import check_seed
+from tfattr.metrics._common import check_positive_int, check_seed
 
 __all__ = [
     "RandomisationResult",
+    "EfficientMPRTResult",
+    "smooth_model_parameter_randomisation",
+    "efficient_model_parameter_randomisation",
+    "hog_similarity",
+    "discrete_entropy",
+    "smooth_noise",
     "RandomLogitResult",
     "model_parameter_randomisation",
     "random_logit",
@@ -35,8 +45,10 @@ __all__ = [
     "ssim",
 ]
 
-_ORDERS = ("cascading", "independent")
-_SIMILARITIES = ("spearman", "ssim")
+_ORDERS = ("cascading", "independent", "bottom_up")
+_SIMILARITIES = ("spearman", "ssim", "hog")
+#: skimage.feature.hog's settings for :func:`hog_similarity`
+HOG_OPTIONS = dict(orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2))
 #: re-initialisation of a weight whose layer names no initializer for it (Adebayo et al. re-draw
 #: weights from a truncated normal)
 FALLBACK_STDDEV = 0.01
@@ -75,9 +87,31 @@ def ssim(a, b) -> float:
     return float(structural_similarity(a, b, data_range=data_range))
 
 
+def hog_similarity(a, b) -> float:
+    """Pearson's correlation of the histograms of oriented gradients of two ``(H, W)`` maps
+    (Adebayo et al. 2018, §3: "the Pearson correlation of the histogram of gradients (HOG) features";
+    ``skimage.feature.hog`` with 9 orientations, 8×8-pixel cells, 2×2-cell blocks, L2-Hys block
+    normalisation, :data:`HOG_OPTIONS`). ``nan`` when either descriptor is constant."""
+    from skimage.feature import hog
+
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    need = HOG_OPTIONS["pixels_per_cell"][0] * HOG_OPTIONS["cells_per_block"][0]
+    if a.ndim != 2 or min(a.shape) < need:
+        raise InvalidInputError(f"HOG compares (height, width) maps of at least {need}×{need} pixels (one block of "
+                                "2×2 cells of 8×8). " + received("map shape", a.shape))
+    fa, fb = hog(a, **HOG_OPTIONS), hog(b, **HOG_OPTIONS)
+    fa, fb = fa - fa.mean(), fb - fb.mean()
+    denominator = np.sqrt((fa * fa).sum() * (fb * fb).sum())
+    if denominator == 0:
+        return float("nan")
+    return float((fa * fb).sum() / denominator)
+
+
 def map_similarity(a, b, similarity: str = "spearman") -> np.ndarray:
-    """Per-image similarity of two batches of ``(N, H, W)`` maps (:func:`spearman` or :func:`ssim`)."""
-    function = spearman if similarity == "spearman" else ssim
+    """Per-image similarity of two batches of ``(N, H, W)`` maps (:func:`spearman`, :func:`ssim` or
+    :func:`hog_similarity`)."""
+    function = {"spearman": spearman, "ssim": ssim, "hog": hog_similarity}[similarity]
     return np.array([function(a[n], b[n]) for n in range(a.shape[0])], dtype=np.float64)
 
 
@@ -263,9 +297,11 @@ def model_parameter_randomisation(model, images, method, targets=None, order: st
     names none: truncated normal, σ = 0.01) and the images are explained again for the same
     targets. ``order="cascading"``: the randomisation accumulates (row ``k`` has the top ``k``
     layers randomised, the paper's Fig. 2); ``"independent"``: row ``k`` randomises layer ``k``
-    alone (the paper's Fig. 4). Each row's maps ``Σ_c |φ_c|`` are compared per image with the
-    trained model's by ``similarity``: ``"spearman"`` (rank correlation, :func:`spearman`) or
-    ``"ssim"`` (:func:`ssim`, skimage's with the maps' joint range).
+    alone (the paper's Fig. 4); ``"bottom_up"``: cascading from the input layer up (Hedström et
+    al. 2023's order). Each row's maps ``Σ_c |φ_c|`` are compared per image with the
+    trained model's by ``similarity``: ``"spearman"`` (rank correlation, :func:`spearman`),
+    ``"ssim"`` (:func:`ssim`, skimage's with the maps' joint range) or ``"hog"`` (Pearson's
+    correlation of HOG features, :func:`hog_similarity`, the paper's third measure).
 
     Args:
         model: a Keras model (Functional or Sequential: cloneable).
@@ -273,14 +309,14 @@ def model_parameter_randomisation(model, images, method, targets=None, order: st
         method: an attribution method bound to ``model`` (e.g. ``tfattr.Gradient(model)``).
         targets: classes explained, fixed for all rows; ``None`` (default): the trained model's
             top-1 class of each image.
-        order: ``"cascading"`` (default) or ``"independent"``.
-        similarity: ``"spearman"`` (default, the paper's main measure) or ``"ssim"``.
+        order: ``"cascading"`` (default), ``"independent"`` or ``"bottom_up"``.
+        similarity: ``"spearman"`` (default, the paper's main measure), ``"ssim"`` or ``"hog"``.
         seed: seed of the re-initialisation (layer ``i``'s weight ``j`` from ``[seed, i, j]``:
             the same values in both orders).
         initializer: ``None`` (each weight's own layer initializer) or a Keras initializer
             (identifier or instance) used for every weight.
         layers: names of the layers to randomise, in order (default: all of
-            :func:`randomisable_layers`, top first).
+            :func:`randomisable_layers`, top first; bottom first for ``"bottom_up"``).
         **options: passed to ``method.attribute`` on every row.
 
     Returns:
@@ -290,6 +326,13 @@ def model_parameter_randomisation(model, images, method, targets=None, order: st
         >>> result = model_parameter_randomisation(model, images, tfattr.Gradient(model))
         >>> result.mean  # 1.0 at row 0, then dropping as layers are randomised
     """
+    return _mprt(model, images, method, targets, order, similarity, seed, initializer, layers,
+                 lambda bound, chosen: _explain(bound, images, chosen, options))
+
+
+def _mprt(model, images, method, targets, order, similarity, seed, initializer, layers, explain
+          ) -> RandomisationResult:
+    """MPRT's loop with ``explain(bound_method, targets) -> ((N, H, W) maps, explained targets)``."""
     if not (isinstance(order, str) and order in _ORDERS):
         raise InvalidInputError(f"`order` must be one of {list(_ORDERS)}. " + received("order", order))
     similarity = _check_similarity(similarity)
@@ -299,18 +342,18 @@ def model_parameter_randomisation(model, images, method, targets=None, order: st
                                 + received("seed", seed))
     _check_method(method, model)
     known = randomisable_layers(model)
-    names = known if layers is None else list(layers)
+    names = list(layers) if layers is not None else (known[::-1] if order == "bottom_up" else known)
     for name in names:
         if name not in known:
             raise InvalidInputError(f"`layers` must name layers with weights, from {known}. "
                                     + received("layers", name))
-    trained, explained = _explain(method, images, targets, options)
+    trained, explained = explain(method, targets)
     if targets is None:
         targets = explained
     clone = _clone(model)
     bound = method.with_model(clone)
     rows = []
-    maps, _ = _explain(bound, images, targets, options)
+    maps, _ = explain(bound, targets)
     rows.append(map_similarity(trained, maps, similarity))
     kept = {}
     for name in names:
@@ -321,11 +364,186 @@ def model_parameter_randomisation(model, images, method, targets=None, order: st
         if order == "independent":
             kept[name] = [np.asarray(v) for v in clone.get_layer(name).weights]
         _assign(clone, name, _new_values(model, name, seed, initializer))
-        maps, _ = _explain(bound, images, targets, options)
+        maps, _ = explain(bound, targets)
         rows.append(map_similarity(trained, maps, similarity))
     return RandomisationResult(similarities=np.stack(rows), layers=[None] + names,
                                targets=None if targets is None or callable(targets) else np.asarray(targets),
                                order=order, similarity=similarity)
+
+
+# -- sMPRT and eMPRT (Hedström et al. 2023) ----------------------------------------------------------
+def _second_moment_normalised(phi: np.ndarray) -> np.ndarray:
+    """Each map divided by the square root of its mean square (Quantus's
+    ``normalise_by_average_second_moment_estimate``, per image; a map of zeros is kept)."""
+    flat = phi.reshape(phi.shape[0], -1)
+    scale = np.sqrt((flat * flat).mean(axis=1))
+    scale = np.where(scale == 0, 1.0, scale)
+    return phi / scale.reshape((-1,) + (1,) * (phi.ndim - 1))
+
+
+def smooth_noise(seed: int, n_samples: int, shape) -> np.ndarray:
+    """``(n_samples, *shape)`` standard normal draws of :func:`smooth_model_parameter_randomisation`
+    (sample ``s`` from ``seed`` and ``s`` alone, the same for every image); the last is zero (the
+    noise-free input, Quantus's convention)."""
+    import tensorflow as tf
+
+    from tfattr.core.random import STREAM_SMOOTH_MPRT, compiled_row_draws
+
+    draws = compiled_row_draws("normal", seed, np.arange(n_samples), tuple(shape), dtype=tf.float64,
+                               stream=STREAM_SMOOTH_MPRT)
+    draws[-1] = 0.0
+    return draws
+
+
+def smooth_model_parameter_randomisation(model, images, method, targets=None, order: str = "bottom_up",
+                                         similarity: str = "spearman", n_samples: int = 50,
+                                         noise_magnitude: float = 0.1, normalise: bool = True,
+                                         seed: int = 0, initializer=None, layers: Optional[Sequence[str]] = None,
+                                         **options) -> RandomisationResult:
+    """Smooth MPRT (sMPRT; Hedström et al. 2023, §4.1; Quantus ``SmoothMPRT``). Lower is better.
+
+    :func:`model_parameter_randomisation` on denoised maps: every map (on the trained model and on
+    each randomised one) is the mean of the method's attributions of ``S`` noisy copies
+    ``x + σ εₛ``, ``εₛ ~ N(0, 1)`` per feature (:func:`smooth_noise`; the last copy noise-free),
+    ``σ = noise_magnitude · (max x − min x)`` per image; then divided by the square root of its mean
+    square (``normalise``) and compared as ``Σ_c |φ̄_c|``. The paper's default order is bottom-up
+    (``order="bottom_up"``: cascading from the input layer), which its Fig. 3 shows less affected by
+    the output layer's noise. Each noisy copy is one attribute call for all images.
+
+    Where Quantus differs: it normalises a whole batch by one second moment (tfattr per image, equal
+    to Quantus with ``batch_size=1``), and its TensorFlow layer generator clones the model without
+    copying the trained weights (``keras.models.clone_model``), so each of its rows randomises a
+    freshly initialised model; tfattr's rows start from the trained weights (the test injects the same
+    randomised models into both).
+
+    Args:
+        model, images, method, targets, order, similarity, seed, initializer, layers: as
+            :func:`model_parameter_randomisation` (``order`` default ``"bottom_up"``).
+        n_samples: ``S`` (Quantus's default 50).
+        noise_magnitude: σ relative to each image's range (Quantus's default 0.1).
+        normalise: divide each denoised map by the root of its mean square (default ``True``).
+        **options: passed to ``method.attribute``.
+
+    Example:
+        >>> smooth_model_parameter_randomisation(model, images, tfattr.Gradient(model), n_samples=10).mean
+    """
+    count = check_positive_int(n_samples, "n_samples")
+    if isinstance(noise_magnitude, bool) or not isinstance(noise_magnitude, (int, float, np.integer, np.floating)) \
+            or not (np.isfinite(noise_magnitude) and noise_magnitude >= 0):
+        raise InvalidInputError("`noise_magnitude` must be a number ≥ 0. "
+                                + received("noise_magnitude", noise_magnitude))
+    checked = check_seed(seed)
+    x = np.asarray(images)
+    single = x.ndim == 3
+    batch = x[None] if single else x
+    axes = tuple(range(1, batch.ndim))
+    sigma = float(noise_magnitude) * (batch.max(axis=axes, keepdims=True) - batch.min(axis=axes, keepdims=True))
+    noise = smooth_noise(0 if checked is None else checked, count, batch.shape[1:])
+
+    def explain(bound, chosen):
+        # the noise-free copy first: its classes (top-1 of the clean images for targets=None) are
+        # explained on every noisy copy too
+        total, explained = None, None
+        for s in [count - 1] + list(range(count - 1)):
+            noisy = (batch.astype(np.float64) + sigma * noise[s]).astype(batch.dtype)
+            explanation = bound.attribute(noisy, target=chosen, **options)
+            if explained is None:
+                explained = explanation.targets
+                if chosen is None and explained is not None:
+                    chosen = explained
+            phi = np.asarray(explanation.attributions, np.float64)
+            total = phi / count if total is None else total + phi / count
+        if normalise:
+            total = _second_moment_normalised(total)
+        total = np.abs(total)
+        maps = total.sum(axis=-1) if total.ndim == 4 else total
+        return maps, explained
+
+    return _mprt(model, images if not single else batch, method, targets, order, similarity, seed, initializer,
+                 layers, explain)
+
+
+@dataclass
+class EfficientMPRTResult:
+    """What :func:`efficient_model_parameter_randomisation` returns (``N`` images).
+
+    Attributes:
+        score: ``(N,)`` the relative rise of the map's complexity, ``(H_rand − H) / H`` (higher is better).
+        complexity: ``(N,)`` ``H``: the discrete entropy of each map on the trained model.
+        complexity_randomised: ``(N,)`` ``H_rand``: the same on the fully randomised model.
+        n_bins: the histogram's bins.
+        targets: ``(N,)`` the explained classes.
+    """
+
+    score: np.ndarray
+    complexity: np.ndarray
+    complexity_randomised: np.ndarray
+    n_bins: int
+    targets: Optional[np.ndarray]
+
+
+def discrete_entropy(values, n_bins: int = 100) -> float:
+    """Shannon entropy (nats) of the ``n_bins``-bin histogram of ``values`` (``np.histogram`` over their
+    range, ``scipy.stats.entropy`` of the counts; Quantus's ``discrete_entropy``)."""
+    from scipy.stats import entropy
+
+    counts, _ = np.histogram(np.ravel(values), bins=n_bins)
+    return float(entropy(counts))
+
+
+def efficient_model_parameter_randomisation(model, images, method, targets=None, n_bins: int = 100, seed: int = 0,
+                                            initializer=None, layers: Optional[Sequence[str]] = None,
+                                            **options) -> EfficientMPRTResult:
+    """Efficient MPRT (eMPRT; Hedström et al. 2023, §4.2, eq. 6; Quantus ``EfficientMPRT``). Higher is better.
+
+    ``eMPRT = (H(φ(x; θ̃)) − H(φ(x; θ))) / H(φ(x; θ))``: the relative rise in the complexity of the
+    explanation when every layer is randomised at once (no layer-by-layer similarity, whose choice
+    of measure the paper shows to decide the verdict). ``H`` is the discrete entropy of the
+    ``n_bins``-bin histogram of the attribution's values (:func:`discrete_entropy`; Quantus's default
+    100 bins, signed values, not normalised). An explanation that depends on the learnt weights
+    becomes noisier, so more complex, on the randomised model.
+
+    The randomised copy is :func:`randomise_layers` of every layer (or ``layers``), seeded; the
+    trained model is untouched. Quantus's TensorFlow layer generator differs (see
+    :func:`smooth_model_parameter_randomisation`): its fully randomised model is the equal of ours
+    only when the same randomised model is injected.
+
+    Args:
+        model: a Keras model (cloneable).
+        images: ``(N, H, W, C)`` images (or one image).
+        method: an attribution method bound to ``model``.
+        targets: classes explained on both models (default: the trained model's top-1).
+        n_bins: bins of the histogram (default 100).
+        seed, initializer, layers: as :func:`model_parameter_randomisation`.
+        **options: passed to ``method.attribute``.
+
+    Example:
+        >>> efficient_model_parameter_randomisation(model, images, tfattr.Gradient(model)).score
+    """
+    bins = check_positive_int(n_bins, "n_bins")
+    seed = check_seed(seed)
+    if seed is None:
+        raise InvalidInputError("`seed` must be an integer: the randomised weights must be reproducible. "
+                                + received("seed", seed))
+    _check_method(method, model)
+    known = randomisable_layers(model)
+    names = known if layers is None else list(layers)
+    explanation = method.attribute(images, target=targets, **options)
+    chosen = explanation.targets if targets is None else targets
+    randomised = randomise_layers(model, names, seed=seed, initializer=initializer)
+    again = method.with_model(randomised).attribute(images, target=chosen, **options)
+
+    def entropies(result):
+        phi = np.asarray(result.attributions, np.float64)
+        phi = phi[None] if result.single else phi
+        return np.array([discrete_entropy(a, bins) for a in phi])
+
+    before, after = entropies(explanation), entropies(again)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(before != 0, (after - before) / np.where(before != 0, before, 1.0), np.nan)
+    indices = None if explanation.targets is None else np.atleast_1d(np.asarray(explanation.targets))
+    return EfficientMPRTResult(score=score, complexity=before, complexity_randomised=after, n_bins=bins,
+                               targets=indices)
 
 
 # -- random logit ---------------------------------------------------------------------------------
