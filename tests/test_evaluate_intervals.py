@@ -205,3 +205,21 @@ def test_a_registered_metric_is_one_line_and_evaluate_computes_it(model, x):
         assert "map_peak ↑" in format_table([row])
     finally:
         metrics.METRICS.pop("map_peak", None)
+
+
+def test_the_other_metric_families_are_registered_and_equal_their_functions(model, x):
+    masks = np.zeros((3, SIZE, SIZE), bool)
+    masks[:, 4:10, 4:10] = True
+    method = tfattr.InputXGradient(model)
+    names = ["sparseness", "selectivity", "relevance_mass_accuracy", "pixel_flipping"]
+    options = {"selectivity": {"patch_size": 4}, "pixel_flipping": {"pixels_per_step": 32}}
+    (row,) = evaluate(model, x, [("m", method)], masks=masks, metrics=names, metric_options=options, **FAST)
+    labels = np.argmax(model.predict(x, verbose=0), axis=1)
+    phi = np.asarray(method.attribute(x, target=labels).attributions)
+    expected = {"sparseness": metrics.sparseness(phi),
+                "selectivity": metrics.selectivity(model, x, phi, target=labels, patch_size=4).auc,
+                "relevance_mass_accuracy": metrics.relevance_mass_accuracy(phi, masks),
+                "pixel_flipping": metrics.pixel_flipping(model, x, phi, target=labels, pixels_per_step=32).auc}
+    for name, values in expected.items():
+        np.testing.assert_allclose(row.per_image[name], values, rtol=1e-6)
+    assert "sparseness ↑" in format_table([row]) and "selectivity ↓" in format_table([row])

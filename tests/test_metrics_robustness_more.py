@@ -176,17 +176,17 @@ def test_lipschitz_equals_quantus_on_the_same_perturbations(tanh_cnn, cnn_x, nor
 def test_relative_stability_equals_quantus_on_the_same_perturbations(cnns, cnn_x, kind):
     """Every perturbation counted: equal to Quantus with ``return_nan_when_prediction_changes=False``.
     With its default (``True``) Quantus's score is NaN for an image as soon as one perturbation changes
-    its class (image 0 here), where tfattr takes the max over the perturbations that keep it."""
+    its class, where tfattr takes the max over the perturbations that keep it."""
     tanh_cnn, channel_first = cnns
     method = tfattr.Gradient(tanh_cnn)
     function = metrics.relative_input_stability if kind == "input" else metrics.relative_output_stability
-    every = function(method, cnn_x, n_perturb_samples=4, perturb_bounds=(-0.05, 0.05), seed=2, keep_prediction=False)
-    kept = function(method, cnn_x, n_perturb_samples=4, perturb_bounds=(-0.05, 0.05), seed=2)
-    deltas = metrics.stability_perturbations(2, 4, (6, 6, 1), "uniform", -0.05, 0.05)
+    every = function(method, cnn_x, n_perturb_samples=6, perturb_bounds=(-0.3, 0.3), seed=2, keep_prediction=False)
+    kept = function(method, cnn_x, n_perturb_samples=6, perturb_bounds=(-0.3, 0.3), seed=2)
+    deltas = metrics.stability_perturbations(2, 6, (6, 6, 1), "uniform", -0.3, 0.3)
     cls = quantus.RelativeInputStability if kind == "input" else quantus.RelativeOutputStability
     scores = {}
     for nan_when_changed in (False, True):
-        reference = cls(nr_samples=4, perturb_func=_injected(deltas), disable_warnings=True,
+        reference = cls(nr_samples=6, perturb_func=_injected(deltas), disable_warnings=True,
                         return_nan_when_prediction_changes=nan_when_changed)
         scores[nan_when_changed] = np.asarray(reference(
             model=channel_first, x_batch=np.moveaxis(cnn_x, -1, 1), y_batch=every.targets, a_batch=None,
@@ -194,14 +194,17 @@ def test_relative_stability_equals_quantus_on_the_same_perturbations(cnns, cnn_x
     assert np.all(every.score > 0)
     # ROS: Quantus's logits come from keras' Model.predict, whose compiled graph differs from the model's
     # call by ~1e-8 on this float64 model (measured: 1.4e-8, float32-level); the logit difference
-    # ‖h(x) − h(x')‖ of a 0.05 perturbation (~1e-2) turns that into ~1e-6 relative
+    # ‖h(x) − h(x')‖ of the perturbation turns that into ~1e-6 relative
     rtol = 1e-9 if kind == "input" else 1e-5
     np.testing.assert_allclose(every.score, scores[False], rtol=rtol)
     changed = ~kept.kept.all(axis=1)
-    assert changed.tolist() == [True, False]  # this model's image 0 sits near a class boundary
-    assert np.isnan(scores[True][0]) and np.isfinite(kept.score[0])
-    assert kept.score[0] == np.max(every.ratios[0][kept.kept[0]])
-    np.testing.assert_allclose(kept.score[1], scores[True][1], rtol=rtol)
+    assert changed.any()  # perturbations of ±0.3 move some copy of an image across a class boundary
+    for n in range(len(cnn_x)):
+        if changed[n]:  # Quantus: NaN; tfattr: the max over the copies that keep the class
+            assert np.isnan(scores[True][n])
+            assert kept.score[n] == np.max(every.ratios[n][kept.kept[n]]) or not kept.kept[n].any()
+        else:
+            np.testing.assert_allclose(kept.score[n], scores[True][n], rtol=rtol)
 
 
 def test_errors_name_the_argument(linear, xs):

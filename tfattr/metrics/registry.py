@@ -5,8 +5,8 @@ Each entry maps a name to a function that returns one value per image, its direc
 higher better), what it needs (the maps alone, the model, the method that re-explains, masks), its
 default options and its paper. Adding a metric is one line at the end of this module::
 
-    register_metric("sparseness", lambda c, **o: sparseness(c.attributions, **o).score, "higher",
-                    paper="Chalasani et al. 2020")
+    register_function("selectivity", faithfulness_more.selectivity, "lower", "auc", paper="Montavon et al. 2018")
+    register_metric("peak", lambda c: np.abs(c.attributions).max(axis=(1, 2, 3)), "higher", needs="maps")
 
 The callable gets a :class:`MetricInputs` (model, images, attributions, the method, targets, masks,
 the evaluation's value range and seed) and the entry's options (its ``defaults`` updated by the
@@ -15,6 +15,7 @@ caller's ``metric_options``); it returns an ``(N,)`` array.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -23,8 +24,8 @@ import numpy as np
 
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["MetricSpec", "MetricInputs", "METRICS", "register_metric", "metric_spec", "resolve_metrics",
-           "DEFAULT_METRICS"]
+__all__ = ["MetricSpec", "MetricInputs", "METRICS", "register_metric", "register_function", "metric_spec",
+           "resolve_metrics", "DEFAULT_METRICS"]
 
 _DIRECTIONS = ("lower", "higher")
 _NEEDS = ("maps", "model", "method", "masks", "explanation")
@@ -262,6 +263,43 @@ def _randomisation(function_name):
     return compute
 
 
+def _options_of(function, skip=("model", "images", "attributions", "target", "masks", "verbose")) -> Tuple[str, ...]:
+    return tuple(name for name, p in inspect.signature(function).parameters.items()
+                 if name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _scored(function, field_name):
+    """A metric ``function(model, images, attributions, target=…, **options)`` by its ``(N,)`` field
+    (the evaluation's seed by default where it draws)."""
+    takes_seed = "seed" in inspect.signature(function).parameters
+
+    def compute(c: MetricInputs, **options):
+        if takes_seed:
+            options.setdefault("seed", c.seed)
+        values = getattr(function(c.model, c.images, c.attributions, target=c.targets, **options), field_name)
+        return np.asarray(values, np.float64)
+    return compute
+
+
+def _on_maps(function, masks: bool):
+    """A metric of the maps alone (``function(attributions[, masks], **options) -> (N,)``)."""
+    def compute(c: MetricInputs, **options):
+        arguments = (c.attributions, c.masks) if masks else (c.attributions,)
+        return np.asarray(function(*arguments, **options), np.float64)
+    return compute
+
+
+def register_function(name, function, direction, field_name=None, masks=False, paper=""):
+    """Register a tfattr metric function in one line: ``field_name`` for one that runs the model
+    (``function(model, images, attributions, target=…)``, its result's ``(N,)`` field), none for
+    one of the maps (and ``masks``) alone. Its options are the function's keyword parameters."""
+    if field_name is not None:
+        return register_metric(name, _scored(function, field_name), direction, options=_options_of(function),
+                               paper=paper)
+    return register_metric(name, _on_maps(function, masks), direction, needs="masks" if masks else "maps",
+                           options=_options_of(function), paper=paper)
+
+
 _SENSITIVITY = ("n_perturb_samples", "perturb_radius", "norm", "seed")
 _STABILITY = ("n_perturb_samples", "perturb_bounds", "eps_min", "keep_prediction", "seed")
 
@@ -309,6 +347,34 @@ register_metric("efficient_model_parameter_randomisation", _randomisation("effic
                 paper="Hedström et al. 2023")
 register_metric("random_logit", _randomisation("random_logit"), "lower", needs="method",
                 options=("similarity", "seed", "num_classes"), paper="Sixt et al. 2020")
+
+# faithfulness by perturbation curves, complexity and localisation (tfattr.metrics' other modules)
+# (by import_module: the package's names `complexity` and `auc` are functions, not these modules)
+_complexity = importlib.import_module("tfattr.metrics.complexity")
+_faithfulness_more = importlib.import_module("tfattr.metrics.faithfulness_more")
+_flipping = importlib.import_module("tfattr.metrics.flipping")
+_localisation = importlib.import_module("tfattr.metrics.localisation")
+
+register_function("pixel_flipping", _flipping.pixel_flipping, "lower", "auc", paper="Bach et al. 2015")
+register_function("region_perturbation", _flipping.region_perturbation, "higher", "aopc", paper="Samek et al. 2017")
+register_function("monotonicity", _faithfulness_more.monotonicity, "higher", "monotonic", paper="Arya et al. 2019")
+register_function("monotonicity_correlation", _faithfulness_more.monotonicity_correlation, "higher", "correlation",
+                  paper="Nguyen & Martínez 2020")
+register_function("selectivity", _faithfulness_more.selectivity, "lower", "auc", paper="Montavon et al. 2018")
+register_function("irof", _faithfulness_more.irof, "higher", "aoc", paper="Rieger & Hansen 2020")
+register_function("mu_fidelity", _faithfulness_more.mu_fidelity, "higher", "correlation", paper="Bhatt et al. 2020")
+register_function("sparseness", _complexity.sparseness, "higher", paper="Chalasani et al. 2020")
+register_function("complexity", _complexity.complexity, "lower", paper="Bhatt et al. 2020")
+register_function("effective_complexity", _complexity.effective_complexity, "lower", paper="Nguyen & Martínez 2020")
+register_function("relevance_mass_accuracy", _localisation.relevance_mass_accuracy, "higher", masks=True,
+                  paper="Arras et al. 2022")
+register_function("relevance_rank_accuracy", _localisation.relevance_rank_accuracy, "higher", masks=True,
+                  paper="Arras et al. 2022")
+register_function("top_k_intersection", _localisation.top_k_intersection, "higher", masks=True,
+                  paper="Theiner et al. 2021")
+register_function("attribution_localisation", _localisation.attribution_localisation, "higher", masks=True,
+                  paper="Kohlbrenner et al. 2020")
+register_function("auc", _localisation.auc, "higher", masks=True, paper="Fawcett 2006")
 
 #: what :func:`tfattr.evaluate` computes with ``metrics=None`` (the masks' two when masks are given)
 DEFAULT_METRICS = ("aupc", "autvc", "deletion", "insertion", "pointing_game", "mask_energy", "completeness")
