@@ -145,6 +145,7 @@ from tfattr.metrics.registry import (
     MetricInputs,
     MetricSpec,
     metric_spec,
+    register_function,
     register_metric,
     resolve_metrics,
 )
@@ -256,6 +257,7 @@ __all__ = [
     "MetricInputs",
     "metric_spec",
     "register_metric",
+    "register_function",
     "resolve_metrics",
     "bootstrap_ci",
     "bootstrap_means",
