@@ -315,3 +315,103 @@ def test_hsic_equals_xpliques_binary_estimator_and_finds_the_quadrant():
     inside[:2, :2] = True
     top = np.argsort(found.info["hsic"][0].ravel())[-4:]
     assert set(top) == set(np.flatnonzero(inside.ravel()))
+
+
+# -- audit of issue 26 (hostile inputs) -------------------------------------------------------------------
+
+def test_sobol_refuses_a_single_design_point():
+    """``n_designs=1`` is a power of two but leaves no variance of ``f(A)``: the Jansen quotient would
+    divide by the 1e-12 floor and return values ~1e9 (silently)."""
+    model = _cnn((8, 8, 2))
+    with pytest.raises(TfattrError, match=r"`n_designs`.*Received: n_designs=1"):
+        tfattr.SobolAttribution(model, n_designs=1)
+    with pytest.raises(TfattrError, match=r"`n_designs`.*Received: n_designs=1"):
+        tfattr.SobolAttribution(model).attribute(np.zeros((1, 8, 8, 2)), target=0, n_designs=1)
+
+
+def test_sobol_and_hsic_refuse_a_grid_beyond_the_sobol_sequences_dimensions():
+    """scipy's Sobol sequence has at most 21,201 dimensions: Sobol uses ``2·grid²`` (grid ≤ 102),
+    HSIC ``grid²`` (grid ≤ 145); beyond, a tfattr error naming ``grid`` before any forward pass."""
+    model = keras.Sequential([keras.Input((150, 150, 1)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    x = np.zeros((1, 150, 150, 1), np.float32)
+    with pytest.raises(TfattrError, match=r"`grid`.*102.*Received: grid=103"):
+        tfattr.SobolAttribution(model, grid=103, n_designs=2).attribute(x, target=0)
+    with pytest.raises(TfattrError, match=r"`grid`.*145.*Received: grid=146"):
+        tfattr.HsicAttribution(model, grid=146, n_designs=2).attribute(x, target=0)
+
+
+def test_sobol_refuses_a_model_with_integer_inputs():
+    """Real-valued masks cannot be applied to integer inputs (they would be truncated): a tfattr
+    error naming the inputs, not TensorFlow's TypeError from inside the chunk."""
+    inputs = keras.Input((6, 6, 1), dtype="int32")
+    hidden = keras.layers.Lambda(lambda t: tf.cast(t, "float32"))(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(hidden)))
+    x = np.ones((1, 6, 6, 1), np.float32)
+    for cls in (tfattr.SobolAttribution, tfattr.HsicAttribution):
+        method = cls(model, grid=2, n_designs=4)
+        with pytest.raises(TfattrError, match=r"integer.*Received: model input dtype='int32'"):
+            method.attribute(x, target=0)
+
+
+def test_hsic_of_a_score_that_is_zero_at_most_masks_is_finite():
+    """xplique's output kernel width is the median score: 0 when the score is 0 under most masks
+    (a ReLU head, a constant 0) made the Gram matrix 0/0 = NaN. A constant score is independent of
+    every cell (HSIC 0 exactly); a score that varies with the width falling back to the scores' standard
+    deviation keeps the seen cell first."""
+    inputs = keras.Input((4, 4, 1), dtype="float64")
+    dense = keras.layers.Dense(2, activation="relu", dtype="float64")
+    model = keras.Model(inputs, dense(keras.layers.Flatten(dtype="float64")(inputs)))
+    w = np.zeros((16, 2))
+    w[[0, 3], 0] = 1.0  # pixels (0, 0) and (0, 3): cells 0 and 1 of the 2 × 2 grid
+    dense.set_weights([w, np.array([-1.5, 0.0])])
+    x = np.full((1, 4, 4, 1), 0.25)
+    x[0, 0, 0, 0] = x[0, 0, 3, 0] = 0.9
+    method = tfattr.HsicAttribution(model, grid=2, n_designs=64, seed=1)
+    constant = method.attribute(x, target=1).info["hsic"]  # output 1 is always 0
+    np.testing.assert_array_equal(constant, np.zeros((1, 2, 2)))
+    # output 0 is 0.3 when both cells are kept (about a quarter of the masks), else 0: median 0
+    varying = method.attribute(x, target=0).info["hsic"][0].ravel()
+    assert np.all(np.isfinite(varying))
+    assert set(np.argsort(varying)[-2:]) == {0, 1} and varying[[0, 1]].min() > 10 * np.abs(varying[[2, 3]]).max()
+
+
+def test_feature_permutation_mask_error_says_the_mask_is_shared():
+    """FeaturePermutation's mask is one example's (shared by the batch): the error must not offer
+    "one array per example" (FeatureAblation's message)."""
+    model, _, _ = _linear()
+    x = np.random.default_rng(0).normal(size=(3, 5))
+    message = r"one example's shape \(5,\).*Received: feature_mask.shape=\(3, 5\)"
+    with pytest.raises(TfattrError, match=message) as error:
+        tfattr.FeaturePermutation(model, feature_mask=np.zeros((3, 5), int)).attribute(x, target=0)
+    assert "per example" not in str(error.value)
+
+
+def test_sobol_refuses_options_its_perturbation_would_ignore():
+    """``sigma`` means nothing to inpainting, a baseline nothing to blur or amplitude: given, they
+    were silently ignored (the user believes the call used them)."""
+    model = _cnn((8, 8, 2))
+    with pytest.raises(TfattrError, match=r"`sigma`.*inpainting.*Received: sigma=3"):
+        tfattr.SobolAttribution(model, sigma=3)
+    for perturbation in ("blur", "amplitude"):
+        with pytest.raises(TfattrError, match=r"`baseline`.*" + perturbation + r".*Received: baseline=0.5"):
+            tfattr.HsicAttribution(model, perturbation=perturbation, baseline=0.5)
+    with pytest.raises(TfattrError, match=r"`sigma`.*Received: sigma=2"):
+        tfattr.SobolAttribution(model).attribute(np.zeros((1, 8, 8, 2)), target=0, sigma=2)
+
+
+def test_hsic_estimator_is_the_trace_formula():
+    """``2 X_iᵀ (H L H) X_i / n`` equals ``tr(H K_i H · H L H) / n`` with ``K_i = 1.5 − (X_ji − X_ki)²``
+    computed directly (random binary masks and scores; float64: ≤ 1e-12 relative)."""
+    from tfattr.methods.sobol import hsic_binary
+
+    generator = np.random.default_rng(0)
+    masks = np.round(generator.uniform(size=(40, 6)))
+    scores = generator.normal(size=(2, 40)) + 1.0
+    n = 40
+    centre = np.eye(n) - 1.0 / n
+    for e in range(2):
+        y = scores[e]
+        gram = np.exp(-((y[:, None] - y[None, :]) ** 2) / (2 * np.median(y) ** 2))
+        expected = [np.trace(centre @ (1.5 - (masks[:, i, None] - masks[None, :, i]) ** 2) @ centre
+                             @ centre @ gram @ centre) / n for i in range(6)]
+        np.testing.assert_allclose(hsic_binary(masks, scores)[e], expected, rtol=1e-12, atol=1e-14)

@@ -18,7 +18,7 @@ from tfattr.core.engine import ChunkRows, ForwardRows
 from tfattr.core.random import STREAM_FEATURE_PERMUTATION, rng
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import Explained
-from tfattr.methods.perturbation import _broadcast, _check_mask, _PerturbationMethod, score_drop
+from tfattr.methods.perturbation import _check_mask, _PerturbationMethod, score_drop
 
 __all__ = ["FeaturePermutation", "batch_permutations"]
 
@@ -103,7 +103,13 @@ class FeaturePermutation(_PerturbationMethod):
             array = np.asarray(mask.numpy() if isinstance(mask, tf.Tensor) else mask)
             if array.ndim == len(shape) + 1 and array.shape[0] == 1:
                 array = array[0]  # captum's (1, …) mask
-            ids = _broadcast("feature_mask", array, shape).reshape(-1).astype(np.int64)
+            try:
+                ids = np.broadcast_to(array, shape).reshape(-1).astype(np.int64)
+            except ValueError:
+                raise InvalidInputError(f"`feature_mask` is shared by every example: it must be broadcastable to one "
+                                        f"example's shape {shape} (or captum's (1, …)); numpy's broadcasting, a 1-D "
+                                        "array is per last axis. "
+                                        + received("feature_mask.shape", array.shape)) from None
         _, groups = np.unique(ids, return_inverse=True)
         count = int(groups.max()) + 1
         repeats = int(config["n_permutations"])
