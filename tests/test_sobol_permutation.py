@@ -415,3 +415,27 @@ def test_hsic_estimator_is_the_trace_formula():
         expected = [np.trace(centre @ (1.5 - (masks[:, i, None] - masks[None, :, i]) ** 2) @ centre
                              @ centre @ gram @ centre) / n for i in range(6)]
         np.testing.assert_allclose(hsic_binary(masks, scores)[e], expected, rtol=1e-12, atol=1e-14)
+
+
+def test_row_counts_beyond_int32_are_refused_before_any_design_is_drawn(monkeypatch):
+    """The engine numbers rows in int32: ``N · n_designs · (grid² + 2)`` (Sobol), ``N · n_designs``
+    (HSIC) or ``N · n_permutations · groups`` at or above 2^31 would wrap. The call must refuse them
+    naming the option, before drawing a design of that size (tens of GB here): the design functions
+    are replaced by ones that fail the test."""
+    import tfattr.methods.permutation as permutation
+    import tfattr.methods.sobol as sobol
+
+    def drawn(*args):
+        raise AssertionError("a design was drawn before the row count was checked")
+
+    monkeypatch.setattr(sobol, "sobol_design", drawn)
+    monkeypatch.setattr(sobol, "binary_design", drawn)
+    monkeypatch.setattr(permutation, "batch_permutations", drawn)
+    model = _cnn((8, 8, 2))
+    x = np.zeros((2, 8, 8, 2))
+    with pytest.raises(TfattrError, match=r"2\^31.*Received: n_designs=16777216"):
+        tfattr.SobolAttribution(model, grid=8, n_designs=2**24).attribute(x, target=0)
+    with pytest.raises(TfattrError, match=r"2\^31.*Received: n_designs=1073741824"):
+        tfattr.HsicAttribution(model, grid=2, n_designs=2**30).attribute(x, target=0)
+    with pytest.raises(TfattrError, match=r"2\^31.*Received: n_permutations=8388608"):
+        tfattr.FeaturePermutation(model, n_permutations=2**23).attribute(x, target=0)

@@ -116,6 +116,11 @@ class FeaturePermutation(_PerturbationMethod):
         seed = config["seed"]
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
+        if num * repeats * count >= 2**31:
+            raise InvalidInputError(f"{num} examples × {repeats} permutation(s) × {count} groups is at least 2^31 "
+                                    "forward rows (the engine numbers them in int32): lower `n_permutations`, group "
+                                    "features with `feature_mask`, or explain fewer examples. "
+                                    + received("n_permutations", repeats))
         table = batch_permutations(seed, repeats * count, num)
         fx, fx_passes = self.input_scores(x, targets, fx, config)
         rows = ForwardRows.repeat(num, repeats * count)

@@ -36,6 +36,9 @@ PERTURBATIONS = ("inpainting", "blur", "amplitude")
 #: xplique's guard on the variance of ``f(A)`` (``sobol_estimators.EPS``)
 VARIANCE_FLOOR = 1e-12
 
+#: the engine numbers rows in int32: a call has fewer rows than this
+MAX_ROWS = 2**31
+
 #: the most dimensions of ``scipy.stats.qmc.Sobol`` (its table of direction numbers)
 SOBOL_MAX_DIMENSIONS = 21201
 
@@ -218,6 +221,10 @@ class SobolAttribution(_PerturbationMethod):
     #: Sobol-sequence dimensions per cell (``A`` and ``B``)
     design_columns = 2
 
+    def rows_per_example(self, dimension: int, n_designs: int) -> int:
+        """Forward rows per image: ``n_designs · (D + 2)``."""
+        return n_designs * (dimension + 2)
+
     def design(self, dimension: int, n_designs: int, seed):
         """``(A, B, rows per image)``: the scrambled Sobol design (rows ``[A; B; C_0; …]``)."""
         a, b = sobol_design(dimension, n_designs, seed)
@@ -263,6 +270,11 @@ class SobolAttribution(_PerturbationMethod):
         if seed is None:
             seed = int(np.random.default_rng().integers(2**31))
         dimension = grid * grid
+        per_example = self.rows_per_example(dimension, n_designs)
+        if num * per_example >= MAX_ROWS:
+            raise InvalidInputError(f"{num} image(s) × {per_example} masks each is at least 2^31 forward rows (the "
+                                    "engine numbers them in int32): lower `n_designs` or `grid`, or explain fewer "
+                                    "images per call. " + received("n_designs", n_designs))
         a, b, per_example = self.design(dimension, n_designs, seed)
         sigma = config["sigma"]
         if sigma is None:
@@ -363,6 +375,9 @@ class HsicAttribution(SobolAttribution):
         Option("baseline", 0, _check_baseline),
         Option("seed", 0, checks.seed),
     )
+
+    def rows_per_example(self, dimension, n_designs):
+        return n_designs
 
     def design(self, dimension, n_designs, seed):
         masks = binary_design(dimension, n_designs, seed)
