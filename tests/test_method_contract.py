@@ -89,7 +89,7 @@ WRONG = {
     "grid": [0, "fine"],
     "p": [0.0, 1.5],
     # SobolAttribution, FeaturePermutation
-    "n_designs": [0, 2.5],
+    "n_designs": [0, 1, 2.5],
     "perturbation": ["blurring", 1],
     "n_permutations": [0, 2.5],
     # LRP
