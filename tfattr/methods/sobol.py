@@ -189,12 +189,15 @@ class SobolAttribution(_PerturbationMethod):
     upsampling are xplique's.
 
     Options:
-        grid: cells per side (at most the image's side).
-        n_designs: points of the design, a power of two (forward passes per image:
+        grid: cells per side (at most the image's side, and at most 102: ``2·grid²`` dimensions of
+            scipy's Sobol sequence).
+        n_designs: points of the design, a power of two ≥ 2 (forward rows per image:
             ``n_designs · (grid² + 2)``).
         perturbation: ``"inpainting"``, ``"blur"`` or ``"amplitude"``.
-        sigma: the blur's box size (an integer, default 10) or the amplitude's scale (default 1).
-        baseline: inpainting's replacement ``x₀``: a number or an array broadcastable to the inputs.
+        sigma: the blur's box size (an integer, default 10) or the amplitude's scale (default 1);
+            refused with inpainting.
+        baseline: inpainting's replacement ``x₀``: a number or an array broadcastable to the inputs
+            (a non-zero one is refused with blur and amplitude, which do not use it).
         seed: the scrambling's seed (``None``: a fresh one on each call).
         batch_size, verbose, parallel_chunks, output: see :class:`~tfattr.methods.base.AttributionMethod`.
 
@@ -357,8 +360,10 @@ class HsicAttribution(SobolAttribution):
     (``info["hsic"]``) are upsampled bicubically to the image.
 
     Options:
-        grid: cells per side (at most the image's side).
-        n_designs: masks per image (xplique's default 500; any count ≥ 2).
+        grid: cells per side (at most the image's side, and at most 145: ``grid²`` dimensions of
+            scipy's Sobol sequence).
+        n_designs: masks per image (xplique's default 500; any count ≥ 2; the estimator holds one
+            ``n × n`` Gram matrix at a time).
         perturbation, sigma, baseline, seed: as :class:`SobolAttribution`.
         batch_size, verbose, parallel_chunks, output: see :class:`~tfattr.methods.base.AttributionMethod`.
 
