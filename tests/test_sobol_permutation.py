@@ -439,3 +439,18 @@ def test_row_counts_beyond_int32_are_refused_before_any_design_is_drawn(monkeypa
         tfattr.HsicAttribution(model, grid=2, n_designs=2**30).attribute(x, target=0)
     with pytest.raises(TfattrError, match=r"2\^31.*Received: n_permutations=8388608"):
         tfattr.FeaturePermutation(model, n_permutations=2**23).attribute(x, target=0)
+
+
+def test_feature_permutation_of_an_integer_input_model_refuses_fractional_values():
+    """A tabular model taking int32 ids: integral floats are permuted as ids (exact
+    ``w_j (x_ej − x_π(e)j)``), but 1.7 was silently truncated to 1 before being permuted."""
+    inputs = keras.Input((3,), dtype="int32")
+    dense = keras.layers.Dense(1)
+    model = keras.Model(inputs, dense(keras.layers.Lambda(lambda t: tf.cast(t, "float32"))(inputs)))
+    w = np.array([0.5, 2.0, -1.0], np.float32)
+    dense.set_weights([w[:, None], np.array([0.25], np.float32)])
+    ids = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]], np.float32)
+    found = tfattr.FeaturePermutation(model).attribute(ids, target=0)
+    np.testing.assert_allclose(found.attributions, (ids - ids[::-1]) * w, rtol=1e-6)  # two examples: the swap
+    with pytest.raises(TfattrError, match=r"non-integral.*Received: inputs\[\(0, 0\)\]=1.7"):
+        tfattr.FeaturePermutation(model).attribute(ids + np.array([[0.7, 0, 0], [0, 0, 0]], np.float32), target=0)
