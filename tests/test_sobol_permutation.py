@@ -454,3 +454,21 @@ def test_feature_permutation_of_an_integer_input_model_refuses_fractional_values
     np.testing.assert_allclose(found.attributions, (ids - ids[::-1]) * w, rtol=1e-6)  # two examples: the swap
     with pytest.raises(TfattrError, match=r"non-integral.*Received: inputs\[\(0, 0\)\]=1.7"):
         tfattr.FeaturePermutation(model).attribute(ids + np.array([[0.7, 0, 0], [0, 0, 0]], np.float32), target=0)
+
+
+def test_noise_tunnel_averages_sobol_maps_and_refuses_feature_permutation():
+    """Sobol's maps are ``(N, H, W)``: NoiseTunnel reshaped them to the inputs' ``(N, H, W, C)``
+    (a raw ValueError for C = 3). With zero noise the tunnel's map is Sobol's (same design per
+    image, ≤ 1e-12). FeaturePermutation permutes across the batch, and the tunnel's batch is the
+    noisy copies: a copy would be permuted with copies of itself (a different, silent result),
+    so it is refused."""
+    model = _cnn((6, 6, 3))
+    x = np.random.default_rng(0).uniform(size=(2, 6, 6, 3))
+    sobol = tfattr.SobolAttribution(model, grid=2, n_designs=4, seed=1)
+    plain = sobol.attribute(x, target=[0, 2]).attributions
+    tunnel = tfattr.NoiseTunnel(sobol, nt_samples=3, stdevs=0.0).attribute(x, target=[0, 2]).attributions
+    assert tunnel.shape == plain.shape == (2, 6, 6)
+    np.testing.assert_allclose(tunnel, plain, rtol=1e-12, atol=1e-14)
+    linear, _, _ = _linear()
+    with pytest.raises(TfattrError, match=r"batch.*Received: method='FeaturePermutation'"):
+        tfattr.NoiseTunnel(tfattr.FeaturePermutation(linear), nt_samples=2, stdevs=0.1)

@@ -82,6 +82,11 @@ class NoiseTunnel:
                 "`method` must be a tfattr attribution method instance, e.g. Gradient(model). "
                 + received("type(method)", type(method).__name__)
             )
+        if getattr(method, "depends_on_batch", False):  # FeaturePermutation: its batch would be the noisy copies
+            raise InvalidTypeError(
+                f"NoiseTunnel explains a batch of noisy copies at once; {type(method).__name__}'s attributions depend "
+                "on the other examples of the batch (a copy would be compared with copies of itself). "
+                + received("method", type(method).__name__))
         if getattr(method, "noise_tunnel", True) is False:  # attributions not in the inputs' shape (layer methods)
             raise InvalidTypeError(
                 f"NoiseTunnel averages maps of the inputs' shape; {type(method).__name__} attributes to a layer. "
@@ -172,9 +177,9 @@ class NoiseTunnel:
         samples = config["nt_samples"]
         n, shape = images.batch_size, images.array.shape[1:]
         square = config["nt_type"] != "smoothgrad"
-        total = np.zeros((n,) + shape)  # Σ a
-        total_sq = np.zeros((n,) + shape)  # Σ a²
-        total_q_sq = np.zeros((n,) + shape)  # Σ q², q = a or a² (the averaged quantity)
+        # Σ a, Σ a², Σ q² (q = a or a², the averaged quantity), in the shape of the method's maps
+        # (the inputs', or (H, W) per image for SobolAttribution, RISE): allocated at the first block
+        total = total_sq = total_q_sq = None
         count = np.zeros(n, int)
         delta_sum, base_sum, score_sum = np.zeros(n), np.zeros(n), np.zeros(n)
         has_delta = True
@@ -185,7 +190,7 @@ class NoiseTunnel:
         def noisy_block(block, todo):
             """Block ``block`` of noisy copies of ``todo``; the relative standard errors of the
             averaged quantity after it (with ``nt_tolerance``)."""
-            nonlocal gradients, has_delta
+            nonlocal gradients, has_delta, total, total_sq, total_q_sq
             noise = self.noise(shape, config, block)
             if images.layout is not None and any(images.layout.fixed):
                 noise = noise * ~images.layout.fixed_mask()
@@ -194,7 +199,10 @@ class NoiseTunnel:
             out = method.explain(noisy, targets.subset(todo).repeat(samples), None, method_config)
             last["out"] = out
             gradients += out.get("gradients", 0)
-            per_sample = out["attributions"].reshape((len(todo), samples) + shape)
+            maps = tuple(out["attributions"].shape[1:])
+            if total is None:
+                total, total_sq, total_q_sq = (np.zeros((n,) + maps) for _ in range(3))
+            per_sample = out["attributions"].reshape((len(todo), samples) + maps)
             total[todo] += per_sample.sum(axis=1)
             if square or tolerance is not None:
                 total_sq[todo] += np.einsum("ns...,ns...->n...", per_sample, per_sample)
@@ -218,7 +226,7 @@ class NoiseTunnel:
             warn_unconverged("NoiseTunnel", refined, "nt_tolerance", tolerance, "nt_max_samples", cap)
             error = refined.error
         out = last["out"]
-        k = count.reshape((-1,) + (1,) * len(shape)).astype(np.float64)
+        k = count.reshape((-1,) + (1,) * (total.ndim - 1)).astype(np.float64)
         mean, mean_sq = total / k, total_sq / k
         if config["nt_type"] == "smoothgrad":
             attributions = mean

@@ -85,6 +85,9 @@ class FeaturePermutation(_PerturbationMethod):
     """
 
     name = "feature_permutation"
+
+    #: an example's attributions depend on the other examples of the call (NoiseTunnel refuses it)
+    depends_on_batch = True
     options = (
         Option("feature_mask", None, _check_mask),
         Option("n_permutations", 1, checks.positive_int),
