@@ -472,3 +472,15 @@ def test_noise_tunnel_averages_sobol_maps_and_refuses_feature_permutation():
     linear, _, _ = _linear()
     with pytest.raises(TfattrError, match=r"batch.*Received: method='FeaturePermutation'"):
         tfattr.NoiseTunnel(tfattr.FeaturePermutation(linear), nt_samples=2, stdevs=0.1)
+
+
+def test_distributed_attribute_refuses_feature_permutation():
+    """tfattr.distribute shards the batch: FeaturePermutation would permute within each shard
+    (with ``images_per_replica=2``, swaps of pairs), silently another result than the call on the
+    whole batch."""
+    from tfattr.distribute import distributed_attribute
+
+    model, _, _ = _linear()
+    x = np.random.default_rng(0).normal(size=(4, 5))
+    with pytest.raises(TfattrError, match=r"batch.*Received: method='FeaturePermutation'"):
+        distributed_attribute(tfattr.FeaturePermutation(model), x, target=0, images_per_replica=2)

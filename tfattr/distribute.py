@@ -228,6 +228,10 @@ def distributed_attribute(method, images, target=None, strategy: Optional[tf.dis
         ``info["replicas"]`` is the number of replicas, per-example ``info`` entries
         (:data:`PER_EXAMPLE_INFO`) are gathered with the rows.
     """
+    if getattr(method, "depends_on_batch", False):
+        raise InvalidTypeError(f"distributed_attribute shards the batch; {type(method).__name__}'s attributions depend "
+                               "on the other examples of the batch (each shard would be explained alone). Call "
+                               "method.attribute on the whole batch. " + received("method", type(method).__name__))
     rebuild, flat = _split_inputs(method, images)
     lengths = {len(a) if a.ndim >= 1 else 0 for a in flat}
     if any(a.ndim < 2 for a in flat) or len(lengths) != 1 or 0 in lengths:
