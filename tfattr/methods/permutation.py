@@ -63,6 +63,7 @@ class FeaturePermutation(_PerturbationMethod):
     many independent permutations per group (captum draws one). The attribution is of the batch
     as a whole: an example's value depends on the other examples it was given with. On a linear
     model ``f(x) = w·x + c`` with one feature per group, ``A_{e,j} = w_j (x_{e,j} − x_{π(e),j})``.
+    ``NoiseTunnel`` and ``tfattr.distribute``, which split or expand the batch, refuse it.
 
     Each (group, permutation) of each example is one forward row of the engine
     (``batch_size`` rows per model call, captum's ``perturbations_per_eval``).
