@@ -47,8 +47,14 @@ def _batch_size(batch_size):
     return check_positive_int(batch_size, "batch_size")
 
 
+#: Seeds travel to the device in a run's float64 ``context``: integers up to 2**53 are exact there.
+_SEED_LIMIT = 2**53
+
+
 def _seed(seed) -> int:
     seed = check_seed(seed)
+    if isinstance(seed, int) and seed >= _SEED_LIMIT:  # larger ones would round on the device, not on the host
+        raise InvalidInputError(f"`seed` must be below 2**53 = {_SEED_LIMIT}. " + received("seed", seed))
     if seed is None:
         return int(np.random.SeedSequence().generate_state(1)[0] >> 1)
     if not isinstance(seed, int):

@@ -1,0 +1,56 @@
+"""Hostile-input audit of the metrics of issue 29 (complexity, localisation, flipping and the more
+faithfulness metrics): inputs that used to give silently wrong numbers now raise a named error or
+give the documented value."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfattr import metrics
+from tfattr.errors import InvalidInputError
+from tfattr.metrics.faithfulness_more import mu_fidelity_masks
+
+SIZE = 8
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    keras.utils.set_random_seed(0)
+    bias = keras.initializers.RandomUniform(-0.3, 0.3, seed=0)
+    inputs = keras.Input((SIZE, SIZE, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", bias_initializer=bias)(inputs)
+    h = keras.layers.Flatten()(h)
+    out = keras.layers.Dense(3, bias_initializer=bias)(h)
+    return keras.Model(inputs, out)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(2, SIZE, SIZE, 1)).astype(np.float32)
+    maps = rng.normal(size=(2, SIZE, SIZE)).astype(np.float32)
+    return x, maps
+
+
+# -- seeds ---------------------------------------------------------------------------------------------
+def test_mu_fidelity_drops_use_the_masks_of_its_seed(cnn, data):
+    """The host's masks (attribution sums) and the device's (score drops) come from the same seed."""
+    x, maps = data
+    seed = 2**52 + 1
+    result = metrics.mu_fidelity(cnn, x, maps, grid_size=4, nb_samples=6, seed=seed, verbose=0)
+    masks = mu_fidelity_masks(seed, 6, (4, 4), (SIZE, SIZE), 0.2)
+    outputs = np.asarray(cnn(x[:1]), np.float64)[0, result.targets[0]]
+    perturbed = np.asarray(cnn(x[:1] * masks), np.float64)[:, result.targets[0]]
+    np.testing.assert_allclose(result.score_drops[0], outputs - perturbed, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [2**53 + 1, 2**63])
+def test_seeds_beyond_float64_precision_are_refused(cnn, data, seed):
+    """A seed above 2**53 used to be rounded on the device (a float64 context) but not on the host:
+    µ-fidelity's drops and attribution sums came from different masks (a silently wrong correlation),
+    and seeds ≥ 2**63 crashed in TensorFlow."""
+    x, maps = data
+    with pytest.raises(InvalidInputError, match=rf"`seed`.*Received: seed={seed}$"):
+        metrics.mu_fidelity(cnn, x, maps, grid_size=4, nb_samples=4, seed=seed, verbose=0)
+    with pytest.raises(InvalidInputError, match=rf"`seed`.*Received: seed={seed}$"):
+        metrics.sensitivity_n(cnn, x, maps, n=[2], runs=3, seed=seed, verbose=0)
