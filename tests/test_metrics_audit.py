@@ -54,3 +54,17 @@ def test_seeds_beyond_float64_precision_are_refused(cnn, data, seed):
         metrics.mu_fidelity(cnn, x, maps, grid_size=4, nb_samples=4, seed=seed, verbose=0)
     with pytest.raises(InvalidInputError, match=rf"`seed`.*Received: seed={seed}$"):
         metrics.sensitivity_n(cnn, x, maps, n=[2], runs=3, seed=seed, verbose=0)
+
+
+# -- layouts ---------------------------------------------------------------------------------------------
+def test_quantus_channel_first_maps_are_refused_not_misread(data):
+    """Quantus's ``a_batch`` ``(N, 1, H, W)`` used to be read as one-row images with W channels: the
+    channel sum gave ``(N, 1, H)`` maps and a silently wrong sparseness/complexity."""
+    maps = data[1]
+    for metric in (metrics.sparseness, metrics.complexity, metrics.effective_complexity):
+        with pytest.raises(InvalidInputError, match=r"`attributions`.*Received: attributions.shape=\(2, 1, 8, 8\)$"):
+            metric(maps[:, None])
+    np.testing.assert_allclose(metrics.sparseness(maps[:, None, :, :2]),  # one-row RGB-like images stay valid
+                               metrics.sparseness(maps[:, None, :, :2].sum(axis=-1)))
+    # the documented remedy gives the (N, H, W) value
+    np.testing.assert_allclose(metrics.sparseness(maps[:, None][:, 0]), metrics.sparseness(maps))

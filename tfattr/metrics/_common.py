@@ -174,8 +174,18 @@ def as_array(value, name: str) -> np.ndarray:
 
 def maps_from_attributions(attributions, name: str = "attributions") -> np.ndarray:
     """``(N, H, W)`` float64 maps: rank 4 ``(N, H, W, C)`` is summed over channels (signed);
-    rank 3 is taken as a batch of ``(N, H, W)`` maps; rank 2 as one ``(H, W)`` map."""
+    rank 3 is taken as a batch of ``(N, H, W)`` maps; rank 2 as one ``(H, W)`` map. A rank-4
+    ``(N, 1, H, W)`` array with ``W > 4`` (Quantus's channel-first ``a_batch``, which a channel sum
+    would misread as one-row images) is an error."""
     array = as_array(attributions, name)
+    if array.ndim == 4 and array.shape[1] == 1 and array.shape[2] > 1 and array.shape[3] > 4:
+        # more than 4 "channels" on a one-row image: almost surely Quantus's channel-first (N, 1, H, W)
+        # a_batch, which a channel sum would turn into (N, 1, H) maps
+        raise InvalidInputError(
+            f"`{name}` of shape (N, 1, H, W) is ambiguous: channel-first maps (Quantus's a_batch) or "
+            f"one-row images with {array.shape[3]} channels. Pass (N, H, W) maps (`a_batch[:, 0]`) or, for "
+            "one-row images, the channel sum (N, 1, W). " + received(f"{name}.shape", tuple(array.shape))
+        )
     if array.ndim == 4:
         array = array.sum(axis=-1)
     elif array.ndim == 2:
