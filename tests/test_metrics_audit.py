@@ -68,3 +68,21 @@ def test_quantus_channel_first_maps_are_refused_not_misread(data):
                                metrics.sparseness(maps[:, None, :, :2].sum(axis=-1)))
     # the documented remedy gives the (N, H, W) value
     np.testing.assert_allclose(metrics.sparseness(maps[:, None][:, 0]), metrics.sparseness(maps))
+
+
+# -- IROF ------------------------------------------------------------------------------------------------
+def test_irof_refuses_non_positive_scores(cnn, data):
+    """IROF's curve is ``f(x_k) / f(x)``: with a negative ``f(x)`` (a logit) a falling score made the
+    ratio rise and the area over the curve came out silently inverted."""
+    x, maps = data
+    segments = np.broadcast_to((np.arange(SIZE)[:, None] // 4) * 2 + np.arange(SIZE)[None] // 4, (2, SIZE, SIZE))
+    outputs = np.asarray(cnn(x), np.float64)
+    negative = int(np.argmin(outputs[0]))  # a class whose logit is negative on image 0
+    assert outputs[0, negative] < 0
+    target = [negative, int(np.argmax(outputs[1]))]
+    with pytest.raises(InvalidInputError, match=r"`model`.*Received: f\(images\[0\]\)=-"):
+        metrics.irof(cnn, x, maps, target=target, segments=segments, verbose=0)
+    soft = keras.Model(cnn.inputs, keras.layers.Softmax()(cnn.outputs[0]))
+    positive = metrics.irof(soft, x, maps, target=target, segments=segments,
+                            verbose=0)
+    assert np.all(np.isfinite(positive.aoc)) and np.all(positive.curve > 0)

@@ -559,8 +559,9 @@ def irof(model, images, attributions, target=None, segments=None, baseline: Unio
     with its defaults, as Quantus; or the ``segments`` given); segments are removed (set to the
     baseline, all channels) cumulatively in decreasing order of their mean attribution, and the
     score ratios ``q_k = f(x^{(k)}) / f(x)``, ``k = 1 … S``, form a curve whose area over it is
-    ``IROF = S − Σ_trapezoid q`` (Quantus's unit spacing). Use a model whose scores are positive
-    (probabilities: Quantus applies a softmax by default).
+    ``IROF = S − Σ_trapezoid q`` (Quantus's unit spacing). The scores must be positive
+    (probabilities: Quantus applies a softmax by default): an image with ``f(x) ≤ 0`` is an error
+    (Quantus returns a number whose ratios have the wrong sign).
 
     Quantus 0.6's ``"mean"`` baseline is the mean of the whole *batch* of already perturbed images at
     each step (so an image's value depends on its batch and steps); here ``"mean"`` is each image's
@@ -587,6 +588,12 @@ def irof(model, images, attributions, target=None, segments=None, baseline: Unio
     """
     x, maps, scores = _prepare(model, images, attributions, target, batch_size, verbose, output)
     num, height, width = maps.shape
+    if not np.all(scores.fx > 0):  # the curve is a ratio to f(x): its sign and scale need f(x) > 0
+        first = int(np.flatnonzero(~(scores.fx > 0))[0])
+        raise InvalidInputError(
+            "IROF divides the scores by f(x): `model` must give the target a positive score (probabilities: "
+            "a model ending in a softmax, as Quantus's softmax=True; not logits). "
+            + received(f"f(images[{first}])", float(scores.fx[first])))
     if segments is None:
         labels = _slic_segments(x)
     else:
