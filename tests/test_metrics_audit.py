@@ -86,3 +86,12 @@ def test_irof_refuses_non_positive_scores(cnn, data):
     positive = metrics.irof(soft, x, maps, target=target, segments=segments,
                             verbose=0)
     assert np.all(np.isfinite(positive.aoc)) and np.all(positive.curve > 0)
+
+
+def test_irof_refuses_huge_segment_labels_before_allocating(cnn, data):
+    """A label of 10**12 used to size a bincount of 10**12 entries (8 TB) before the labels were checked."""
+    x, maps = data
+    segments = np.zeros((2, SIZE, SIZE), np.int64)
+    segments[:, 4:] = 10**12
+    with pytest.raises(InvalidInputError, match=r"`segments`.*Received: max\(segments\)=1000000000000$"):
+        metrics.irof(cnn, x, maps, segments=segments, verbose=0)

@@ -588,12 +588,6 @@ def irof(model, images, attributions, target=None, segments=None, baseline: Unio
     """
     x, maps, scores = _prepare(model, images, attributions, target, batch_size, verbose, output)
     num, height, width = maps.shape
-    if not np.all(scores.fx > 0):  # the curve is a ratio to f(x): its sign and scale need f(x) > 0
-        first = int(np.flatnonzero(~(scores.fx > 0))[0])
-        raise InvalidInputError(
-            "IROF divides the scores by f(x): `model` must give the target a positive score (probabilities: "
-            "a model ending in a softmax, as Quantus's softmax=True; not logits). "
-            + received(f"f(images[{first}])", float(scores.fx[first])))
     if segments is None:
         labels = _slic_segments(x)
     else:
@@ -603,8 +597,17 @@ def irof(model, images, attributions, target=None, segments=None, baseline: Unio
         if array.shape != (num, height, width) or np.any(array != np.round(array)) or array.min() < 0:
             raise InvalidInputError(f"`segments` must be non-negative integer labels of shape {(num, height, width)}. "
                                     + received("segments.shape", tuple(np.shape(segments))))
+        if array.max() >= height * width:  # every label needs a pixel; checked before any bincount over labels
+            raise InvalidInputError(f"`segments` labels must be 0 … S−1 with S ≤ H·W = {height * width}. "
+                                    + received("max(segments)", int(array.max())))
         labels = array.astype(np.int64)
     values = _baseline_values(baseline, x)
+    if not np.all(scores.fx > 0):  # the curve is a ratio to f(x): its sign and scale need f(x) > 0
+        first = int(np.flatnonzero(~(scores.fx > 0))[0])
+        raise InvalidInputError(
+            "IROF divides the scores by f(x): `model` must give the target a positive score (probabilities: "
+            "a model ending in a softmax, as Quantus's softmax=True; not logits). "
+            + received(f"f(images[{first}])", float(scores.fx[first])))
     counts = np.array([int(labels[i].max()) + 1 for i in range(num)])
     ranks = np.empty((num, height, width), np.int64)
     for i in range(num):
