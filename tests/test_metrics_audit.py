@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+import tfattr
 from tfattr import metrics
 from tfattr.errors import InvalidInputError
 from tfattr.metrics.faithfulness_more import mu_fidelity_masks
@@ -95,3 +96,18 @@ def test_irof_refuses_huge_segment_labels_before_allocating(cnn, data):
     segments[:, 4:] = 10**12
     with pytest.raises(InvalidInputError, match=r"`segments`.*Received: max\(segments\)=1000000000000$"):
         metrics.irof(cnn, x, maps, segments=segments, verbose=0)
+
+
+# -- Explanation objects -----------------------------------------------------------------------------------
+def test_single_example_explanation_is_one_map(cnn, data):
+    """An Explanation of one image without its batch axis (``single``) holds ``(H, W, C)``; it used to be
+    read as ``H`` maps of ``W × C`` (eight silently wrong sparseness values for one image)."""
+    x = data[0]
+    explanation = tfattr.InputXGradient(cnn).attribute(x[0])
+    assert explanation.single
+    array = np.asarray(explanation.attributions)[None]
+    np.testing.assert_array_equal(metrics.sparseness(explanation), metrics.sparseness(array))
+    np.testing.assert_array_equal(metrics.complexity(explanation), metrics.complexity(array))
+    mask = np.zeros((SIZE, SIZE))
+    mask[2:5, 2:6] = 1
+    np.testing.assert_array_equal(metrics.auc(explanation, mask), metrics.auc(array, mask[None]))

@@ -149,11 +149,16 @@ def check_seed(seed):
     return int(seed)
 
 
+def _is_explanation(value) -> bool:
+    """A :class:`~tfattr.core.result.Explanation` (duck-typed: the metrics do not import the methods)."""
+    return hasattr(value, "attributions") and hasattr(value, "numpy")
+
+
 def as_array(value, name: str) -> np.ndarray:
     """A NumPy float64 array from NumPy/tensor/list input, or an error naming ``name``."""
     if isinstance(value, (tf.Tensor, tf.Variable)):
         value = value.numpy()
-    elif hasattr(value, "attributions") and hasattr(value, "numpy"):  # an Explanation
+    elif _is_explanation(value):
         value = value.numpy()
     if not isinstance(value, (np.ndarray, list, tuple)):
         raise InvalidTypeError(
@@ -178,6 +183,8 @@ def maps_from_attributions(attributions, name: str = "attributions") -> np.ndarr
     ``(N, 1, H, W)`` array with ``W > 4`` (Quantus's channel-first ``a_batch``, which a channel sum
     would misread as one-row images) is an error."""
     array = as_array(attributions, name)
+    if _is_explanation(attributions) and getattr(attributions, "single", False):
+        array = array[None]  # one example without its batch axis: (H, W, C) is one map, not H maps
     if array.ndim == 4 and array.shape[1] == 1 and array.shape[2] > 1 and array.shape[3] > 4:
         # more than 4 "channels" on a one-row image: almost surely Quantus's channel-first (N, 1, H, W)
         # a_batch, which a channel sum would turn into (N, 1, H) maps
