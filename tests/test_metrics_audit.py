@@ -111,3 +111,23 @@ def test_single_example_explanation_is_one_map(cnn, data):
     mask = np.zeros((SIZE, SIZE))
     mask[2:5, 2:6] = 1
     np.testing.assert_array_equal(metrics.auc(explanation, mask), metrics.auc(array, mask[None]))
+
+
+def test_explanation_of_given_classes_is_scored_on_those_classes(cnn, data):
+    """An Explanation of classes [0, 1] used to be scored on each image's top-1 class when ``target`` was
+    left at None: the map of one class judged by another class's score."""
+    x, maps = data
+    top1 = np.asarray(cnn(x)).argmax(axis=1)
+    classes = np.array([(top1[0] + 1) % 3, (top1[1] + 2) % 3])
+    explanation = tfattr.InputXGradient(cnn).attribute(x, target=classes)
+    array = np.asarray(explanation.attributions)
+    ours = metrics.pixel_flipping(cnn, x, explanation, pixels_per_step=16, verbose=0)
+    np.testing.assert_array_equal(ours.targets, classes)
+    np.testing.assert_allclose(ours.curve, metrics.pixel_flipping(cnn, x, array, target=classes,
+                                                                  pixels_per_step=16, verbose=0).curve)
+    np.testing.assert_array_equal(metrics.selectivity(cnn, x, explanation, patch_size=4, verbose=0).targets, classes)
+    np.testing.assert_array_equal(metrics.faithfulness_correlation(cnn, x, explanation, subset_size=8, runs=3,
+                                                                   verbose=0).targets, classes)
+    # an explicit target still wins
+    np.testing.assert_array_equal(metrics.pixel_flipping(cnn, x, explanation, target=top1, pixels_per_step=16,
+                                                         verbose=0).targets, top1)

@@ -18,7 +18,8 @@ reads one score per row:
 * a callable ``outputs -> (batch,)``: any scalar score computed from the model's
   output tensor (then ``target`` must be ``None``).
 
-The class explained for ``target=None`` is the top-1 class of the unperturbed image.
+The class explained for ``target=None`` is the top-1 class of the unperturbed image, or, when the
+attributions are an ``Explanation`` that records its classes, those classes (:func:`explained_target`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from tfattr.core.progress import progress_bar
 from tfattr.core.targets import resolve_targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["simpson", "Score", "ModelScorer", "rank_keys", "descending_order", "closest_to_median"]
+__all__ = ["simpson", "Score", "ModelScorer", "rank_keys", "descending_order", "closest_to_median",
+           "explained_target"]
 
 Score = Union[str, Callable]
 _SCORES = ("logit", "output", "probability")
@@ -152,6 +154,18 @@ def check_seed(seed):
 def _is_explanation(value) -> bool:
     """A :class:`~tfattr.core.result.Explanation` (duck-typed: the metrics do not import the methods)."""
     return hasattr(value, "attributions") and hasattr(value, "numpy")
+
+
+def explained_target(attributions, target, score=None):
+    """The target a metric scores: ``target`` as given, except that ``target=None`` with an
+    :class:`~tfattr.core.result.Explanation` (that records its classes) scores the classes it
+    explains, not the top-1 (an explanation of class 3 is judged on class 3). A callable ``score``
+    computes its own score: ``target`` is left as given."""
+    if target is None and not callable(score) and _is_explanation(attributions):
+        classes = getattr(attributions, "targets", None)
+        if classes is not None:
+            return np.asarray(classes).reshape(-1)
+    return target
 
 
 def as_array(value, name: str) -> np.ndarray:

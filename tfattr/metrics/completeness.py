@@ -19,7 +19,16 @@ from typing import Optional, Union
 import numpy as np
 
 from tfattr.errors import InvalidInputError, received
-from tfattr.metrics._common import ModelScorer, Score, as_array, check_images, chunk_count, make_bar, run_rows
+from tfattr.metrics._common import (
+    ModelScorer,
+    Score,
+    as_array,
+    check_images,
+    chunk_count,
+    explained_target,
+    make_bar,
+    run_rows,
+)
 
 __all__ = ["CompletenessResult", "completeness_error", "taylor_error"]
 
@@ -81,7 +90,7 @@ def _error(model, images, attributions, references, name, target, score, batch_s
             + received("attributions.shape", tuple(np.shape(attributions)))
         )
     points = _references(references, x, name)
-    scorer = ModelScorer(model, target, score, batch_size, verbose)
+    scorer = ModelScorer(model, explained_target(attributions, target, score), score, batch_size, verbose)
     fx = scorer.start(x)
     num, count = points.shape[:2]
     flat = points.reshape((num * count,) + x.shape[1:])

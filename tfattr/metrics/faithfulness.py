@@ -35,7 +35,14 @@ from tfattr.core.random import (
 )
 from tfattr.core.targets import resolve_output, resolve_targets
 from tfattr.errors import InvalidInputError, received
-from tfattr.metrics._common import as_array, check_images, check_positive_int, check_seed, maps_for_images
+from tfattr.metrics._common import (
+    as_array,
+    check_images,
+    check_positive_int,
+    check_seed,
+    explained_target,
+    maps_for_images,
+)
 
 __all__ = ["FaithfulnessCorrelationResult", "InfidelityResult", "faithfulness_correlation", "infidelity"]
 
@@ -231,7 +238,7 @@ def faithfulness_correlation(model, images, attributions, target=None, subset_si
     count = check_positive_int(runs, "runs", minimum=2)
     seed = _seed(seed)
     values = _baseline_values(baseline, x)
-    scores = _Scores(model, x, target, _batch_size(batch_size), verbose, output)
+    scores = _Scores(model, x, explained_target(attributions, target), _batch_size(batch_size), verbose, output)
     row_scores = scores.rows(x, count, _subset_points, np.concatenate([[seed, size], values]))
     subsets = subset_masks(seed, np.arange(count), pixels, size)
     sums = maps.reshape(num, pixels) @ subsets.T.astype(np.float64)
@@ -340,7 +347,7 @@ def infidelity(model, images, attributions, target=None, n_perturb_samples: int 
         except ValueError:
             raise InvalidInputError(f"`baselines` must broadcast to the images' shape {tuple(x.shape)}. "
                                     + received("baselines.shape", tuple(array.shape))) from None
-    scores = _Scores(model, x, target, _batch_size(batch_size), verbose, output)
+    scores = _Scores(model, x, explained_target(attributions, target), _batch_size(batch_size), verbose, output)
     row_scores = scores.rows(x, count, _noisy_points, [seed, float(sigma)])
     drops = scores.fx[:, None] - row_scores
     # the same draws on the host (M of them, shared by every image), and Iⱼ as the model saw it

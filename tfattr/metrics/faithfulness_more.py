@@ -21,7 +21,8 @@ sparse linear solve per image and step, made on the host one block of steps at a
 Conventions shared with :mod:`tfattr.metrics.faithfulness`: maps are the attributions summed over
 channels (signed) and a pixel means all its channels; ``f`` is the target's score, the model's
 output as is (Quantus applies a softmax by default, ``softmax=True``: give these metrics a model that
-ends in a softmax for that); ``target=None`` scores each image's top-1 class; orders are stable sorts
+ends in a softmax for that); ``target=None`` scores each image's top-1 class (for an ``Explanation``
+passed as the attributions: the classes it explains); orders are stable sorts
 (ties go to the lower pixel index).
 """
 
@@ -44,7 +45,7 @@ from tfattr.core.random import (
     row_uniform,
 )
 from tfattr.errors import InvalidInputError, received
-from tfattr.metrics._common import as_array, check_images, check_positive_int, maps_for_images
+from tfattr.metrics._common import as_array, check_images, check_positive_int, explained_target, maps_for_images
 from tfattr.metrics.faithfulness import _baseline_values, _batch_size, _engine, _pearson, _Scores, _seed
 
 __all__ = [
@@ -128,7 +129,7 @@ def _rank_rows(scores: _Scores, x: np.ndarray, ranks: np.ndarray, thresholds, ba
 def _prepare(model, images, attributions, target, batch_size, verbose, output):
     batch, x, _ = check_images(model, images)
     maps = maps_for_images(attributions, batch)
-    scores = _Scores(model, x, target, _batch_size(batch_size), verbose, output)
+    scores = _Scores(model, x, explained_target(attributions, target), _batch_size(batch_size), verbose, output)
     return x, maps, scores
 
 

@@ -10,7 +10,8 @@
 Both run as forward rows (:class:`~tfattr.core.engine.ForwardEngine`): row ``k`` of image ``n`` is
 built on the device from a rank table (each pixel's or patch's place in the image's order), so
 only a chunk of perturbed copies exists at once, and the result does not depend on the batch size.
-``f`` is the target's score, the model's output as is (Quantus scores a softmax by default,
+``f`` is the target's score (``target=None``: the top-1 class, or the classes an ``Explanation``
+given as the attributions explains), the model's output as is (Quantus scores a softmax by default,
 ``softmax=True``: give a model that ends in a softmax, or run Quantus with ``softmax=False``).
 """
 
@@ -25,7 +26,7 @@ import tensorflow as tf
 
 from tfattr.core.engine import ChunkRows
 from tfattr.errors import InvalidInputError, received
-from tfattr.metrics._common import check_images, check_positive_int, descending_order, maps_for_images
+from tfattr.metrics._common import check_images, check_positive_int, descending_order, explained_target, maps_for_images
 from tfattr.metrics.faithfulness import _baseline_values, _batch_size, _Scores, _seed
 
 __all__ = ["PixelFlippingResult", "RegionPerturbationResult", "pixel_flipping", "region_perturbation",
@@ -148,7 +149,7 @@ def pixel_flipping(model, images, attributions, target=None, pixels_per_step: in
     flat = maps.reshape(num, pixels)
     ordering = descending_order(flat if order == "morf" else -flat, axis=1)
     steps = math.ceil(pixels / step)
-    scores = _Scores(model, x, target, _batch_size(batch_size), verbose, output)
+    scores = _Scores(model, x, explained_target(attributions, target), _batch_size(batch_size), verbose, output)
     context = np.concatenate([[step], values, _ranks(ordering).reshape(-1).astype(np.float64)])
     curve = scores.rows(x, steps, _flip_points, context)
     area = np.trapezoid(curve, dx=1.0, axis=1) if hasattr(np, "trapezoid") else np.trapz(curve, dx=1.0, axis=1)
@@ -277,7 +278,7 @@ def region_perturbation(model, images, attributions, target=None, patch_size: in
         ordering = np.stack([rng.permutation(patches) for _ in range(num)])
     else:
         ordering = descending_order(sums if order == "morf" else -sums, axis=1)
-    scores = _Scores(model, x, target, _batch_size(batch_size), verbose, output)
+    scores = _Scores(model, x, explained_target(attributions, target), _batch_size(batch_size), verbose, output)
     context = np.concatenate([[patches], grid.reshape(-1), values, _ranks(ordering).reshape(-1)]).astype(np.float64)
     row_scores = scores.rows(x, count, _region_points, context)
     drops = scores.fx[:, None] - row_scores

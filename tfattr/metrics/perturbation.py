@@ -27,6 +27,7 @@ from tfattr.metrics._common import (
     chunk_count,
     closest_to_median,
     descending_order,
+    explained_target,
     make_bar,
     maps_for_images,
     run_rows,
@@ -228,7 +229,8 @@ def aupc(
     warn_outside_value_range(x, (low, high), name="images", stacklevel=2)
     seed = check_seed(seed)
     windows = select_windows(relevance, k, count)
-    scorer = ModelScorer(model, target, score, batch_size, verbose, warn_softmax=True)
+    scorer = ModelScorer(model, explained_target(attributions, target, score), score, batch_size, verbose,
+                         warn_softmax=True)
     f0 = scorer.start(x)
 
     num, channels = x.shape[0], x.shape[-1]
@@ -384,7 +386,7 @@ def _causal(mode, model, images, attributions, target, pixels_per_step, substrat
     else:
         step = check_positive_int(pixels_per_step, "pixels_per_step")
     steps = math.ceil(pixels / step)
-    scorer = ModelScorer(model, target, score, batch_size, verbose)
+    scorer = ModelScorer(model, explained_target(attributions, target, score), score, batch_size, verbose)
     scorer.start(x)
     moved = _substrate(substrate, x, blur_kernel_size, blur_sigma, "substrate")
     start, finish = (x, moved) if mode == "deletion" else (moved, x)
