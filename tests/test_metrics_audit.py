@@ -131,3 +131,37 @@ def test_explanation_of_given_classes_is_scored_on_those_classes(cnn, data):
     # an explicit target still wins
     np.testing.assert_array_equal(metrics.pixel_flipping(cnn, x, explanation, target=top1, pixels_per_step=16,
                                                          verbose=0).targets, top1)
+
+
+# -- ties -----------------------------------------------------------------------------------------------------
+def test_orders_do_not_depend_on_the_last_bits_of_near_ties(cnn, data):
+    """Two pixels (patches, segments) whose values differ by 1e-10 relative — a difference another CPU's
+    rounding makes — used to be ordered by that difference in monotonicity, selectivity, IROF,
+    sensitivity-n "top" and ROAD (pixel flipping and region perturbation already tied them): the
+    results changed with the machine. Now they tie and rank by position."""
+    x = data[0]
+    rng = np.random.default_rng(3)
+    patch_values = rng.permutation(16).astype(np.float64) + 1.0  # 4×4 patches of 2×2 pixels
+    patch_values[9] = patch_values[2]
+    grid = (np.arange(SIZE)[:, None] // 2) * 4 + np.arange(SIZE)[None] // 2
+    pixel_noise = rng.permutation(SIZE * SIZE).reshape(SIZE, SIZE) * 1e-3  # distinct pixels, patch sums kept apart
+    base = patch_values[grid] + pixel_noise
+    base[1, 1], base[6, 6] = 20.0, 20.0  # a pixel tie as well (both in the tied patches' rows)
+
+    def nudged(first):
+        m = base.copy()
+        m[grid == (2 if first else 9)] *= 1 + 1e-10
+        m[(1, 1) if first else (6, 6)] *= 1 + 1e-10
+        return np.stack([m, m]).astype(np.float64)
+
+    soft = keras.Model(cnn.inputs, keras.layers.Softmax()(cnn.outputs[0]))
+    segments = np.broadcast_to(grid, (2, SIZE, SIZE))
+    runs = [
+        lambda m: metrics.monotonicity(cnn, x, m, features_in_step=1, verbose=0).curve,
+        lambda m: metrics.selectivity(cnn, x, m, patch_size=2, verbose=0).curve,
+        lambda m: metrics.irof(soft, x, m, segments=segments, verbose=0).curve,
+        lambda m: metrics.sensitivity_n(cnn, x, m, n=list(range(1, 64)), subsets="top", verbose=0).score_drops,
+        lambda m: metrics.road(cnn, x, m, percentages=[2, 30], noise=0.0, verbose=0).classes,
+    ]
+    for run in runs:
+        np.testing.assert_array_equal(run(nudged(True)), run(nudged(False)))

@@ -22,8 +22,9 @@ Conventions shared with :mod:`tfattr.metrics.faithfulness`: maps are the attribu
 channels (signed) and a pixel means all its channels; ``f`` is the target's score, the model's
 output as is (Quantus applies a softmax by default, ``softmax=True``: give these metrics a model that
 ends in a softmax for that); ``target=None`` scores each image's top-1 class (for an ``Explanation``
-passed as the attributions: the classes it explains); orders are stable sorts
-(ties go to the lower pixel index).
+passed as the attributions: the classes it explains); orders are stable sorts in which values equal up
+to rounding (``2**-14`` of the map's largest magnitude, :func:`~tfattr.metrics._common.rank_keys`) tie
+and go to the lower pixel (patch, segment) index, whatever a machine's last bits.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ from tfattr.core.random import (
     row_uniform,
 )
 from tfattr.errors import InvalidInputError, received
-from tfattr.metrics._common import as_array, check_images, check_positive_int, explained_target, maps_for_images
+from tfattr.metrics._common import (
+    as_array,
+    check_images,
+    check_positive_int,
+    descending_order,
+    explained_target,
+    maps_for_images,
+)
 from tfattr.metrics.faithfulness import _baseline_values, _batch_size, _engine, _pearson, _Scores, _seed
 
 __all__ = [
@@ -80,10 +88,11 @@ def _check_fraction(value, name: str, low_open: bool = True, high_open: bool = T
 
 
 def _order_ranks(maps: np.ndarray, descending: bool) -> np.ndarray:
-    """``(N, H, W)`` each pixel's rank (0 = first) in the order of its map's values (stable sort)."""
+    """``(N, H, W)`` each pixel's rank (0 = first) in the order of its map's values; values equal up
+    to rounding (:func:`~tfattr.metrics._common.rank_keys`) rank by position."""
     num = maps.shape[0]
     flat = maps.reshape(num, -1)
-    order = np.argsort(-flat if descending else flat, axis=1, kind="stable")
+    order = descending_order(flat if descending else -flat, axis=1)
     ranks = np.empty_like(order)
     ranks[np.arange(num)[:, None], order] = np.arange(flat.shape[1])[None]
     return ranks.reshape(maps.shape)
@@ -388,7 +397,7 @@ def selectivity(model, images, attributions, target=None, patch_size: int = 8,
     sums = np.zeros((num, patches))
     for n in range(num):
         sums[n] = np.bincount(patch.reshape(-1), weights=maps[n].reshape(-1), minlength=patches)
-    order = np.argsort(-sums, axis=1, kind="stable")
+    order = descending_order(sums, axis=1)
     patch_rank = np.empty_like(order)
     patch_rank[np.arange(num)[:, None], order] = np.arange(patches)[None]
     ranks = patch_rank[:, patch]  # (N, H, W): each pixel's patch's rank
@@ -619,7 +628,7 @@ def irof(model, images, attributions, target=None, segments=None, baseline: Unio
                                     + received(f"segments[{i}] labels without pixels",
                                                np.flatnonzero(present == 0)[:10].tolist()))
         means = np.bincount(flat, weights=maps[i].reshape(-1), minlength=counts[i]) / present
-        order = np.argsort(-means, kind="stable")
+        order = descending_order(means)
         segment_rank = np.empty_like(order)
         segment_rank[order] = np.arange(counts[i])
         ranks[i] = segment_rank[labels[i]]
