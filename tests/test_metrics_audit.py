@@ -165,3 +165,34 @@ def test_orders_do_not_depend_on_the_last_bits_of_near_ties(cnn, data):
     ]
     for run in runs:
         np.testing.assert_array_equal(run(nudged(True)), run(nudged(False)))
+
+
+# -- memory -----------------------------------------------------------------------------------------------
+def test_sensitivity_n_does_not_hold_every_subset_on_the_host():
+    """The attribution sums used to materialise all ``K·R`` subsets as ``(K·R, H·W)`` float64 (and a bool
+    and a float64 copy): 1000 subsets of 48² pixels are ~18 MB each, ~4 GB at 224² with R = 1000. Now a
+    block of 64 subsets at a time (< 1.2 MB each here); the sums are unchanged."""
+    import tracemalloc
+
+    from tfattr.metrics.faithfulness_more import sensitivity_n_subsets
+
+    side = 48
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((side, side, 1))
+    h = keras.layers.AveragePooling2D(8)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, bias_initializer="ones")(keras.layers.Flatten()(h)))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(1, side, side, 1)).astype(np.float32)
+    maps = rng.normal(size=(1, side, side))
+    n = [1, 4, 16, 64, 256, 1000, 1500, 2000]
+    metrics.sensitivity_n(model, x, maps, n=n, runs=2, verbose=0, batch_size=64)  # traces outside the measure
+    tracemalloc.start()
+    try:
+        result = metrics.sensitivity_n(model, x, maps, n=n, runs=125, seed=5, verbose=0, batch_size=64)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8e6, peak  # one full (1000, 2304) float64 copy alone is 18.4 MB
+    masks = sensitivity_n_subsets(5, n, 125, side * side)
+    expected = np.einsum("np,krp->nkr", maps.reshape(1, -1), masks.astype(np.float64))
+    np.testing.assert_allclose(result.attribution_sums, expected, rtol=1e-10, atol=1e-10)
