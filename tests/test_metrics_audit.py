@@ -196,3 +196,38 @@ def test_sensitivity_n_does_not_hold_every_subset_on_the_host():
     masks = sensitivity_n_subsets(5, n, 125, side * side)
     expected = np.einsum("np,krp->nkr", maps.reshape(1, -1), masks.astype(np.float64))
     np.testing.assert_allclose(result.attribution_sums, expected, rtol=1e-10, atol=1e-10)
+
+
+# -- batch composition ------------------------------------------------------------------------------------
+def test_random_draws_do_not_depend_on_the_images_place_in_the_batch(cnn, data, monkeypatch):
+    """Region perturbation's ``"random"`` order and ROAD's noise used to be drawn per position in the
+    batch: an image's result changed with the images evaluated alongside it."""
+    x, maps = data
+    both = metrics.region_perturbation(cnn, x, maps, patch_size=2, regions=6, order="random", seed=4, verbose=0)
+    alone = metrics.region_perturbation(cnn, x[1:], maps[1:], patch_size=2, regions=6, order="random", seed=4,
+                                        verbose=0)
+    np.testing.assert_array_equal(both.order[1], alone.order[0])
+    np.testing.assert_allclose(both.drops[1], alone.drops[0], atol=1e-5)
+    assert not np.array_equal(both.order[0], np.sort(both.order[0]))  # a permutation, not the identity
+    from tfattr.metrics import faithfulness_more
+
+    imputed = []
+    original = faithfulness_more.road_imputation
+
+    def recording(image, removed, noise, generator):
+        out = original(image, removed, noise, generator)
+        imputed.append((image.copy(), out))
+        return out
+
+    monkeypatch.setattr(faithfulness_more, "road_imputation", recording)
+
+    def images_of_x1():
+        return [out for image, out in imputed if np.array_equal(image, x[1])]
+
+    metrics.road(cnn, x, maps, percentages=[20, 50], noise=0.5, seed=2, verbose=0)
+    in_batch, imputed[:] = images_of_x1(), []
+    metrics.road(cnn, x[1:], maps[1:], percentages=[20, 50], noise=0.5, seed=2, verbose=0)
+    alone = images_of_x1()
+    assert len(in_batch) == len(alone) == 2
+    for a, b in zip(in_batch, alone):
+        np.testing.assert_array_equal(a, b)

@@ -764,8 +764,9 @@ def road(model, images, attributions, target=None, percentages: Sequence[float] 
     better); LeRF: it stays high (higher is better). Quantus's defaults: ``percentages = 1, 3, …,
     99``, ``noise=0.01``, MoRF; Quantus returns the accuracy per percentage (``accuracy`` here).
 
-    Randomness: the noise of image ``n`` at percentage index ``j`` comes from ``seed``, ``n`` and
-    ``j`` (NumPy, on the host, where the imputation is solved). ``noise=0`` is deterministic and
+    Randomness: the noise at percentage index ``j`` comes from ``seed`` and ``j`` (NumPy, on the
+    host, where the imputation is solved), the same draws for every image, so an image's result does
+    not depend on the other images of its batch. ``noise=0`` is deterministic and
     equals Quantus with ``noise=0`` (whose noise is ``np.random`` otherwise).
 
     Args:
@@ -817,7 +818,7 @@ def road(model, images, attributions, target=None, percentages: Sequence[float] 
                 removed = (ranks[i] < counts[j]).reshape(height, width)
                 image = x[i]
                 if removed.any():
-                    generator = np.random.default_rng([seed, STREAM_ROAD, i, j])
+                    generator = np.random.default_rng([seed, STREAM_ROAD, j])  # not i: batch-independent
                     image = road_imputation(x[i], removed, float(noise), generator)
                 imputed[(j - start) * num + i] = image
         # a negative class scores each row's top-1 and reports it

@@ -244,7 +244,7 @@ def region_perturbation(model, images, attributions, target=None, patch_size: in
         baseline: a number (fixed), ``"black"`` (each image's minimum), ``"white"`` (maximum) or
             ``"mean"`` (of the unperturbed image; Quantus recomputes it at every step).
         absolute: order by ``|map|`` sums.
-        seed: seed of the ``"random"`` order (``None``: fresh).
+        seed: seed of the ``"random"`` order, the same permutation for every image (``None``: fresh).
         batch_size: rows per forward pass or ``"auto"``.
         verbose: progress bar.
         output: the scored output of a model with several (an index or a name).
@@ -274,8 +274,9 @@ def region_perturbation(model, images, attributions, target=None, patch_size: in
     values = _baseline_values(baseline, x)
     sums = np.stack([np.bincount(grid.reshape(-1), weights=m.reshape(-1), minlength=patches) for m in maps])
     if order == "random":
-        rng = np.random.default_rng(_seed(seed))
-        ordering = np.stack([rng.permutation(patches) for _ in range(num)])
+        # one permutation for every image (from the seed alone): an image's result does not depend on its
+        # place in the batch
+        ordering = np.tile(np.random.default_rng(_seed(seed)).permutation(patches), (num, 1))
     else:
         ordering = descending_order(sums if order == "morf" else -sums, axis=1)
     scores = _Scores(model, x, explained_target(attributions, target), _batch_size(batch_size), verbose, output)
