@@ -27,7 +27,7 @@ WRONG = {
     "rule": ["simpson", 3],
     "n_baselines": [0, 1.0],
     "value_range": [(1, 0), "wide"],
-    "seed": [-1, 0.5],
+    "seed": [-1, 0.5, 2**53],
     "per_image_baselines": ["yes", 1],
     "sigma": [-1.0, "wide"],
     "blur_sigma": [-1.0, "soft"],

@@ -141,10 +141,14 @@ def any_value(name: str, value) -> None:
     """No check here: the value is checked against the model or the inputs where it is used."""
 
 
+#: seeds travel to the device in float64 row contexts: larger ones would round there (two seeds, one draw)
+SEED_LIMIT = 2 ** 53
+
+
 def seed(name: str, value) -> None:
-    """A random seed: an integer ≥ 0, or ``None`` (fresh entropy on every call)."""
-    if value is not None and (not is_int(value) or value < 0):
-        raise InvalidInputError(f"`{name}` must be an integer ≥ 0 or None. " + received(name, value))
+    """A random seed: an integer in ``[0, 2**53)``, or ``None`` (fresh entropy on every call)."""
+    if value is not None and (not is_int(value) or value < 0 or value >= SEED_LIMIT):
+        raise InvalidInputError(f"`{name}` must be an integer in [0, 2**53) or None. " + received(name, value))
 
 
 def batch_size(name: str, value) -> None:
