@@ -438,3 +438,19 @@ def test_baseline_per_example_error_names_the_broadcastable_form():
     fx = np.asarray(model(x))[:, 1]
     fb = np.asarray(model(np.broadcast_to(np.array([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1), x.shape)))[:, 1]
     np.testing.assert_allclose(np.asarray(per_example.attributions)[:, 0, 0, 0], fx - fb, rtol=1e-5, atol=1e-6)
+
+
+def test_occlusion_of_an_integer_input_model_refuses_fractional_values():
+    """A tabular model taking int32 ids: integral floats are occluded as ids (one-value windows
+    give ``w_j (x_j − 0)`` exactly), but 1.7 was silently truncated to 1 before being occluded."""
+    inputs = keras.Input((3,), dtype="int32")
+    dense = keras.layers.Dense(1)
+    model = keras.Model(inputs, dense(keras.layers.Lambda(lambda t: tf.cast(t, "float32"))(inputs)))
+    w = np.array([0.5, 2.0, -1.0], np.float32)
+    dense.set_weights([w[:, None], np.array([0.25], np.float32)])
+    ids = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]], np.float32)
+    found = tfattr.Occlusion(model, window=(1,), strides=(1,)).attribute(ids, target=0)
+    np.testing.assert_allclose(found.attributions, ids * w, rtol=1e-6)
+    with pytest.raises(TfattrError, match=r"non-integral.*Received: inputs\[\(0, 0\)\]=1.7"):
+        tfattr.Occlusion(model, window=(1,), strides=(1,)).attribute(
+            ids + np.array([[0.7, 0, 0], [0, 0, 0]], np.float32), target=0)

@@ -15,7 +15,6 @@ import tensorflow as tf
 from tfattr.core import checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import ChunkRows, ForwardRows
-from tfattr.core.inputs import exact_integers
 from tfattr.core.random import STREAM_FEATURE_PERMUTATION, rng
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import Explained
@@ -94,15 +93,6 @@ class FeaturePermutation(_PerturbationMethod):
         Option("n_permutations", 1, checks.positive_int),
         Option("seed", 0, checks.seed),
     )
-
-    def validate(self, inputs, config, name: str = "inputs"):
-        """As every method, and for a model taking integers (categorical ids) the values must be
-        integral: they are permuted as ids, never truncated."""
-        images = super().validate(inputs, config, name)
-        dtype = self.spec.input_dtype
-        if dtype is not None and not tf.as_dtype(dtype).is_floating:
-            exact_integers(np.asarray(images.array), tf.as_dtype(dtype).name, name, "input")
-        return images
 
     def _explain(self, x, targets, fx, config) -> Explained:
         num = int(x.shape[0])

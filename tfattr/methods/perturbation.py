@@ -26,6 +26,7 @@ import tensorflow as tf
 from tfattr.core import autotune, checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import ChunkRows, ForwardEngine, ForwardRows
+from tfattr.core.inputs import exact_integers
 from tfattr.core.random import row_uniform
 from tfattr.core.targets import Targets
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
@@ -125,7 +126,12 @@ class _PerturbationMethod(AttributionMethod):
                 f"{type(self).__name__} explains models with one input; this model has inputs "
                 f"{list(self.spec.inputs.names)}. Use FeatureAblation (one feature mask per input). "
                 + received("model.inputs", list(self.spec.inputs.names)))
-        return super().validate(inputs, config, name)
+        images = super().validate(inputs, config, name)
+        dtype = self.spec.input_dtype
+        if self.spec.inputs is None and dtype is not None and not tf.as_dtype(dtype).is_floating:
+            # a model taking integers (ids): the values are perturbed as ids, never truncated (1.7 → 1)
+            exact_integers(np.asarray(images.array), tf.as_dtype(dtype).name, name, "input")
+        return images
 
     def forward_engine(self, targets: Targets, config) -> ForwardEngine:
         """A cached :class:`ForwardEngine` scoring ``targets`` (callables get their own)."""
