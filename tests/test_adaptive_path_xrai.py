@@ -151,6 +151,50 @@ def test_adaptive_path_ig_input_equal_to_baseline_and_options(cnn):
         tfattr.AdaptivePathIntegratedGradients(cnn).attribute(x, max_dist=-0.1)
 
 
+def _within(seconds, function):
+    """``function()``'s result, or a failure if it has not returned after ``seconds`` (a loop that
+    never ends fails the test instead of hanging the suite; the daemon thread dies with the process)."""
+    import threading
+
+    box = []
+
+    def run():
+        try:
+            box.append(("value", function()))
+        except Exception as error:  # noqa: BLE001  (handed back to the test)
+            box.append(("error", error))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, f"still running after {seconds} s"
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def test_adaptive_path_ig_nan_gradient_gives_nan_not_an_endless_loop():
+    """A NaN gradient (``sqrt`` of a negative input) orders no features: PAIR's sub-step loop never
+    ends. The example's attributions are NaN (as Gradient's), the other example's are unchanged,
+    and the step function refuses NaN by name."""
+    from tfattr.methods.adaptive_path import adaptive_path_step
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, bias_initializer="random_normal")(
+        keras.layers.Lambda(lambda t: keras.ops.sqrt(t))(inputs)))
+    x = np.array([[1.0, 2.0, -1.0, 3.0], [1.0, 2.0, 0.5, 3.0]], np.float32)
+    method = tfattr.AdaptivePathIntegratedGradients(model, steps=6, baseline=0.25)
+    expl = _within(60, lambda: method.attribute(x, target=0))
+    assert np.all(np.isnan(expl.attributions[0])) and np.isnan(expl.delta[0])
+    alone = method.attribute(x[1:], target=0)
+    np.testing.assert_array_equal(expl.attributions[1], alone.attributions[0])
+    grad = np.array([0.5, np.nan, 1.0])
+    with pytest.raises(InvalidInputError, match="Received: grad="):
+        _within(60, lambda: adaptive_path_step(np.zeros(3), np.ones(3), np.zeros(3), grad, 0, 4, 0.25, 0.02, 3.0))
+
+
 # -- XRAI ------------------------------------------------------------------------------------------
 
 def _pair_xrai(model, image, target, segments, **parameters):

@@ -13,6 +13,7 @@ from tfattr.core import checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import PathRows
 from tfattr.core.ranges import resolve_value_range
+from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.integrated_gradients import BASELINE_OPTIONS
 
@@ -30,7 +31,13 @@ def adaptive_path_step(x, x_input, x_baseline, grad, step, steps, fraction, max_
     ``[α − max_dist, α + max_dist]`` of the straight path (``α = (step + 1)/steps``).
 
     Returns ``(x_next, contribution)`` with ``contribution = Σ_sub (x_sub − x_sub−1) ⊙ grad``
-    (``grad`` taken at ``x``, the step's start: a left Riemann–Stieltjes sum along the path)."""
+    (``grad`` taken at ``x``, the step's start: a left Riemann–Stieltjes sum along the path).
+
+    Raises :class:`~tfattr.errors.InvalidInputError` for a NaN in ``grad`` (no feature order
+    exists: PAIR's loop never ends)."""
+    if np.isnan(grad).any():
+        raise InvalidInputError("`grad` must not hold NaN: the features cannot be ordered by |gradient|. "
+                                + received("grad", f"{int(np.isnan(grad).sum())} NaN of {grad.size}"))
     x = x.copy()
     diff = x_input - x_baseline
     contribution = np.zeros_like(x)
@@ -108,7 +115,8 @@ class AdaptivePathIntegratedGradients(AttributionMethod):
 
     Returns from :meth:`attribute` an :class:`~tfattr.Explanation` with ``baseline_scores``
     ``f(z)`` (the first step's score) and ``delta = Σ φ − (f(x) − f(z))``; ``info["path_l1"]``
-    holds each example's ``‖x − z‖₁``.
+    holds each example's ``‖x − z‖₁``. An example whose gradient is NaN at some point of its path
+    (e.g. ``sqrt`` of a negative value) gets NaN attributions, as :class:`~tfattr.Gradient` would.
 
     Example:
         >>> apig = AdaptivePathIntegratedGradients(model, steps=200, fraction=0.25, max_dist=0.02)
@@ -163,6 +171,10 @@ class AdaptivePathIntegratedGradients(AttributionMethod):
             if step == 0:
                 fz = result.row_scores.copy()
             grads = result.attributions.reshape(num_examples, -1)
+            broken = np.isnan(grads[moving]).any(axis=1)
+            if broken.any():  # a NaN gradient orders no features: the example's path stops, its sums are NaN
+                attributions[moving[broken]] = np.nan
+                moving = moving[~broken]
             for e in moving:
                 point[e], contribution = adaptive_path_step(point[e], flat_input[e], flat_baseline[e], grads[e], step,
                                                             steps, fraction, max_dist, l1_total[e])
