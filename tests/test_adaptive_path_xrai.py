@@ -284,3 +284,27 @@ def test_xrai_is_batch_invariant_and_checks_its_inputs(cnn):
     flat = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
     with pytest.raises(InvalidInputError, match="Received: inputs.shape"):
         tfattr.XRAI(flat).attribute(np.zeros((1, 6, 2), np.float32), target=0)
+
+
+def test_xrai_attribution_method_must_explain_xrai_model_and_output():
+    """An attribution method of another model, or of another output, was run as given: XRAI ranked
+    another model's (output's) attributions under its own scores. Both are refused by name; XRAI's
+    ``output`` is passed on to a method that names none (equal to one made with that output)."""
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, activation="tanh", bias_initializer="random_normal")(inputs))
+    model = keras.Model(inputs, [keras.layers.Dense(3, bias_initializer="random_normal")(h),
+                                 keras.layers.Dense(4, bias_initializer="random_normal")(h)])
+    other = _cnn()
+    x = np.random.default_rng(5).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
+    with pytest.raises(InvalidInputError, match="own model.*Received: attribution_method="):
+        tfattr.XRAI(other, attribution_method=tfattr.Gradient(model, output=0))
+    with pytest.raises(InvalidInputError, match="own model.*Received: attribution_method="):
+        tfattr.XRAI(model, output=1).attribute(x, target=0, attribution_method=tfattr.Gradient(other))
+    with pytest.raises(InvalidInputError, match="another output.*Received: attribution_method="):
+        tfattr.XRAI(model, output=1, attribution_method=tfattr.Gradient(model, output=0))
+    passed_on = tfattr.XRAI(model, output=1, attribution_method=tfattr.Gradient(model)).attribute(x, target=3)
+    named = tfattr.XRAI(model, output=1, attribution_method=tfattr.Gradient(model, output=1)).attribute(x, target=3)
+    np.testing.assert_array_equal(passed_on.info["base_attributions"], named.info["base_attributions"])
+    gradient = tfattr.Gradient(model, output=1).attribute(x, target=3).attributions
+    np.testing.assert_array_equal(passed_on.info["base_attributions"], gradient)

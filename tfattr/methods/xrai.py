@@ -11,6 +11,7 @@ from tfattr.baselines.registry import BaselineSet
 from tfattr.core import checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import PathRows
+from tfattr.core.targets import resolve_output
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained
 
@@ -141,6 +142,11 @@ def _attribution_method(name, value):
                                "tfattr.IntegratedGradients(model)) or None. " + received(name, value))
 
 
+def _same_output(first, second, spec) -> bool:
+    """Whether two ``output`` options (an index or a name) choose the same output of the model."""
+    return resolve_output(first, spec, callable_target=True)[0] == resolve_output(second, spec, callable_target=True)[0]
+
+
 def _radius(name, value):
     checks.integer_at_least(name, value, 0)
 
@@ -177,7 +183,9 @@ class XRAI(AttributionMethod):
         steps: IG nodes per baseline of the default attribution (default 100, PAIR's).
         attribution_method: ``None`` (default: PAIR's IG above) or any tfattr method instance
             (e.g. ``tfattr.AdaptivePathIntegratedGradients(model)``) whose attributions of the
-            same images and targets XRAI ranks; ``(N, H, W, C)`` or ``(N, H, W)``.
+            same images and targets XRAI ranks; ``(N, H, W, C)`` or ``(N, H, W)``. It must be
+            made on XRAI's model; XRAI's ``output`` is passed on to it (one that names another
+            output is refused).
         algorithm: ``"full"`` (default; gains recomputed after each region, PAIR's) or ``"fast"``
             (masks ranked once by their own density).
         area_threshold: stop adding regions once they cover this share of the image (default
@@ -215,6 +223,25 @@ class XRAI(AttributionMethod):
             options["attribution_method"] = options["attribution_method"].with_model(model)
         return type(self)(model, **options)
 
+    def check_combination(self, config):
+        base = config["attribution_method"]
+        if base is None:
+            return
+        if base.model is not self.model:
+            raise InvalidInputError(
+                "`attribution_method` must explain XRAI's own model (make it on the same model, or use "
+                "XRAI(...).with_model(model), which rebinds it). "
+                + received("attribution_method", f"{type(base).__name__} of model "
+                           f"{getattr(base.model, 'name', type(base.model).__name__)!r}, XRAI's model "
+                           f"{getattr(self.model, 'name', type(self.model).__name__)!r}"))
+        own = base.config["output"]
+        if own is not None and not _same_output(own, config["output"], self.spec):
+            raise InvalidInputError(
+                "`attribution_method` explains another output than XRAI's `output`; give the output to XRAI "
+                "(it is passed on to the attribution method). "
+                + received("attribution_method", f"{type(base).__name__}(output={own!r}), XRAI output="
+                           f"{config['output']!r}"))
+
     def describe(self, config) -> str:
         base = config["attribution_method"]
         inner = f"steps={config['steps']}" if base is None else base.describe(base.config)
@@ -244,7 +271,8 @@ class XRAI(AttributionMethod):
             gradients = num_examples * 2 * int(config["steps"])
         else:
             target = targets.score_fn if targets.indices is None else targets.indices
-            explained = base.attribute(x, target=target)
+            # XRAI's output: its targets are that output's classes (a base naming another is refused)
+            explained = base.attribute(x, target=target, output=config["output"])
             attributions = np.asarray(explained.attributions, np.float64)
             gradients = int(explained.gradients)
             if attributions.shape[:3] != (num_examples, height, width) or attributions.ndim not in (3, 4):
