@@ -308,3 +308,17 @@ def test_xrai_attribution_method_must_explain_xrai_model_and_output():
     np.testing.assert_array_equal(passed_on.info["base_attributions"], named.info["base_attributions"])
     gradient = tfattr.Gradient(model, output=1).attribute(x, target=3).attributions
     np.testing.assert_array_equal(passed_on.info["base_attributions"], gradient)
+
+
+def test_felzenszwalb_masks_of_a_constant_image_are_one_segment_per_scale():
+    """PAIR's rescaling divides by max − min = 0: the NaN image was cut into hundreds of noise
+    segments (1014 masks on 8 × 8), ranked as if they were regions. A constant image has no edges:
+    one whole-image segment per scale, and XRAI gives every pixel the mean attribution."""
+    image = np.full((8, 8, 3), 0.5)
+    masks = felzenszwalb_masks(image, dilation_radius=0)
+    assert masks.shape == (6, 8, 8) and masks.all()
+    attr = np.arange(64.0).reshape(8, 8)
+    region_map, ranks, gains = xrai_regions(attr, felzenszwalb_masks(image))
+    np.testing.assert_allclose(region_map, attr.mean())
+    np.testing.assert_array_equal(ranks, 1)
+    assert gains == [attr.mean()]

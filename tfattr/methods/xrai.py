@@ -35,7 +35,8 @@ def felzenszwalb_masks(image: np.ndarray, scales=FELZENSZWALB_SCALES, dilation_r
     size 150), the labels resized back (nearest), every label of every scale made a mask and
     each mask dilated by a disk of ``dilation_radius`` (0: none; OpenCV's dilation, equal to
     scikit-image's) — PAIR's
-    ``_get_segments_felzenszwalb``, mask for mask and in its order."""
+    ``_get_segments_felzenszwalb``, mask for mask and in its order. A constant image (where PAIR
+    divides by zero and segments NaN) is one segment per scale."""
     from skimage import segmentation
     from skimage.morphology import disk
     from skimage.transform import resize as resize_image
@@ -43,7 +44,8 @@ def felzenszwalb_masks(image: np.ndarray, scales=FELZENSZWALB_SCALES, dilation_r
     im = np.asarray(image)
     original = im.shape[:2]
     im_max, im_min = np.max(im), np.min(im)
-    im = (im - im_min) / (im_max - im_min)
+    # a constant image has no edges: one segment per scale (PAIR divides by 0 and segments NaN into noise)
+    im = (im - im_min) / (im_max - im_min) if im_max > im_min else np.zeros(im.shape)
     im = im * (FELZENSZWALB_RANGE[1] - FELZENSZWALB_RANGE[0]) + FELZENSZWALB_RANGE[0]
     if resize:
         im = resize_image(im, FELZENSZWALB_RESIZE, order=3, mode="constant", preserve_range=True, anti_aliasing=True)
