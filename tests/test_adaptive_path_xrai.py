@@ -322,3 +322,13 @@ def test_felzenszwalb_masks_of_a_constant_image_are_one_segment_per_scale():
     np.testing.assert_allclose(region_map, attr.mean())
     np.testing.assert_array_equal(ranks, 1)
     assert gains == [attr.mean()]
+
+
+def test_xrai_fast_refuses_an_area_threshold(cnn):
+    """PAIR's fast ranking ignores ``area_threshold``: asking for 40 % with ``algorithm="fast"`` gave
+    the whole image's ranking without a word. Refused by name (full: taken)."""
+    with pytest.raises(InvalidInputError, match="Received: area_threshold=0.4"):
+        tfattr.XRAI(cnn, algorithm="fast", area_threshold=0.4)
+    with pytest.raises(InvalidInputError, match="Received: area_threshold=0.4"):
+        tfattr.XRAI(cnn, area_threshold=0.4).attribute(_images(1), target=0, algorithm="fast")
+    assert tfattr.XRAI(cnn, algorithm="full", area_threshold=0.4).config["area_threshold"] == 0.4

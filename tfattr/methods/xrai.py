@@ -191,7 +191,7 @@ class XRAI(AttributionMethod):
         algorithm: ``"full"`` (default; gains recomputed after each region, PAIR's) or ``"fast"``
             (masks ranked once by their own density).
         area_threshold: stop adding regions once they cover this share of the image (default
-            1.0: all); the rest is one region with its mean attribution.
+            1.0: all); the rest is one region with its mean attribution. ``"full"`` only.
         min_pixel_diff: a segment adding fewer new pixels than this is dropped (default 50, PAIR's).
         dilation_radius: radius of the disk each segment is dilated by (default 5, PAIR's; 0: none).
         scales: Felzenszwalb scales (default PAIR's ``(50, 100, 150, 250, 500, 1200)``).
@@ -226,6 +226,10 @@ class XRAI(AttributionMethod):
         return type(self)(model, **options)
 
     def check_combination(self, config):
+        if config["algorithm"] == "fast" and config["area_threshold"] != 1.0:
+            raise InvalidInputError("`area_threshold` applies to algorithm='full' only (the fast ranking covers the "
+                                    "whole image, as PAIR's, which ignores it). "
+                                    + received("area_threshold", config["area_threshold"]))
         base = config["attribution_method"]
         if base is None:
             return
