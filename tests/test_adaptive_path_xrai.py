@@ -332,3 +332,17 @@ def test_xrai_fast_refuses_an_area_threshold(cnn):
     with pytest.raises(InvalidInputError, match="Received: area_threshold=0.4"):
         tfattr.XRAI(cnn, area_threshold=0.4).attribute(_images(1), target=0, algorithm="fast")
     assert tfattr.XRAI(cnn, algorithm="full", area_threshold=0.4).config["area_threshold"] == 0.4
+
+
+def test_xrai_refuses_a_min_pixel_diff_above_the_image_size():
+    """On a 6 × 6 image no segment adds 50 pixels: every mask was dropped and XRAI returned one flat
+    region (the mean attribution everywhere, ranks all 1) without a word. Refused by name; a
+    ``min_pixel_diff`` within the image ranks several regions."""
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((6, 6, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2, bias_initializer="random_normal")(keras.layers.Flatten()(inputs)))
+    x = np.random.default_rng(7).uniform(0, 255, (1, 6, 6, 1)).astype(np.float32)
+    with pytest.raises(InvalidInputError, match="Received: min_pixel_diff=50"):
+        tfattr.XRAI(model, steps=4).attribute(x, target=0)
+    expl = tfattr.XRAI(model, steps=4, min_pixel_diff=1, dilation_radius=0).attribute(x, target=0)
+    assert expl.info["ranks"].max() > 1

@@ -192,7 +192,9 @@ class XRAI(AttributionMethod):
             (masks ranked once by their own density).
         area_threshold: stop adding regions once they cover this share of the image (default
             1.0: all); the rest is one region with its mean attribution. ``"full"`` only.
-        min_pixel_diff: a segment adding fewer new pixels than this is dropped (default 50, PAIR's).
+        min_pixel_diff: a segment adding fewer new pixels than this is dropped (default 50, PAIR's);
+            at most an image's pixel count (lower it for tiny images: on 8 × 8 images the default
+            keeps at most one region).
         dilation_radius: radius of the disk each segment is dilated by (default 5, PAIR's; 0: none).
         scales: Felzenszwalb scales (default PAIR's ``(50, 100, 150, 250, 500, 1200)``).
         batch_size, verbose, parallel_chunks, output, fixed_inputs: see
@@ -271,6 +273,11 @@ class XRAI(AttributionMethod):
             raise InvalidInputError("XRAI segments (N, H, W, C) images (channels last). "
                                     + received("inputs.shape", tuple(x.shape)))
         num_examples, height, width = int(x.shape[0]), int(x.shape[1]), int(x.shape[2])
+        if height * width < int(config["min_pixel_diff"]):  # no segment could be added: one flat region
+            raise InvalidInputError(
+                f"`min_pixel_diff` must not exceed an image's {height} x {width} = {height * width} pixels: no "
+                "segment could add that many, and the map would be one flat region. "
+                + received("min_pixel_diff", config["min_pixel_diff"]))
         base = config["attribution_method"]
         if base is None:
             attributions = self._pair_ig(x, targets, config)
