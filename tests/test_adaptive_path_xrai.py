@@ -303,8 +303,10 @@ def test_xrai_attribution_method_must_explain_xrai_model_and_output():
         tfattr.XRAI(model, output=1).attribute(x, target=0, attribution_method=tfattr.Gradient(other))
     with pytest.raises(InvalidInputError, match="another output.*Received: attribution_method="):
         tfattr.XRAI(model, output=1, attribution_method=tfattr.Gradient(model, output=0))
-    passed_on = tfattr.XRAI(model, output=1, attribution_method=tfattr.Gradient(model)).attribute(x, target=3)
-    named = tfattr.XRAI(model, output=1, attribution_method=tfattr.Gradient(model, output=1)).attribute(x, target=3)
+    fast = dict(scales=(100,), dilation_radius=0)  # one segmentation: the base attributions are what is compared
+    passed_on = tfattr.XRAI(model, output=1, attribution_method=tfattr.Gradient(model), **fast).attribute(x, target=3)
+    named = tfattr.XRAI(model, output=1, attribution_method=tfattr.Gradient(model, output=1), **fast).attribute(
+        x, target=3)
     np.testing.assert_array_equal(passed_on.info["base_attributions"], named.info["base_attributions"])
     gradient = tfattr.Gradient(model, output=1).attribute(x, target=3).attributions
     np.testing.assert_array_equal(passed_on.info["base_attributions"], gradient)
@@ -344,5 +346,5 @@ def test_xrai_refuses_a_min_pixel_diff_above_the_image_size():
     x = np.random.default_rng(7).uniform(0, 255, (1, 6, 6, 1)).astype(np.float32)
     with pytest.raises(InvalidInputError, match="Received: min_pixel_diff=50"):
         tfattr.XRAI(model, steps=4).attribute(x, target=0)
-    expl = tfattr.XRAI(model, steps=4, min_pixel_diff=1, dilation_radius=0).attribute(x, target=0)
+    expl = tfattr.XRAI(model, steps=4, min_pixel_diff=1, dilation_radius=0, scales=(50,)).attribute(x, target=0)
     assert expl.info["ranks"].max() > 1
