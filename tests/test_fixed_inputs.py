@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tfattr
-from tfattr.errors import InvalidTypeError
+from tfattr.errors import InvalidTypeError, TfattrError
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +147,15 @@ def test_float_ids_beyond_the_floats_exact_integers_and_bfloat16_fractions_are_r
     with pytest.raises(tfattr.errors.InvalidInputError, match=r"`inputs\[1\]` must be a rectangular array"):
         tfattr.IntegratedGradients(ids_model, steps=4, fixed_inputs="ids").attribute([np.ones((2, 3)), [[1, 2], [3]]],
                                                                                     target=0)
+
+
+@pytest.mark.parametrize("fixed", ["x", 0, ["x"]])
+def test_fixed_inputs_on_a_one_input_model_is_refused_not_ignored(fixed):
+    """``fixed_inputs`` on a one-input model was silently ignored: the caller asked for the only
+    input to stay fixed (attributions 0) and got the full attribution."""
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(2, bias_initializer="ones")(inputs))
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(tfattr.Gradient(model).attribute(x, target=0).attributions.shape, (2, 4))
+    with pytest.raises(TfattrError, match=r"fixed_inputs.*one input.*Received: fixed_inputs="):
+        tfattr.IntegratedGradients(model, steps=4, fixed_inputs=fixed).attribute(x, target=0)

@@ -247,6 +247,11 @@ class AttributionMethod:
         or several inputs packed (:func:`~tfattr.core.inputs.validate_inputs`); the call's
         ``config.layout`` is set to their layout (``None`` for one input)."""
         if self.spec.inputs is None:
+            fixed = config.get("fixed_inputs")
+            if fixed is not None and not (isinstance(fixed, (list, tuple)) and len(fixed) == 0):  # ignoring it would explain what the caller fixed
+                raise InvalidInputError(
+                    "`fixed_inputs` names inputs of a model with several inputs; this model has one input "
+                    "(fixing it leaves nothing to explain). " + received("fixed_inputs", fixed))
             config.layout = None
             return validate_images(inputs, self.spec, name=name)
         if not self.several_inputs:
