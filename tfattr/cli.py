@@ -129,7 +129,9 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default="zero",
                         help="IG baseline: zero, black, uniform, gaussian, blur, max_distance, or a saved baseline "
                              "folder (default: zero)")
-    parser.add_argument("--steps", type=_integer("--steps", 1, maximum=MAX_COUNT), default=50, help="IG / RSI-Grad-CAM steps (default: 50)")
+    parser.add_argument("--steps", type=_integer("--steps", 1, maximum=MAX_COUNT), default=None,
+                        help="path steps of IG, guided IG, RSI-Grad-CAM, Blur IG (default: each method's own: 50, "
+                             "Blur IG 100)")
     parser.add_argument("--rule", default="riemann_right", help="IG rule (default: riemann_right)")
     parser.add_argument("--tolerance", type=_number("--tolerance", "> 0"), default=None,
                         help="IG, guided IG, RSI-Grad-CAM: refine each image until this relative completeness "
@@ -222,7 +224,7 @@ def _load_model(name: str, weights: str):
 #: registry entries whose ``reads`` name the dest (:func:`_flag_users`)
 METHOD_FLAGS = (
     ("baseline", "--baseline", "zero"),
-    ("steps", "--steps", 50),
+    ("steps", "--steps", None),
     ("rule", "--rule", "riemann_right"),
     ("tolerance", "--tolerance", None),
     ("baseline_tolerance", "--baseline-tolerance", None),

@@ -1,0 +1,127 @@
+"""Audit of the registry-built methods on the command line and in the callback (issues 26–28): every
+flag reaches the method or is reported, the method's own defaults hold when a flag is not given, the
+baselines file is read safely, and errors name the flag the user typed."""
+
+import io
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import tfattr
+from tfattr.cli import _build_method, _check_method_flags, _parser, main
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    import cv2
+    from conftest import small_cnn
+
+    folder = tmp_path_factory.mktemp("cli_audit")
+    model = small_cnn("relu")
+    model.save(folder / "model.keras")
+    image = np.random.default_rng(0).uniform(0, 1, size=(16, 16, 3))
+    cv2.imwrite(str(folder / "img.png"), (image * 255).round().astype(np.uint8))
+    return model, str(folder / "model.keras"), str(folder / "img.png")
+
+
+def _args(*flags, command="explain"):
+    base = (["explain", "--model", "m", "--images", "i", "--out", "o"] if command == "explain"
+            else ["evaluate", "--out", "o"])
+    return _parser().parse_args(base + list(flags))
+
+
+def _explain(saved, tmp_path, *flags):
+    _, model_path, path = saved
+    return main(["explain", "--model", model_path, "--images", path, *flags, "--out", str(tmp_path / "o")])
+
+
+def test_unset_steps_leave_each_method_its_own_default(relu_cnn):
+    """Without --steps, Blur IG keeps its class's 100 steps (the flag's IG default 50 was passed to it)."""
+    images = np.zeros((1, 16, 16, 3), np.float32)
+    args = _args("--method", "blur-ig")
+    assert _build_method("blur-ig", relu_cnn, args, (0.0, 1.0), images=images).config["steps"] == \
+        tfattr.BlurIntegratedGradients(relu_cnn).config["steps"] == 100
+    assert _build_method("ig", relu_cnn, args, (0.0, 1.0), images=images).config["steps"] == 50
+    args = _args("--method", "blur-ig", "--steps", "7")
+    assert _build_method("blur-ig", relu_cnn, args, (0.0, 1.0), images=images).config["steps"] == 7
+
+
+@pytest.mark.parametrize("flags, method", [
+    (["--cells", "4"], "lime"),  # LIME's default segmentation is quickshift: --cells does nothing
+    (["--segmentation", "slic", "--cells", "4"], "kernelshap"),
+    (["--baselines", "b.npy", "--references", "4"], "gradient-shap"),  # a file: nothing is drawn
+])
+def test_a_flag_the_method_reads_but_its_other_flags_disable_is_a_warning(flags, method, capsys):
+    _check_method_flags([method], _args("--method", method, *flags))
+    err = capsys.readouterr().err
+    flag = flags[-2]
+    assert f"warning: {flag} is ignored" in err and "Received:" in err
+
+
+def test_cells_with_a_grid_is_no_warning(capsys):
+    _check_method_flags(["lime", "kernelshap"], _args("--methods", "lime,kernelshap", "--segmentation", "grid",
+                                                      "--cells", "4", command="evaluate"))
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_number_baseline_means_a_constant_for_every_method(saved, tmp_path):
+    """--baseline 0.5 is the constant 0.5 for IG and DeepLift as for occlusion (it was an unknown name)."""
+    model, _, path = saved
+    assert _explain(saved, tmp_path, "--method", "ig", "--baseline", "0.5", "--steps", "4") == 0
+    got = np.load(tmp_path / "o" / "attributions.npz")["attributions"]
+    from tfattr.cli import _load_images
+
+    x = _load_images([path], (16, 16), (0.0, 1.0))
+    expected = tfattr.IntegratedGradients(model, baseline=0.5, steps=4).attribute(x)
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-7)
+
+
+def test_errors_of_a_named_baselines_distribution_name_the_flag(saved, tmp_path, capsys):
+    assert _explain(saved, tmp_path, "--method", "gradient-shap", "--baselines", "nosuch") == 2
+    err = capsys.readouterr().err
+    assert "Received: --baselines='nosuch'" in err and "--baseline=" not in err
+    assert _explain(saved, tmp_path, "--method", "gradient-shap", "--baselines", str(tmp_path)) == 2
+    assert f"Received: --baselines='{tmp_path}'" in capsys.readouterr().err
+
+
+def test_a_complex_baselines_file_is_an_error_not_its_real_part(saved, tmp_path, capsys):
+    path = tmp_path / "complex.npy"
+    np.save(path, np.full((2, 16, 16, 3), 0.5 + 1j, np.complex64))
+    assert _explain(saved, tmp_path, "--method", "gradient-shap", "--baselines", str(path)) == 2
+    assert f"Received: --baselines='{path}'" in capsys.readouterr().err
+
+
+def test_a_baselines_fifo_is_refused_without_reading(saved, tmp_path, capsys):
+    """A FIFO named .npy would block np.load until a writer comes (a writer is started after 20 s so
+    that the test ends on a build that does read it)."""
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    done = threading.Event()
+
+    def unblock():
+        if not done.wait(20):
+            buffer = io.BytesIO()
+            np.save(buffer, np.zeros((1, 16, 16, 3), np.float32))
+            with open(fifo, "wb") as handle:
+                handle.write(buffer.getvalue())
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    code = _explain(saved, tmp_path, "--method", "deeplift-shap", "--baselines", str(fifo))
+    done.set()
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and f"Received: --baselines='{fifo}'" in err
+
+
+def test_the_callback_refuses_unknown_settings_of_a_name_built_by_a_factory(relu_cnn):
+    """SaliencyLogger("smoothgrad", method_options=...) read only `samples` (and the common settings):
+    a misspelt or foreign option was dropped silently."""
+    images = np.zeros((2, 16, 16, 3), np.float32)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['nt_samples'\].*Received: method_options="):
+        tfattr.SaliencyLogger("smoothgrad", images, method_options={"nt_samples": 3})
+    logger = tfattr.SaliencyLogger("smoothgrad", images, method_options={"samples": 3, "seed": 1})
+    method = logger._method_spec(relu_cnn)
+    assert method.config["nt_samples"] == 3
