@@ -288,6 +288,19 @@ def _check_method_flags(names: List[str], args) -> None:
         if not any(name in users for name in names):
             print(f"tfattr {command}: warning: {flag} is ignored: it applies to {', '.join(users)}; the method(s) "
                   f"are {', '.join(names)}. " + received(flag_of, ",".join(names)), file=sys.stderr)
+    cells_users = [name for name in names if name in _flag_users("cells")]
+    if getattr(args, "cells", None) is not None and cells_users:
+        segmentations = {name: args.segmentation or ("quickshift" if name == "lime" else "grid") for name in cells_users}
+        if "grid" not in segmentations.values():  # superpixels have no cells
+            print(f"tfattr {command}: warning: --cells is ignored: it sizes --segmentation grid, and the segmentation "
+                  f"of {', '.join(f'{n} is {s}' for n, s in segmentations.items())}. "
+                  + received("--segmentation", args.segmentation), file=sys.stderr)
+    baselines = getattr(args, "baselines", None)
+    if (getattr(args, "references", None) is not None and isinstance(baselines, str) and baselines.endswith(".npy")
+            and any(name in _flag_users("references") for name in names)):
+        print(f"tfattr {command}: warning: --references is ignored: it counts the draws of a named --baselines "
+              f"distribution, and a .npy file holds its baselines. " + received("--baselines", baselines),
+              file=sys.stderr)
     for dest, flag in (("n_baselines", "--n-baselines"), ("baseline_tolerance", "--baseline-tolerance")):
         value = getattr(args, dest)
         users = ("ig", "guided-ig", "rsi-gradcam") if dest == "n_baselines" else ("ig", "guided-ig")
