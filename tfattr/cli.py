@@ -127,8 +127,9 @@ SEGMENTATIONS = ("grid", "quickshift", "slic", "felzenszwalb")
 
 def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", default="zero",
-                        help="IG baseline: zero, black, uniform, gaussian, blur, max_distance, or a saved baseline "
-                             "folder (default: zero)")
+                        help="IG, DeepLift, RSI-Grad-CAM baseline: zero, black, uniform, gaussian, blur, max_distance, a "
+                             "saved baseline folder or a number; the perturbation methods' fill value: zero, black "
+                             "or a number (default: zero)")
     parser.add_argument("--steps", type=_integer("--steps", 1, maximum=MAX_COUNT), default=None,
                         help="path steps of IG, guided IG, RSI-Grad-CAM, Blur IG (default: each method's own: 50, "
                              "Blur IG 100)")
@@ -353,12 +354,29 @@ def _build_method(name: str, model, args, value_range, images=None):
             if len(settings[dest]) > 2:
                 raise InvalidInputError(f"{_FLAG_OF[dest]} takes SIDE or H W. " + received(_FLAG_OF[dest], settings[dest]))
             settings[dest] = tuple(settings[dest]) * 2 if len(settings[dest]) == 1 else tuple(settings[dest])
-    try:
+    baseline = settings.get("baseline")
+    if isinstance(baseline, str) and not os.path.exists(baseline):  # a number: the constant, for every method
+        try:
+            number = float(baseline)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            settings["baseline"] = number
+    with _flag_errors():
         return build_method(name, model, settings, argument)
-    except (ValueError, TypeError) as error:  # a setting's error: say the flag
+
+
+@contextlib.contextmanager
+def _flag_errors():
+    """A setting's error (raised by the method, when built or when it runs) names the flag instead."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
         text = str(error)
         for dest, flag in _FLAG_OF.items():
             text = text.replace(f"Received: {dest}=", f"Received: {flag}=").replace(f"`{dest}`", flag)
+        if text == str(error):
+            raise
         raise type(error)(text) from None
 
 
@@ -704,7 +722,8 @@ def _explain(args) -> int:
     size, channels = _image_shape(model, args.size)
     x = _load_images(args.images, size, value_range, files, channels=channels)
     method = _build_method(args.method, model, args, value_range, images=x)
-    expl = method.attribute(x, target=args.target)
+    with _flag_errors():
+        expl = method.attribute(x, target=args.target)
     os.makedirs(args.out, exist_ok=True)
     attributions = np.asarray(expl)
     names = output_names(args.images)
