@@ -16,7 +16,10 @@ is ``None`` ("the method's default") is left out too.
 
 from __future__ import annotations
 
+import errno
 import inspect
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -205,16 +208,28 @@ def _distribution(settings: Mapping[str, Any]) -> np.ndarray:
     images = settings.get("images")
     if isinstance(spec, str) and spec.endswith(".npy"):
         try:
-            return np.load(spec, allow_pickle=False).astype(np.float32)
+            if os.path.exists(spec) and not stat.S_ISREG(os.stat(spec).st_mode):  # a FIFO would block, a device never end
+                raise OSError(errno.EINVAL, "not a regular file")
+            array = np.load(spec, allow_pickle=False)
         except (OSError, ValueError) as error:
-            raise InvalidInputError(f"`baselines`: cannot read {spec!r} as a .npy array ({error}). "
+            reason = getattr(error, "strerror", None) or error
+            raise InvalidInputError(f"`baselines`: cannot read {spec!r} as a .npy array ({reason}). "
                                     + received("baselines", spec)) from None
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+                or array.dtype == np.bool_):  # complex: casting would keep the real part silently
+            raise InvalidInputError(f"`baselines`: {spec!r} holds {array.dtype} values; the baselines must be real "
+                                    "numbers. " + received("baselines", spec))
+        return array.astype(np.float32)
     if images is None:
         raise InvalidInputError("`baselines` by name needs the images (settings['images']) for its shape. "
                                 + received("images", None))
     images = np.asarray(images, np.float32)
-    drawn = make_baselines(spec, images[:1], value_range=tuple(settings.get("value_range") or (0.0, 1.0)),
-                           n_baselines=int(settings.get("references") or 16), seed=settings.get("seed") or 0)
+    try:
+        drawn = make_baselines(spec, images[:1], value_range=tuple(settings.get("value_range") or (0.0, 1.0)),
+                               n_baselines=int(settings.get("references") or 16), seed=settings.get("seed") or 0)
+    except (ValueError, TypeError) as error:  # its message names `baseline`: the setting here is `baselines`
+        reason = str(error).split(" Received:")[0]
+        raise type(error)(f"`baselines`: {reason} " + received("baselines", spec)) from None
     array = np.asarray(drawn.array, np.float32)
     return array.reshape((-1,) + images.shape[1:])
 
