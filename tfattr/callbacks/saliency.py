@@ -346,12 +346,19 @@ def _method_by_name(name: str, method_options):
     """The class a registry name builds (``"occlusion"`` → :class:`~tfattr.Occlusion`), to be
     instantiated with ``method_options``; a name that builds no single class (``"smoothgrad"``,
     a NoiseTunnel) is a factory building it from ``method_options`` as settings (``{"samples": 8}``)."""
-    from tfattr.methods.registry import entry
+    from tfattr.methods.registry import COMMON_SETTINGS, entry
 
     item = entry(name, "method")
     if isinstance(item.cls, type) and issubclass(item.cls, AttributionMethod):
         return item.cls
     settings = dict(method_options or {})
+    allowed = set(item.reads) | set(COMMON_SETTINGS)
+    unknown = sorted(set(settings) - allowed)
+    if unknown:  # the build reads only its settings: another name would be dropped silently
+        raise InvalidTypeError(
+            f"{name!r} got unknown option(s) {unknown} in `method_options`; its settings are {sorted(allowed)}. "
+            + received("method_options", method_options)
+        )
     return lambda model: item.make(model, settings)
 
 

@@ -42,7 +42,7 @@ from tfattr.methods.shapley import KernelShap, ShapleyValueSampling
 from tfattr.methods.smooth_taylor import SmoothTaylor
 
 __all__ = ["MethodEntry", "REGISTRY", "register", "method_names", "entry", "build_method", "method_class",
-           "grid_mask", "SEGMENTATIONS"]
+           "grid_mask", "SEGMENTATIONS", "COMMON_SETTINGS"]
 
 #: what ``segmentation`` may name for the coalition methods (KernelSHAP, Shapley sampling, feature
 #: ablation, LIME): a regular grid of ``cells × cells`` squares shared by every image, or the
@@ -51,6 +51,8 @@ SEGMENTATIONS = ("grid", "quickshift", "slic", "felzenszwalb")
 
 #: the settings every method is built with when it takes them (not flags of one method)
 _COMMON = ("batch_size", "verbose", "value_range", "seed")
+#: the same, public (the callback checks a name's settings against them)
+COMMON_SETTINGS = _COMMON
 
 
 @dataclass(frozen=True)
