@@ -261,8 +261,10 @@ def _lime(model, settings):
     options = MethodEntry("", Lime, reads=("n_samples", "kernel_width")).options(settings)
     name = settings.get("segmentation") or "quickshift"
     segmentation = _feature_mask(settings)[..., 0] if name == "grid" else name
-    if name != "grid" and tuple(settings.get("value_range") or (0.0, 1.0)) != (0.0, 1.0):
-        def segmentation(image, name=name):  # scikit-image reads float colours in [0, 1]
+    images = settings.get("images")
+    grey = images is not None and np.ndim(images) == 4 and np.shape(images)[-1] == 1
+    if name != "grid" and (grey or tuple(settings.get("value_range") or (0.0, 1.0)) != (0.0, 1.0)):
+        def segmentation(image, name=name):  # scikit-image reads RGB float colours in [0, 1] (grey repeated)
             return segment(_segmentable(image, settings), name, seed=settings.get("seed") or 0)
     return Lime(model, segmentation=segmentation, **options)
 
