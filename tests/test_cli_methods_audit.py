@@ -151,3 +151,12 @@ def test_lime_superpixels_of_a_grey_model_as_the_other_coalition_methods(tmp_pat
     labels = segment(np.repeat(x[0], 3, axis=-1).astype(np.float64), "quickshift", seed=0)
     expected = tfattr.Lime(model, segmentation=labels, n_samples=20).attribute(x)
     np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["gradient-shap", "deeplift-shap"])
+def test_the_callback_by_a_distribution_name_needs_baselines_at_construction(name, relu_cnn):
+    """Without baselines every epoch's logging failed (a warning each, training went on logging nothing)."""
+    images = np.zeros((2, 16, 16, 3), np.float32)
+    with pytest.raises(ValueError, match=r"baselines.*Received: method_options="):
+        tfattr.SaliencyLogger(name, images)
+    tfattr.SaliencyLogger(name, images, method_options={"baselines": np.zeros((2, 16, 16, 3), np.float32)})

@@ -349,6 +349,12 @@ def _method_by_name(name: str, method_options):
     from tfattr.methods.registry import COMMON_SETTINGS, entry
 
     item = entry(name, "method")
+    if item.needs_distribution and (method_options or {}).get("baselines") is None:
+        # required at the call: without it every epoch's logging would fail (a warning each, strict=False)
+        raise InvalidInputError(
+            f"{name!r} draws baselines from a distribution: pass them as method_options={{'baselines': array "
+            "(K, H, W, C)}. " + received("method_options", method_options)
+        )
     if isinstance(item.cls, type) and issubclass(item.cls, AttributionMethod):
         return item.cls
     settings = dict(method_options or {})
