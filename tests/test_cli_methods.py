@@ -135,7 +135,8 @@ def test_bad_flag_values_exit_2_naming_the_flag(saved, tmp_path, capsys, flags, 
     (["--method", "occlusion", "--window", "2", "3", "4"], "--window takes SIDE or H W. Received: --window=[2, 3, 4]"),
     (["--method", "occlusion", "--baseline", "blur"],
      "--baseline must be zero, black or a number. Received: --baseline='blur'"),
-    (["--method", "occlusion", "--window", "17"], "--window must fit in one example of shape (16, 16, 3). Received: --window=(17, 17)"),
+    (["--method", "occlusion", "--window", "17"],
+     "--window must fit in one example of shape (16, 16, 3). Received: --window=(17, 17)"),
     (["--method", "deeplift-shap", "--baselines", "nowhere.npy"], "cannot read 'nowhere.npy'"),
 ])
 def test_bad_values_found_when_building_exit_2_naming_the_flag(saved, tmp_path, capsys, flags, message):

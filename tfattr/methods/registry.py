@@ -210,7 +210,8 @@ def _distribution(settings: Mapping[str, Any]) -> np.ndarray:
     images = settings.get("images")
     if isinstance(spec, str) and spec.endswith(".npy"):
         try:
-            if os.path.exists(spec) and not stat.S_ISREG(os.stat(spec).st_mode):  # a FIFO would block, a device never end
+            # a FIFO would block np.load, a device never end
+            if os.path.exists(spec) and not stat.S_ISREG(os.stat(spec).st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
             array = np.load(spec, allow_pickle=False)
         except (OSError, ValueError) as error:
