@@ -160,3 +160,17 @@ def test_the_callback_by_a_distribution_name_needs_baselines_at_construction(nam
     with pytest.raises(ValueError, match=r"baselines.*Received: method_options="):
         tfattr.SaliencyLogger(name, images)
     tfattr.SaliencyLogger(name, images, method_options={"baselines": np.zeros((2, 16, 16, 3), np.float32)})
+
+
+@pytest.mark.parametrize("name", ["gaussian", "blur", "max_distance"])
+def test_a_baselines_name_that_depends_on_each_image_is_refused(name, relu_cnn):
+    """--baselines blur/max_distance drew the first image's baselines for every image, and gaussian gave
+    its offsets (noise around zero) as the baselines themselves."""
+    from tfattr.methods.registry import build_method
+
+    images = np.random.default_rng(1).uniform(0, 1, size=(2, 16, 16, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=rf"depends on each image.*Received: baselines='{name}'"):
+        build_method("gradient-shap", relu_cnn, {"baselines": name, "images": images, "references": 2})
+    shared = build_method("deeplift-shap", relu_cnn, {"baselines": "uniform", "images": images, "references": 3})
+    drawn = tfattr.make_baselines("uniform", images[:1], n_baselines=3, seed=0).array
+    np.testing.assert_array_equal(shared.config["baselines"], np.asarray(drawn, np.float32).reshape(3, 16, 16, 3))

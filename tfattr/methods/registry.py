@@ -228,11 +228,17 @@ def _distribution(settings: Mapping[str, Any]) -> np.ndarray:
                                 + received("images", None))
     images = np.asarray(images, np.float32)
     try:
-        drawn = make_baselines(spec, images[:1], value_range=tuple(settings.get("value_range") or (0.0, 1.0)),
+        drawn = make_baselines(spec, images, value_range=tuple(settings.get("value_range") or (0.0, 1.0)),
                                n_baselines=int(settings.get("references") or 16), seed=settings.get("seed") or 0)
     except (ValueError, TypeError) as error:  # its message names `baseline`: the setting here is `baselines`
         reason = str(error).split(" Received:")[0]
         raise type(error)(f"`baselines`: {reason} " + received("baselines", spec)) from None
+    if drawn.relative or np.shape(drawn.array)[0] > 1:
+        # noise around each image (gaussian: offsets) or one per image (blur, max_distance): the first
+        # image's would stand for every image's, and offsets for baselines
+        raise InvalidInputError(f"`baselines`: {spec!r} depends on each image, and the distribution is shared by "
+                                "all images; name one that does not (uniform, zero, black, a saved baseline) or "
+                                "pass a .npy file. " + received("baselines", spec))
     array = np.asarray(drawn.array, np.float32)
     return array.reshape((-1,) + images.shape[1:])
 
