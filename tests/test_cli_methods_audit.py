@@ -174,3 +174,12 @@ def test_a_baselines_name_that_depends_on_each_image_is_refused(name, relu_cnn):
     shared = build_method("deeplift-shap", relu_cnn, {"baselines": "uniform", "images": images, "references": 3})
     drawn = tfattr.make_baselines("uniform", images[:1], n_baselines=3, seed=0).array
     np.testing.assert_array_equal(shared.config["baselines"], np.asarray(drawn, np.float32).reshape(3, 16, 16, 3))
+
+
+def test_evaluate_names_the_flag_of_a_setting_found_wrong_while_attributing(tmp_path, capsys):
+    from conftest import small_cnn
+
+    small_cnn("relu", size=16, classes=10, seed=2).save(tmp_path / "m.keras")
+    assert main(["evaluate", "--model", str(tmp_path / "m.keras"), "--images", "2", "--methods", "occlusion",
+                 "--window", "20", "--out", str(tmp_path / "eval")]) == 2
+    assert "--window must fit in one example of shape (16, 16, 3). Received: --window=(20, 20)" in capsys.readouterr().err

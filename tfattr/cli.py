@@ -874,9 +874,10 @@ def _evaluate(args) -> int:
     side = x.shape[1]
     kernel = args.aupc_kernel or max(2, round(15 * side / 224))
     print(f"evaluating {len(names)} method(s) on {len(x)} {args.dataset} image(s), {side}x{side}, AUPC windows {kernel}px")
-    rows = evaluate(model, x, methods, labels=labels, masks=masks, value_range=value_range, aupc_kernel=kernel,
-                    pointing_tolerance=max(1, round(15 * side / 224)), seed=args.seed,
-                    cache_dir=os.path.join(args.out, "cache"), strategy=strategy, metrics=metric_names)
+    with _flag_errors():  # a method's setting found wrong when it runs (a window larger than the images)
+        rows = evaluate(model, x, methods, labels=labels, masks=masks, value_range=value_range, aupc_kernel=kernel,
+                        pointing_tolerance=max(1, round(15 * side / 224)), seed=args.seed,
+                        cache_dir=os.path.join(args.out, "cache"), strategy=strategy, metrics=metric_names)
     text = format_table(rows)
     print("\n" + text)
     from tfattr.core.files import write_text
