@@ -182,4 +182,5 @@ def test_evaluate_names_the_flag_of_a_setting_found_wrong_while_attributing(tmp_
     small_cnn("relu", size=16, classes=10, seed=2).save(tmp_path / "m.keras")
     assert main(["evaluate", "--model", str(tmp_path / "m.keras"), "--images", "2", "--methods", "occlusion",
                  "--window", "20", "--out", str(tmp_path / "eval")]) == 2
-    assert "--window must fit in one example of shape (16, 16, 3). Received: --window=(20, 20)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--window must fit in one example of shape (16, 16, 3). Received: --window=(20, 20)" in err
