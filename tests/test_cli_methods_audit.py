@@ -184,3 +184,13 @@ def test_evaluate_names_the_flag_of_a_setting_found_wrong_while_attributing(tmp_
                  "--window", "20", "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err
     assert "--window must fit in one example of shape (16, 16, 3). Received: --window=(20, 20)" in err
+
+
+def test_explain_records_the_options_that_ran_class_defaults_included(saved, tmp_path):
+    """attributions.npz says with which options the method ran (Blur IG's steps left out: its 100)."""
+    import json
+
+    assert _explain(saved, tmp_path, "--method", "blur-ig", "--max-sigma", "2") == 0
+    recorded = json.loads(str(np.load(tmp_path / "o" / "attributions.npz")["options"]))
+    assert recorded["class"] == "BlurIntegratedGradients"
+    assert recorded["options"]["steps"] == 100 and recorded["options"]["max_sigma"] == 2.0

@@ -732,6 +732,7 @@ def _explain(args) -> int:
         out = viz.save_png(os.path.join(args.out, f"{name}_{args.method}.png"), picture)
         print(out)
     extra = {} if expl.delta is None else {"delta": expl.delta}
+    extra["options"] = np.array(_effective_options(method))  # what ran: a class default included
     npz = os.path.join(args.out, "attributions.npz")
     with atomic_write(npz) as handle:
         np.savez_compressed(handle, attributions=attributions,
@@ -741,6 +742,29 @@ def _explain(args) -> int:
     if expl.delta is not None:
         print(f"completeness error (relative, per image): {np.round(expl.relative_delta, 4).tolist()}")
     return 0
+
+
+def _effective_options(method) -> str:
+    """The options ``method`` ran with, as JSON (an array by its shape, anything else JSON cannot
+    write by its type): the flags given and the class defaults of those left out."""
+    import json
+
+    def plain(value):
+        if isinstance(value, np.ndarray) or hasattr(value, "shape") and hasattr(value, "dtype"):
+            return f"<array {tuple(value.shape)} {value.dtype}>"
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return f"<{type(value).__name__}>"
+
+    config = dict(getattr(method, "config", None) or {})
+    inner = getattr(method, "method", None)
+    if inner is not None and getattr(inner, "config", None) is not None:  # NoiseTunnel: the wrapped method's too
+        config["method"] = {"class": type(inner).__name__, **dict(inner.config)}
+        config["method"] = {k: plain(v) for k, v in config["method"].items()}
+    options = {k: (v if k == "method" else plain(v)) for k, v in config.items()}
+    return json.dumps({"class": type(method).__name__, "options": options}, sort_keys=True)
 
 
 def _physical_memory() -> Optional[int]:
