@@ -7,7 +7,7 @@
 
 ``explain`` writes one overlay PNG per image and method, named by the image file's stem (``stem-2``,
 ``stem-3``, ... for later files with the same stem), plus ``attributions.npz`` (with the image paths
-in ``sources`` and the output names in ``names``).
+in ``sources``, the output names in ``names`` and the options the method ran with in ``options``, JSON).
 ``baseline train`` trains the uniform-output baseline of Lerma & Lucas (2022) and saves it
 (SavedModel + metadata.json); ``baseline show`` prints its metadata and statistics.
 Images are decoded in 8 bits at the model's input size (a large JPEG at 1/2, 1/4 or 1/8 of its side by the
