@@ -194,3 +194,18 @@ def test_explain_records_the_options_that_ran_class_defaults_included(saved, tmp
     recorded = json.loads(str(np.load(tmp_path / "o" / "attributions.npz")["options"]))
     assert recorded["class"] == "BlurIntegratedGradients"
     assert recorded["options"]["steps"] == 100 and recorded["options"]["max_sigma"] == 2.0
+
+
+def test_too_many_references_are_refused_before_any_draw(relu_cnn, monkeypatch):
+    """--references 10000 of a 224 px image drew 12 GB of float64 before any check."""
+    import tfattr.baselines.registry
+    from tfattr.methods.registry import MAX_REFERENCE_VALUES, build_method
+
+    def not_drawn(*args, **kwargs):
+        raise AssertionError("the baselines were drawn")
+
+    monkeypatch.setattr(tfattr.baselines.registry, "make_baselines", not_drawn)
+    images = np.zeros((1, 224, 224, 3), np.float32)
+    count = MAX_REFERENCE_VALUES // (224 * 224 * 3) + 1
+    with pytest.raises(ValueError, match=rf"more than the .*Received: references={count}"):
+        build_method("gradient-shap", relu_cnn, {"baselines": "uniform", "references": count, "images": images})

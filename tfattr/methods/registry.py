@@ -200,6 +200,11 @@ def _fill(settings: Mapping[str, Any]) -> float:
     return number
 
 
+#: the most values ``references`` draws of a named ``baselines`` distribution may hold (2²⁷: 1 GiB of
+#: float64 draws; 10,000 draws of a 224 × 224 RGB image would be 12 GB)
+MAX_REFERENCE_VALUES = 2 ** 27
+
+
 def _distribution(settings: Mapping[str, Any]) -> np.ndarray:
     """The ``(K, H, W, C)`` baselines of GradientSHAP / DeepLiftSHAP from ``baselines``: a ``.npy``
     file, or ``references`` draws of a named baseline (:func:`tfattr.baselines.make_baselines`) for
@@ -227,9 +232,15 @@ def _distribution(settings: Mapping[str, Any]) -> np.ndarray:
         raise InvalidInputError("`baselines` by name needs the images (settings['images']) for its shape. "
                                 + received("images", None))
     images = np.asarray(images, np.float32)
+    references = int(settings.get("references") or 16)
+    if references * int(np.prod(images.shape[1:])) > MAX_REFERENCE_VALUES:  # before gigabytes are drawn
+        raise InvalidInputError(
+            f"`references`: {references} draws of {tuple(images.shape[1:])} are "
+            f"{references * int(np.prod(images.shape[1:])):,} values, more than the {MAX_REFERENCE_VALUES:,} "
+            "(1 GiB in float64) a baseline distribution may hold; draw fewer. " + received("references", references))
     try:
         drawn = make_baselines(spec, images, value_range=tuple(settings.get("value_range") or (0.0, 1.0)),
-                               n_baselines=int(settings.get("references") or 16), seed=settings.get("seed") or 0)
+                               n_baselines=references, seed=settings.get("seed") or 0)
     except (ValueError, TypeError) as error:  # its message names `baseline`: the setting here is `baselines`
         reason = str(error).split(" Received:")[0]
         raise type(error)(f"`baselines`: {reason} " + received("baselines", spec)) from None
