@@ -155,6 +155,31 @@ def test_the_box_is_carried_through_the_preprocessing_layers():
                                    atol=1e-6)
 
 
+def test_the_box_is_carried_through_rescaling_in_sequential_and_nested_models():
+    # a 0–255 model as usually written: Rescaling first in a Sequential, or a Sequential nested in a
+    # Functional model on either side of the Rescaling; the zᴮ box must reach the Dense in [0, 1] units
+    def dense():
+        keras.utils.set_random_seed(10)
+        return L.Dense(3, bias_initializer="random_normal")
+
+    d1, d2, d3 = dense(), dense(), dense()
+    inputs = keras.Input((5,))
+    models = [
+        keras.Sequential([keras.Input((5,)), L.Rescaling(1 / 255.0), d1]),
+        keras.Model(inputs, keras.Sequential([d2])(L.Rescaling(1 / 255.0)(inputs))),
+        keras.Model(inputs, keras.Sequential([L.Rescaling(1 / 255.0), d3])(inputs)),
+    ]
+    x = np.random.default_rng(11).uniform(0, 255, (2, 5)).astype("float32")
+    for model, layer in zip(models, (d1, d2, d3)):
+        expl = tfattr.LRP(model, rules={L.Dense: "zbox"}, low=0.0, high=255.0).attribute(x, target=1)
+        W, b = (w.astype(np.float64) for w in layer.get_weights())
+        a, w = x.astype(np.float64) / 255.0, W[:, 1]
+        for n in range(2):  # zᴮ with l = 0, h = 1 at the Dense input
+            terms = a[n] * w - np.minimum(w, 0)
+            np.testing.assert_allclose(expl.attributions[n], terms / terms.sum() * (a[n] @ w + b[1]), rtol=1e-4,
+                                       atol=1e-6)
+
+
 def test_wsquare_and_flat_are_the_hand_computed_rules():
     keras.utils.set_random_seed(6)
     model = keras.Sequential([keras.Input((4,)), L.Dense(3, bias_initializer="random_normal")])

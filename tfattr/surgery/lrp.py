@@ -631,35 +631,73 @@ def _frozen(value):
 _AFFINE_INPUT_LAYERS = tuple(getattr(_L, n) for n in ("Rescaling", "Normalization") if hasattr(_L, n))
 
 
-def box_at(model, layer, box):
-    """The zᴮ box ``(low, high)`` given in ``model``'s input units, carried to ``layer``'s input through
-    the Rescaling/Normalization layers between them (elementwise affine maps; their images of the bounds,
-    ordered, per channel when constant over positions). Unchanged when ``layer`` reads the input directly
-    or through anything else."""
-    if not _is_functional(model) or not model.inputs or len(model.inputs) != 1:
-        return box
+def _affine_chain(model, layer) -> Optional[List[object]]:
+    """The Rescaling/Normalization layers between ``model``'s single input and ``layer``'s input, in call
+    order, through Sequential and nested models (``[]``: ``layer`` reads the input); ``None`` when
+    anything else lies between them, ``layer`` is called more than once, or it is not in ``model``."""
+    if isinstance(model, keras.Sequential):
+        chain: List[object] = []
+        for member in model.layers:
+            if member is layer:
+                return chain
+            if _is_nested_model(member):
+                if any(inner is layer for _, inner in leaf_layers(member)):
+                    inner_chain = _affine_chain(member, layer)
+                    return None if inner_chain is None else chain + inner_chain
+                return None
+            if type(member) not in _AFFINE_INPUT_LAYERS:
+                return None
+            chain.append(member)
+        return None
+    if not _is_functional(model) or len(model.inputs or []) != 1:
+        return None
+    target, inner_chain = layer, []
+    if not any(op is layer for op in model.operations):
+        holders = [op for op in model.operations
+                   if _is_nested_model(op) and any(inner is layer for _, inner in leaf_layers(op))]
+        if len(holders) != 1:
+            return None
+        inner_chain = _affine_chain(holders[0], layer)
+        if inner_chain is None:
+            return None
+        target = holders[0]
     nodes = getattr(model, "_nodes", set())
     chain = []
-    current = layer
+    current = target
     while True:
         inbound = [node for i, node in enumerate(getattr(current, "_inbound_nodes", []))
                    if f"{id(current)}_ib-{i}" in nodes]
         if len(inbound) != 1 or len(inbound[0].input_tensors) != 1:
-            return box
+            return None
         producer = inbound[0].input_tensors[0]._keras_history.operation
         if isinstance(producer, keras.layers.InputLayer):
             break
         if type(producer) not in _AFFINE_INPUT_LAYERS:
-            return box
+            return None
         chain.append(producer)
         current = producer
+    return list(reversed(chain)) + inner_chain
+
+
+def box_at(model, layer, box):
+    """The zᴮ box ``(low, high)`` given in ``model``'s input units, carried to ``layer``'s input through
+    the Rescaling/Normalization layers between them (elementwise affine maps; their images of the bounds,
+    ordered, per channel when constant over positions), in Functional and Sequential models and through
+    nested ones. Unchanged when ``layer`` reads the input directly or through anything else."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):  # a Sequential model never built on an input
+        return box
+    if not inputs or len(inputs) != 1:
+        return box
+    chain = _affine_chain(model, layer)
     if not chain:
         return box
     shape = (1,) + tuple(model.inputs[0].shape[1:])
     ends = []
     for bound in box:
         t = tf.constant(np.broadcast_to(np.asarray(bound, np.float32), shape))
-        for step in reversed(chain):
+        for step in chain:
             t = step(t)
         ends.append(np.asarray(t)[0].astype(np.float64))
     low, high = np.minimum(*ends), np.maximum(*ends)
