@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import tfattr
 from tfattr.errors import InvalidInputError
+from tfattr.surgery import lrp
 from tfattr.surgery.lrp import LRPGradients, _merged_params, _stages, lrp_clone
 
 L = keras.layers
@@ -225,6 +226,29 @@ def test_a_layer_without_a_rule_is_a_named_error():
     softmax = keras.Sequential([keras.Input((6,)), L.Dense(3, activation="softmax", name="probs")])
     with pytest.raises(InvalidInputError, match=r"probs.*logits_model"):
         tfattr.LRP(softmax).attribute(x, target=0)
+
+
+def test_wrong_boxes_rules_and_rule_parameters_are_named_errors():
+    keras.utils.set_random_seed(12)
+    model = keras.Sequential([keras.Input((4, 4, 3)), L.Conv2D(2, 3, name="conv"), L.Flatten(), L.Dense(2, name="head")])
+    x = np.random.default_rng(13).uniform(size=(2, 4, 4, 3)).astype("float32")
+    box = dict(composite="epsilon_gamma_box")
+    with pytest.raises(InvalidInputError, match=r"low.*≤.*high.*Received: \(low, high\)=\(1, 0\)"):
+        tfattr.LRP(model, low=1, high=0, **box).attribute(x, target=0)  # was accepted: a box turned inside out
+    with pytest.raises(InvalidInputError, match=r"shape \(4, 4, 3\).*Received: \(low, high\)"):
+        tfattr.LRP(model, low=[0.0, 0.0], high=1.0, **box).attribute(x, target=0)  # was numpy's ValueError
+    with pytest.raises(InvalidInputError, match=r"\['hed'\].*Received: rules="):
+        tfattr.LRP(model, rules={"hed": "zplus"}).attribute(x, target=0)  # a typo was ignored silently
+    assert np.isfinite(tfattr.LRP(model, rules={"head": "zplus", L.Conv3D: "flat"}).attribute(x, target=0)
+                       .attributions).all()  # a class the model lacks is a general mapping: fine
+    with pytest.raises(InvalidInputError, match=r"epsilon.*Received: epsilon=-1.0"):
+        lrp.Epsilon(epsilon=-1.0)
+    with pytest.raises(InvalidInputError, match=r"gamma.*Received: gamma=-0.5"):
+        lrp.Gamma(gamma=-0.5)
+    with pytest.raises(InvalidInputError, match=r"stabilizer.*Received: stabilizer=0.0"):
+        lrp.ZPlus(stabilizer=0.0)
+    with pytest.raises(InvalidInputError, match=r"Received: \(low, high\)=\(1.0, 0.0\)"):
+        lrp.ZBox(low=1.0, high=0.0)
 
 
 @pytest.mark.parametrize("name", ["VGG16", pytest.param("ResNet50", marks=pytest.mark.slow), "MobileNetV2",

@@ -70,7 +70,7 @@ from tfattr.surgery.deeplift import _is_elementwise, _is_linear_activation
 __all__ = [
     "Rule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "WSquare", "Flat", "Norm", "Pass", "GradientRule",
     "COMPOSITES", "RULE_NAMES", "lrp_clone", "resolve_rules", "LRPGradients", "layer_relevances", "stabilize",
-    "LRP_SCOPE",
+    "LRP_SCOPE", "check_box",
 ]
 
 LRP_SCOPE = "tfattr_lrp"
@@ -89,8 +89,35 @@ class Rule:
     #: rules for layers with a kernel (Conv/Dense); the others are for parameter-free layers
     linear = True
 
+    def __post_init__(self):
+        _check_number("stabilizer", self.stabilizer, positive=True)
+
     def key(self) -> str:
         return repr(self)
+
+
+def _check_number(name, value, positive=False):
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) \
+        and np.isfinite(value) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise InvalidInputError(f"The `{name}` of an LRP rule must be a finite number "
+                                f"{'> 0' if positive else '≥ 0'}. " + received(name, value))
+
+
+def check_box(low, high, shape=None):
+    """Refuse a zᴮ box whose ``low`` and ``high`` do not broadcast (to each other and to the input
+    ``shape`` without the batch axis, when given) or where ``low > high``."""
+    try:
+        lo, hi = np.asarray(low, np.float64), np.asarray(high, np.float64)
+        both = np.broadcast_arrays(lo, hi) if shape is None else (np.broadcast_to(lo, tuple(shape)),
+                                                                   np.broadcast_to(hi, tuple(shape)))
+    except (TypeError, ValueError):
+        raise InvalidInputError("The zᴮ box bounds `low` and `high` must be numbers, per-channel arrays or arrays of "
+                                f"the input's shape {tuple(shape) if shape is not None else ''}. "
+                                + received("(low, high)", (low, high))) from None
+    if not (np.all(np.isfinite(both[0])) and np.all(np.isfinite(both[1]))) or np.any(both[0] > both[1]):
+        raise InvalidInputError("The zᴮ box needs finite bounds with `low` ≤ `high` everywhere. "
+                                + received("(low, high)", (low, high)))
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,10 @@ class Epsilon(Rule):
     """LRP-ε: ``R_a = a ⊙ Wᵀ(R_z / (z + ε·sign(z)))`` (Bach et al. 2015; ε = 0 is LRP-0)."""
 
     epsilon: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_number("epsilon", self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -113,6 +144,7 @@ class AlphaBeta(Rule):
     beta: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1.0) > 1e-12:
             raise InvalidInputError("The alpha-beta rule needs alpha >= 0, beta >= 0 and alpha - beta = 1. "
                                     + received("(alpha, beta)", (self.alpha, self.beta)))
@@ -124,6 +156,10 @@ class Gamma(Rule):
 
     gamma: float = 0.25
 
+    def __post_init__(self):
+        super().__post_init__()
+        _check_number("gamma", self.gamma)
+
 
 @dataclass(frozen=True)
 class ZBox(Rule):
@@ -131,6 +167,10 @@ class ZBox(Rule):
 
     low: Any = 0.0
     high: Any = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_box(self.low, self.high)
 
 
 @dataclass(frozen=True)
@@ -728,11 +768,18 @@ def resolve_rules(model, composite: Optional[str] = "epsilon_plus", rules=None, 
         if not (isinstance(key, str) or (isinstance(key, type) and issubclass(key, keras.layers.Layer))):
             raise InvalidTypeError("The keys of `rules` are layer names or keras layer classes. "
                                    + received("key", key))
+    leaves = leaf_layers(model)
+    known = {path for path, _ in leaves} | {getattr(layer, "name", None) for _, layer in leaves}
+    unknown = [key for key in (rules or {}) if isinstance(key, str) and key not in known]
+    if unknown:
+        raise InvalidInputError(f"`rules` names layers that model {model.name!r} does not have: {unknown} (a key is a "
+                                "layer's name or its path such as 'block/conv' in nested models, or a layer class). "
+                                + received("rules", rules))
     conv_rule, dense_rule, first_rule, first_types = COMPOSITES[composite] if composite else (None,) * 4
     first_classes = {"conv": CONVOLUTIONS, "linear": LINEAR}.get(first_types, ())
     first_done = False
     out = []
-    for path, layer in leaf_layers(model):
+    for path, layer in leaves:
         why = None
         rule = _user_rule(rules, path, layer, epsilon, gamma, stabilizer,
                           box_at(model, layer, box) if isinstance(layer, LINEAR) else box) if isinstance(
@@ -819,6 +866,11 @@ def lrp_clone(model: keras.Model, composite: Optional[str] = "epsilon_plus", rul
     if unsupported not in ("raise", "gradient"):
         raise InvalidInputError("`unsupported` must be 'raise' or 'gradient'. " + received("unsupported", unsupported))
     check_cloneable(model, "LRP")
+    try:
+        shape = tuple(model.inputs[0].shape[1:]) if len(model.inputs) == 1 else None
+    except (AttributeError, ValueError):
+        shape = None
+    check_box(box[0], box[1], shape if shape is not None and None not in shape else None)
     box = (_frozen(box[0]), _frozen(box[1]))
     assigned = resolve_rules(model, composite, rules, epsilon, gamma, stabilizer, box, unsupported)
     missing = [f"{path} ({why})" for path, _, _, why in assigned if why is not None]
