@@ -159,16 +159,23 @@ def _two_pass(kind: str, rule, fn: Callable, x: tf.Tensor, y: tf.Tensor):
         return single(x, tf.stop_gradient(y))
 
 
+def _wide(dtype):
+    """The dtype the multipliers are divided in: float32 for float16/bfloat16 layers (mixed precision),
+    where ``EPS`` rounds to 0 and ``0/0`` would give NaN where the input equals its reference."""
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
 def _rescale_multiplier(fn, x1, x0, y1, y0, g):
     """``g ⊙ (y − y₀)/(x − x₀)``, ``g ⊙ fn'(x)`` where ``|x − x₀| < EPS``."""
     with tf.GradientTape() as tape:
         tape.watch(x1)
         again = fn(x1)
     plain = tape.gradient(again, x1, output_gradients=tf.cast(g, again.dtype))
-    dx = x1 - x0
-    small = tf.abs(dx) < tf.cast(EPS, dx.dtype)
-    rescaled = g * tf.cast(y1 - y0, x1.dtype) / tf.where(small, tf.ones_like(dx), dx)
-    return tf.where(small, tf.cast(plain, x1.dtype), rescaled)
+    wide = _wide(x1.dtype)
+    dx = tf.cast(x1, wide) - tf.cast(x0, wide)
+    small = tf.abs(dx) < tf.cast(EPS, wide)
+    rescaled = tf.cast(g, wide) * (tf.cast(y1, wide) - tf.cast(y0, wide)) / tf.where(small, tf.ones_like(dx), dx)
+    return tf.cast(tf.where(small, tf.cast(plain, wide), rescaled), x1.dtype)
 
 
 def _maxpool_multiplier(pool, x1, x0, y1, y0, g):
@@ -182,9 +189,11 @@ def _maxpool_multiplier(pool, x1, x0, y1, y0, g):
               + tape.gradient(p0, x0, output_gradients=g * (y1 - cross)))
     plain = tape.gradient(p1, x1, output_gradients=g)
     del tape
-    dx = x1 - x0
-    small = tf.abs(dx) < tf.cast(EPS, dx.dtype)
-    return tf.where(small, plain, routed / tf.where(small, tf.ones_like(dx), dx))
+    wide = _wide(x1.dtype)
+    dx = tf.cast(x1, wide) - tf.cast(x0, wide)
+    small = tf.abs(dx) < tf.cast(EPS, wide)
+    return tf.cast(tf.where(small, tf.cast(plain, wide), tf.cast(routed, wide) / tf.where(small, tf.ones_like(dx), dx)),
+                   x1.dtype)
 
 
 def rescale_pair(fn: Callable, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
