@@ -63,6 +63,19 @@ def test_lrp_zero_equals_gradient_times_input_on_a_relu_network_with_biases():
     np.testing.assert_allclose(expl.attributions, expected, atol=1e-5 * np.abs(expected).max())
 
 
+def test_lrp_zero_is_finite_on_a_black_image():
+    # ε = 0 and the "zero" rule: every z is exactly 0 on a black image of a bias-free network; R/z was 0/0 = NaN
+    keras.utils.set_random_seed(14)
+    model = keras.Sequential([keras.Input((4,)), L.Dense(5, activation="relu"), L.Dense(3)])
+    x = np.random.default_rng(15).uniform(0, 1, (2, 4)).astype("float32")
+    x[0] = 0.0
+    expected = _gradient_x_input(model, x, [1, 1])
+    for options in (dict(composite="epsilon", epsilon=0.0), dict(composite=None, rules={L.Dense: "zero"})):
+        got = tfattr.LRP(model, **options).attribute(x, target=1).attributions
+        np.testing.assert_array_equal(got[0], 0.0)
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-7)
+
+
 def test_the_clone_forward_is_the_models_and_the_model_is_untouched():
     model = _graph_net()
     before = [w.copy() for w in model.get_weights()]

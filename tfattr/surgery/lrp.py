@@ -16,7 +16,8 @@ Rules (``stab(z) = z + ε·sign(z)``, ``sign(0) = +1``, zennit's :func:`zennit.c
 ``a⁺ = max(a, 0)``, ``a⁻ = min(a, 0)``, ``W⁺``/``W⁻`` likewise, biases with the weights unless
 said otherwise):
 
-* :class:`Epsilon` (LRP-ε, LRP-0 for ε = 0): ``z' = Wa + b``.
+* :class:`Epsilon` (LRP-ε, LRP-0 for ε = 0): ``z' = Wa + b``; with ε = 0 a unit with ``z = 0`` exactly
+  passes no relevance on (``R/0`` is taken as 0, where zennit gives NaN).
 * :class:`ZPlus` (z⁺ = α1β0 allowing negative inputs): ``z' = W⁺a⁺ + b⁺ + W⁻a⁻``,
   ``R = a⁺ ⊙ W⁺ᵀg + a⁻ ⊙ W⁻ᵀg``, ``g = R_z / stab(z')``.
 * :class:`AlphaBeta` (α − β = 1): ``α`` times the z⁺ relevance minus ``β`` times the same with
@@ -304,7 +305,8 @@ def linear_relevance(rule: Rule, lin, a, kernel, bias, z, R):
                        lambda: _signed_relevance(rule, lin, a, kernel, bias, z, R, False))
     st = rule.stabilizer
     if isinstance(rule, Epsilon):
-        return a * _vjp(lin, a, kernel, R / stabilize(z, rule.epsilon))
+        # ε = 0 (LRP-0): a unit with z = 0 exactly (a black image, a dead unit) passes nothing on, not 0/0 = NaN
+        return a * _vjp(lin, a, kernel, tf.math.divide_no_nan(R, stabilize(z, rule.epsilon)))
     if isinstance(rule, ZBox):
         low, high = _box(rule.low, a), _box(rule.high, a)
         wp, wn = tf.maximum(kernel, 0), tf.minimum(kernel, 0)
