@@ -264,6 +264,19 @@ def test_wrong_boxes_rules_and_rule_parameters_are_named_errors():
         lrp.ZBox(low=1.0, high=0.0)
 
 
+def test_adding_a_constant_with_keras_ops_is_a_named_error():
+    # `h + 1.0` is a keras.ops Add node with one tensor; the Norm rule's Add layer crashed on it (Keras' ValueError)
+    keras.utils.set_random_seed(16)
+    inputs = keras.Input((4,))
+    hidden = L.Dense(5, bias_initializer="random_normal")(inputs)
+    model = keras.Model(inputs, L.Dense(3)(keras.ops.relu(hidden + 1.0)))
+    x = np.random.default_rng(17).uniform(size=(2, 4)).astype("float32")
+    with pytest.raises(InvalidInputError, match=r"Add of a constant.*Received: model.name"):
+        tfattr.LRP(model).attribute(x, target=0)
+    clone = lrp_clone(model, "epsilon", unsupported="gradient")
+    np.testing.assert_array_equal(clone(x), model(x))
+
+
 @pytest.mark.parametrize("name", ["VGG16", pytest.param("ResNet50", marks=pytest.mark.slow), "MobileNetV2",
                                   pytest.param("DenseNet121", marks=pytest.mark.slow), "EfficientNetB0"])
 def test_keras_applications_conserve_or_name_the_layer(name):

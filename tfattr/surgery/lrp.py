@@ -792,6 +792,8 @@ def resolve_rules(model, composite: Optional[str] = "epsilon_plus", rules=None, 
                 rule = GradientRule(stabilizer)
             elif kind in ("Relu", "Relu6", "LeakyRelu"):
                 rule = Pass(stabilizer)
+            elif kind == "Add" and any(len(node.input_tensors) < 2 for node in getattr(layer, "_inbound_nodes", [])):
+                why = "keras.ops node Add of a constant (a bias outside a layer: no LRP rule)"
             elif kind == "Add":
                 rule = Norm(stabilizer)
             else:
