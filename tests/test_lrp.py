@@ -76,6 +76,21 @@ def test_lrp_zero_is_finite_on_a_black_image():
         np.testing.assert_allclose(got[1], expected[1], rtol=1e-5, atol=1e-7)
 
 
+def test_a_dense_shared_by_a_nested_model_and_the_outer_graph_keeps_its_batchnorm_apart():
+    # the Dense is followed by a BatchNormalization inside the Sequential only; merged, the clone applied
+    # that BatchNormalization at the outer call of the Dense too: another forward, other relevances
+    keras.utils.set_random_seed(18)
+    dense = L.Dense(4, bias_initializer="random_normal")
+    inner = keras.Sequential([dense, _bn(), L.ReLU()])
+    inputs = keras.Input((4,))
+    h = inner(inputs)
+    model = keras.Model(inputs, L.Dense(3)(L.Concatenate()([h, L.ReLU()(dense(h))])))
+    x = np.random.default_rng(19).uniform(size=(3, 4)).astype("float32")
+    np.testing.assert_array_equal(lrp_clone(model, "epsilon")(x), model(x))
+    expl = tfattr.LRP(model, composite="epsilon").attribute(x, target=1)
+    np.testing.assert_allclose(expl.scores, model(x).numpy()[:, 1], rtol=1e-6, atol=1e-7)
+
+
 def test_the_clone_forward_is_the_models_and_the_model_is_untouched():
     model = _graph_net()
     before = [w.copy() for w in model.get_weights()]

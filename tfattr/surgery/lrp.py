@@ -590,6 +590,7 @@ class _PassActivation:
 def _batchnorm_merges(model) -> Dict[int, object]:
     """``{id(linear layer): batch-norm layer}`` for every BatchNormalization that can be merged."""
     merges: Dict[int, object] = {}
+    uses: Dict[int, int] = {}  # id(layer) -> its calls in the whole model, nested models included
 
     def visit(m):
         if not _is_functional(m) and not isinstance(m, keras.Sequential):
@@ -606,11 +607,14 @@ def _batchnorm_merges(model) -> Dict[int, object]:
                 for i, node in enumerate(getattr(op, "_inbound_nodes", [])):
                     if f"{id(op)}_ib-{i}" not in nodes:
                         continue
+                    uses[id(op)] = uses.get(id(op), 0) + 1
                     for t in node.input_tensors:
                         src = t._keras_history.operation
                         producers.setdefault(id(src), []).append(op)
                         edges.append((src, op))
         else:
+            for member in members:
+                uses[id(member)] = uses.get(id(member), 0) + 1
             for a, b in zip(members, members[1:]):
                 producers.setdefault(id(a), []).append(b)
                 edges.append((a, b))
@@ -635,7 +639,9 @@ def _batchnorm_merges(model) -> Dict[int, object]:
             merges[id(src)] = dst
 
     visit(model)
-    return merges
+    # a layer called elsewhere too (shared between a nested model and the outer graph) keeps its BN apart:
+    # the merged layer would apply the BatchNormalization at every call
+    return {k: bn for k, bn in merges.items() if uses.get(k, 0) == 1 and uses.get(id(bn), 0) == 1}
 
 
 def _as_rule(value, epsilon, gamma, stabilizer, box) -> Rule:
