@@ -91,6 +91,20 @@ def test_a_dense_shared_by_a_nested_model_and_the_outer_graph_keeps_its_batchnor
     np.testing.assert_allclose(expl.scores, model(x).numpy()[:, 1], rtol=1e-6, atol=1e-7)
 
 
+def test_layer_sums_of_a_shared_layer_are_kept_per_call():
+    # the second call of a shared Dense overwrote the first one's sum in info["layer_sums"]
+    keras.utils.set_random_seed(20)
+    shared = L.Dense(4, activation="relu", kernel_initializer="ones", name="shared")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2, name="head")(shared(L.Dense(4, name="first")(shared(inputs)))))
+    x = np.random.default_rng(21).uniform(size=(3, 4)).astype("float32")
+    expl = tfattr.LRP(model, composite="epsilon").attribute(x, target=1, layer_sums=True)
+    sums = expl.info["layer_sums"]
+    assert sorted(sums) == ["first", "head", "shared", "shared#2"]
+    for name in sums:  # zero biases: LRP-ε conserves at every call site (all inputs of the second call are ≥ 0)
+        np.testing.assert_allclose(sums[name], expl.scores, rtol=1e-4, atol=1e-6)
+
+
 def test_the_clone_forward_is_the_models_and_the_model_is_untouched():
     model = _graph_net()
     before = [w.copy() for w in model.get_weights()]

@@ -96,7 +96,8 @@ class LRP(AttributionMethod):
             (``"raise"``, default); ``"gradient"`` lets its plain gradient carry the relevance
             (conservation then no longer holds there).
         layer_sums: also return ``info["layer_sums"]``, ``{layer: (N,) relevance reaching its input}``
-            (one more pass of the clone; conservation can be read layer by layer).
+            (one more pass of the clone; conservation can be read layer by layer; a layer called
+            several times has ``name``, ``name#2``… per call).
         batch_size, verbose, parallel_chunks, output, fixed_inputs: see
             :class:`~tfattr.methods.base.AttributionMethod`.
 

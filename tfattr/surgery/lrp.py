@@ -988,7 +988,8 @@ class LRPGradients:
 
 
 def layer_relevances(clone, points, target_rows, score_fn=None) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
-    """``(scores, {layer name: per-example relevance sum at its input})`` from one eager pass of ``clone``.
+    """``(scores, {layer name: per-example relevance sum at its input})`` from one eager pass of ``clone``
+    (a layer called several times: ``name`` for its first call, ``name#2``, ``name#3``… for the next).
 
     The relevance at a tensor is everything the layers reading it send back, so in a chain of layers
     each sum is the relevance reaching that layer (conservation: all equal ``f_c(x)`` when the rules
@@ -1010,8 +1011,10 @@ def layer_relevances(clone, points, target_rows, score_fn=None) -> Tuple[np.ndar
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
     grads = tf.nest.pack_sequence_as(tensors, grads)
     sums = {}
+    calls: Dict[str, int] = {}
     for (name, _), g in zip(probes, grads):
         parts = g if isinstance(g, list) else [g]
         total = sum(tf.reduce_sum(tf.reshape(p, (tf.shape(p)[0], -1)), axis=1) for p in parts)
-        sums[name] = total.numpy()
+        calls[name] = calls.get(name, 0) + 1  # a shared layer: "name", then "name#2", "name#3"… per call
+        sums[name if calls[name] == 1 else f"{name}#{calls[name]}"] = total.numpy()
     return scores.numpy(), sums
