@@ -223,6 +223,24 @@ def test_the_box_is_carried_through_rescaling_in_sequential_and_nested_models():
                                        atol=1e-6)
 
 
+def test_inputs_outside_the_zbox_box_warn():
+    # a 0–255 model explained with the default (0, 1) box: zᴮ's terms lose their sign, silently
+    from tfattr.errors import ValueRangeWarning
+
+    keras.utils.set_random_seed(22)
+    model = keras.Sequential([keras.Input((4, 4, 3)), L.Rescaling(1 / 255.0), L.Conv2D(2, 3), L.Flatten(),
+                              L.Dense(2)])
+    x = np.random.default_rng(23).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    with pytest.warns(ValueRangeWarning, match=r"\(low, high\)"):
+        tfattr.LRP(model, composite="epsilon_gamma_box").attribute(x, target=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ValueRangeWarning)
+        tfattr.LRP(model, composite="epsilon_gamma_box", low=0, high=255).attribute(x, target=0)
+        tfattr.LRP(model, composite="epsilon_plus").attribute(x, target=0)  # no zᴮ: the box is not used
+
+
 def test_wsquare_and_flat_are_the_hand_computed_rules():
     keras.utils.set_random_seed(6)
     model = keras.Sequential([keras.Input((4,)), L.Dense(3, bias_initializer="random_normal")])
@@ -272,7 +290,8 @@ def test_a_layer_without_a_rule_is_a_named_error():
 
 def test_wrong_boxes_rules_and_rule_parameters_are_named_errors():
     keras.utils.set_random_seed(12)
-    model = keras.Sequential([keras.Input((4, 4, 3)), L.Conv2D(2, 3, name="conv"), L.Flatten(), L.Dense(2, name="head")])
+    model = keras.Sequential([keras.Input((4, 4, 3)), L.Conv2D(2, 3, name="conv"), L.Flatten(),
+                              L.Dense(2, name="head")])
     x = np.random.default_rng(13).uniform(size=(2, 4, 4, 3)).astype("float32")
     box = dict(composite="epsilon_gamma_box")
     with pytest.raises(InvalidInputError, match=r"low.*≤.*high.*Received: \(low, high\)=\(1, 0\)"):

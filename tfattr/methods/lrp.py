@@ -7,12 +7,12 @@ import numpy as np
 from tfattr.core import checks
 from tfattr.core.checks import Option
 from tfattr.core.engine import PathEngine
-from tfattr.core.ranges import resolve_value_range
+from tfattr.core.ranges import resolve_value_range, warn_outside_value_range
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import AttributionMethod, Explained
 from tfattr.methods.gradient import _single_point
 from tfattr.surgery.cloning import model_wiring, synced
-from tfattr.surgery.lrp import COMPOSITES, RULE_NAMES, LRPGradients, Rule, layer_relevances, lrp_clone
+from tfattr.surgery.lrp import COMPOSITES, RULE_NAMES, LRPGradients, Rule, ZBox, layer_relevances, lrp_clone
 
 __all__ = ["LRP"]
 
@@ -168,6 +168,11 @@ class LRP(AttributionMethod):
 
     def _explain(self, x, targets, fx, config) -> Explained:
         clone = self.clone(config)  # refuses unsupported layers before any work
+        low, high = self._box(config)
+        if np.ndim(low) == 0 and np.ndim(high) == 0 and any(
+                isinstance(rule, ZBox) for _, rule in getattr(clone, "_tfattr_lrp_rules", ())):
+            # the zᴮ box enters the relevance: images in [0, 255] against the default (0, 1) box
+            warn_outside_value_range(np.asarray(x), (float(low), float(high)), option="(low, high)", stacklevel=4)
         result, count = _single_point(self, x, targets, config)
         scores = result.row_scores
         total = result.attributions.reshape(len(scores), -1).sum(axis=1)
