@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export KERAS_BACKEND := tensorflow
 
-.PHONY: demo test lint docs bench papers install clean
+.PHONY: demo test test-slow lint docs bench papers install clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ demo: $(VENV)/.installed
 
 # The second pass repeats the numeric-equality tests with one thread and other chunk sizes, so
 # the kernels sum in other orders, as on another CPU: they must hold within float32 bounds.
+# The `slow` tests (full keras.applications networks, EfficientNet-Lite0 at 224 against the
+# reference files) run in their own step, `make test-slow` (CI runs both).
 test: $(VENV)/.installed
-	$(PY) -m pytest tests
-	TF_NUM_INTRAOP_THREADS=1 TFATTR_TEST_CHUNK_SIZES=2,5,33 $(PY) -m pytest tests -m numeric
+	$(PY) -m pytest tests -m "not slow"
+	TF_NUM_INTRAOP_THREADS=1 TFATTR_TEST_CHUNK_SIZES=2,5,33 $(PY) -m pytest tests -m "numeric and not slow"
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest tests -m slow
 
 $(VENV)/.docs-installed: $(VENV)/.installed setup.cfg
 	$(PY) -m pip install -q -e '.[docs]'
