@@ -69,6 +69,17 @@ CASES = {
     "guided-gradcam": ([], lambda m: tfattr.GuidedGradCAM(m)),
     "deeplift": (["--baseline", "blur"], lambda m: tfattr.DeepLift(m, baseline="blur")),
     "deeplift-shap": (["--references", "3"], lambda m: tfattr.DeepLiftShap(m, baselines=_background())),
+    "sobol": (["--grid", "3", "--n-designs", "8", "--perturbation", "inpainting", "--baseline", "0.5", "--seed", "4"],
+              lambda m: tfattr.SobolAttribution(m, grid=3, n_designs=8, baseline=0.5, seed=4)),
+    "hsic": (["--grid", "2", "--n-designs", "12", "--perturbation", "amplitude", "--seed", "5"],
+             lambda m: tfattr.HsicAttribution(m, grid=2, n_designs=12, perturbation="amplitude", seed=5)),
+    "feature-permutation": (["--cells", "4", "--n-permutations", "2", "--seed", "6"],
+                            lambda m: tfattr.FeaturePermutation(m, feature_mask=_grid(4), n_permutations=2, seed=6)),
+    "lrp": (["--composite", "epsilon_gamma_box", "--epsilon", "0.01", "--gamma", "0.5"],
+            lambda m: tfattr.LRP(m, composite="epsilon_gamma_box", epsilon=0.01, gamma=0.5)),
+    "apig": (["--steps", "6", "--fraction", "0.5", "--max-dist", "0.1", "--baseline", "black"],
+             lambda m: tfattr.AdaptivePathIntegratedGradients(m, steps=6, fraction=0.5, max_dist=0.1, baseline="black")),
+    "xrai": (["--steps", "4"], lambda m: tfattr.XRAI(m, steps=4)),
 }
 
 
@@ -123,6 +134,15 @@ def test_superpixel_segmentation_gives_one_mask_per_image(saved, tmp_path):
     (["--method", "blur-ig", "--max-sigma", "nan"], "Received: --max-sigma='nan'"),
     (["--method", "scorecam", "--top-k", "0"], "Received: --top-k='0'"),
     (["--method", "no-such-method"], "argument --method: invalid choice: 'no-such-method'"),
+    (["--method", "sobol", "--n-designs", "1"], "Received: --n-designs='1'"),
+    (["--method", "sobol", "--perturbation", "noise"], "argument --perturbation: invalid choice: 'noise'"),
+    (["--method", "feature-permutation", "--n-permutations", "0"], "Received: --n-permutations='0'"),
+    (["--method", "lrp", "--composite", "alpha_beta"], "argument --composite: invalid choice: 'alpha_beta'"),
+    (["--method", "lrp", "--epsilon", "-1"], "Received: --epsilon='-1'"),
+    (["--method", "lrp", "--gamma", "inf"], "Received: --gamma='inf'"),
+    (["--method", "lrp", "--unsupported", "skip"], "argument --unsupported: invalid choice: 'skip'"),
+    (["--method", "apig", "--fraction", "1.5"], "expected a number in [0, 1]. Received: --fraction='1.5'"),
+    (["--method", "apig", "--max-dist", "-0.1"], "Received: --max-dist='-0.1'"),
 ])
 def test_bad_flag_values_exit_2_naming_the_flag(saved, tmp_path, capsys, flags, message):
     _, model_path, paths = saved
@@ -138,11 +158,43 @@ def test_bad_flag_values_exit_2_naming_the_flag(saved, tmp_path, capsys, flags, 
     (["--method", "occlusion", "--window", "17"],
      "--window must fit in one example of shape (16, 16, 3). Received: --window=(17, 17)"),
     (["--method", "deeplift-shap", "--baselines", "nowhere.npy"], "cannot read 'nowhere.npy'"),
+    (["--method", "sobol", "--n-designs", "12"], "Received: --n-designs=12"),
+    (["--method", "sobol", "--grid", "17"], "image's side (16). Received: grid=17"),
+    (["--method", "sobol", "--baseline", "blur"], "Received: --baseline='blur'"),
+    (["--method", "feature-permutation", "--segmentation", "slic"],
+     "`segmentation` must be grid (superpixels differ per image). Received: --segmentation='slic'"),
 ])
 def test_bad_values_found_when_building_exit_2_naming_the_flag(saved, tmp_path, capsys, flags, message):
     _, model_path, paths = saved
     assert main(["explain", "--model", model_path, "--images", *paths, *flags, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_feature_permutation_of_one_image_is_an_error(saved, tmp_path, capsys):
+    """Permutation importance swaps features between the images given together: one image has no other."""
+    _, model_path, paths = saved
+    assert main(["explain", "--model", model_path, "--images", paths[0], "--method", "feature-permutation",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "give at least 2 examples" in capsys.readouterr().err
+
+
+def test_the_parser_choices_are_the_libraries_names():
+    """--composite and --perturbation list the names the classes accept (kept in cli.py to load no TensorFlow)."""
+    from tfattr.cli import COMPOSITES, PERTURBATIONS
+    from tfattr.methods.sobol import PERTURBATIONS as SOBOL
+    from tfattr.surgery.lrp import COMPOSITES as LRP
+
+    assert set(COMPOSITES) == set(LRP) and set(PERTURBATIONS) == set(SOBOL)
+
+
+def test_new_flags_unread_by_the_method_are_warnings(saved, tmp_path, capsys):
+    _, model_path, paths = saved
+    assert main(["explain", "--model", model_path, "--images", *paths, "--method", "gradient", "--composite", "epsilon",
+                 "--n-designs", "8", "--max-dist", "0.1", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --composite is ignored: it applies to lrp; the method(s) are gradient" in err
+    assert "warning: --n-designs is ignored: it applies to sobol, hsic;" in err
+    assert "warning: --max-dist is ignored: it applies to apig;" in err
 
 
 def test_a_flag_no_chosen_method_reads_is_a_warning(saved, tmp_path, capsys):
@@ -203,3 +255,9 @@ def test_demo_titles_include_the_photo_methods():
     titles = _demo_titles()
     assert {"Occlusion", "RISE", "LIME", "KernelSHAP", "Score-CAM", "DeepLift", "Grad-CAM++", "LayerCAM"} <= set(titles)
     assert len(titles) == len(set(titles)) and "Gradient" in titles
+
+
+def test_relative_delta_without_a_baseline_is_relative_to_the_score():
+    """LRP's delta is Σ R − f(x) with no baseline score: relative to |f(x)| (it raised a TypeError)."""
+    expl = tfattr.Explanation(np.zeros((2, 3)), "lrp", scores=np.array([2.0, -4.0]), delta=np.array([0.5, 1.0]))
+    np.testing.assert_allclose(expl.relative_delta, [0.25, 0.25])

@@ -104,16 +104,17 @@ def _number(flag: str, bound: Optional[str] = None, word: Optional[str] = None):
     return parse
 
 
-def _probability(flag: str):
-    """An argparse type: a number in (0, 1]."""
+def _probability(flag: str, closed: bool = False):
+    """An argparse type: a number in (0, 1] (``closed``: in [0, 1])."""
 
     def parse(text: str):
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not 0 < value <= 1:
-            raise argparse.ArgumentTypeError("expected a probability in (0, 1]. " + received(flag, text))
+        if not ((0 <= value <= 1) if closed else (0 < value <= 1)):
+            what = "a number in [0, 1]" if closed else "a probability in (0, 1]"
+            raise argparse.ArgumentTypeError(f"expected {what}. " + received(flag, text))
         return value
 
     return parse
@@ -123,6 +124,11 @@ def _probability(flag: str):
 MAX_SIDE = 10_000
 #: --segmentation's values (tfattr.methods.registry.SEGMENTATIONS, kept here so the parser loads no TensorFlow)
 SEGMENTATIONS = ("grid", "quickshift", "slic", "felzenszwalb")
+#: --perturbation's values (tfattr.methods.sobol.PERTURBATIONS)
+PERTURBATIONS = ("inpainting", "blur", "amplitude")
+#: --composite's values (zennit's composites, tfattr.surgery.lrp.COMPOSITES)
+COMPOSITES = ("epsilon_plus", "epsilon", "epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1",
+              "epsilon_alpha2_beta1_flat")
 
 
 def _method_options(parser: argparse.ArgumentParser) -> None:
@@ -131,8 +137,8 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
                              "saved baseline folder or a number; the perturbation methods' fill value: zero, black "
                              "or a number (default: zero)")
     parser.add_argument("--steps", type=_integer("--steps", 1, maximum=MAX_COUNT), default=None,
-                        help="path steps of IG, guided IG, RSI-Grad-CAM, Blur IG (default: each method's own: 50, "
-                             "Blur IG 100)")
+                        help="path steps of IG, guided IG, RSI-Grad-CAM, Blur IG, adaptive-path IG, XRAI (default: each "
+                             "method's own: 50, Blur IG 100, adaptive-path IG 200, XRAI 100)")
     parser.add_argument("--rule", default="riemann_right", help="IG rule (default: riemann_right)")
     parser.add_argument("--tolerance", type=_number("--tolerance", "> 0"), default=None,
                         help="IG, guided IG, RSI-Grad-CAM: refine each image until this relative completeness "
@@ -157,7 +163,7 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-masks", type=_integer("--n-masks", 1, maximum=MAX_COUNT), default=None,
                         help="RISE: random masks (default: 4000)")
     parser.add_argument("--grid", type=_integer("--grid", 1, maximum=MAX_SIDE), default=None,
-                        help="RISE: cells per side of a mask's grid (default: 7)")
+                        help="RISE (default: 7), Sobol, HSIC (default: 8): cells per side of a mask's grid")
     parser.add_argument("--p", type=_probability("--p"), default=None, help="RISE: keep probability of a cell (default: 0.5)")
     parser.add_argument("--n-samples", type=_integer("--n-samples", 1, "auto", maximum=MAX_COUNT), default=None,
                         help="LIME (default 1000), KernelSHAP ('auto'), Shapley sampling (25), GradientSHAP (5): "
@@ -165,7 +171,7 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segmentation", choices=SEGMENTATIONS, default=None,
                         help="LIME, KernelSHAP, Shapley sampling, feature ablation: the features, a grid of "
                              "--cells × --cells squares or each image's superpixels (default: quickshift for LIME, "
-                             "grid otherwise)")
+                             "grid otherwise; feature permutation: grid only)")
     parser.add_argument("--cells", type=_integer("--cells", 1, maximum=MAX_SIDE), default=None,
                         help="--segmentation grid: squares per side (default: 8)")
     parser.add_argument("--kernel-width", type=_number("--kernel-width", "> 0"), default=None,
@@ -182,6 +188,26 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=_integer("--top-k", 1, maximum=MAX_COUNT), default=None,
                         help="Score-CAM: only the k channels of the largest mean activation (Faster Score-CAM; "
                              "default: all)")
+    parser.add_argument("--n-designs", type=_integer("--n-designs", 2, maximum=MAX_COUNT), default=None,
+                        help="Sobol (a power of two; default 32), HSIC (default 500): points of the mask design")
+    parser.add_argument("--perturbation", choices=PERTURBATIONS, default=None,
+                        help="Sobol, HSIC: how a mask perturbs the image (default: inpainting, towards --baseline)")
+    parser.add_argument("--n-permutations", type=_integer("--n-permutations", 1, maximum=MAX_COUNT), default=None,
+                        help="feature permutation: permutations of the images per feature group, averaged (default: 1)")
+    parser.add_argument("--composite", choices=COMPOSITES, default=None,
+                        help="LRP: zennit's composite of rules (default: epsilon_plus)")
+    parser.add_argument("--epsilon", type=_number("--epsilon", "≥ 0"), default=None,
+                        help="LRP: the epsilon of the ε rule (default: 1e-6)")
+    parser.add_argument("--gamma", type=_number("--gamma", "≥ 0"), default=None,
+                        help="LRP: the gamma of the γ rule (default: 0.25)")
+    parser.add_argument("--unsupported", choices=("raise", "gradient"), default=None,
+                        help="LRP: a layer without a rule (e.g. Multiply) is an error (raise, default) or passes its "
+                             "plain gradient (gradient; conservation no longer holds there)")
+    parser.add_argument("--fraction", type=_probability("--fraction", closed=True), default=None,
+                        help="adaptive-path IG: share of features moved per sub-step (default: 0.25)")
+    parser.add_argument("--max-dist", type=_probability("--max-dist", closed=True), default=None,
+                        help="adaptive-path IG: how far a feature may leave the straight path, in [0, 1] "
+                             "(default: 0.02)")
     parser.add_argument("--value-range", type=_number("--value-range"), nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="the model's input range; images are scaled to it (default: 0 1; 0 255 for "
                              "keras.applications names)")
@@ -248,6 +274,15 @@ METHOD_FLAGS = (
     ("references", "--references", None),
     ("max_sigma", "--max-sigma", None),
     ("top_k", "--top-k", None),
+    ("n_designs", "--n-designs", None),
+    ("perturbation", "--perturbation", None),
+    ("n_permutations", "--n-permutations", None),
+    ("composite", "--composite", None),
+    ("epsilon", "--epsilon", None),
+    ("gamma", "--gamma", None),
+    ("unsupported", "--unsupported", None),
+    ("fraction", "--fraction", None),
+    ("max_dist", "--max-dist", None),
 )
 
 

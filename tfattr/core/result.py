@@ -56,10 +56,12 @@ class Explanation:
 
     @property
     def relative_delta(self) -> Optional[np.ndarray]:
-        """``|delta| / |f(x) − f(z)|`` per example (``inf`` where the difference is 0)."""
+        """``|delta| / |f(x) − f(z)|`` per example (``inf`` where the difference is 0); without a baseline
+        (``baseline_scores`` ``None``: LRP's conservation ``Σ R − f(x)``), ``|delta| / |f(x)|``."""
         if self.delta is None:
             return None
-        gap = np.abs(np.asarray(self.scores) - np.asarray(self.baseline_scores))
+        reference = 0.0 if self.baseline_scores is None else np.asarray(self.baseline_scores)
+        gap = np.abs(np.asarray(self.scores) - reference)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(gap > 0, np.abs(self.delta) / np.where(gap > 0, gap, 1.0), np.inf)
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from tfattr.core.noise import NoiseTunnel
 from tfattr.errors import InvalidInputError, received
+from tfattr.methods.adaptive_path import AdaptivePathIntegratedGradients
 from tfattr.methods.blur_ig import BlurIntegratedGradients
 from tfattr.methods.cams import EigenCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from tfattr.methods.gradcam import GradCAM, RSIGradCAM
@@ -35,11 +36,15 @@ from tfattr.methods.gradient_shap import GradientShap
 from tfattr.methods.guided import GuidedBackprop, GuidedIntegratedGradients
 from tfattr.methods.integrated_gradients import IntegratedGradients
 from tfattr.methods.lime import Lime, segment
+from tfattr.methods.lrp import LRP
+from tfattr.methods.permutation import FeaturePermutation
 from tfattr.methods.perturbation import RISE, FeatureAblation, Occlusion
 from tfattr.methods.propagation import Deconvolution, DeepLift, DeepLiftShap, GuidedGradCAM
 from tfattr.methods.score_cams import AblationCAM, ScoreCAM
 from tfattr.methods.shapley import KernelShap, ShapleyValueSampling
 from tfattr.methods.smooth_taylor import SmoothTaylor
+from tfattr.methods.sobol import HsicAttribution, SobolAttribution
+from tfattr.methods.xrai import XRAI
 
 __all__ = ["MethodEntry", "REGISTRY", "register", "method_names", "entry", "build_method", "method_class",
            "grid_mask", "SEGMENTATIONS", "COMMON_SETTINGS"]
@@ -275,6 +280,18 @@ def _coalition(cls, reads=(), fill=True):
     return build
 
 
+def _permutation(model, settings):
+    """FeaturePermutation with one feature mask shared by the images (``segmentation="grid"``):
+    superpixels are one mask per image, and a permutation swaps the *same* group between images."""
+    name = settings.get("segmentation") or "grid"
+    if name != "grid":
+        raise InvalidInputError("feature-permutation swaps the same feature group between the images, so it needs one "
+                                "mask shared by all: `segmentation` must be grid (superpixels differ per image). "
+                                + received("segmentation", name))
+    options = MethodEntry("", FeaturePermutation, reads=("n_permutations",)).options(settings)
+    return FeaturePermutation(model, feature_mask=_feature_mask(settings), **options)
+
+
 def _lime(model, settings):
     options = MethodEntry("", Lime, reads=("n_samples", "kernel_width")).options(settings)
     name = settings.get("segmentation") or "quickshift"
@@ -360,13 +377,18 @@ for _item in (
     MethodEntry("deeplift", DeepLift, ("baseline", "n_baselines"), title="DeepLift"),
     MethodEntry("deeplift-shap", DeepLiftShap, ("baselines", "references"),
                 build=_distribution_method(DeepLiftShap), needs_distribution=True, title="DeepLiftSHAP"),
-    # joining after the other helpers' branches (one line each, plus the class's import above):
-    # MethodEntry("sobol", SobolAttribution, ("grid", "baseline"), build=_perturbation(SobolAttribution, ("grid",)),
-    #             title="Sobol"),
-    # MethodEntry("feature-permutation", FeaturePermutation, ("segmentation", "cells"),
-    #             build=_coalition(FeaturePermutation, fill=False), title="Feature permutation"),
-    # MethodEntry("lrp", LRP, title="LRP"),
-    # MethodEntry("apig", AdaptivePathIntegratedGradients, ("steps", "baseline"), title="Adaptive-path IG"),
-    # MethodEntry("xrai", XRAI, ("steps",), title="XRAI"),
+    # variance / dependence of random masks (Sobol, HSIC), permutation across the batch
+    MethodEntry("sobol", SobolAttribution, ("grid", "baseline", "n_designs", "perturbation"),
+                build=_perturbation(SobolAttribution, ("grid", "n_designs", "perturbation")), title="Sobol"),
+    MethodEntry("hsic", HsicAttribution, ("grid", "baseline", "n_designs", "perturbation"),
+                build=_perturbation(HsicAttribution, ("grid", "n_designs", "perturbation")), title="HSIC"),
+    MethodEntry("feature-permutation", FeaturePermutation, ("segmentation", "cells", "n_permutations"),
+                build=_permutation, title="Feature permutation"),
+    # LRP (issue 27)
+    MethodEntry("lrp", LRP, ("composite", "epsilon", "gamma", "unsupported"), title="LRP"),
+    # adaptive path and regions (PAIR's Guided IG, XRAI)
+    MethodEntry("apig", AdaptivePathIntegratedGradients, ("steps", "baseline", "fraction", "max_dist"),
+                title="Adaptive-path IG"),
+    MethodEntry("xrai", XRAI, ("steps",), title="XRAI"),
 ):
     register(_item)
