@@ -162,7 +162,7 @@ def test_bad_flag_values_exit_2_naming_the_flag(saved, tmp_path, capsys, flags, 
     (["--method", "sobol", "--grid", "17"], "image's side (16). Received: grid=17"),
     (["--method", "sobol", "--baseline", "blur"], "Received: --baseline='blur'"),
     (["--method", "feature-permutation", "--segmentation", "slic"],
-     "`segmentation` must be grid (superpixels differ per image). Received: --segmentation='slic'"),
+     "--segmentation must be grid (superpixels differ per image). Received: --segmentation='slic'"),
 ])
 def test_bad_values_found_when_building_exit_2_naming_the_flag(saved, tmp_path, capsys, flags, message):
     _, model_path, paths = saved
