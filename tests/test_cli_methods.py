@@ -261,3 +261,32 @@ def test_relative_delta_without_a_baseline_is_relative_to_the_score():
     """LRP's delta is Σ R − f(x) with no baseline score: relative to |f(x)| (it raised a TypeError)."""
     expl = tfattr.Explanation(np.zeros((2, 3)), "lrp", scores=np.array([2.0, -4.0]), delta=np.array([0.5, 1.0]))
     np.testing.assert_allclose(expl.relative_delta, [0.25, 0.25])
+
+
+def test_evaluate_takes_registry_names_and_settings():
+    """tfattr.evaluate(model, images, ["occlusion", ("feature-ablation", {"cells": 4})]) scores what the
+    (name, instance) pairs score; an unknown name or setting is a named error listing the choices."""
+    from conftest import small_cnn
+
+    from tfattr.data import digits_on_photos
+    from tfattr.evaluation import evaluate
+
+    model = small_cnn("relu", size=32, classes=10, seed=2)
+    data = digits_on_photos(2, size=32, split="test", seed=0)
+    common = dict(labels=data["label"], masks=data["mask"], aupc_kernel=2, aupc_perturbations=5,
+                  pointing_tolerance=2, verbose=False)
+    named = evaluate(model, data["image"], ["occlusion", ("feature-ablation", {"cells": 4}),
+                                            ("rise", {"n_masks": 30, "grid": 3, "seed": 1})], **common)
+    direct = evaluate(model, data["image"], [
+        ("occlusion", tfattr.Occlusion(model, baseline=0.0)),
+        ("feature-ablation", tfattr.FeatureAblation(model, feature_mask=grid_mask(32, 32, 4)[..., None], baseline=0.0)),
+        ("rise", tfattr.RISE(model, n_masks=30, grid=3, seed=1))], **common)
+    assert [row.method for row in named] == ["occlusion", "feature-ablation", "rise"]
+    for got, expected in zip(named, direct):
+        assert got.scores.keys() == expected.scores.keys()
+        for metric, value in expected.scores.items():
+            np.testing.assert_allclose(got.scores[metric], value, rtol=1e-6, equal_nan=True)
+    with pytest.raises(ValueError, match=r"unknown method 'occlusionn'; choose from .*rise.*Received: methods\[0\]="):
+        evaluate(model, data["image"], ["occlusionn"], **common)
+    with pytest.raises(ValueError, match=r"unknown: \['n_mask'\].*Received: methods\[0\]="):
+        evaluate(model, data["image"], [("rise", {"n_mask": 30})], **common)

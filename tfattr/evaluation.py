@@ -345,10 +345,27 @@ def _save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
         np.savez_compressed(handle, **arrays)
 
 
+def _by_name(item, model, images, value_range, argument: str):
+    """``(name, method)`` for a registry name or a ``(name, settings)`` pair (settings the entry reads)."""
+    from tfattr.methods.registry import entry
+
+    name, settings = (item, {}) if isinstance(item, str) else item
+    found = entry(name, argument)
+    accepted = set(found.settings)
+    unknown = sorted(set(settings) - accepted)
+    if unknown:
+        raise InvalidInputError(f"method {name!r} reads the settings {sorted(accepted)}; unknown: {unknown} (for its "
+                                "other options pass an instance, (name, method)). " + received(argument, item))
+    settings = dict(settings)
+    settings.setdefault("value_range", resolve_value_range(value_range, model))
+    settings["images"] = images
+    return name, found.make(model, settings)
+
+
 def evaluate(
     model,
     images: np.ndarray,
-    methods: Sequence[Tuple[str, object]],
+    methods: Sequence[Any],
     labels: Optional[np.ndarray] = None,
     masks: Optional[np.ndarray] = None,
     value_range: Optional[Tuple[float, float]] = None,
@@ -373,6 +390,12 @@ def evaluate(
         images: ``(N, H, W, C)`` float images in ``value_range`` (``None``: the range the model
             declares, ``model.tfattr_value_range``, else ``(0, 1)``), AUPC's noise range.
         methods: ``(name, method)`` pairs; each method's ``attribute`` is called with ``target=labels``.
+            A method may also be given by its registry name (:data:`tfattr.methods.registry.REGISTRY`,
+            the CLI's names): ``"rise"``, or ``("rise", {"n_masks": 500, "grid": 5})`` with the
+            settings the registry reads for it (the CLI's flags without ``--``, e.g. ``cells`` and
+            ``segmentation`` for the coalition methods); it is built as ``tfattr explain --method``
+            builds it, on ``model`` with these images and ``value_range``, its other options at the
+            class's defaults. An unknown name or setting is an error listing the choices.
         labels: explained classes (default: top-1 of ``model``).
         masks: ``(N, H, W)`` ground-truth masks for the pointing game and mask energy (optional).
         aupc_kernel, aupc_regions, aupc_perturbations: AUPC's ``k``, ``L``, ``P`` (paper: 15, 30, 50
@@ -418,9 +441,12 @@ def evaluate(
 
     methods = list(methods)
     for i, item in enumerate(methods):
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
-                and hasattr(item[1], "attribute")):
-            raise InvalidInputError("`methods` must be (name, method) pairs, e.g. [('ig', IntegratedGradients(model))]. "
+        named = isinstance(item, str) or (isinstance(item, (tuple, list)) and len(item) == 2
+                                          and isinstance(item[0], str) and isinstance(item[1], dict))
+        if not named and not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+                              and hasattr(item[1], "attribute")):
+            raise InvalidInputError("`methods` must be (name, method) pairs, e.g. [('ig', IntegratedGradients(model))], "
+                                    "registry names ('rise') or (name, settings) pairs (('rise', {'n_masks': 500})). "
                                     + received(f"methods[{i}]", item))
     confidence = check_confidence(confidence)
     if metrics is None and metric_options is not None:
@@ -428,6 +454,9 @@ def evaluate(
                                 + received("metrics", None))
     chosen = None if metrics is None else resolve_metrics(metrics, metric_options, masks_given=masks is not None)
     images = np.asarray(images)
+    methods = [_by_name(item, model, images, value_range, f"methods[{i}]")
+               if isinstance(item, str) or isinstance(item[1], dict) else tuple(item)
+               for i, item in enumerate(methods)]
     if labels is None:
         labels = np.argmax(model.predict(images, verbose=0), axis=1)
     labels = np.asarray(labels)

@@ -88,6 +88,11 @@ class MethodEntry:
     needs_distribution: bool = False
     title: str = ""
 
+    @property
+    def settings(self) -> Tuple[str, ...]:
+        """Every setting the entry may read: ``reads`` and the common ones."""
+        return tuple(dict.fromkeys(self.reads + _COMMON))
+
     def options(self, settings: Mapping[str, Any]) -> Dict[str, Any]:
         """The constructor options the generic build passes: each read (or common) setting the class
         takes, under its option name, when the setting is given and not ``None``."""
