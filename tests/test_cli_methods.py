@@ -78,7 +78,8 @@ CASES = {
     "lrp": (["--composite", "epsilon_gamma_box", "--epsilon", "0.01", "--gamma", "0.5"],
             lambda m: tfattr.LRP(m, composite="epsilon_gamma_box", epsilon=0.01, gamma=0.5)),
     "apig": (["--steps", "6", "--fraction", "0.5", "--max-dist", "0.1", "--baseline", "black"],
-             lambda m: tfattr.AdaptivePathIntegratedGradients(m, steps=6, fraction=0.5, max_dist=0.1, baseline="black")),
+             lambda m: tfattr.AdaptivePathIntegratedGradients(m, steps=6, fraction=0.5, max_dist=0.1,
+                                                              baseline="black")),
     "xrai": (["--steps", "4"], lambda m: tfattr.XRAI(m, steps=4)),
 }
 

@@ -41,7 +41,10 @@ from tfattr.core.files import atomic_write, write_text  # noqa: E402
 from tfattr.core.noise import NoiseTunnel  # noqa: E402
 from tfattr.data import PHOTOS, digits_on_photos  # noqa: E402
 from tfattr.methods import (  # noqa: E402
+    LRP,
     RISE,
+    XRAI,
+    AdaptivePathIntegratedGradients,
     DeepLift,
     EigenCAM,
     GradCAM,
@@ -59,6 +62,7 @@ from tfattr.methods import (  # noqa: E402
     RSIGradCAM,
     ScoreCAM,
     SmoothTaylor,
+    SobolAttribution,
     XGradCAM,
 )
 from tfattr.methods.lime import segment  # noqa: E402
@@ -89,10 +93,15 @@ PHOTO_SETTINGS = ("IG 32 steps (trapezoid; IG_noise 4 draws × 8 steps), SmoothG
                   "Occlusion 32×32 windows at stride 16 (captum's tutorial: 15×15 at 8), "
                   "RISE {rise} masks of 7×7 cells on the softmax probability (paper: 4,000–8,000), "
                   "LIME {lime} samples on quickshift superpixels (lime: 1,000), "
-                  "KernelSHAP {kernelshap} samples on 50 SLIC superpixels (shap: 2·M + 2,048)")
+                  "KernelSHAP {kernelshap} samples on 50 SLIC superpixels (shap: 2·M + 2,048), "
+                  "Sobol {sobol_grid}×{sobol_grid} cells from {sobol_designs} designs (paper: 8×8 from 32), "
+                  "adaptive-path IG 32 steps (PAIR: 200), XRAI on IG of 32 steps a baseline (PAIR: 100)")
 #: the perturbation methods' sample counts on the photos (reduced; the full settings: docs/methods/*.md)
 PHOTO_SAMPLES = {"rise": 1000, "lime": 300, "kernelshap": 300}
-PHOTO_SETTINGS = PHOTO_SETTINGS.format(**{k: f"{v:,}" for k, v in PHOTO_SAMPLES.items()})
+#: Sobol's reduced design on the photos: ``n_designs · (grid² + 2)`` forward passes per photo
+PHOTO_SOBOL = {"grid": 6, "n_designs": 16}
+PHOTO_SETTINGS = PHOTO_SETTINGS.format(**{k: f"{v:,}" for k, v in PHOTO_SAMPLES.items()},
+                                       sobol_grid=PHOTO_SOBOL["grid"], sobol_designs=PHOTO_SOBOL["n_designs"])
 
 
 def load_classifier():
@@ -132,6 +141,8 @@ def methods(model):
     yield "XGrad-CAM", XGradCAM(model, **layer_cam)
     yield "HiResCAM", HiResCAM(model, **layer_cam)
     yield "Eigen-CAM", EigenCAM(model, **layer_cam)
+    # LRP on the VGG-style digits CNN (issue 27): z+ on the convolutions, ε on the Dense layers
+    yield "LRP", LRP(model, composite="epsilon_plus", **common)
 
 
 #: AUPC noise copies a step in the digits part (the paper: 50; ``make papers`` runs 50). With 4,
@@ -281,7 +292,8 @@ def explain_digits(args, wanted):
     lines += ["| " + " | ".join(row) + " |" for row in table]
     lines.append("")
     lines.append("Means over the images. Completeness error: median |Σ attr − (f(x) − f(z))| / |f(x) − f(z)| "
-                 "(SmoothTaylor: the Taylor reconstruction error). AUPC: 30 windows of 6×6 px "
+                 "(SmoothTaylor: the Taylor reconstruction error; LRP: the conservation error |Σ R − f(x)| / |f(x)|). "
+                 "AUPC: 30 windows of 6×6 px "
                  f"(the paper's 15×15 at 224 px, scaled), {DIGITS_AUPC_COPIES} noise copies a step (paper: 50; "
                  "`make papers`: 50), logit score. Deletion/insertion: softmax probability, "
                  "64 pixels a step. Pointing game: the maximum within 3 px of the digit. On digit: share of "
@@ -354,11 +366,13 @@ def photo_methods(model, x=None):
     yield "LIME", Lime(model, segmentation=quickshift_255, n_samples=PHOTO_SAMPLES["lime"], **common)
     yield "KernelSHAP", KernelShap(model, feature_mask=superpixels(x) if x is not None else None,
                                           n_samples=PHOTO_SAMPLES["kernelshap"], baseline=0.0, **common)
-    # slots for the methods joining after their branches merge (one line each; titles are literal yields):
-    # yield "Sobol", SobolAttribution(model, grid=8, n_designs=32, **common)
-    # yield "LRP", LRP(model, composite="epsilon_plus", **common)
-    # yield "Adaptive-path IG", AdaptivePathIntegratedGradients(model, steps=32, value_range=PHOTO_RANGE, **common)
-    # yield "XRAI", XRAI(model, steps=32, value_range=PHOTO_RANGE, **common)
+    # Sobol indices of 6×6 cells from 16 designs (608 forward passes a photo; paper: 8×8, 32, PHOTO_SETTINGS)
+    yield "Sobol", SobolAttribution(model, grid=PHOTO_SOBOL["grid"], n_designs=PHOTO_SOBOL["n_designs"], **common)
+    # LRP (issue 27): every EfficientNet-Lite0 layer has a rule (BatchNorm merged, ReLU6, Add, depthwise)
+    yield "LRP", LRP(model, composite="epsilon_plus", **common)
+    yield "Adaptive-path IG", AdaptivePathIntegratedGradients(model, steps=32, value_range=PHOTO_RANGE, **common)
+    # XRAI: PAIR's IG (black and white baselines) at 32 steps instead of 100, then its regions
+    yield "XRAI", XRAI(model, steps=32, **common)
 
 
 #: how the picture shows a method's map (the metrics and the .npz use the map as it is): RISE's map
@@ -482,9 +496,10 @@ def explain_photos(args, photos, wanted):
     lines += ["| " + " | ".join(row) + " |" for row in table]
     lines.append("")
     lines.append("Means over the photos. Completeness error: median |Σ attr − (f(x) − f(z))| / |f(x) − f(z)| on the "
-                 "logit (SmoothTaylor: the Taylor reconstruction error; Grad-CAMs: at the layer). AUPC: the logit "
-                 "as a share of |f(x)|, noise U[0, 255]. Deletion: softmax probability as pixels turn black; "
-                 "insertion: as they return onto a blurred copy. AUTVC: total variation over a Gaussian "
+                 "logit (SmoothTaylor: the Taylor reconstruction error; Grad-CAMs: at the layer; LRP: the "
+                 "conservation error |Σ R − f(x)| / |f(x)|, large where biases and BatchNorm absorb relevance). "
+                 "AUPC: the logit as a share of |f(x)|, noise U[0, 255]. Deletion: softmax probability as pixels "
+                 "turn black; insertion: as they return onto a blurred copy. AUTVC: total variation over a Gaussian "
                  "pyramid of the map. Seconds: wall clock of the attribution alone on a shared 2-core machine. "
                  "Pictures: " + "; ".join(f"{k} {v}" for k, v in DISPLAY.items()) + " (the metrics: the map as it is).")
     text = "\n".join(lines) + "\n"
