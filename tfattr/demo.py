@@ -497,7 +497,7 @@ def explain_photos(args, photos, wanted):
     lines.append("")
     lines.append("Means over the photos. Completeness error: median |Σ attr − (f(x) − f(z))| / |f(x) − f(z)| on the "
                  "logit (SmoothTaylor: the Taylor reconstruction error; Grad-CAMs: at the layer; LRP: the "
-                 "conservation error |Σ R − f(x)| / |f(x)|, large where biases and BatchNorm absorb relevance). "
+                 "conservation error |Σ R − f(x)| / |f(x)|, near 100 % on EfficientNet-Lite0, as zennit's). "
                  "AUPC: the logit as a share of |f(x)|, noise U[0, 255]. Deletion: softmax probability as pixels "
                  "turn black; insertion: as they return onto a blurred copy. AUTVC: total variation over a Gaussian "
                  "pyramid of the map. Seconds: wall clock of the attribution alone on a shared 2-core machine. "
