@@ -49,8 +49,9 @@ def test_noise_tunnel_noise_arguments(relu_cnn):
 
 
 def test_evaluate_methods_are_name_method_pairs(relu_cnn, images):
-    with raises(r"`methods` must be \(name, method\) pairs.*Received: methods\[0\]='ig'$"):
-        evaluate(relu_cnn, images, ["ig"], labels=[0] * len(images), verbose=False)
+    """(A registry name alone, "ig", is a method since evaluate takes names: tests/test_cli_methods.py.)"""
+    with raises(r"`methods` must be \(name, method\) pairs.*Received: methods\[0\]=\('ig', 'IntegratedGradients'\)$"):
+        evaluate(relu_cnn, images, [("ig", "IntegratedGradients")], labels=[0] * len(images), verbose=False)
 
 
 def test_metrics_report_images_that_do_not_fit_a_subclassed_model_as_images():
