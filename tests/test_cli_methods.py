@@ -224,7 +224,8 @@ def test_evaluate_runs_new_methods_by_name(tmp_path):
     data = digits_on_photos(2, size=32, split="test", seed=0)
     direct = evaluate(model, data["image"], [("occlusion", tfattr.Occlusion(model, window=(8, 8), strides=(8, 8)))],
                       labels=data["label"], masks=data["mask"], aupc_kernel=2, pointing_tolerance=2, verbose=False)
-    assert f"{direct[0].scores['AUPC']:.3f}" == rows["occlusion"].split("|")[2].split("±")[0].strip()  # mean ± CI
+    cell = rows["occlusion"].split("|")[2].split("±")[0].strip()  # mean ± interval
+    assert f"{direct[0].scores['AUPC']:.3f}" == cell
     assert main(["evaluate", "--model", str(tmp_path / "m32.keras"), "--images", "2", "--methods", "kernelshap",
                  "--segmentation", "slic", "--strategy", "mirrored", "--out", str(out)]) == 2
 
