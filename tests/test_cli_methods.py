@@ -255,8 +255,8 @@ def test_demo_titles_include_the_photo_methods():
     from tfattr.cli import _demo_titles
 
     titles = _demo_titles()
-    assert {"Occlusion", "RISE", "LIME", "KernelSHAP", "Score-CAM", "DeepLift", "Grad-CAM++", "LayerCAM", "Sobol", "LRP",
-            "Adaptive-path IG", "XRAI"} <= set(titles)
+    assert {"Occlusion", "RISE", "LIME", "KernelSHAP", "Score-CAM", "DeepLift", "Grad-CAM++", "LayerCAM", "Sobol",
+            "LRP", "Adaptive-path IG", "XRAI"} <= set(titles)
     assert len(titles) == len(set(titles)) and "Gradient" in titles
 
 
