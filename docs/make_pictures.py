@@ -86,6 +86,141 @@ def path_maps(images, targets):
     return {"AdaptivePathIntegratedGradients": np.asarray(apig.attributions), "XRAI": np.asarray(xrai.attributions)}
 
 
+# --------------------------------------------------------------------------- the gallery at full settings
+#: Each entry: slug -> (function(model, x, targets) -> {title: maps}, show's sign, how the map is shown).
+#: Computed here at the method's default (full) settings on the demo's photos, not read from the demo.
+
+
+def _superpixels(x, n_segments=50):
+    from tfattr.methods.lime import segment
+
+    return np.stack([segment(image / 255.0, "slic", {"n_segments": n_segments}) for image in x])[..., None]
+
+
+def _quickshift_255(image):
+    from tfattr.methods.lime import segment
+
+    return segment(image / 255.0, "quickshift")
+
+
+def _reference_images(x, k=8, seed=0):
+    """A black image and ``k − 1`` uniform-noise images in [0, 255] (GradientShap's / DeepLiftShap's references)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0.0, 255.0, size=(k - 1,) + x.shape[1:]).astype(np.float32)
+    return np.concatenate([np.zeros((1,) + x.shape[1:], np.float32), noise])
+
+
+def _probabilities(model):
+    import keras
+
+    return keras.Model(model.input, keras.layers.Softmax()(model.output), name=f"{model.name}_softmax")
+
+
+def _gallery():
+    import tfattr
+
+    common = dict(verbose=0)
+    photo = (0.0, 255.0)
+    entries = {
+        "occlusion": (lambda m, x, t: {"occlusion 15×15 / 8": tfattr.Occlusion(m, **common).attribute(x, target=t)},
+                      "positive"),
+        "feature-ablation": (lambda m, x, t: {"ablation, 50 SLIC": tfattr.FeatureAblation(
+            m, feature_mask=_superpixels(x), **common).attribute(x, target=t)}, "positive"),
+        "rise": (lambda m, x, t: {"RISE 4000 masks": _minus_min(tfattr.RISE(_probabilities(m), **common).attribute(
+            x, target=t))}, "positive"),
+        "kernel-shap": (lambda m, x, t: {"KernelSHAP, 50 SLIC": tfattr.KernelShap(
+            m, feature_mask=_superpixels(x), **common).attribute(x, target=t)}, "positive"),
+        "shapley-value-sampling": (lambda m, x, t: {"Shapley sampling, 50 SLIC": tfattr.ShapleyValueSampling(
+            m, feature_mask=_superpixels(x), **common).attribute(x, target=t)}, "positive"),
+        "lime": (lambda m, x, t: {"LIME, quickshift": tfattr.Lime(m, segmentation=_quickshift_255, **common)
+                                  .attribute(x, target=t)}, "positive"),
+        "sobol": (lambda m, x, t: {"Sobol total": tfattr.SobolAttribution(m, **common).attribute(x, target=t),
+                                   "HSIC": tfattr.HsicAttribution(_probabilities(m), **common).attribute(
+                                       x, target=t)}, "positive"),
+        "score-cam": (lambda m, x, t: {"Score-CAM, all 1280": tfattr.ScoreCAM(
+            m, layer="top_activation", **common).attribute(x, target=t)}, "positive"),
+        "ablation-cam": (lambda m, x, t: {"Ablation-CAM": tfattr.AblationCAM(
+            m, layer="top_activation", **common).attribute(x, target=t)}, "positive"),
+        "gradient-shap": (lambda m, x, t: {"GradientSHAP": tfattr.GradientShap(
+            m, baselines=_reference_images(x), **common).attribute(x, target=t)}, "absolute_value"),
+        "blur-integrated-gradients": (lambda m, x, t: {"blur IG": tfattr.BlurIntegratedGradients(m, **common)
+                                                       .attribute(x, target=t)}, "absolute_value"),
+        "deconvolution": (lambda m, x, t: {"deconvolution": tfattr.Deconvolution(m, **common).attribute(
+            x, target=t)}, "absolute_value"),
+        "guided-gradcam": (lambda m, x, t: {"Guided Grad-CAM": tfattr.GuidedGradCAM(
+            m, layer="top_activation", **common).attribute(x, target=t)}, "absolute_value"),
+        "deeplift": (lambda m, x, t: {"DeepLift (black)": tfattr.DeepLift(m, value_range=photo, **common).attribute(
+            x, target=t), "DeepLiftShap": tfattr.DeepLiftShap(m, baselines=_reference_images(x), **common)
+            .attribute(x, target=t)}, "absolute_value"),
+        "lrp": (lambda m, x, t: {"LRP epsilon_plus": tfattr.LRP(m, composite="epsilon_plus", **common).attribute(
+            x, target=t)}, "all"),
+    }
+    return entries
+
+
+def _minus_min(expl):
+    """RISE's map sits on a constant floor E[f(x ⊙ m)]: its per-image minimum is subtracted (the paper's min–max
+    display) before the picture."""
+    a = np.asarray(expl)
+    return a - a.min(axis=tuple(range(1, a.ndim)), keepdims=True)
+
+
+def _as_maps(value):
+    a = np.asarray(value)
+    return a
+
+
+def gallery(names, out):
+    """Render the pages in ``names`` (slugs of :func:`_gallery`, and "lrp-digits") from scratch."""
+    import time
+
+    from tfattr.data import EfficientNetLite0, decode_predictions, imagenet_photos
+
+    entries = _gallery()
+    photos = ["chelsea", "coffee", "rocket"]
+    model = x = targets = None
+    for slug in names:
+        if slug == "lrp-digits":
+            lrp_digits(out)
+            continue
+        function, sign = entries[slug]
+        if model is None:
+            model = EfficientNetLite0()
+            x = imagenet_photos(photos)
+            top = [row[0] for row in decode_predictions(model.predict(x, verbose=0), top=1)]
+            targets = np.array([k for k, _, _ in top])
+        start = time.perf_counter()
+        maps = {title: _as_maps(value) for title, value in function(model, x, targets).items()}
+        seconds = time.perf_counter() - start
+        print(f"{slug}: {seconds:.0f} s", flush=True)
+        _save(_figure(x, maps, sign, photos), os.path.join(out, slug + ".jpg"))
+
+
+def lrp_digits(out):
+    """LRP (epsilon, epsilon_plus, epsilon_gamma_box) on the demo's digits CNN (VGG-style), three test images."""
+    import time
+
+    import keras
+
+    import tfattr
+    from tfattr.demo import logits_of as logits_model
+    from tfattr.data import digits_on_photos
+    from tfattr.core.assets import DEMO_MODEL, asset_path
+
+    model = logits_model(keras.models.load_model(asset_path(DEMO_MODEL)))
+    data = digits_on_photos(3, split="test", seed=0)
+    x, labels = data["image"], data["label"]
+    start = time.perf_counter()
+    maps = {}
+    for composite, extra in [("epsilon", {}), ("epsilon_plus", {}), ("epsilon_gamma_box", dict(low=0.0, high=1.0))]:
+        maps[composite] = np.asarray(tfattr.LRP(model, composite=composite, verbose=0, **extra).attribute(
+            x, target=labels))
+    print(f"lrp-digits: {time.perf_counter() - start:.0f} s", flush=True)
+    fig, _ = viz.show_grid(x, maps, method="blended_heat_map", sign="all", value_range=(0, 1), alpha=0.6,
+                           row_titles=[f"digit {k}" for k in labels], tile=1.9)
+    _save(fig, os.path.join(out, "lrp-digits.jpg"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default="/tmp/demo_out", help="the demo's --out folder")
@@ -93,7 +228,15 @@ def main(argv=None):
     parser.add_argument("--no-layer", action="store_true", help="skip the two layer methods (they load the model)")
     parser.add_argument("--no-path", action="store_true", help="skip adaptive-path IG and XRAI (they load the model)")
     parser.add_argument("--only-path", action="store_true", help="render adaptive-path IG and XRAI only")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated gallery pages to render at full settings, from scratch (no --demo): "
+                             "occlusion, feature-ablation, rise, kernel-shap, shapley-value-sampling, lime, sobol, "
+                             "score-cam, ablation-cam, gradient-shap, blur-integrated-gradients, deconvolution, "
+                             "guided-gradcam, deeplift, lrp, lrp-digits")
     args = parser.parse_args(argv)
+    if args.only:
+        gallery([name.strip() for name in args.only.split(",") if name.strip()], args.out)
+        return
     data = np.load(os.path.join(args.demo, "imagenet_attributions.npz"))
     images, photos = data["images"], [str(p) for p in data["photos"]]
     if not args.no_path:
