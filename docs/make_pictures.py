@@ -165,11 +165,6 @@ def _minus_min(expl):
     return a - a.min(axis=tuple(range(1, a.ndim)), keepdims=True)
 
 
-def _as_maps(value):
-    a = np.asarray(value)
-    return a
-
-
 def gallery(names, out):
     """Render the pages in ``names`` (slugs of :func:`_gallery`, and "lrp-digits") from scratch."""
     import time
@@ -193,7 +188,7 @@ def gallery(names, out):
             top = [row[0] for row in decode_predictions(model.predict(x, verbose=0), top=1)]
             targets = np.array([k for k, _, _ in top])
         start = time.perf_counter()
-        maps = {title: _as_maps(value) for title, value in function(model, x, targets).items()}
+        maps = {title: np.asarray(value) for title, value in function(model, x, targets).items()}
         seconds = time.perf_counter() - start
         print(f"{slug}: {seconds:.0f} s", flush=True)
         _save(_figure(x, maps, sign, photos), os.path.join(out, slug + ".jpg"))
@@ -206,9 +201,9 @@ def lrp_digits(out):
     import keras
 
     import tfattr
-    from tfattr.demo import logits_of as logits_model
-    from tfattr.data import digits_on_photos
     from tfattr.core.assets import DEMO_MODEL, asset_path
+    from tfattr.data import digits_on_photos
+    from tfattr.demo import logits_of as logits_model
 
     model = logits_model(keras.models.load_model(asset_path(DEMO_MODEL)))
     data = digits_on_photos(3, split="test", seed=0)
