@@ -130,7 +130,7 @@ def _gallery():
             x, target=t))}, "positive"),
         "kernel-shap": (lambda m, x, t: {"KernelSHAP, 50 SLIC": tfattr.KernelShap(
             m, feature_mask=_superpixels(x), **common).attribute(x, target=t)}, "positive"),
-        "shapley-value-sampling": (lambda m, x, t: {"Shapley sampling, 50 SLIC": tfattr.ShapleyValueSampling(
+        "shapley-value-sampling": (lambda m, x, t: {"Shapley, 50 SLIC": tfattr.ShapleyValueSampling(
             m, feature_mask=_superpixels(x), **common).attribute(x, target=t)}, "positive"),
         "lime": (lambda m, x, t: {"LIME, quickshift": tfattr.Lime(m, segmentation=_quickshift_255, **common)
                                   .attribute(x, target=t)}, "positive"),
