@@ -331,8 +331,10 @@ class EigenCAM(_LayerForward, _ActivationGradientCAM):
         matrix = activations.reshape(num, height * width, channels)
         if config["center"]:
             matrix = matrix - matrix.mean(axis=1, keepdims=True)
-        _, singular, vt = np.linalg.svd(matrix, full_matrices=False)  # batched over examples
-        component = vt[:, 0, :]
+        # TensorFlow's SVD (float64, batched over examples): NumPy's multi-threaded OpenBLAS SVD of
+        # these small matrices is up to 100x slower on a loaded machine (benchmarks/bench_cams.py)
+        singular, _, v = tf.linalg.svd(tf.constant(matrix, tf.float64), full_matrices=False)
+        singular, component = singular.numpy(), v.numpy()[:, :, 0]
         projection = np.einsum("npk,nk->np", matrix, component)
         flip = np.abs(projection.min(axis=1)) > np.abs(projection.max(axis=1))
         sign = np.where(flip, -1.0, 1.0)
