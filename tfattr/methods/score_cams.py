@@ -95,12 +95,15 @@ class _AblationRows:
         self.shape = tuple(int(d) for d in shape)
 
     def __call__(self, x, rows: ChunkRows):
-        context = tf.ensure_shape(rows.context, [2, None, *self.shape])
+        # in x's dtype before gathering (the context is float64): selecting then casting is the same
+        # as casting then selecting, and float64 copies of every row cost more than the layers after
+        # the layer on EfficientNet-Lite0 (benchmarks/bench_cams.py)
+        context = tf.cast(tf.ensure_shape(rows.context, [2, None, *self.shape]), x.dtype)
         activations = tf.gather(context[0], rows.example)  # (rows, h, w, K)
-        value = tf.gather(context[1], rows.example)
-        ablated = tf.one_hot(rows.position, self.shape[-1], dtype=activations.dtype)[:, None, None, :]
-        injected = activations * (1.0 - ablated) + value * ablated
-        return [tf.gather(x, rows.example), tf.cast(injected, x.dtype)]
+        value = tf.gather(context[1, :, :1, :1, :1], rows.example)  # the value fills its plane: (rows, 1, 1, 1)
+        ablated = tf.equal(tf.range(self.shape[-1]), rows.position[:, None])[:, None, None, :]  # (rows, 1, 1, K)
+        injected = tf.where(ablated, value, activations)
+        return [tf.gather(x, rows.example), injected]
 
 
 class _ForwardCAM(_LayerForward, _ActivationGradientCAM):
