@@ -79,7 +79,7 @@ RESULTS = []
 def line(name, floor, method, goal):
     wall, cpu = method[0] / floor[0], method[1] / floor[1]
     RESULTS.append((name, floor, method, wall, cpu, goal))
-    flag = "" if cpu <= goal else ("  (misses the goal)" if cpu > 1.3 * goal / 1.2 else "  (above the goal)")
+    flag = "" if cpu <= goal else ("  (misses the goal: CPU > 1.3)" if cpu > 1.3 else "  (above the goal)")
     print(f"{name:<44} floor {floor[0]:7.3f}s  method {method[0]:7.3f}s  wall {wall:5.2f}  cpu {cpu:5.2f}"
           f"   (goal <= {goal}){flag}", flush=True)
 
@@ -261,7 +261,9 @@ def gradient_loop(grad, points, weights, examples, targets, num, chunk):
     def run():
         out = np.zeros((num,) + points.shape[1:], np.float32)
         for p, t, w, e in chunks:
-            np.add.at(out, e, w * grad(p, t).numpy())
+            terms = w * grad(p, t).numpy()
+            for example in np.unique(e):
+                out[example] += terms[e == example].sum(axis=0)
         return out
 
     return run
@@ -331,7 +333,7 @@ def main():
     parser.add_argument("--only", nargs="*", choices=["small", "lite0", "paths"], default=["small", "lite0", "paths"])
     parser.add_argument("--no-pair", action="store_true", help="skip PAIR saliency's Blur IG")
     args = parser.parse_args()
-    repeats = 2 if args.quick else 4
+    repeats = 2 if args.quick else 5
     rng = np.random.default_rng(0)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, cpus {os.cpu_count()}, {load()}")
     if "small" in args.only:
