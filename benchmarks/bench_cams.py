@@ -25,7 +25,7 @@ Models: the small VGG-style CNN of ``bench_engine.py`` at 64×64 (16 images for 
 EfficientNet-Lite0 at 224×224 with its ImageNet weights (4 images; 1 image and ``top_k=64``
 channels for Score-CAM). The layer is the default (the last layer with a 4-D output).
 
-    nice python benchmarks/bench_cams.py             # everything (~5 minutes on a loaded 2-core machine)
+    nice python benchmarks/bench_cams.py             # everything (about 1.5 minutes on a loaded 2-core machine)
     nice python benchmarks/bench_cams.py --quick     # fewer repeats and steps
     nice python benchmarks/bench_cams.py --only small paths
 """
