@@ -24,7 +24,10 @@ def test_two_passes_equal_the_paired_pass_with_relu_maxpool_and_tanh():
         clone = deeplift_clone(model)
         scores, multipliers, _ = DeepLiftGradients(clone)(tf.constant(x), tf.constant([1, 1, 1]), tf.constant(z))
         paired = _paired(clone, x, z, 1)
-        np.testing.assert_allclose(multipliers.numpy(), paired, rtol=1e-5, atol=1e-6 * np.abs(paired).max())
+        # the paired pass runs x and z as one batch of 6, the two passes as batches of 3: a kernel's sum
+        # order may differ with the batch (oneDNN off), and Rescale's Δy/Δx amplifies a last-bit change
+        # of y where Δx is small; a wrong reference would be off by O(1) of the largest multiplier
+        np.testing.assert_allclose(multipliers.numpy(), paired, rtol=1e-4, atol=1e-5 * np.abs(paired).max())
         np.testing.assert_allclose(scores.numpy(), model(x).numpy()[:, 1], rtol=1e-6, atol=1e-6)
         # and the clone is back in its paired mode afterwards (no recorded reference left behind)
         np.testing.assert_allclose(_paired(clone, x, z, 1), paired, rtol=1e-6, atol=1e-7)
