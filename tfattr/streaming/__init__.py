@@ -1,0 +1,1 @@
+"""Whole datasets: streaming, resumable explanation and evaluation into an on-disk store."""
