@@ -348,14 +348,14 @@ def _resolve_method(method, model, method_options, item_shape, seed, value_range
         found = entry(method, "method")
         unknown = sorted(set(options) - set(found.settings))
         if unknown:
-            raise InvalidInputError(f"method {method!r} reads the settings {sorted(found.settings)}; unknown: {unknown} "
-                                    "(for its other options pass a method object). "
+            raise InvalidInputError(f"method {method!r} reads the settings {sorted(found.settings)}; unknown: "
+                                    f"{unknown} (for its other options pass a method object). "
                                     + received("method_options", sorted(options)))
         segmentation = options.get("segmentation")
         if "segmentation" in found.reads and method != "lime" and segmentation not in (None, "grid"):
-            raise InvalidInputError(f"segmentation={segmentation!r} builds one feature mask per image from the images "
-                                    f"the method is made with; over a dataset {method!r} needs segmentation='grid' (one "
-                                    "mask for every image), or pass a method object. "
+            raise InvalidInputError(f"segmentation={segmentation!r} builds one feature mask per image from the "
+                                    f"images the method is made with; over a dataset {method!r} needs "
+                                    "segmentation='grid' (one mask for every image), or pass a method object. "
                                     + received("method_options['segmentation']", segmentation))
         settings = dict(options)
         settings.setdefault("value_range", resolve_value_range(value_range, model))
@@ -392,7 +392,7 @@ def _method_key(method, options: Dict[str, Any]) -> Dict[str, Any]:
     return key
 
 
-def _settings(method, options, model, description, target_json, chunk, engine_bs, seed, on_error) -> Dict[str, Any]:
+def _settings(method, options, description, target_json, chunk, engine_bs, seed, on_error) -> Dict[str, Any]:
     from tfattr._version import __version__
     from tfattr.evaluation import _model_key
 
@@ -425,7 +425,8 @@ def _differences(stored, new, where: str = "") -> List[str]:
         for key in sorted(set(stored) | set(new), key=str):
             here = f"{where}.{key}" if where else str(key)
             if key not in stored or key not in new:
-                lines.append(f"{here}: {stored.get(key, '<absent>')!r} (stored) vs {new.get(key, '<absent>')!r} (this run)")
+                lines.append(f"{here}: {stored.get(key, '<absent>')!r} (stored) vs "
+                             f"{new.get(key, '<absent>')!r} (this run)")
             else:
                 lines.extend(_differences(stored[key], new[key], here))
         return lines
@@ -504,18 +505,18 @@ def _batch_targets(plan: _Plan, batch, keep: np.ndarray, errors: Dict[int, str])
             if not 0 <= value < plan.num_classes:
                 message = f"{what} {value} is out of range: the model has {plan.num_classes} classes"
                 if plan.on_error == "raise":
-                    raise InvalidInputError(f"item {batch.index0 + i} (id {batch.ids[i]!r}): {message} (on_error='skip' "
-                                            "skips such items). " + received(what, value))
+                    raise InvalidInputError(f"item {batch.index0 + i} (id {batch.ids[i]!r}): {message} "
+                                            "(on_error='skip' skips such items). " + received(what, value))
                 keep[i] = False
                 errors[i] = message
                 plan.skipped["label out of range"] = plan.skipped.get("label out of range", 0) + 1
     return values
 
 
-def explain_batch(plan: _Plan, batch, k: int):
-    """``(arrays, rows, explanation, keep)`` of batch ``k``: the store's arrays (skipped items: NaN
-    attributions, target −1, NaN score and delta, ``valid`` False), its rows, the method's
-    :class:`~tfattr.core.result.Explanation` of the kept items (``None`` if none) and the kept mask."""
+def batch_items(plan: _Plan, batch):
+    """``(keep, errors, targets)`` of a batch: the items explained (unreadable ones and, with
+    ``on_error="skip"``, labels out of range left out, their reasons in ``errors``) and the targets
+    (``None``: top-1)."""
     n = len(batch.ids)
     keep = np.ones(n, bool)
     errors: Dict[int, str] = {}
@@ -524,7 +525,16 @@ def explain_batch(plan: _Plan, batch, k: int):
         keep[i] = False
         errors[i] = str(message)
         plan.skipped["unreadable"] = plan.skipped.get("unreadable", 0) + 1
-    targets = _batch_targets(plan, batch, keep, errors)
+    return keep, errors, _batch_targets(plan, batch, keep, errors)
+
+
+def explain_batch(plan: _Plan, batch, k: int, items=None):
+    """``(arrays, rows, explanation, keep)`` of batch ``k``: the store's arrays (skipped items: NaN
+    attributions, target −1, NaN score and delta, ``valid`` False), its rows, the method's
+    :class:`~tfattr.core.result.Explanation` of the kept items (``None`` if none) and the kept mask.
+    ``items``: :func:`batch_items`' result when the caller has it."""
+    n = len(batch.ids)
+    keep, errors, targets = batch_items(plan, batch) if items is None else items
     images = np.asarray(batch.images)
     attributions = np.full((n,) + images.shape[1:], np.nan, np.float32)
     target_out = np.full(n, -1, np.int32)
@@ -587,67 +597,73 @@ def _summary_line(plan: _Plan, explained: int, resumed: int, seconds: float, out
     return text + f"; store {out!r}"
 
 
-def run_stream(plan: _Plan, probe, data_args: Dict[str, Any], batch_size: int, settings_of, verbose,
-               stores: Sequence[Tuple[str, Any]], process):
+def _measure(plan: _Plan, batch) -> int:
+    """The engine chunk size of ``plan`` measured on ``batch``'s readable items (:func:`engine_batch_size`)."""
+    bad = {int(index) - batch.index0 for index, _, _ in batch.errors}
+    keep = np.array([i not in bad for i in range(len(batch.ids))], bool)
+    probe_plan = _Plan(**{**plan.__dict__, "skipped": {}, "on_error": "skip"})
+    targets = _batch_targets(probe_plan, batch, keep, {})
+    if not keep.any():
+        from tfattr.core.autotune import START
+
+        return START
+    return engine_batch_size(plan.method, np.asarray(batch.images)[keep], None if targets is None else targets[keep],
+                             plan.options)
+
+
+def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], batch_size: int, settings_of, verbose,
+               stores: Sequence[Tuple[str, str]], process):
     """The shared loop of :func:`explain_dataset` and :func:`tfattr.streaming.evaluate.evaluate_dataset`.
 
-    ``stores``: ``[(folder, key)]`` of the stores the run writes; ``settings_of(key, engine_bs)`` their
-    settings; ``process(batch, k, todo_keys) -> {key: (arrays, rows)}`` the work of one batch. Returns
-    ``(explained, resumed_images, seconds)``."""
+    ``stores``: ``[(folder, key)]`` of the stores the run writes, ``plans[key]`` the plan of each;
+    ``settings_of(key)`` their settings (read after each plan's engine chunk size is settled: the
+    method's integer, the one recorded in an existing store, or measured on the first batch);
+    ``process(batch, k, keys) -> {key: (arrays, rows)}`` the work of one batch for the stores that
+    have not finished chunk ``k``. Returns ``(explained, resumed_images, seconds)``."""
     from tfattr.streaming.store import StoreWriter
 
     num_items = getattr(probe, "num_items", None)
     total_chunks = None if num_items is None else math.ceil(num_items / batch_size)
     stored = {key: read_settings(folder) for folder, key in stores}
-    recorded = {s.get("engine_batch_size") for s in stored.values() if s}
-    engine_bs = plan.engine_batch_size
-    iterator = None
-    first = None
-    if engine_bs is None and recorded:
-        engine_bs = sorted(recorded)[0]
-    if engine_bs is None:  # measure on the first batch (nothing finished yet: the stream starts there)
-        iterator = iter(probe)
-        first = next(iterator, None)
-        engine_bs = 16
-        if first is not None:
-            bad = {int(index) - first.index0 for index, _, _ in first.errors}
-            keep = np.array([i not in bad for i in range(len(first.ids))], bool)
-            probe_plan = _Plan(**{**plan.__dict__, "skipped": {}, "on_error": "skip"})
-            targets = _batch_targets(probe_plan, first, keep, {})
-            if keep.any():
-                engine_bs = engine_batch_size(plan.method, np.asarray(first.images)[keep],
-                                              None if targets is None else targets[keep], plan.options)
-    plan.engine_batch_size = int(engine_bs)
+    iterator = first = None
+    for _, key in stores:
+        plan = plans[key]
+        if plan.engine_batch_size is None and stored[key] and stored[key].get("engine_batch_size") is not None:
+            plan.engine_batch_size = int(stored[key]["engine_batch_size"])
+        if plan.engine_batch_size is None:  # measured on the first batch (a new store: the stream starts there)
+            if iterator is None:
+                iterator = iter(probe)
+                first = next(iterator, None)
+            plan.engine_batch_size = 16 if first is None else _measure(plan, first)
     writers = {}
     try:
         for folder, key in stores:
-            settings = settings_of(key, plan.engine_batch_size)
+            settings = settings_of(key)
             if stored[key] is not None:
                 check_settings(folder, stored[key], settings)
             writers[key] = StoreWriter.open(folder, settings, batch_size, num_items)
         finished = {key: set(writer.finished()) for key, writer in writers.items()}
-        done_all = set.intersection(*finished.values()) if finished else set()
-        leading = _leading(done_all, total_chunks)
+        leading = _leading(set.intersection(*finished.values()), total_chunks)
         if iterator is None or leading > 0:
             iterator = iter(_open_stream(**data_args, batch_size=batch_size, skip_batches=leading))
             first = None
-        resumed = leading * batch_size if total_chunks is None else min(leading * batch_size, num_items)
+        resumed = leading * batch_size if num_items is None else min(leading * batch_size, num_items)
         progress = ImageProgress(num_items, verbose, done=resumed)
         items = resumed
         explained = 0
         start = time.perf_counter()
         threads = {key: _Writer(writer.write_chunk) for key, writer in writers.items()}
         try:
-            batches = iterator if first is None else _chain(first, iterator)
-            for batch in batches:
+            for batch in (iterator if first is None else _chain(first, iterator)):
                 k = batch.index0 // batch_size
                 n = len(batch.ids)
                 todo = [key for key in writers if k not in finished[key]]
                 if todo:
                     results = process(batch, k, todo)
+                    ids = [str(i) for i in batch.ids]
                     for key in todo:
                         arrays, rows = results[key]
-                        threads[key].put(k, batch.index0, [str(i) for i in batch.ids], arrays, rows)
+                        threads[key].put(k, batch.index0, ids, arrays, rows)
                     explained += n
                 items = batch.index0 + n
                 progress.advance(n)
@@ -759,14 +775,14 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         plan.engine_batch_size = int(given)
     description = probe.description
 
-    def settings_of(key, engine_bs):
-        return _settings(method, options, model, description, target_json, batch_size, int(engine_bs), seed, on_error)
+    def settings_of(key):
+        return _settings(method, options, description, target_json, batch_size, plan.engine_batch_size, seed, on_error)
 
     def process(batch, k, todo):
         arrays, rows, _, _ = explain_batch(plan, batch, k)
         return {"explain": (arrays, rows)}
 
-    explained, resumed, seconds = run_stream(plan, probe, data_args, batch_size, settings_of, verbose,
+    explained, resumed, seconds = run_stream({"explain": plan}, probe, data_args, batch_size, settings_of, verbose,
                                              [(out, "explain")], process)
     from tfattr.streaming.store import open_explanations
 
