@@ -91,7 +91,8 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
                      metric_options: Optional[Dict[str, Dict[str, Any]]] = None, value_range=None,
                      split: Optional[str] = None, data_dir: Optional[str] = None, batch_size: int = 64, seed: int = 0,
                      on_error: str = "raise", verbose="auto", image_size=None, image_key: str = "image",
-                     label_key: Optional[str] = "label", id_key: Optional[str] = None, aupc_kernel: int = 15,
+                     label_key: Optional[str] = "label", id_key: Optional[str] = None, labels=None,
+                     channels: Optional[int] = None, aupc_kernel: int = 15,
                      aupc_regions: int = 30, aupc_perturbations: int = 50, pixels_per_step: Optional[int] = None,
                      confidence: float = 0.95, overwrite: bool = False):
     """Explain and score every image of ``data`` with each method, streaming and resumable; return the table.
@@ -124,12 +125,14 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
         out: the folder of the stores and tables.
         target: ``None`` (``model``'s top-1), an int, ``"label"`` or one int per item.
         metric_options: ``{metric: {option: value}}`` (as :func:`tfattr.evaluate`).
-        value_range: the images' range (default: the model's declared range, else (0, 1)).
         aupc_kernel, aupc_regions, aupc_perturbations, pixels_per_step: as :func:`tfattr.evaluate`.
         confidence: the intervals' level (only the aggregation: a finished run re-aggregates at another
             level without recomputing).
+        value_range: the images' range (default: the model's declared range, else (0, 1)): AUPC's noise
+            range, the range a method given by name is built with and, given, the range 8-bit images
+            are scaled into (as :func:`tfattr.explain_dataset`).
         seed, batch_size, on_error, verbose, split, data_dir, image_size, image_key, label_key, id_key,
-        overwrite: as :func:`tfattr.explain_dataset`.
+        labels, channels, overwrite: as :func:`tfattr.explain_dataset`.
 
     Returns:
         One :class:`tfattr.evaluation.EvaluationRow` per method, in order (``per_image`` over the
@@ -145,7 +148,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     from tfattr.metrics.registry import resolve_metrics
     from tfattr.metrics.statistics import check_confidence
 
-    out = _prepare_out(out, overwrite)
+    out = _prepare_out(out)
     batch_size = _check_positive("batch_size", batch_size)
     _check_choice("on_error", on_error, ON_ERROR)
     checks.verbose("verbose", verbose)
@@ -159,9 +162,11 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
                                 + received("metrics", None))
     chosen = resolve_metrics(list(DEFAULT_METRICS) if metrics is None else metrics, metric_options, masks_given=False)
     target, target_json = _target_spec(target)
+    stream_range = value_range  # 8-bit images scaled into it (None: kept 0–255)
     value_range = resolve_value_range(value_range, model)
     data_args = dict(data=data, split=split, data_dir=data_dir, image_key=image_key, label_key=label_key,
-                     id_key=id_key, image_size=image_size, on_error=on_error)
+                     id_key=id_key, labels=labels, image_size=image_size, channels=channels, value_range=stream_range,
+                     on_error=on_error)
     probe = _open_stream(**data_args, batch_size=batch_size, skip_batches=0)
     item_shape = tuple(int(d) for d in getattr(probe, "item_shape", ()) or ())
     resolved = _methods(methods, model, item_shape, seed, value_range)
@@ -230,7 +235,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
         return results
 
     explained, resumed, seconds = run_stream(plans, probe, data_args, batch_size, settings_of, verbose, stores,
-                                             process)
+                                             process, overwrite=overwrite)
     rows = [_aggregate(folder, named[folder], batch_size, seed, confidence) for folder, _ in stores]
     from tfattr.core.files import write_text
     from tfattr.evaluation import format_table

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -457,17 +456,12 @@ def check_settings(out, stored: Dict[str, Any], settings: Dict[str, Any]) -> Non
                                 + received("out", os.fspath(out)))
 
 
-def _prepare_out(out, overwrite: bool) -> str:
+def _prepare_out(out) -> str:
     if not isinstance(out, (str, os.PathLike)):
         raise InvalidTypeError("`out` must be a folder path. " + received("type(out)", type(out).__name__))
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise InvalidInputError("`out` must be a folder (it exists and is a file). " + received("out", out))
-    if overwrite and os.path.isdir(out) and os.listdir(out):
-        if not os.path.exists(os.path.join(out, STORE_FILE)):
-            raise InvalidInputError(f"overwrite=True deletes a tfattr store; {out!r} is a non-empty folder without "
-                                    f"{STORE_FILE}: nothing deleted. " + received("out", out))
-        shutil.rmtree(out)
     return out
 
 
@@ -569,11 +563,10 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
 
 
 # -- the runner ----------------------------------------------------------------------------------------
-def _open_stream(data, batch_size, skip_batches, split, data_dir, image_key, label_key, id_key, image_size, on_error):
+def _open_stream(data, batch_size, skip_batches, **options):
     from tfattr.streaming.sources import stream
 
-    return stream(data, split=split, data_dir=data_dir, batch=batch_size, image_key=image_key, label_key=label_key,
-                  id_key=id_key, image_size=image_size, on_error=on_error, skip_batches=skip_batches)
+    return stream(data, batch=batch_size, skip_batches=skip_batches, **options)
 
 
 def _leading(finished, total_chunks: Optional[int]) -> int:
@@ -612,19 +605,20 @@ def _measure(plan: _Plan, batch) -> int:
 
 
 def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], batch_size: int, settings_of, verbose,
-               stores: Sequence[Tuple[str, str]], process):
+               stores: Sequence[Tuple[str, str]], process, overwrite: bool = False):
     """The shared loop of :func:`explain_dataset` and :func:`tfattr.streaming.evaluate.evaluate_dataset`.
 
     ``stores``: ``[(folder, key)]`` of the stores the run writes, ``plans[key]`` the plan of each;
     ``settings_of(key)`` their settings (read after each plan's engine chunk size is settled: the
     method's integer, the one recorded in an existing store, or measured on the first batch);
     ``process(batch, k, keys) -> {key: (arrays, rows)}`` the work of one batch for the stores that
-    have not finished chunk ``k``. Returns ``(explained, resumed_images, seconds)``."""
+    have not finished chunk ``k``; ``overwrite``: each store is created anew (an existing one deleted).
+    Returns ``(explained, resumed_images, seconds)``."""
     from tfattr.streaming.store import StoreWriter
 
     num_items = getattr(probe, "num_items", None)
     total_chunks = None if num_items is None else math.ceil(num_items / batch_size)
-    stored = {key: read_settings(folder) for folder, key in stores}
+    stored = {key: None if overwrite else read_settings(folder) for folder, key in stores}
     iterator = first = None
     for _, key in stores:
         plan = plans[key]
@@ -641,7 +635,7 @@ def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], bat
             settings = settings_of(key)
             if stored[key] is not None:
                 check_settings(folder, stored[key], settings)
-            writers[key] = StoreWriter.open(folder, settings, batch_size, num_items)
+            writers[key] = StoreWriter.open(folder, settings, batch_size, num_items, overwrite=overwrite)
         finished = {key: set(writer.finished()) for key, writer in writers.items()}
         leading = _leading(set.intersection(*finished.values()), total_chunks)
         if iterator is None or leading > 0:
@@ -691,7 +685,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
                     split: Optional[str] = None, data_dir: Optional[str] = None, batch_size: int = 64,
                     seed: Optional[int] = None, on_error: str = "raise", verbose="auto", image_size=None,
                     image_key: str = "image", label_key: Optional[str] = "label", id_key: Optional[str] = None,
-                    value_range=None, overwrite: bool = False):
+                    labels=None, channels: Optional[int] = None, value_range=None, overwrite: bool = False):
     """Explain every image of ``data`` with ``method`` into the store at ``out``, streaming and resumable.
 
     Decoding (``tf.data``, parallel and prefetched), attribution (the caller's thread) and writing
@@ -731,8 +725,14 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
             terminal or in a notebook and nothing in logs, ``1`` also lines in logs, ``0`` nothing.
         image_size: ``(H, W)`` every image is resized to (needed for sources of mixed sizes).
         image_key, label_key, id_key: the keys of dict elements (TFDS features).
-        value_range: the model's input range for a method given by name (default: the model's
-            declared range, else (0, 1)).
+        labels: a folder's labels: ``"folders"`` (sub-folder names, sorted, are classes 0, 1, …) or
+            the class names in order (:func:`tfattr.streaming.sources.stream`).
+        channels: 1 (grey) or 3 (RGB) for decoded image files (default 3).
+        value_range: ``(low, high)``: 8-bit images (files, ``uint8`` arrays, TFDS images) are scaled to
+            ``low + p / 255 · (high − low)`` (as ``tfattr explain --value-range``; refused for float
+            images, used as they are) and a method given by name is built with it; ``None``: 8-bit
+            images keep their 0–255 values and a method by name gets the model's declared range,
+            else (0, 1).
         overwrite: delete an existing store at ``out`` first (only a tfattr store is deleted).
 
     Returns:
@@ -748,7 +748,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         >>> store = tfattr.explain_dataset(ig, (images, labels), "maps/", target="label")
         >>> store.attributions[:8].shape, store.rows()["status"].value_counts()
     """
-    out = _prepare_out(out, overwrite)
+    out = _prepare_out(out)
     batch_size = _check_positive("batch_size", batch_size)
     _check_choice("on_error", on_error, ON_ERROR)
     checks.verbose("verbose", verbose)
@@ -756,7 +756,8 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         checks.seed("seed", seed)
     target, target_json = _target_spec(target)
     data_args = dict(data=data, split=split, data_dir=data_dir, image_key=image_key, label_key=label_key,
-                     id_key=id_key, image_size=image_size, on_error=on_error)
+                     id_key=id_key, labels=labels, image_size=image_size, channels=channels, value_range=value_range,
+                     on_error=on_error)
     probe = _open_stream(**data_args, batch_size=batch_size, skip_batches=0)
     item_shape = tuple(int(d) for d in getattr(probe, "item_shape", ()) or ())
     method, options = _resolve_method(method, model, method_options, item_shape, 0 if seed is None else seed,
@@ -783,7 +784,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         return {"explain": (arrays, rows)}
 
     explained, resumed, seconds = run_stream({"explain": plan}, probe, data_args, batch_size, settings_of, verbose,
-                                             [(out, "explain")], process)
+                                             [(out, "explain")], process, overwrite=overwrite)
     from tfattr.streaming.store import open_explanations
 
     result = open_explanations(out)
