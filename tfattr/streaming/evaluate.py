@@ -36,6 +36,7 @@ from tfattr.streaming.explain import (
     batch_items,
     explain_batch,
     run_stream,
+    show_summary,
 )
 
 __all__ = ["evaluate_dataset", "DEFAULT_METRICS", "METRIC_PREFIX"]
@@ -243,8 +244,8 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     text = format_table(rows)
     write_text(os.path.join(out, "table.md"), text)
     write_text(os.path.join(out, "table.csv"), table_csv(rows, confidence))
-    if verbose != 0:
-        skipped = sum(note.startswith("skipped:") for row in rows for note in row.notes)
+    skipped = sum(note.startswith("skipped:") for row in rows for note in row.notes)
+    if show_summary(verbose, skipped):
         print(f"evaluate_dataset: {explained} images explained and scored in {seconds:.1f}s"
               + (f", {resumed} found finished" if resumed else "")
               + (f"; {skipped} method(s) with skipped items (see the notes)" if skipped else "") + "\n\n" + text,

@@ -788,7 +788,15 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
     from tfattr.streaming.store import open_explanations
 
     result = open_explanations(out)
-    if verbose != 0:
-        skipped = int(np.count_nonzero(~np.asarray(result.valid[:], bool)))
+    skipped = int(np.count_nonzero(~np.asarray(result.valid[:], bool)))
+    if show_summary(verbose, skipped):
         print(_summary_line(plan, explained, resumed, seconds, out, skipped), flush=True)
     return result
+
+
+def show_summary(verbose, skipped: int) -> bool:
+    """The final line is printed with ``verbose=1``, and with ``"auto"`` on a terminal or when items were
+    skipped (never silently, not even in logs); ``verbose=0`` prints nothing."""
+    if verbose == "auto":
+        return _interactive() or skipped > 0
+    return bool(verbose)
