@@ -1025,6 +1025,11 @@ class Explanations:
 
     # ----------------------------------------------------------------------------------------- arrays
     def _array(self, name: str) -> StoreArray:
+        if not self._arrays:
+            raise UnfinishedChunkError(
+                f"No chunk of out={self.out!r} is written yet (its arrays are made by the first chunk): there is no "
+                f"{name} to read. {received('finished_chunks', self.finished_chunks)}"
+            )
         if name not in self._arrays:
             raise StoreError(
                 f"out={self.out!r} holds no array {name!r} (arrays: {self.array_names or 'none yet'}). "
