@@ -190,6 +190,39 @@ def test_a_changed_method_option_on_the_same_out_is_an_error_naming_it(model, da
     assert len(store) == 100
 
 
+def test_auto_engine_chunk_size_is_measured_once_recorded_and_reused(model, data, tmp_path):
+    images = data[0][:200]
+    method = tfattr.IntegratedGradients(model, steps=8)  # batch_size="auto"
+    store = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0)
+    size = store.settings["engine_batch_size"]
+    assert isinstance(size, int) and size in (8, 16, 32, 64)  # a power of two up to the CPU cap
+    first = np.asarray(store.attributions[:])
+    os.remove(tmp_path / "out" / "done" / "chunk-00002.json")  # chunk 2 unfinished: computed again
+    again = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0)
+    assert again.settings["engine_batch_size"] == size
+    assert np.asarray(again.attributions[:]).tobytes() == first.tobytes()
+
+
+def test_a_failing_write_is_raised_in_the_caller_and_the_run_resumes(model, data, tmp_path, monkeypatch):
+    from tfattr.streaming.store import StoreWriter
+
+    images = data[0][:256]
+    write = StoreWriter.write_chunk
+
+    def failing(self, k, *args, **kwargs):
+        if k == 2:
+            raise OSError(28, "No space left on device")
+        return write(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(StoreWriter, "write_chunk", failing)
+    with pytest.raises(OSError, match="No space left"):
+        explain_dataset(_ig(model), images, tmp_path / "out", verbose=0)
+    monkeypatch.setattr(StoreWriter, "write_chunk", write)
+    store = explain_dataset(_ig(model), images, tmp_path / "out", verbose=0)  # the lock was released
+    fresh = explain_dataset(_ig(model), images, tmp_path / "fresh", verbose=0)
+    assert store.complete and np.asarray(store.attributions[:]).tobytes() == np.asarray(fresh.attributions[:]).tobytes()
+
+
 def test_unknown_method_option_is_an_error(model, data, tmp_path):
     with pytest.raises(ValueError, match="stepz"):
         explain_dataset(_ig(model), data[0][:10], tmp_path / "out", method_options={"stepz": 3}, verbose=0)

@@ -449,6 +449,7 @@ def _named(line: str) -> str:
 def check_settings(out, stored: Dict[str, Any], settings: Dict[str, Any]) -> None:
     """Raise a named error when ``settings`` differ from those ``stored`` at ``out`` (naming each
     differing key, a method option by its name)."""
+    settings = json.loads(json.dumps(settings, sort_keys=True))  # as recorded: tuples are lists
     lines = [_named(line) for line in _differences(stored, settings)]
     if lines:
         raise InvalidInputError(f"out={os.fspath(out)!r} holds a run with other settings; differing: "
@@ -638,9 +639,11 @@ def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], bat
             writers[key] = StoreWriter.open(folder, settings, batch_size, num_items, overwrite=overwrite)
         finished = {key: set(writer.finished()) for key, writer in writers.items()}
         leading = _leading(set.intersection(*finished.values()), total_chunks)
-        if iterator is None or leading > 0:
+        if leading > 0:  # skipped without decoding where the source allows
             iterator = iter(_open_stream(**data_args, batch_size=batch_size, skip_batches=leading))
             first = None
+        elif iterator is None:
+            iterator = iter(probe)
         resumed = leading * batch_size if num_items is None else min(leading * batch_size, num_items)
         progress = ImageProgress(num_items, verbose, done=resumed)
         items = resumed
