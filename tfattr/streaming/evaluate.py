@@ -246,10 +246,10 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     write_text(os.path.join(out, "table.csv"), table_csv(rows, confidence))
     skipped = sum(note.startswith("skipped:") for row in rows for note in row.notes)
     if show_summary(verbose, skipped):
+        notes = list(dict.fromkeys(f"  note ({row.method}): {note}" for row in rows for note in row.notes))
         print(f"evaluate_dataset: {explained} images explained and scored in {seconds:.1f}s"
-              + (f", {resumed} found finished" if resumed else "")
-              + (f"; {skipped} method(s) with skipped items (see the notes)" if skipped else "") + "\n\n" + text,
-              flush=True)
+              + (f", {resumed} found finished" if resumed else "") + "\n" + "".join(n + "\n" for n in notes)
+              + "\n" + text, flush=True)
     return rows
 
 
