@@ -284,6 +284,8 @@ class _Plan:
     item_shape: Tuple[int, ...] = ()
     engine_batch_size: Optional[int] = None
     skipped: Dict[str, int] = field(default_factory=dict)
+    #: one item's attribution shape (the images' for most methods; a CAM's map), learnt from the first call
+    map_shape: Optional[Tuple[int, ...]] = None
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -531,7 +533,6 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
     n = len(batch.ids)
     keep, errors, targets = batch_items(plan, batch) if items is None else items
     images = np.asarray(batch.images)
-    attributions = np.full((n,) + images.shape[1:], np.nan, np.float32)
     target_out = np.full(n, -1, np.int32)
     scores = np.full(n, np.nan, np.float64)
     delta = np.full(n, np.nan, np.float64)
@@ -542,13 +543,22 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
             options["seed"] = batch_seed(plan.seed, k)
         chosen = None if targets is None else targets[keep]
         explanation = plan.method.attribute(images[keep], target=chosen, **options)
-        attributions[keep] = np.asarray(explanation.attributions, np.float32)
+        maps = np.asarray(explanation.attributions, np.float32)
+        plan.map_shape = tuple(maps.shape[1:])
+        attributions = np.full((n,) + plan.map_shape, np.nan, np.float32)
+        attributions[keep] = maps
         if explanation.targets is not None:
             target_out[keep] = np.asarray(explanation.targets, np.int32)
         if explanation.scores is not None:
             scores[keep] = np.asarray(explanation.scores, np.float64)
         if explanation.delta is not None:
             delta[keep] = np.asarray(explanation.delta, np.float64)
+    else:
+        if plan.map_shape is None:  # nothing explained yet: one call on a blank item tells the maps' shape
+            blank = np.zeros((1,) + images.shape[1:], images.dtype)
+            blank_maps = plan.method.attribute(blank, **dict(plan.options, verbose=0)).attributions
+            plan.map_shape = tuple(np.shape(blank_maps)[1:])
+        attributions = np.full((n,) + plan.map_shape, np.nan, np.float32)
     labels = None if batch.labels is None else np.asarray(batch.labels).reshape(n, -1)[:, 0]
     rows = []
     for i in range(n):
