@@ -178,6 +178,7 @@ def test_round_trip_in_any_chunk_order_returns_what_was_written(tmp_path, num_it
     assert ex.attributions.shape == (10, 16, 16, 3)
     # lazy slicing: ints, negative ints, steps, int arrays, masks, item dimensions
     _assert_equal(ex.attributions[-1], expected["attributions"][-1])
+    assert ex.ids[0] == "img-00000" and ex.targets[3] == 3 and ex.scores[7] == 1.0 and np.isnan(ex.delta[4])
     _assert_equal(ex.attributions[1:9:3, 2, :, 1], expected["attributions"][1:9:3, 2, :, 1])
     _assert_equal(ex.attributions[[9, 0, 4]], expected["attributions"][[9, 0, 4]])
     _assert_equal(ex.scores[ex.valid], expected["scores"][expected["valid"]])
@@ -371,6 +372,10 @@ def test_a_damaged_chunk_file_is_named_never_read_as_numbers(tmp_path):
         ex.verify()
     with pytest.raises(CorruptChunkError, match=r"chunk 0: done/chunk-00000\.json unreadable"):
         ex.scores[0]
+    with open(os.path.join(out, "data.zarr", "ids", "zarr.json"), "wb") as handle:
+        handle.write(b"{")
+    with pytest.raises(CorruptStoreError, match=r"the zarr group data\.zarr cannot be opened"):
+        open_explanations(out)
 
 
 def test_what_is_not_a_store_is_a_named_error_and_never_deleted(tmp_path):
