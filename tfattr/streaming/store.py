@@ -709,8 +709,9 @@ class StoreWriter:
                             f"out={self.out!r}: the array {name} has item shape {array.shape[1:]}, its record says "
                             f"{spec[name]['shape_per_item']}. {received('out', self.out)}"
                         )
-                    if array.shape[0] < length:
-                        array.resize((length,) + array.shape[1:])
+                    if array.shape[0] < length:  # size unknown: grown by doubling (few metadata rewrites)
+                        grown = max(length, -(-2 * array.shape[0] // self.chunk) * self.chunk)
+                        array.resize((grown,) + array.shape[1:])
                         _fsync_path(os.path.join(folder, "zarr.json"))
                 else:
                     dtype = str if name == "ids" else value.dtype
