@@ -223,6 +223,24 @@ def test_several_inputs_and_defaults(tmp_path):
     assert ex.array("attributions/a").zarr.shape == (10, 3)  # cut to num_items at finish
 
 
+def test_only_the_last_chunk_may_be_short(tmp_path):
+    """Size unknown: a short chunk followed by another would leave a hole inside a 'finished' chunk."""
+    out = str(tmp_path / "out")
+    with StoreWriter.open(out, {}, 4, None) as writer:
+        writer.write_chunk(0, 0, ["c"] * 2, {"scores": np.arange(2.0)})  # short, and not the last
+        writer.write_chunk(2, 8, ["a"] * 4, {"scores": np.arange(4.0)})
+        with pytest.raises(ValueError, match=r"Only the last chunk may have fewer than chunk=4 items, and chunk 2"):
+            writer.write_chunk(1, 4, ["b"] * 3, {"scores": np.arange(3.0)})
+        writer.write_chunk(1, 4, ["b"] * 4, {"scores": np.arange(4.0)})
+        with pytest.raises(ValueError, match=r"chunk 0 ends at item 2, not 4"):
+            writer.finish(12)
+    ex = open_explanations(out)
+    with pytest.raises(UnfinishedChunkError, match=r"unfinished chunk 0 \(chunk 0 = items 0 to 3\)"):
+        ex.scores[:4]  # items 2 and 3 were never written: not returned as NaN
+    _assert_equal(ex.scores[:2], [0.0, 1.0])
+    _assert_equal(ex.valid, [True, True, False, False] + [True] * 8)
+
+
 # ------------------------------------------------------------------------------------------------- settings
 def test_other_settings_on_the_same_out_are_a_named_error(tmp_path):
     out = _write(str(tmp_path / "out"), finish=False, order=[0])
@@ -399,6 +417,16 @@ def test_what_is_not_a_store_is_a_named_error_and_never_deleted(tmp_path):
         with pytest.raises(NotAStoreError, match=r"folder with other files \(notes\.txt\).*Received: out="):
             StoreWriter.open(str(user), SETTINGS, 4, 10, overwrite=overwrite)
     assert os.listdir(user) == ["notes.txt"] and (user / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    (other / "rows").mkdir(parents=True)  # a name the store uses, but the user's
+    (other / "rows" / "table.csv").write_text("mine")
+    with pytest.raises(NotAStoreError, match=r"folder with other files \(rows\)"):
+        StoreWriter.open(str(other), SETTINGS, 4, 10)
+    assert (other / "rows" / "table.csv").read_text() == "mine"
+    # an interrupted creation (our hidden metadata lock, no store file) is ours: started afresh
+    (other / ".meta.lock").write_text("")
+    StoreWriter.open(str(other), SETTINGS, 4, 10).close()
+    assert open_explanations(str(other)).finished_chunks == [] and not (other / "rows" / "table.csv").exists()
     with pytest.raises(NotAStoreError, match=r"no tfattr-store\.json"):
         open_explanations(str(user))
     with pytest.raises(NotAStoreError, match=r"does not exist"):

@@ -340,7 +340,6 @@ class StoreWriter:
         self.chunk = chunk
         self.num_items = num_items
         self._lock_fd = lock_fd
-        self._group = None
         self._arrays: Dict[str, Any] = {}
         self._spec: Optional[Dict[str, Any]] = None
         self._closed = False
@@ -390,7 +389,11 @@ class StoreWriter:
             raise NotAStoreError(f"out={out!r} is a file, not a folder. {received('out', out)}")
         is_store = os.path.isfile(os.path.join(out, STORE_FILE))
         if os.path.isdir(out) and not is_store:
-            foreign = sorted(name for name in os.listdir(out) if not cls._ours_at_top(name))
+            names = os.listdir(out)
+            # a store whose creation (or deletion) was interrupted has our hidden META_LOCK; without it, a
+            # `rows` or `done` folder is the user's
+            foreign = sorted(name for name in names if not cls._ours_at_top(name)
+                             or META_LOCK not in names and name in (DATA, ROWS, DONE))
             if foreign:
                 raise NotAStoreError(
                     f"out={out!r} is a folder with other files ({', '.join(foreign[:5])}"
@@ -588,6 +591,11 @@ class StoreWriter:
                 )
         elif not 1 <= n <= self.chunk:
             raise InvalidInputError(f"A chunk has 1 to chunk={self.chunk} items. {received('len(ids)', n)}")
+        elif n < self.chunk and max(self.finished(), default=-1) > k:
+            raise InvalidInputError(
+                f"Only the last chunk may have fewer than chunk={self.chunk} items, and chunk "
+                f"{max(self.finished())} is finished after chunk {k}. {received('len(ids)', n)}"
+            )
         if os.path.exists(os.path.join(self.out, DONE, _marker_name(k))):
             raise ChunkFinishedError(
                 f"Chunk {k} of out={self.out!r} is finished (it has its commit marker): finished chunks are "
@@ -787,11 +795,19 @@ class StoreWriter:
                     f"out={self.out!r} is not complete: chunks {missing[:10]}{' ...' if len(missing) > 10 else ''} of "
                     f"{chunks} are not finished. {received('num_items', num_items)}"
                 )
-            if chunks and _read_marker(self.out, chunks - 1)["stop"] != num_items:
+            extra = sorted(k for k in _list_markers(self.out) if k >= chunks)
+            if extra:
                 raise InvalidInputError(
-                    f"out={self.out!r}: the last chunk ends at item {_read_marker(self.out, chunks - 1)['stop']}. "
+                    f"out={self.out!r} has finished chunks {extra[:10]} past item {num_items}. "
                     f"{received('num_items', num_items)}"
                 )
+            for k in range(chunks):  # each chunk full but the last, which ends at num_items
+                stop = _read_marker(self.out, k)["stop"]
+                if stop != min((k + 1) * self.chunk, num_items):
+                    raise InvalidInputError(
+                        f"out={self.out!r}: chunk {k} ends at item {stop}, not {min((k + 1) * self.chunk, num_items)}"
+                        f" (chunk={self.chunk}, num_items={num_items}). {received('num_items', num_items)}"
+                    )
             if meta["num_items"] is None:
                 self._set_num_items(meta, num_items)
                 meta = _read_store_file(self.out)
@@ -954,6 +970,7 @@ class Explanations:
                 del error
         self._arrays: Dict[str, Any] = {}
         self._valid = None
+        self._mask = None
         if self._meta["arrays"]:
             zarr = _zarr()
             try:
@@ -1001,17 +1018,22 @@ class Explanations:
         return self._length
 
     def _finished_mask(self) -> np.ndarray:
-        mask = np.zeros(len(self), dtype=bool)
-        for marker in self._markers.values():
-            mask[int(marker["start"]): int(marker["stop"])] = True
-        return mask
+        """Per item: inside the item range of a finished chunk's marker."""
+        if self._mask is None:
+            mask = np.zeros(len(self), dtype=bool)
+            for marker in self._markers.values():
+                mask[int(marker["start"]): int(marker["stop"])] = True
+            self._mask = mask
+        return self._mask.copy()
 
     def _check_finished(self, items: np.ndarray, name: str) -> None:
-        chunks = np.unique(np.asarray(items, dtype=np.int64) // self.chunk)
+        items = np.asarray(items, dtype=np.int64)
+        chunks = np.unique(items // self.chunk)
         bad = [int(k) for k in chunks if int(k) in self._bad_markers]
         if bad:
             self.verify(bad)
-        missing = [int(k) for k in chunks if int(k) not in self._markers]
+        # item by item (a marker's range, not its chunk index, says what is written)
+        missing = [int(k) for k in np.unique(items[~self._finished_mask()[items]] // self.chunk)]
         if missing:
             first = missing[0]
             raise UnfinishedChunkError(
