@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -44,6 +43,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 import numpy as np
 
 from tfattr.core import files
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the store's locks need POSIX flock
+    fcntl = None
 from tfattr.errors import InvalidInputError, InvalidTypeError, MissingDependencyError, received
 
 __all__ = [
@@ -208,6 +212,12 @@ def _marker_name(k: int) -> str:
 
 def _part_name(k: int) -> str:
     return f"part-{k:05d}.parquet"
+
+
+def _need_flock(out: str) -> None:
+    if fcntl is None:  # pragma: no cover - Windows
+        raise StoreError(f"Writing a store needs POSIX file locks (fcntl.flock), which this platform lacks; "
+                         f"reading works. {received('out', out)}")
 
 
 @contextlib.contextmanager
@@ -425,6 +435,7 @@ class StoreWriter:
 
     @staticmethod
     def _take_lock(out: str) -> int:
+        _need_flock(out)
         fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, files.file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -461,6 +472,7 @@ class StoreWriter:
     @contextlib.contextmanager
     def _meta_lock(self) -> Iterator[None]:
         """A short exclusive flock of ``out/.meta.lock`` around metadata changes (across processes)."""
+        _need_flock(self.out)
         fd = os.open(os.path.join(self.out, META_LOCK), os.O_RDWR | os.O_CREAT, files.file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
