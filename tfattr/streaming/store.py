@@ -22,9 +22,20 @@ place, which also makes two commits of one chunk exclusive). A run killed anywhe
 chunks intact and unfinished ones without a marker; those are overwritten on resume. Finished chunks
 are never rewritten.
 
+Metadata: zarr's ``zarr.json`` rewrites (array creation; growth while the size is unknown, by doubling;
+the cut to ``num_items`` at :meth:`StoreWriter.finish`) go through the same atomic ``LocalStore`` write,
+are fsync-ed, and happen only under the ``.meta.lock`` flock, so several processes (Beam workers,
+``lock=False``) never rewrite them concurrently. With a known size the arrays are created once, at full
+size, by the first chunk written (the item shape is known only then), and never resized.
+``tfattr-store.json`` is written with :func:`tfattr.core.files.write_bytes` (temporary file, fsync, rename).
+
 Chunk files are compressed with zstd with its content checksum on, so a damaged file is an error when
 it is decoded (never other numbers); :meth:`Explanations.verify` compares every file of every finished
-chunk with the sha256 of its marker and names the chunk.
+chunk with the sha256 of its marker and names the chunk. Items of unfinished chunks are never returned:
+reading them raises :class:`UnfinishedChunkError`; :attr:`Explanations.valid` is False for them.
+Unwritten items read through the raw zarr arrays are the fill value (NaN for floats, -1 for targets).
+
+The store is for a local (or POSIX network) file system: it relies on ``rename``, ``link`` and ``flock``.
 """
 
 from __future__ import annotations
