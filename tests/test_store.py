@@ -110,7 +110,8 @@ settings = args["settings"]
 if args.get("go"):
     while not os.path.exists(args["go"]):
         time.sleep(0.005)
-writer = store.StoreWriter.open(args["out"], settings, args["chunk"], args["num_items"], lock=args["lock"])
+writer = store.StoreWriter.open(args["out"], settings, args["chunk"], args["num_items"], lock=args["lock"],
+                                durable=args.get("durable", True))
 for k in args["chunks"]:
     if k in writer.finished():
         continue
@@ -283,6 +284,15 @@ def test_reopen_skips_finished_chunks_and_refuses_to_rewrite_them(tmp_path):
     assert _tree(out) == _tree(_write(str(tmp_path / "ref")))
 
 
+def test_without_fsync_the_store_is_the_same(tmp_path):
+    fast = str(tmp_path / "fast")
+    with StoreWriter.open(fast, SETTINGS, 4, 10, durable=False) as writer:
+        for k in (1, 2, 0):
+            writer.write_chunk(k, *chunk_data(k, 4, 10))
+        writer.finish(10)
+    assert _tree(fast) == _tree(_write(str(tmp_path / "durable")))
+
+
 def test_items_of_unfinished_chunks_are_never_returned(tmp_path):
     out = _write(str(tmp_path / "out"), finish=False, order=[0, 2])
     # chunk 1's files written, its marker not (a writer killed just before the commit)
@@ -303,14 +313,15 @@ def test_items_of_unfinished_chunks_are_never_returned(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- kill -9
-@pytest.mark.parametrize("num_items", [32, None])
-def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_store(tmp_path, num_items):
-    """Size known (arrays made once) or unknown (arrays grown chunk by chunk, cut at finish): kills during array
-    creation, zarr file writes (chunks and metadata), hashing, the rows part, the marker, and at random times."""
+@pytest.mark.parametrize("num_items, durable", [(32, True), (None, False)])
+def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_store(tmp_path, num_items, durable):
+    """Size known (arrays made once) or unknown (arrays grown chunk by chunk, cut at finish), with or without the
+    fsyncs (a killed process needs only the atomic renames): kills during array creation, zarr file writes (chunks
+    and metadata), hashing, the rows part, the marker, and at random times."""
     script = _worker_script(tmp_path)
     chunk, total = 4, 32
     args = dict(out=str(tmp_path / "out"), settings=SETTINGS, chunk=chunk, num_items=num_items, total=total,
-                chunks=list(range(total // chunk)), lock=True, finish=True)
+                chunks=list(range(total // chunk)), lock=True, finish=True, durable=durable)
     began = time.perf_counter()
     reference = subprocess.run([sys.executable, script, ROOT, json.dumps(dict(args, out=str(tmp_path / "ref")))],
                                capture_output=True, text=True, timeout=120)
