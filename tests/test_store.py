@@ -29,6 +29,7 @@ from tfattr.streaming.store import (
     StoreWriter,
     UnfinishedChunkError,
     open_explanations,
+    recorded_settings,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,11 +196,29 @@ def test_round_trip_in_any_chunk_order_returns_what_was_written(tmp_path, num_it
     assert list(table["status"]) == [row["status"] for row in rows]
     assert table["label"].isna().tolist() == [row["label"] is None for row in rows]
     assert ex.verify() == [0, 1, 2]
+    assert recorded_settings(out) == SETTINGS and recorded_settings(str(tmp_path / "none")) is None
     assert "items=10" in repr(ex) and "chunks finished 3/3" in repr(ex) and "(16, 16, 3) float32" in repr(ex)
     # a plain zarr v3 group: readable without tfattr (xarray, dask)
     group = zarr.open_group(os.path.join(out, "data.zarr"), mode="r")
     _assert_equal(group["attributions"][:], expected["attributions"])
     assert group["attributions"].chunks == (4, 16, 16, 3)
+
+
+def test_slicing_reads_only_the_chunks_it_touches(tmp_path, monkeypatch):
+    out = _write(str(tmp_path / "out"))
+    ex = open_explanations(out)
+    read = []
+    original = zarr.storage.LocalStore.get
+
+    async def get(self, key, *args, **kwargs):
+        read.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
+    expected, _ = _reference()
+    _assert_equal(ex.attributions[5, 3], expected["attributions"][5, 3])
+    _assert_equal(ex.scores[[9, 8]], expected["scores"][[9, 8]])
+    assert read == ["attributions/c.1.0.0.0", "scores/c.2"]
 
 
 def test_several_inputs_and_defaults(tmp_path):

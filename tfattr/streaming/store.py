@@ -66,6 +66,7 @@ __all__ = [
     "Explanations",
     "StoreArray",
     "open_explanations",
+    "recorded_settings",
     "StoreError",
     "NotAStoreError",
     "CorruptStoreError",
@@ -1239,6 +1240,23 @@ class Explanations:
                            for name in self.array_names if name.startswith("attributions"))
         return (f"Explanations(out={self.out!r}, items={len(self)}, chunks finished {len(self._markers)}/{total}, "
                 f"complete={self.complete}{', ' + shapes if shapes else ''})")
+
+
+def recorded_settings(out) -> Optional[Dict[str, Any]]:
+    """The settings recorded in the store ``out``, or None if ``out`` holds no store yet.
+
+    For a runner that must reuse a recorded choice on resume (the engine chunk size measured under
+    ``batch_size="auto"`` by the first run) before it builds the settings it passes to
+    :meth:`StoreWriter.open`.
+
+    Raises:
+        CorruptStoreError: ``tfattr-store.json`` is unreadable.
+        NotAStoreError: it is not a tfattr store's.
+    """
+    out = os.path.abspath(os.fspath(out))
+    if not os.path.isfile(os.path.join(out, STORE_FILE)):
+        return None
+    return _read_store_file(out)["settings"]
 
 
 def open_explanations(out) -> Explanations:
