@@ -193,12 +193,12 @@ def test_a_changed_method_option_on_the_same_out_is_an_error_naming_it(model, da
 def test_auto_engine_chunk_size_is_measured_once_recorded_and_reused(model, data, tmp_path):
     images = data[0][:200]
     method = tfattr.IntegratedGradients(model, steps=8)  # batch_size="auto"
-    store = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0)
+    store = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0, durable=False)
     size = store.settings["engine_batch_size"]
     assert isinstance(size, int) and size in (8, 16, 32, 64)  # a power of two up to the CPU cap
     first = np.asarray(store.attributions[:])
     os.remove(tmp_path / "out" / "done" / "chunk-00002.json")  # chunk 2 unfinished: computed again
-    again = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0)
+    again = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0, durable=False)
     assert again.settings["engine_batch_size"] == size
     assert np.asarray(again.attributions[:]).tobytes() == first.tobytes()
 
@@ -271,7 +271,7 @@ def test_bad_items_are_skipped_and_reported(model, data, tmp_path, capsys):
 
 def test_progress_counts_images_in_lines_outside_a_terminal(model, data, tmp_path, capsys):
     images = data[0][:320]
-    explain_dataset(_ig(model), images, tmp_path / "out", batch_size=32, verbose=1)
+    explain_dataset(_ig(model), images, tmp_path / "out", batch_size=32, verbose=1, durable=False)
     lines = capsys.readouterr().out.splitlines()
     progress = [line for line in lines if " images - " in line and "images/s" in line]
     assert [line.split()[0] for line in progress] == [f"{32 * k}/320" for k in range(1, 11)]
@@ -299,7 +299,7 @@ def test_evaluate_dataset_equals_evaluate_and_resumes(model, data, tmp_path):
     methods = [("gradient", tfattr.Gradient(model, batch_size=64)), ("ig", _ig(model))]
     options = dict(aupc_kernel=4, aupc_regions=4, aupc_perturbations=4, seed=5)
     rows = tfattr.evaluate_dataset(model, (images, labels), methods, None, tmp_path / "eval", target="label",
-                                   batch_size=48, verbose=0, **options)
+                                   batch_size=48, verbose=0, durable=False, **options)
     reference = evaluate(model, images, methods, labels=labels, verbose=False, **options)
     assert [r.method for r in rows] == ["gradient", "ig"]
     for got, expected in zip(rows, reference):
@@ -319,7 +319,7 @@ def test_evaluate_dataset_equals_evaluate_and_resumes(model, data, tmp_path):
     # an unfinished chunk of one method (its marker removed) is computed again; the table is the same
     os.remove(tmp_path / "eval" / "ig" / "done" / "chunk-00001.json")
     again = tfattr.evaluate_dataset(model, (images, labels), methods, None, tmp_path / "eval", target="label",
-                                    batch_size=48, verbose=0, **options)
+                                    batch_size=48, verbose=0, durable=False, **options)
     first, second = _metric_values(rows), _metric_values(again)
     assert first.keys() == second.keys()
     for key in first:
