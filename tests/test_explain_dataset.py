@@ -230,6 +230,15 @@ def test_unknown_method_option_is_an_error(model, data, tmp_path):
         explain_dataset("ig", data[0][:10], tmp_path / "out2", model=model, method_options={"stepz": 3}, verbose=0)
 
 
+def test_a_target_outside_the_classes_is_an_argument_error(model, data, tmp_path):
+    for target in (10, np.r_[np.zeros(9, int), 11]):
+        for on_error in ("raise", "skip"):
+            with pytest.raises(InvalidInputError, match="the model has 10 classes"):
+                explain_dataset(_ig(model), data[0][:10], tmp_path / "out", target=target, on_error=on_error,
+                                verbose=0)
+    assert not os.path.exists(tmp_path / "out")  # nothing written
+
+
 def _bad_data(data):
     images, labels = data
     images, labels = images[:150].copy(), labels[:150].copy()
