@@ -191,9 +191,14 @@ def test_a_changed_method_option_on_the_same_out_is_an_error_naming_it(model, da
 
 
 def test_auto_engine_chunk_size_is_measured_once_recorded_and_reused(model, data, tmp_path):
-    images = data[0][:200]
+    """Also a tf.data pipeline of unknown cardinality (the store grows as chunks commit)."""
+    import tensorflow as tf
+
+    images = tf.data.Dataset.from_tensor_slices(data[0][:200]).filter(lambda image: True)
+    assert images.cardinality() == tf.data.UNKNOWN_CARDINALITY
     method = tfattr.IntegratedGradients(model, steps=8)  # batch_size="auto"
     store = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0, durable=False)
+    assert store.complete and len(store) == 200
     size = store.settings["engine_batch_size"]
     assert isinstance(size, int) and size in (8, 16, 32, 64)  # a power of two up to the CPU cap
     first = np.asarray(store.attributions[:])
@@ -201,6 +206,8 @@ def test_auto_engine_chunk_size_is_measured_once_recorded_and_reused(model, data
     again = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0, durable=False)
     assert again.settings["engine_batch_size"] == size
     assert np.asarray(again.attributions[:]).tobytes() == first.tobytes()
+    expected = method.attribute(data[0][:200], batch_size=size).attributions
+    assert np.max(np.abs(first - expected)) <= 64 * EPS32 * np.max(np.abs(expected))
 
 
 def test_a_failing_write_is_raised_in_the_caller_and_the_run_resumes(model, data, tmp_path, monkeypatch):
