@@ -71,7 +71,7 @@ def _rows(store):
 def test_store_equals_attribute_on_the_whole_batch(model, data, tmp_path):
     images, labels = data
     method = _ig(model)
-    store = explain_dataset(method, (images, labels), tmp_path / "out", target="label", verbose=0)
+    store = explain_dataset(method, (images, labels), tmp_path / "out", target="label", verbose=0, durable=False)
     reference = method.attribute(images, target=labels)
     got = _arrays(store)
     expected = np.asarray(reference.attributions)
