@@ -147,6 +147,34 @@ def test_tfds_mock_mnist_equals_tfds_load_and_resumes_at_the_tail():
     np.testing.assert_array_equal(tail[2], images[10:])
 
 
+def test_tfds_resume_decodes_only_the_images_after_the_start(monkeypatch):
+    """skip_batches skips TFDS records before decoding: only the 3 images of the last batch are decoded."""
+    import tensorflow_datasets as tfds
+
+    decoded = []
+    original = tfds.features.Image.decode_example
+
+    def counting(self, example):
+        image = original(self, example)
+        counted = tf.numpy_function(lambda x: decoded.append(1) or x, [image], image.dtype, stateful=True)
+        return tf.ensure_shape(counted, image.shape)
+
+    monkeypatch.setattr(tfds.features.Image, "decode_example", counting)
+    with tfds.testing.mock_data(num_examples=13):
+        _, ids, _, _, _ = _collect(stream("mnist", split="train", batch=5, skip_batches=2))
+    assert ids == ["10", "11", "12"] and len(decoded) == 3
+
+
+def test_an_error_inside_a_user_pipeline_is_named_with_its_batch():
+    data = tf.data.Dataset.range(6).map(lambda i: tf.fill((2, 2, 1), tf.cast(i, tf.float32)))
+    data = data.map(lambda x: tf.cond(x[0, 0, 0] != 3, lambda: x,
+                                      lambda: tf.debugging.check_numerics(x + float("nan"), "bad item")))
+    with pytest.raises(InvalidInputError, match=r"data: the dataset failed while producing items 2 to 3 \(the batch "
+                                                r"starting at item 2\): InvalidArgumentError: Error in user-defined "
+                                                r"function.*bad item.*cannot tell which item"):
+        list(stream(data, batch=2, on_error="skip"))
+
+
 def _every_kind(folder):
     root, images = folder
     x = np.stack(list(images.values()))

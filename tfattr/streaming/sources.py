@@ -43,6 +43,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -362,10 +363,15 @@ class _Sequential:
     random_access = False
 
     def __init__(self, kind, dataset, image_of, label_of, id_of, n, description, class_names=None,
-                 num_classes=None):
+                 num_classes=None, after_skip=None):
         self.kind, self.dataset, self.n, self.description = kind, dataset, n, description
         self.image_of, self.label_of, self.id_of = image_of, label_of, id_of
-        self.class_names, self.num_classes = class_names, num_classes
+        self.class_names, self.num_classes, self.after_skip = class_names, num_classes, after_skip
+
+    def read(self, start: int = 0):
+        """The elements from ``start`` on: skipped before ``after_skip`` (TFDS: before decoding)."""
+        dataset = self.dataset.skip(start) if start else self.dataset
+        return self.after_skip(dataset) if self.after_skip is not None else dataset
 
 
 def _walk_folder(folder: str) -> List[str]:
@@ -511,8 +517,8 @@ def _element_parts(spec, image_key, label_key, id_key, what):
 
 
 def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, description, class_names=None,
-                    num_classes=None, what="dataset") -> _Sequential:
-    spec = dataset.element_spec
+                    num_classes=None, what="dataset", after_skip=None) -> _Sequential:
+    spec = (after_skip(dataset) if after_skip is not None else dataset).element_spec
     image_spec, image_of, label_of, id_of = _element_parts(spec, image_key, label_key, id_key, what)
     if not isinstance(image_spec, tf.TensorSpec):
         raise InvalidInputError(f"data: the {what}'s images must be dense tensors. "
@@ -544,7 +550,8 @@ def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, 
     n = cardinality if cardinality >= 0 else None
     description = dict(description, element_spec=repr(spec), cardinality=n, image_key=image_key,
                        label_key=label_key if label_of is not None else None, id_key=id_key)
-    source = _Sequential(kind, dataset, image_of, label_of, id_of, n, description, class_names, num_classes)
+    source = _Sequential(kind, dataset, image_of, label_of, id_of, n, description, class_names, num_classes,
+                         after_skip)
     source.image_spec = image_spec
     return source
 
@@ -556,7 +563,13 @@ def _tfds_source(name, split, data_dir, image_key, label_key, id_key, items: _It
         raise InvalidInputError("split: a TFDS dataset is read one split at a time (e.g. \"test\", "
                                 "\"validation[:1000]\"). " + received("split", split))
     try:
-        dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False)
+        builder = tfds.builder(name, data_dir=data_dir)
+        image_feature = builder.info.features[image_key] if image_key in builder.info.features else None
+        # images read as their encoded bytes, decoded after the skip of a resume (by TFDS's own decoder: the
+        # pixels of tfds.load); skipping decoded images would decode every skipped one
+        encoded = isinstance(image_feature, tfds.features.Image)
+        dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False,
+                                  decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
     except Exception as error:  # an unknown name, an unprepared dataset without internet, a bad split
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise InvalidInputError(f"data: cannot load the TFDS dataset {name!r} (split {split!r}, data_dir "
@@ -568,8 +581,15 @@ def _tfds_source(name, split, data_dir, image_key, label_key, id_key, items: _It
     description = {"kind": "tfds", "name": name, "split": str(split),
                    "data_dir": None if data_dir is None else os.path.abspath(os.fspath(data_dir)),
                    "version": str(info.version)}
+    after_skip = None
+    if encoded:
+        def decode(element):
+            return dict(element, **{image_key: image_feature.decode_example(element[image_key])})
+
+        def after_skip(dataset):
+            return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _dataset_source(dataset, "tfds", image_key, label_key, id_key, items, description, class_names,
-                           num_classes, what=f"TFDS dataset {name!r}")
+                           num_classes, what=f"TFDS dataset {name!r}", after_skip=after_skip)
 
 
 # ----------------------------------------------------------------------------------------------- stream
@@ -657,7 +677,7 @@ class Stream:
             source = self._source
 
             def generate():
-                for i, element in enumerate(source.dataset):
+                for i, element in enumerate(source.read()):
                     item_id = _as_id(source.id_of(element).numpy()) if source.id_of else str(i)
                     yield i, item_id, lambda e=element: items.raw(source.image_of(e).numpy())
             candidates = generate()
@@ -710,8 +730,7 @@ class Stream:
                     out["id"] = source.id_of(e)
                 return out
 
-            dataset = source.dataset.skip(start) if start else source.dataset
-            dataset = dataset.enumerate(start).map(element, num_parallel_calls=threads, deterministic=True)
+            dataset = source.read(start).enumerate(start).map(element, num_parallel_calls=threads, deterministic=True)
         options = tf.data.Options()
         options.deterministic = True
         return dataset.batch(self.batch).prefetch(self._prefetch).with_options(options)
@@ -719,7 +738,19 @@ class Stream:
     def __iter__(self):
         source = self._source
         index0 = self.skip_batches * self.batch
-        for element in self._pipeline().as_numpy_iterator():
+        iterator = self._pipeline().as_numpy_iterator()
+        while True:
+            try:
+                element = next(iterator)
+            except StopIteration:
+                return
+            except tf.errors.OpError as error:  # inside the user's pipeline (or TFDS's decoder): no item to name
+                first_line = (re.sub(r"^\{\{[^}]*\}\}\s*", "", str(error.message).strip()).splitlines() or [""])[0]
+                raise InvalidInputError(
+                    f"data: the {self.kind} failed while producing items {index0} to {index0 + self.batch - 1} "
+                    f"(the batch starting at item {index0}): {type(error).__name__}: {first_line}. The error arose "
+                    "inside the tf.data pipeline, so tfattr cannot tell which item it was and on_error=\"skip\" "
+                    "cannot skip it; fix or filter the data. " + received("data", self.kind)) from None
             if source.random_access:
                 images, ok, messages = element
                 n = len(images)
