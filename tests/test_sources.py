@@ -306,6 +306,20 @@ def test_wrong_rank_dtype_and_nan_images_are_named():
         assert [e[0] for e in errors] == [3, 4] and not images[3:].any() and (images[:3] == 1).all()
 
 
+def test_a_single_file_a_missing_folder_and_an_unknown_tfds_name_are_named(folder, tmp_path):
+    root, images = folder
+    path = os.path.join(root, list(images)[0])
+    with pytest.raises(InvalidInputError, match=r"is a file; .*pass \[path\] for one file"):
+        stream(path, batch=2)
+    with pytest.raises(InvalidInputError, match="data: no folder"):
+        stream(tmp_path / "absent", batch=2)
+    with pytest.raises(InvalidInputError, match=r"data: 'no_such_dataset_xyz' is no folder, and cannot be loaded as a "
+                                                r"TFDS dataset .*Received: data='no_such_dataset_xyz'"):
+        stream("no_such_dataset_xyz", split="train", batch=2)
+    with pytest.raises(InvalidInputError, match="split: a TFDS dataset is read one split at a time"):
+        stream("mnist", batch=2)
+
+
 def test_an_infinite_dataset_is_refused():
     with pytest.raises(InvalidInputError, match=r"infinite.*\.repeat\(\)"):
         stream(tf.data.Dataset.from_tensor_slices(np.zeros((2, 3, 3, 1))).repeat(), batch=2)

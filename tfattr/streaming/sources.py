@@ -335,6 +335,15 @@ class _Items:
             return np.zeros(self.item_shape, np.float32), False, str(error)
 
 
+def _pipeline_error(kind: str, where: str, error) -> InvalidInputError:
+    """A ``tf.errors.OpError`` raised inside a dataset's own pipeline, as a named error."""
+    first_line = (re.sub(r"^\{\{[^}]*\}\}\s*", "", str(error.message).strip()).splitlines() or [""])[0]
+    return InvalidInputError(
+        f"data: the {kind} failed while producing {where}: {type(error).__name__}: {first_line}. The error arose "
+        "inside the tf.data pipeline, so tfattr cannot tell which item it was and on_error=\"skip\" cannot skip "
+        "it; fix or filter the data. " + received("data", kind))
+
+
 def _as_id(value) -> str:
     value = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
     if isinstance(value, (bytes, np.bytes_)):
@@ -572,8 +581,8 @@ def _tfds_source(name, split, data_dir, image_key, label_key, id_key, items: _It
                                   decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
     except Exception as error:  # an unknown name, an unprepared dataset without internet, a bad split
         first_line = str(error).splitlines()[0] if str(error) else ""
-        raise InvalidInputError(f"data: cannot load the TFDS dataset {name!r} (split {split!r}, data_dir "
-                                f"{data_dir!r}): {type(error).__name__}: {first_line}. "
+        raise InvalidInputError(f"data: {name!r} is no folder, and cannot be loaded as a TFDS dataset (split "
+                                f"{split!r}, data_dir {data_dir!r}): {type(error).__name__}: {first_line}. "
                                 + received("data", name)) from None
     feature = info.features[label_key] if label_key in info.features else None
     class_names = list(feature.names) if getattr(feature, "names", None) else None
@@ -682,13 +691,16 @@ class Stream:
                     yield i, item_id, lambda e=element: items.raw(source.image_of(e).numpy())
             candidates = generate()
         first_error = None
-        for index, item_id, load in candidates:
-            try:
-                return load().shape
-            except _ItemError as error:
-                if self.on_error == "raise":
-                    raise _item_error(index, item_id, str(error)) from None
-                first_error = first_error or (index, item_id, str(error))
+        try:
+            for index, item_id, load in candidates:
+                try:
+                    return load().shape
+                except _ItemError as error:
+                    if self.on_error == "raise":
+                        raise _item_error(index, item_id, str(error)) from None
+                    first_error = first_error or (index, item_id, str(error))
+        except tf.errors.OpError as error:
+            raise _pipeline_error(self.kind, "its first items (read for the image shape)", error) from None
         if first_error is None:
             raise InvalidInputError("data: the source holds no item. " + received("data", self.kind))
         raise InvalidInputError(f"data: no item of the source can be used (the first, item {first_error[0]} "
@@ -772,12 +784,8 @@ class Stream:
             except StopIteration:
                 return
             except tf.errors.OpError as error:  # inside the user's pipeline (or TFDS's decoder): no item to name
-                first_line = (re.sub(r"^\{\{[^}]*\}\}\s*", "", str(error.message).strip()).splitlines() or [""])[0]
-                raise InvalidInputError(
-                    f"data: the {self.kind} failed while producing items {index0} to {index0 + self.batch - 1} "
-                    f"(the batch starting at item {index0}): {type(error).__name__}: {first_line}. The error arose "
-                    "inside the tf.data pipeline, so tfattr cannot tell which item it was and on_error=\"skip\" "
-                    "cannot skip it; fix or filter the data. " + received("data", self.kind)) from None
+                raise _pipeline_error(self.kind, f"items {index0} to {index0 + self.batch - 1} (the batch starting "
+                                                 f"at item {index0})", error) from None
             images, ok, messages = element["image"], element["ok"], element["message"]
             n = len(images)
             if source.random_access:
@@ -852,6 +860,11 @@ def stream(data, *, split=None, data_dir=None, batch: int, image_key: str = "ima
                                  {"kind": "dataset", "repr": repr(data)})
     elif isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
         source = _folder_source(os.fspath(data), labels, items)
+    elif isinstance(data, (str, os.PathLike)) and os.path.exists(data):
+        raise InvalidInputError(f"data: {os.fspath(data)!r} is a file; a stream reads a folder of images or a list of "
+                                "image files (pass [path] for one file). " + received("data", os.fspath(data)))
+    elif isinstance(data, os.PathLike):
+        raise InvalidInputError(f"data: no folder {os.fspath(data)!r}. " + received("data", os.fspath(data)))
     elif isinstance(data, str) and not os.path.exists(data):
         if labels is not None:
             raise InvalidInputError("labels: a TFDS dataset's labels come with its elements (label_key). "
