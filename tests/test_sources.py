@@ -284,6 +284,12 @@ def test_mixed_sizes_without_image_size_are_named_skipped_or_resized(folder, tmp
                                             output_signature=tf.TensorSpec((None, 3, 1), tf.float32))
     with pytest.raises(InvalidInputError, match=r"item 2 \(id '2'\): the image has shape \(4, 3, 1\)"):
         list(stream(ragged, batch=3))
+    grey_and_rgb = tf.data.Dataset.from_generator(lambda: (np.zeros((3, 3, 1 + 2 * (i == 1)), np.uint8)
+                                                           for i in range(3)),
+                                                  output_signature=tf.TensorSpec((None, None, None), tf.uint8))
+    with pytest.raises(InvalidInputError, match=r"item 1 \(id '1'\): the image has 3 channels; the stream's images "
+                                                r"have 1"):
+        list(stream(grey_and_rgb, batch=3, image_size=(2, 2)))
 
 
 def test_wrong_rank_dtype_and_nan_images_are_named():

@@ -321,6 +321,8 @@ class _Items:
     def _finish(self, image: np.ndarray) -> np.ndarray:
         if self.image_size is not None:
             image = _resize(image, self.image_size)
+        if self.item_shape is not None and image.shape[:2] == self.item_shape[:2] and image.shape != self.item_shape:
+            raise _ItemError(f"the image has {image.shape[2]} channels; the stream's images have {self.item_shape[2]}")
         if self.item_shape is not None and image.shape != self.item_shape:
             raise _ItemError(f"the image has shape {image.shape} (height, width, channels); the stream's images have "
                              f"shape {self.item_shape} (the first item's); pass image_size=(height, width) to resize "
