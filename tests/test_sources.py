@@ -70,6 +70,21 @@ def test_folder_pixels_equal_tfattr_explain_s_loading(folder, size):
             np.testing.assert_array_equal(decode_image_file(handle.read(), size, value_range=(-1, 2)), image)
 
 
+def test_jpeg_bmp_and_gif_files_decode_as_tfattr_explain_decodes_them(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8), (3, 3), 0)
+    for name, kind in [("a.JPG", "JPEG"), ("b.bmp", "BMP"), ("c.gif", "GIF"), ("d.jpeg", "JPEG")]:
+        Image.fromarray(image).save(tmp_path / name, kind)
+    s = stream(str(tmp_path), batch=3, value_range=(0, 1))
+    assert s.ids == ["a.JPG", "b.bmp", "c.gif", "d.jpeg"]
+    _, _, x, _, errors = _collect(s)
+    assert errors == []
+    np.testing.assert_array_equal(x, cli._load_images([str(tmp_path / n) for n in s.ids], None, (0.0, 1.0)))
+    np.testing.assert_array_equal(x[1], image / np.float32(255))  # BMP is lossless
+
+
 def test_grey_decoding_equals_the_cli_s(folder):
     root, images = folder
     paths = [os.path.join(root, name) for name in images]
