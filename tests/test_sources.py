@@ -317,6 +317,11 @@ def test_wrong_rank_dtype_and_nan_images_are_named():
         stream(tf.data.Dataset.from_tensor_slices(np.zeros((2, 3, 3, 1), bool)), batch=2)
     with pytest.raises(InvalidInputError, match=r"each image is \(height, width, channels\) \(grey images"):
         stream(tf.data.Dataset.from_tensor_slices(np.zeros((2, 3, 3))), batch=2)
+    with pytest.raises(InvalidInputError, match=r"\(a batched dataset: pass dataset.unbatch\(\)\)"):
+        stream(tf.data.Dataset.from_tensor_slices(np.zeros((4, 3, 3, 1))).batch(2), batch=2)
+    with pytest.raises(InvalidInputError, match=r"`image_key`: the dataset's elements are dicts with keys \['img', "
+                                                r"'label'\], without 'image'.*Received: image_key='image'"):
+        stream(tf.data.Dataset.from_tensor_slices({"img": np.zeros((2, 3, 3, 1)), "label": [0, 1]}), batch=2)
     x = np.ones((5, 2, 2, 1), np.float32)
     x[3, 1, 1, 0] = np.nan
     x[4, 0, 0, 0] = np.inf

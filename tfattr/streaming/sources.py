@@ -544,7 +544,8 @@ def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, 
         raise InvalidTypeError(f"`data`: images are numeric (uint8 or float) or encoded image strings; the {what}'s "
                                f"are {dtype.name}. " + received("image spec", image_spec))
     elif image_spec.shape.rank is not None and image_spec.shape.rank != 3:
-        hint = " (grey images of shape (H, W): map tf.expand_dims(image, -1))" if image_spec.shape.rank == 2 else ""
+        hint = {2: " (grey images of shape (H, W): map tf.expand_dims(image, -1))",
+                4: " (a batched dataset: pass dataset.unbatch())"}.get(image_spec.shape.rank, "")
         raise InvalidInputError(f"`data`: each image is (height, width, channels){hint}. "
                                 + received("image spec", image_spec))
     if items.value_range is not None and dtype not in (tf.string, tf.uint8):
