@@ -71,17 +71,22 @@ def test_folder_pixels_equal_tfattr_explain_s_loading(folder, size):
 
 
 def test_jpeg_bmp_and_gif_files_decode_as_tfattr_explain_decodes_them(tmp_path):
+    """Also a large JPEG resized to a small size: the CLI decodes it at 1/8 of its side (a reduced decode)."""
     from PIL import Image
 
     rng = np.random.default_rng(3)
-    image = cv2.GaussianBlur(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8), (3, 3), 0)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (96, 80, 3), dtype=np.uint8), (5, 5), 0)
     for name, kind in [("a.JPG", "JPEG"), ("b.bmp", "BMP"), ("c.gif", "GIF"), ("d.jpeg", "JPEG")]:
         Image.fromarray(image).save(tmp_path / name, kind)
-    s = stream(str(tmp_path), batch=3, value_range=(0, 1))
-    assert s.ids == ["a.JPG", "b.bmp", "c.gif", "d.jpeg"]
-    _, _, x, _, errors = _collect(s)
-    assert errors == []
-    np.testing.assert_array_equal(x, cli._load_images([str(tmp_path / n) for n in s.ids], None, (0.0, 1.0)))
+    paths = [str(tmp_path / n) for n in ["a.JPG", "b.bmp", "c.gif", "d.jpeg"]]
+    for size in [None, (10, 10), (24, 20), (50, 40)]:  # JPEG reduced 8×, 2×, 1×
+        s = stream(str(tmp_path), batch=3, value_range=(0, 1), image_size=size)
+        assert s.ids == ["a.JPG", "b.bmp", "c.gif", "d.jpeg"]
+        _, _, x, _, errors = _collect(s)
+        assert errors == []
+        np.testing.assert_array_equal(x, cli._load_images(paths, size, (0.0, 1.0)))
+        np.testing.assert_array_equal(decode_image_file(paths[0], size, value_range=(0, 1)), x[0])
+    _, _, x, _, _ = _collect(stream(str(tmp_path), batch=3, value_range=(0, 1)))
     np.testing.assert_array_equal(x[1], image / np.float32(255))  # BMP is lossless
 
 
