@@ -369,6 +369,8 @@ def test_the_description_follows_the_data(folder, tmp_path):
     for name, image in images.items():
         _png(os.path.join(tmp_path, name), image)
     first = stream(str(tmp_path), batch=2).description
+    relative = stream(os.path.relpath(tmp_path), batch=2).description
+    assert relative == first  # the folder's absolute path and its files' names, sizes and times
     assert stream(str(tmp_path), batch=2, image_size=(3, 3)).description != first
     path = os.path.join(tmp_path, list(images)[0])
     _png(path, np.zeros((6, 5, 3), np.uint8))

@@ -73,7 +73,7 @@ ON_ERROR = ("raise", "skip")
 # ----------------------------------------------------------------------------------------------- batches
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
     """Items ``[index0, index0 + len(ids))`` of a source.
 
@@ -413,15 +413,16 @@ def _walk_folder(folder: str) -> List[str]:
     return sorted(found)
 
 
-def _files_digest(paths: Sequence[str]) -> str:
-    """SHA-256 of each file's name, size and modification time (``None`` for a file that cannot be read)."""
+def _files_digest(paths: Sequence[str], names: Optional[Sequence[str]] = None) -> str:
+    """SHA-256 of each file's name (``names``, else its path), size and modification time (``None`` for a
+    file that cannot be read)."""
     entries = []
-    for path in paths:
+    for path, name in zip(paths, names if names is not None else paths):
         try:
             info = os.stat(path)
-            entries.append([path, info.st_size, info.st_mtime_ns])
+            entries.append([name, info.st_size, info.st_mtime_ns])
         except OSError:
-            entries.append([path, None, None])
+            entries.append([name, None, None])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
@@ -456,7 +457,7 @@ def _folder_source(folder: str, labels, items: _Items) -> _Random:
         label_array = np.array([index[t] for t in top], dtype=np.int64)
     paths = [os.path.join(folder, *name.split("/")) for name in names]
     description = {"kind": "folder", "folder": os.path.abspath(folder), "files": len(names),
-                   "files_sha256": _files_digest(paths), "labels": class_names}
+                   "files_sha256": _files_digest(paths, names), "labels": class_names}
     return _Random("folder", len(names), names, label_array,
                    lambda i: items.encoded(_read_file(paths[i])), description, class_names)
 
