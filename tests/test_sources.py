@@ -240,6 +240,30 @@ def test_files_before_the_resume_point_are_not_read(folder, tmp_path):
     assert ids == paths[3:] and errors == []
 
 
+def test_items_are_read_ahead_while_the_consumer_works_and_read_ahead_is_bounded(folder, monkeypatch):
+    """While the consumer holds the first items, the pipeline reads the next ones in the background (decoding
+    overlaps the consumer), and no further than ``prefetch`` + ``decode_threads`` + one in the map's output."""
+    import time
+
+    from tfattr.streaming import sources
+
+    root, images = folder
+    reads = []
+    original = sources._read_file
+    monkeypatch.setattr(sources, "_read_file", lambda path: reads.append(path) or original(path))
+    s = stream(root, batch=2, decode_threads=1, prefetch=1, image_size=(6, 5))  # image_size: no shape probe
+    iterator = iter(s)
+    first = next(iterator)
+    assert first.ids == list(images)[:2]
+    deadline = time.monotonic() + 30
+    while len(reads) <= 2 and time.monotonic() < deadline:  # the consumer "works": the next items get read
+        time.sleep(0.01)
+    assert len(reads) > 2
+    time.sleep(0.5)
+    assert len(reads) <= 2 * 4 < 11  # held + prefetched + the map's output + in flight: 4 of the 6 groups
+    assert [b.index0 for b in iterator] == [2, 4, 6, 8, 10]
+
+
 @pytest.fixture()
 def damaged(folder, tmp_path):
     """A copy of the folder with a truncated PNG at index 4 and a file that is not an image at index 9."""
