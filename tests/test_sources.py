@@ -160,6 +160,8 @@ def test_tfds_mock_mnist_equals_tfds_load_and_resumes_at_the_tail():
         assert s.description["kind"] == "tfds" and s.description["name"] == "mnist"
         index0s, ids, images, labels, errors = _collect(s)
         tail = _collect(stream("mnist", split="train", batch=5, skip_batches=2))
+        _, tfds_ids, _, _, _ = _collect(stream("mnist", split="train", batch=5, id_key="tfds_id"))
+    assert tfds_ids == [f"mnist-train.tfrecord-00000-of-00001__{i}" for i in range(13)]
     assert index0s == [0, 5, 10] and ids == [str(i) for i in range(13)] and errors == []
     np.testing.assert_array_equal(images, np.stack([e["image"] for e in reference]).astype(np.float32))
     np.testing.assert_array_equal(labels, [e["label"] for e in reference])

@@ -599,8 +599,11 @@ def _tfds_source(name, split, data_dir, image_key, label_key, id_key, items: _It
         # images read as their encoded bytes, decoded after the skip of a resume (by TFDS's own decoder: the
         # pixels of tfds.load); skipping decoded images would decode every skipped one
         encoded = isinstance(image_feature, tfds.features.Image)
+        # id_key="tfds_id": TFDS's own record ids ("mnist-train.tfrecord-00000-of-00001__7")
+        read_config = tfds.ReadConfig(add_tfds_id=True) if id_key == "tfds_id" else None
         dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False,
-                                  decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
+                                  decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None,
+                                  read_config=read_config)
     except Exception as error:  # an unknown name, an unprepared dataset without internet, a bad split
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise InvalidInputError(f"`data`: {name!r} is no folder, and cannot be loaded as a TFDS dataset (split "
@@ -836,7 +839,8 @@ def stream(data, *, split=None, data_dir=None, batch: int, image_key: str = "ima
               (``image_key``, ``label_key`` if present, ``id_key`` if given); images are ``(H, W, C)``
               numeric tensors or encoded image strings (decoded as image files are);
             * a TFDS name (``"mnist"``), loaded with ``tfds.load(data, split=split, data_dir=data_dir)``
-              (dict elements; ``id_key`` e.g. ``"id"`` or ``"file_name"`` where the dataset has one);
+              (dict elements; ``id_key`` e.g. ``"id"`` or ``"file_name"`` where the dataset has one, or
+              ``"tfds_id"``: TFDS's record ids, ``"mnist-test.tfrecord-00000-of-00001__7"``);
             * a folder: its PNG, JPEG, BMP and GIF files (:data:`IMAGE_SUFFIXES`, any case; also in
               sub-folders; hidden files and folders left out), in the order of their relative POSIX paths
               (code-point order), which are their ids;
