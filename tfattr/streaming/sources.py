@@ -376,7 +376,7 @@ def _as_id(value) -> str:
 
 
 class _Random:
-    """A source with random access (files, arrays): ``item(i)``, known ids and labels."""
+    """A source with random access (files, arrays): ``load(i)`` prepares item ``i``; ids and labels known."""
 
     random_access = True
 
