@@ -93,7 +93,9 @@ def engine_batch_size(method, images: np.ndarray, target=None, options: Optional
     target = target[: len(x)] if isinstance(target, np.ndarray) else target
     model = getattr(method, "model", None)
     model = getattr(getattr(method, "method", None), "model", None) if model is None else model
-    device = "GPU" if autotune._gpu_visible() else "CPU"
+    import tensorflow as tf
+
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     cap = autotune.limits(device)[0]
     start = autotune.start_size(model, tuple(x.shape[1:]), x.dtype, device) if model is not None else autotune.START
     sizes = [2 ** k for k in range(int(math.log2(cap)) + 1)]
@@ -118,7 +120,7 @@ def engine_batch_size(method, images: np.ndarray, target=None, options: Optional
 
 # -- progress ---------------------------------------------------------------------------------------
 def _interactive() -> bool:
-    from tfattr.core.progress import _interactive as interactive
+    from tfattr.core.progress import interactive
 
     return interactive()
 
@@ -404,7 +406,7 @@ def _method_key(method, options: Dict[str, Any]) -> Dict[str, Any]:
 
 def _settings(method, options, description, target_json, chunk, engine_bs, seed, on_error) -> Dict[str, Any]:
     from tfattr._version import __version__
-    from tfattr.evaluation import _model_key
+    from tfattr.evaluation import model_key as _model_key
 
     try:
         method_key = _method_key(method, options)
