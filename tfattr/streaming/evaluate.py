@@ -100,7 +100,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     each method's attributions (its store ``out/<name>/``, as :func:`tfattr.explain_dataset` writes) and
     each metric's per-image values, written in that store's rows (``metric:AUPC``, …). A run killed at
     any point continues after the chunks every store finished. At the end the rows are read back and
-    aggregated as :func:`tfattr.evaluate` aggregates them (:func:`tfattr.evaluation._summary`: the mean
+    aggregated as :func:`tfattr.evaluate` aggregates them (:func:`tfattr.evaluation.summarize`: the mean
     over images, NaN left out, and its percentile bootstrap interval at ``confidence`` from ``seed``);
     skipped items are left out of the table (a note says how many). The table is written atomically to
     ``out/table.md`` (:func:`tfattr.evaluation.format_table`) and ``out/table.csv``.
