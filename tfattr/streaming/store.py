@@ -255,7 +255,7 @@ def _read_store_file(out: str) -> Dict[str, Any]:
         raise NotAStoreError(
             f"out={out!r} is not a tfattr store: it has no {STORE_FILE}. {received('out', out)}"
         ) from None
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, OSError) as error:
         raise CorruptStoreError(
             f"out={out!r} has an unreadable {STORE_FILE} ({error}); the store's metadata is damaged. Delete the "
             f"folder (or pass overwrite=True to a writer) and run again. {received('out', out)}"
@@ -273,31 +273,235 @@ def _read_store_file(out: str) -> Dict[str, Any]:
     for key in ("settings", "chunk", "num_items", "arrays", "complete"):
         if key not in meta:
             raise CorruptStoreError(f"out={out!r}: {STORE_FILE} lacks the key {key!r}. {received('out', out)}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise CorruptStoreError(
+            f"out={out!r}: {STORE_FILE} is damaged: {problem}. Delete the folder (or pass overwrite=True to a "
+            f"writer) and run again. {received('out', out)}"
+        )
     return meta
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _meta_problem(meta: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the types of a store file's values (None if nothing)."""
+    if not isinstance(meta["settings"], dict):
+        return f"settings is {_short(meta['settings'])}, not a dict"
+    if not _is_int(meta["chunk"]) or meta["chunk"] < 1:
+        return f"chunk is {_short(meta['chunk'])}, not an int >= 1"
+    if meta["num_items"] is not None and (not _is_int(meta["num_items"]) or meta["num_items"] < 0):
+        return f"num_items is {_short(meta['num_items'])}, not None or an int >= 0"
+    if not isinstance(meta["complete"], bool):
+        return f"complete is {_short(meta['complete'])}, not true or false"
+    if meta["complete"] and meta["num_items"] is None:
+        return "complete is true but num_items is null"
+    arrays = meta["arrays"]
+    if not isinstance(arrays, dict):
+        return f"arrays is {_short(arrays)}, not a dict"
+    for name, spec in arrays.items():
+        if not _ARRAY_NAME.match(name) or not isinstance(spec, dict):
+            return f"arrays has the entry {_short(name)}: {_short(spec)}"
+        shape, dtype = spec.get("shape_per_item"), spec.get("dtype")
+        if not isinstance(shape, list) or not all(_is_int(size) and size >= 0 for size in shape):
+            return f"arrays[{name!r}].shape_per_item is {_short(shape)}, not a list of sizes"
+        try:
+            ok = dtype == "str" if name == "ids" else np.dtype(dtype).kind in "biuf"
+        except TypeError:
+            ok = False
+        if not ok:
+            return f"arrays[{name!r}].dtype is {_short(dtype)}"
+    return None
+
+
 def _list_markers(out: str) -> Set[int]:
+    """The chunk indices of the markers in ``out/done`` (names exactly as the writer makes them)."""
     try:
         names = os.listdir(os.path.join(out, DONE))
     except FileNotFoundError:
         return set()
-    return {int(match.group(1)) for match in map(_MARKER.match, names) if match}
+    chunks = set()
+    for match in map(_MARKER.match, names):
+        if match and _marker_name(int(match.group(1))) == match.group(0):
+            chunks.add(int(match.group(1)))
+    return chunks
 
 
-def _read_marker(out: str, k: int) -> Dict[str, Any]:
+def _chunk_key(name: str, k: int, shape_per_item) -> str:
+    """The zarr chunk file of store chunk ``k`` of array ``name``, relative to the store folder."""
+    return f"{DATA}/{name}/c.{k}" + ".0" * len(shape_per_item)
+
+
+def _marker_problem(marker, k: int, meta: Optional[Dict[str, Any]]) -> Optional[str]:
+    """What is wrong with the marker of chunk ``k`` (its range, its files) for the store ``meta``."""
+    if not isinstance(marker, dict):
+        return "not a JSON object"
+    if not _is_int(marker.get("chunk")) or marker["chunk"] != k:
+        return f"it is the marker of chunk {_short(marker.get('chunk'))}"
+    start, stop, entries = marker.get("start"), marker.get("stop"), marker.get("files")
+    if not _is_int(start) or not _is_int(stop):
+        return f"its item range {_short(start)} to {_short(stop)} is not two ints"
+    if not isinstance(entries, dict):
+        return f"its files are {_short(entries)}"
+    for relative, expected in entries.items():
+        if (not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str)
+                or not re.fullmatch(r"[0-9a-f]{64}", expected["sha256"]) or not _is_int(expected.get("size"))):
+            return f"its record of {_short(relative)} is {_short(expected)}"
+    if meta is None:
+        return None
+    chunk, num_items = meta["chunk"], meta["num_items"]
+    end = (k + 1) * chunk if num_items is None else min((k + 1) * chunk, num_items)
+    if num_items is not None and k * chunk >= num_items:
+        return f"chunk {k} (items from {k * chunk}) lies past the store's {num_items} items"
+    if start != k * chunk or not start < stop <= end:
+        return (f"its item range [{start}, {stop}) is not inside chunk {k}'s items [{k * chunk}, {end}) "
+                f"(chunk={chunk}, num_items={num_items})")
+    needed = [f"{ROWS}/{_part_name(k)}"] + [_chunk_key(name, k, spec["shape_per_item"])
+                                            for name, spec in sorted(meta["arrays"].items())]
+    missing = [relative for relative in needed if relative not in entries]
+    if missing:
+        return f"it records no {', '.join(missing[:3])}"
+    return None
+
+
+def _load_marker(out: str, k: int, meta: Optional[Dict[str, Any]]):
+    """``(marker, None)``, or ``(None, what is wrong)`` for the marker of chunk ``k`` (checked against ``meta``)."""
     path = os.path.join(out, DONE, _marker_name(k))
     try:
         with open(path, "rb") as handle:
             marker = json.loads(handle.read().decode("utf-8"))
-        if not isinstance(marker, dict) or marker.get("chunk") != k:
-            raise ValueError("not the marker of this chunk")
-        int(marker["start"]), int(marker["stop"]), dict(marker["files"])
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
+        problem = _marker_problem(marker, k, meta)
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        problem = str(error)
+    return (None, problem) if problem else (marker, None)
+
+
+def _read_marker(out: str, k: int, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The marker of chunk ``k``, checked (its range and files against ``meta``, the store file, if given)."""
+    marker, problem = _load_marker(out, k, meta)
+    if problem:
         raise CorruptChunkError(
             f"chunk {k} of out={out!r} is damaged: its commit marker {DONE}/{_marker_name(k)} is unreadable "
-            f"({error}). {received('out', out)}"
-        ) from None
+            f"({problem}). {received('out', out)}"
+        )
     return marker
+
+
+_CHUNK_KEY = re.compile(r"^(?:.+/)?c\.(\d+)(?:\.\d+)*$")
+_VERIFIED = None
+
+
+def _verified_store_class():
+    """``_VerifiedStore``: zarr's ``LocalStore`` reading a finished chunk's files only as its marker records them.
+
+    zarr reads a missing chunk file as fill values and decodes any valid file put in a chunk's place (another
+    chunk's, a symlink, an older run's); this store compares each file of a finished chunk it returns with the
+    sha256 and size of the chunk's marker, and raises :class:`CorruptChunkError` naming it otherwise. Files of
+    unfinished chunks are returned as they are (raw reads through ``StoreArray.zarr``). Made on first use (the
+    module does not import zarr before), importable by name for pickling (``__getattr__`` of the module).
+    """
+    global _VERIFIED
+    if _VERIFIED is None:
+        import asyncio
+
+        zarr = _zarr()
+
+        class _VerifiedStore(zarr.storage.LocalStore):
+            def __init__(self, root, *, read_only: bool = True, out: str = "",
+                         expected: Optional[Dict[str, Dict[str, Any]]] = None, finished=()):
+                super().__init__(root, read_only=read_only)
+                self.out = out
+                self.expected = dict(expected or {})  # file relative to out -> {"sha256", "size"}
+                self.finished = frozenset(finished)
+
+            def with_read_only(self, read_only: bool = False):
+                return type(self)(self.root, read_only=read_only, out=self.out, expected=self.expected,
+                                  finished=self.finished)
+
+            def _check(self, key: str, value, byte_range) -> None:
+                match = _CHUNK_KEY.match(key)
+                if not match or int(match.group(1)) not in self.finished:
+                    return
+                k, relative = int(match.group(1)), f"{DATA}/{key}"
+                expected = self.expected.get(relative)
+                if expected is None:
+                    what = "is not recorded in its marker"
+                elif value is None:
+                    what = "missing"
+                else:
+                    if byte_range is None:
+                        data = value.as_buffer_like()
+                    else:  # a part: check the whole file
+                        with open(os.path.join(self.out, *relative.split("/")), "rb") as handle:
+                            data = handle.read()
+                    size = memoryview(data).nbytes
+                    if size != expected["size"]:
+                        what = f"{size} bytes, {expected['size']} recorded"
+                    elif hashlib.sha256(data).hexdigest() != expected["sha256"]:
+                        what = "content differs from its sha256"
+                    else:
+                        return
+                raise CorruptChunkError(
+                    f"out={self.out!r}: chunk {k} is damaged (chunk {k}: {relative} {what}). Delete its marker "
+                    f"({DONE}/{_marker_name(k)}) and resume the run to rewrite it. {received('out', self.out)}"
+                )
+
+            async def get(self, key, prototype=None, byte_range=None):
+                value = await super().get(key, prototype, byte_range)
+                await asyncio.to_thread(self._check, key, value, byte_range)
+                return value
+
+            def get_sync(self, key, *, prototype=None, byte_range=None):
+                value = super().get_sync(key, prototype=prototype, byte_range=byte_range)
+                self._check(key, value, byte_range)
+                return value
+
+            async def get_partial_values(self, prototype, key_ranges):
+                key_ranges = list(key_ranges)
+                values = await super().get_partial_values(prototype, key_ranges)
+                for (key, byte_range), value in zip(key_ranges, values):
+                    self._check(key, value, byte_range)
+                return values
+
+        _VerifiedStore.__module__ = __name__
+        _VerifiedStore.__qualname__ = "_VerifiedStore"
+        _VERIFIED = _VerifiedStore
+    return _VERIFIED
+
+
+def __getattr__(name: str):
+    if name == "_VerifiedStore":
+        return _verified_store_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _array_problem(name: str, array, spec: Dict[str, Any], chunk: int, length: int) -> Optional[str]:
+    """What in a zarr array's metadata differs from the store's record (anything that would decode other numbers)."""
+    item = tuple(spec["shape_per_item"])
+    if tuple(array.shape[1:]) != item:
+        return f"item shape {tuple(array.shape[1:])}, recorded {item}"
+    if tuple(array.chunks) != (chunk,) + item:
+        return f"chunks {tuple(array.chunks)}, the store's are {(chunk,) + item}"
+    if array.shape[0] < length:
+        return f"{array.shape[0]} items, its finished chunks reach item {length}"
+    if name == "ids":
+        if array.dtype.kind not in "OTU":
+            return f"dtype {array.dtype}, recorded str"
+    elif np.dtype(array.dtype) != np.dtype(spec["dtype"]):
+        return f"dtype {array.dtype}, recorded {spec['dtype']}"
+    metadata = array.metadata.to_dict()
+    if metadata.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "."}}:
+        return f"chunk key encoding {_short(metadata.get('chunk_key_encoding'))}"
+    codecs = list(metadata.get("codecs") or ())
+    names = [codec.get("name") if isinstance(codec, dict) else codec for codec in codecs]
+    if names != ["vlen-utf8" if name == "ids" else "bytes", "zstd"]:
+        return f"codecs {_short(names)}, the store's are {['vlen-utf8' if name == 'ids' else 'bytes', 'zstd']}"
+    endian = (codecs[0].get("configuration") or {}).get("endian")
+    if name != "ids" and endian not in ("little",) + ((None,) if np.dtype(array.dtype).itemsize == 1 else ()):
+        return f"byte order {endian!r}, the store's is 'little'"
+    return None
 
 
 def _array_spec(name: str, values: np.ndarray) -> Dict[str, Any]:
@@ -540,7 +744,7 @@ class StoreWriter:
 
     def _set_num_items(self, meta: Dict[str, Any], num_items: int) -> None:
         """Record a size learnt after creation (under the meta lock): arrays get exactly ``num_items``."""
-        stops = [_read_marker(self.out, k)["stop"] for k in sorted(_list_markers(self.out))]
+        stops = [_read_marker(self.out, k, meta)["stop"] for k in sorted(_list_markers(self.out))]
         if stops and max(stops) > num_items:
             raise InvalidInputError(
                 f"out={self.out!r} has finished chunks up to item {max(stops)}, more than num_items={num_items}. "
@@ -838,7 +1042,7 @@ class StoreWriter:
                     f"{received('num_items', num_items)}"
                 )
             for k in range(chunks):  # each chunk full but the last, which ends at num_items
-                stop = _read_marker(self.out, k)["stop"]
+                stop = _read_marker(self.out, k, meta)["stop"]
                 if stop != min((k + 1) * self.chunk, num_items):
                     raise InvalidInputError(
                         f"out={self.out!r}: chunk {k} ends at item {stop}, not {min((k + 1) * self.chunk, num_items)}"
@@ -899,6 +1103,13 @@ class StoreArray:
         self._store = explanations
         self.name = name
         self.zarr = array
+
+    def __getstate__(self):
+        return {"_store": self._store, "name": self.name}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.zarr = self._store._arrays[self.name]
 
     @property
     def shape(self):
@@ -998,30 +1209,58 @@ class Explanations:
         markers = sorted(_list_markers(out))  # markers first, then arrays: their shapes cover the markers
         self._markers: Dict[int, Dict[str, Any]] = {}
         self._bad_markers: Dict[int, str] = {}  # damaged markers: neither finished nor readable; verify() names them
+        if markers and not self._meta["arrays"]:  # the arrays are recorded before the first marker
+            self._meta = _read_store_file(out)
         for k in markers:
-            try:
-                self._markers[k] = _read_marker(out, k)
-            except CorruptChunkError as error:
-                self._bad_markers[k] = f"{DONE}/{_marker_name(k)} unreadable"
-                del error
+            marker, problem = _load_marker(out, k, self._meta)
+            if problem:
+                self._bad_markers[k] = f"{DONE}/{_marker_name(k)} unreadable ({problem})"
+            else:
+                self._markers[k] = marker
         self._arrays: Dict[str, Any] = {}
         self._valid = None
         self._mask = None
-        if self._meta["arrays"]:
-            zarr = _zarr()
-            try:
-                group = zarr.open_group(zarr.storage.LocalStore(os.path.join(out, DATA), read_only=True), mode="r")
-                for name in self._meta["arrays"]:
-                    self._arrays[name] = group[name]
-            except Exception as error:
-                raise CorruptStoreError(
-                    f"out={out!r}: the zarr group {DATA} cannot be opened ({type(error).__name__}: {error}). "
-                    f"{received('out', out)}"
-                ) from None
         if self._meta["num_items"] is not None:
             self._length = int(self._meta["num_items"])
         else:
             self._length = max((int(m["stop"]) for m in self._markers.values()), default=0)
+        if self._meta["arrays"]:
+            self._open_arrays()
+
+    def _open_arrays(self) -> None:
+        """Open the zarr arrays through a :class:`_VerifiedStore` of the finished chunks; check their metadata."""
+        out, zarr = self.out, _zarr()
+        expected = {relative: entry for marker in self._markers.values() for relative, entry in marker["files"].items()}
+        store = _verified_store_class()(os.path.join(out, DATA), read_only=True, out=out, expected=expected,
+                                        finished=self._markers)
+        try:
+            group = zarr.open_group(store, mode="r")
+            for name in self._meta["arrays"]:
+                self._arrays[name] = group[name]
+        except Exception as error:
+            raise CorruptStoreError(
+                f"out={out!r}: the zarr group {DATA} cannot be opened ({type(error).__name__}: {error}). "
+                f"{received('out', out)}"
+            ) from None
+        reach = max((int(m["stop"]) for m in self._markers.values()), default=0)
+        for name, array in self._arrays.items():
+            problem = _array_problem(name, array, self._meta["arrays"][name], self.chunk, reach)
+            if problem:
+                raise CorruptStoreError(
+                    f"out={out!r}: the array {DATA}/{name} does not match the store's record ({problem}); its "
+                    f"zarr.json is damaged. {received('out', out)}"
+                )
+
+    def __getstate__(self):
+        """Pickled without the zarr arrays (reopened from the same snapshot of markers on unpickling)."""
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self._meta["arrays"]:
+            self._open_arrays()
 
     # ----------------------------------------------------------------------------------------- state
     @property

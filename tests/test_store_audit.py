@@ -1,0 +1,205 @@
+"""Hostile-user audit of the dataset store (issue #30): damaged and forged files, odd inputs, odd indexing.
+
+Each test failed on the store as first merged (a silently wrong number, or a crash that was not a tfattr
+error) and names the defect it guards.
+"""
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_store import SETTINGS, _reference, _write, chunk_data
+
+import tfattr.streaming.store as store_module
+from tfattr.streaming.store import (
+    CorruptChunkError,
+    CorruptStoreError,
+    StoreWriter,
+    open_explanations,
+)
+
+# the tfattr under test (a subprocess imports the same one)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(store_module.__file__))))
+
+
+def _json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _put_json(path, value):
+    with open(path, "w") as handle:
+        json.dump(value, handle)
+
+
+# ------------------------------------------------------------------------------------- chunk files, markers
+def test_a_missing_or_replaced_chunk_file_is_named_never_read_as_other_numbers(tmp_path):
+    """zarr reads a missing chunk file as fill values (NaN) and decodes any valid file put in a chunk's place
+    (another chunk's copy, a symlink to it): the reader returned NaN or chunk 0's numbers for chunk 1."""
+    expected, _ = _reference()
+    out = _write(str(tmp_path / "missing"))
+    os.remove(os.path.join(out, "data.zarr", "scores", "c.1"))
+    ex = open_explanations(out)
+    with pytest.raises(CorruptChunkError, match=r"chunk 1 is damaged \(chunk 1: data\.zarr/scores/c\.1 missing\)"):
+        ex.scores[4:8]
+    _assert_equal = np.testing.assert_array_equal
+    _assert_equal(ex.scores[:4], expected["scores"][:4])  # the other chunks read
+    out = _write(str(tmp_path / "copied"))
+    shutil.copy(os.path.join(out, "data.zarr", "scores", "c.0"), os.path.join(out, "data.zarr", "scores", "c.1"))
+    with pytest.raises(CorruptChunkError, match=r"chunk 1: data\.zarr/scores/c\.1 \d+ bytes, \d+ recorded"):
+        open_explanations(out).scores[5]
+    out = _write(str(tmp_path / "linked"))
+    folder = os.path.join(out, "data.zarr", "attributions")
+    os.remove(os.path.join(folder, "c.2.0.0.0"))
+    os.symlink(os.path.join(folder, "c.0.0.0.0"), os.path.join(folder, "c.2.0.0.0"))
+    ex = open_explanations(out)
+    with pytest.raises(CorruptChunkError, match=r"chunk 2: data\.zarr/attributions/c\.2\.0\.0\.0"):
+        ex.attributions[8:]
+    with pytest.raises(CorruptChunkError, match=r"chunk 2"):
+        np.asarray(ex.attributions.zarr[8:])  # the raw zarr array reads finished chunks only as recorded
+    os.remove(os.path.join(out, "data.zarr", "valid", "c.0"))
+    with pytest.raises(CorruptChunkError, match=r"chunk 0: data\.zarr/valid/c\.0 missing"):
+        assert open_explanations(out).valid is None
+    # a file of the same size and another content (an older run's), as zstd decodes it without complaint
+    out = _write(str(tmp_path / "older"))
+    with StoreWriter.open(str(tmp_path / "other"), SETTINGS, 4, 10) as writer:
+        start, ids, arrays, rows = chunk_data(1, 4, 10)
+        writer.write_chunk(1, start, ids, dict(arrays, targets=arrays["targets"][::-1]), rows)
+    shutil.copy(str(tmp_path / "other" / "data.zarr" / "targets" / "c.1"), os.path.join(out, "data.zarr", "targets",
+                                                                                          "c.1"))
+    with pytest.raises(CorruptChunkError, match=r"chunk 1: data\.zarr/targets/c\.1 content differs"):
+        open_explanations(out).targets[:]
+
+
+def test_a_marker_with_a_wrong_range_or_files_is_damaged_not_trusted(tmp_path):
+    """The reader took a marker's item range as written: chunk 0's marker (its checksums right) stretched over
+    chunk 1 returned chunk 1's uncommitted files as finished; markers naming no file of their own chunk, or a
+    chunk past num_items, were trusted; a marker named ``chunk-1.json`` or a folder crashed (FileNotFoundError)."""
+    expected, _ = _reference()
+    out = _write(str(tmp_path / "out"), finish=False, order=[0])
+    with StoreWriter.open(out, SETTINGS, 4, 10) as writer:  # chunk 1 written, its writer killed before the marker
+        writer.write_chunk(1, *chunk_data(1, 4, 10))
+    done = os.path.join(out, "done")
+    os.remove(os.path.join(done, "chunk-00001.json"))
+    marker = _json(os.path.join(done, "chunk-00000.json"))
+    _put_json(os.path.join(done, "chunk-00000.json"), dict(marker, stop=8))
+    ex = open_explanations(out)
+    assert ex.finished_chunks == [] and not ex.valid.any()
+    with pytest.raises(CorruptChunkError, match=r"chunk 0 is damaged \(chunk 0: done/chunk-00000\.json unreadable "
+                                                r"\(its item range \[0, 8\) is not inside chunk 0's items \[0, 4\)"):
+        ex.scores[0:8]
+    # a marker of chunk 1 that records chunk 0's files (all their checksums right)
+    _put_json(os.path.join(done, "chunk-00000.json"), marker)
+    _put_json(os.path.join(done, "chunk-00001.json"), dict(marker, chunk=1, start=4, stop=8))
+    ex = open_explanations(out)
+    assert ex.finished_chunks == [0]
+    with pytest.raises(CorruptChunkError, match=r"chunk 1: done/chunk-00001\.json unreadable \(it records no "
+                                                r"rows/part-00001\.parquet"):
+        ex.scores[4]
+    np.testing.assert_array_equal(ex.scores[:4], expected["scores"][:4])
+    # past num_items; a start that is not the chunk's
+    os.remove(os.path.join(done, "chunk-00001.json"))
+    _put_json(os.path.join(done, "chunk-00003.json"), dict(marker, chunk=3, start=12, stop=16))
+    _put_json(os.path.join(done, "chunk-00002.json"), dict(marker, chunk=2, start=7, stop=10))
+    with pytest.raises(CorruptChunkError, match=r"chunks 2, 3 are damaged.*chunk 2: done/chunk-00002\.json "
+                                                r"unreadable \(its item range \[7, 10\).*chunk 3: .*chunk 3 \(items "
+                                                r"from 12\) lies past the store's 10 items"):
+        open_explanations(out).verify()
+    for name in ("chunk-00002.json", "chunk-00003.json"):
+        os.remove(os.path.join(done, name))
+    # names the writer never makes are not markers; a folder in a marker's place is a damaged marker
+    shutil.copy(os.path.join(done, "chunk-00000.json"), os.path.join(done, "chunk-1.json"))
+    os.mkdir(os.path.join(done, "chunk-00002.json"))
+    ex = open_explanations(out)
+    assert ex.finished_chunks == [0]
+    with pytest.raises(CorruptChunkError, match=r"chunk 2: done/chunk-00002\.json unreadable"):
+        ex.verify()
+    with StoreWriter.open(out, SETTINGS, 4, 10) as writer:
+        assert writer.finished() == {0, 2}  # the writer never rewrites a chunk with a marker, damaged or not
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"complete": "no"}, r"complete is 'no', not true or false"),
+    ({"chunk": 0}, r"chunk is 0, not an int >= 1"),
+    ({"chunk": 4.5}, r"chunk is 4\.5"),
+    ({"chunk": None}, r"chunk is None"),
+    ({"num_items": -3}, r"num_items is -3"),
+    ({"num_items": "10"}, r"num_items is '10'"),
+    ({"arrays": ["scores"]}, r"arrays is \['scores'\], not a dict"),
+    ({"arrays": {"scores": {"shape_per_item": [], "dtype": "float99"}}}, r"arrays\['scores'\]\.dtype is 'float99'"),
+    ({"settings": [1]}, r"settings is \[1\], not a dict"),
+])
+def test_a_store_file_with_wrong_types_is_named(tmp_path, change, problem):
+    """``complete: "no"`` read as True; ``chunk: 0`` divided by zero (a NumPy warning, then numbers); a negative or
+    null size crashed with ValueError/TypeError; ``arrays`` as a list crashed the writer with AttributeError."""
+    out = _write(str(tmp_path / "out"), finish=False, order=[0])
+    path = os.path.join(out, "tfattr-store.json")
+    _put_json(path, dict(_json(path), **change))
+    with pytest.raises(CorruptStoreError, match=r"tfattr-store\.json is damaged: " + problem + r".*Received: out="):
+        open_explanations(out)
+    with pytest.raises(CorruptStoreError, match=problem):
+        StoreWriter.open(out, SETTINGS, 4, 10)
+    os.remove(path)
+    os.mkdir(path)  # a folder in its place: not a crash with IsADirectoryError
+    with pytest.raises(CorruptStoreError, match=r"unreadable tfattr-store\.json"):
+        open_explanations(out)
+
+
+@pytest.mark.parametrize("num_items", [10, None])
+def test_an_array_zarr_json_that_would_decode_other_numbers_is_named(tmp_path, num_items):
+    """A valid zarr.json with another dtype (same item size) or byte order decoded every finished chunk into other
+    numbers, silently (the chunk files and their checksums unchanged); one shorter than the finished chunks
+    returned fewer items than len()."""
+    out = _write(str(tmp_path / "out"), num_items=num_items, finish=False)
+    changes = [("scores", lambda meta: dict(meta, data_type="int64", fill_value=-1), r"dtype int64, recorded float64"),
+               ("attributions", lambda meta: dict(meta, codecs=[dict(meta["codecs"][0], configuration={"endian":
+                                                                                                       "big"}),
+                                                                meta["codecs"][1]]), r"byte order 'big'"),
+               ("targets", lambda meta: dict(meta, codecs=[{"name": "transpose", "configuration": {"order": [0]}}]
+                                             + meta["codecs"]), r"codecs \['transpose', 'bytes', 'zstd'\]"),
+               ("delta", lambda meta: dict(meta, shape=[8]), r"8 items, its finished chunks reach item 10")]
+    for name, change, problem in changes:
+        path = os.path.join(out, "data.zarr", name, "zarr.json")
+        original = _json(path)
+        _put_json(path, change(original))
+        with pytest.raises(CorruptStoreError, match=rf"the array data\.zarr/{name} does not match the store's record "
+                                                    rf"\({problem}"):
+            open_explanations(out)
+        _put_json(path, original)
+    expected, _ = _reference()
+    np.testing.assert_array_equal(open_explanations(out).scores[:], expected["scores"])
+
+
+PICKLED = '''
+import os, pickle, sys, types
+root = sys.argv[1]
+for name in ("tfattr", "tfattr.streaming"):  # the store without the package tops (no TensorFlow)
+    module = types.ModuleType(name)
+    module.__path__ = [os.path.join(root, *name.split("."))]
+    sys.modules[name] = module
+ex, scores, raw = pickle.loads(sys.stdin.buffer.read())
+print(float(ex.attributions[:].sum()), float(scores[:].sum()), float(raw[:].sum()), ex.finished_chunks)
+'''
+
+
+def test_explanations_pickle_into_another_process_and_keep_checking(tmp_path):
+    """For dask and multiprocessing: an Explanations, a StoreArray and its raw zarr array unpickle in a fresh
+    process (the checking zarr store is importable by name) and still refuse a damaged chunk."""
+    expected, _ = _reference()
+    out = _write(str(tmp_path / "out"))
+    ex = open_explanations(out)
+    data = pickle.dumps((ex, ex.scores, ex.attributions.zarr))
+    done = subprocess.run([sys.executable, "-c", PICKLED, ROOT], input=data, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    total, scores, raw, finished = done.stdout.decode().split(" ", 3)
+    assert float(total) == float(raw) == pytest.approx(float(expected["attributions"].sum()), rel=1e-6)
+    assert float(scores) == pytest.approx(float(expected["scores"].sum()), rel=1e-12)
+    assert finished.strip() == "[0, 1, 2]"
+    os.remove(os.path.join(out, "data.zarr", "scores", "c.2"))
+    with pytest.raises(CorruptChunkError, match=r"data\.zarr/scores/c\.2 missing"):
+        pickle.loads(data)[1][:]
