@@ -203,3 +203,44 @@ def test_explanations_pickle_into_another_process_and_keep_checking(tmp_path):
     os.remove(os.path.join(out, "data.zarr", "scores", "c.2"))
     with pytest.raises(CorruptChunkError, match=r"data\.zarr/scores/c\.2 missing"):
         pickle.loads(data)[1][:]
+
+
+# ------------------------------------------------------------------------------------------------ indexing
+FIRSTS = [0, -1, np.int64(4), np.array(3), slice(None), slice(2, 9), slice(None, None, -1), slice(8, 1, -3),
+          slice(1, 9, 3), slice(5, 2), [], [3, 1, 1], np.array([-1, 0]), np.arange(10) % 3 == 0, [[1, 2], [0, 9]]]
+RESTS = [(), (0,), (slice(None), [0, 1]), ([0, 1], [0, 1]), (slice(None, None, -1),), (None,), (Ellipsis, 1),
+         (Ellipsis,), (0, 0, 0), (np.arange(16) % 2 == 0,), (slice(None), slice(None), [2, 0]), (-1, slice(3, None, 2)),
+         ([[0, 1], [2, 3]],)]
+
+
+def test_indexing_is_numpy_indexing(tmp_path):
+    """Each key NumPy takes gives NumPy's values and shape: zarr's orthogonal indexing gave ``a[[0, 1], [0, 1]]`` the
+    shape (2, 2, 16, 3) and ``a[0, :, [0, 1]]`` its axes transposed (NumPy: (2, 16, 3)), silently; negative steps,
+    ``None`` and several index arrays after the item axis crashed inside zarr, ``a[[]]`` and 2-D int arrays were
+    refused."""
+    out = _write(str(tmp_path / "out"))
+    ex, (expected, _) = open_explanations(out), _reference()
+    checked = 0
+    for name in ("attributions", "scores", "ids"):
+        array, reference = getattr(ex, name), expected[name]
+        for first in FIRSTS:
+            for rest in RESTS:
+                key = (first,) + rest
+                try:
+                    want = reference[key]
+                except IndexError:
+                    with pytest.raises(IndexError):
+                        array[key]
+                    continue
+                got = array[key]
+                assert np.shape(got) == np.shape(want), (name, key)
+                np.testing.assert_array_equal(np.asarray(got, dtype=reference.dtype), want)
+                assert isinstance(got, np.ndarray) == isinstance(want, np.ndarray), (name, key)  # scalars stay scalars
+                checked += 1
+    assert checked > 250
+    with pytest.raises(IndexError, match=r"attributions takes an int, a slice, an int array or a boolean mask"):
+        ex.attributions[None]
+    with pytest.raises(IndexError, match=r"out of bounds"):
+        ex.scores[[0, 10]]
+    with pytest.raises(IndexError, match=r"a boolean mask over scores must have shape \(10,\)"):
+        ex.scores[np.ones(9, bool)]

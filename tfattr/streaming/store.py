@@ -1088,15 +1088,19 @@ def _parquet_bytes(table) -> bytes:
 class StoreArray:
     """A lazy, sliceable view of one stored array, guarded by the commit markers.
 
-    Indexing the first (item) axis with an int, a slice, an int array or a bool mask reads only the
-    chunks it touches. Items of unfinished chunks are never returned: a selection that touches one
-    raises :class:`UnfinishedChunkError` naming the chunk (use :attr:`Explanations.valid` or
-    :attr:`Explanations.finished_chunks` to select finished items). A chunk file that fails to decode
-    raises :class:`CorruptChunkError` naming the chunk.
+    Indexing is NumPy's (basic and advanced, ``a[[0, 1], [0, 1]]`` as NumPy pairs them); the first (item)
+    axis takes an int, a slice, an int array or a bool mask and reads only the chunks it touches (with
+    advanced indices, negative steps or ``None`` after it, the selected items are read whole, then indexed
+    by NumPy). ``None`` or a bool scalar as the first index is an ``IndexError``. Items of unfinished
+    chunks are never returned: a selection that touches one raises :class:`UnfinishedChunkError` naming
+    the chunk (use :attr:`Explanations.valid` or :attr:`Explanations.finished_chunks` to select finished
+    items). A chunk file that differs from its marker's sha256 (missing, replaced, truncated) raises
+    :class:`CorruptChunkError` naming the chunk and the file.
 
     Attributes:
-        zarr: The underlying zarr array (raw: unguarded, may be longer than the store while its size
-            is unknown; unwritten items read as the fill value, NaN for floats).
+        zarr: The underlying zarr array (raw: no marker guard, may be longer than the store while its
+            size is unknown; unwritten items read as the fill value, NaN for floats; files of finished
+            chunks are still checked against their markers).
     """
 
     def __init__(self, explanations: Explanations, name: str, array):
@@ -1127,54 +1131,98 @@ class StoreArray:
         return self.shape[0]
 
     def _items(self, first):
-        """(zarr selection for axis 0, item indices it covers, whether it drops the axis)."""
+        """(zarr selection for axis 0, item indices it covers, the index NumPy applies to the items read)."""
         n = len(self)
-        if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+        if isinstance(first, np.ndarray) and first.ndim == 0 and first.dtype.kind in "iu":
+            first = int(first)  # a 0-d int array indexes as an int
+        if isinstance(first, (int, np.integer)) and not isinstance(first, (bool, np.bool_)):
             index = int(first) + n if first < 0 else int(first)
             if not 0 <= index < n:
                 raise IndexError(f"index {first} is out of bounds for {self.name} of {n} items")
-            return index, np.array([index]), True
+            return slice(index, index + 1), np.array([index]), 0
         if isinstance(first, slice):
             begin, end, step = first.indices(n)
             items = np.arange(begin, end, step)
             if step == 1:
-                return slice(begin, max(begin, end)), items, False
-            return items, items, False
+                return slice(begin, max(begin, end)), items, slice(None)
+            return items, items, slice(None)
+        if first is None or first is Ellipsis or isinstance(first, (str, bytes, float, bool, np.bool_)):
+            raise IndexError(f"{self.name} takes an int, a slice, an int array or a boolean mask on its item "
+                             f"axis (first index), not {first!r}")
         items = np.asarray(first)
         if items.dtype == bool:
             if items.shape != (n,):
                 raise IndexError(f"a boolean mask over {self.name} must have shape ({n},), got {items.shape}")
             items = np.flatnonzero(items)
-        elif items.dtype.kind in "iu" and items.ndim == 1:
-            items = np.where(items < 0, items + n, items)
+        elif items.size == 0 and items.ndim == 1:
+            items = items.astype(np.int64)  # [] is an empty selection, as in NumPy
+        elif items.dtype.kind in "iu" and items.ndim >= 1:
+            shape = items.shape  # an int array of any shape: the items read once each, in its order, then reshaped
+            items = np.where(items < 0, items + n, items).astype(np.int64).ravel()
             if items.size and (items.min() < 0 or items.max() >= n):
                 raise IndexError(f"an index is out of bounds for {self.name} of {n} items")
+            return items, items, np.arange(items.size).reshape(shape)
         else:
-            raise IndexError(f"{self.name} takes ints, slices, 1-D int arrays or boolean masks on its item axis")
-        return items, items, False
+            raise IndexError(f"{self.name} takes an int, a slice, an int array or a boolean mask on its item "
+                             f"axis (first index). Received: {_short(first)}")
+        return items, items, np.arange(items.size)
+
+    @staticmethod
+    def _basic(index) -> bool:
+        """An index zarr applies as NumPy does to one axis: an int, a slice with a positive step."""
+        if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+            return True
+        return isinstance(index, slice) and (index.step is None or isinstance(index.step, (int, np.integer))
+                                             and index.step > 0)
+
+    def _expand(self, key: tuple) -> tuple:
+        """``key`` with its Ellipsis replaced by the full slices it stands for (as NumPy places them)."""
+        where = [i for i, part in enumerate(key) if part is Ellipsis]
+        if len(where) > 1:
+            raise IndexError(f"an index can only have a single ellipsis ('...'). Received: key={_short(key)}")
+        if not where:
+            return key
+        used = 0
+        for part in key:
+            if part is None or part is Ellipsis:
+                continue
+            array = part if isinstance(part, np.ndarray) else None
+            if array is None and isinstance(part, (list, tuple)):
+                array = np.asarray(part)
+            used += array.ndim if array is not None and array.dtype == bool else 1
+        i = where[0]
+        return key[:i] + (slice(None),) * max(0, self.ndim - used) + key[i + 1:]
 
     def __getitem__(self, key):
-        if key is Ellipsis:
-            key = (slice(None),)
-        if not isinstance(key, tuple):
-            key = (key,)
-        if key and key[0] is Ellipsis:
-            key = (slice(None),) + key
+        """NumPy indexing (basic and advanced); the item axis (the first) reads only the chunks it touches."""
+        key = key if isinstance(key, tuple) else (key,)
+        scalar = not any(part is Ellipsis for part in key)  # NumPy: a[0, ...] is a 0-d array, a[0] a scalar
+        key = self._expand(key)
         first, rest = (key[0], key[1:]) if key else (slice(None), ())
-        selection, items, _ = self._items(first)
+        selection, items, local = self._items(first)
         self._store._check_finished(items, self.name)
         try:
-            if isinstance(selection, np.ndarray):
-                block = self.zarr.oindex[(selection,) + (slice(None),) * (self.zarr.ndim - 1)]
-                values = block[(slice(None),) + rest] if rest else block
+            if not isinstance(selection, np.ndarray) and all(map(self._basic, rest)):
+                # ints and positive-step slices: zarr reads only the selected part of each item, as NumPy would
+                values = self.zarr[(selection.start if isinstance(local, int) else selection,) + rest]
             else:
-                values = self.zarr[(selection,) + rest]
-            return values[()] if isinstance(values, np.ndarray) and values.ndim == 0 else values  # a scalar, as NumPy
+                if isinstance(selection, np.ndarray):
+                    block = self.zarr.oindex[(selection,) + (slice(None),) * (self.zarr.ndim - 1)]
+                else:
+                    block = self.zarr[selection]
+                # the items read, then NumPy's own indexing with the rest of the key: advanced indices, negative
+                # steps, None and their combinations (zarr's orthogonal indexing would give other shapes)
+                values = np.asarray(block)[(local,) + rest]
         except (IndexError, TypeError):
             raise
         except Exception as error:
             self._store._raise_if_damaged(items, error)
             raise
+        if isinstance(values, np.ndarray) and values.ndim == 0 and scalar:
+            return values[()]
+        if not isinstance(values, np.ndarray) and not scalar:
+            return np.asarray(values)
+        return values
 
     def __array__(self, dtype=None, copy=None):
         values = self[:]
