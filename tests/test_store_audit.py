@@ -19,6 +19,7 @@ import tfattr.streaming.store as store_module
 from tfattr.streaming.store import (
     CorruptChunkError,
     CorruptStoreError,
+    SettingsMismatchError,
     StoreWriter,
     open_explanations,
 )
@@ -244,3 +245,27 @@ def test_indexing_is_numpy_indexing(tmp_path):
         ex.scores[[0, 10]]
     with pytest.raises(IndexError, match=r"a boolean mask over scores must have shape \(10,\)"):
         ex.scores[np.ones(9, bool)]
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def test_settings_resume_with_nan_and_numpy_scalars_and_compare_inside_lists(tmp_path):
+    """A NaN in the settings (JSON records ``NaN``) made every resume by the same code a SettingsMismatchError
+    ("recorded nan, this run nan"); NumPy scalars (a seed as ``np.int64``) were refused; inside lists ``True``
+    and ``1`` compared equal (Python's ``==``) though the store tells them apart everywhere else."""
+    out = str(tmp_path / "out")
+    settings = {"baseline": float("nan"), "seed": np.int64(3), "sigma": np.float32(0.1), "flag": np.bool_(True),
+                "steps": (8, 16), "range": [0.0, float("nan")], "items": [{"on": True}]}
+    StoreWriter.open(out, settings, 4, 10).close()
+    recorded = open_explanations(out).settings
+    assert recorded["seed"] == 3 and type(recorded["seed"]) is int and recorded["sigma"] == float(np.float32(0.1))
+    assert recorded["flag"] is True and recorded["steps"] == [8, 16] and np.isnan(recorded["baseline"])
+    StoreWriter.open(out, dict(settings), 4, 10).close()  # the same run resumes
+    StoreWriter.open(out, dict(settings, steps=[8, 16], seed=3), 4, 10).close()  # tuples are recorded as lists
+    with pytest.raises(SettingsMismatchError, match=r"items\[0\]\.on: recorded True, this run 1"):
+        StoreWriter.open(out, dict(settings, items=[{"on": 1}]), 4, 10)
+    with pytest.raises(SettingsMismatchError, match=r"range\[1\]: recorded nan, this run 1\.0"):
+        StoreWriter.open(out, dict(settings, range=[0.0, 1.0]), 4, 10)
+    with pytest.raises(SettingsMismatchError, match=r"baseline: recorded nan, this run 0\.0"):
+        StoreWriter.open(out, dict(settings, baseline=0.0), 4, 10)
+    with pytest.raises(TypeError, match=r"`settings` must be JSON-serialisable.*ndarray"):
+        StoreWriter.open(str(tmp_path / "other"), {"mask": np.zeros(3)}, 4, 10)

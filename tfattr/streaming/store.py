@@ -163,12 +163,24 @@ def _short(value, limit: int = 60) -> str:
 def _canonical(settings, name: str = "settings"):
     """``settings`` as JSON gives it back (tuples become lists, keys strings): the form that is recorded."""
     try:
-        return json.loads(json.dumps(settings, sort_keys=True))
+        return json.loads(json.dumps(settings, sort_keys=True, default=_json_scalar))
     except (TypeError, ValueError) as error:
         raise InvalidTypeError(
             f"`{name}` must be JSON-serialisable (dicts, lists, strings, numbers, booleans, None): {error}. "
             f"{received(name, settings)}"
         ) from None
+
+
+def _json_scalar(value):
+    """NumPy scalars as the Python numbers they hold (``np.int64(3)`` is recorded as ``3``)."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _same_float(old, new) -> bool:
+    """NaN equals NaN here: JSON records a NaN as ``NaN`` and reads it back as a NaN that equals nothing."""
+    return isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new)
 
 
 def _differences(old, new, path: str = "") -> List[str]:
@@ -184,6 +196,10 @@ def _differences(old, new, path: str = "") -> List[str]:
             else:
                 out.extend(_differences(old[key], new[key], where))
         return out
+    if _same_float(old, new):
+        return []
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [line for i, (a, b) in enumerate(zip(old, new)) for line in _differences(a, b, f"{path}[{i}]")]
     if old != new or type(old) is not type(new) and not (_is_number(old) and _is_number(new)):
         return [f"{path or 'settings'}: recorded {_short(old)}, this run {_short(new)}"]
     return []
