@@ -21,6 +21,7 @@ from tfattr.streaming.store import (
     CorruptStoreError,
     SettingsMismatchError,
     StoreWriter,
+    UnfinishedChunkError,
     open_explanations,
 )
 
@@ -269,3 +270,69 @@ def test_settings_resume_with_nan_and_numpy_scalars_and_compare_inside_lists(tmp
         StoreWriter.open(out, dict(settings, baseline=0.0), 4, 10)
     with pytest.raises(TypeError, match=r"`settings` must be JSON-serialisable.*ndarray"):
         StoreWriter.open(str(tmp_path / "other"), {"mask": np.zeros(3)}, 4, 10)
+
+
+# ------------------------------------------------------------------------------------------- write_chunk inputs
+def test_write_chunk_stores_exactly_what_it_is_given_or_names_the_input(tmp_path):
+    """Inputs that were stored as other values, silently: ids given as one string (its characters became the ids),
+    bytes ids (stored as "b'x'"), float64 attributions beyond float32's range (inf), complex ones (their real part),
+    ``valid`` of NaN or 0.5 (True), scores given as text (parsed); and inputs that crashed with a non-tfattr error:
+    a float ``start`` (zarr TypeError), rows that are not dicts (AttributeError), an id with a lone surrogate and
+    rows given (UnicodeEncodeError inside zarr), a chunk index past 2**62 items (OverflowError)."""
+    writer = StoreWriter.open(str(tmp_path / "out"), {}, 4, None, durable=False)
+    scores = {"scores": np.arange(4.0)}
+    with pytest.raises(TypeError, match=r"`ids` must be a list of strings, one per item\. Received: ids='abcd'"):
+        writer.write_chunk(0, 0, "abcd", scores)
+    with pytest.raises(TypeError, match=r"ids\[2\] must be a string .* Received: ids\[2\]=None"):
+        writer.write_chunk(0, 0, ["a", "b", None, "d"], scores)
+    with pytest.raises(ValueError, match=r"ids\[1\] cannot be stored as UTF-8 \(surrogates not allowed\)"):
+        writer.write_chunk(0, 0, ["a", "\ud800", "c", "d"], scores, rows=[{"n": i} for i in range(4)])
+    with pytest.raises(ValueError, match=r"beyond float32's range .* Received: max \|value\|=1e\+39"):
+        writer.write_chunk(0, 0, list("abcd"), {"attributions": np.array([0.0, 1e39, 2.0, 3.0])})
+    with pytest.raises(TypeError, match=r"arrays\['attributions'\] must be numeric or bool.*complex128"):
+        writer.write_chunk(0, 0, list("abcd"), {"attributions": np.arange(4) + 1j})
+    with pytest.raises(ValueError, match=r"arrays\['valid'\] must be bool \(or 0/1\)"):
+        writer.write_chunk(0, 0, list("abcd"), {"valid": np.array([1.0, np.nan, 0.5, 0.0])})
+    for bad in (np.array(["1.5", "2", "3", "4"]), np.array([None, 1.0, 2.0, 3.0], dtype=object)):
+        with pytest.raises(TypeError, match=r"arrays\['scores'\] must be numeric or bool"):
+            writer.write_chunk(0, 0, list("abcd"), {"scores": bad})
+    with pytest.raises(ValueError, match=r"Chunk 0 starts at item 0 \(chunk=4\)\. Received: start=0\.0"):
+        writer.write_chunk(0, 0.0, list("abcd"), scores)
+    with pytest.raises(TypeError, match=r"`rows` must be a list of dicts"):
+        writer.write_chunk(0, 0, list("abcd"), scores, rows=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"lies past the 9007199254740992 items a store can index"):
+        writer.write_chunk(2**62, 2**64, ["a"], {"scores": np.arange(1.0)})
+    assert writer.finished() == set()  # nothing was committed by the refused calls
+    # what is stored exactly: NaN, infinities, -0.0, odd ids (NUL, empty, long, astral, ints, UTF-8 bytes)
+    ids = ["a\x00b", "", "é" * 2000, "\U0001f600"]
+    values = np.array([np.nan, np.inf, -np.inf, -0.0], dtype=np.float32)
+    writer.write_chunk(0, 0, ids, {"attributions": values, "valid": np.array([1, 0, 1, 1])})
+    writer.write_chunk(1, 4, [7, np.int64(8), b"caf\xc3\xa9", np.str_("x")], {"attributions": values.astype("float64")})
+    # an unknown-size store with a far chunk: read by chunk, not through a mask of every item (MemoryError)
+    writer.write_chunk(10**14, 4 * 10**14, ["far"], {"attributions": np.array([5.0])})
+    writer.close()
+    ex = open_explanations(str(tmp_path / "out"))
+    assert list(ex.ids[:8]) == ids + ["7", "8", "café", "x"]
+    got = ex.attributions[:8]
+    np.testing.assert_array_equal(got, np.concatenate([values, values]))
+    assert np.signbit(got[3]) and np.signbit(got[7])  # -0.0 kept
+    np.testing.assert_array_equal(ex.array("valid")[:8], [True, False, True, True] + [True] * 4)
+    assert len(ex) == 4 * 10**14 + 1 and ex.ids[-1] == "far" and ex.attributions[-1] == 5.0
+    with pytest.raises(UnfinishedChunkError, match=r"unfinished chunk 2 "):
+        ex.attributions[8]
+
+
+def test_rows_of_chunks_with_other_column_types_are_a_named_error(tmp_path):
+    """``rows()`` raised pyarrow's ArrowTypeError (a label int in one chunk, text in another) and ArrowInvalid (a
+    column that no chunk has)."""
+    with StoreWriter.open(str(tmp_path / "out"), {}, 2, 6) as writer:
+        writer.write_chunk(0, 0, ["a", "b"], {}, rows=[{"label": 1}, {"label": None}])
+        writer.write_chunk(1, 2, ["c", "d"], {}, rows=[{"label": "cat"}, {"label": "dog"}])
+        writer.write_chunk(2, 4, ["e", "f"], {}, rows=[{"label": None, "note": "x"}, {"label": None, "note": None}])
+    ex = open_explanations(str(tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"cannot be joined into one table: a column has other types in other chunks "
+                                         r"\(label: int64 in chunks \[0\], string in chunks \[1\]"):
+        ex.rows()
+    assert ex.rows(columns=["note"], as_arrow=True)["note"].to_pylist() == [None, None, None, None, "x", None]
+    with pytest.raises(ValueError, match=r"have no column 'nope' \(columns: \['label', 'note'\]\)"):
+        ex.rows(columns=["nope"])

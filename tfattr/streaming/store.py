@@ -98,6 +98,7 @@ _STANDARD = {
     "valid": ("bool", False),
 }
 _ZSTD_LEVEL = 1
+_MAX_ITEMS = 2**53  # item indices stay exact in float64 (JSON readers) and zarr's int64 shapes
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -520,6 +521,32 @@ def _array_problem(name: str, array, spec: Dict[str, Any], chunk: int, length: i
     return None
 
 
+def _check_ids(ids) -> List[str]:
+    """The ids as strings: ``str`` as they are, ints in decimal, bytes decoded as UTF-8; anything else is an error."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+        raise InvalidTypeError(f"`ids` must be a list of strings, one per item. {received('ids', ids)}")
+    out = []
+    for i, item in enumerate(ids):
+        if isinstance(item, (bytes, np.bytes_)):
+            try:
+                item = bytes(item).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(f"ids[{i}] is bytes that are not UTF-8 text. {received(f'ids[{i}]', item)}"
+                                        ) from None
+        elif isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)):
+            item = str(int(item))
+        elif not isinstance(item, str):
+            raise InvalidTypeError(
+                f"ids[{i}] must be a string (or an int, bytes in UTF-8). {received(f'ids[{i}]', item)}")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidInputError(
+                f"ids[{i}] cannot be stored as UTF-8 ({error.reason}). {received(f'ids[{i}]', item)}") from None
+        out.append(str(item))
+    return out
+
+
 def _array_spec(name: str, values: np.ndarray) -> Dict[str, Any]:
     return {"shape_per_item": [int(size) for size in values.shape[1:]],
             "dtype": "str" if name == "ids" else str(values.dtype)}
@@ -822,11 +849,15 @@ class StoreWriter:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise InvalidInputError(f"`k` must be a chunk index (an int >= 0). {received('k', k)}")
         k = int(k)
-        if start != k * self.chunk:
+        if (k + 1) * self.chunk > _MAX_ITEMS:
+            raise InvalidInputError(f"Chunk {k} (items from {k * self.chunk}) lies past the {_MAX_ITEMS} items a store "
+                                    f"can index. {received('k', k)}")
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start != k * self.chunk:
             raise InvalidInputError(
                 f"Chunk {k} starts at item {k * self.chunk} (chunk={self.chunk}). {received('start', start)}"
             )
-        ids = [str(item) for item in ids]
+        start = int(start)
+        ids = _check_ids(ids)
         n = len(ids)
         if self.num_items is not None:
             expected = min(self.chunk, self.num_items - start)
@@ -882,6 +913,9 @@ class StoreWriter:
         """The chunk's arrays in their stored dtypes, defaults filled, checked against the store's schema."""
         if not isinstance(arrays, dict):
             raise InvalidTypeError(f"`arrays` must be a dict of name -> array. {received('arrays', arrays)}")
+        if rows is not None and (isinstance(rows, (str, bytes, dict)) or not hasattr(rows, "__len__")
+                                 or not all(isinstance(row, dict) for row in rows)):
+            raise InvalidTypeError(f"`rows` must be a list of dicts, one per id. {received('rows', rows)}")
         if rows is not None and len(rows) != n:
             raise InvalidInputError(f"`rows` must have one dict per id ({n}). {received('len(rows)', len(rows))}")
         values: Dict[str, np.ndarray] = {"ids": np.asarray(ids, dtype=object)}
@@ -897,13 +931,28 @@ class StoreWriter:
                     f"arrays[{name!r}] must have one row per id ({n}). "
                     f"{received(f'arrays[{name!r}].shape', value.shape)}"
                 )
+            if value.dtype.kind not in "biuf":  # strings, objects (None), complex: never parsed or cut silently
+                raise InvalidTypeError(
+                    f"arrays[{name!r}] must be numeric or bool. "
+                    f"{received(f'arrays[{name!r}].dtype', str(value.dtype))}")
             if name == "attributions" or name.startswith("attributions/"):
+                if value.dtype.kind == "f" and value.dtype.itemsize > 4:
+                    with np.errstate(invalid="ignore"):
+                        big = np.isfinite(value) & (np.abs(value) > np.finfo(np.float32).max)
+                    if big.any():
+                        largest = float(np.abs(value[big]).max())
+                        raise InvalidInputError(
+                            f"arrays[{name!r}] holds finite values beyond float32's range (attributions are stored "
+                            f"as float32; they would become inf). {received('max |value|', largest)}")
                 value = value.astype(np.float32, copy=False)
             elif name in _STANDARD:
                 dtype = np.dtype(_STANDARD[name][0])
                 if value.ndim != 1:
                     raise InvalidInputError(
                         f"arrays[{name!r}] must be 1-D. {received(f'arrays[{name!r}].shape', value.shape)}")
+                if dtype.kind == "b" and value.dtype.kind != "b" and not np.isin(value, (0, 1)).all():
+                    raise InvalidInputError(
+                        f"arrays['valid'] must be bool (or 0/1). {received(name, value)}")
                 if dtype.kind == "i" and value.dtype.kind not in "iub":
                     if value.dtype.kind != "f" or not np.all(value == np.round(value)):
                         raise InvalidInputError(f"arrays[{name!r}] must hold integers. {received(name, value)}")
@@ -911,10 +960,6 @@ class StoreWriter:
                 if info is not None and value.size and (value.min() < info.min or value.max() > info.max):
                     raise InvalidInputError(f"arrays[{name!r}] does not fit {dtype}. {received(name, value)}")
                 value = value.astype(dtype, copy=False)
-            elif value.dtype.kind not in "biuf":
-                raise InvalidTypeError(
-                    f"arrays[{name!r}] must be numeric or bool. "
-                    f"{received(f'arrays[{name!r}].dtype', str(value.dtype))}")
             values[name] = np.ascontiguousarray(value)
         if "valid" not in values:
             statuses = [row.get("status") for row in rows] if rows is not None else []
@@ -1367,12 +1412,15 @@ class Explanations:
 
     def _check_finished(self, items: np.ndarray, name: str) -> None:
         items = np.asarray(items, dtype=np.int64)
-        chunks = np.unique(items // self.chunk)
+        chunks, where = np.unique(items // self.chunk, return_inverse=True)
         bad = [int(k) for k in chunks if int(k) in self._bad_markers]
         if bad:
             self.verify(bad)
-        # item by item (a marker's range, not its chunk index, says what is written)
-        missing = [int(k) for k in np.unique(items[~self._finished_mask()[items]] // self.chunk)]
+        # item by item (a marker's range, not its chunk index, says what is written), without a mask of every item
+        stops = np.array([int(self._markers[int(k)]["stop"]) if int(k) in self._markers else -1 for k in chunks],
+                         dtype=np.int64)
+        finished = items < stops[where.reshape(-1)] if items.size else np.zeros(0, bool)
+        missing = [int(k) for k in np.unique(items[~finished] // self.chunk)]
         if missing:
             first = missing[0]
             raise UnfinishedChunkError(
@@ -1462,23 +1510,44 @@ class Explanations:
             as_arrow: Return a ``pyarrow.Table`` instead of a pandas DataFrame.
         """
         pa = _pyarrow()
-        tables = []
+        if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+            raise InvalidTypeError(f"`columns` must be a list of column names. {received('columns', columns)}")
+        tables, names = [], set()
         for k in self.finished_chunks:
             relative = f"{ROWS}/{_part_name(k)}"
             path = os.path.join(self.out, ROWS, _part_name(k))
-            expected = self._markers[k]["files"].get(relative)
+            expected = self._markers[k]["files"][relative]
             try:
                 with open(path, "rb") as handle:
                     data = handle.read()
-            except FileNotFoundError:
+            except OSError:
                 data = None
-            if data is None or expected is not None and hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            if data is None or hashlib.sha256(data).hexdigest() != expected["sha256"]:
                 self.verify([k])
-            tables.append(pa.parquet.read_table(pa.BufferReader(data), columns=columns))
-        if tables:
-            table = pa.concat_tables(tables, promote_options="permissive")
-        else:
-            table = pa.table({})
+            part = pa.parquet.read_table(pa.BufferReader(data))
+            names.update(part.column_names)
+            tables.append((k, part.select([c for c in columns if c in part.column_names]) if columns else part))
+        unknown = [c for c in columns or () if c not in names]
+        if unknown and tables:
+            raise StoreError(f"The rows of out={self.out!r} have no column {', '.join(map(repr, unknown))} "
+                             f"(columns: {sorted(names)}). {received('columns', columns)}")
+        try:
+            table = (pa.concat_tables([part for _, part in tables], promote_options="permissive")
+                     if tables else pa.table({}))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            kinds: Dict[str, Dict[str, List[int]]] = {}
+            for k, part in tables:
+                for field in part.schema:
+                    kinds.setdefault(field.name, {}).setdefault(str(field.type), []).append(k)
+            clash = "; ".join(f"{name}: " + ", ".join(f"{kind} in chunks {where[:3]}" for kind, where in found.items())
+                              for name, found in kinds.items() if len({t for t in found if t != "null"}) > 1)
+            raise StoreError(
+                f"The rows of out={self.out!r} cannot be joined into one table: a column has other types in other "
+                f"chunks ({clash or error}). Read them with columns=[...] leaving it out, or chunk by chunk from "
+                f"{ROWS}/. {received('out', self.out)}"
+            ) from None
+        if columns:
+            table = table.select([c for c in columns if c in table.column_names])
         if as_arrow:
             return table
         try:
