@@ -336,3 +336,49 @@ def test_rows_of_chunks_with_other_column_types_are_a_named_error(tmp_path):
     assert ex.rows(columns=["note"], as_arrow=True)["note"].to_pylist() == [None, None, None, None, "x", None]
     with pytest.raises(ValueError, match=r"have no column 'nope' \(columns: \['label', 'note'\]\)"):
         ex.rows(columns=["nope"])
+
+
+# ------------------------------------------------------------------------------------------------ concurrency
+def test_two_writers_of_one_chunk_never_leave_a_finished_chunk_with_the_others_files(tmp_path):
+    """Two lock=False writers of one chunk (a retried or speculative Beam bundle, its numbers a few bits off): the
+    second, past its marker check before the first committed, overwrote the finished chunk's files after the
+    first one's marker: a finished chunk holding the other writer's numbers under the first one's checksums."""
+    import threading
+
+    out = str(tmp_path / "out")
+    StoreWriter.open(out, SETTINGS, 4, 10).close()
+    first, second = (StoreWriter.open(out, SETTINGS, 4, 10, lock=False, durable=False) for _ in range(2))
+    ready, started, outcome = threading.Event(), threading.Event(), {}
+    commit, prepare = first._commit, second._prepare
+
+    def slow_commit(*args):  # the first writer's files are written; it commits once the second one is under way
+        ready.set()
+        started.wait(timeout=5)
+        commit(*args)
+
+    def announced_prepare(*args):
+        started.set()
+        return prepare(*args)
+
+    first._commit, second._prepare = slow_commit, announced_prepare
+    start, ids, arrays, rows = chunk_data(1, 4, 10)
+    other = dict(arrays, attributions=arrays["attributions"] * (1 + 2**-20), scores=arrays["scores"] + 1e-12)
+
+    def run(name, writer, values):
+        try:
+            writer.write_chunk(1, start, ids, values, rows)
+            outcome[name] = "committed"
+        except Exception as error:  # noqa: BLE001 - the outcome is asserted below
+            outcome[name] = type(error).__name__
+
+    thread = threading.Thread(target=run, args=("first", first, arrays))
+    thread.start()
+    assert ready.wait(timeout=30)
+    run("second", second, other)
+    thread.join(timeout=30)
+    assert outcome == {"first": "committed", "second": "ChunkFinishedError"}
+    ex = open_explanations(out)
+    assert ex.verify() == [1]
+    np.testing.assert_array_equal(ex.attributions[4:8], arrays["attributions"])
+    np.testing.assert_array_equal(ex.scores[4:8], arrays["scores"])
+    assert sorted(os.listdir(os.path.join(out, "done"))) == ["chunk-00001.json"]  # the chunk lock file is gone

@@ -802,11 +802,40 @@ class StoreWriter:
         self._write_meta(meta)
         self._arrays.clear()
 
+    @contextlib.contextmanager
+    def _chunk_lock(self, k: int) -> Iterator[None]:
+        """An exclusive flock of ``done/.chunk-0000k.json.lock`` while chunk ``k`` is written (deleted after)."""
+        _need_flock(self.out)
+        path = os.path.join(self.out, DONE, f".{_marker_name(k)}.lock")
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, files.file_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:  # the file may have been deleted by the holder we waited for: then lock the new one
+                    held, now = os.fstat(fd), os.stat(path)
+                    same = (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            os.close(fd)
+
     def _remove_temporaries(self) -> None:
         """Delete temporary files of killed writers (only under the lock: nobody else writes)."""
         for folder, _, names in os.walk(self.out):
             for name in names:
-                if name.endswith(".partial") or ".tmp-" in name and name.startswith("."):
+                chunk_lock = (folder == os.path.join(self.out, DONE) and name.startswith(".chunk-")
+                              and name.endswith(".lock"))
+                if name.endswith(".partial") or ".tmp-" in name and name.startswith(".") or chunk_lock:
                     with contextlib.suppress(OSError):
                         os.remove(os.path.join(folder, name))
 
@@ -883,7 +912,14 @@ class StoreWriter:
             )
         values = self._prepare(ids, arrays, rows, n)
         table = self._rows_table(ids, start, values, rows)
-        with _writable(self.out):
+        with _writable(self.out), self._chunk_lock(k):
+            # under the chunk's lock: two writers of one chunk (a retried Beam bundle) never interleave
+            # their files, and the second finds the first one's marker before it writes anything
+            if os.path.exists(os.path.join(self.out, DONE, _marker_name(k))):
+                raise ChunkFinishedError(
+                    f"Chunk {k} of out={self.out!r} is finished (it has its commit marker): finished chunks are "
+                    f"never rewritten. {received('k', k)}"
+                )
             self._ensure_arrays(values, start + self.chunk)
             entries = {}
             for name, value in values.items():
