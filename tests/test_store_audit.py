@@ -382,3 +382,51 @@ def test_two_writers_of_one_chunk_never_leave_a_finished_chunk_with_the_others_f
     np.testing.assert_array_equal(ex.attributions[4:8], arrays["attributions"])
     np.testing.assert_array_equal(ex.scores[4:8], arrays["scores"])
     assert sorted(os.listdir(os.path.join(out, "done"))) == ["chunk-00001.json"]  # the chunk lock file is gone
+
+
+FULL_DISK = '''
+import json, os, resource, signal, sys, types
+root, out = sys.argv[1], sys.argv[2]
+for name in ("tfattr", "tfattr.streaming"):  # the store without the package tops (no TensorFlow)
+    module = types.ModuleType(name)
+    module.__path__ = [os.path.join(root, *name.split("."))]
+    sys.modules[name] = module
+import numpy as np
+from tfattr.streaming import store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+writer = store.StoreWriter.open(out, {}, 4, 32)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    for k in range(8):  # chunks 0-3 compress to a few hundred bytes; chunk 4's maps (64 KB of noise) cannot be written
+        maps = np.zeros((4, 64, 64), "float32") if k < 4 else np.random.default_rng(k).normal(size=(4, 64, 64))
+        writer.write_chunk(k, 4 * k, [f"i{4 * k + j}" for j in range(4)], {"attributions": maps})
+except store.StoreNotWritableError as error:
+    print(json.dumps({"error": str(error), "finished": sorted(writer.finished())}))
+'''
+
+
+def test_a_full_disk_is_a_named_error_and_never_a_finished_half_chunk(tmp_path):
+    """A write that fails for lack of space (simulated with RLIMIT_FSIZE: EFBIG, SIGXFSZ ignored) was a bare
+    OSError; the chunk it wrote must not be finished, and the run resumes to the full store once there is room."""
+    out = str(tmp_path / "out")
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, ROOT, out], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout, done.stderr
+    result = json.loads(done.stdout)
+    assert result["finished"] == [0, 1, 2, 3]
+    assert "is full (File too large" in result["error"] and "was not committed" in result["error"]
+    ex = open_explanations(out)
+    assert ex.verify() == [0, 1, 2, 3] and not ex.valid[16:].any()
+    with pytest.raises(UnfinishedChunkError, match=r"unfinished chunk 4 "):
+        ex.attributions[16]
+    with StoreWriter.open(out, {}, 4, 32) as writer:  # room again: resume
+        for k in range(4, 8):
+            writer.write_chunk(k, 4 * k, [f"i{4 * k + j}" for j in range(4)],
+                               {"attributions": np.random.default_rng(k).normal(size=(4, 64, 64))})
+        writer.finish(32)
+    ex = open_explanations(out)
+    assert ex.verify() == list(range(8)) and ex.complete
+    np.testing.assert_array_equal(ex.attributions[16:20], np.random.default_rng(4).normal(size=(4, 64, 64))
+                                  .astype("float32"))
+    leftovers = [name for _, _, names in os.walk(out) for name in names
+                 if name.startswith(".") and name != ".meta.lock"]
+    assert leftovers == []  # no temporary file of the failed writes is left

@@ -251,7 +251,7 @@ def _need_flock(out: str) -> None:
 
 @contextlib.contextmanager
 def _writable(out: str) -> Iterator[None]:
-    """Turn permission and read-only-filesystem errors into :class:`StoreNotWritableError`."""
+    """Turn permission, read-only-filesystem and full-disk errors into :class:`StoreNotWritableError`."""
     try:
         yield
     except OSError as error:
@@ -259,6 +259,13 @@ def _writable(out: str) -> Iterator[None]:
             raise StoreNotWritableError(
                 f"out={out!r} cannot be written by this process ({error.strerror}: {error.filename}); a store "
                 f"can be read from a read-only folder, but not written. Use a writable out=. {received('out', out)}"
+            ) from error
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise StoreNotWritableError(
+                f"out={out!r} is full ({error.strerror}{': ' + str(error.filename) if error.filename else ''}): the "
+                f"chunk being written was not committed (its marker is written last); the finished chunks are "
+                f"intact. Free space (or raise the quota or file size limit) and run again to resume. "
+                f"{received('out', out)}"
             ) from error
         raise
 
