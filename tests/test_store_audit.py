@@ -430,3 +430,17 @@ def test_a_full_disk_is_a_named_error_and_never_a_finished_half_chunk(tmp_path):
     leftovers = [name for _, _, names in os.walk(out) for name in names
                  if name.startswith(".") and name != ".meta.lock"]
     assert leftovers == []  # no temporary file of the failed writes is left
+
+
+def test_a_store_moved_after_opening_is_named_and_reads_where_it_is_now(tmp_path):
+    """An Explanations whose folder was renamed after opening read every chunk as missing files: NaN, silently."""
+    expected, _ = _reference()
+    out = _write(str(tmp_path / "out"))
+    ex = open_explanations(out)
+    os.rename(out, str(tmp_path / "moved"))
+    with pytest.raises(ValueError, match=r"no longer holds the store opened there \(moved, renamed or deleted"):
+        ex.scores[:]
+    os.symlink(str(tmp_path / "moved"), str(tmp_path / "link"))  # a copy, a symlinked out=: read where they are
+    shutil.copytree(str(tmp_path / "moved"), str(tmp_path / "copy"))
+    for where in ("link", "copy"):
+        np.testing.assert_array_equal(open_explanations(str(tmp_path / where)).scores[:], expected["scores"])

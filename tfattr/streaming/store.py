@@ -453,6 +453,10 @@ def _verified_store_class():
                 if expected is None:
                     what = "is not recorded in its marker"
                 elif value is None:
+                    if not os.path.isfile(os.path.join(self.out, STORE_FILE)):
+                        raise NotAStoreError(
+                            f"out={self.out!r} no longer holds the store opened there (moved, renamed or deleted "
+                            f"since open_explanations): open it again where it is now. {received('out', self.out)}")
                     what = "missing"
                 else:
                     if byte_range is None:
@@ -1475,6 +1479,8 @@ class Explanations:
             )
 
     def _raise_if_damaged(self, items, error: BaseException) -> None:
+        if isinstance(error, StoreError):  # from the checking zarr store: it names the chunk and file already
+            raise error
         chunks = sorted({int(k) for k in np.unique(np.asarray(items, dtype=np.int64) // self.chunk)})
         try:
             self.verify(chunks)
