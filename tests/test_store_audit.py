@@ -444,3 +444,24 @@ def test_a_store_moved_after_opening_is_named_and_reads_where_it_is_now(tmp_path
     shutil.copytree(str(tmp_path / "moved"), str(tmp_path / "copy"))
     for where in ("link", "copy"):
         np.testing.assert_array_equal(open_explanations(str(tmp_path / where)).scores[:], expected["scores"])
+
+
+def test_writer_names_a_damaged_zarr_json_a_dangling_symlink_and_items_of_no_values(tmp_path):
+    """Crashes of the writer with a non-tfattr error: JSONDecodeError from zarr (an array's or the group's
+    zarr.json damaged, then a chunk written), FileExistsError (out= a symlink to a missing folder),
+    FileNotFoundError (items of shape (0,): zarr writes no chunk file for them, which was then hashed)."""
+    for target, label in (("data.zarr/scores/zarr.json", r"the array data\.zarr/scores"),
+                          ("data.zarr/zarr.json", r"the zarr group data\.zarr")):
+        out = _write(str(tmp_path / label[-6:]), finish=False, order=[0])
+        with open(os.path.join(out, *target.split("/")), "w") as handle:
+            handle.write("{")
+        with StoreWriter.open(out, SETTINGS, 4, 10) as writer:
+            with pytest.raises(CorruptStoreError, match=label + r" cannot be opened \(JSONDecodeError"):
+                writer.write_chunk(1, *chunk_data(1, 4, 10))
+            assert writer.finished() == {0}
+    os.symlink(str(tmp_path / "nowhere"), str(tmp_path / "dangling"))
+    with pytest.raises(ValueError, match=r"is a symlink to .*nowhere', which does not exist"):
+        StoreWriter.open(str(tmp_path / "dangling"), {}, 2, 2)
+    with StoreWriter.open(str(tmp_path / "empty"), {}, 2, 2) as writer:
+        with pytest.raises(ValueError, match=r"arrays\['attributions'\] has items of no values.*\(2, 0\)"):
+            writer.write_chunk(0, 0, ["a", "b"], {"attributions": np.zeros((2, 0))})

@@ -596,7 +596,22 @@ def _remove_entries(out: str) -> None:
 
 def _open_zarr_array(group, name: str):
     """The array ``name`` of ``group`` (writes chunks also when they hold only fill values)."""
-    return group[name].with_config({"write_empty_chunks": True})
+    try:
+        return group[name].with_config({"write_empty_chunks": True})
+    except Exception as error:
+        out = os.path.dirname(str(group.store.root))
+        raise CorruptStoreError(f"out={out!r}: the array {DATA}/{name} cannot be opened ({type(error).__name__}: "
+                                f"{error}); its zarr.json is damaged. {received('out', out)}") from None
+
+
+def _open_writer_group(out: str):
+    """The zarr group of the store ``out`` for writing (a damaged ``zarr.json`` is a :class:`CorruptStoreError`)."""
+    zarr = _zarr()
+    try:
+        return zarr.open_group(zarr.storage.LocalStore(os.path.join(out, DATA)), mode="r+")
+    except Exception as error:
+        raise CorruptStoreError(f"out={out!r}: the zarr group {DATA} cannot be opened ({type(error).__name__}: "
+                                f"{error}); its zarr.json is damaged. {received('out', out)}") from None
 
 
 # --------------------------------------------------------------------------------------------- the writer
@@ -672,6 +687,9 @@ class StoreWriter:
             )
         if os.path.exists(out) and not os.path.isdir(out):
             raise NotAStoreError(f"out={out!r} is a file, not a folder. {received('out', out)}")
+        if os.path.islink(out) and not os.path.exists(out):
+            raise NotAStoreError(f"out={out!r} is a symlink to {os.readlink(out)!r}, which does not exist. "
+                                 f"{received('out', out)}")
         is_store = os.path.isfile(os.path.join(out, STORE_FILE))
         if os.path.isdir(out) and not is_store:
             names = os.listdir(out)
@@ -982,6 +1000,9 @@ class StoreWriter:
                 raise InvalidTypeError(
                     f"arrays[{name!r}] must be numeric or bool. "
                     f"{received(f'arrays[{name!r}].dtype', str(value.dtype))}")
+            if 0 in value.shape[1:]:
+                raise InvalidInputError(
+                    f"arrays[{name!r}] has items of no values. {received(f'arrays[{name!r}].shape', value.shape)}")
             if name == "attributions" or name.startswith("attributions/"):
                 if value.dtype.kind == "f" and value.dtype.itemsize > 4:
                     with np.errstate(invalid="ignore"):
@@ -1036,9 +1057,7 @@ class StoreWriter:
             ) from None
 
     def _fresh_array(self, name: str):
-        zarr = _zarr()
-        group = zarr.open_group(zarr.storage.LocalStore(os.path.join(self.out, DATA)), mode="r+")
-        return _open_zarr_array(group, name)
+        return _open_zarr_array(_open_writer_group(self.out), name)
 
     def _ensure_arrays(self, values: Dict[str, np.ndarray], needed: int) -> None:
         """Create the arrays at the first chunk, or grow them (unknown size), under the meta lock."""
@@ -1053,7 +1072,7 @@ class StoreWriter:
             spec = {name: _array_spec(name, value) for name, value in values.items()}
             if meta["arrays"] and meta["arrays"] != spec:
                 _schema_mismatch(meta["arrays"], spec, values)
-            group = zarr.open_group(zarr.storage.LocalStore(os.path.join(self.out, DATA)), mode="r+")
+            group = _open_writer_group(self.out)
             for name, value in values.items():
                 folder = os.path.join(self.out, DATA, *name.split("/"))
                 if os.path.isfile(os.path.join(folder, "zarr.json")):
