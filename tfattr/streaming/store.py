@@ -11,6 +11,8 @@ Layout of a store folder ``out/`` (issue #30)::
     out/done/chunk-00007.json      commit marker of chunk 7: item range, sha256 and size of each of its files
     out/lock                       fcntl.flock of the (local) writing process
     out/.meta.lock                 short flock around metadata changes (array creation, growth, finish)
+    out/done/.chunk-00007.json.lock  flock held while chunk 7 is written (two writers of one chunk never
+                                   interleave their files; deleted after)
 
 Store chunk ``k`` holds the items ``[k * chunk, (k + 1) * chunk)``: exactly one zarr chunk file per array
 (the item dimensions are not split), so writers of different chunks never touch the same file. A chunk
@@ -29,9 +31,12 @@ are fsync-ed, and happen only under the ``.meta.lock`` flock, so several process
 size, by the first chunk written (the item shape is known only then), and never resized.
 ``tfattr-store.json`` is written with :func:`tfattr.core.files.write_bytes` (temporary file, fsync, rename).
 
-Chunk files are compressed with zstd with its content checksum on, so a damaged file is an error when
-it is decoded (never other numbers); :meth:`Explanations.verify` compares every file of every finished
-chunk with the sha256 of its marker and names the chunk. Items of unfinished chunks are never returned:
+Chunk files are compressed with zstd with its content checksum on. Reading checks each file of a finished
+chunk against the sha256 and size in its marker as it reads it (a missing file, another chunk's file, a
+symlink, a truncated or changed file is a :class:`CorruptChunkError` naming the chunk and file, never fill
+values or other numbers), and the markers' item ranges and the arrays' ``zarr.json`` (dtype, byte order,
+codecs, chunks) are checked when the store is opened; :meth:`Explanations.verify` checks every file of
+every finished chunk at once. Items of unfinished chunks are never returned:
 reading them raises :class:`UnfinishedChunkError`; :attr:`Explanations.valid` is False for them.
 Unwritten items read through the raw zarr arrays are the fill value (NaN for floats, -1 for targets).
 
