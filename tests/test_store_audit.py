@@ -465,3 +465,21 @@ def test_writer_names_a_damaged_zarr_json_a_dangling_symlink_and_items_of_no_val
     with StoreWriter.open(str(tmp_path / "empty"), {}, 2, 2) as writer:
         with pytest.raises(ValueError, match=r"arrays\['attributions'\] has items of no values.*\(2, 0\)"):
             writer.write_chunk(0, 0, ["a", "b"], {"attributions": np.zeros((2, 0))})
+
+
+def test_a_store_whose_markers_folder_was_deleted_is_resumed_not_a_crash(tmp_path):
+    """Deleting ``done/`` (all markers: every chunk unfinished) made the next chunk's commit crash with a bare
+    FileNotFoundError; the chunks are rewritten instead, and read back only once committed again."""
+    out = _write(str(tmp_path / "out"), finish=False, order=[0, 1])
+    shutil.rmtree(os.path.join(out, "done"))
+    with pytest.raises(UnfinishedChunkError):
+        open_explanations(out).scores[0]
+    with StoreWriter.open(out, SETTINGS, 4, 10) as writer:
+        assert writer.finished() == set()
+        for k in range(3):
+            writer.write_chunk(k, *chunk_data(k, 4, 10))
+        writer.finish(10)
+    expected, _ = _reference()
+    ex = open_explanations(out)
+    assert ex.verify() == [0, 1, 2]
+    np.testing.assert_array_equal(ex.attributions[:], expected["attributions"])

@@ -798,6 +798,8 @@ class StoreWriter:
             self._write_meta(meta)  # last: a store folder without it is ours and empty-ish
             return
         meta = _read_store_file(out)
+        for name in (DONE, ROWS):  # a store whose folder of markers was deleted: its chunks are unfinished
+            os.makedirs(os.path.join(out, name), exist_ok=True)
         differences = _differences(meta["settings"], self.settings)
         if meta["chunk"] != self.chunk:
             differences.insert(0, f"chunk: recorded {meta['chunk']}, this run {self.chunk}")
