@@ -483,3 +483,19 @@ def test_a_store_whose_markers_folder_was_deleted_is_resumed_not_a_crash(tmp_pat
     ex = open_explanations(out)
     assert ex.verify() == [0, 1, 2]
     np.testing.assert_array_equal(ex.attributions[:], expected["attributions"])
+
+
+@pytest.mark.parametrize("change", [{"files": {"rows/part-00001.parquet": "abc"}}, {"start": "4"}, {"chunk": True},
+                                    {"stop": 7.9}, {"files": []}, None])
+def test_a_marker_of_wrong_json_types_is_a_named_damaged_chunk(tmp_path, change):
+    """verify() crashed with TypeError on a file record that is not a dict; ``"chunk": true`` passed for chunk 1,
+    a float ``stop`` was truncated, a list of files was taken as a dict."""
+    out = _write(str(tmp_path / "out"))
+    path = os.path.join(out, "done", "chunk-00001.json")
+    _put_json(path, None if change is None else dict(_json(path), **change))
+    ex = open_explanations(out)
+    assert ex.finished_chunks == [0, 2]
+    with pytest.raises(CorruptChunkError, match=r"chunk 1 is damaged \(chunk 1: done/chunk-00001\.json unreadable"):
+        ex.verify()
+    with pytest.raises(CorruptChunkError, match=r"chunk 1: done/chunk-00001\.json unreadable"):
+        ex.attributions[4]
