@@ -499,3 +499,18 @@ def test_a_marker_of_wrong_json_types_is_a_named_damaged_chunk(tmp_path, change)
         ex.verify()
     with pytest.raises(CorruptChunkError, match=r"chunk 1: done/chunk-00001\.json unreadable"):
         ex.attributions[4]
+
+
+def test_verify_arguments_and_a_folder_in_the_lock_files_place_are_named(tmp_path):
+    """``verify(["a"])`` raised int()'s bare ValueError; a folder named ``lock`` made the writer crash with
+    IsADirectoryError."""
+    out = _write(str(tmp_path / "out"))
+    ex = open_explanations(out)
+    for bad in (["a"], "0", 1, [True]):
+        with pytest.raises(TypeError, match=r"`chunks` must be a list of chunk indices"):
+            ex.verify(bad)
+    assert ex.verify([np.int64(2), 0]) == [0, 2]
+    os.remove(os.path.join(out, "lock"))
+    os.mkdir(os.path.join(out, "lock"))
+    with pytest.raises(CorruptStoreError, match=r"has a folder named 'lock' where its lock file belongs"):
+        StoreWriter.open(out, SETTINGS, 4, 10)

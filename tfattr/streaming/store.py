@@ -734,7 +734,11 @@ class StoreWriter:
     @staticmethod
     def _take_lock(out: str) -> int:
         _need_flock(out)
-        fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, files.file_mode())
+        try:
+            fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, files.file_mode())
+        except IsADirectoryError:
+            raise CorruptStoreError(f"out={out!r} has a folder named {LOCK!r} where its lock file belongs. "
+                                    f"{received('out', out)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1644,6 +1648,9 @@ class Explanations:
         """
         if chunks is None:
             chunks, bad = self.finished_chunks, sorted(self._bad_markers)
+        elif (isinstance(chunks, (str, bytes)) or not hasattr(chunks, "__iter__")
+              or not all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in chunks)):
+            raise InvalidTypeError(f"`chunks` must be a list of chunk indices (ints). {received('chunks', chunks)}")
         else:
             bad = sorted(int(k) for k in chunks if int(k) in self._bad_markers)
             chunks = sorted(int(k) for k in chunks if int(k) in self._markers)
