@@ -436,8 +436,8 @@ def _differences(stored, new, where: str = "") -> List[str]:
         for key in sorted(set(stored) | set(new), key=str):
             here = f"{where}.{key}" if where else str(key)
             if key not in stored or key not in new:
-                lines.append(f"{here}: {stored.get(key, '<absent>')!r} (stored) vs "
-                             f"{new.get(key, '<absent>')!r} (this run)")
+                lines.append(f"{here}: " + (f"recorded {json.dumps(stored[key])}, not in this run" if key in stored
+                                            else f"not recorded, this run {json.dumps(new[key])}"))
             else:
                 lines.extend(_differences(stored[key], new[key], here))
         return lines
@@ -445,7 +445,7 @@ def _differences(stored, new, where: str = "") -> List[str]:
         text_a, text_b = json.dumps(stored, sort_keys=True), json.dumps(new, sort_keys=True)
         if len(text_a) > 120:
             text_a, text_b = text_a[:117] + "...", text_b[:117] + "..."
-        return [f"{where}: {text_a} (stored) vs {text_b} (this run)"]
+        return [f"{where}: recorded {text_a}, this run {text_b}"]
     return []
 
 
