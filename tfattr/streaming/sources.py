@@ -87,7 +87,8 @@ class Batch:
     Attributes:
         index0: the index of the first item in the source (batch ``k`` of a stream: ``k * batch``).
         ids: one string per item: a file's path relative to the folder (or as given in a list of
-            files), the ``id_key`` field, else the item's index as a string.
+            files; bytes of a file name that are not UTF-8 shown as ``\\xNN``), the ``id_key`` field, else
+            the item's index as a string.
         images: ``(n, *item_shape)`` float32; the rows of items in ``errors`` are zeros.
         labels: ``(n,)`` labels as the source gives them (NumPy), or ``None`` for a source without labels.
         errors: ``(index, id, message)`` of each item that could not be used (``on_error="skip"``).
@@ -376,7 +377,7 @@ def _as_id(value) -> str:
         return bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, (np.integer,)):
         return str(int(value))
-    return str(value)
+    return _storable(str(value))
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -409,15 +410,53 @@ class _Sequential:
         return self.after_skip(dataset) if self.after_skip is not None else dataset
 
 
-def _walk_folder(folder: str) -> List[str]:
-    """Relative POSIX paths of the image files under ``folder`` (hidden files and folders left out), sorted."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
-                found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
-    return sorted(found)
+def _walk_folder(folder: str) -> Tuple[List[str], List[str]]:
+    """``(files, classes)``: the relative POSIX paths of the image files under ``folder``, sorted, and the
+    names of its first-level sub-folders, sorted (hidden files and folders left out of both).
+
+    Symbolic links to folders are followed (a class folder linked from elsewhere is read), except a link
+    back to one of its own ancestors (a loop: its files are read once, under their first path). A folder
+    that cannot be listed is an error naming it: its images are never silently left out."""
+    found, classes = [], []
+    top = os.stat(folder)
+    stack = [(folder, "", frozenset({(top.st_dev, top.st_ino)}))]
+    while stack:
+        path, relative, ancestors = stack.pop()
+        try:
+            with os.scandir(path) as listing:
+                entries = list(listing)
+            for entry in entries:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                try:
+                    info = entry.stat() if entry.is_dir() else None  # both follow symbolic links
+                except OSError:  # a broken link, a file gone since the listing: read (and named) as a file
+                    info = None
+                if info is not None:
+                    if (info.st_dev, info.st_ino) not in ancestors:
+                        if not relative:
+                            classes.append(name)
+                        stack.append((entry.path, f"{relative}{name}/", ancestors | {(info.st_dev, info.st_ino)}))
+                elif name.lower().endswith(IMAGE_SUFFIXES):
+                    found.append(relative + name)
+        except OSError as error:
+            raise InvalidInputError(f"`data`: cannot list the folder {path!r}: {error.strerror or error}; its images "
+                                    "would be left out. " + received("data", folder)) from None
+    return sorted(found), sorted(classes)
+
+
+def _storable(text: str) -> str:
+    """``text`` as a string any store can write (UTF-8): the bytes of a file name that are not UTF-8 (which
+    Python holds as lone surrogates) shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _files_digest(paths: Sequence[str], names: Optional[Sequence[str]] = None) -> str:
@@ -434,7 +473,7 @@ def _files_digest(paths: Sequence[str], names: Optional[Sequence[str]] = None) -
 
 
 def _folder_source(folder: str, labels, items: _Items) -> _Random:
-    names = _walk_folder(folder)
+    names, folders = _walk_folder(folder)
     if not names:
         raise InvalidInputError(f"`data`: the folder {folder!r} holds no image file (ending "
                                 f"{', '.join(IMAGE_SUFFIXES)}, "
@@ -448,7 +487,7 @@ def _folder_source(folder: str, labels, items: _Items) -> _Random:
                                     f"directly in {folder!r} (e.g. {loose[0]!r}); move them into a class folder. "
                                     + received("labels", labels))
         if isinstance(labels, str) and labels == "folders":
-            class_names = sorted(set(top))
+            class_names = folders  # every first-level sub-folder, an empty one too (as Keras numbers them)
         elif isinstance(labels, (list, tuple)) and labels and all(isinstance(c, str) for c in labels) \
                 and len(set(labels)) == len(labels):
             class_names = list(labels)
@@ -465,7 +504,7 @@ def _folder_source(folder: str, labels, items: _Items) -> _Random:
     paths = [os.path.join(folder, *name.split("/")) for name in names]
     description = {"kind": "folder", "folder": os.path.abspath(folder), "files": len(names),
                    "files_sha256": _files_digest(paths, names), "labels": class_names}
-    return _Random("folder", len(names), names, label_array,
+    return _Random("folder", len(names), [_storable(name) for name in names], label_array,
                    lambda i: items.encoded(_read_file(paths[i])), description, class_names)
 
 
@@ -475,7 +514,7 @@ def _files_source(paths, labels, items: _Items) -> _Random:
     if labels is not None:
         label_array = _array_labels(labels, len(paths))
     description = {"kind": "files", "files": len(paths), "files_sha256": _files_digest(paths)}
-    return _Random("files", len(paths), paths, label_array,
+    return _Random("files", len(paths), [_storable(path) for path in paths], label_array,
                    lambda i: items.encoded(_read_file(paths[i])), description)
 
 
@@ -850,8 +889,8 @@ def stream(data, *, split=None, data_dir=None, batch: int, image_key: str = "ima
               (dict elements; ``id_key`` e.g. ``"id"`` or ``"file_name"`` where the dataset has one, or
               ``"tfds_id"``: TFDS's record ids, ``"mnist-test.tfrecord-00000-of-00001__7"``);
             * a folder: its PNG, JPEG, BMP and GIF files (:data:`IMAGE_SUFFIXES`, any case; also in
-              sub-folders; hidden files and folders left out), in the order of their relative POSIX paths
-              (code-point order), which are their ids;
+              sub-folders, symbolic links to folders followed; hidden files and folders left out), in the
+              order of their relative POSIX paths (code-point order), which are their ids;
             * a list of image file paths (ids: the paths as given);
             * an array ``(N, H, W, C)``, an ``(images, labels)`` tuple, or a dict of arrays (``image_key``,
               ``label_key`` and ``id_key`` entries); ids: the index, or the ``id_key`` entry.
@@ -859,8 +898,8 @@ def stream(data, *, split=None, data_dir=None, batch: int, image_key: str = "ima
         batch: items per batch; batch ``k`` holds items ``[k*batch, (k+1)*batch)`` (the last may be shorter).
         image_key, label_key, id_key: the fields of dict elements (a missing ``label_key``: no labels).
         labels: a folder's labels: ``None``, ``"folders"`` (the first-level sub-folder names, sorted, are
-            the classes 0, 1, ...) or a list of those names in class order; a list of files: one integer
-            label per file.
+            the classes 0, 1, ..., an empty sub-folder included, as Keras' ``image_dataset_from_directory``)
+            or a list of those names in class order; a list of files: one integer label per file.
         image_size: ``(h, w)`` to resize every image to by area averaging (OpenCV ``INTER_AREA``, as
             ``tfattr explain --size``); ``None``: every image must have the first usable item's size.
         channels: 1 (grey) or 3 (RGB) for decoded files (default 3, alpha dropped); for arrays and datasets
