@@ -5,9 +5,11 @@ import os
 import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfattr.errors import InvalidInputError
-from tfattr.streaming.sources import stream
+from tfattr.streaming import sources
+from tfattr.streaming.sources import decode_image_file, stream
 
 
 def _png(path, value, shape=(4, 4, 3)):
@@ -86,3 +88,77 @@ def test_a_file_name_that_is_not_utf8_gets_a_storable_id(tmp_path):
     np.testing.assert_array_equal(x[:, 0, 0, 0], [10, 20])
     paths = [os.fsdecode(os.path.join(folder, b"caf\xe9.png"))]
     assert stream(paths, batch=1).ids == [str(tmp_path) + "/caf\\xe9.png"]
+
+
+def test_bfloat16_images_are_used_not_refused_item_by_item():
+    """A dataset of bfloat16 images (a mixed-precision pipeline) passed the dtype check, then every item was
+    refused ("the image has dtype bfloat16; images are numeric"): the whole source unusable."""
+    x = np.random.default_rng(0).normal(size=(5, 3, 3, 2)).astype(np.float32)
+    data = tf.data.Dataset.from_tensor_slices(tf.cast(x, tf.bfloat16))
+    _, images, _ = _collect(stream(data, batch=2))
+    np.testing.assert_array_equal(images, tf.cast(tf.cast(x, tf.bfloat16), tf.float32).numpy())  # bf16 → f32 is exact
+    grown = tf.data.Dataset.from_generator(lambda: iter(tf.cast(x, tf.bfloat16).numpy()),
+                                           output_signature=tf.TensorSpec((None, None, 2), tf.bfloat16))
+    _, images2, _ = _collect(stream(grown, batch=2, image_size=(3, 3)))
+    np.testing.assert_array_equal(images2, images)
+
+
+def test_an_image_size_beyond_the_pixel_cap_is_named_at_once():
+    """image_size=(20000, 20000) was accepted; the first batch then asked for ~10 GB (a MemoryError reported as
+    "the arrays failed while producing items 0 to 1", or the machine swapping)."""
+    with pytest.raises(InvalidInputError, match=r"`image_size`: .*100000000 pixels.*Received: image_size="):
+        stream(np.zeros((2, 4, 4, 3), np.uint8), batch=2, image_size=(20000, 20000))
+    assert stream(np.zeros((2, 4, 4, 3), np.uint8), batch=2, image_size=(10000, 10000)).item_shape == (10000, 10000, 3)
+
+
+def _tiff(width, height):
+    """An 8×8 grey TIFF whose header then declares ``width``×``height`` (a decompression bomb's header)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    assert data[:4] == b"II*\x00"
+    ifd = int.from_bytes(data[4:8], "little")
+    for k in range(int.from_bytes(data[ifd:ifd + 2], "little")):
+        entry = ifd + 2 + 12 * k
+        tag, kind = int.from_bytes(data[entry:entry + 2], "little"), int.from_bytes(data[entry + 2:entry + 4], "little")
+        if tag in (256, 257):
+            value = width if tag == 256 else height
+            data[entry + 8:entry + (10 if kind == 3 else 12)] = value.to_bytes(2 if kind == 3 else 4, "little")
+    return bytes(data)
+
+
+def test_a_tiff_or_webp_behind_an_image_suffix_is_capped_from_its_header(tmp_path):
+    """OpenCV decodes by content: a TIFF (or WebP) named .png decodes. Its declared size was not read from
+    the header (only PNG, GIF, BMP and JPEG headers were), so a 50000×40000 TIFF was handed to the decoder
+    (OpenCV's own cap is 2^30 pixels: 3 GB per decoding thread) where `tfattr explain` refuses it at once."""
+    from tfattr import cli
+
+    bomb = _tiff(50000, 40000)
+    assert cli._header_size(bomb) == (40000, 50000)
+    with pytest.raises(InvalidInputError, match=r"the image is 50000×40000 pixels, more than the 100000000"):
+        decode_image_file(bomb)
+    (tmp_path / "a.png").write_bytes(_tiff(8, 8))
+    (tmp_path / "b.png").write_bytes(bomb)
+    _, x, _ = _collect(s := stream(str(tmp_path), batch=2, on_error="skip"))
+    errors = [e for b in s for e in b.errors]
+    assert [e[:2] for e in errors] == [(1, "b.png")] and "50000×40000 pixels" in errors[0][2]
+    np.testing.assert_array_equal(x[0], np.full((8, 8, 3), 7, np.float32))
+
+
+@pytest.mark.parametrize("kind", ["TIFF", "WEBP", "PPM", "PNG", "GIF", "BMP", "JPEG"])
+def test_the_header_sizes_equal_the_cli_s(kind):
+    """The stream's header reader and `tfattr explain`'s agree on every format both decode (a drift guard)."""
+    import io
+
+    from PIL import Image
+
+    from tfattr import cli
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((13, 21, 3), np.uint8)).save(buffer, kind)
+    data = buffer.getvalue()
+    assert sources._header_size(data) == cli._header_size(data) == (13, 21)

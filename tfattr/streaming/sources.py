@@ -127,7 +127,10 @@ def _item_error(index: int, item_id: str, message: str) -> InvalidInputError:
 
 
 def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """``(height, width)`` from a PNG, GIF, BMP or JPEG header (no pixel decoded), else ``None``."""
+    """``(height, width)`` from a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM header (no pixel decoded), else
+    ``None`` (other formats: OpenCV's own limit of 2^30 pixels holds, and the decoded size is checked).
+    The same reader as ``tfattr explain``'s (``tfattr.cli._header_size``): OpenCV decodes by content, so a
+    TIFF or WebP named ``.png`` is decoded too, and its declared size must be capped before decoding."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
@@ -137,13 +140,42 @@ def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
             return int.from_bytes(data[20:22], "little"), int.from_bytes(data[18:20], "little")
         return (abs(int.from_bytes(data[22:26], "little", signed=True)),
                 abs(int.from_bytes(data[18:22], "little", signed=True)))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8X":
+            return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+        if kind == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+        if kind == b"VP8 ":
+            return int.from_bytes(data[28:30], "little") & 0x3FFF, int.from_bytes(data[26:28], "little") & 0x3FFF
+        return None
+    if data[:4] in (b"II*\x00", b"MM\x00*") and len(data) >= 8:  # TIFF: tags 256/257 of the first IFD
+        order = "little" if data[:2] == b"II" else "big"
+        ifd = int.from_bytes(data[4:8], order)
+        if ifd + 2 > len(data):
+            return None
+        found = {}
+        for k in range(int.from_bytes(data[ifd:ifd + 2], order)):
+            entry = data[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+            if len(entry) < 12:
+                break
+            tag, kind = int.from_bytes(entry[:2], order), int.from_bytes(entry[2:4], order)
+            if tag in (256, 257):
+                found[tag] = int.from_bytes(entry[8:10] if kind == 3 else entry[8:12], order)
+        return (found[257], found[256]) if len(found) == 2 else None
+    if data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:  # PNM: "P6 <width> <height> ..."
+        tokens = re.sub(rb"#[^\n]*", b" ", data[2:256]).split()
+        if len(tokens) >= 2 and tokens[0].isdigit() and tokens[1].isdigit():
+            return int(tokens[1]), int(tokens[0])
+        return None
     if data[:2] == b"\xff\xd8":  # JPEG: the first start-of-frame marker
         i = 2
         while i + 9 <= len(data):
             if data[i] != 0xFF:
                 return None
             marker = data[i + 1]
-            if marker == 0xFF:
+            if marker == 0xFF:  # fill byte
                 i += 1
                 continue
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
@@ -181,7 +213,10 @@ def _decode_uint8(data: bytes, channels: int, size: Optional[Tuple[int, int]] = 
 
     if not data:
         raise _ItemError("cannot decode the image: the file is empty")
-    shape = _header_size(data[:65536]) or (_header_size(data) if data[:2] == b"\xff\xd8" else None)
+    # the first 64 KiB, or all of it for a JPEG or TIFF whose size is not in them (as ``tfattr explain``)
+    shape = _header_size(data[:65536])
+    if shape is None and len(data) > 65536 and (data[:2] == b"\xff\xd8" or data[:4] in (b"II*\x00", b"MM\x00*")):
+        shape = _header_size(data)
     if shape is not None and shape[0] * shape[1] > MAX_PIXELS:
         raise _ItemError(f"the image is {shape[1]}×{shape[0]} pixels, more than the {MAX_PIXELS} an image may have")
     factor = 1
@@ -280,6 +315,9 @@ def _check_image_size(image_size):
     if not ok or isinstance(image_size, (str, bytes)) or any(isinstance(v, bool) for v in image_size):
         raise InvalidInputError("`image_size` must be None or (height, width), two positive integers. "
                                 + received("image_size", image_size))
+    if size[0] * size[1] > MAX_PIXELS:  # a batch of them would not fit in memory
+        raise InvalidInputError(f"`image_size`: {size[0]}×{size[1]} is more than the {MAX_PIXELS} pixels an image may "
+                                "have. " + received("image_size", image_size))
     return size
 
 
@@ -302,6 +340,11 @@ def _check_value_range(value_range):
         raise InvalidInputError("`value_range` must be None or (low, high), finite numbers with low < high. "
                                 + received("value_range", value_range))
     return (low, high)
+
+
+def _is_numeric(dtype: np.dtype) -> bool:
+    """Integers and floats, the floats of ``ml_dtypes`` (``bfloat16``, ``float8_*``: NumPy kind ``V``) included."""
+    return dtype.kind in "uif" or (dtype.kind == "V" and dtype.name.startswith(("bfloat16", "float")))
 
 
 def _positive_int(name, value, minimum=1):
@@ -329,7 +372,7 @@ class _Items:
         image = np.asarray(image)
         if image.dtype.kind in "SOU" and image.ndim == 0:  # an encoded image in a string tensor
             return self.encoded(image.item())
-        if image.dtype.kind not in "uif":
+        if not _is_numeric(image.dtype):
             raise _ItemError(f"the image has dtype {image.dtype}; images are numeric (uint8 or float)")
         if image.ndim != 3:
             raise _ItemError(f"the image has shape {image.shape}; an image is (height, width, channels)")
@@ -531,7 +574,7 @@ def _array_labels(labels, n, name="labels"):
 
 def _arrays_source(images, labels, ids, items: _Items) -> _Random:
     images = np.asarray(images)
-    if images.dtype.kind not in "uif":
+    if not _is_numeric(images.dtype):
         raise InvalidTypeError(f"`data`: images are a numeric array (uint8 or float); got dtype {images.dtype}. "
                                + received("data", str(images.dtype)))
     if images.ndim != 4:
