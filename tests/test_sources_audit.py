@@ -162,3 +162,38 @@ def test_the_header_sizes_equal_the_cli_s(kind):
     Image.fromarray(np.zeros((13, 21, 3), np.uint8)).save(buffer, kind)
     data = buffer.getvalue()
     assert sources._header_size(data) == cli._header_size(data) == (13, 21)
+
+
+def test_an_image_label_dataset_prints_no_autograph_warning():
+    """The (image, label) accessors were two lambdas on one line, which AutoGraph cannot parse: every stream of
+    such a dataset printed two 20-line "AutoGraph could not transform" warnings."""
+    import logging
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = tf.get_logger()
+    logger.addHandler(handler)
+    try:
+        x = np.zeros((3, 2, 2, 1), np.float32)
+        _collect(stream(tf.data.Dataset.from_tensor_slices((x, np.arange(3))), batch=2))
+        _collect(stream(tf.data.Dataset.from_tensor_slices({"image": x, "label": np.arange(3)}), batch=2))
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in messages if "AutoGraph" in m], messages
+
+
+def test_a_nested_label_or_an_id_that_is_not_a_scalar_is_named():
+    """A label that is a tuple or dict (a multi-output model's targets) became Batch.labels as a tuple of arrays
+    (the Batch's (n,) contract broken); an id_key field of shape (2,) gave every item the id '[0. 0.]'."""
+    x = np.zeros((4, 2, 2, 1), np.float32)
+    nested = tf.data.Dataset.from_tensor_slices((x, (np.arange(4), np.arange(4))))
+    with pytest.raises(InvalidInputError, match=r"`label_key`: .*labels must be one tensor per element.*"
+                                                r"Received: label spec="):
+        stream(nested, batch=2)
+    as_dict = tf.data.Dataset.from_tensor_slices({"image": x, "label": {"a": np.arange(4)}})
+    with pytest.raises(InvalidInputError, match=r"`label_key`: .*one tensor per element"):
+        stream(as_dict, batch=2)
+    ids = tf.data.Dataset.from_tensor_slices({"image": x, "name": np.zeros((4, 2))})
+    with pytest.raises(InvalidInputError, match=r"`id_key`: .*one scalar per element.*Received: id spec="):
+        stream(ids, batch=2, id_key="name")

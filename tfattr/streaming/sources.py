@@ -635,6 +635,15 @@ def _element_parts(spec, image_key, label_key, id_key, what):
                             + received("element_spec", spec))
 
 
+def _element_parts_specs(spec, image_key, label_key, id_key):
+    """The specs ``(label, id)`` of an element of structure ``spec`` (``None`` where there is none)."""
+    if isinstance(spec, dict):
+        return (spec.get(label_key) if label_key is not None else None), (spec.get(id_key) if id_key else None)
+    if isinstance(spec, tuple):
+        return spec[1], None
+    return None, None
+
+
 def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, description, class_names=None,
                     num_classes=None, what="dataset", after_skip=None) -> _Sequential:
     spec = (after_skip(dataset) if after_skip is not None else dataset).element_spec
@@ -642,6 +651,14 @@ def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, 
     if not isinstance(image_spec, tf.TensorSpec):
         raise InvalidInputError(f"`data`: the {what}'s images must be dense tensors. "
                                 + received("image spec", image_spec))
+    parts = _element_parts_specs(spec, image_key, label_key, id_key)
+    if parts[0] is not None and not isinstance(parts[0], tf.TensorSpec):
+        raise InvalidInputError(f"`label_key`: the {what}'s labels must be one tensor per element (one class index); "
+                                "these are nested (several targets?): map the dataset to (image, label) (dict "
+                                "elements: or pass label_key=None). " + received("label spec", parts[0]))
+    if parts[1] is not None and not (isinstance(parts[1], tf.TensorSpec) and parts[1].shape.rank == 0):
+        raise InvalidInputError(f"`id_key`: an id is one scalar per element (a string or a number); the {what}'s "
+                                f"{id_key!r} field is not. " + received("id spec", parts[1]))
     dtype = image_spec.dtype
     if dtype == tf.string:
         if image_spec.shape.rank not in (None, 0):
@@ -868,10 +885,12 @@ class Stream:
             def finish(e, function):
                 return dict(e, **prepared(function, [e["image"]]))
 
-            dataset = source.read(self.skip_batches * batch).map(fields)
+            # plain Python, traced as it is (AutoGraph would try to parse the accessors' lambdas, and warn)
+            plain = tf.autograph.experimental.do_not_convert
+            dataset = source.read(self.skip_batches * batch).map(plain(fields))
             spec = dataset.element_spec["image"]
             if spec.dtype != tf.string and spec.shape.is_fully_defined():  # batch first, one call per batch
-                dataset = dataset.batch(batch).map(lambda e: finish(e, lambda x: group(items.raw, x)),
+                dataset = dataset.batch(batch).map(plain(lambda e: finish(e, lambda x: group(items.raw, x))),
                                                    num_parallel_calls=per_batch, deterministic=True)
             else:  # images of several shapes or encoded: one call per item, then batch
                 def one(image):
@@ -884,7 +903,7 @@ class Stream:
                     return dict(e, image=tf.ensure_shape(image, shape), ok=tf.ensure_shape(ok, ()),
                                 message=tf.ensure_shape(message, ()))
 
-                dataset = dataset.map(single, num_parallel_calls=threads, deterministic=True).batch(batch)
+                dataset = dataset.map(plain(single), num_parallel_calls=threads, deterministic=True).batch(batch)
         options = tf.data.Options()
         options.deterministic = True
         return dataset.prefetch(self._prefetch).with_options(options)
