@@ -197,3 +197,27 @@ def test_a_nested_label_or_an_id_that_is_not_a_scalar_is_named():
     ids = tf.data.Dataset.from_tensor_slices({"image": x, "name": np.zeros((4, 2))})
     with pytest.raises(InvalidInputError, match=r"`id_key`: .*one scalar per element.*Received: id spec="):
         stream(ids, batch=2, id_key="name")
+
+
+@pytest.mark.parametrize("make, what", [
+    (lambda d: d.shuffle(8), r"shuffle that reshuffles at every pass"),
+    (lambda d: d.map(lambda e: e, num_parallel_calls=2, deterministic=False), r"deterministic=False"),
+    (lambda d: d.batch(2, num_parallel_calls=2, deterministic=False).unbatch(), r"deterministic=False"),
+])
+def test_a_dataset_whose_order_changes_between_passes_is_named(make, what):
+    """A dataset whose order is not the same at every pass (a shuffle that reshuffles, deterministic=False)
+    was streamed: ids are item indices, and a resumed run (skip_batches) then skipped *other* items than the
+    first run explained: some images explained twice, others never, without a word."""
+    x = np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1)
+    with pytest.raises(InvalidInputError, match=rf"`data`: the dataset's order changes from pass to pass \(.*{what}"
+                                                r".*Received: data="):
+        stream(make(tf.data.Dataset.from_tensor_slices(x)), batch=3)
+
+
+def test_a_seeded_shuffle_without_reshuffling_streams_and_resumes_at_its_tail():
+    x = np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1)
+    data = tf.data.Dataset.from_tensor_slices(x).shuffle(8, seed=7, reshuffle_each_iteration=False)
+    _, full, _ = _collect(stream(data, batch=3))
+    _, tail, _ = _collect(stream(data, batch=3, skip_batches=1))
+    assert sorted(full.ravel()) == list(range(8))
+    np.testing.assert_array_equal(tail, full[3:])

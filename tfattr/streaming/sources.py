@@ -635,6 +635,34 @@ def _element_parts(spec, image_key, label_key, id_key, what):
                             + received("element_spec", spec))
 
 
+def _unreproducible_stage(dataset) -> Optional[str]:
+    """What makes ``dataset``'s order change from pass to pass, or ``None``: a ``shuffle`` that reshuffles at
+    every pass (its default) or has no seed, ``Dataset.random`` without a seed, a parallel ``map`` or
+    ``batch`` with ``deterministic=False`` (explicit, it overrides the stream's deterministic option).
+    Read from the dataset objects' stages (TensorFlow internals: a stage it cannot read is passed over;
+    functions inside ``interleave`` and ``flat_map`` are not looked into)."""
+    seen, stack = set(), [dataset]
+    while stack:
+        stage = stack.pop()
+        if id(stage) in seen:
+            continue
+        seen.add(id(stage))
+        attributes = getattr(stage, "__dict__", {})
+        name = type(stage).__name__
+        try:
+            seeds = [int(attributes[k]) for k in ("_seed", "_seed2") if k in attributes]
+            if "Shuffle" in name and attributes.get("_reshuffle_each_iteration") is True:
+                return "a shuffle that reshuffles at every pass: pass seed= and reshuffle_each_iteration=False"
+            if ("Shuffle" in name or "Random" in name) and seeds and not any(seeds):
+                return f"{name.strip('_')} without a seed: pass seed= (and reshuffle_each_iteration=False)"
+            if attributes.get("_deterministic") == "false":
+                return f"{name.strip('_')} with deterministic=False: drop that argument"
+            stack.extend(stage._inputs())
+        except Exception:  # TensorFlow internals changed: this stage cannot be read
+            continue
+    return None
+
+
 def _element_parts_specs(spec, image_key, label_key, id_key):
     """The specs ``(label, id)`` of an element of structure ``spec`` (``None`` where there is none)."""
     if isinstance(spec, dict):
@@ -680,6 +708,12 @@ def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, 
             and image_spec.shape[2] is not None and image_spec.shape[2] != items.channels:
         raise InvalidInputError(f"`channels`={items.channels}, and the {what}'s images have {image_spec.shape[2]} "
                                 "channels. " + received("image spec", image_spec))
+    if kind == "dataset":  # (TFDS reads its records in order: shuffle_files=False)
+        unreproducible = _unreproducible_stage(dataset)
+        if unreproducible is not None:
+            raise InvalidInputError(f"`data`: the {what}'s order changes from pass to pass ({unreproducible}). Item "
+                                    "ids are positions in that order, and a resumed run (skip_batches) would skip "
+                                    "other items than the first run explained. " + received("data", dataset))
     cardinality = int(dataset.cardinality())
     if cardinality == tf.data.INFINITE_CARDINALITY:
         raise InvalidInputError(f"`data`: the {what} is infinite (a .repeat() without a count?); a stream must end. "
