@@ -221,3 +221,18 @@ def test_a_seeded_shuffle_without_reshuffling_streams_and_resumes_at_its_tail():
     _, tail, _ = _collect(stream(data, batch=3, skip_batches=1))
     assert sorted(full.ravel()) == list(range(8))
     np.testing.assert_array_equal(tail, full[3:])
+
+
+def test_images_without_pixels_are_named():
+    """Images of height, width or channels 0 streamed as empty images (and crashed inside OpenCV with an
+    image_size, reported as a pipeline failure)."""
+    for shape in [(2, 0, 3, 3), (2, 3, 3, 0)]:
+        with pytest.raises(InvalidInputError, match=r"`data`: .*no pixels.*Received: data.shape="):
+            stream(np.zeros(shape, np.uint8), batch=2)
+        with pytest.raises(InvalidInputError, match=r"`data`: .*no pixels.*Received: image spec="):
+            stream(tf.data.Dataset.from_tensor_slices(np.zeros(shape, np.uint8)), batch=2, image_size=(2, 2))
+    empty_second = tf.data.Dataset.from_generator(lambda: iter([np.ones((3, 3, 1)), np.ones((0, 3, 1))]),
+                                                  output_signature=tf.TensorSpec((None, 3, 1), tf.float64))
+    with pytest.raises(InvalidInputError, match=r"cannot use item 1 \(id '1'\): the image has shape \(0, 3, 1\): "
+                                                r"no pixels"):
+        list(stream(empty_second, batch=2, image_size=(3, 3)))

@@ -376,6 +376,8 @@ class _Items:
             raise _ItemError(f"the image has dtype {image.dtype}; images are numeric (uint8 or float)")
         if image.ndim != 3:
             raise _ItemError(f"the image has shape {image.shape}; an image is (height, width, channels)")
+        if 0 in image.shape:
+            raise _ItemError(f"the image has shape {image.shape}: no pixels")
         if self.channels is not None and image.shape[2] != self.channels:
             raise _ItemError(f"the image has {image.shape[2]} channels, not channels={self.channels}")
         if image.dtype == np.uint8:
@@ -581,6 +583,9 @@ def _arrays_source(images, labels, ids, items: _Items) -> _Random:
         hint = " (grey images of shape (N, H, W): pass images[..., None])" if images.ndim == 3 else ""
         raise InvalidInputError(f"`data`: images are an array of shape (N, height, width, channels){hint}. "
                                 + received("data.shape", images.shape))
+    if 0 in images.shape[1:]:
+        raise InvalidInputError("`data`: the images have no pixels (a height, width or channel count of 0). "
+                                + received("data.shape", images.shape))
     if items.value_range is not None and images.dtype != np.uint8:
         raise InvalidInputError(f"`value_range` scales 8-bit images; these images are {images.dtype} and are used as "
                                 "they are: scale them to the model's range yourself, or drop value_range. "
@@ -699,6 +704,9 @@ def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, 
         hint = {2: " (grey images of shape (H, W): map tf.expand_dims(image, -1))",
                 4: " (a batched dataset: pass dataset.unbatch())"}.get(image_spec.shape.rank, "")
         raise InvalidInputError(f"`data`: each image is (height, width, channels){hint}. "
+                                + received("image spec", image_spec))
+    if dtype != tf.string and image_spec.shape.rank == 3 and 0 in image_spec.shape.as_list():
+        raise InvalidInputError(f"`data`: the {what}'s images have no pixels (a height, width or channel count of 0). "
                                 + received("image spec", image_spec))
     if items.value_range is not None and dtype not in (tf.string, tf.uint8):
         raise InvalidInputError(f"`value_range` scales 8-bit images; the {what}'s images are {dtype.name} and are used "
