@@ -236,3 +236,26 @@ def test_images_without_pixels_are_named():
     with pytest.raises(InvalidInputError, match=r"cannot use item 1 \(id '1'\): the image has shape \(0, 3, 1\): "
                                                 r"no pixels"):
         list(stream(empty_second, batch=2, image_size=(3, 3)))
+
+
+def test_a_memory_mapped_array_is_digested_without_loading_it(tmp_path):
+    """The arrays' description digest called array_digest, i.e. ``array.tobytes()``: a copy of the whole array
+    in memory, so a memory-mapped dataset larger than RAM could not even be opened. The digest is now taken
+    block by block (the same SHA-256: the C-order bytes in sequence)."""
+    import tracemalloc
+
+    from tfattr.core.keys import array_digest
+
+    x = np.lib.format.open_memmap(str(tmp_path / "x.npy"), mode="w+", dtype=np.uint8, shape=(400, 256, 256, 3))
+    x[::7, 3, 5] = 9  # 78 MB, mostly a sparse file's zeros
+    x.flush()
+    tracemalloc.start()
+    try:
+        s = stream(np.load(str(tmp_path / "x.npy"), mmap_mode="r"), batch=8, image_size=(4, 4))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40e6, peak  # the array is 78.6 MB; the blocks hashed at once at most 16 MB
+    small = np.arange(2 * 3 * 2 * 5, dtype=np.float32).reshape(2, 3, 2, 5)[:, ::-1, :, ::2]  # not contiguous
+    assert stream(small, batch=1).description["images"]["sha256"] == array_digest(small)
+    assert s.description["images"]["sha256"] == array_digest(np.asarray(x))

@@ -574,6 +574,18 @@ def _array_labels(labels, n, name="labels"):
     return labels
 
 
+def _blockwise_digest(array: np.ndarray, block_bytes: int = 16 << 20) -> str:
+    """:func:`tfattr.core.keys.array_digest` (the same SHA-256: dtype, shape, C-order bytes) taken a block of
+    items at a time, so a memory-mapped array larger than memory is never copied whole."""
+    if array.ndim == 0 or array.shape[0] == 0:
+        return array_digest(array)
+    hasher = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    step = max(1, block_bytes // max(1, array[:1].nbytes))
+    for start in range(0, array.shape[0], step):
+        hasher.update(np.ascontiguousarray(array[start:start + step]).tobytes())
+    return hasher.hexdigest()
+
+
 def _arrays_source(images, labels, ids, items: _Items) -> _Random:
     images = np.asarray(images)
     if not _is_numeric(images.dtype):
@@ -603,7 +615,7 @@ def _arrays_source(images, labels, ids, items: _Items) -> _Random:
             raise InvalidInputError(f"`ids`: one id per image is needed ({n}). " + received("ids", id_array.shape))
         id_list = [_as_id(v) for v in id_array]
     description = {"kind": "arrays", "images": {"dtype": images.dtype.str, "shape": list(images.shape),
-                                                "sha256": array_digest(images)},
+                                                "sha256": _blockwise_digest(images)},
                    "labels": None if label_array is None else array_digest(label_array),
                    "ids": None if ids is None else hashlib.sha256(json.dumps(id_list).encode()).hexdigest()}
     source = _Random("arrays", n, id_list, label_array, lambda i: items.raw(images[i]), description)
