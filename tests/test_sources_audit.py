@@ -259,3 +259,14 @@ def test_a_memory_mapped_array_is_digested_without_loading_it(tmp_path):
     small = np.arange(2 * 3 * 2 * 5, dtype=np.float32).reshape(2, 3, 2, 5)[:, ::-1, :, ::2]  # not contiguous
     assert stream(small, batch=1).description["images"]["sha256"] == array_digest(small)
     assert s.description["images"]["sha256"] == array_digest(np.asarray(x))
+
+
+def test_a_list_of_tfds_splits_is_named():
+    """split=["train", "test"] made tfds.load return a list of datasets: AttributeError: 'list' object has no
+    attribute 'map'."""
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=3):
+        with pytest.raises(InvalidInputError, match=r"`split`: one split.*'train\+test'.*Received: split="):
+            stream("mnist", split=["train", "test"], batch=2)
+        assert stream("mnist", split="train+test", batch=2).num_items == 3  # the mock has 3 in any split

@@ -753,6 +753,9 @@ def _tfds_source(name, split, data_dir, image_key, label_key, id_key, items: _It
     if split is None:
         raise InvalidInputError("`split`: a TFDS dataset is read one split at a time (e.g. \"test\", "
                                 "\"validation[:1000]\"). " + received("split", split))
+    if isinstance(split, (list, tuple, dict, set)):  # tfds.load would return several datasets
+        raise InvalidInputError("`split`: one split is streamed at a time; several splits in one stream are one "
+                                "split expression, e.g. 'train+test'. " + received("split", split))
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         image_feature = builder.info.features[image_key] if image_key in builder.info.features else None
