@@ -270,3 +270,20 @@ def test_a_list_of_tfds_splits_is_named():
         with pytest.raises(InvalidInputError, match=r"`split`: one split.*'train\+test'.*Received: split="):
             stream("mnist", split=["train", "test"], batch=2)
         assert stream("mnist", split="train+test", batch=2).num_items == 3  # the mock has 3 in any split
+
+
+def test_float64_values_beyond_float32_are_named_as_such_without_a_numpy_warning():
+    """A float64 image with a finite value beyond float32's range (1e39) was reported as "NaN or infinite
+    values" (it has none) and NumPy printed "RuntimeWarning: overflow encountered in cast"."""
+    import warnings
+
+    x = np.ones((2, 2, 2, 1))
+    x[1, 0, 0, 0] = 1e39
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InvalidInputError, match=r"cannot use item 1 \(id '1'\): the image has 1 value beyond "
+                                                    r"float32's range"):
+            list(stream(x, batch=2))
+    bf16 = tf.data.Dataset.from_tensor_slices(tf.cast(np.where(x > 1, np.nan, x), tf.bfloat16))
+    with pytest.raises(InvalidInputError, match=r"cannot use item 1 \(id '1'\): the image has 1 NaN or infinite"):
+        list(stream(bf16, batch=2))

@@ -382,11 +382,16 @@ class _Items:
             raise _ItemError(f"the image has {image.shape[2]} channels, not channels={self.channels}")
         if image.dtype == np.uint8:
             return self._finish(image)
-        image = image.astype(np.float32)
-        if not np.all(np.isfinite(image)):
-            bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-            raise _ItemError(f"the image has {bad} NaN or infinite values")
-        return self._finish(image)
+        with np.errstate(over="ignore"):  # a finite float64 beyond float32's range: named below
+            cast = image.astype(np.float32)
+        if not np.all(np.isfinite(cast)):
+            finite = np.isfinite(image if image.dtype.kind == "f" else cast)  # ints, bfloat16: exact casts
+            bad = int(np.size(image) - np.count_nonzero(finite))
+            if bad:
+                raise _ItemError(f"the image has {bad} NaN or infinite values")
+            large = int(np.size(image) - np.count_nonzero(np.isfinite(cast)))
+            raise _ItemError(f"the image has {large} value{'s' * (large > 1)} beyond float32's range (±3.4e38)")
+        return self._finish(cast)
 
     def _finish(self, image: np.ndarray) -> np.ndarray:
         if self.image_size is not None:
