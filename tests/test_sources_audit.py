@@ -287,3 +287,20 @@ def test_float64_values_beyond_float32_are_named_as_such_without_a_numpy_warning
     bf16 = tf.data.Dataset.from_tensor_slices(tf.cast(np.where(x > 1, np.nan, x), tf.bfloat16))
     with pytest.raises(InvalidInputError, match=r"cannot use item 1 \(id '1'\): the image has 1 NaN or infinite"):
         list(stream(bf16, batch=2))
+
+
+def test_a_file_system_s_lost_and_found_is_passed_over(tmp_path, monkeypatch):
+    """A folder at a disk's mount point holds lost+found, unreadable but for root: it is not an image folder,
+    not a class, and not an unreadable folder to complain about."""
+    _png(tmp_path / "a" / "1.png", 10)
+    (tmp_path / "lost+found").mkdir()
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.path.basename(os.fspath(path)) == "lost+found":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    s = stream(str(tmp_path), batch=2, labels="folders")
+    assert s.ids == ["a/1.png"] and s.class_names == ["a"]

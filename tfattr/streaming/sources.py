@@ -462,7 +462,7 @@ class _Sequential:
 
 def _walk_folder(folder: str) -> Tuple[List[str], List[str]]:
     """``(files, classes)``: the relative POSIX paths of the image files under ``folder``, sorted, and the
-    names of its first-level sub-folders, sorted (hidden files and folders left out of both).
+    names of its first-level sub-folders, sorted (hidden files and folders, and ``lost+found``, left out of both).
 
     Symbolic links to folders are followed (a class folder linked from elsewhere is read), except a link
     back to one of its own ancestors (a loop: its files are read once, under their first path). A folder
@@ -477,7 +477,7 @@ def _walk_folder(folder: str) -> Tuple[List[str], List[str]]:
                 entries = list(listing)
             for entry in entries:
                 name = entry.name
-                if name.startswith("."):
+                if name.startswith(".") or name == "lost+found":  # hidden, a file system's recovery folder
                     continue
                 try:
                     info = entry.stat() if entry.is_dir() else None  # both follow symbolic links
