@@ -304,3 +304,11 @@ def test_a_file_system_s_lost_and_found_is_passed_over(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     s = stream(str(tmp_path), batch=2, labels="folders")
     assert s.ids == ["a/1.png"] and s.class_names == ["a"]
+
+
+def test_a_folder_reached_through_a_symbolic_link_has_the_same_description(tmp_path):
+    """The description (compared on resume) held the folder's absolute path as spelled: the same folder through
+    a link (~/data → /mnt/ssd/data) refused to resume. It now holds the resolved path."""
+    _png(tmp_path / "real" / "a" / "1.png", 10)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    assert stream(str(tmp_path / "link"), batch=2).description == stream(str(tmp_path / "real"), batch=2).description

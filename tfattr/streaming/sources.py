@@ -552,7 +552,7 @@ def _folder_source(folder: str, labels, items: _Items) -> _Random:
         index = {name: k for k, name in enumerate(class_names)}
         label_array = np.array([index[t] for t in top], dtype=np.int64)
     paths = [os.path.join(folder, *name.split("/")) for name in names]
-    description = {"kind": "folder", "folder": os.path.abspath(folder), "files": len(names),
+    description = {"kind": "folder", "folder": os.path.realpath(folder), "files": len(names),
                    "files_sha256": _files_digest(paths, names), "labels": class_names}
     return _Random("folder", len(names), [_storable(name) for name in names], label_array,
                    lambda i: items.encoded(_read_file(paths[i])), description, class_names)
