@@ -312,3 +312,16 @@ def test_a_folder_reached_through_a_symbolic_link_has_the_same_description(tmp_p
     _png(tmp_path / "real" / "a" / "1.png", 10)
     os.symlink(tmp_path / "real", tmp_path / "link")
     assert stream(str(tmp_path / "link"), batch=2).description == stream(str(tmp_path / "real"), batch=2).description
+
+
+def test_list_files_default_shuffle_is_named_with_its_fix(tmp_path):
+    """tf.data.Dataset.list_files shuffles at every pass unless shuffle=False: the typical way to hit the order
+    defect above."""
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", i)
+    files = tf.data.Dataset.list_files(str(tmp_path / "*.png"))
+    with pytest.raises(InvalidInputError, match=r"reshuffles at every pass.*shuffle=False to list_files"):
+        stream(files, batch=2)
+    _, x, _ = _collect(stream(tf.data.Dataset.list_files(str(tmp_path / "*.png"), shuffle=False).map(tf.io.read_file),
+                              batch=2))
+    np.testing.assert_array_equal(x[:, 0, 0, 0], [0, 1, 2])

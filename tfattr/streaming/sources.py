@@ -674,7 +674,8 @@ def _unreproducible_stage(dataset) -> Optional[str]:
         try:
             seeds = [int(attributes[k]) for k in ("_seed", "_seed2") if k in attributes]
             if "Shuffle" in name and attributes.get("_reshuffle_each_iteration") is True:
-                return "a shuffle that reshuffles at every pass: pass seed= and reshuffle_each_iteration=False"
+                return ("a shuffle that reshuffles at every pass: pass seed= and reshuffle_each_iteration=False, or "
+                        "shuffle=False to list_files / image_dataset_from_directory")
             if ("Shuffle" in name or "Random" in name) and seeds and not any(seeds):
                 return f"{name.strip('_')} without a seed: pass seed= (and reshuffle_each_iteration=False)"
             if attributes.get("_deterministic") == "false":
