@@ -325,3 +325,19 @@ def test_list_files_default_shuffle_is_named_with_its_fix(tmp_path):
     _, x, _ = _collect(stream(tf.data.Dataset.list_files(str(tmp_path / "*.png"), shuffle=False).map(tf.io.read_file),
                               batch=2))
     np.testing.assert_array_equal(x[:, 0, 0, 0], [0, 1, 2])
+
+
+def test_a_one_shot_generator_is_named_not_shifted_by_one():
+    """A dataset over a one-shot Python iterator (``from_generator(lambda: it)``) of images of unknown shape:
+    reading the first image for the shape consumed it, and the pass then began at the second image: every id
+    (an index) paired with the next item's image, the last id missing, without a word. The pass now checks
+    that the item read for the shape comes back the same."""
+    x = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1) * np.ones((1, 2, 2, 1), np.float32)
+    signature = tf.TensorSpec((None, None, 1), tf.float32)
+    once = iter(list(x))
+    with pytest.raises(InvalidInputError, match=r"`data`: the dataset gave another item 0 \(id '0'\) .*than when "
+                                                r"its image shape was read.*one-shot"):
+        list(stream(tf.data.Dataset.from_generator(lambda: once, output_signature=signature), batch=2))
+    _, images, _ = _collect(stream(tf.data.Dataset.from_generator(lambda: iter(list(x)), output_signature=signature),
+                                   batch=2))
+    np.testing.assert_array_equal(images, x)

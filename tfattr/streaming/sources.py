@@ -833,6 +833,7 @@ class Stream:
         if self.num_batches is not None and skip_batches > self.num_batches:
             raise InvalidInputError(f"`skip_batches`: the source has {self.num_batches} batches of {batch}. "
                                     + received("skip_batches", skip_batches))
+        self._probe = None  # (index, id, digest) of a dataset's item read for the shape
         items.item_shape = self._first_shape()
         self.item_shape = items.item_shape
         self.description = dict(source.description, num_items=source.n, item_shape=list(self.item_shape),
@@ -888,7 +889,10 @@ class Stream:
         try:
             for index, item_id, load in candidates:
                 try:
-                    return load().shape
+                    image = load()
+                    if not self._source.random_access:  # checked when the pass reaches it (see __iter__)
+                        self._probe = (index, item_id, hashlib.sha256(image.tobytes()).digest())
+                    return image.shape
                 except _ItemError as error:
                     if self.on_error == "raise":
                         raise _item_error(index, item_id, str(error)) from None
@@ -992,6 +996,15 @@ class Stream:
                 ids = ([_as_id(v) for v in element["id"]] if "id" in element
                        else [str(i) for i in range(index0, index0 + n)])
                 labels = element.get("label")
+            if self._probe is not None and index0 <= self._probe[0] < index0 + n:
+                k = self._probe[0] - index0
+                if not ok[k] or hashlib.sha256(images[k].tobytes()).digest() != self._probe[2]:
+                    raise InvalidInputError(
+                        f"`data`: the {self.kind} gave another item {self._probe[0]} (id {self._probe[1]!r}) at this "
+                        "pass than when its image shape was read: its elements change from pass to pass (a one-shot "
+                        "Python iterator in from_generator? random augmentation?). A stream reads a dataset more than "
+                        "once (and a resume reads it again): pass a generator function that starts afresh, and seed "
+                        "any randomness. " + received("data", self.kind))
             errors = [(index0 + int(k), ids[k], messages[k].decode()) for k in np.flatnonzero(~ok)]
             if errors and self.on_error == "raise":
                 raise _item_error(*errors[0])
