@@ -1,0 +1,429 @@
+"""Explanations on Apache Beam: a ``ModelHandler`` for Beam's ``RunInference`` and dataset transforms.
+
+Imported only by ``import tfattr.beam`` (Apache Beam is the optional ``[beam]`` extra:
+``pip install "tfattr[beam]"``); ``import tfattr`` never loads it.
+
+* :class:`ExplanationModelHandler`: Beam's own ``RunInference`` with a tfattr method in place of a
+  prediction. Elements are ``image`` (an ``(H, W, C)`` array) or ``(image, target)``; each gives a
+  ``PredictionResult(example, inference)`` whose inference is the explanation row
+  ``{"attributions", "target", "score", "delta"}``. Keyed elements go through Beam's
+  ``KeyedModelHandler(ExplanationModelHandler(...))``::
+
+      import apache_beam as beam
+      from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+      from tfattr.beam import ExplanationModelHandler
+
+      handler = ExplanationModelHandler("model.keras", method="ig", method_options={"steps": 32})
+      with beam.Pipeline() as p:
+          rows = (p | beam.Create([("a", image_a), ("b", image_b)])
+                    | RunInference(KeyedModelHandler(handler)))
+
+* :class:`ExplainImages`: image files (a glob pattern, e.g. ``gs://bucket/val/*.png``) or TFRecords
+  → the same store as :func:`tfattr.explain_dataset` (``out/``, read back by
+  :func:`tfattr.open_explanations`), written chunk by chunk by the workers; finished chunks are
+  skipped on a re-run (resume).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from tfattr.errors import InvalidInputError, InvalidTypeError, MissingDependencyError, received
+
+try:
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+except ImportError as _error:  # pragma: no cover - the extra is not installed
+    raise MissingDependencyError(
+        "tfattr.beam needs Apache Beam: pip install 'tfattr[beam]' (apache-beam>=2.60). "
+        + received("import", "apache_beam")) from _error
+
+__all__ = ["ExplanationModelHandler", "load_model", "batch_seed", "ON_ERROR"]
+
+#: what a failing element does: ``"raise"`` (the pipeline fails with an error naming the element) or
+#: ``"skip"`` (its row says skipped, with the error; the other elements go on)
+ON_ERROR = ("raise", "skip")
+
+#: the entries whose feature mask is built from each image (superpixels): rebuilt for every batch
+_PER_IMAGE_MASKS = ("feature-ablation", "kernelshap", "shapley-sampling")
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+def load_model(model_uri: str, custom_objects: Optional[Mapping[str, Any]] = None, logits: bool = False):
+    """The Keras model at ``model_uri``: a ``.keras`` file, or a TensorFlow SavedModel folder
+    (``model.export(path)``; wrapped in a Keras model calling its ``serving_default`` signature,
+    which must take one image tensor and return one tensor).
+
+    Args:
+        model_uri: a local path or any path ``keras.models.load_model`` reads (``gs://`` with
+            TensorFlow's file systems).
+        custom_objects: passed to ``keras.models.load_model`` (custom layers).
+        logits: strip a final softmax (:func:`tfattr.surgery.logits_model`), as ``tfattr explain``
+            does, so that logits are explained.
+    """
+    import keras
+    import tensorflow as tf
+
+    if not isinstance(model_uri, (str, os.PathLike)):
+        raise InvalidTypeError("`model_uri` must be a path to a .keras file or a SavedModel folder. "
+                               + received("model_uri", model_uri))
+    path = os.fspath(model_uri)
+    if tf.io.gfile.isdir(path) and tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        model = _saved_model(path)
+    elif not tf.io.gfile.exists(path):
+        raise InvalidInputError(f"`model_uri`: no model at {path!r}. " + received("model_uri", path))
+    else:
+        try:
+            model = keras.models.load_model(path, custom_objects=dict(custom_objects or {}), compile=False)
+        except Exception as error:  # any failure to read the user's file: say which file and why
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            raise InvalidInputError(f"`model_uri`: cannot load {path!r} as a Keras model ({type(error).__name__}: "
+                                    f"{lines[0] if lines else ''}). " + received("model_uri", path)) from None
+    if logits:
+        from tfattr.surgery import logits_model
+
+        model = logits_model(model, missing="ignore")
+    return model
+
+
+def _saved_model(path: str):
+    """A SavedModel folder as a Keras model (its ``serving_default`` signature in a ``TFSMLayer``)."""
+    import keras
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(path).signatures.get("serving_default")
+    if signature is None:
+        raise InvalidInputError(f"`model_uri`: the SavedModel {path!r} has no serving_default signature. "
+                                + received("model_uri", path))
+    specs = list(signature.structured_input_signature[1].values())
+    outputs = list(signature.structured_outputs)
+    if len(specs) != 1 or len(outputs) != 1:
+        raise InvalidInputError(f"`model_uri`: the SavedModel {path!r} takes {len(specs)} input(s) and gives "
+                                f"{len(outputs)} output(s); tfattr explains one image input and one output. "
+                                + received("model_uri", path))
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
+    inputs = keras.Input(shape=tuple(specs[0].shape)[1:], dtype=specs[0].dtype.name)
+    return keras.Model(inputs, layer(inputs)[outputs[0]])
+
+
+# -- seeds ----------------------------------------------------------------------------------------
+
+def batch_seed(seed: int, block: int) -> int:
+    """The seed a random method uses for the block of items ``[block · n, (block + 1) · n)`` of a
+    dataset: ``SeedSequence([seed, block])`` reduced below 2⁵³ (the range every tfattr seed takes), the
+    same for the local runner and the Beam workers whatever order or worker explains the block."""
+    state = np.random.SeedSequence([int(seed), int(block)]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 32 | int(state[1])) % (2 ** 53))
+
+
+# -- elements -------------------------------------------------------------------------------------
+
+def _parse(element, position: int) -> Tuple[np.ndarray, Optional[int], Optional[int], Optional[str]]:
+    """``(image, target, index, id)`` of an element: ``image``, ``(image, target)`` or a mapping with
+    ``image`` and optional ``target``, ``index`` (the item's place in the dataset) and ``id``."""
+    index = item_id = None
+    if isinstance(element, Mapping):
+        if "image" not in element:
+            raise InvalidInputError(f"element {position}: a mapping element needs an 'image' entry. "
+                                    + received("element keys", sorted(element)))
+        image, target = element["image"], element.get("target")
+        index, item_id = element.get("index"), element.get("id")
+    elif isinstance(element, tuple) and len(element) == 2 and np.ndim(element[1]) == 0:
+        image, target = element
+    else:
+        image, target = element, None
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise InvalidInputError(f"element {item_id if item_id is not None else position}: an image is an (H, W, C) "
+                                "array (or (image, target)). " + received("image.shape", image.shape))
+    if target is not None:
+        if isinstance(target, (bool, np.bool_)) or not float(target).is_integer() or int(target) < 0:
+            raise InvalidInputError(f"element {item_id if item_id is not None else position}: a target is a class "
+                                    "index ≥ 0. " + received("target", target))
+        target = int(target)
+    return image, target, None if index is None else int(index), None if item_id is None else str(item_id)
+
+
+def _name(position: int, item_id: Optional[str], index: Optional[int]) -> str:
+    if item_id is not None:
+        return f"{item_id!r}" + (f" (item {index})" if index is not None else "")
+    return f"item {index}" if index is not None else f"element {position} of the batch"
+
+
+class _Loaded:
+    """What :meth:`ExplanationModelHandler.load_model` returns: the model and its methods (one per
+    image shape; a per-image segmentation is built for each batch), shared by a worker's threads."""
+
+    def __init__(self, model, handler: ExplanationModelHandler):
+        self.model = model
+        self.handler = handler
+        self._methods: Dict[Tuple[int, ...], Any] = {}
+        self._lock = threading.Lock()
+
+    def method(self, images: np.ndarray):
+        """The method for ``images`` (``(N, H, W, C)``)."""
+        handler = self.handler
+        if handler.per_batch:
+            return handler.build(self.model, images)
+        shape = tuple(images.shape[1:])
+        with self._lock:
+            if shape not in self._methods:
+                self._methods[shape] = handler.build(self.model, images[:1])
+            return self._methods[shape]
+
+
+# -- the handler ----------------------------------------------------------------------------------
+
+class ExplanationModelHandler(ModelHandler):
+    """A Beam ``ModelHandler`` whose "inference" is a tfattr explanation.
+
+    ``load_model`` loads the Keras model at ``model_uri`` (:func:`load_model`) and builds the method
+    ``method`` from :data:`tfattr.methods.registry.REGISTRY` with ``method_options`` (the registry's
+    settings: ``steps``, ``baseline``, ``n_masks``, ``layer``, ``value_range``, ``batch_size``, ``seed``,
+    …, as ``tfattr explain``'s flags by their argparse names). ``run_inference`` explains a batch of
+    elements with ONE ``method.attribute`` call and yields one
+    ``PredictionResult(example, inference={"attributions", "target", "score", "delta"})`` per
+    element (``attributions`` ``(H, W, C)`` float32, ``target`` the explained class, ``score`` f(x)
+    of that class, ``delta`` the completeness delta or NaN for methods without one).
+
+    Elements: an ``(H, W, C)`` image, ``(image, target)``, or a mapping ``{"image", "target",
+    "index", "id"}`` (what :class:`ExplainImages` feeds). ``uint8`` images are scaled to the
+    method's ``value_range`` (default ``(0, 1)``) as ``tfattr explain`` scales image files; float
+    images are taken as they are. Keyed elements: ``KeyedModelHandler(ExplanationModelHandler(...))``.
+
+    Seeds. tfattr's random draws depend on the seed and the draw's index, never on the batch (an
+    image's map is the same alone or in a batch, :mod:`tfattr.core.random`), so Beam's batching
+    does not change a random method's draws: every call uses ``seed``. With ``seed_block=n`` and
+    elements carrying their dataset ``index``, items ``[b·n, (b+1)·n)`` are explained with the seed
+    :func:`batch_seed` ``(seed, b)``, as :func:`tfattr.explain_dataset` explains its batch ``b``
+    (a Beam batch that spans two blocks is then explained by one call per block).
+
+    Numbers. A deterministic method gives the maps of a local ``method.attribute`` call on the
+    same images up to float32 rounding: the batch's composition changes how the kernels sum (a
+    convolution's or matmul's reduction order under oneDNN depends on the batch), so maps agree
+    to a few float32 ulps of the largest terms summed, not bit for bit.
+
+    Args:
+        model_uri: a ``.keras`` file or SavedModel folder (see :func:`load_model`).
+        method: a registry name (``"ig"``, ``"gradcam"``, ``"rise"``, …).
+        method_options: the method's settings by name (an unknown name is an error, not ignored).
+        target: the class explained when an element gives none: ``None`` (top-1) or an int.
+        image_size: ``(H, W)`` (or one side) every image is resized to (area averaging) before the
+            batch is stacked; ``None``: images as they come (a batch of several sizes is an error).
+        custom_objects: for ``keras.models.load_model``.
+        logits: strip a final softmax before explaining (as ``tfattr explain``).
+        seed_block: see Seeds above (``None``: one seed for every call).
+        on_error: ``"raise"``: an element whose explanation fails raises an error naming it (the
+            batch is retried element by element to find it); ``"skip"``: its result is
+            ``{"error": message, ...}`` with NaN score and no attributions, the others are explained.
+        min_batch_size, max_batch_size, max_batch_duration_secs, large_model, model_copies, **kwargs:
+            Beam's ``ModelHandler`` batching and sharing arguments (``env_vars={...}`` sets
+            environment variables before the model loads, e.g. ``TF_NUM_INTRAOP_THREADS``).
+    """
+
+    def __init__(self, model_uri: str, method: str = "ig", method_options: Optional[Mapping[str, Any]] = None,
+                 target: Optional[int] = None, image_size=None, custom_objects: Optional[Mapping[str, Any]] = None,
+                 *, logits: bool = False, seed_block: Optional[int] = None, on_error: str = "raise",
+                 min_batch_size: Optional[int] = None, max_batch_size: Optional[int] = None,
+                 max_batch_duration_secs: Optional[int] = None, large_model: bool = False,
+                 model_copies: Optional[int] = None, **kwargs):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         max_batch_duration_secs=max_batch_duration_secs, large_model=large_model,
+                         model_copies=model_copies, **kwargs)
+        from tfattr.methods.registry import entry
+
+        if not isinstance(model_uri, (str, os.PathLike)):
+            raise InvalidTypeError("`model_uri` must be a path to a .keras file or a SavedModel folder. "
+                                   + received("model_uri", model_uri))
+        item = entry(method)
+        options = dict(method_options or {})
+        unknown = sorted(set(options) - set(item.settings))
+        if unknown:
+            raise InvalidInputError(f"`method_options`: {method!r} reads {', '.join(item.settings)}; it does not read "
+                                    f"{', '.join(unknown)}. " + received("method_options", options))
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0):
+            raise InvalidInputError("`target` must be None (top-1) or a class index ≥ 0. " + received("target", target))
+        if on_error not in ON_ERROR:
+            raise InvalidInputError(f"`on_error` must be one of {list(ON_ERROR)}. " + received("on_error", on_error))
+        if seed_block is not None and (isinstance(seed_block, bool) or not isinstance(seed_block, (int, np.integer))
+                                       or seed_block < 1):
+            raise InvalidInputError("`seed_block` must be None or an integer ≥ 1. "
+                                    + received("seed_block", seed_block))
+        self._model_uri = os.fspath(model_uri)
+        self._method = method
+        self._options = options
+        self._target = None if target is None else int(target)
+        self._image_size = _size(image_size)
+        self._custom_objects = dict(custom_objects or {})
+        self._logits = bool(logits)
+        self._seed_block = None if seed_block is None else int(seed_block)
+        self._on_error = on_error
+        segmentation = options.get("segmentation") or "grid"
+        self.per_batch = method in _PER_IMAGE_MASKS and segmentation != "grid"
+
+    # -- Beam's ModelHandler API
+    def load_model(self) -> _Loaded:
+        """Load the Keras model (Beam calls this once per worker process and shares the result
+        between its threads, or across processes with ``large_model=True``)."""
+        return _Loaded(load_model(self._model_uri, self._custom_objects, self._logits), self)
+
+    def run_inference(self, batch: Sequence[Any], model: _Loaded,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
+        """Explain ``batch`` (one ``method.attribute`` call, or one per seed block) and yield one
+        ``PredictionResult`` per element, in order."""
+        if inference_args:
+            raise InvalidInputError("ExplanationModelHandler takes no inference_args (give the method's options as "
+                                    "method_options). " + received("inference_args", sorted(inference_args)))
+        batch = list(batch)
+        parsed = []
+        results: List[Optional[Dict[str, Any]]] = [None] * len(batch)
+        for position, element in enumerate(batch):
+            try:
+                parsed.append(_parse(element, position))
+            except (ValueError, TypeError) as error:
+                if self._on_error == "raise":
+                    raise
+                parsed.append(None)
+                results[position] = _failed(str(error))
+        groups: Dict[Optional[int], List[int]] = {}
+        for position, item in enumerate(parsed):
+            if item is None:
+                continue
+            block = item[2] // self._seed_block if self._seed_block is not None and item[2] is not None else None
+            groups.setdefault(block, []).append(position)
+        for block, positions in groups.items():
+            for position, row in zip(positions, self._explain_isolating(model, [parsed[p] for p in positions],
+                                                                         positions, block)):
+                results[position] = row
+        return [PredictionResult(element, row, self._model_uri) for element, row in zip(batch, results)]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        """The bytes of the batch's images."""
+        total = 0
+        for element in batch:
+            image = element.get("image") if isinstance(element, Mapping) else (
+                element[0] if isinstance(element, tuple) and len(element) == 2 else element)
+            total += int(getattr(image, "nbytes", 0) or np.asarray(image).nbytes)
+        return total
+
+    def get_metrics_namespace(self) -> str:
+        """Beam's metrics of this handler go under ``tfattr_Explain``."""
+        return "tfattr_Explain"
+
+    def validate_inference_args(self, inference_args: Optional[Dict[str, Any]]):
+        """No inference_args: the method's options are ``method_options``."""
+        if inference_args:
+            raise InvalidInputError("ExplanationModelHandler takes no inference_args (give the method's options as "
+                                    "method_options). " + received("inference_args", sorted(inference_args)))
+
+    def __repr__(self) -> str:
+        return (f"ExplanationModelHandler({self._model_uri!r}, method={self._method!r}, "
+                f"method_options={self._options!r})")
+
+    # -- tfattr
+    @property
+    def method_name(self) -> str:
+        """The registry name of the method."""
+        return self._method
+
+    @property
+    def method_options(self) -> Dict[str, Any]:
+        """The method's settings (a copy)."""
+        return dict(self._options)
+
+    def build(self, model, images: np.ndarray):
+        """The method for ``model`` (``images``: for a feature mask or a baseline distribution's shape)."""
+        from tfattr.methods.registry import build_method
+
+        settings = dict(self._options, images=images)
+        settings.setdefault("verbose", 0)
+        return build_method(self._method, model, settings, argument="method")
+
+    def _stack(self, items) -> np.ndarray:
+        """The items' images as one float batch, resized to ``image_size`` and scaled from uint8."""
+        images = [item[0] for item in items]
+        if self._image_size is not None:
+            images = [_resize(image, self._image_size) for image in images]
+        shapes = sorted({image.shape for image in images})
+        if len(shapes) > 1:
+            raise InvalidInputError(f"a batch holds images of shapes {shapes}; give image_size=(H, W) to resize them "
+                                    "to one. " + received("image_size", self._image_size))
+        low, high = self._options.get("value_range") or (0.0, 1.0)
+        stacked = np.stack(images)
+        if stacked.dtype == np.uint8:
+            return (np.float32(low) + stacked.astype(np.float32) / np.float32(255.0)
+                    * np.float32(high - low)).astype(np.float32)
+        return stacked.astype(np.float32, copy=False)
+
+    def _attribute(self, loaded: _Loaded, items, block: Optional[int]) -> List[Dict[str, Any]]:
+        x = self._stack(items)
+        method = loaded.method(x)
+        targets = [item[1] for item in items]
+        if all(t is None for t in targets):
+            target = self._target
+        else:
+            if any(t is None for t in targets) and self._target is None:
+                top = np.argmax(np.asarray(loaded.model(x, training=False)), axis=-1)
+                targets = [int(top[k]) if t is None else t for k, t in enumerate(targets)]
+            target = np.array([self._target if t is None else t for t in targets], np.int64)
+        call = {}
+        if block is not None and "seed" in getattr(method, "config", {}):
+            base = method.config.get("seed")
+            call["seed"] = None if base is None else batch_seed(base, block)
+        explanation = method.attribute(x, target=target, **call)
+        attributions = np.asarray(explanation.attributions, np.float32)
+        rows = []
+        for k in range(len(items)):
+            rows.append({
+                "attributions": attributions[k],
+                "target": int(explanation.targets[k]) if explanation.targets is not None else -1,
+                "score": float(explanation.scores[k]) if explanation.scores is not None else math.nan,
+                "delta": float(explanation.delta[k]) if explanation.delta is not None else math.nan,
+            })
+        return rows
+
+    def _explain_isolating(self, loaded, items, positions, block) -> List[Dict[str, Any]]:
+        """The rows of ``items``; if the batch fails, each item alone, so the failing one is named."""
+        try:
+            return self._attribute(loaded, items, block)
+        except Exception as error:  # noqa: BLE001 - which element: retried alone below
+            if len(items) == 1:
+                item = items[0]
+                message = f"{type(error).__name__}: {error}"
+                if self._on_error == "raise":
+                    kind = (InvalidTypeError if isinstance(error, TypeError) else
+                            InvalidInputError if isinstance(error, ValueError) else RuntimeError)
+                    raise kind(f"explaining {_name(positions[0], item[3], item[2])} failed: {message}") from error
+                return [_failed(message)]
+        return [row for item, position in zip(items, positions)
+                for row in self._explain_isolating(loaded, [item], [position], block)]
+
+
+def _failed(message: str) -> Dict[str, Any]:
+    return {"attributions": None, "target": -1, "score": math.nan, "delta": math.nan, "error": message}
+
+
+def _size(image_size) -> Optional[Tuple[int, int]]:
+    if image_size is None:
+        return None
+    sides = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size,)
+    sides = (sides * 2)[:2] if len(sides) == 1 else sides
+    if len(sides) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sides):
+        raise InvalidInputError("`image_size` must be None, a side or (H, W) of positive integers. "
+                                + received("image_size", image_size))
+    return int(sides[0]), int(sides[1])
+
+
+def _resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == tuple(size):
+        return image
+    import cv2
+
+    resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return resized[..., None] if resized.ndim == 2 else resized
