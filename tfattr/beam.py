@@ -427,3 +427,365 @@ def _resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
     resized = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return resized[..., None] if resized.ndim == 2 else resized
+
+
+# -- dataset transforms ---------------------------------------------------------------------------
+
+#: the file name endings read as images when ``data`` is a folder
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+#: the file name endings read as TFRecords (``kind="auto"``)
+TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def match_files(data) -> Tuple[List[str], List[str]]:
+    """``(paths, ids)`` of ``data``: a glob pattern (Beam's file systems: local, ``gs://``, ``s3://``, …), a
+    list of patterns, or a folder (every image file under it, recursively). Sorted by id; an item's
+    index in the dataset is its place in that order. The id is the path relative to the folder (or to
+    the pattern's directory before its first wildcard), as the local runner names a folder's files."""
+    from apache_beam.io.filesystems import FileSystems
+
+    patterns = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if not patterns or not all(isinstance(p, (str, os.PathLike)) for p in patterns):
+        raise InvalidInputError("`data` must be a folder, a glob pattern or a list of them. " + received("data", data))
+    found: Dict[str, str] = {}
+    for pattern in map(os.fspath, patterns):
+        folder = not _is_glob(pattern) and (os.path.isdir(pattern) or (
+            "://" in pattern and not os.path.splitext(pattern)[1]))
+        if folder:
+            root = pattern.rstrip("/")
+            glob = root + "/**"
+        else:
+            root = pattern[:min([pattern.index(c) for c in "*?[" if c in pattern] or [len(pattern)])]
+            root = root.rsplit("/", 1)[0] if "/" in root else ""
+            glob = pattern
+        try:
+            result = FileSystems.match([glob])[0]
+        except Exception as error:  # noqa: BLE001 - Beam's BeamIOError and the file systems' errors
+            raise InvalidInputError(f"`data`: cannot list {pattern!r}: {error}. " + received("data", pattern)) from None
+        for metadata in result.metadata_list:
+            path = metadata.path
+            if folder and not path.lower().endswith(IMAGE_EXTENSIONS + TFRECORD_EXTENSIONS):
+                continue
+            item_id = path[len(root):].lstrip("/") if root and path.startswith(root) else path
+            found.setdefault(path, item_id)
+    if not found:
+        raise InvalidInputError(f"`data`: no file matches {data!r}. " + received("data", data))
+    pairs = sorted(found.items(), key=lambda pair: (pair[1], pair[0]))
+    return [p for p, _ in pairs], [i for _, i in pairs]
+
+
+def _read_bytes(path: str) -> bytes:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, mime_type="application/octet-stream",
+                          compression_type="uncompressed") as handle:
+        return handle.read()
+
+
+def _decode(path: str, data: bytes, size: Optional[Tuple[int, int]], channels: int) -> np.ndarray:
+    """One image file's bytes as ``(H, W, channels)`` uint8, resized to ``size`` (the local runner's
+    decoding: :func:`tfattr.streaming.sources.decode_image_file` when it is there)."""
+    try:
+        from tfattr.streaming.sources import decode_image_file
+    except ImportError:
+        decode_image_file = None
+    array = np.frombuffer(data, np.uint8)
+    if decode_image_file is not None:
+        return decode_image_file(path, array, size=size, channels=channels)
+    from tfattr.cli import _decode_image
+
+    return _decode_image(path, array, size, channels)
+
+
+class _DecodeBatch(beam.DoFn):
+    """``(block, [(index, path, id), ...])`` → the block's elements for the handler (main output) and
+    the rows of the files that cannot be read or decoded (output ``"failed"``; with
+    ``on_error="raise"`` the first such file raises an error naming it)."""
+
+    def __init__(self, size, channels, on_error, chunk):
+        self._size, self._channels, self._on_error, self._chunk = size, channels, on_error, chunk
+
+    def process(self, element):
+        _, items = element
+        examples = []
+        for index, path, item_id in items:
+            try:
+                image = _decode(path, _read_bytes(path), self._size, self._channels)
+                if self._size is not None and tuple(image.shape[:2]) != tuple(self._size):
+                    raise InvalidInputError(f"decoded to {image.shape[1]}×{image.shape[0]}, not the store's "
+                                            f"{self._size[1]}×{self._size[0]}. " + received("image_size", self._size))
+            except Exception as error:  # noqa: BLE001 - every reason a file cannot be read: named below
+                message = f"{type(error).__name__}: {error}"
+                if self._on_error == "raise":
+                    raise InvalidInputError(f"cannot read item {index} ({item_id!r}, file {path!r}): {message}") \
+                        from None
+                yield beam.pvalue.TaggedOutput("failed", (index // self._chunk, _row(index, item_id, None, message)))
+                continue
+            examples.append({"image": image, "index": index, "id": item_id})
+        if examples:
+            yield examples
+
+
+def _row(index: int, item_id: str, inference: Optional[Mapping[str, Any]], error: Optional[str] = None):
+    """The chunk writer's record of one item."""
+    if inference is not None and inference.get("error") is None:
+        return {"index": index, "id": item_id, "attributions": inference["attributions"],
+                "target": int(inference["target"]), "score": float(inference["score"]),
+                "delta": float(inference["delta"]), "status": "ok", "error": ""}
+    message = error if error is not None else inference.get("error")
+    return {"index": index, "id": item_id, "attributions": None, "target": -1, "score": math.nan,
+            "delta": math.nan, "status": "skipped", "error": message}
+
+
+def _keyed_row(result, chunk: int):
+    example = result.example
+    return example["index"] // chunk, _row(example["index"], example["id"], result.inference)
+
+
+class _WriteChunk(beam.DoFn):
+    """``(chunk k, rows)`` → chunk ``k`` of the store, committed atomically (its marker last); yields
+    ``k``. A chunk missing an item is an error (never a hole)."""
+
+    def __init__(self, out, settings, chunk, num_items, item_shape):
+        self._out, self._settings, self._chunk = out, settings, chunk
+        self._num_items, self._item_shape = num_items, tuple(item_shape)
+
+    def process(self, element):
+        from tfattr.streaming.store import StoreWriter
+
+        k, rows = element
+        rows = sorted(rows, key=lambda row: row["index"])
+        start, stop = k * self._chunk, min((k + 1) * self._chunk, self._num_items)
+        indices = [row["index"] for row in rows]
+        if indices != list(range(start, stop)):
+            missing = sorted(set(range(start, stop)) - set(indices))
+            raise RuntimeError(f"chunk {k} of {self._out!r} lacks items {missing[:10]} (or holds one twice); it is not "
+                               "written. " + received("indices", indices[:20]))
+        valid = np.array([row["status"] == "ok" for row in rows])
+        attributions = np.zeros((len(rows),) + self._item_shape, np.float32)
+        for j, row in enumerate(rows):
+            if row["attributions"] is not None:
+                attributions[j] = row["attributions"]
+        arrays = {"attributions": attributions,
+                  "targets": np.array([row["target"] for row in rows], np.int32),
+                  "scores": np.array([row["score"] for row in rows], np.float64),
+                  "delta": np.array([row["delta"] for row in rows], np.float64),
+                  "valid": valid}
+        table = [{"id": row["id"], "index": row["index"], "target": row["target"], "score": row["score"],
+                  "delta": row["delta"], "label": None, "status": row["status"], "error": row["error"]}
+                 for row in rows]
+        writer = StoreWriter.open(self._out, self._settings, self._chunk, self._num_items, lock=False)
+        try:
+            if k not in writer.finished():  # a retried bundle: the chunk is there already
+                writer.write_chunk(k, start, [row["id"] for row in rows], arrays, table)
+        finally:
+            writer.close()
+        yield k
+
+
+class _Finish(beam.DoFn):
+    """After every chunk is written: record the store as complete (``num_items``) if every chunk has
+    its marker (a failed chunk leaves the store incomplete, and a re-run resumes it)."""
+
+    def __init__(self, out, settings, chunk, num_items):
+        self._out, self._settings, self._chunk, self._num_items = out, settings, chunk, num_items
+
+    def process(self, _):
+        from tfattr.streaming.store import StoreWriter
+
+        writer = StoreWriter.open(self._out, self._settings, self._chunk, self._num_items, lock=False)
+        try:
+            expected = set(range(-(-self._num_items // self._chunk)))
+            missing = sorted(expected - set(writer.finished()))
+            if missing:
+                raise RuntimeError(f"the store {self._out!r} lacks chunks {missing[:10]} after the run; run it again "
+                                   "to resume. " + received("out", self._out))
+            writer.finish(self._num_items)
+        finally:
+            writer.close()
+        yield self._num_items
+
+
+def _item_shape(model, image_size) -> Tuple[Tuple[int, int], int]:
+    """``((H, W), channels)`` of the store's items: the model's fixed size (``image_size`` must agree) or
+    ``image_size`` for a model of free size."""
+    from tfattr.core.inputs import model_spec
+
+    shape = model_spec(model).input_shape
+    if shape is None or len(shape) != 3 or shape[2] not in (1, 3):
+        raise InvalidInputError("`model_uri`: ExplainImages explains models of one (H, W, 1) or (H, W, 3) image input. "
+                                + received("input shape", shape))
+    fixed = tuple(shape[:2])
+    if None not in fixed:
+        if image_size is not None and tuple(image_size) != fixed:
+            raise InvalidInputError(f"`image_size`: the model takes {fixed[0]}×{fixed[1]} images only. "
+                                    + received("image_size", image_size))
+        return fixed, int(shape[2])
+    if image_size is None:
+        raise InvalidInputError("`image_size`: the model takes any image size and a store holds one; give "
+                                "image_size=(H, W). " + received("image_size", None))
+    return tuple(image_size), int(shape[2])
+
+
+class ExplainImages(beam.PTransform):
+    """Explain a dataset of image files on Beam and write the store of :func:`tfattr.explain_dataset`.
+
+    ``pipeline | ExplainImages(data, out, method="ig", model_uri="model.keras", ...)``: the files
+    matched by ``data`` are sorted by id (their path relative to the folder or to the pattern's
+    directory) — an item's index is its place in that order — grouped in blocks of ``batch``
+    items, read and decoded on the workers (as the local runner decodes them: 8-bit RGB, or grey
+    for a one-channel model, area-resized to the model's size or ``image_size``, scaled to
+    ``value_range``), explained by Beam's ``RunInference`` with :class:`ExplanationModelHandler`
+    (one ``attribute`` call per block, seeded :func:`batch_seed` ``(seed, block)`` like the local
+    runner's batch), then grouped by store chunk (``index // chunk``) and each chunk is committed by
+    the worker that holds it (zarr chunk, Parquet rows, marker last: chunks commit in any order,
+    without a lock). The result is the same store as the local run's: :func:`tfattr.open_explanations`.
+
+    The store's settings (method and options, model fingerprint, data, chunk, engine batch size,
+    seed, on_error) are written or compared when the pipeline is built: another configuration on
+    the same ``out`` is an error. Chunks whose marker exists are left out before anything is
+    decoded (resume after a failed or cancelled job). The last step records the store complete.
+
+    Files that cannot be read or decoded, and items whose explanation fails: ``on_error="raise"``
+    fails the pipeline with an error naming the item (index, id, file); ``"skip"`` writes the item's
+    row with status ``skipped`` and the error, its ``valid`` flag False and a zero map.
+
+    ``out`` must be a folder every worker can write (the machine's disk for the DirectRunner; a
+    shared file system, e.g. a mounted bucket, on Dataflow, Flink or Spark).
+
+    Args:
+        data: a folder, a glob pattern (``/data/val/*/*.JPEG``, ``gs://bucket/val/*.png``) or a list.
+        out: the store folder.
+        method: a registry name; ``method_options``: its settings (see :class:`ExplanationModelHandler`).
+        model_uri: a ``.keras`` file or SavedModel folder, readable from the launcher and the workers.
+        target: ``None`` (top-1) or a class index.
+        chunk: items per store chunk (default 64).
+        batch: items per ``attribute`` call (default 64; the local runner's ``batch_size``).
+        engine_batch_size: points per forward+backward pass (an int: a store records one, and two
+            workers measuring ``"auto"`` could pick two sizes); ``None``: the store's recorded size, else 64.
+        seed: the random methods' seed.
+        image_size: ``(H, W)`` for a model of free input size.
+        value_range: the model's input range (default ``(0, 1)``).
+        logits: strip a final softmax (as ``tfattr explain``).
+        on_error: ``"raise"`` or ``"skip"``.
+        custom_objects: for loading the model.
+    """
+
+    def __init__(self, data, out, method: str = "ig", model_uri: Optional[str] = None,
+                 method_options: Optional[Mapping[str, Any]] = None, *, target: Optional[int] = None,
+                 chunk: int = 64, batch: int = 64, engine_batch_size: Optional[int] = None, seed: int = 0,
+                 image_size=None, value_range=None, logits: bool = False, on_error: str = "raise",
+                 custom_objects: Optional[Mapping[str, Any]] = None):
+        super().__init__()
+        if model_uri is None:
+            raise InvalidInputError("`model_uri` is needed: the workers load the model from it. "
+                                    + received("model_uri", None))
+        for name, value in (("chunk", chunk), ("batch", batch)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InvalidInputError(f"`{name}` must be an integer ≥ 1. " + received(name, value))
+        if engine_batch_size is not None and (isinstance(engine_batch_size, bool)
+                                              or not isinstance(engine_batch_size, (int, np.integer))
+                                              or engine_batch_size < 1):
+            raise InvalidInputError("`engine_batch_size` must be None or an integer ≥ 1 (a store records one size). "
+                                    + received("engine_batch_size", engine_batch_size))
+        if on_error not in ON_ERROR:
+            raise InvalidInputError(f"`on_error` must be one of {list(ON_ERROR)}. " + received("on_error", on_error))
+        options = dict(method_options or {})
+        for reserved in ("batch_size", "seed", "value_range", "verbose", "images"):
+            if reserved in options:
+                raise InvalidInputError(f"`method_options`: give {reserved!r} as ExplainImages' own argument "
+                                        "(engine_batch_size, seed, value_range). "
+                                        + received("method_options", options))
+        self.data, self.out, self.method, self.model_uri = data, os.fspath(out), method, os.fspath(model_uri)
+        self.method_options, self.target, self.chunk, self.batch = options, target, int(chunk), int(batch)
+        self.engine_batch_size, self.seed, self.image_size = engine_batch_size, seed, _size(image_size)
+        self.value_range = tuple(float(v) for v in (value_range or (0.0, 1.0)))
+        self.logits, self.on_error, self.custom_objects = bool(logits), on_error, dict(custom_objects or {})
+
+    def _handler_options(self, engine_batch_size: int) -> Dict[str, Any]:
+        return dict(self.method_options, batch_size=engine_batch_size, seed=self.seed, value_range=self.value_range)
+
+    def prepare(self):
+        """Match the files, load the model, open (or check) the store and list what is left to do:
+        ``(settings, blocks, num_items, item_shape, handler)``. Called by :meth:`expand`."""
+        from tfattr.streaming.store import StoreWriter
+
+        paths, ids = match_files(self.data)
+        model = load_model(self.model_uri, self.custom_objects, self.logits)
+        size, channels = _item_shape(model, self.image_size)
+        engine = self.engine_batch_size or _recorded_engine_batch_size(self.out) or 64
+        handler = ExplanationModelHandler(self.model_uri, self.method, self._handler_options(engine),
+                                          target=self.target, custom_objects=self.custom_objects, logits=self.logits,
+                                          seed_block=self.batch, on_error=self.on_error)
+        method = handler.build(model, np.zeros((1,) + tuple(size) + (channels,), np.float32))
+        settings = store_settings(method, model, {"kind": "files", "data": _jsonable(self.data), "ids_digest":
+                                                  _digest(ids), "n": len(ids), "image_size": list(size),
+                                                  "channels": channels, "value_range": list(self.value_range)},
+                                  target=self.target, chunk=self.chunk, batch=self.batch,
+                                  engine_batch_size=engine, seed=self.seed, on_error=self.on_error)
+        with StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=False) as writer:
+            finished = set(writer.finished())
+        blocks: Dict[int, List[Tuple[int, str, str]]] = {}
+        for index, (path, item_id) in enumerate(zip(paths, ids)):
+            if index // self.chunk not in finished:
+                blocks.setdefault(index // self.batch, []).append((index, path, item_id))
+        return settings, sorted(blocks.items()), len(ids), tuple(size) + (channels,), handler, finished
+
+    def expand(self, pbegin):
+        from apache_beam.ml.inference.base import RunInference
+
+        settings, blocks, num_items, item_shape, handler, _ = self.prepare()
+        pipeline = pbegin.pipeline if hasattr(pbegin, "pipeline") else pbegin
+        decoded = (pipeline
+                   | "Blocks" >> beam.Create(blocks)
+                   | "Spread" >> beam.Reshuffle()
+                   | "Decode" >> beam.ParDo(_DecodeBatch(item_shape[:2], item_shape[2], self.on_error,
+                                                         self.chunk)).with_outputs("failed", main="examples"))
+        chunk = self.chunk
+        explained = (decoded.examples
+                     | "Explain" >> RunInference(handler.with_no_batching())
+                     | "ByChunk" >> beam.Map(_keyed_row, chunk))
+        written = ((explained, decoded.failed)
+                   | "Rows" >> beam.Flatten()
+                   | "GroupChunks" >> beam.GroupByKey()
+                   | "WriteChunks" >> beam.ParDo(_WriteChunk(self.out, settings, chunk, num_items, item_shape)))
+        return (written
+                | "CountChunks" >> beam.combiners.Count.Globally()
+                | "Finish" >> beam.ParDo(_Finish(self.out, settings, chunk, num_items)))
+
+
+def _jsonable(data):
+    return os.fspath(data) if isinstance(data, (str, os.PathLike)) else [os.fspath(d) for d in data]
+
+
+def _digest(ids: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def _recorded_engine_batch_size(out: str) -> Optional[int]:
+    """The engine batch size a store at ``out`` recorded (``None``: no store yet)."""
+    import json
+
+    path = os.path.join(out, "tfattr-store.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        value = json.load(handle).get("settings", {}).get("engine_batch_size")
+    return int(value) if isinstance(value, int) else None
+
+
+def store_settings(method, model, data: Mapping[str, Any], *, target, chunk, batch, engine_batch_size, seed,
+                   on_error) -> Dict[str, Any]:
+    """The settings a store records and compares (the design of issue 30)."""
+    from tfattr._version import __version__
+    from tfattr.evaluation import _model_key
+
+    return {"tfattr": __version__, "method": method.cache_key(), "model": _model_key(model), "data": dict(data),
+            "target": target, "chunk": chunk, "batch": batch, "engine_batch_size": engine_batch_size, "seed": seed,
+            "on_error": on_error}
