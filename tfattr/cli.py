@@ -415,6 +415,136 @@ def _flag_errors():
         raise type(error)(text) from None
 
 
+#: the Beam runners ``explain-dataset --runner`` names (any other runner class name Beam knows is passed on too)
+RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PrismRunner", "PortableRunner")
+
+
+def _add_beam_flags(parser: argparse.ArgumentParser) -> None:
+    """``--runner`` of ``explain-dataset``: run on Apache Beam (``tfattr[beam]``) instead of locally; the
+    arguments the command does not know are Beam's pipeline options."""
+    parser.add_argument("--runner", default=None, metavar="RUNNER",
+                        help=f"run the explanation as an Apache Beam pipeline on RUNNER ({', '.join(RUNNERS)}; needs "
+                             "tfattr[beam]); the arguments this command does not know are passed to Beam's "
+                             "PipelineOptions, e.g. --direct_num_workers 2 --direct_running_mode multi_processing, or "
+                             "--project P --region R --temp_location gs://... for Dataflow (default: run locally)")
+
+
+def _explain_dataset_parser(sub) -> argparse.ArgumentParser:
+    """``tfattr explain-dataset``: the flags the Beam path reads (the local path is the runner helper's)."""
+    command = sub.add_parser("explain-dataset", allow_abbrev=False,  # Beam's flags must not abbreviate ours
+                             help="explain a folder or glob of image files into a resumable store (locally, or "
+                                  "on Apache Beam with --runner)")
+    command.add_argument("--model", required=True, help="a .keras file or SavedModel folder (its softmax head is "
+                                                        "stripped: logits are explained)")
+    command.add_argument("--data", required=True, help="a folder of image files or a glob pattern (gs://... with "
+                                                       "Beam's file systems)")
+    command.add_argument("--out", required=True, help="the store folder (resumed when it holds the same run)")
+    command.add_argument("--method", choices=_methods(), default="ig", help="attribution method (default: ig)")
+    command.add_argument("--target", type=_integer("--target", 0), default=None,
+                         help="class index (default: top-1 prediction)")
+    command.add_argument("--size", type=_integer("--size", 1, maximum=10_000), nargs="+", default=None,
+                         metavar="SIDE", help="image side(s) for a model that takes any size")
+    command.add_argument("--chunk", type=_integer("--chunk", 1, maximum=1_000_000), default=64,
+                         help="images per store chunk (default: 64)")
+    command.add_argument("--batch", type=_integer("--batch", 1, maximum=1_000_000), default=64,
+                         help="images per attribute call (default: 64)")
+    command.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                         help="an image that cannot be read or explained: stop with an error naming it (raise, "
+                              "default) or write its row as skipped with the error (skip)")
+    _method_options(command)
+    _add_beam_flags(command)
+    return command
+
+
+def _beam_pipeline_options(runner: str, extra: List[str]):
+    """Beam's ``PipelineOptions`` from ``--runner`` and the arguments the command did not know; an
+    argument Beam does not know either is an error naming it (Beam itself would only log it)."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError:
+        raise InvalidInputError("--runner needs Apache Beam: pip install 'tfattr[beam]'. "
+                                + received("--runner", runner)) from None
+    flags = ["--runner", runner] + list(extra)
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - what PipelineOptions.get_all_options parses with
+    _, unknown = parser.parse_known_args(flags)
+    unknown = [arg for arg in unknown if arg.startswith("-")]
+    if unknown:
+        raise InvalidInputError(f"unknown argument(s) {' '.join(unknown)}: neither explain-dataset nor Beam's "
+                                "pipeline options take them. " + received("arguments", unknown))
+    return PipelineOptions(flags)
+
+
+def _explain_dataset_beam(args, extra: List[str]) -> int:
+    """``explain-dataset --runner R``: :class:`tfattr.beam.ExplainImages` on Beam, writing the store at ``--out``."""
+    options = _beam_pipeline_options(args.runner, extra)
+    _check_rsi_notebook([args.method], args)
+    _check_method_flags([args.method], args)
+    _check_out(args.out)
+    if args.size is not None and len(args.size) > 2:
+        raise InvalidInputError("--size takes SIDE or H W. " + received("--size", args.size))
+    if args.batch_size == "auto":
+        engine = None  # the store's recorded size, else 64 (two workers measuring could pick two sizes)
+    else:
+        engine = int(args.batch_size)
+    import apache_beam as beam
+
+    from tfattr.beam import ExplainImages
+
+    settings = _method_settings(args.method, args)
+    with _flag_errors():
+        transform = ExplainImages(args.data, args.out, method=args.method, model_uri=args.model,
+                                  method_options=settings, target=args.target, chunk=args.chunk, batch=args.batch,
+                                  engine_batch_size=engine, seed=args.seed, image_size=args.size,
+                                  value_range=tuple(args.value_range) if args.value_range else None, logits=True,
+                                  on_error=args.on_error)
+        pipeline = beam.Pipeline(options=options)
+        _ = pipeline | "ExplainImages" >> transform
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as error:  # a worker's error (Beam wraps it in its own types): its message, one line
+        print(f"tfattr explain-dataset: error: the Beam pipeline failed: {_beam_error(error)}", file=sys.stderr)
+        return 1
+    print(args.out)
+    return 0
+
+
+def _beam_error(error: BaseException) -> str:
+    """The innermost tfattr message in a Beam pipeline error (the worker's, wrapped in Beam's own
+    exception texts and tracebacks), else the error's last line."""
+    text = str(error)
+    found = re.findall(r"((?:InvalidInputError|InvalidTypeError|RuntimeError): [^\n]*Received: [^\n]*)", text)
+    if found:
+        return found[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _method_settings(name: str, args) -> dict:
+    """The registry settings of method ``name`` from the flags (JSON values: the workers rebuild the
+    method from them), as :func:`_build_method` reads them."""
+    from tfattr.methods.registry import entry
+
+    settings = {}
+    for dest in entry(name, "--method").reads:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if dest in ("window", "strides"):
+            if len(value) > 2:
+                raise InvalidInputError(f"{_FLAG_OF[dest]} takes SIDE or H W. " + received(_FLAG_OF[dest], value))
+            value = list(value) * 2 if len(value) == 1 else list(value)
+        if dest == "baseline" and isinstance(value, str) and not os.path.exists(value):
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            value = number if math.isfinite(number) else value
+        settings[dest] = value
+    return settings
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tfattr", description="Explain Keras image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -458,6 +588,8 @@ def _parser() -> argparse.ArgumentParser:
                                "e.g. max_sensitivity,local_lipschitz_estimate,model_parameter_randomisation")
     _method_options(evaluate)
     evaluate.add_argument("--out", default=os.path.join("outputs", "evaluate"), help="output folder (tables, cache)")
+
+    _explain_dataset_parser(sub)
 
     demo = sub.add_parser("demo", help="run the demo (every method on real photos, pictures + table)")
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
@@ -1087,12 +1219,20 @@ def _baseline(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not (args.command == "explain-dataset" and getattr(args, "runner", None)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         value_range = getattr(args, "value_range", None)
         if value_range is not None and not value_range[0] < value_range[1]:  # reversed: every image inverted
             raise InvalidInputError("--value-range: LOW must be below HIGH. "
                                     + received("--value-range", " ".join(f"{v:g}" for v in value_range)))
+        if args.command == "explain-dataset":
+            if getattr(args, "runner", None):
+                return _explain_dataset_beam(args, extra)
+            raise InvalidInputError("explain-dataset runs locally in the runner's branch; here it needs --runner. "
+                                    + received("--runner", None))
         return {"explain": _explain, "evaluate": _evaluate, "demo": _demo, "baseline": _baseline}[args.command](args)
     except (ValueError, TypeError, OSError) as error:
         print(f"tfattr {args.command}: error: {error}", file=sys.stderr)
