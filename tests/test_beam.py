@@ -1,0 +1,153 @@
+"""tfattr.beam: the ModelHandler for Beam's RunInference, ExplainImages writing the store, the CLI's --runner.
+
+Pipelines run on Beam's DirectRunner, in process or with 2 worker processes
+(``direct_running_mode="multi_processing"``), on a small CNN with non-zero biases saved as .keras.
+
+Float bound (maps against ``method.attribute`` on the same images): a batch of another composition
+may make oneDNN pick other kernels, which sum a convolution's and a dense layer's terms in another
+order. Reordering a float32 sum of n terms moves it by at most (n − 1)·2⁻²⁴·Σ|terms|; here a map value
+sums ≤ 36 products per conv output over 16 path steps (n ≤ 600) of terms at most a few times the map's
+largest value, so 600·6e-8·4 ≈ 1.5e-4 of max|map| bounds it; we allow 2e-4·max|map| (machine-independent,
+and far below any real difference: a wrong target or image moves maps by their own size).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("apache_beam")  # the [beam] extra: the test step that installs it runs this file
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+import tfattr  # noqa: E402
+from tfattr.beam import ExplanationModelHandler, batch_seed, load_model  # noqa: E402
+from tfattr.errors import InvalidInputError  # noqa: E402
+
+SIDE = 16
+BOUND = 2e-4
+
+
+def _close(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=BOUND * float(np.abs(want).max()) + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([
+        keras.Input((SIDE, SIDE, 3)),
+        keras.layers.Conv2D(4, 3, activation="relu", bias_initializer=keras.initializers.RandomNormal(0.1, 0.05)),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(6, 3, activation="relu", bias_initializer=keras.initializers.RandomNormal(0.1, 0.05)),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(5, bias_initializer=keras.initializers.RandomNormal(0.0, 0.5)),
+    ])
+    path = str(tmp_path_factory.mktemp("model") / "cnn.keras")
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(7).integers(0, 256, (24, SIDE, SIDE, 3), dtype=np.uint8)
+
+
+def _scaled(images):
+    return images.astype(np.float32) / np.float32(255.0)
+
+
+def test_import_tfattr_does_not_import_beam():
+    code = "import sys, tfattr; print('apache_beam' in sys.modules, 'tfattr.beam' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, KERAS_BACKEND="tensorflow"))
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_handler_batch_equals_attribute(model_path, images):
+    """One run_inference call: the maps, targets, scores and deltas of IG.attribute on the same images."""
+    handler = ExplanationModelHandler(model_path, "ig", {"steps": 16, "batch_size": 32})
+    loaded = handler.load_model()
+    results = list(handler.run_inference(list(images[:10]), loaded))
+    want = tfattr.IntegratedGradients(load_model(model_path), steps=16, batch_size=32).attribute(_scaled(images[:10]))
+    assert all(np.array_equal(r.example, e) for r, e in zip(results, images[:10]))
+    _close(np.stack([r.inference["attributions"] for r in results]), want.attributions)
+    assert [r.inference["target"] for r in results] == want.targets.tolist()
+    np.testing.assert_allclose([r.inference["score"] for r in results], want.scores, rtol=1e-6)
+    np.testing.assert_allclose([r.inference["delta"] for r in results], want.delta, atol=1e-6)
+    # (image, target) elements explain the given class
+    pairs = [(image, 2) for image in images[:3]]
+    rows = [r.inference for r in handler.run_inference(pairs, loaded)]
+    given = tfattr.IntegratedGradients(load_model(model_path), steps=16, batch_size=32).attribute(
+        _scaled(images[:3]), target=2)
+    assert [row["target"] for row in rows] == [2, 2, 2]
+    _close(np.stack([row["attributions"] for row in rows]), given.attributions)
+
+
+def test_keyed_handler_on_two_worker_processes(model_path, images):
+    """KeyedModelHandler on the DirectRunner with 2 worker processes: every key once, its own map."""
+    handler = ExplanationModelHandler(model_path, "gradient", {"batch_size": 32})
+    options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
+    out = str(os.path.join(os.path.dirname(model_path), "keyed"))
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (pipeline
+             | beam.Create([(f"img-{i:02d}", images[i]) for i in range(len(images))])
+             | beam.Reshuffle()
+             | RunInference(KeyedModelHandler(handler))
+             | beam.Map(lambda kv: (kv[0], kv[1].inference["attributions"], kv[1].inference["target"]))
+             | beam.combiners.ToList()
+             | beam.Map(lambda rows, out=out: np.save(out + ".npy", np.array(rows, dtype=object), allow_pickle=True)))
+    rows = sorted(np.load(out + ".npy", allow_pickle=True).tolist(), key=lambda row: row[0])
+    assert [row[0] for row in rows] == [f"img-{i:02d}" for i in range(len(images))]
+    want = tfattr.Gradient(load_model(model_path), batch_size=32).attribute(_scaled(images))
+    _close(np.stack([row[1] for row in rows]), want.attributions)
+    assert [row[2] for row in rows] == want.targets.tolist()
+
+
+def test_handler_errors_name_the_element(model_path, images):
+    handler = ExplanationModelHandler(model_path, "gradient", {}, on_error="skip")
+    loaded = handler.load_model()
+    batch = [{"image": images[0], "index": 0, "id": "a.png"},
+             {"image": images[1][:, :, :2], "index": 1, "id": "b.png"},  # 2 channels: the model takes 3
+             {"image": images[2], "index": 2, "id": "c.png"}]
+    rows = [r.inference for r in handler.run_inference(batch, loaded)]
+    assert rows[1]["attributions"] is None and "error" in rows[1] and np.isnan(rows[1]["score"])
+    want = tfattr.Gradient(load_model(model_path)).attribute(_scaled(images[[0, 2]]))
+    _close(np.stack([rows[0]["attributions"], rows[2]["attributions"]]), want.attributions)
+    raising = ExplanationModelHandler(model_path, "gradient", {})
+    with pytest.raises(InvalidInputError, match=r"'b\.png' \(item 1\)"):
+        list(raising.run_inference(batch, raising.load_model()))
+    with pytest.raises(InvalidInputError, match="does not read stepz"):
+        ExplanationModelHandler(model_path, "ig", {"stepz": 3})
+    with pytest.raises(InvalidInputError, match="on_error"):
+        ExplanationModelHandler(model_path, "ig", on_error="ignore")
+
+
+def test_seed_blocks_do_not_depend_on_beam_batching(model_path, images):
+    """A random method (RISE) with seed_block: items of block b draw batch_seed(seed, b), however the
+    elements are batched: one batch of 12 (two blocks) equals two calls of the blocks' own seeds."""
+    options = {"n_masks": 40, "grid": 4, "batch_size": 32, "seed": 5}
+    handler = ExplanationModelHandler(model_path, "rise", options, seed_block=6)
+    loaded = handler.load_model()
+    batch = [{"image": images[i], "index": i, "id": str(i)} for i in range(12)]
+    together = np.stack([r.inference["attributions"] for r in handler.run_inference(batch, loaded)])
+    shuffled = [batch[i] for i in (7, 0, 11, 3)]
+    apart = {r.example["index"]: r.inference["attributions"] for r in handler.run_inference(shuffled, loaded)}
+    model = load_model(model_path)
+    for block in (0, 1):
+        method = tfattr.RISE(model, n_masks=40, grid=4, batch_size=32, seed=batch_seed(5, block))
+        want = method.attribute(_scaled(images[6 * block:6 * block + 6])).attributions
+        _close(together[6 * block:6 * block + 6], want)
+    for index, got in apart.items():
+        _close(got, together[index])
+    assert batch_seed(5, 0) != batch_seed(5, 1) and 0 <= batch_seed(5, 1) < 2 ** 53
