@@ -116,10 +116,15 @@ def _saved_model(path: str):
 
 def batch_seed(seed: int, block: int) -> int:
     """The seed a random method uses for the block of items ``[block · n, (block + 1) · n)`` of a
-    dataset: ``SeedSequence([seed, block])`` reduced below 2⁵³ (the range every tfattr seed takes), the
-    same for the local runner and the Beam workers whatever order or worker explains the block."""
-    state = np.random.SeedSequence([int(seed), int(block)]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 32 | int(state[1])) % (2 ** 53))
+    dataset: ``SeedSequence([seed, block])``'s first 64-bit word shifted below 2⁵³ (the range of a
+    method's ``seed``), the local runner's seed of its batch ``block`` (:mod:`tfattr.streaming.explain`),
+    whatever order or worker explains the block."""
+    try:
+        from tfattr.streaming.explain import batch_seed as local
+    except ImportError:
+        state = np.random.SeedSequence([int(seed), int(block)]).generate_state(1, np.uint64)[0]
+        return int(state >> np.uint64(11))
+    return local(seed, block)
 
 
 # -- elements -------------------------------------------------------------------------------------
