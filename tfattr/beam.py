@@ -359,11 +359,9 @@ class ExplanationModelHandler(ModelHandler):
         if len(shapes) > 1:
             raise InvalidInputError(f"a batch holds images of shapes {shapes}; give image_size=(H, W) to resize them "
                                     "to one. " + received("image_size", self._image_size))
-        low, high = self._options.get("value_range") or (0.0, 1.0)
         stacked = np.stack(images)
         if stacked.dtype == np.uint8:
-            return (np.float32(low) + stacked.astype(np.float32) / np.float32(255.0)
-                    * np.float32(high - low)).astype(np.float32)
+            return _scale(stacked, self._options.get("value_range") or (0.0, 1.0))
         return stacked.astype(np.float32, copy=False)
 
     def _attribute(self, loaded: _Loaded, items, block: Optional[int]) -> List[Dict[str, Any]]:
@@ -571,7 +569,7 @@ class _WriteChunk(beam.DoFn):
             raise RuntimeError(f"chunk {k} of {self._out!r} lacks items {missing[:10]} (or holds one twice); it is not "
                                "written. " + received("indices", indices[:20]))
         valid = np.array([row["status"] == "ok" for row in rows])
-        attributions = np.zeros((len(rows),) + self._item_shape, np.float32)
+        attributions = np.full((len(rows),) + self._item_shape, np.nan, np.float32)  # skipped: NaN, as locally
         for j, row in enumerate(rows):
             if row["attributions"] is not None:
                 attributions[j] = row["attributions"]
@@ -641,40 +639,42 @@ class ExplainImages(beam.PTransform):
 
     ``pipeline | ExplainImages(data, out, method="ig", model_uri="model.keras", ...)``: the files
     matched by ``data`` are sorted by id (their path relative to the folder or to the pattern's
-    directory) — an item's index is its place in that order — grouped in blocks of ``batch``
-    items, read and decoded on the workers (as the local runner decodes them: 8-bit RGB, or grey
-    for a one-channel model, area-resized to the model's size or ``image_size``, scaled to
-    ``value_range``), explained by Beam's ``RunInference`` with :class:`ExplanationModelHandler`
-    (one ``attribute`` call per block, seeded :func:`batch_seed` ``(seed, block)`` like the local
-    runner's batch), then grouped by store chunk (``index // chunk``) and each chunk is committed by
-    the worker that holds it (zarr chunk, Parquet rows, marker last: chunks commit in any order,
-    without a lock). The result is the same store as the local run's: :func:`tfattr.open_explanations`.
+    directory) — an item's index is its place in that order — and cut into store chunks of
+    ``chunk`` items. Each unfinished chunk is read and decoded on a worker (as the local runner
+    decodes files: 8-bit RGB, or grey for a one-channel model, area-resized to the model's size or
+    ``image_size``, scaled to ``value_range``), explained by Beam's ``RunInference`` with
+    :class:`ExplanationModelHandler` (one ``attribute`` call per chunk, a random method seeded
+    :func:`batch_seed` ``(seed, k)`` as the local runner seeds its batch ``k``), its rows grouped
+    back by chunk and committed by the worker that holds them (zarr chunk files, Parquet rows, the
+    marker last: chunks commit in any order, from any process, without a lock). The result is the
+    store of a local :func:`tfattr.explain_dataset` run with ``batch_size=chunk``, read back by
+    :func:`tfattr.open_explanations`.
 
-    The store's settings (method and options, model fingerprint, data, chunk, engine batch size,
+    The store's settings (method and options, model fingerprint, data, chunk, engine chunk size,
     seed, on_error) are written or compared when the pipeline is built: another configuration on
-    the same ``out`` is an error. Chunks whose marker exists are left out before anything is
-    decoded (resume after a failed or cancelled job). The last step records the store complete.
+    the same ``out`` is an error naming what differs. Chunks whose marker exists are left out before
+    anything is read (resume after a failed or cancelled job). The last step records the store
+    complete (or fails naming the chunks missing).
 
     Files that cannot be read or decoded, and items whose explanation fails: ``on_error="raise"``
     fails the pipeline with an error naming the item (index, id, file); ``"skip"`` writes the item's
-    row with status ``skipped`` and the error, its ``valid`` flag False and a zero map.
+    row with status ``skipped`` and the error, ``valid`` False and a NaN map.
 
-    ``out`` must be a folder every worker can write (the machine's disk for the DirectRunner; a
-    shared file system, e.g. a mounted bucket, on Dataflow, Flink or Spark).
+    ``out`` must be a folder every worker can write: the machine's disk for the DirectRunner, a file
+    system shared by the workers (NFS, a mounted bucket) on Dataflow, Flink or Spark.
 
     Args:
         data: a folder, a glob pattern (``/data/val/*/*.JPEG``, ``gs://bucket/val/*.png``) or a list.
         out: the store folder.
-        method: a registry name; ``method_options``: its settings (see :class:`ExplanationModelHandler`).
+        method: a registry name; ``method_options``: its settings (see :class:`ExplanationModelHandler`;
+            ``batch_size``, the engine's points per pass, ``"auto"`` by default, is measured once at
+            launch as the local runner measures it and recorded).
         model_uri: a ``.keras`` file or SavedModel folder, readable from the launcher and the workers.
         target: ``None`` (top-1) or a class index.
-        chunk: items per store chunk (default 64).
-        batch: items per ``attribute`` call (default 64; the local runner's ``batch_size``).
-        engine_batch_size: points per forward+backward pass (an int: a store records one, and two
-            workers measuring ``"auto"`` could pick two sizes); ``None``: the store's recorded size, else 64.
+        chunk: items per store chunk and per ``attribute`` call (default 64).
         seed: the random methods' seed.
         image_size: ``(H, W)`` for a model of free input size.
-        value_range: the model's input range (default ``(0, 1)``).
+        value_range: the model's input range (default: what the model declares, else ``(0, 1)``).
         logits: strip a final softmax (as ``tfattr explain``).
         on_error: ``"raise"`` or ``"skip"``.
         custom_objects: for loading the model.
@@ -682,85 +682,97 @@ class ExplainImages(beam.PTransform):
 
     def __init__(self, data, out, method: str = "ig", model_uri: Optional[str] = None,
                  method_options: Optional[Mapping[str, Any]] = None, *, target: Optional[int] = None,
-                 chunk: int = 64, batch: int = 64, engine_batch_size: Optional[int] = None, seed: int = 0,
-                 image_size=None, value_range=None, logits: bool = False, on_error: str = "raise",
-                 custom_objects: Optional[Mapping[str, Any]] = None):
+                 chunk: int = 64, seed: int = 0, image_size=None, value_range=None, logits: bool = False,
+                 on_error: str = "raise", custom_objects: Optional[Mapping[str, Any]] = None):
         super().__init__()
+        from tfattr.core import checks
+
         if model_uri is None:
             raise InvalidInputError("`model_uri` is needed: the workers load the model from it. "
                                     + received("model_uri", None))
-        for name, value in (("chunk", chunk), ("batch", batch)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InvalidInputError(f"`{name}` must be an integer ≥ 1. " + received(name, value))
-        if engine_batch_size is not None and (isinstance(engine_batch_size, bool)
-                                              or not isinstance(engine_batch_size, (int, np.integer))
-                                              or engine_batch_size < 1):
-            raise InvalidInputError("`engine_batch_size` must be None or an integer ≥ 1 (a store records one size). "
-                                    + received("engine_batch_size", engine_batch_size))
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+            raise InvalidInputError("`chunk` must be an integer ≥ 1. " + received("chunk", chunk))
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0):
+            raise InvalidInputError("`target` must be None (top-1) or a class index ≥ 0. " + received("target", target))
         if on_error not in ON_ERROR:
             raise InvalidInputError(f"`on_error` must be one of {list(ON_ERROR)}. " + received("on_error", on_error))
-        options = dict(method_options or {})
-        for reserved in ("batch_size", "seed", "value_range", "verbose", "images"):
-            if reserved in options:
-                raise InvalidInputError(f"`method_options`: give {reserved!r} as ExplainImages' own argument "
-                                        "(engine_batch_size, seed, value_range). "
-                                        + received("method_options", options))
+        checks.seed("seed", seed)
+        if seed is None:
+            raise InvalidInputError("`seed` must be an integer: a store records its seed to resume. "
+                                    + received("seed", None))
+        if method_options is not None and not isinstance(method_options, Mapping):
+            raise InvalidTypeError("`method_options` must be a dict of settings. "
+                                   + received("type(method_options)", type(method_options).__name__))
         self.data, self.out, self.method, self.model_uri = data, os.fspath(out), method, os.fspath(model_uri)
-        self.method_options, self.target, self.chunk, self.batch = options, target, int(chunk), int(batch)
-        self.engine_batch_size, self.seed, self.image_size = engine_batch_size, seed, _size(image_size)
-        self.value_range = tuple(float(v) for v in (value_range or (0.0, 1.0)))
+        self.method_options, self.target, self.chunk = dict(method_options or {}), target, int(chunk)
+        self.seed, self.image_size = int(seed), _size(image_size)
+        self.value_range = None if value_range is None else tuple(float(v) for v in value_range)
         self.logits, self.on_error, self.custom_objects = bool(logits), on_error, dict(custom_objects or {})
 
-    def _handler_options(self, engine_batch_size: int) -> Dict[str, Any]:
-        return dict(self.method_options, batch_size=engine_batch_size, seed=self.seed, value_range=self.value_range)
-
-    def prepare(self):
-        """Match the files, load the model, open (or check) the store and list what is left to do:
-        ``(settings, blocks, num_items, item_shape, handler)``. Called by :meth:`expand`."""
+    def prepare(self) -> Dict[str, Any]:
+        """Match the files, load the model, build the method, open (or check) the store and list the
+        chunks left to do. Called by :meth:`expand` when the pipeline is built."""
+        from tfattr.core.ranges import resolve_value_range
+        from tfattr.streaming.explain import _resolve_method, _settings, engine_batch_size, read_settings
         from tfattr.streaming.store import StoreWriter
 
         paths, ids = match_files(self.data)
         model = load_model(self.model_uri, self.custom_objects, self.logits)
         size, channels = _item_shape(model, self.image_size)
-        engine = self.engine_batch_size or _recorded_engine_batch_size(self.out) or 64
-        handler = ExplanationModelHandler(self.model_uri, self.method, self._handler_options(engine),
-                                          target=self.target, custom_objects=self.custom_objects, logits=self.logits,
-                                          seed_block=self.batch, on_error=self.on_error)
-        method = handler.build(model, np.zeros((1,) + tuple(size) + (channels,), np.float32))
-        settings = store_settings(method, model, {"kind": "files", "data": _jsonable(self.data), "ids_digest":
-                                                  _digest(ids), "n": len(ids), "image_size": list(size),
-                                                  "channels": channels, "value_range": list(self.value_range)},
-                                  target=self.target, chunk=self.chunk, batch=self.batch,
-                                  engine_batch_size=engine, seed=self.seed, on_error=self.on_error)
+        item_shape = tuple(size) + (channels,)
+        value_range = tuple(resolve_value_range(self.value_range, model))
+        options = dict(self.method_options)
+        options.setdefault("value_range", value_range)
+        options.setdefault("seed", self.seed)
+        method, _ = _resolve_method(self.method, model, options, item_shape, self.seed, value_range)
+        recorded = read_settings(self.out)
+        if recorded is not None and isinstance(recorded.get("engine_batch_size"), int):
+            engine = int(recorded["engine_batch_size"])
+        else:
+            first = [_decode(path, _read_bytes(path), size, channels) for path in paths[:16]]
+            engine = engine_batch_size(method, _scale(np.stack(first), value_range), self.target)
+        description = {"kind": "files", "data": _jsonable(self.data), "num_items": len(ids),
+                       "ids_sha256": _digest(ids), "item_shape": list(item_shape)}
+        settings = _settings(method, {}, model, description, self.target, self.chunk, engine, self.seed,
+                             self.on_error)
+        options["batch_size"] = engine
+        handler = ExplanationModelHandler(self.model_uri, self.method, options, target=self.target,
+                                          custom_objects=self.custom_objects, logits=self.logits,
+                                          seed_block=self.chunk, on_error=self.on_error)
         with StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=False) as writer:
             finished = set(writer.finished())
-        blocks: Dict[int, List[Tuple[int, str, str]]] = {}
-        for index, (path, item_id) in enumerate(zip(paths, ids)):
-            if index // self.chunk not in finished:
-                blocks.setdefault(index // self.batch, []).append((index, path, item_id))
-        return settings, sorted(blocks.items()), len(ids), tuple(size) + (channels,), handler, finished
+        chunks = [(k, [(i, paths[i], ids[i]) for i in range(k * self.chunk, min((k + 1) * self.chunk, len(ids)))])
+                  for k in range(-(-len(ids) // self.chunk)) if k not in finished]
+        return {"settings": settings, "chunks": chunks, "num_items": len(ids), "item_shape": item_shape,
+                "handler": handler, "finished": finished}
 
     def expand(self, pbegin):
         from apache_beam.ml.inference.base import RunInference
 
-        settings, blocks, num_items, item_shape, handler, _ = self.prepare()
+        plan = self.prepare()
         pipeline = pbegin.pipeline if hasattr(pbegin, "pipeline") else pbegin
+        chunk, shape = self.chunk, plan["item_shape"]
         decoded = (pipeline
-                   | "Blocks" >> beam.Create(blocks)
+                   | "Chunks" >> beam.Create(plan["chunks"])
                    | "Spread" >> beam.Reshuffle()
-                   | "Decode" >> beam.ParDo(_DecodeBatch(item_shape[:2], item_shape[2], self.on_error,
-                                                         self.chunk)).with_outputs("failed", main="examples"))
-        chunk = self.chunk
+                   | "Decode" >> beam.ParDo(_DecodeBatch(shape[:2], shape[2], self.on_error,
+                                                         chunk)).with_outputs("failed", main="examples"))
         explained = (decoded.examples
-                     | "Explain" >> RunInference(handler.with_no_batching())
+                     | "Explain" >> RunInference(plan["handler"].with_no_batching())
                      | "ByChunk" >> beam.Map(_keyed_row, chunk))
         written = ((explained, decoded.failed)
                    | "Rows" >> beam.Flatten()
                    | "GroupChunks" >> beam.GroupByKey()
-                   | "WriteChunks" >> beam.ParDo(_WriteChunk(self.out, settings, chunk, num_items, item_shape)))
+                   | "WriteChunks" >> beam.ParDo(_WriteChunk(self.out, plan["settings"], chunk, plan["num_items"],
+                                                             shape)))
         return (written
                 | "CountChunks" >> beam.combiners.Count.Globally()
-                | "Finish" >> beam.ParDo(_Finish(self.out, settings, chunk, num_items)))
+                | "Finish" >> beam.ParDo(_Finish(self.out, plan["settings"], chunk, plan["num_items"])))
+
+
+def _scale(images: np.ndarray, value_range) -> np.ndarray:
+    low, high = value_range
+    return (np.float32(low) + images.astype(np.float32) / np.float32(255.0) * np.float32(high - low)).astype(np.float32)
 
 
 def _jsonable(data):
@@ -771,26 +783,3 @@ def _digest(ids: Sequence[str]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
-
-
-def _recorded_engine_batch_size(out: str) -> Optional[int]:
-    """The engine batch size a store at ``out`` recorded (``None``: no store yet)."""
-    import json
-
-    path = os.path.join(out, "tfattr-store.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        value = json.load(handle).get("settings", {}).get("engine_batch_size")
-    return int(value) if isinstance(value, int) else None
-
-
-def store_settings(method, model, data: Mapping[str, Any], *, target, chunk, batch, engine_batch_size, seed,
-                   on_error) -> Dict[str, Any]:
-    """The settings a store records and compares (the design of issue 30)."""
-    from tfattr._version import __version__
-    from tfattr.evaluation import _model_key
-
-    return {"tfattr": __version__, "method": method.cache_key(), "model": _model_key(model), "data": dict(data),
-            "target": target, "chunk": chunk, "batch": batch, "engine_batch_size": engine_batch_size, "seed": seed,
-            "on_error": on_error}
