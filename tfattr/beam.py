@@ -434,51 +434,57 @@ def _resize(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 # -- dataset transforms ---------------------------------------------------------------------------
 
-#: the file name endings read as images when ``data`` is a folder
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
-#: the file name endings read as TFRecords (``kind="auto"``)
-TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords", ".tfr")
-
-
 def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def match_files(data) -> Tuple[List[str], List[str]]:
-    """``(paths, ids)`` of ``data``: a glob pattern (Beam's file systems: local, ``gs://``, ``s3://``, …), a
-    list of patterns, or a folder (every image file under it, recursively). Sorted by id; an item's
-    index in the dataset is its place in that order. The id is the path relative to the folder (or to
-    the pattern's directory before its first wildcard), as the local runner names a folder's files."""
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def match_files(data) -> List[str]:
+    """The image files of ``data``, sorted: a local folder (every image file under it), a glob pattern
+    (Beam's file systems: local, ``gs://``, ``s3://``, …), or a list of paths and patterns."""
     from apache_beam.io.filesystems import FileSystems
 
     patterns = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not patterns or not all(isinstance(p, (str, os.PathLike)) for p in patterns):
         raise InvalidInputError("`data` must be a folder, a glob pattern or a list of them. " + received("data", data))
-    found: Dict[str, str] = {}
+    found = set()
     for pattern in map(os.fspath, patterns):
-        folder = not _is_glob(pattern) and (os.path.isdir(pattern) or (
-            "://" in pattern and not os.path.splitext(pattern)[1]))
-        if folder:
-            root = pattern.rstrip("/")
-            glob = root + "/**"
-        else:
-            root = pattern[:min([pattern.index(c) for c in "*?[" if c in pattern] or [len(pattern)])]
-            root = root.rsplit("/", 1)[0] if "/" in root else ""
-            glob = pattern
+        if not _is_glob(pattern) and not _is_remote(pattern) and os.path.isfile(pattern):
+            found.add(pattern)
+            continue
         try:
-            result = FileSystems.match([glob])[0]
+            result = FileSystems.match([pattern])[0]
         except Exception as error:  # noqa: BLE001 - Beam's BeamIOError and the file systems' errors
             raise InvalidInputError(f"`data`: cannot list {pattern!r}: {error}. " + received("data", pattern)) from None
-        for metadata in result.metadata_list:
-            path = metadata.path
-            if folder and not path.lower().endswith(IMAGE_EXTENSIONS + TFRECORD_EXTENSIONS):
-                continue
-            item_id = path[len(root):].lstrip("/") if root and path.startswith(root) else path
-            found.setdefault(path, item_id)
+        found.update(metadata.path for metadata in result.metadata_list)
     if not found:
         raise InvalidInputError(f"`data`: no file matches {data!r}. " + received("data", data))
-    pairs = sorted(found.items(), key=lambda pair: (pair[1], pair[0]))
-    return [p for p, _ in pairs], [i for _, i in pairs]
+    return sorted(found)
+
+
+def _source(data, size, channels, value_range, chunk) -> Tuple[List[str], List[str], Dict[str, Any]]:
+    """``(paths, ids, description)`` of ``data``, as the local runner's source
+    (:func:`tfattr.streaming.sources.stream`) lists and describes it: a local folder's files in the
+    order of their relative paths (the ids), a local glob or list as the sorted list of its files
+    (ids: the paths); files on a remote file system (``gs://``) by their sorted paths."""
+    from tfattr.streaming.sources import stream
+
+    options = dict(batch=chunk, image_size=size, channels=channels, value_range=value_range)
+    if isinstance(data, (str, os.PathLike)) and not _is_remote(os.fspath(data)) and os.path.isdir(data):
+        folder = os.fspath(data)
+        source = stream(folder, **options)
+        return [os.path.join(folder, *item.split("/")) for item in source.ids], list(source.ids), source.description
+    paths = match_files(data)
+    if not any(_is_remote(path) for path in paths):
+        source = stream(paths, **options)
+        return paths, list(source.ids), source.description
+    description = {"kind": "files", "files": len(paths), "paths_sha256": _digest(paths), "num_items": len(paths),
+                   "item_shape": list(size) + [channels], "image_size": list(size), "channels": channels,
+                   "value_range": list(value_range)}
+    return paths, list(paths), description
 
 
 def _read_bytes(path: str) -> bytes:
@@ -489,19 +495,13 @@ def _read_bytes(path: str) -> bytes:
         return handle.read()
 
 
-def _decode(path: str, data: bytes, size: Optional[Tuple[int, int]], channels: int) -> np.ndarray:
-    """One image file's bytes as ``(H, W, channels)`` uint8, resized to ``size`` (the local runner's
-    decoding: :func:`tfattr.streaming.sources.decode_image_file` when it is there)."""
-    try:
-        from tfattr.streaming.sources import decode_image_file
-    except ImportError:
-        decode_image_file = None
-    array = np.frombuffer(data, np.uint8)
-    if decode_image_file is not None:
-        return decode_image_file(path, array, size=size, channels=channels)
-    from tfattr.cli import _decode_image
+def _decode(path: str, size, channels: int, value_range) -> np.ndarray:
+    """One image file as the local runner's source decodes it (:func:`tfattr.streaming.sources.decode_image_file`:
+    8-bit RGB or grey, area-resized to ``size``, scaled to ``value_range``), as float32."""
+    from tfattr.streaming.sources import decode_image_file
 
-    return _decode_image(path, array, size, channels)
+    data = _read_bytes(path) if _is_remote(path) else path
+    return decode_image_file(data, size, channels=channels, value_range=value_range)
 
 
 class _DecodeBatch(beam.DoFn):
@@ -509,18 +509,16 @@ class _DecodeBatch(beam.DoFn):
     the rows of the files that cannot be read or decoded (output ``"failed"``; with
     ``on_error="raise"`` the first such file raises an error naming it)."""
 
-    def __init__(self, size, channels, on_error, chunk):
-        self._size, self._channels, self._on_error, self._chunk = size, channels, on_error, chunk
+    def __init__(self, size, channels, value_range, on_error, chunk):
+        self._size, self._channels, self._value_range = tuple(size), channels, tuple(value_range)
+        self._on_error, self._chunk = on_error, chunk
 
     def process(self, element):
         _, items = element
         examples = []
         for index, path, item_id in items:
             try:
-                image = _decode(path, _read_bytes(path), self._size, self._channels)
-                if self._size is not None and tuple(image.shape[:2]) != tuple(self._size):
-                    raise InvalidInputError(f"decoded to {image.shape[1]}×{image.shape[0]}, not the store's "
-                                            f"{self._size[1]}×{self._size[0]}. " + received("image_size", self._size))
+                image = _decode(path, self._size, self._channels, self._value_range)
             except Exception as error:  # noqa: BLE001 - every reason a file cannot be read: named below
                 message = f"{type(error).__name__}: {error}"
                 if self._on_error == "raise":
@@ -716,11 +714,11 @@ class ExplainImages(beam.PTransform):
         from tfattr.streaming.explain import _resolve_method, _settings, engine_batch_size, read_settings
         from tfattr.streaming.store import StoreWriter
 
-        paths, ids = match_files(self.data)
         model = load_model(self.model_uri, self.custom_objects, self.logits)
         size, channels = _item_shape(model, self.image_size)
         item_shape = tuple(size) + (channels,)
-        value_range = tuple(resolve_value_range(self.value_range, model))
+        value_range = tuple(float(v) for v in resolve_value_range(self.value_range, model))
+        paths, ids, description = _source(self.data, size, channels, value_range, self.chunk)
         options = dict(self.method_options)
         options.setdefault("value_range", value_range)
         options.setdefault("seed", self.seed)
@@ -729,10 +727,16 @@ class ExplainImages(beam.PTransform):
         if recorded is not None and isinstance(recorded.get("engine_batch_size"), int):
             engine = int(recorded["engine_batch_size"])
         else:
-            first = [_decode(path, _read_bytes(path), size, channels) for path in paths[:16]]
-            engine = engine_batch_size(method, _scale(np.stack(first), value_range), self.target)
-        description = {"kind": "files", "data": _jsonable(self.data), "num_items": len(ids),
-                       "ids_sha256": _digest(ids), "item_shape": list(item_shape)}
+            first = []
+            for path in paths:
+                try:
+                    first.append(_decode(path, size, channels, value_range))
+                except (ValueError, TypeError):  # a bad file: named (or skipped) by the pipeline
+                    continue
+                if len(first) == 16:
+                    break
+            engine = engine_batch_size(method, np.stack(first) if first else np.zeros((0,) + item_shape, np.float32),
+                                       self.target)
         settings = _settings(method, {}, model, description, self.target, self.chunk, engine, self.seed,
                              self.on_error)
         options["batch_size"] = engine
@@ -744,7 +748,7 @@ class ExplainImages(beam.PTransform):
         chunks = [(k, [(i, paths[i], ids[i]) for i in range(k * self.chunk, min((k + 1) * self.chunk, len(ids)))])
                   for k in range(-(-len(ids) // self.chunk)) if k not in finished]
         return {"settings": settings, "chunks": chunks, "num_items": len(ids), "item_shape": item_shape,
-                "handler": handler, "finished": finished}
+                "handler": handler, "finished": finished, "value_range": value_range}
 
     def expand(self, pbegin):
         from apache_beam.ml.inference.base import RunInference
@@ -755,7 +759,7 @@ class ExplainImages(beam.PTransform):
         decoded = (pipeline
                    | "Chunks" >> beam.Create(plan["chunks"])
                    | "Spread" >> beam.Reshuffle()
-                   | "Decode" >> beam.ParDo(_DecodeBatch(shape[:2], shape[2], self.on_error,
+                   | "Decode" >> beam.ParDo(_DecodeBatch(shape[:2], shape[2], plan["value_range"], self.on_error,
                                                          chunk)).with_outputs("failed", main="examples"))
         explained = (decoded.examples
                      | "Explain" >> RunInference(plan["handler"].with_no_batching())
@@ -773,10 +777,6 @@ class ExplainImages(beam.PTransform):
 def _scale(images: np.ndarray, value_range) -> np.ndarray:
     low, high = value_range
     return (np.float32(low) + images.astype(np.float32) / np.float32(255.0) * np.float32(high - low)).astype(np.float32)
-
-
-def _jsonable(data):
-    return os.fspath(data) if isinstance(data, (str, os.PathLike)) else [os.fspath(d) for d in data]
 
 
 def _digest(ids: Sequence[str]) -> str:
