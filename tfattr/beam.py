@@ -472,7 +472,7 @@ def _source(data, size, channels, value_range, chunk) -> Tuple[List[str], List[s
     (ids: the paths); files on a remote file system (``gs://``) by their sorted paths."""
     from tfattr.streaming.sources import stream
 
-    options = dict(batch=chunk, image_size=size, channels=channels, value_range=value_range)
+    options = dict(batch=chunk, image_size=size, channels=channels, value_range=list(value_range))
     if isinstance(data, (str, os.PathLike)) and not _is_remote(os.fspath(data)) and os.path.isdir(data):
         folder = os.fspath(data)
         source = stream(folder, **options)
@@ -482,7 +482,7 @@ def _source(data, size, channels, value_range, chunk) -> Tuple[List[str], List[s
         source = stream(paths, **options)
         return paths, list(source.ids), source.description
     description = {"kind": "files", "files": len(paths), "paths_sha256": _digest(paths), "num_items": len(paths),
-                   "item_shape": list(size) + [channels], "image_size": list(size), "channels": channels,
+                   "image_size": None if size is None else list(size), "channels": channels,
                    "value_range": list(value_range)}
     return paths, list(paths), description
 
@@ -510,7 +510,7 @@ class _DecodeBatch(beam.DoFn):
     ``on_error="raise"`` the first such file raises an error naming it)."""
 
     def __init__(self, size, channels, value_range, on_error, chunk):
-        self._size, self._channels, self._value_range = tuple(size), channels, tuple(value_range)
+        self._size, self._channels, self._value_range = size, channels, tuple(value_range)
         self._on_error, self._chunk = on_error, chunk
 
     def process(self, element):
@@ -711,14 +711,14 @@ class ExplainImages(beam.PTransform):
         """Match the files, load the model, build the method, open (or check) the store and list the
         chunks left to do. Called by :meth:`expand` when the pipeline is built."""
         from tfattr.core.ranges import resolve_value_range
-        from tfattr.streaming.explain import _resolve_method, _settings, engine_batch_size, read_settings
+        from tfattr.streaming.explain import _resolve_method, _settings, _target_spec, engine_batch_size, read_settings
         from tfattr.streaming.store import StoreWriter
 
         model = load_model(self.model_uri, self.custom_objects, self.logits)
         size, channels = _item_shape(model, self.image_size)
         item_shape = tuple(size) + (channels,)
         value_range = tuple(float(v) for v in resolve_value_range(self.value_range, model))
-        paths, ids, description = _source(self.data, size, channels, value_range, self.chunk)
+        paths, ids, description = _source(self.data, self.image_size, channels, value_range, self.chunk)
         options = dict(self.method_options)
         options.setdefault("value_range", value_range)
         options.setdefault("seed", self.seed)
@@ -737,8 +737,8 @@ class ExplainImages(beam.PTransform):
                     break
             engine = engine_batch_size(method, np.stack(first) if first else np.zeros((0,) + item_shape, np.float32),
                                        self.target)
-        settings = _settings(method, {}, model, description, self.target, self.chunk, engine, self.seed,
-                             self.on_error)
+        settings = _settings(method, {}, model, description, _target_spec(self.target)[1], self.chunk, engine,
+                             self.seed, self.on_error)
         options["batch_size"] = engine
         handler = ExplanationModelHandler(self.model_uri, self.method, options, target=self.target,
                                           custom_objects=self.custom_objects, logits=self.logits,
@@ -759,7 +759,7 @@ class ExplainImages(beam.PTransform):
         decoded = (pipeline
                    | "Chunks" >> beam.Create(plan["chunks"])
                    | "Spread" >> beam.Reshuffle()
-                   | "Decode" >> beam.ParDo(_DecodeBatch(shape[:2], shape[2], plan["value_range"], self.on_error,
+                   | "Decode" >> beam.ParDo(_DecodeBatch(self.image_size, shape[2], plan["value_range"], self.on_error,
                                                          chunk)).with_outputs("failed", main="examples"))
         explained = (decoded.examples
                      | "Explain" >> RunInference(plan["handler"].with_no_batching())
