@@ -151,3 +151,118 @@ def test_seed_blocks_do_not_depend_on_beam_batching(model_path, images):
     for index, got in apart.items():
         _close(got, together[index])
     assert batch_seed(5, 0) != batch_seed(5, 1) and 0 <= batch_seed(5, 1) < 2 ** 53
+
+
+# -- ExplainImages: files → the store ------------------------------------------------------------------------
+
+def _write_pngs(folder, images):
+    import cv2
+
+    os.makedirs(folder, exist_ok=True)
+    for i, image in enumerate(images):
+        assert cv2.imwrite(os.path.join(folder, f"im{i:03d}.png"), image[..., ::-1])  # RGB → OpenCV's BGR
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def folder200(tmp_path_factory):
+    images = np.random.default_rng(11).integers(0, 256, (200, SIDE, SIDE, 3), dtype=np.uint8)
+    return _write_pngs(tmp_path_factory.mktemp("pngs200"), images), images
+
+
+def _run(transform, **options):
+    with beam.Pipeline(options=PipelineOptions(**options)) as pipeline:
+        _ = pipeline | transform
+
+
+def test_explain_images_on_two_worker_processes_equals_attribute(model_path, folder200, tmp_path):
+    """200 PNG files, 2 worker processes: the store holds IG.attribute's maps of the images in file order."""
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.store import open_explanations
+
+    folder, images = folder200
+    out = str(tmp_path / "store")
+    _run(ExplainImages(folder, out, "ig", model_path, {"steps": 8}, chunk=32),
+         direct_num_workers=2, direct_running_mode="multi_processing")
+    store = open_explanations(out)
+    assert store.complete and len(store) == 200 and sorted(store.finished_chunks) == list(range(7))
+    assert list(store.ids[:]) == [f"im{i:03d}.png" for i in range(200)]
+    engine = store.settings["engine_batch_size"]
+    want = tfattr.IntegratedGradients(load_model(model_path), steps=8, batch_size=engine).attribute(_scaled(images))
+    _close(np.asarray(store.attributions[:]), want.attributions)
+    assert np.asarray(store.targets[:]).tolist() == want.targets.tolist()
+    np.testing.assert_allclose(np.asarray(store.delta[:]), want.delta, atol=1e-6)
+    assert np.asarray(store.valid[:]).all()
+
+
+@pytest.fixture()
+def folder_with_corrupt(tmp_path, images):
+    folder = _write_pngs(tmp_path / "pngs", images[:10])
+    with open(os.path.join(folder, "im004.png"), "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n not really a png")
+    return folder
+
+
+def test_corrupt_file_skipped_and_reported_or_named(model_path, folder_with_corrupt, images, tmp_path):
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.store import open_explanations
+
+    out = str(tmp_path / "skip")
+    _run(ExplainImages(folder_with_corrupt, out, "gradient", model_path, chunk=4, on_error="skip"))
+    store = open_explanations(out)
+    rows = store.rows()
+    row = rows[rows["id"] == "im004.png"].iloc[0]
+    assert row["status"] == "skipped" and "im004.png" in row["error"] and row["index"] == 4
+    valid = np.asarray(store.valid[:])
+    assert valid.tolist() == [i != 4 for i in range(10)]
+    maps = np.asarray(store.attributions[:])
+    assert np.isnan(maps[4]).all()
+    keep = [i for i in range(10) if i != 4]
+    want = tfattr.Gradient(load_model(model_path), batch_size=store.settings["engine_batch_size"]).attribute(
+        _scaled(images[keep]))
+    _close(maps[keep], want.attributions)
+    with pytest.raises(Exception, match=r"im004\.png") as raised:
+        _run(ExplainImages(folder_with_corrupt, str(tmp_path / "raise"), "gradient", model_path, chunk=4))
+    assert "item 4" in str(raised.value)
+
+
+def test_resume_skips_finished_chunks_and_refuses_other_settings(model_path, images, tmp_path):
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.store import open_explanations
+
+    folder = _write_pngs(tmp_path / "pngs", images[:10])
+    out = str(tmp_path / "store")
+    _run(ExplainImages(folder, out, "ig", model_path, {"steps": 4}, chunk=4))
+    first = np.asarray(open_explanations(out).attributions[:])
+    done = os.path.join(out, "done")
+    stamps = {name: os.stat(os.path.join(done, name)).st_mtime_ns for name in os.listdir(done)}
+    os.remove(os.path.join(done, "chunk-00001.json"))  # as if the job died before chunk 1 committed
+    again = ExplainImages(folder, out, "ig", model_path, {"steps": 4}, chunk=4)
+    assert [k for k, _ in again.prepare()["chunks"]] == [1]  # only the unfinished chunk is read and explained
+    _run(again)
+    store = open_explanations(out)
+    assert sorted(store.finished_chunks) == [0, 1, 2] and store.complete
+    for name in ("chunk-00000.json", "chunk-00002.json"):  # finished chunks never rewritten
+        assert os.stat(os.path.join(done, name)).st_mtime_ns == stamps[name]
+    np.testing.assert_array_equal(np.asarray(store.attributions[:]), first)
+    with pytest.raises(ValueError, match="steps"):
+        ExplainImages(folder, out, "ig", model_path, {"steps": 5}, chunk=4).prepare()
+
+
+def test_cli_explain_dataset_runner(model_path, images, tmp_path, capsys):
+    from tfattr.cli import main
+    from tfattr.streaming.store import open_explanations
+
+    folder = _write_pngs(tmp_path / "pngs", images[:6])
+    out = str(tmp_path / "store")
+    code = main(["explain-dataset", "--model", model_path, "--data", folder, "--out", out, "--method", "gradient",
+                 "--chunk", "4", "--batch-size", "16", "--runner", "DirectRunner", "--direct_num_workers", "1"])
+    assert code == 0
+    store = open_explanations(out)
+    assert store.complete and list(store.ids[:]) == [f"im{i:03d}.png" for i in range(6)]
+    want = tfattr.Gradient(tfattr.surgery.logits_model(load_model(model_path), missing="ignore"),
+                           batch_size=16).attribute(_scaled(images[:6]))
+    _close(np.asarray(store.attributions[:]), want.attributions)
+    code = main(["explain-dataset", "--model", model_path, "--data", folder, "--out", str(tmp_path / "other"),
+                 "--runner", "DirectRunner", "--direct_num_wrkers", "2"])
+    assert code == 2 and "--direct_num_wrkers" in capsys.readouterr().err

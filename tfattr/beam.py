@@ -724,7 +724,10 @@ class ExplainImages(beam.PTransform):
         options.setdefault("seed", self.seed)
         method, _ = _resolve_method(self.method, model, options, item_shape, self.seed, value_range)
         recorded = read_settings(self.out)
-        if recorded is not None and isinstance(recorded.get("engine_batch_size"), int):
+        given = options.get("batch_size", "auto")
+        if given != "auto":
+            engine = int(given)  # a size other than the recorded one: the settings compare names it
+        elif recorded is not None and isinstance(recorded.get("engine_batch_size"), int):
             engine = int(recorded["engine_batch_size"])
         else:
             first = []

@@ -445,9 +445,7 @@ def _explain_dataset_parser(sub) -> argparse.ArgumentParser:
     command.add_argument("--size", type=_integer("--size", 1, maximum=10_000), nargs="+", default=None,
                          metavar="SIDE", help="image side(s) for a model that takes any size")
     command.add_argument("--chunk", type=_integer("--chunk", 1, maximum=1_000_000), default=64,
-                         help="images per store chunk (default: 64)")
-    command.add_argument("--batch", type=_integer("--batch", 1, maximum=1_000_000), default=64,
-                         help="images per attribute call (default: 64)")
+                         help="images per store chunk and per attribute call (default: 64)")
     command.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                          help="an image that cannot be read or explained: stop with an error naming it (raise, "
                               "default) or write its row as skipped with the error (skip)")
@@ -484,19 +482,16 @@ def _explain_dataset_beam(args, extra: List[str]) -> int:
     _check_out(args.out)
     if args.size is not None and len(args.size) > 2:
         raise InvalidInputError("--size takes SIDE or H W. " + received("--size", args.size))
-    if args.batch_size == "auto":
-        engine = None  # the store's recorded size, else 64 (two workers measuring could pick two sizes)
-    else:
-        engine = int(args.batch_size)
     import apache_beam as beam
 
     from tfattr.beam import ExplainImages
 
     settings = _method_settings(args.method, args)
+    settings["batch_size"] = args.batch_size  # 'auto': measured once at launch and recorded in the store
     with _flag_errors():
         transform = ExplainImages(args.data, args.out, method=args.method, model_uri=args.model,
-                                  method_options=settings, target=args.target, chunk=args.chunk, batch=args.batch,
-                                  engine_batch_size=engine, seed=args.seed, image_size=args.size,
+                                  method_options=settings, target=args.target, chunk=args.chunk,
+                                  seed=args.seed, image_size=args.size,
                                   value_range=tuple(args.value_range) if args.value_range else None, logits=True,
                                   on_error=args.on_error)
         pipeline = beam.Pipeline(options=options)
