@@ -676,12 +676,14 @@ class ExplainImages(beam.PTransform):
         logits: strip a final softmax (as ``tfattr explain``).
         on_error: ``"raise"`` or ``"skip"``.
         custom_objects: for loading the model.
+        overwrite: delete an existing store at ``out`` when the pipeline is built.
     """
 
     def __init__(self, data, out, method: str = "ig", model_uri: Optional[str] = None,
                  method_options: Optional[Mapping[str, Any]] = None, *, target: Optional[int] = None,
                  chunk: int = 64, seed: int = 0, image_size=None, value_range=None, logits: bool = False,
-                 on_error: str = "raise", custom_objects: Optional[Mapping[str, Any]] = None):
+                 on_error: str = "raise", custom_objects: Optional[Mapping[str, Any]] = None,
+                 overwrite: bool = False):
         super().__init__()
         from tfattr.core import checks
 
@@ -706,6 +708,8 @@ class ExplainImages(beam.PTransform):
         self.seed, self.image_size = int(seed), _size(image_size)
         self.value_range = None if value_range is None else tuple(float(v) for v in value_range)
         self.logits, self.on_error, self.custom_objects = bool(logits), on_error, dict(custom_objects or {})
+        self.overwrite = bool(overwrite)
+        self.num_items: Optional[int] = None  # known once the pipeline is built (prepare)
 
     def prepare(self) -> Dict[str, Any]:
         """Match the files, load the model, build the method, open (or check) the store and list the
@@ -723,7 +727,7 @@ class ExplainImages(beam.PTransform):
         options.setdefault("value_range", value_range)
         options.setdefault("seed", self.seed)
         method, _ = _resolve_method(self.method, model, options, item_shape, self.seed, value_range)
-        recorded = read_settings(self.out)
+        recorded = None if self.overwrite else read_settings(self.out)
         given = options.get("batch_size", "auto")
         if given != "auto":
             engine = int(given)  # a size other than the recorded one: the settings compare names it
@@ -746,8 +750,11 @@ class ExplainImages(beam.PTransform):
         handler = ExplanationModelHandler(self.model_uri, self.method, options, target=self.target,
                                           custom_objects=self.custom_objects, logits=self.logits,
                                           seed_block=self.chunk, on_error=self.on_error)
+        if self.overwrite:  # once, here, under the lock: the workers then write the new store
+            StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=True, overwrite=True).close()
         with StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=False) as writer:
             finished = set(writer.finished())
+        self.num_items = len(ids)
         chunks = [(k, [(i, paths[i], ids[i]) for i in range(k * self.chunk, min((k + 1) * self.chunk, len(ids)))])
                   for k in range(-(-len(ids) // self.chunk)) if k not in finished]
         return {"settings": settings, "chunks": chunks, "num_items": len(ids), "item_shape": item_shape,

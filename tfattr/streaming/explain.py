@@ -22,7 +22,6 @@ import json
 import math
 import os
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -348,14 +347,14 @@ def _resolve_method(method, model, method_options, item_shape, seed, value_range
         found = entry(method, "method")
         unknown = sorted(set(options) - set(found.settings))
         if unknown:
-            raise InvalidInputError(f"method {method!r} reads the settings {sorted(found.settings)}; unknown: {unknown} "
-                                    "(for its other options pass a method object). "
+            raise InvalidInputError(f"method {method!r} reads the settings {sorted(found.settings)}; unknown: "
+                                    f"{unknown} (for its other options pass a method object). "
                                     + received("method_options", sorted(options)))
         segmentation = options.get("segmentation")
         if "segmentation" in found.reads and method != "lime" and segmentation not in (None, "grid"):
-            raise InvalidInputError(f"segmentation={segmentation!r} builds one feature mask per image from the images "
-                                    f"the method is made with; over a dataset {method!r} needs segmentation='grid' (one "
-                                    "mask for every image), or pass a method object. "
+            raise InvalidInputError(f"segmentation={segmentation!r} builds one feature mask per image from the "
+                                    f"images the method is made with; over a dataset {method!r} needs "
+                                    "segmentation='grid' (one mask for every image), or pass a method object. "
                                     + received("method_options['segmentation']", segmentation))
         settings = dict(options)
         settings.setdefault("value_range", resolve_value_range(value_range, model))
@@ -392,7 +391,7 @@ def _method_key(method, options: Dict[str, Any]) -> Dict[str, Any]:
     return key
 
 
-def _settings(method, options, model, description, target_json, chunk, engine_bs, seed, on_error) -> Dict[str, Any]:
+def _settings(method, options, description, target_json, chunk, engine_bs, seed, on_error) -> Dict[str, Any]:
     from tfattr._version import __version__
     from tfattr.evaluation import _model_key
 
@@ -425,7 +424,8 @@ def _differences(stored, new, where: str = "") -> List[str]:
         for key in sorted(set(stored) | set(new), key=str):
             here = f"{where}.{key}" if where else str(key)
             if key not in stored or key not in new:
-                lines.append(f"{here}: {stored.get(key, '<absent>')!r} (stored) vs {new.get(key, '<absent>')!r} (this run)")
+                lines.append(f"{here}: {stored.get(key, '<absent>')!r} (stored) vs "
+                             f"{new.get(key, '<absent>')!r} (this run)")
             else:
                 lines.extend(_differences(stored[key], new[key], here))
         return lines
@@ -456,17 +456,12 @@ def check_settings(out, stored: Dict[str, Any], settings: Dict[str, Any]) -> Non
                                 + received("out", os.fspath(out)))
 
 
-def _prepare_out(out, overwrite: bool) -> str:
+def _prepare_out(out) -> str:
     if not isinstance(out, (str, os.PathLike)):
         raise InvalidTypeError("`out` must be a folder path. " + received("type(out)", type(out).__name__))
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise InvalidInputError("`out` must be a folder (it exists and is a file). " + received("out", out))
-    if overwrite and os.path.isdir(out) and os.listdir(out):
-        if not os.path.exists(os.path.join(out, STORE_FILE)):
-            raise InvalidInputError(f"overwrite=True deletes a tfattr store; {out!r} is a non-empty folder without "
-                                    f"{STORE_FILE}: nothing deleted. " + received("out", out))
-        shutil.rmtree(out)
     return out
 
 
@@ -504,18 +499,18 @@ def _batch_targets(plan: _Plan, batch, keep: np.ndarray, errors: Dict[int, str])
             if not 0 <= value < plan.num_classes:
                 message = f"{what} {value} is out of range: the model has {plan.num_classes} classes"
                 if plan.on_error == "raise":
-                    raise InvalidInputError(f"item {batch.index0 + i} (id {batch.ids[i]!r}): {message} (on_error='skip' "
-                                            "skips such items). " + received(what, value))
+                    raise InvalidInputError(f"item {batch.index0 + i} (id {batch.ids[i]!r}): {message} "
+                                            "(on_error='skip' skips such items). " + received(what, value))
                 keep[i] = False
                 errors[i] = message
                 plan.skipped["label out of range"] = plan.skipped.get("label out of range", 0) + 1
     return values
 
 
-def explain_batch(plan: _Plan, batch, k: int):
-    """``(arrays, rows, explanation, keep)`` of batch ``k``: the store's arrays (skipped items: NaN
-    attributions, target −1, NaN score and delta, ``valid`` False), its rows, the method's
-    :class:`~tfattr.core.result.Explanation` of the kept items (``None`` if none) and the kept mask."""
+def batch_items(plan: _Plan, batch):
+    """``(keep, errors, targets)`` of a batch: the items explained (unreadable ones and, with
+    ``on_error="skip"``, labels out of range left out, their reasons in ``errors``) and the targets
+    (``None``: top-1)."""
     n = len(batch.ids)
     keep = np.ones(n, bool)
     errors: Dict[int, str] = {}
@@ -524,7 +519,16 @@ def explain_batch(plan: _Plan, batch, k: int):
         keep[i] = False
         errors[i] = str(message)
         plan.skipped["unreadable"] = plan.skipped.get("unreadable", 0) + 1
-    targets = _batch_targets(plan, batch, keep, errors)
+    return keep, errors, _batch_targets(plan, batch, keep, errors)
+
+
+def explain_batch(plan: _Plan, batch, k: int, items=None):
+    """``(arrays, rows, explanation, keep)`` of batch ``k``: the store's arrays (skipped items: NaN
+    attributions, target −1, NaN score and delta, ``valid`` False), its rows, the method's
+    :class:`~tfattr.core.result.Explanation` of the kept items (``None`` if none) and the kept mask.
+    ``items``: :func:`batch_items`' result when the caller has it."""
+    n = len(batch.ids)
+    keep, errors, targets = batch_items(plan, batch) if items is None else items
     images = np.asarray(batch.images)
     attributions = np.full((n,) + images.shape[1:], np.nan, np.float32)
     target_out = np.full(n, -1, np.int32)
@@ -559,11 +563,10 @@ def explain_batch(plan: _Plan, batch, k: int):
 
 
 # -- the runner ----------------------------------------------------------------------------------------
-def _open_stream(data, batch_size, skip_batches, split, data_dir, image_key, label_key, id_key, image_size, on_error):
+def _open_stream(data, batch_size, skip_batches, **options):
     from tfattr.streaming.sources import stream
 
-    return stream(data, split=split, data_dir=data_dir, batch=batch_size, image_key=image_key, label_key=label_key,
-                  id_key=id_key, image_size=image_size, on_error=on_error, skip_batches=skip_batches)
+    return stream(data, batch=batch_size, skip_batches=skip_batches, **options)
 
 
 def _leading(finished, total_chunks: Optional[int]) -> int:
@@ -587,67 +590,74 @@ def _summary_line(plan: _Plan, explained: int, resumed: int, seconds: float, out
     return text + f"; store {out!r}"
 
 
-def run_stream(plan: _Plan, probe, data_args: Dict[str, Any], batch_size: int, settings_of, verbose,
-               stores: Sequence[Tuple[str, Any]], process):
+def _measure(plan: _Plan, batch) -> int:
+    """The engine chunk size of ``plan`` measured on ``batch``'s readable items (:func:`engine_batch_size`)."""
+    bad = {int(index) - batch.index0 for index, _, _ in batch.errors}
+    keep = np.array([i not in bad for i in range(len(batch.ids))], bool)
+    probe_plan = _Plan(**{**plan.__dict__, "skipped": {}, "on_error": "skip"})
+    targets = _batch_targets(probe_plan, batch, keep, {})
+    if not keep.any():
+        from tfattr.core.autotune import START
+
+        return START
+    return engine_batch_size(plan.method, np.asarray(batch.images)[keep], None if targets is None else targets[keep],
+                             plan.options)
+
+
+def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], batch_size: int, settings_of, verbose,
+               stores: Sequence[Tuple[str, str]], process, overwrite: bool = False):
     """The shared loop of :func:`explain_dataset` and :func:`tfattr.streaming.evaluate.evaluate_dataset`.
 
-    ``stores``: ``[(folder, key)]`` of the stores the run writes; ``settings_of(key, engine_bs)`` their
-    settings; ``process(batch, k, todo_keys) -> {key: (arrays, rows)}`` the work of one batch. Returns
-    ``(explained, resumed_images, seconds)``."""
+    ``stores``: ``[(folder, key)]`` of the stores the run writes, ``plans[key]`` the plan of each;
+    ``settings_of(key)`` their settings (read after each plan's engine chunk size is settled: the
+    method's integer, the one recorded in an existing store, or measured on the first batch);
+    ``process(batch, k, keys) -> {key: (arrays, rows)}`` the work of one batch for the stores that
+    have not finished chunk ``k``; ``overwrite``: each store is created anew (an existing one deleted).
+    Returns ``(explained, resumed_images, seconds)``."""
     from tfattr.streaming.store import StoreWriter
 
     num_items = getattr(probe, "num_items", None)
     total_chunks = None if num_items is None else math.ceil(num_items / batch_size)
-    stored = {key: read_settings(folder) for folder, key in stores}
-    recorded = {s.get("engine_batch_size") for s in stored.values() if s}
-    engine_bs = plan.engine_batch_size
-    iterator = None
-    first = None
-    if engine_bs is None and recorded:
-        engine_bs = sorted(recorded)[0]
-    if engine_bs is None:  # measure on the first batch (nothing finished yet: the stream starts there)
-        iterator = iter(probe)
-        first = next(iterator, None)
-        engine_bs = 16
-        if first is not None:
-            bad = {int(index) - first.index0 for index, _, _ in first.errors}
-            keep = np.array([i not in bad for i in range(len(first.ids))], bool)
-            probe_plan = _Plan(**{**plan.__dict__, "skipped": {}, "on_error": "skip"})
-            targets = _batch_targets(probe_plan, first, keep, {})
-            if keep.any():
-                engine_bs = engine_batch_size(plan.method, np.asarray(first.images)[keep],
-                                              None if targets is None else targets[keep], plan.options)
-    plan.engine_batch_size = int(engine_bs)
+    stored = {key: None if overwrite else read_settings(folder) for folder, key in stores}
+    iterator = first = None
+    for _, key in stores:
+        plan = plans[key]
+        if plan.engine_batch_size is None and stored[key] and stored[key].get("engine_batch_size") is not None:
+            plan.engine_batch_size = int(stored[key]["engine_batch_size"])
+        if plan.engine_batch_size is None:  # measured on the first batch (a new store: the stream starts there)
+            if iterator is None:
+                iterator = iter(probe)
+                first = next(iterator, None)
+            plan.engine_batch_size = 16 if first is None else _measure(plan, first)
     writers = {}
     try:
         for folder, key in stores:
-            settings = settings_of(key, plan.engine_batch_size)
+            settings = settings_of(key)
             if stored[key] is not None:
                 check_settings(folder, stored[key], settings)
-            writers[key] = StoreWriter.open(folder, settings, batch_size, num_items)
+            writers[key] = StoreWriter.open(folder, settings, batch_size, num_items, overwrite=overwrite)
         finished = {key: set(writer.finished()) for key, writer in writers.items()}
-        done_all = set.intersection(*finished.values()) if finished else set()
-        leading = _leading(done_all, total_chunks)
+        leading = _leading(set.intersection(*finished.values()), total_chunks)
         if iterator is None or leading > 0:
             iterator = iter(_open_stream(**data_args, batch_size=batch_size, skip_batches=leading))
             first = None
-        resumed = leading * batch_size if total_chunks is None else min(leading * batch_size, num_items)
+        resumed = leading * batch_size if num_items is None else min(leading * batch_size, num_items)
         progress = ImageProgress(num_items, verbose, done=resumed)
         items = resumed
         explained = 0
         start = time.perf_counter()
         threads = {key: _Writer(writer.write_chunk) for key, writer in writers.items()}
         try:
-            batches = iterator if first is None else _chain(first, iterator)
-            for batch in batches:
+            for batch in (iterator if first is None else _chain(first, iterator)):
                 k = batch.index0 // batch_size
                 n = len(batch.ids)
                 todo = [key for key in writers if k not in finished[key]]
                 if todo:
                     results = process(batch, k, todo)
+                    ids = [str(i) for i in batch.ids]
                     for key in todo:
                         arrays, rows = results[key]
-                        threads[key].put(k, batch.index0, [str(i) for i in batch.ids], arrays, rows)
+                        threads[key].put(k, batch.index0, ids, arrays, rows)
                     explained += n
                 items = batch.index0 + n
                 progress.advance(n)
@@ -675,7 +685,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
                     split: Optional[str] = None, data_dir: Optional[str] = None, batch_size: int = 64,
                     seed: Optional[int] = None, on_error: str = "raise", verbose="auto", image_size=None,
                     image_key: str = "image", label_key: Optional[str] = "label", id_key: Optional[str] = None,
-                    value_range=None, overwrite: bool = False):
+                    labels=None, channels: Optional[int] = None, value_range=None, overwrite: bool = False):
     """Explain every image of ``data`` with ``method`` into the store at ``out``, streaming and resumable.
 
     Decoding (``tf.data``, parallel and prefetched), attribution (the caller's thread) and writing
@@ -715,8 +725,14 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
             terminal or in a notebook and nothing in logs, ``1`` also lines in logs, ``0`` nothing.
         image_size: ``(H, W)`` every image is resized to (needed for sources of mixed sizes).
         image_key, label_key, id_key: the keys of dict elements (TFDS features).
-        value_range: the model's input range for a method given by name (default: the model's
-            declared range, else (0, 1)).
+        labels: a folder's labels: ``"folders"`` (sub-folder names, sorted, are classes 0, 1, …) or
+            the class names in order (:func:`tfattr.streaming.sources.stream`).
+        channels: 1 (grey) or 3 (RGB) for decoded image files (default 3).
+        value_range: ``(low, high)``: 8-bit images (files, ``uint8`` arrays, TFDS images) are scaled to
+            ``low + p / 255 · (high − low)`` (as ``tfattr explain --value-range``; refused for float
+            images, used as they are) and a method given by name is built with it; ``None``: 8-bit
+            images keep their 0–255 values and a method by name gets the model's declared range,
+            else (0, 1).
         overwrite: delete an existing store at ``out`` first (only a tfattr store is deleted).
 
     Returns:
@@ -732,7 +748,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         >>> store = tfattr.explain_dataset(ig, (images, labels), "maps/", target="label")
         >>> store.attributions[:8].shape, store.rows()["status"].value_counts()
     """
-    out = _prepare_out(out, overwrite)
+    out = _prepare_out(out)
     batch_size = _check_positive("batch_size", batch_size)
     _check_choice("on_error", on_error, ON_ERROR)
     checks.verbose("verbose", verbose)
@@ -740,7 +756,8 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         checks.seed("seed", seed)
     target, target_json = _target_spec(target)
     data_args = dict(data=data, split=split, data_dir=data_dir, image_key=image_key, label_key=label_key,
-                     id_key=id_key, image_size=image_size, on_error=on_error)
+                     id_key=id_key, labels=labels, image_size=image_size, channels=channels, value_range=value_range,
+                     on_error=on_error)
     probe = _open_stream(**data_args, batch_size=batch_size, skip_batches=0)
     item_shape = tuple(int(d) for d in getattr(probe, "item_shape", ()) or ())
     method, options = _resolve_method(method, model, method_options, item_shape, 0 if seed is None else seed,
@@ -759,19 +776,27 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         plan.engine_batch_size = int(given)
     description = probe.description
 
-    def settings_of(key, engine_bs):
-        return _settings(method, options, model, description, target_json, batch_size, int(engine_bs), seed, on_error)
+    def settings_of(key):
+        return _settings(method, options, description, target_json, batch_size, plan.engine_batch_size, seed, on_error)
 
     def process(batch, k, todo):
         arrays, rows, _, _ = explain_batch(plan, batch, k)
         return {"explain": (arrays, rows)}
 
-    explained, resumed, seconds = run_stream(plan, probe, data_args, batch_size, settings_of, verbose,
-                                             [(out, "explain")], process)
+    explained, resumed, seconds = run_stream({"explain": plan}, probe, data_args, batch_size, settings_of, verbose,
+                                             [(out, "explain")], process, overwrite=overwrite)
     from tfattr.streaming.store import open_explanations
 
     result = open_explanations(out)
-    if verbose != 0:
-        skipped = int(np.count_nonzero(~np.asarray(result.valid[:], bool)))
+    skipped = int(np.count_nonzero(~np.asarray(result.valid[:], bool)))
+    if show_summary(verbose, skipped):
         print(_summary_line(plan, explained, resumed, seconds, out, skipped), flush=True)
     return result
+
+
+def show_summary(verbose, skipped: int) -> bool:
+    """The final line is printed with ``verbose=1``, and with ``"auto"`` on a terminal or when items were
+    skipped (never silently, not even in logs); ``verbose=0`` prints nothing."""
+    if verbose == "auto":
+        return _interactive() or skipped > 0
+    return bool(verbose)

@@ -709,8 +709,9 @@ class StoreWriter:
                             f"out={self.out!r}: the array {name} has item shape {array.shape[1:]}, its record says "
                             f"{spec[name]['shape_per_item']}. {received('out', self.out)}"
                         )
-                    if array.shape[0] < length:
-                        array.resize((length,) + array.shape[1:])
+                    if array.shape[0] < length:  # size unknown: grown by doubling (few metadata rewrites)
+                        grown = max(length, -(-2 * array.shape[0] // self.chunk) * self.chunk)
+                        array.resize((grown,) + array.shape[1:])
                         _fsync_path(os.path.join(folder, "zarr.json"))
                 else:
                     dtype = str if name == "ids" else value.dtype
@@ -726,7 +727,10 @@ class StoreWriter:
                     )
                     array = array.with_config({"write_empty_chunks": True})
                     _fsync_path(os.path.join(folder, "zarr.json"))
-                    _fsync_path(os.path.dirname(folder), directory=True)
+                    parent = folder
+                    while parent != os.path.join(self.out, DATA):  # the new folders' entries, up to the group
+                        parent = os.path.dirname(parent)
+                        _fsync_path(parent, directory=True)
                 self._arrays[name] = array
             if not meta["arrays"]:
                 self._write_meta(dict(meta, arrays=spec))
@@ -850,7 +854,7 @@ class StoreArray:
 
     @property
     def dtype(self):
-        return self.zarr.dtype if self.name != "ids" else np.dtype(object)
+        return self.zarr.dtype
 
     @property
     def ndim(self) -> int:
@@ -899,8 +903,10 @@ class StoreArray:
         try:
             if isinstance(selection, np.ndarray):
                 block = self.zarr.oindex[(selection,) + (slice(None),) * (self.zarr.ndim - 1)]
-                return block[(slice(None),) + rest] if rest else block
-            return self.zarr[(selection,) + rest]
+                values = block[(slice(None),) + rest] if rest else block
+            else:
+                values = self.zarr[(selection,) + rest]
+            return values[()] if isinstance(values, np.ndarray) and values.ndim == 0 else values  # a scalar, as NumPy
         except (IndexError, TypeError):
             raise
         except Exception as error:
@@ -1025,6 +1031,11 @@ class Explanations:
 
     # ----------------------------------------------------------------------------------------- arrays
     def _array(self, name: str) -> StoreArray:
+        if not self._arrays:
+            raise UnfinishedChunkError(
+                f"No chunk of out={self.out!r} is written yet (its arrays are made by the first chunk): there is no "
+                f"{name} to read. {received('finished_chunks', self.finished_chunks)}"
+            )
         if name not in self._arrays:
             raise StoreError(
                 f"out={self.out!r} holds no array {name!r} (arrays: {self.array_names or 'none yet'}). "
@@ -1137,7 +1148,9 @@ class Explanations:
             names = set(marker["files"])
             for name in self._arrays:
                 if not any(entry.startswith(f"{DATA}/{name}/") for entry in names):
-                    problems.append((k, f"{DATA}/{name}", "no file recorded in its marker"))
+                    problems.append((k, f"{DATA}/{name}", "has no file recorded in its marker"))
+            if f"{ROWS}/{_part_name(k)}" not in names:
+                problems.append((k, f"{ROWS}/{_part_name(k)}", "is not recorded in its marker"))
             for relative, expected in sorted(marker["files"].items()):
                 path = os.path.join(self.out, *relative.split("/"))
                 try:
