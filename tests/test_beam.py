@@ -94,10 +94,11 @@ def test_handler_batch_equals_attribute(model_path, images):
     _close(np.stack([row["attributions"] for row in rows]), given.attributions)
 
 
-def test_keyed_handler_on_two_worker_processes(model_path, images):
-    """KeyedModelHandler on the DirectRunner with 2 worker processes: every key once, its own map."""
-    handler = ExplanationModelHandler(model_path, "gradient", {"batch_size": 32})
-    options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
+def test_keyed_handler_in_a_pipeline(model_path, images):
+    """KeyedModelHandler on the DirectRunner (Beam batches the elements as it likes): every key once, its own
+    map. (Two worker processes: test_explain_images_on_two_worker_processes_equals_attribute.)"""
+    handler = ExplanationModelHandler(model_path, "gradient", {"batch_size": 32}, max_batch_size=5)
+    options = PipelineOptions()
     out = str(os.path.join(os.path.dirname(model_path), "keyed"))
     with beam.Pipeline(options=options) as pipeline:
         _ = (pipeline
@@ -249,20 +250,32 @@ def test_resume_skips_finished_chunks_and_refuses_other_settings(model_path, ima
         ExplainImages(folder, out, "ig", model_path, {"steps": 5}, chunk=4).prepare()
 
 
-def test_cli_explain_dataset_runner(model_path, images, tmp_path, capsys):
+def test_cli_runner_resumes_the_local_commands_store(model_path, images, tmp_path, capsys):
+    """`explain-dataset` locally, one chunk's marker removed, then `--runner DirectRunner` on the same --out: the
+    settings agree (same store), only that chunk is explained again, and the maps equal the local ones."""
     from tfattr.cli import main
     from tfattr.streaming.store import open_explanations
 
-    folder = _write_pngs(tmp_path / "pngs", images[:6])
+    folder = _write_pngs(tmp_path / "pngs", images[:10])
     out = str(tmp_path / "store")
-    code = main(["explain-dataset", "--model", model_path, "--data", folder, "--out", out, "--method", "gradient",
-                 "--chunk", "4", "--batch-size", "16", "--runner", "DirectRunner", "--direct_num_workers", "1"])
-    assert code == 0
+    flags = ["--model", model_path, "--data", folder, "--out", out, "--method", "ig", "--steps", "4", "--chunk", "4",
+             "--batch-size", "16"]
+    assert main(["explain-dataset", *flags, "--quiet"]) == 0
+    local = np.asarray(open_explanations(out).attributions[:])
+    done = os.path.join(out, "done")
+    stamp = os.stat(os.path.join(done, "chunk-00000.json")).st_mtime_ns
+    os.remove(os.path.join(done, "chunk-00001.json"))
+    assert main(["explain-dataset", *flags, "--runner", "DirectRunner", "--direct_num_workers", "1"]) == 0
     store = open_explanations(out)
-    assert store.complete and list(store.ids[:]) == [f"im{i:03d}.png" for i in range(6)]
-    want = tfattr.Gradient(tfattr.surgery.logits_model(load_model(model_path), missing="ignore"),
-                           batch_size=16).attribute(_scaled(images[:6]))
-    _close(np.asarray(store.attributions[:]), want.attributions)
-    code = main(["explain-dataset", "--model", model_path, "--data", folder, "--out", str(tmp_path / "other"),
-                 "--runner", "DirectRunner", "--direct_num_wrkers", "2"])
+    assert store.complete and sorted(store.finished_chunks) == [0, 1, 2]
+    assert os.stat(os.path.join(done, "chunk-00000.json")).st_mtime_ns == stamp
+    assert list(store.ids[:]) == [f"im{i:03d}.png" for i in range(10)]
+    _close(np.asarray(store.attributions[:]), local)
+    want = tfattr.IntegratedGradients(tfattr.surgery.logits_model(load_model(model_path), missing="ignore"), steps=4,
+                                      batch_size=16).attribute(_scaled(images[:10]))
+    _close(local, want.attributions)
+    capsys.readouterr()
+    code = main(["explain-dataset", *flags, "--runner", "DirectRunner", "--direct_num_wrkers", "2"])
     assert code == 2 and "--direct_num_wrkers" in capsys.readouterr().err
+    code = main(["explain-dataset", *flags[:-4], "--steps", "5", "--chunk", "4", "--runner", "DirectRunner"])
+    assert code == 2 and "steps" in capsys.readouterr().err  # another run's settings on the same --out

@@ -715,7 +715,14 @@ class ExplainImages(beam.PTransform):
         """Match the files, load the model, build the method, open (or check) the store and list the
         chunks left to do. Called by :meth:`expand` when the pipeline is built."""
         from tfattr.core.ranges import resolve_value_range
-        from tfattr.streaming.explain import _resolve_method, _settings, _target_spec, engine_batch_size, read_settings
+        from tfattr.streaming.explain import (
+            _resolve_method,
+            _settings,
+            _target_spec,
+            check_settings,
+            engine_batch_size,
+            read_settings,
+        )
         from tfattr.streaming.store import StoreWriter
 
         model = load_model(self.model_uri, self.custom_objects, self.logits)
@@ -744,8 +751,10 @@ class ExplainImages(beam.PTransform):
                     break
             engine = engine_batch_size(method, np.stack(first) if first else np.zeros((0,) + item_shape, np.float32),
                                        self.target)
-        settings = _settings(method, {}, model, description, _target_spec(self.target)[1], self.chunk, engine,
-                             self.seed, self.on_error)
+        settings = _settings(method, {}, description, _target_spec(self.target)[1], self.chunk, engine, self.seed,
+                             self.on_error)
+        if recorded is not None:
+            check_settings(self.out, recorded, settings)  # the local runner's message naming what differs
         options["batch_size"] = engine
         handler = ExplanationModelHandler(self.model_uri, self.method, options, target=self.target,
                                           custom_objects=self.custom_objects, logits=self.logits,
