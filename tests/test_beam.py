@@ -183,7 +183,7 @@ def test_explain_images_on_two_worker_processes_equals_attribute(model_path, fol
 
     folder, images = folder200
     out = str(tmp_path / "store")
-    _run(ExplainImages(folder, out, "ig", model_path, {"steps": 8}, chunk=32),
+    _run(ExplainImages(folder, out, "ig", model_path, {"steps": 8}, chunk=32, value_range=(0, 1)),
          direct_num_workers=2, direct_running_mode="multi_processing")
     store = open_explanations(out)
     assert store.complete and len(store) == 200 and sorted(store.finished_chunks) == list(range(7))
@@ -209,7 +209,8 @@ def test_corrupt_file_skipped_and_reported_or_named(model_path, folder_with_corr
     from tfattr.streaming.store import open_explanations
 
     out = str(tmp_path / "skip")
-    _run(ExplainImages(folder_with_corrupt, out, "gradient", model_path, chunk=4, on_error="skip"))
+    _run(ExplainImages(folder_with_corrupt, out, "gradient", model_path, chunk=4, on_error="skip",
+                       value_range=(0, 1)))
     store = open_explanations(out)
     rows = store.rows()
     row = rows[rows["id"] == "im004.png"].iloc[0]

@@ -472,7 +472,8 @@ def _source(data, size, channels, value_range, chunk) -> Tuple[List[str], List[s
     (ids: the paths); files on a remote file system (``gs://``) by their sorted paths."""
     from tfattr.streaming.sources import stream
 
-    options = dict(batch=chunk, image_size=size, channels=channels, value_range=list(value_range))
+    options = dict(batch=chunk, image_size=size, channels=channels,
+                   value_range=None if value_range is None else list(value_range))
     if isinstance(data, (str, os.PathLike)) and not _is_remote(os.fspath(data)) and os.path.isdir(data):
         folder = os.fspath(data)
         source = stream(folder, **options)
@@ -483,7 +484,7 @@ def _source(data, size, channels, value_range, chunk) -> Tuple[List[str], List[s
         return paths, list(source.ids), source.description
     description = {"kind": "files", "files": len(paths), "paths_sha256": _digest(paths), "num_items": len(paths),
                    "image_size": None if size is None else list(size), "channels": channels,
-                   "value_range": list(value_range)}
+                   "value_range": None if value_range is None else list(value_range)}
     return paths, list(paths), description
 
 
@@ -510,7 +511,8 @@ class _DecodeBatch(beam.DoFn):
     ``on_error="raise"`` the first such file raises an error naming it)."""
 
     def __init__(self, size, channels, value_range, on_error, chunk):
-        self._size, self._channels, self._value_range = size, channels, tuple(value_range)
+        self._size, self._channels = size, channels
+        self._value_range = None if value_range is None else tuple(value_range)
         self._on_error, self._chunk = on_error, chunk
 
     def process(self, element):
@@ -672,7 +674,9 @@ class ExplainImages(beam.PTransform):
         chunk: items per store chunk and per ``attribute`` call (default 64).
         seed: the random methods' seed.
         image_size: ``(H, W)`` for a model of free input size.
-        value_range: the model's input range (default: what the model declares, else ``(0, 1)``).
+        value_range: ``(low, high)``: 8-bit pixels are scaled to ``low + p / 255 · (high − low)`` and the method
+            is built with it; ``None``: pixels keep their 0–255 values and the method gets the model's
+            declared range, else (0, 1) (as :func:`tfattr.explain_dataset`).
         logits: strip a final softmax (as ``tfattr explain``).
         on_error: ``"raise"`` or ``"skip"``.
         custom_objects: for loading the model.
@@ -729,7 +733,8 @@ class ExplainImages(beam.PTransform):
         size, channels = _item_shape(model, self.image_size)
         item_shape = tuple(size) + (channels,)
         value_range = tuple(float(v) for v in resolve_value_range(self.value_range, model))
-        paths, ids, description = _source(self.data, self.image_size, channels, value_range, self.chunk)
+        # 8-bit pixels scaled into the user's value_range, or kept 0–255 without one (as explain_dataset)
+        paths, ids, description = _source(self.data, self.image_size, channels, self.value_range, self.chunk)
         options = dict(self.method_options)
         options.setdefault("value_range", value_range)
         options.setdefault("seed", self.seed)
@@ -744,7 +749,7 @@ class ExplainImages(beam.PTransform):
             first = []
             for path in paths:
                 try:
-                    first.append(_decode(path, size, channels, value_range))
+                    first.append(_decode(path, size, channels, self.value_range))
                 except (ValueError, TypeError):  # a bad file: named (or skipped) by the pipeline
                     continue
                 if len(first) == 16:
@@ -778,7 +783,7 @@ class ExplainImages(beam.PTransform):
         decoded = (pipeline
                    | "Chunks" >> beam.Create(plan["chunks"])
                    | "Spread" >> beam.Reshuffle()
-                   | "Decode" >> beam.ParDo(_DecodeBatch(self.image_size, shape[2], plan["value_range"], self.on_error,
+                   | "Decode" >> beam.ParDo(_DecodeBatch(self.image_size, shape[2], self.value_range, self.on_error,
                                                          chunk)).with_outputs("failed", main="examples"))
         explained = (decoded.examples
                      | "Explain" >> RunInference(plan["handler"].with_no_batching())
