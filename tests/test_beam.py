@@ -280,3 +280,34 @@ def test_cli_runner_resumes_the_local_commands_store(model_path, images, tmp_pat
     assert code == 2 and "--direct_num_wrkers" in capsys.readouterr().err
     code = main(["explain-dataset", *flags[:-4], "--steps", "5", "--chunk", "4", "--runner", "DirectRunner"])
     assert code == 2 and "steps" in capsys.readouterr().err  # another run's settings on the same --out
+
+
+def test_evaluate_images_resumes_evaluate_dataset(model_path, images, tmp_path):
+    """evaluate_dataset locally, a chunk of one method's store unmarked, then EvaluateImages on the same out: the
+    settings agree, that chunk is explained and scored again, and the per-image metric values and the table equal
+    the local run's."""
+    from tfattr.beam import EvaluateImages
+    from tfattr.streaming.evaluate import evaluate_dataset
+    from tfattr.streaming.store import open_explanations
+
+    folder = _write_pngs(tmp_path / "pngs", images[:10])
+    out = str(tmp_path / "eval")
+    methods = ["gradient", ("ig", {"steps": 4, "batch_size": 16})]
+    model = load_model(model_path)
+    evaluate_dataset(model, folder, methods, ["deletion", "insertion"], out, batch_size=4, value_range=(0, 1),
+                     verbose=0)
+    local = open_explanations(os.path.join(out, "ig")).rows().sort_values("index")
+    with open(os.path.join(out, "table.md"), encoding="utf-8") as handle:
+        table = handle.read()
+    os.remove(os.path.join(out, "ig", "done", "chunk-00001.json"))
+    os.remove(os.path.join(out, "table.md"))
+    evaluate = EvaluateImages(folder, out, methods, ["deletion", "insertion"], model_path, chunk=4,
+                              value_range=(0, 1))
+    assert [k for k, _ in evaluate.prepare()["chunks"]] == [1]
+    _run(evaluate)
+    again = open_explanations(os.path.join(out, "ig")).rows().sort_values("index")
+    for column in ("metric:deletion", "metric:insertion", "score", "delta"):
+        np.testing.assert_allclose(again[column].to_numpy(), local[column].to_numpy(), rtol=1e-5, atol=1e-6)
+    with open(os.path.join(out, "table.md"), encoding="utf-8") as handle:  # the metric columns (not the seconds)
+        assert [line.split("|")[:4] for line in handle.read().splitlines()] == \
+            [line.split("|")[:4] for line in table.splitlines()]

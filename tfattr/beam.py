@@ -807,3 +807,255 @@ def _digest(ids: Sequence[str]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+class _EvaluateChunk(beam.DoFn):
+    """``(k, [(index, path, id), ...])`` → chunk ``k`` of every method's store that lacks it: the chunk's
+    images decoded, explained by each method (seed :func:`batch_seed` ``(seed, k)``), scored by the
+    metrics, rows with the metric columns, committed (as :func:`tfattr.evaluate_dataset` does per batch).
+    Yields ``k``. The model and methods load once per worker (:meth:`setup`)."""
+
+    def __init__(self, spec: Dict[str, Any]):
+        self._spec = spec
+
+    def setup(self):
+        from tfattr.metrics.registry import resolve_metrics
+        from tfattr.streaming.evaluate import _methods, _output_classes
+        from tfattr.streaming.explain import _Plan
+
+        spec = self._spec
+        self._model = load_model(spec["model_uri"], spec["custom_objects"], spec["logits"])
+        resolved = _methods(spec["methods"], self._model, tuple(spec["item_shape"]), spec["seed"],
+                            tuple(spec["method_range"]))
+        num_classes = _output_classes(self._model)
+        self._plans = {}
+        for (folder, engine), (_, method, options) in zip(spec["folders"], resolved):
+            config = dict(getattr(method, "config", None) or {})
+            self._plans[folder] = _Plan(method=method, target=spec["target"], on_error=spec["on_error"],
+                                        seed=spec["seed"], seeded="seed" in config,
+                                        options=options, num_classes=num_classes, item_shape=tuple(spec["item_shape"]),
+                                        engine_batch_size=engine)
+        self._chosen = resolve_metrics(list(spec["metrics"]), spec["metric_options"], masks_given=False)
+
+    def process(self, element):
+        import json
+
+        from tfattr.streaming.evaluate import METRIC_PREFIX, _batch_metrics
+        from tfattr.streaming.explain import batch_items, explain_batch
+        from tfattr.streaming.sources import Batch
+        from tfattr.streaming.store import StoreWriter
+
+        spec = self._spec
+        k, items = element
+        shape = tuple(spec["item_shape"])
+        images = np.zeros((len(items),) + shape, np.float32)
+        errors = []
+        for j, (index, path, item_id) in enumerate(items):
+            try:
+                images[j] = _decode(path, spec["image_size"], shape[2], spec["stream_range"])
+            except Exception as error:  # noqa: BLE001 - every reason a file cannot be used: named below
+                message = f"{type(error).__name__}: {error}"
+                if spec["on_error"] == "raise":
+                    raise InvalidInputError(f"cannot read item {index} ({item_id!r}, file {path!r}): {message}") \
+                        from None
+                errors.append((index, item_id, message))
+        batch = Batch(items[0][0], [item[2] for item in items], images, None, errors)
+        first = next(iter(self._plans.values()))
+        keep, failed, targets = batch_items(first, batch)
+        if targets is None and keep.any():  # the scoring model's top-1, as evaluate's labels
+            targets = np.zeros(len(batch.ids), np.int64)
+            targets[keep] = np.argmax(self._model.predict(images[keep], verbose=0), axis=1)
+        for folder, settings in spec["settings"].items():
+            writer = StoreWriter.open(folder, settings, spec["chunk"], spec["num_items"], lock=False)
+            try:
+                if k in writer.finished():
+                    continue
+                plan = self._plans[folder]
+                import time
+
+                begin = time.perf_counter()
+                arrays, rows, explanation, kept = explain_batch(plan, batch, k, (keep.copy(), dict(failed), targets))
+                seconds = time.perf_counter() - begin
+                columns, notes = _batch_metrics(self._chosen, spec["default_metrics"], self._model, images, kept,
+                                                targets, plan, explanation, tuple(spec["method_range"]), spec["seed"],
+                                                spec["metric_settings"])
+                gradients = 0 if explanation is None else int(explanation.gradients)
+                for i, row in enumerate(rows):
+                    for label, values in columns.items():
+                        row[METRIC_PREFIX + label] = float(values[i])
+                    row["chunk_seconds"] = float(seconds)
+                    row["chunk_gradients"] = gradients
+                    row["notes"] = json.dumps(notes)
+                writer.write_chunk(k, k * spec["chunk"], batch.ids, arrays, rows)
+            finally:
+                writer.close()
+        yield k
+
+
+class _Table(beam.DoFn):
+    """After every chunk: each store recorded complete, the rows aggregated into the table
+    (``out/table.md``, ``out/table.csv``) as :func:`tfattr.evaluate_dataset` aggregates them."""
+
+    def __init__(self, spec: Dict[str, Any]):
+        self._spec = spec
+
+    def process(self, _):
+        from tfattr.core.files import write_text
+        from tfattr.evaluation import format_table
+        from tfattr.streaming.evaluate import _aggregate, table_csv
+
+        spec = self._spec
+        for folder, settings in spec["settings"].items():
+            yield from _Finish(folder, settings, spec["chunk"], spec["num_items"]).process(None)
+        rows = [_aggregate(folder, name, spec["chunk"], spec["seed"], spec["confidence"])
+                for folder, name in spec["names"].items()]
+        write_text(os.path.join(spec["out"], "table.md"), format_table(rows))
+        write_text(os.path.join(spec["out"], "table.csv"), table_csv(rows, spec["confidence"]))
+
+
+class EvaluateImages(beam.PTransform):
+    """Score attribution methods over a dataset of image files on Beam: the stores and table of
+    :func:`tfattr.evaluate_dataset`.
+
+    ``pipeline | EvaluateImages(data, out, ["gradient", ("ig", {"steps": 32})], ["aupc", "deletion"],
+    model_uri="model.keras")``: files listed as :class:`ExplainImages` lists them; each unfinished store
+    chunk is decoded on a worker, explained by every method that lacks it (one ``attribute`` call per
+    method and chunk, seeded :func:`batch_seed` ``(seed, k)``) and scored by the metrics there (they need
+    the model and the whole chunk, so this is a plain ``ParDo``, not ``RunInference``); each method's
+    chunk, its rows carrying the ``metric:<column>`` values, is committed into ``out/<method>/``. The
+    last step records the stores complete and writes ``out/table.md`` and ``out/table.csv``: the means
+    over the images with bootstrap intervals, as the local run. Settings are recorded and compared per
+    store; finished chunks are skipped (resume).
+
+    Args:
+        data, out, model_uri, target, chunk, seed, image_size, value_range, logits, on_error, custom_objects:
+            as :class:`ExplainImages` (``target``: ``None``, the scoring model's top-1, or a class index).
+        methods: registry names or ``(name, settings)`` pairs (the workers rebuild them; no method objects).
+        metrics: metric names (:data:`tfattr.metrics.METRICS`); ``None``: :func:`tfattr.evaluate`'s default
+            table (plus completeness for methods with a delta).
+        metric_options, aupc_kernel, aupc_regions, aupc_perturbations, pixels_per_step, confidence: as
+            :func:`tfattr.evaluate_dataset`.
+    """
+
+    def __init__(self, data, out, methods, metrics=None, model_uri: Optional[str] = None, *,
+                 target: Optional[int] = None, metric_options: Optional[Dict[str, Dict[str, Any]]] = None,
+                 chunk: int = 64, seed: int = 0, image_size=None, value_range=None, logits: bool = False,
+                 on_error: str = "raise", custom_objects: Optional[Mapping[str, Any]] = None,
+                 aupc_kernel: int = 15, aupc_regions: int = 30, aupc_perturbations: int = 50,
+                 pixels_per_step: Optional[int] = None, confidence: float = 0.95):
+        super().__init__()
+        self._explain = ExplainImages(data, out, "gradient", model_uri, None, target=target, chunk=chunk, seed=seed,
+                                      image_size=image_size, value_range=value_range, logits=logits,
+                                      on_error=on_error, custom_objects=custom_objects)  # its checks
+        self.methods, self.metrics, self.metric_options = methods, metrics, metric_options
+        self.metric_settings = dict(aupc_kernel=aupc_kernel, aupc_regions=aupc_regions,
+                                    aupc_perturbations=aupc_perturbations, pixels_per_step=pixels_per_step)
+        self.confidence = confidence
+
+    def prepare(self) -> Dict[str, Any]:
+        """The launcher's work (as :func:`tfattr.evaluate_dataset` before its first batch): the files, the
+        model, the methods and metrics, each store opened or checked, the chunks left to do."""
+        from tfattr.core.keys import Uncacheable, canonical
+        from tfattr.core.ranges import resolve_value_range
+        from tfattr.evaluation import _model_key
+        from tfattr.metrics.registry import resolve_metrics
+        from tfattr.metrics.statistics import check_confidence
+        from tfattr.streaming.evaluate import DEFAULT_METRICS, _folder_name, _methods
+        from tfattr.streaming.explain import (
+            _prepare_out,
+            _settings,
+            _target_spec,
+            check_settings,
+            engine_batch_size,
+            read_settings,
+        )
+        from tfattr.streaming.store import StoreWriter
+
+        e = self._explain
+        out = _prepare_out(e.out)
+        confidence = check_confidence(self.confidence)
+        if self.metrics is None and self.metric_options is not None:
+            raise InvalidInputError("`metric_options` sets options of named metrics: name them in `metrics`. "
+                                    + received("metrics", None))
+        metrics = list(DEFAULT_METRICS) if self.metrics is None else list(self.metrics)
+        chosen = resolve_metrics(metrics, self.metric_options, masks_given=False)
+        model = load_model(e.model_uri, e.custom_objects, e.logits)
+        size, channels = _item_shape(model, e.image_size)
+        item_shape = tuple(size) + (channels,)
+        method_range = tuple(float(v) for v in resolve_value_range(e.value_range, model))
+        paths, ids, description = _source(e.data, e.image_size, channels, e.value_range, e.chunk)
+        resolved = _methods(self.methods, model, item_shape, e.seed, method_range)
+        metric_settings = dict(self.metric_settings, value_range=method_range, seed=e.seed)
+        try:
+            evaluation_key = {"model": _model_key(model), "metrics": [[spec.name, canonical(options, spec.name)]
+                                                                      for spec, options in chosen],
+                              "default_metrics": self.metrics is None, "metric_settings": canonical(metric_settings)}
+        except Uncacheable as why:
+            raise InvalidInputError(f"EvaluateImages records the run's settings to resume it; this run cannot be "
+                                    f"recorded: {why.reason}. " + received("model_uri", e.model_uri)) from None
+        used: set = set()
+        settings_by, names, folders, todo = {}, {}, [], set()
+        first = None
+        for name, method, options in resolved:
+            folder = os.path.join(out, _folder_name(name, used))
+            recorded = read_settings(folder)
+            given = dict(getattr(method, "config", None) or {}).get("batch_size", "auto")
+            if given != "auto":
+                engine = int(given)
+            elif recorded is not None and isinstance(recorded.get("engine_batch_size"), int):
+                engine = int(recorded["engine_batch_size"])
+            else:
+                if first is None:
+                    first = np.stack([_decode(path, e.image_size or size, channels, e.value_range)
+                                      for path in paths[:16]])
+                engine = engine_batch_size(method, first, e.target, options)
+            settings = _settings(method, options, description, _target_spec(e.target)[1], e.chunk, engine, e.seed,
+                                 e.on_error)
+            settings["evaluation"] = dict(evaluation_key, name=name)
+            if recorded is not None:
+                check_settings(folder, recorded, settings)
+            with StoreWriter.open(folder, settings, e.chunk, len(ids), lock=False) as writer:
+                finished = set(writer.finished())
+            todo |= set(range(-(-len(ids) // e.chunk))) - finished
+            settings_by[folder], names[folder] = json_ready(settings), name
+            folders.append((folder, engine))
+        chunks = [(k, [(i, paths[i], ids[i]) for i in range(k * e.chunk, min((k + 1) * e.chunk, len(ids)))])
+                  for k in sorted(todo)]
+        spec = {"model_uri": e.model_uri, "custom_objects": e.custom_objects, "logits": e.logits,
+                "methods": _json_methods(self.methods), "item_shape": list(item_shape),
+                "method_range": list(method_range), "stream_range": e.value_range, "image_size": e.image_size,
+                "seed": e.seed, "target": e.target, "on_error": e.on_error, "folders": folders,
+                "metrics": metrics, "metric_options": self.metric_options, "default_metrics": self.metrics is None,
+                "metric_settings": metric_settings, "settings": settings_by, "names": names, "chunk": e.chunk,
+                "num_items": len(ids), "confidence": confidence, "out": out}
+        return {"spec": spec, "chunks": chunks}
+
+    def expand(self, pbegin):
+        plan = self.prepare()
+        pipeline = pbegin.pipeline if hasattr(pbegin, "pipeline") else pbegin
+        return (pipeline
+                | "Chunks" >> beam.Create(plan["chunks"])
+                | "Spread" >> beam.Reshuffle()
+                | "ExplainAndScore" >> beam.ParDo(_EvaluateChunk(plan["spec"]))
+                | "CountChunks" >> beam.combiners.Count.Globally()
+                | "Table" >> beam.ParDo(_Table(plan["spec"])))
+
+
+def json_ready(value):
+    """``value`` as JSON would read it back (tuples as lists): what the store records and compares."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def _json_methods(methods):
+    """``methods`` for the workers: registry names and ``(name, settings)`` pairs only (no objects)."""
+    items = [methods] if isinstance(methods, str) else list(methods)
+    for item in items:
+        settings = item[1] if isinstance(item, (tuple, list)) and len(item) == 2 else None
+        if not isinstance(item, str) and not isinstance(settings, Mapping):
+            raise InvalidTypeError("EvaluateImages' `methods` are registry names or (name, settings) pairs: the "
+                                   "workers rebuild them (a method object cannot travel). " + received("methods", item))
+    return [item if isinstance(item, str) else (item[0], dict(item[1])) for item in items]
