@@ -18,10 +18,22 @@ Imported only by ``import tfattr.beam`` (Apache Beam is the optional ``[beam]`` 
           rows = (p | beam.Create([("a", image_a), ("b", image_b)])
                     | RunInference(KeyedModelHandler(handler)))
 
-* :class:`ExplainImages`: image files (a glob pattern, e.g. ``gs://bucket/val/*.png``) or TFRecords
+* :class:`ExplainImages`: image files (a folder, or a glob pattern such as ``gs://bucket/val/*.png``)
   → the same store as :func:`tfattr.explain_dataset` (``out/``, read back by
   :func:`tfattr.open_explanations`), written chunk by chunk by the workers; finished chunks are
-  skipped on a re-run (resume).
+  skipped on a re-run (resume), and a local run's store can be finished on Beam and vice versa::
+
+      from apache_beam.options.pipeline_options import PipelineOptions
+      from tfattr.beam import ExplainImages
+
+      options = PipelineOptions(direct_num_workers=2, direct_running_mode="multi_processing")
+      with beam.Pipeline(options=options) as p:
+          p | ExplainImages("photos/", "maps/", "ig", "model.keras", {"steps": 32}, value_range=(0, 1))
+
+* :class:`EvaluateImages`: the stores and the table of :func:`tfattr.evaluate_dataset` on Beam.
+
+Command line: ``tfattr explain-dataset ... --runner DirectRunner|DataflowRunner|FlinkRunner|SparkRunner``
+followed by Beam's pipeline options.
 """
 
 from __future__ import annotations
@@ -43,7 +55,8 @@ except ImportError as _error:  # pragma: no cover - the extra is not installed
         "tfattr.beam needs Apache Beam: pip install 'tfattr[beam]' (apache-beam>=2.60). "
         + received("import", "apache_beam")) from _error
 
-__all__ = ["ExplanationModelHandler", "load_model", "batch_seed", "ON_ERROR"]
+__all__ = ["ExplanationModelHandler", "ExplainImages", "EvaluateImages", "load_model", "match_files", "batch_seed",
+           "ON_ERROR"]
 
 #: what a failing element does: ``"raise"`` (the pipeline fails with an error naming the element) or
 #: ``"skip"`` (its row says skipped, with the error; the other elements go on)
