@@ -311,3 +311,40 @@ def test_evaluate_images_resumes_evaluate_dataset(model_path, images, tmp_path):
     with open(os.path.join(out, "table.md"), encoding="utf-8") as handle:  # the metric columns (not the seconds)
         assert [line.split("|")[:4] for line in handle.read().splitlines()] == \
             [line.split("|")[:4] for line in table.splitlines()]
+
+
+def test_tfrecords_across_shards_with_a_bad_record(model_path, images, tmp_path):
+    """TFRecords of tf.train.Example (PNG bytes): 2 shards of 13 and 11 records, chunks of 8 straddling them,
+    record 5 without an image (skipped, named); ids from the id feature; maps = attribute on the arrays."""
+    import cv2
+    import tensorflow as tf
+
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.store import open_explanations
+
+    def example(i):
+        feature = {"name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"img-{i:02d}".encode()]))}
+        if i != 5:
+            png = cv2.imencode(".png", images[i][..., ::-1])[1].tobytes()
+            feature["image"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))
+        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+    for shard, items in (("a", range(0, 13)), ("b", range(13, 24))):
+        with tf.io.TFRecordWriter(str(tmp_path / f"part-{shard}.tfrecord")) as writer:
+            for i in items:
+                writer.write(example(i))
+    out = str(tmp_path / "store")
+    _run(ExplainImages(str(tmp_path / "part-*.tfrecord"), out, "gradient", model_path, chunk=8, value_range=(0, 1),
+                       id_key="name", on_error="skip"))
+    store = open_explanations(out)
+    assert store.complete and list(store.ids[:]) == [f"img-{i:02d}" for i in range(24)]
+    assert np.asarray(store.valid[:]).tolist() == [i != 5 for i in range(24)]
+    rows = store.rows()
+    assert "'image'" in rows[rows["index"] == 5].iloc[0]["error"]
+    keep = [i for i in range(24) if i != 5]
+    want = tfattr.Gradient(load_model(model_path), batch_size=store.settings["engine_batch_size"]).attribute(
+        _scaled(images[keep]))
+    _close(np.asarray(store.attributions[:])[keep], want.attributions)
+    with pytest.raises(Exception, match=r"record 5 of .*part-a\.tfrecord"):
+        _run(ExplainImages(str(tmp_path / "part-*.tfrecord"), str(tmp_path / "raise"), "gradient", model_path,
+                           chunk=8, value_range=(0, 1)))

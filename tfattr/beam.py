@@ -509,13 +509,133 @@ def _read_bytes(path: str) -> bytes:
         return handle.read()
 
 
-def _decode(path: str, size, channels: int, value_range) -> np.ndarray:
-    """One image file as the local runner's source decodes it (:func:`tfattr.streaming.sources.decode_image_file`:
-    8-bit RGB or grey, area-resized to ``size``, scaled to ``value_range``), as float32."""
+def _decode(path: str, size, channels: int, value_range, data: Optional[bytes] = None) -> np.ndarray:
+    """One image file (or its bytes ``data``) as the local runner's source decodes it
+    (:func:`tfattr.streaming.sources.decode_image_file`: 8-bit RGB or grey, area-resized to ``size``,
+    scaled to ``value_range``), as float32."""
     from tfattr.streaming.sources import decode_image_file
 
-    data = _read_bytes(path) if _is_remote(path) else path
+    if data is None:
+        data = _read_bytes(path) if _is_remote(path) else path
     return decode_image_file(data, size, channels=channels, value_range=value_range)
+
+
+#: the endings of TFRecord files (``data`` matching only such files is read as TFRecords)
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfr")
+
+
+def _tfrecord_files(data) -> Optional[List[str]]:
+    """The sorted TFRecord files of ``data`` when it names only such files (a pattern or list), else ``None``."""
+    if isinstance(data, (str, os.PathLike)) and not _is_remote(os.fspath(data)) and os.path.isdir(data):
+        return None
+    paths = match_files(data)
+    if all(".tfrecord" in os.path.basename(p).lower() or p.lower().endswith(TFRECORD_SUFFIXES) for p in paths):
+        return paths
+    return None
+
+
+def _records(path: str):
+    """The serialized records of one TFRecord file, in order."""
+    import tensorflow as tf
+
+    for record in tf.data.TFRecordDataset(path):
+        yield record.numpy()
+
+
+def _feature_bytes(record: bytes, key: str) -> Optional[bytes]:
+    import tensorflow as tf
+
+    feature = tf.train.Example.FromString(record).features.feature.get(key)
+    if feature is None or not feature.bytes_list.value:
+        return None
+    return feature.bytes_list.value[0]
+
+
+def _first_records(paths: Sequence[str], image_key: str, n: int):
+    """``(name, image bytes)`` of the first ``n`` records (for measuring the engine's chunk size)."""
+    count = 0
+    for path in paths:
+        for r, record in enumerate(_records(path)):
+            data = _feature_bytes(record, image_key)
+            if data is not None:
+                yield f"{path}:{r}", data
+                count += 1
+            if count >= n:
+                return
+
+
+def _tfrecord_source(paths, size, channels, value_range, image_key, id_key):
+    """``(paths, record counts, description)`` of TFRecord files (counted by reading them once)."""
+    import tensorflow as tf
+
+    counts = [int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1)) for path in paths]
+    description = {"kind": "tfrecord", "files": len(paths), "paths_sha256": _digest(paths), "records": counts,
+                   "num_items": int(sum(counts)), "image_key": image_key, "id_key": id_key,
+                   "image_size": None if size is None else list(size), "channels": channels,
+                   "value_range": None if value_range is None else list(value_range)}
+    return paths, counts, description
+
+
+class _ReadShard(beam.DoFn):
+    """``(path, offset, count)`` → ``(chunk k, (index, id, image or None, error or None))`` for every record of
+    the shard in an unfinished chunk (``todo``); with ``on_error="raise"`` a bad record raises an error naming it."""
+
+    def __init__(self, image_key, id_key, size, channels, value_range, on_error, chunk, todo):
+        self._image_key, self._id_key, self._size, self._channels = image_key, id_key, size, channels
+        self._value_range = None if value_range is None else tuple(value_range)
+        self._on_error, self._chunk, self._todo = on_error, chunk, set(todo)
+
+    def process(self, shard):
+        path, offset, count = shard
+        name = os.path.basename(path)
+        seen = 0
+        for r, record in enumerate(_records(path)):
+            index = offset + r
+            seen += 1
+            if index // self._chunk not in self._todo:
+                continue
+            item_id = f"{name}:{r}"
+            try:
+                if self._id_key is not None:
+                    value = _feature_bytes(record, self._id_key)
+                    if value is None:
+                        raise InvalidInputError(f"the record has no bytes feature {self._id_key!r}. "
+                                                + received("id_key", self._id_key))
+                    item_id = value.decode("utf-8", "replace")
+                data = _feature_bytes(record, self._image_key)
+                if data is None:
+                    raise InvalidInputError(f"the record has no bytes feature {self._image_key!r} (an encoded image). "
+                                            + received("image_key", self._image_key))
+                image, error = _decode(f"{path}:{r}", self._size, self._channels, self._value_range, data), None
+            except Exception as failure:  # noqa: BLE001 - every reason a record cannot be used: named below
+                message = f"{type(failure).__name__}: {failure}"
+                if self._on_error == "raise":
+                    raise InvalidInputError(f"cannot read item {index} ({item_id!r}, record {r} of {path!r}): "
+                                            f"{message}") from None
+                image, error = None, message
+            yield index // self._chunk, (index, item_id, image, error)
+        if seen != count:
+            raise RuntimeError(f"{path!r} holds {seen} records; {count} were counted when the pipeline was built (the "
+                               "file changed?). " + received("path", path))
+
+
+class _AssembleChunk(beam.DoFn):
+    """``(k, items)`` → the chunk's elements for the handler, sorted by index (main output), and the rows of the
+    unreadable items (output ``"failed"``)."""
+
+    def __init__(self, chunk):
+        self._chunk = chunk
+
+    def process(self, element):
+        k, items = element
+        examples = []
+        for index, item_id, image, error in sorted(items, key=lambda item: item[0]):
+            if error is not None:
+                yield beam.pvalue.TaggedOutput("failed", (k, _row(index, item_id, None, error)))
+            else:
+                examples.append({"image": image, "index": index, "id": item_id})
+        if examples:
+            yield examples
 
 
 class _DecodeBatch(beam.DoFn):
@@ -694,13 +814,17 @@ class ExplainImages(beam.PTransform):
         on_error: ``"raise"`` or ``"skip"``.
         custom_objects: for loading the model.
         overwrite: delete an existing store at ``out`` when the pipeline is built.
+        image_key, id_key: TFRecords (``data`` matching ``*.tfrecord``/``*.tfrecords`` files of
+            ``tf.train.Example``): the feature holding the encoded image (PNG, JPEG, …) and the one holding
+            each item's id (``None``: ``"<file name>:<record number>"``). Items are the records in the order
+            of the sorted files, then of the records; each shard is read once, by one worker.
     """
 
     def __init__(self, data, out, method: str = "ig", model_uri: Optional[str] = None,
                  method_options: Optional[Mapping[str, Any]] = None, *, target: Optional[int] = None,
                  chunk: int = 64, seed: int = 0, image_size=None, value_range=None, logits: bool = False,
                  on_error: str = "raise", custom_objects: Optional[Mapping[str, Any]] = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, image_key: str = "image", id_key: Optional[str] = None):
         super().__init__()
         from tfattr.core import checks
 
@@ -726,6 +850,7 @@ class ExplainImages(beam.PTransform):
         self.value_range = None if value_range is None else tuple(float(v) for v in value_range)
         self.logits, self.on_error, self.custom_objects = bool(logits), on_error, dict(custom_objects or {})
         self.overwrite = bool(overwrite)
+        self.image_key, self.id_key = image_key, id_key
         self.num_items: Optional[int] = None  # known once the pipeline is built (prepare)
 
     def prepare(self) -> Dict[str, Any]:
@@ -747,7 +872,13 @@ class ExplainImages(beam.PTransform):
         item_shape = tuple(size) + (channels,)
         value_range = tuple(float(v) for v in resolve_value_range(self.value_range, model))
         # 8-bit pixels scaled into the user's value_range, or kept 0–255 without one (as explain_dataset)
-        paths, ids, description = _source(self.data, self.image_size, channels, self.value_range, self.chunk)
+        records = _tfrecord_files(self.data)
+        if records is not None:
+            paths, counts, description = _tfrecord_source(records, self.image_size, channels, self.value_range,
+                                                          self.image_key, self.id_key)
+            ids = [None] * sum(counts)  # read with the records, on the workers
+        else:
+            paths, ids, description = _source(self.data, self.image_size, channels, self.value_range, self.chunk)
         options = dict(self.method_options)
         options.setdefault("value_range", value_range)
         options.setdefault("seed", self.seed)
@@ -760,9 +891,11 @@ class ExplainImages(beam.PTransform):
             engine = int(recorded["engine_batch_size"])
         else:
             first = []
-            for path in paths:
+            samples = (_first_records(paths, self.image_key, 16) if records is not None else
+                       ((path, None) for path in paths))
+            for path, data in samples:
                 try:
-                    first.append(_decode(path, size, channels, self.value_range))
+                    first.append(_decode(path, size, channels, self.value_range, data))
                 except (ValueError, TypeError):  # a bad file: named (or skipped) by the pipeline
                     continue
                 if len(first) == 16:
@@ -782,10 +915,20 @@ class ExplainImages(beam.PTransform):
         with StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=False) as writer:
             finished = set(writer.finished())
         self.num_items = len(ids)
-        chunks = [(k, [(i, paths[i], ids[i]) for i in range(k * self.chunk, min((k + 1) * self.chunk, len(ids)))])
-                  for k in range(-(-len(ids) // self.chunk)) if k not in finished]
-        return {"settings": settings, "chunks": chunks, "num_items": len(ids), "item_shape": item_shape,
-                "handler": handler, "finished": finished, "value_range": value_range}
+        todo = [k for k in range(-(-len(ids) // self.chunk)) if k not in finished]
+        shards = None
+        if records is not None:  # a shard is read by one worker when it holds an item of an unfinished chunk
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+            wanted = set(todo)
+            shards = [(path, int(offsets[j]), int(counts[j])) for j, path in enumerate(paths)
+                      if any(k in wanted for k in range(offsets[j] // self.chunk,
+                                                        -(-offsets[j + 1] // self.chunk)))]
+            chunks = None
+        else:
+            chunks = [(k, [(i, paths[i], ids[i]) for i in range(k * self.chunk, min((k + 1) * self.chunk, len(ids)))])
+                      for k in todo]
+        return {"settings": settings, "chunks": chunks, "shards": shards, "todo": todo, "num_items": len(ids),
+                "item_shape": item_shape, "handler": handler, "finished": finished, "value_range": value_range}
 
     def expand(self, pbegin):
         from apache_beam.ml.inference.base import RunInference
@@ -793,11 +936,21 @@ class ExplainImages(beam.PTransform):
         plan = self.prepare()
         pipeline = pbegin.pipeline if hasattr(pbegin, "pipeline") else pbegin
         chunk, shape = self.chunk, plan["item_shape"]
-        decoded = (pipeline
-                   | "Chunks" >> beam.Create(plan["chunks"])
-                   | "Spread" >> beam.Reshuffle()
-                   | "Decode" >> beam.ParDo(_DecodeBatch(self.image_size, shape[2], self.value_range, self.on_error,
-                                                         chunk)).with_outputs("failed", main="examples"))
+        if plan["shards"] is not None:  # TFRecords: each shard read once, its items grouped by chunk
+            decoded = (pipeline
+                       | "Shards" >> beam.Create(plan["shards"])
+                       | "Spread" >> beam.Reshuffle()
+                       | "Read" >> beam.ParDo(_ReadShard(self.image_key, self.id_key, self.image_size, shape[2],
+                                                         self.value_range, self.on_error, chunk, plan["todo"]))
+                       | "GroupItems" >> beam.GroupByKey()
+                       | "Assemble" >> beam.ParDo(_AssembleChunk(chunk)).with_outputs("failed", main="examples"))
+        else:
+            decoded = (pipeline
+                       | "Chunks" >> beam.Create(plan["chunks"])
+                       | "Spread" >> beam.Reshuffle()
+                       | "Decode" >> beam.ParDo(_DecodeBatch(self.image_size, shape[2], self.value_range,
+                                                             self.on_error, chunk)).with_outputs("failed",
+                                                                                                 main="examples"))
         explained = (decoded.examples
                      | "Explain" >> RunInference(plan["handler"].with_no_batching())
                      | "ByChunk" >> beam.Map(_keyed_row, chunk))
