@@ -498,11 +498,10 @@ def _explain_dataset_beam(args, extra: List[str]) -> int:
     options = _beam_pipeline_options(args.runner, extra)
     _check_rsi_notebook([args.method], args)
     _check_method_flags([args.method], args)
-    for flag, dest in (("--split", "split"), ("--data-dir", "data_dir"), ("--labels", "labels"),
-                       ("--id-key", "id_key")):
+    for flag, dest in (("--split", "split"), ("--data-dir", "data_dir"), ("--labels", "labels")):
         if getattr(args, dest, None) is not None:
-            raise InvalidInputError(f"{flag}: --runner reads image files (a folder or a glob pattern of files), not "
-                                    "TFDS datasets or labels. " + received(flag, getattr(args, dest)))
+            raise InvalidInputError(f"{flag}: --runner reads image files (a folder or a glob pattern of image or "
+                                    "TFRecord files), not TFDS datasets or labels. " + received(flag, getattr(args, dest)))
     if args.target == "label":
         raise InvalidInputError("--target label: --runner explains the top-1 class or one class index. "
                                 + received("--target", "label"))
@@ -525,7 +524,7 @@ def _explain_dataset_beam(args, extra: List[str]) -> int:
         transform = ExplainImages(args.data, args.out, method=args.method, model_uri=args.model,
                                   method_options=settings, target=args.target, chunk=args.chunk, seed=args.seed,
                                   image_size=size, value_range=value_range, logits=True, on_error=args.on_error,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, image_key=args.image_key, id_key=args.id_key)
         pipeline = beam.Pipeline(options=options)
         _ = pipeline | "ExplainImages" >> transform
     try:
