@@ -6,6 +6,6 @@
 :func:`~tfattr.streaming.explain.explain_dataset` and :func:`~tfattr.streaming.evaluate.evaluate_dataset`.
 """
 
-from tfattr.streaming.store import Explanations, StoreWriter, open_explanations
+from tfattr.streaming.store import Explanations, StoreWriter, open_explanations, recorded_settings
 
-__all__ = ["Explanations", "StoreWriter", "open_explanations"]
+__all__ = ["Explanations", "StoreWriter", "open_explanations", "recorded_settings"]
