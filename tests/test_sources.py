@@ -70,6 +70,26 @@ def test_folder_pixels_equal_tfattr_explain_s_loading(folder, size):
             np.testing.assert_array_equal(decode_image_file(handle.read(), size, value_range=(-1, 2)), image)
 
 
+def test_jpeg_bmp_and_gif_files_decode_as_tfattr_explain_decodes_them(tmp_path):
+    """Also a large JPEG resized to a small size: the CLI decodes it at 1/8 of its side (a reduced decode)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (96, 80, 3), dtype=np.uint8), (5, 5), 0)
+    for name, kind in [("a.JPG", "JPEG"), ("b.bmp", "BMP"), ("c.gif", "GIF"), ("d.jpeg", "JPEG")]:
+        Image.fromarray(image).save(tmp_path / name, kind)
+    paths = [str(tmp_path / n) for n in ["a.JPG", "b.bmp", "c.gif", "d.jpeg"]]
+    for size in [None, (10, 10), (24, 20), (50, 40)]:  # JPEG reduced 8×, 2×, 1×
+        s = stream(str(tmp_path), batch=3, value_range=(0, 1), image_size=size)
+        assert s.ids == ["a.JPG", "b.bmp", "c.gif", "d.jpeg"]
+        _, _, x, _, errors = _collect(s)
+        assert errors == []
+        np.testing.assert_array_equal(x, cli._load_images(paths, size, (0.0, 1.0)))
+        np.testing.assert_array_equal(decode_image_file(paths[0], size, value_range=(0, 1)), x[0])
+    _, _, x, _, _ = _collect(stream(str(tmp_path), batch=3, value_range=(0, 1)))
+    np.testing.assert_array_equal(x[1], image / np.float32(255))  # BMP is lossless
+
+
 def test_grey_decoding_equals_the_cli_s(folder):
     root, images = folder
     paths = [os.path.join(root, name) for name in images]
@@ -302,6 +322,11 @@ def test_wrong_rank_dtype_and_nan_images_are_named():
         stream(tf.data.Dataset.from_tensor_slices(np.zeros((2, 3, 3, 1), bool)), batch=2)
     with pytest.raises(InvalidInputError, match=r"each image is \(height, width, channels\) \(grey images"):
         stream(tf.data.Dataset.from_tensor_slices(np.zeros((2, 3, 3))), batch=2)
+    with pytest.raises(InvalidInputError, match=r"\(a batched dataset: pass dataset.unbatch\(\)\)"):
+        stream(tf.data.Dataset.from_tensor_slices(np.zeros((4, 3, 3, 1))).batch(2), batch=2)
+    with pytest.raises(InvalidInputError, match=r"`image_key`: the dataset's elements are dicts with keys \['img', "
+                                                r"'label'\], without 'image'.*Received: image_key='image'"):
+        stream(tf.data.Dataset.from_tensor_slices({"img": np.zeros((2, 3, 3, 1)), "label": [0, 1]}), batch=2)
     x = np.ones((5, 2, 2, 1), np.float32)
     x[3, 1, 1, 0] = np.nan
     x[4, 0, 0, 0] = np.inf
@@ -344,6 +369,8 @@ def test_the_description_follows_the_data(folder, tmp_path):
     for name, image in images.items():
         _png(os.path.join(tmp_path, name), image)
     first = stream(str(tmp_path), batch=2).description
+    relative = stream(os.path.relpath(tmp_path), batch=2).description
+    assert relative == first  # the folder's absolute path and its files' names, sizes and times
     assert stream(str(tmp_path), batch=2, image_size=(3, 3)).description != first
     path = os.path.join(tmp_path, list(images)[0])
     _png(path, np.zeros((6, 5, 3), np.uint8))
