@@ -57,7 +57,7 @@ def _ig(model, **options):
 
 
 def _arrays(store):
-    return {"attributions": np.asarray(store.attributions[:]), "ids": np.asarray(store.ids[:]).astype(str),
+    return {"attributions": np.asarray(store.attributions[:]), "ids": [str(i) for i in store.ids[:]],
             "targets": np.asarray(store.targets[:]), "scores": np.asarray(store.scores[:]),
             "delta": np.asarray(store.delta[:]), "valid": np.asarray(store.valid[:])}
 
@@ -77,7 +77,7 @@ def test_store_equals_attribute_on_the_whole_batch(model, data, tmp_path):
     expected = np.asarray(reference.attributions)
     assert got["attributions"].shape == expected.shape
     assert np.max(np.abs(got["attributions"] - expected)) <= 64 * EPS32 * np.max(np.abs(expected))
-    assert got["ids"].tolist() == [str(i) for i in range(N)]  # in order
+    assert got["ids"] == [str(i) for i in range(N)]  # in order
     np.testing.assert_array_equal(got["targets"], labels)
     scale = 64 * EPS32 * np.max(np.abs(reference.scores))
     np.testing.assert_allclose(got["scores"], reference.scores, rtol=0, atol=scale)
@@ -96,7 +96,7 @@ _CHILD = textwrap.dedent("""
     model = keras.models.load_model(folder + "/model.keras")
     images, labels = np.load(folder + "/images.npy"), np.load(folder + "/labels.npy")
     method = tfattr.IntegratedGradients(model, steps=8, batch_size=32, baseline="uniform", seed=3)
-    explain_dataset(method, (images, labels), folder + "/out", target="label", batch_size=50, verbose=0)
+    explain_dataset(method, (images, labels), folder + "/out", target="label", batch_size=25, verbose=0)
 """)
 
 
@@ -106,37 +106,67 @@ def _markers(out):
 
 
 def test_killed_runs_resume_to_the_same_store_bit_for_bit(model, data, tmp_path):
-    images, labels = data
+    """Two processes SIGKILLed at random points (run side by side: a process costs ~8 s to start), one of
+    their stores then interrupted again in-process (KeyboardInterrupt inside attribution), both resumed:
+    each equals an uninterrupted run bit for bit (arrays and rows). A random method (uniform baseline)
+    checks the per-batch seeds too."""
+    images, labels = data[0][:300], data[1][:300]  # 12 chunks of 25
     model.save(tmp_path / "model.keras")
     np.save(tmp_path / "images.npy", images)
     np.save(tmp_path / "labels.npy", labels)
-    out = str(tmp_path / "out")
     rng = np.random.default_rng(30)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), KERAS_BACKEND="tensorflow",
                TF_CPP_MIN_LOG_LEVEL="3")
-    killed_at = []
-    for low, high in ((2, 12), (14, 30)):  # two processes killed (SIGKILL) at random points: each resumes the last
-        wanted = int(rng.integers(low, high))
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while _markers(out) < wanted and child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-        time.sleep(float(rng.uniform(0, 0.03)))  # anywhere in the next chunk: computing, compressing, committing
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        killed_at.append(_markers(out))
-    assert 0 < killed_at[0] < 40 and killed_at[0] <= killed_at[1] < 40, killed_at  # killed before the end
+    outs = [str(tmp_path / "a" / "out"), str(tmp_path / "b" / "out")]
+    wanted = [int(rng.integers(1, 5)), int(rng.integers(5, 10))]
+    children = []
+    for out in outs:
+        os.makedirs(os.path.dirname(out))
+        os.symlink(tmp_path / "model.keras", os.path.join(os.path.dirname(out), "model.keras"))
+        os.symlink(tmp_path / "images.npy", os.path.join(os.path.dirname(out), "images.npy"))
+        os.symlink(tmp_path / "labels.npy", os.path.join(os.path.dirname(out), "labels.npy"))
+        children.append(subprocess.Popen([sys.executable, "-c", _CHILD, os.path.dirname(out)], env=env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.monotonic() + 180
+    running = [0, 1]
+    while running and time.monotonic() < deadline:
+        for i in list(running):
+            if _markers(outs[i]) >= wanted[i] or children[i].poll() is not None:
+                time.sleep(float(rng.uniform(0, 0.03)))  # anywhere in the next chunk (computing, writing)
+                children[i].send_signal(signal.SIGKILL)
+                children[i].wait()
+                running.remove(i)
+        time.sleep(0.005)
+    killed_at = [_markers(out) for out in outs]
+    assert all(0 < k < 12 for k in killed_at), killed_at  # killed before the end, after a chunk
     loaded = keras.models.load_model(tmp_path / "model.keras")
     method = tfattr.IntegratedGradients(loaded, steps=8, batch_size=32, baseline="uniform", seed=3)
-    resumed = explain_dataset(method, (images, labels), out, target="label", batch_size=50, verbose=0)
-    fresh = explain_dataset(method, (images, labels), tmp_path / "fresh", target="label", batch_size=50, verbose=0)
-    a, b = _arrays(resumed), _arrays(fresh)
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
-    rows_a, rows_b = _rows(resumed), _rows(fresh)
-    assert rows_a.equals(rows_b)
-    assert resumed.settings == fresh.settings
+    calls = {"n": 0, "stop": int(rng.integers(1, 12 - killed_at[0]))}
+    attribute = method.attribute
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["stop"]:
+            raise KeyboardInterrupt
+        return attribute(*args, **kwargs)
+
+    method.attribute = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        explain_dataset(method, (images, labels), outs[0], target="label", batch_size=25, verbose=0)
+    del method.attribute
+    assert killed_at[0] <= _markers(outs[0]) < 12
+    resumed = [explain_dataset(method, (images, labels), out, target="label", batch_size=25, verbose=0)
+               for out in outs]  # the lock of the interrupted run was released
+    fresh = explain_dataset(method, (images, labels), tmp_path / "fresh", target="label", batch_size=25, verbose=0)
+    b = _arrays(fresh)
+    for store in resumed:
+        a = _arrays(store)
+        assert a["ids"] == b["ids"]
+        for name in a:
+            if name != "ids":
+                assert a[name].dtype == b[name].dtype and a[name].tobytes() == b[name].tobytes(), name
+        assert _rows(store).equals(_rows(fresh))
+        assert store.settings == fresh.settings and store.complete
 
 
 def test_batches_of_a_random_method_draw_from_their_own_seeds():
@@ -158,6 +188,39 @@ def test_a_changed_method_option_on_the_same_out_is_an_error_naming_it(model, da
                         verbose=0)
     store = explain_dataset(_ig(model), images[:100], tmp_path / "out", verbose=0)  # the same run: nothing to do
     assert len(store) == 100
+
+
+def test_auto_engine_chunk_size_is_measured_once_recorded_and_reused(model, data, tmp_path):
+    images = data[0][:200]
+    method = tfattr.IntegratedGradients(model, steps=8)  # batch_size="auto"
+    store = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0, durable=False)
+    size = store.settings["engine_batch_size"]
+    assert isinstance(size, int) and size in (8, 16, 32, 64)  # a power of two up to the CPU cap
+    first = np.asarray(store.attributions[:])
+    os.remove(tmp_path / "out" / "done" / "chunk-00002.json")  # chunk 2 unfinished: computed again
+    again = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0, durable=False)
+    assert again.settings["engine_batch_size"] == size
+    assert np.asarray(again.attributions[:]).tobytes() == first.tobytes()
+
+
+def test_a_failing_write_is_raised_in_the_caller_and_the_run_resumes(model, data, tmp_path, monkeypatch):
+    from tfattr.streaming.store import StoreWriter
+
+    images = data[0][:256]
+    write = StoreWriter.write_chunk
+
+    def failing(self, k, *args, **kwargs):
+        if k == 2:
+            raise OSError(28, "No space left on device")
+        return write(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(StoreWriter, "write_chunk", failing)
+    with pytest.raises(OSError, match="No space left"):
+        explain_dataset(_ig(model), images, tmp_path / "out", verbose=0)
+    monkeypatch.setattr(StoreWriter, "write_chunk", write)
+    store = explain_dataset(_ig(model), images, tmp_path / "out", verbose=0)  # the lock was released
+    fresh = explain_dataset(_ig(model), images, tmp_path / "fresh", verbose=0)
+    assert store.complete and np.asarray(store.attributions[:]).tobytes() == np.asarray(fresh.attributions[:]).tobytes()
 
 
 def test_unknown_method_option_is_an_error(model, data, tmp_path):
@@ -207,14 +270,14 @@ def test_bad_items_are_skipped_and_reported(model, data, tmp_path, capsys):
 
 
 def test_progress_counts_images_in_lines_outside_a_terminal(model, data, tmp_path, capsys):
-    images = data[0][:640]
-    explain_dataset(_ig(model), images, tmp_path / "out", verbose=1)
+    images = data[0][:320]
+    explain_dataset(_ig(model), images, tmp_path / "out", batch_size=32, verbose=1, durable=False)
     lines = capsys.readouterr().out.splitlines()
     progress = [line for line in lines if " images - " in line and "images/s" in line]
-    assert [line.split()[0] for line in progress] == [f"{64 * k}/640" for k in range(1, 11)]
+    assert [line.split()[0] for line in progress] == [f"{32 * k}/320" for k in range(1, 11)]
     assert "\r" not in "".join(lines) and "ETA" in progress[0]
-    explain_dataset(_ig(model), images, tmp_path / "quiet", verbose=0)
-    explain_dataset(_ig(model), images, tmp_path / "auto", verbose="auto")  # auto: nothing in logs
+    explain_dataset(_ig(model), images[:64], tmp_path / "quiet", verbose=0)
+    explain_dataset(_ig(model), images[:64], tmp_path / "auto", verbose="auto")  # auto: nothing in logs
     assert capsys.readouterr().out == ""
 
 
@@ -232,11 +295,11 @@ def _metric_values(rows):
 
 
 def test_evaluate_dataset_equals_evaluate_and_resumes(model, data, tmp_path):
-    images, labels = data[0][:160], data[1][:160]
+    images, labels = data[0][:96], data[1][:96]
     methods = [("gradient", tfattr.Gradient(model, batch_size=64)), ("ig", _ig(model))]
     options = dict(aupc_kernel=4, aupc_regions=4, aupc_perturbations=4, seed=5)
     rows = tfattr.evaluate_dataset(model, (images, labels), methods, None, tmp_path / "eval", target="label",
-                                   verbose=0, **options)
+                                   batch_size=48, verbose=0, durable=False, **options)
     reference = evaluate(model, images, methods, labels=labels, verbose=False, **options)
     assert [r.method for r in rows] == ["gradient", "ig"]
     for got, expected in zip(rows, reference):
@@ -256,7 +319,7 @@ def test_evaluate_dataset_equals_evaluate_and_resumes(model, data, tmp_path):
     # an unfinished chunk of one method (its marker removed) is computed again; the table is the same
     os.remove(tmp_path / "eval" / "ig" / "done" / "chunk-00001.json")
     again = tfattr.evaluate_dataset(model, (images, labels), methods, None, tmp_path / "eval", target="label",
-                                    verbose=0, **options)
+                                    batch_size=48, verbose=0, durable=False, **options)
     first, second = _metric_values(rows), _metric_values(again)
     assert first.keys() == second.keys()
     for key in first:
@@ -280,7 +343,7 @@ def test_cli_explain_dataset_on_a_folder(model, tmp_path, capsys):
             "--out", str(tmp_path / "out")]
     assert cli.main(argv) == 0
     store = tfattr.open_explanations(tmp_path / "out")
-    ids = np.asarray(store.ids[:]).astype(str).tolist()
+    ids = [str(i) for i in store.ids[:]]
     assert ids == sorted(ids) and len(ids) == 12 and ids[0] == "a/0.png"
     np.testing.assert_array_equal(np.asarray(store.targets[:]), [0] * 6 + [1] * 6)
     capsys.readouterr()
