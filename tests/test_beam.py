@@ -20,15 +20,18 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("apache_beam")  # the [beam] extra: the test step that installs it runs this file
+import tfattr
+from tfattr.errors import InvalidInputError
 
-import apache_beam as beam  # noqa: E402
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+# the [beam] extra: every test here needs apache-beam (imported inside the tests, so that `-m "not beam"`
+# leaves them out where the extra is not installed)
+pytestmark = pytest.mark.beam
 
-import tfattr  # noqa: E402
-from tfattr.beam import ExplanationModelHandler, batch_seed, load_model  # noqa: E402
-from tfattr.errors import InvalidInputError  # noqa: E402
+
+def load_model(path):
+    from tfattr.beam import load_model as load
+
+    return load(path)
 
 SIDE = 16
 BOUND = 2e-4
@@ -77,6 +80,8 @@ def test_import_tfattr_does_not_import_beam():
 
 def test_handler_batch_equals_attribute(model_path, images):
     """One run_inference call: the maps, targets, scores and deltas of IG.attribute on the same images."""
+    from tfattr.beam import ExplanationModelHandler
+
     handler = ExplanationModelHandler(model_path, "ig", {"steps": 16, "batch_size": 32})
     loaded = handler.load_model()
     results = list(handler.run_inference(list(images[:10]), loaded))
@@ -98,6 +103,12 @@ def test_handler_batch_equals_attribute(model_path, images):
 def test_keyed_handler_in_a_pipeline(model_path, images):
     """KeyedModelHandler on the DirectRunner (Beam batches the elements as it likes): every key once, its own
     map. (Two worker processes: test_explain_images_on_two_worker_processes_equals_attribute.)"""
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from tfattr.beam import ExplanationModelHandler
+
     handler = ExplanationModelHandler(model_path, "gradient", {"batch_size": 32}, max_batch_size=5)
     options = PipelineOptions()
     out = str(os.path.join(os.path.dirname(model_path), "keyed"))
@@ -117,6 +128,8 @@ def test_keyed_handler_in_a_pipeline(model_path, images):
 
 
 def test_handler_errors_name_the_element(model_path, images):
+    from tfattr.beam import ExplanationModelHandler
+
     handler = ExplanationModelHandler(model_path, "gradient", {}, on_error="skip")
     loaded = handler.load_model()
     batch = [{"image": images[0], "index": 0, "id": "a.png"},
@@ -138,6 +151,8 @@ def test_handler_errors_name_the_element(model_path, images):
 def test_seed_blocks_do_not_depend_on_beam_batching(model_path, images):
     """A random method (RISE) with seed_block: items of block b draw batch_seed(seed, b), however the
     elements are batched: one batch of 12 (two blocks) equals two calls of the blocks' own seeds."""
+    from tfattr.beam import ExplanationModelHandler, batch_seed
+
     options = {"n_masks": 40, "grid": 4, "batch_size": 32, "seed": 5}
     handler = ExplanationModelHandler(model_path, "rise", options, seed_block=6)
     loaded = handler.load_model()
@@ -173,6 +188,9 @@ def folder200(tmp_path_factory):
 
 
 def _run(transform, **options):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     with beam.Pipeline(options=PipelineOptions(**options)) as pipeline:
         _ = pipeline | transform
 
