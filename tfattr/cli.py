@@ -481,7 +481,11 @@ def _beam_pipeline_options(runner: str, extra: List[str]):
         raise InvalidInputError("--runner needs Apache Beam: pip install 'tfattr[beam]'. "
                                 + received("--runner", runner)) from None
     flags = ["--runner", runner] + list(extra)
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    try:  # Beam's own parser class (value-provider arguments), as PipelineOptions.get_all_options parses
+        from apache_beam.options.pipeline_options import _BeamArgumentParser as BeamParser
+    except ImportError:  # pragma: no cover - another Beam version
+        BeamParser = argparse.ArgumentParser
+    parser = BeamParser(allow_abbrev=False, add_help=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)  # noqa: SLF001 - what PipelineOptions.get_all_options parses with
     _, unknown = parser.parse_known_args(flags)
