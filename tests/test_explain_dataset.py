@@ -71,7 +71,7 @@ def _rows(store):
 def test_store_equals_attribute_on_the_whole_batch(model, data, tmp_path):
     images, labels = data
     method = _ig(model)
-    store = explain_dataset(method, (images, labels), tmp_path / "out", target="label", verbose=0)
+    store = explain_dataset(method, (images, labels), tmp_path / "out", target="label", verbose=0, durable=False)
     reference = method.attribute(images, target=labels)
     got = _arrays(store)
     expected = np.asarray(reference.attributions)
@@ -191,9 +191,14 @@ def test_a_changed_method_option_on_the_same_out_is_an_error_naming_it(model, da
 
 
 def test_auto_engine_chunk_size_is_measured_once_recorded_and_reused(model, data, tmp_path):
-    images = data[0][:200]
+    """Also a tf.data pipeline of unknown cardinality (the store grows as chunks commit)."""
+    import tensorflow as tf
+
+    images = tf.data.Dataset.from_tensor_slices(data[0][:200]).filter(lambda image: True)
+    assert images.cardinality() == tf.data.UNKNOWN_CARDINALITY
     method = tfattr.IntegratedGradients(model, steps=8)  # batch_size="auto"
     store = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0, durable=False)
+    assert store.complete and len(store) == 200
     size = store.settings["engine_batch_size"]
     assert isinstance(size, int) and size in (8, 16, 32, 64)  # a power of two up to the CPU cap
     first = np.asarray(store.attributions[:])
@@ -201,6 +206,8 @@ def test_auto_engine_chunk_size_is_measured_once_recorded_and_reused(model, data
     again = explain_dataset(method, images, tmp_path / "out", batch_size=50, verbose=0, durable=False)
     assert again.settings["engine_batch_size"] == size
     assert np.asarray(again.attributions[:]).tobytes() == first.tobytes()
+    expected = method.attribute(data[0][:200], batch_size=size).attributions
+    assert np.max(np.abs(first - expected)) <= 64 * EPS32 * np.max(np.abs(expected))
 
 
 def test_a_failing_write_is_raised_in_the_caller_and_the_run_resumes(model, data, tmp_path, monkeypatch):
@@ -228,6 +235,15 @@ def test_unknown_method_option_is_an_error(model, data, tmp_path):
         explain_dataset(_ig(model), data[0][:10], tmp_path / "out", method_options={"stepz": 3}, verbose=0)
     with pytest.raises(InvalidInputError, match="reads the settings"):
         explain_dataset("ig", data[0][:10], tmp_path / "out2", model=model, method_options={"stepz": 3}, verbose=0)
+
+
+def test_a_target_outside_the_classes_is_an_argument_error(model, data, tmp_path):
+    for target in (10, np.r_[np.zeros(9, int), 11]):
+        for on_error in ("raise", "skip"):
+            with pytest.raises(InvalidInputError, match="the model has 10 classes"):
+                explain_dataset(_ig(model), data[0][:10], tmp_path / "out", target=target, on_error=on_error,
+                                verbose=0)
+    assert not os.path.exists(tmp_path / "out")  # nothing written
 
 
 def _bad_data(data):

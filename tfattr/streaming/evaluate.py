@@ -34,6 +34,7 @@ from tfattr.streaming.explain import (
     _settings,
     _target_spec,
     batch_items,
+    check_target_classes,
     explain_batch,
     run_stream,
     show_summary,
@@ -172,6 +173,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     item_shape = tuple(int(d) for d in getattr(probe, "item_shape", ()) or ())
     resolved = _methods(methods, model, item_shape, seed, value_range)
     num_classes = _output_classes(model)
+    check_target_classes(target, num_classes)
     if isinstance(target, np.ndarray) and probe.num_items is not None and len(target) != probe.num_items:
         raise InvalidInputError(f"`target` must hold one class per item ({probe.num_items}). "
                                 + received("len(target)", len(target)))

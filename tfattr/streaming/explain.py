@@ -322,6 +322,17 @@ def _target_spec(target):
     return array.astype(np.int64), {"array": canonical(array.astype(np.int64), "target")}
 
 
+def check_target_classes(target, num_classes: Optional[int]) -> None:
+    """A class ``target`` (an int, or one per item) outside the model's classes is an argument error,
+    raised before any work whatever ``on_error`` says (only the data's labels follow ``on_error``)."""
+    if num_classes is None or target is None or isinstance(target, str):
+        return
+    largest = int(np.max(target)) if np.size(target) else -1
+    if largest >= num_classes:
+        raise InvalidInputError(f"`target` names class {largest}; the model has {num_classes} classes. "
+                                + received("target" if np.ndim(target) == 0 else "max(target)", largest))
+
+
 def _num_classes(method) -> Optional[int]:
     for owner in (method, getattr(method, "method", None)):
         spec = getattr(owner, "spec", None)
@@ -486,7 +497,7 @@ def _batch_targets(plan: _Plan, batch, keep: np.ndarray, errors: Dict[int, str])
         if batch.labels is None:
             raise InvalidInputError("target='label' reads the dataset's labels, and the data yields none (set "
                                     "label_key=, or pass (images, labels)). " + received("target", "label"))
-        values = np.asarray(batch.labels).reshape(n, -1)[:, 0]
+        values = _labels(batch)
         if not np.issubdtype(values.dtype, np.integer):
             if not np.all(np.isfinite(values.astype(np.float64))) or np.any(values != np.round(values)):
                 raise InvalidInputError("target='label' needs integer class labels. "
@@ -505,6 +516,18 @@ def _batch_targets(plan: _Plan, batch, keep: np.ndarray, errors: Dict[int, str])
                 errors[i] = message
                 plan.skipped["label out of range"] = plan.skipped.get("label out of range", 0) + 1
     return values
+
+
+def _labels(batch) -> np.ndarray:
+    """The batch's labels, one per item (``(n,)`` or ``(n, 1)``; one-hot or several labels per item are
+    refused rather than read as their first column)."""
+    labels = np.asarray(batch.labels)
+    n = len(batch.ids)
+    if labels.shape not in ((n,), (n, 1)):
+        raise InvalidInputError(f"the data's labels must be one class index per item; items {batch.index0}–"
+                                f"{batch.index0 + n - 1} have labels of shape {labels.shape} (one-hot labels: take "
+                                "their argmax first). " + received("labels.shape", labels.shape))
+    return labels.reshape(n)
 
 
 def batch_items(plan: _Plan, batch):
@@ -556,7 +579,9 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
             blank_maps = plan.method.attribute(blank, **dict(plan.options, verbose=0)).attributions
             plan.map_shape = tuple(np.shape(blank_maps)[1:])
         attributions = np.full((n,) + plan.map_shape, np.nan, np.float32)
-    labels = None if batch.labels is None else np.asarray(batch.labels).reshape(n, -1)[:, 0]
+    labels = None  # the rows' label column: the data's class labels (not one-hot ones: none then)
+    if batch.labels is not None and np.shape(batch.labels) in ((n,), (n, 1)):
+        labels = _labels(batch)
     rows = []
     for i in range(n):
         label = None
@@ -784,6 +809,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         seed = int(config.get("seed") or 0) if seeded else 0
     plan = _Plan(method=method, target=target, on_error=on_error, seed=int(seed), seeded=seeded, options=options,
                  num_classes=_num_classes(method), item_shape=item_shape)
+    check_target_classes(target, plan.num_classes)
     if isinstance(target, np.ndarray) and probe.num_items is not None and len(target) != probe.num_items:
         raise InvalidInputError(f"`target` must hold one class per item ({probe.num_items}). "
                                 + received("len(target)", len(target)))
