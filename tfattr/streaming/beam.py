@@ -1126,7 +1126,7 @@ class EvaluateImages(beam.PTransform):
         model, the methods and metrics, each store opened or checked, the chunks left to do."""
         from tfattr.core.keys import Uncacheable, canonical
         from tfattr.core.ranges import resolve_value_range
-        from tfattr.evaluation import _model_key
+        from tfattr.evaluation import model_key as _model_key
         from tfattr.metrics.registry import resolve_metrics
         from tfattr.metrics.statistics import check_confidence
         from tfattr.streaming.evaluate import DEFAULT_METRICS, _folder_name, _methods
