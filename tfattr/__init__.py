@@ -80,6 +80,9 @@ from tfattr.methods import (  # noqa: E402
     adaptive_noising,
     reduce_last_axis,
 )
+from tfattr.streaming.evaluate import evaluate_dataset  # noqa: E402
+from tfattr.streaming.explain import explain_dataset  # noqa: E402
+from tfattr.streaming.store import open_explanations  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -141,4 +144,7 @@ __all__ = [
     "FeaturePermutation",
     "adaptive_noising",
     "SaliencyLogger",
+    "explain_dataset",
+    "evaluate_dataset",
+    "open_explanations",
 ]

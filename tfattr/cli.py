@@ -2,12 +2,20 @@
 
     tfattr explain --model model.keras --images a.png b.jpg --method ig --baseline blur --out out/
     tfattr demo [--out outputs/demo]
+    tfattr explain-dataset --model model.keras --data photos/ --method ig --steps 32 --target label --out maps/
+    tfattr evaluate-dataset --model model.keras --data imagenette/320px-v2 --split validation --methods gradient,ig \
+        --metrics aupc,deletion --out eval/
     tfattr baseline train --model model.keras|vgg19|efficientnet_lite0 --out saved_baselines/NAME [--lam 0.9 ...]
     tfattr baseline show saved_baselines/NAME [--model model.keras]
 
 ``explain`` writes one overlay PNG per image and method, named by the image file's stem (``stem-2``,
 ``stem-3``, ... for later files with the same stem), plus ``attributions.npz`` (with the image paths
 in ``sources``, the output names in ``names`` and the options the method ran with in ``options``, JSON).
+``explain-dataset`` streams a whole dataset (a folder of image files or a TFDS name) through one method into
+a chunked store (:func:`tfattr.explain_dataset`; rerun the same command to resume after a crash);
+``evaluate-dataset`` does the same for several methods and metrics and writes ``table.md``/``table.csv``
+(:func:`tfattr.evaluate_dataset`). ``--chunk`` is images per batch and store chunk, ``--batch-size`` the
+engine's points per pass as for ``explain``.
 ``baseline train`` trains the uniform-output baseline of Lerma & Lucas (2022) and saves it
 (SavedModel + metadata.json); ``baseline show`` prints its metadata and statistics.
 Images are decoded in 8 bits at the model's input size (a large JPEG at 1/2, 1/4 or 1/8 of its side by the
@@ -115,6 +123,23 @@ def _probability(flag: str, closed: bool = False):
         if not ((0 <= value <= 1) if closed else (0 < value <= 1)):
             what = "a number in [0, 1]" if closed else "a probability in (0, 1]"
             raise argparse.ArgumentTypeError(f"expected {what}. " + received(flag, text))
+        return value
+
+    return parse
+
+
+def _target(flag: str):
+    """An argparse type: ``top1`` (``None``), ``label`` or a class index ≥ 0."""
+
+    def parse(text: str):
+        if text in ("top1", "label"):
+            return None if text == "top1" else text
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError("expected top1, label or a class index ≥ 0. " + received(flag, text))
         return value
 
     return parse
@@ -315,7 +340,7 @@ def _check_method_flags(names: List[str], args) -> None:
     from tfattr.baselines.registry import is_random
 
     flag_of = "--methods" if hasattr(args, "methods") else "--method"
-    command = "evaluate" if hasattr(args, "methods") else "explain"
+    command = getattr(args, "command", None) or ("evaluate" if hasattr(args, "methods") else "explain")
     for dest, flag, default in METHOD_FLAGS:
         value = getattr(args, dest, default)
         if value == default or (dest == "sigma" and value == float(default)):
@@ -376,13 +401,8 @@ def _check_rsi_notebook(names, args) -> None:
 _FLAG_OF = {dest: flag for dest, flag, _ in METHOD_FLAGS}
 
 
-def _build_method(name: str, model, args, value_range, images=None):
-    """The method ``name`` from :data:`tfattr.methods.registry.REGISTRY`, built from the flags (``images``:
-    the images it explains, for a segmentation's feature masks and a named baseline distribution)."""
-    from tfattr.methods.registry import build_method, entry
-
-    argument = "--methods" if hasattr(args, "methods") else "--method"
-    entry(name, argument)
+def _method_settings(args, value_range, images=None) -> dict:
+    """The registry settings of the flags (``--window 5``: a square; a number as ``--baseline``: the constant)."""
     settings = dict(vars(args), value_range=value_range, images=images)
     for dest in ("window", "strides"):  # one value: a square
         if settings.get(dest) is not None:
@@ -397,8 +417,31 @@ def _build_method(name: str, model, args, value_range, images=None):
             number = math.nan
         if math.isfinite(number):
             settings["baseline"] = number
+    return settings
+
+
+def _build_method(name: str, model, args, value_range, images=None):
+    """The method ``name`` from :data:`tfattr.methods.registry.REGISTRY`, built from the flags (``images``:
+    the images it explains, for a segmentation's feature masks and a named baseline distribution)."""
+    from tfattr.methods.registry import build_method, entry
+
+    argument = "--methods" if hasattr(args, "methods") else "--method"
+    entry(name, argument)
+    settings = _method_settings(args, value_range, images)
     with _flag_errors():
         return build_method(name, model, settings, argument)
+
+
+def _dataset_settings(name: str, args, value_range) -> dict:
+    """The settings the registry entry ``name`` reads, from the flags (those left at ``None``: the method's
+    defaults), for :func:`tfattr.explain_dataset`'s ``method_options`` (the images are the dataset's)."""
+    from tfattr.methods.registry import entry
+
+    found = entry(name, "--methods" if hasattr(args, "methods") else "--method")
+    with _flag_errors():
+        settings = _method_settings(args, value_range)
+    return {key: settings[key] for key in found.settings
+            if key not in ("verbose", "images") and settings.get(key) is not None}
 
 
 @contextlib.contextmanager
@@ -458,6 +501,51 @@ def _parser() -> argparse.ArgumentParser:
                                "e.g. max_sensitivity,local_lipschitz_estimate,model_parameter_randomisation")
     _method_options(evaluate)
     evaluate.add_argument("--out", default=os.path.join("outputs", "evaluate"), help="output folder (tables, cache)")
+
+    for command in ("explain-dataset", "evaluate-dataset"):
+        several = command == "evaluate-dataset"
+        dataset = sub.add_parser(command, help="score methods over a whole dataset, streaming and resumable (a store "
+                                               "per method, per-image metric rows, the table)" if several else
+                                 "explain a whole dataset into a chunked on-disk store, streaming and resumable")
+        dataset.add_argument("--model", required=True,
+                             help="a .keras file (its softmax head is stripped: logits are explained) or a "
+                                  "keras.applications name")
+        dataset.add_argument("--weights", default="imagenet", help="keras.applications weights: imagenet or none")
+        dataset.add_argument("--data", required=True,
+                             help="a folder of image files (PNG, JPEG, BMP, GIF; sorted relative paths are the ids) "
+                                  "or a TFDS dataset name (with --split)")
+        dataset.add_argument("--split", default=None, help="TFDS split (e.g. validation, test[:1000])")
+        dataset.add_argument("--data-dir", default=None, help="TFDS data folder (default: TFDS's)")
+        dataset.add_argument("--labels", choices=("folders",), default=None,
+                             help="a folder's labels: its first-level sub-folder names, sorted, are the classes")
+        dataset.add_argument("--image-key", default="image", help="TFDS image feature (default: image)")
+        dataset.add_argument("--label-key", default="label", help="TFDS label feature (default: label)")
+        dataset.add_argument("--id-key", default=None, help="TFDS feature holding each item's id (default: the index)")
+        if several:
+            dataset.add_argument("--methods", required=True, help="comma-separated methods (one store each)")
+            dataset.add_argument("--metrics", default=None,
+                                 help="comma-separated metric names (default: AUPC, AUTVC, deletion, insertion and "
+                                      "completeness for path methods)")
+            dataset.add_argument("--aupc-kernel", type=_integer("--aupc-kernel", 1), default=None,
+                                 help="AUPC window side (default: 15 scaled to the image side)")
+            dataset.add_argument("--confidence", type=_number("--confidence", "> 0"), default=0.95,
+                                 help="level of the bootstrap intervals (default: 0.95)")
+        else:
+            dataset.add_argument("--method", choices=_methods(), default="ig", help="attribution method (default: ig)")
+        dataset.add_argument("--target", type=_target("--target"), default=None,
+                             help="top1 (default: each image's top-1 class), label (the dataset's labels) or a class "
+                                  "index")
+        dataset.add_argument("--size", type=_integer("--size", 1, maximum=10_000), nargs="+", default=None,
+                             metavar="SIDE", help="resize the images to SIDE×SIDE or H×W (default: the model's size)")
+        dataset.add_argument("--chunk", type=_integer("--chunk", 1, maximum=MAX_COUNT), default=64,
+                             help="images per batch and per store chunk (default: 64)")
+        dataset.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                             help="a corrupt image or a label out of range: stop with an error naming it (raise, "
+                                  "default) or skip it, its row saying why (skip)")
+        dataset.add_argument("--overwrite", action="store_true", help="delete an existing store at --out first")
+        dataset.add_argument("--quiet", action="store_true", help="no progress display")
+        _method_options(dataset)
+        dataset.add_argument("--out", required=True, help="output folder (the store; rerun the command to resume)")
 
     demo = sub.add_parser("demo", help="run the demo (every method on real photos, pictures + table)")
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
@@ -1084,6 +1172,75 @@ def _baseline(args) -> int:
     return 0
 
 
+def _dataset_common(args):
+    """The model, value range, image size and channels of ``explain-dataset``/``evaluate-dataset``."""
+    _check_out(args.out)
+    if args.size is not None and len(args.size) > 2:
+        raise InvalidInputError("--size takes SIDE or H W. " + received("--size", args.size))
+    model, default_range = _load_model(args.model, args.weights)
+    value_range = tuple(args.value_range) if args.value_range else default_range
+    args.value_range = value_range
+    size, channels = _image_shape(model, args.size)
+    return model, value_range, size, channels
+
+
+def _dataset_source(args):
+    """``--data``: a folder as it is, else a TFDS name (which needs --split)."""
+    if os.path.isdir(args.data):
+        return args.data
+    if os.path.exists(args.data):
+        raise InvalidInputError("--data: a folder of image files or a TFDS dataset name; this is a file. "
+                                + received("--data", args.data))
+    if args.split is None:
+        raise InvalidInputError(f"--data {args.data!r} is not a folder; as a TFDS dataset name it needs --split. "
+                                + received("--split", None))
+    return args.data
+
+
+def _explain_dataset(args) -> int:
+    from tfattr.streaming.explain import explain_dataset
+
+    _check_rsi_notebook([args.method], args)
+    _check_method_flags([args.method], args)
+    data = _dataset_source(args)
+    model, value_range, size, channels = _dataset_common(args)
+    settings = _dataset_settings(args.method, args, value_range)
+    with _flag_errors():
+        store = explain_dataset(args.method, data, args.out, args.target, model=model, method_options=settings,
+                                split=args.split, data_dir=args.data_dir, batch_size=args.chunk, seed=args.seed,
+                                on_error=args.on_error, verbose=0 if args.quiet else 1, image_size=size,
+                                image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
+                                labels=args.labels, channels=channels, value_range=value_range,
+                                overwrite=args.overwrite)
+    print(f"{len(store)} items in {os.path.abspath(args.out)} (read with tfattr.open_explanations)")
+    return 0
+
+
+def _evaluate_dataset(args) -> int:
+    from tfattr.streaming.evaluate import evaluate_dataset
+
+    names = _method_names(args)
+    _check_rsi_notebook(names, args)
+    _check_method_flags(names, args)
+    metric_names = _metric_names(args.metrics)
+    if not 0 < args.confidence < 1:
+        raise InvalidInputError("--confidence must be in (0, 1), e.g. 0.95. " + received("--confidence", args.confidence))
+    data = _dataset_source(args)
+    model, value_range, size, channels = _dataset_common(args)
+    side = size[1] if size is not None else None
+    kernel = args.aupc_kernel or (max(2, round(15 * side / 224)) if side else 15)
+    methods = [(name, _dataset_settings(name, args, value_range)) for name in names]
+    with _flag_errors():
+        evaluate_dataset(model, data, methods, metric_names, args.out, target=args.target, value_range=value_range,
+                         split=args.split, data_dir=args.data_dir, batch_size=args.chunk, seed=args.seed,
+                         on_error=args.on_error, verbose=0 if args.quiet else 1, image_size=size,
+                         image_key=args.image_key, label_key=args.label_key, id_key=args.id_key, labels=args.labels,
+                         channels=channels, aupc_kernel=kernel,
+                         confidence=args.confidence, overwrite=args.overwrite)
+    print(os.path.join(args.out, "table.md"))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -1093,7 +1250,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if value_range is not None and not value_range[0] < value_range[1]:  # reversed: every image inverted
             raise InvalidInputError("--value-range: LOW must be below HIGH. "
                                     + received("--value-range", " ".join(f"{v:g}" for v in value_range)))
-        return {"explain": _explain, "evaluate": _evaluate, "demo": _demo, "baseline": _baseline}[args.command](args)
+        return {"explain": _explain, "evaluate": _evaluate, "demo": _demo, "baseline": _baseline,
+                "explain-dataset": _explain_dataset, "evaluate-dataset": _evaluate_dataset}[args.command](args)
     except (ValueError, TypeError, OSError) as error:
         print(f"tfattr {args.command}: error: {error}", file=sys.stderr)
         return 2
