@@ -29,6 +29,7 @@ from tfattr.streaming.store import (
     StoreWriter,
     UnfinishedChunkError,
     open_explanations,
+    recorded_settings,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +64,11 @@ for name in ("tfattr", "tfattr.streaming"):  # the store without the package top
     module = types.ModuleType(name)
     module.__path__ = [os.path.join(root, *name.split("."))]
     sys.modules[name] = module
+class NoPandas:  # pyarrow imports pandas if it can (~1 s a process); writing rows does not need it
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is left out of this test worker")
+sys.meta_path.insert(0, NoPandas())
 import numpy as np
 import zarr
 import zarr.storage._local as local
@@ -105,12 +111,15 @@ settings = args["settings"]
 if args.get("go"):
     while not os.path.exists(args["go"]):
         time.sleep(0.005)
-writer = store.StoreWriter.open(args["out"], settings, args["chunk"], args["num_items"], lock=args["lock"])
+writer = store.StoreWriter.open(args["out"], settings, args["chunk"], args["num_items"], lock=args["lock"],
+                                durable=args.get("durable", True))
 for k in args["chunks"]:
     if k in writer.finished():
         continue
     start, ids, arrays, rows = chunk_data(k, args["chunk"], args["total"])
     writer.write_chunk(k, start, ids, arrays, rows)
+if args.get("finish"):
+    writer.finish(args["total"])
 writer.close()
 print("done", flush=True)
 '''
@@ -178,6 +187,7 @@ def test_round_trip_in_any_chunk_order_returns_what_was_written(tmp_path, num_it
     assert ex.attributions.shape == (10, 16, 16, 3)
     # lazy slicing: ints, negative ints, steps, int arrays, masks, item dimensions
     _assert_equal(ex.attributions[-1], expected["attributions"][-1])
+    assert ex.ids[0] == "img-00000" and ex.targets[3] == 3 and ex.scores[7] == 1.0 and np.isnan(ex.delta[4])
     _assert_equal(ex.attributions[1:9:3, 2, :, 1], expected["attributions"][1:9:3, 2, :, 1])
     _assert_equal(ex.attributions[[9, 0, 4]], expected["attributions"][[9, 0, 4]])
     _assert_equal(ex.scores[ex.valid], expected["scores"][expected["valid"]])
@@ -186,11 +196,29 @@ def test_round_trip_in_any_chunk_order_returns_what_was_written(tmp_path, num_it
     assert list(table["status"]) == [row["status"] for row in rows]
     assert table["label"].isna().tolist() == [row["label"] is None for row in rows]
     assert ex.verify() == [0, 1, 2]
+    assert recorded_settings(out) == SETTINGS and recorded_settings(str(tmp_path / "none")) is None
     assert "items=10" in repr(ex) and "chunks finished 3/3" in repr(ex) and "(16, 16, 3) float32" in repr(ex)
     # a plain zarr v3 group: readable without tfattr (xarray, dask)
     group = zarr.open_group(os.path.join(out, "data.zarr"), mode="r")
     _assert_equal(group["attributions"][:], expected["attributions"])
     assert group["attributions"].chunks == (4, 16, 16, 3)
+
+
+def test_slicing_reads_only_the_chunks_it_touches(tmp_path, monkeypatch):
+    out = _write(str(tmp_path / "out"))
+    ex = open_explanations(out)
+    read = []
+    original = zarr.storage.LocalStore.get
+
+    async def get(self, key, *args, **kwargs):
+        read.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
+    expected, _ = _reference()
+    _assert_equal(ex.attributions[5, 3], expected["attributions"][5, 3])
+    _assert_equal(ex.scores[[9, 8]], expected["scores"][[9, 8]])
+    assert read == ["attributions/c.1.0.0.0", "scores/c.2"]
 
 
 def test_several_inputs_and_defaults(tmp_path):
@@ -213,6 +241,24 @@ def test_several_inputs_and_defaults(tmp_path):
     assert np.isnan(ex.scores[:]).all() and np.isnan(ex.delta[:]).all()
     _assert_equal(ex.valid, [True] * 9 + [False])
     assert ex.array("attributions/a").zarr.shape == (10, 3)  # cut to num_items at finish
+
+
+def test_only_the_last_chunk_may_be_short(tmp_path):
+    """Size unknown: a short chunk followed by another would leave a hole inside a 'finished' chunk."""
+    out = str(tmp_path / "out")
+    with StoreWriter.open(out, {}, 4, None) as writer:
+        writer.write_chunk(0, 0, ["c"] * 2, {"scores": np.arange(2.0)})  # short, and not the last
+        writer.write_chunk(2, 8, ["a"] * 4, {"scores": np.arange(4.0)})
+        with pytest.raises(ValueError, match=r"Only the last chunk may have fewer than chunk=4 items, and chunk 2"):
+            writer.write_chunk(1, 4, ["b"] * 3, {"scores": np.arange(3.0)})
+        writer.write_chunk(1, 4, ["b"] * 4, {"scores": np.arange(4.0)})
+        with pytest.raises(ValueError, match=r"chunk 0 ends at item 2, not 4"):
+            writer.finish(12)
+    ex = open_explanations(out)
+    with pytest.raises(UnfinishedChunkError, match=r"unfinished chunk 0 \(chunk 0 = items 0 to 3\)"):
+        ex.scores[:4]  # items 2 and 3 were never written: not returned as NaN
+    _assert_equal(ex.scores[:2], [0.0, 1.0])
+    _assert_equal(ex.valid, [True, True, False, False] + [True] * 8)
 
 
 # ------------------------------------------------------------------------------------------------- settings
@@ -257,6 +303,15 @@ def test_reopen_skips_finished_chunks_and_refuses_to_rewrite_them(tmp_path):
     assert _tree(out) == _tree(_write(str(tmp_path / "ref")))
 
 
+def test_without_fsync_the_store_is_the_same(tmp_path):
+    fast = str(tmp_path / "fast")
+    with StoreWriter.open(fast, SETTINGS, 4, 10, durable=False) as writer:
+        for k in (1, 2, 0):
+            writer.write_chunk(k, *chunk_data(k, 4, 10))
+        writer.finish(10)
+    assert _tree(fast) == _tree(_write(str(tmp_path / "durable")))
+
+
 def test_items_of_unfinished_chunks_are_never_returned(tmp_path):
     out = _write(str(tmp_path / "out"), finish=False, order=[0, 2])
     # chunk 1's files written, its marker not (a writer killed just before the commit)
@@ -277,11 +332,15 @@ def test_items_of_unfinished_chunks_are_never_returned(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- kill -9
-def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_store(tmp_path):
+@pytest.mark.parametrize("num_items, durable", [(32, True), (None, False)])
+def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_store(tmp_path, num_items, durable):
+    """Size known (arrays made once) or unknown (arrays grown chunk by chunk, cut at finish), with or without the
+    fsyncs (a killed process needs only the atomic renames): kills during array creation, zarr file writes (chunks
+    and metadata), hashing, the rows part, the marker, and at random times."""
     script = _worker_script(tmp_path)
-    chunk, total = 4, 48
-    args = dict(out=str(tmp_path / "out"), settings=SETTINGS, chunk=chunk, num_items=total, total=total,
-                chunks=list(range(total // chunk)), lock=True)
+    chunk, total = 4, 32
+    args = dict(out=str(tmp_path / "out"), settings=SETTINGS, chunk=chunk, num_items=num_items, total=total,
+                chunks=list(range(total // chunk)), lock=True, finish=True, durable=durable)
     began = time.perf_counter()
     reference = subprocess.run([sys.executable, script, ROOT, json.dumps(dict(args, out=str(tmp_path / "ref")))],
                                capture_output=True, text=True, timeout=120)
@@ -291,7 +350,7 @@ def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_store(tmp_path)
     # fixed points: half-way through the array creation, through a zarr file, between two arrays' files,
     # before the rows part, before the marker; then kills after random delays
     kills = [("create", 3), ("zarr_put", 4), ("hash", 9), ("rows", 2), ("marker", 2), ("zarr_put", 15)]
-    delays = np.random.default_rng(30).uniform(0.0, duration, size=4)
+    delays = np.random.default_rng(30).uniform(0.0, duration, size=3)
     seen = set()
     for step in range(len(kills) + len(delays)):
         if step < len(kills):
@@ -315,10 +374,12 @@ def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_store(tmp_path)
             if k in finished:
                 _assert_equal(ex.attributions[items], expected["attributions"][items])
                 _assert_equal(ex.ids[items], expected["ids"][items])
-            else:
+            elif k * chunk < len(ex):
                 with pytest.raises(UnfinishedChunkError):
                     ex.attributions[items]
                 assert not ex.valid[items].any()
+            else:  # size unknown: the store ends with its last finished chunk
+                assert num_items is None and len(ex) == max(finished, default=-1) * chunk + chunk
     finished = subprocess.run([sys.executable, script, ROOT, json.dumps(args)], capture_output=True, text=True,
                               timeout=120)
     assert finished.stdout.strip() == "done", finished.stderr
@@ -326,6 +387,7 @@ def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_store(tmp_path)
     assert sorted(resumed) == sorted(uninterrupted)  # no temporary file left, no chunk missing
     assert resumed == uninterrupted  # byte-identical: zarr chunk files, row parts, markers, metadata
     ex = open_explanations(args["out"])
+    assert ex.complete and len(ex) == total and ex.attributions.zarr.shape == (total, 16, 16, 3)
     _assert_equal(ex.attributions[:], expected["attributions"])
 
 
@@ -371,6 +433,10 @@ def test_a_damaged_chunk_file_is_named_never_read_as_numbers(tmp_path):
         ex.verify()
     with pytest.raises(CorruptChunkError, match=r"chunk 0: done/chunk-00000\.json unreadable"):
         ex.scores[0]
+    with open(os.path.join(out, "data.zarr", "ids", "zarr.json"), "wb") as handle:
+        handle.write(b"{")
+    with pytest.raises(CorruptStoreError, match=r"the zarr group data\.zarr cannot be opened"):
+        open_explanations(out)
 
 
 def test_what_is_not_a_store_is_a_named_error_and_never_deleted(tmp_path):
@@ -381,6 +447,16 @@ def test_what_is_not_a_store_is_a_named_error_and_never_deleted(tmp_path):
         with pytest.raises(NotAStoreError, match=r"folder with other files \(notes\.txt\).*Received: out="):
             StoreWriter.open(str(user), SETTINGS, 4, 10, overwrite=overwrite)
     assert os.listdir(user) == ["notes.txt"] and (user / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    (other / "rows").mkdir(parents=True)  # a name the store uses, but the user's
+    (other / "rows" / "table.csv").write_text("mine")
+    with pytest.raises(NotAStoreError, match=r"folder with other files \(rows\)"):
+        StoreWriter.open(str(other), SETTINGS, 4, 10)
+    assert (other / "rows" / "table.csv").read_text() == "mine"
+    # an interrupted creation (our hidden metadata lock, no store file) is ours: started afresh
+    (other / ".meta.lock").write_text("")
+    StoreWriter.open(str(other), SETTINGS, 4, 10).close()
+    assert open_explanations(str(other)).finished_chunks == [] and not (other / "rows" / "table.csv").exists()
     with pytest.raises(NotAStoreError, match=r"no tfattr-store\.json"):
         open_explanations(str(user))
     with pytest.raises(NotAStoreError, match=r"does not exist"):

@@ -4,6 +4,6 @@
 (:func:`~tfattr.streaming.store.open_explanations`).
 """
 
-from tfattr.streaming.store import Explanations, StoreWriter, open_explanations
+from tfattr.streaming.store import Explanations, StoreWriter, open_explanations, recorded_settings
 
-__all__ = ["Explanations", "StoreWriter", "open_explanations"]
+__all__ = ["Explanations", "StoreWriter", "open_explanations", "recorded_settings"]

@@ -22,16 +22,26 @@ place, which also makes two commits of one chunk exclusive). A run killed anywhe
 chunks intact and unfinished ones without a marker; those are overwritten on resume. Finished chunks
 are never rewritten.
 
+Metadata: zarr's ``zarr.json`` rewrites (array creation; growth while the size is unknown, by doubling;
+the cut to ``num_items`` at :meth:`StoreWriter.finish`) go through the same atomic ``LocalStore`` write,
+are fsync-ed, and happen only under the ``.meta.lock`` flock, so several processes (Beam workers,
+``lock=False``) never rewrite them concurrently. With a known size the arrays are created once, at full
+size, by the first chunk written (the item shape is known only then), and never resized.
+``tfattr-store.json`` is written with :func:`tfattr.core.files.write_bytes` (temporary file, fsync, rename).
+
 Chunk files are compressed with zstd with its content checksum on, so a damaged file is an error when
 it is decoded (never other numbers); :meth:`Explanations.verify` compares every file of every finished
-chunk with the sha256 of its marker and names the chunk.
+chunk with the sha256 of its marker and names the chunk. Items of unfinished chunks are never returned:
+reading them raises :class:`UnfinishedChunkError`; :attr:`Explanations.valid` is False for them.
+Unwritten items read through the raw zarr arrays are the fill value (NaN for floats, -1 for targets).
+
+The store is for a local (or POSIX network) file system: it relies on ``rename``, ``link`` and ``flock``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -44,6 +54,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 import numpy as np
 
 from tfattr.core import files
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the store's locks need POSIX flock
+    fcntl = None
 from tfattr.errors import InvalidInputError, InvalidTypeError, MissingDependencyError, received
 
 __all__ = [
@@ -51,6 +66,7 @@ __all__ = [
     "Explanations",
     "StoreArray",
     "open_explanations",
+    "recorded_settings",
     "StoreError",
     "NotAStoreError",
     "CorruptStoreError",
@@ -210,6 +226,12 @@ def _part_name(k: int) -> str:
     return f"part-{k:05d}.parquet"
 
 
+def _need_flock(out: str) -> None:
+    if fcntl is None:  # pragma: no cover - Windows
+        raise StoreError(f"Writing a store needs POSIX file locks (fcntl.flock), which this platform lacks; "
+                         f"reading works. {received('out', out)}")
+
+
 @contextlib.contextmanager
 def _writable(out: str) -> Iterator[None]:
     """Turn permission and read-only-filesystem errors into :class:`StoreNotWritableError`."""
@@ -334,13 +356,13 @@ class StoreWriter:
     """
 
     def __init__(self, out: str, settings: Dict[str, Any], chunk: int, num_items: Optional[int],
-                 lock_fd: Optional[int]):
+                 lock_fd: Optional[int], durable: bool = True):
         self.out = out
+        self.durable = durable
         self.settings = settings
         self.chunk = chunk
         self.num_items = num_items
         self._lock_fd = lock_fd
-        self._group = None
         self._arrays: Dict[str, Any] = {}
         self._spec: Optional[Dict[str, Any]] = None
         self._closed = False
@@ -348,7 +370,7 @@ class StoreWriter:
     # ------------------------------------------------------------------------------------------ open
     @classmethod
     def open(cls, out, settings: Dict[str, Any], chunk: int, num_items: Optional[int], lock: bool = True,
-             overwrite: bool = False) -> StoreWriter:
+             overwrite: bool = False, durable: bool = True) -> StoreWriter:
         """Create the store ``out`` or reopen it to continue the same run.
 
         Args:
@@ -363,6 +385,10 @@ class StoreWriter:
                 of one store from several processes pass ``lock=False``.
             overwrite: Delete an existing tfattr store at ``out`` first (never a folder with other
                 files). Needs ``lock=True``.
+            durable: ``fsync`` each chunk's files and folders before its marker, so that a finished
+                chunk survives a power loss or an OS crash (about 16 fsyncs a chunk). ``False`` keeps
+                every guarantee against a killed process (all writes are atomic renames, the marker
+                last) but not against power loss: for small chunks where the fsyncs would dominate.
 
         Returns:
             The writer.
@@ -390,7 +416,11 @@ class StoreWriter:
             raise NotAStoreError(f"out={out!r} is a file, not a folder. {received('out', out)}")
         is_store = os.path.isfile(os.path.join(out, STORE_FILE))
         if os.path.isdir(out) and not is_store:
-            foreign = sorted(name for name in os.listdir(out) if not cls._ours_at_top(name))
+            names = os.listdir(out)
+            # a store whose creation (or deletion) was interrupted has our hidden META_LOCK; without it, a
+            # `rows` or `done` folder is the user's
+            foreign = sorted(name for name in names if not cls._ours_at_top(name)
+                             or META_LOCK not in names and name in (DATA, ROWS, DONE))
             if foreign:
                 raise NotAStoreError(
                     f"out={out!r} is a folder with other files ({', '.join(foreign[:5])}"
@@ -405,7 +435,7 @@ class StoreWriter:
             try:
                 if overwrite and is_store:
                     cls._delete_store(out)
-                writer = cls(out, settings, chunk, num_items, lock_fd)
+                writer = cls(out, settings, chunk, num_items, lock_fd, durable=bool(durable))
                 with writer._meta_lock():
                     writer._create_or_check()
                 if lock:
@@ -422,6 +452,7 @@ class StoreWriter:
 
     @staticmethod
     def _take_lock(out: str) -> int:
+        _need_flock(out)
         fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, files.file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -458,6 +489,7 @@ class StoreWriter:
     @contextlib.contextmanager
     def _meta_lock(self) -> Iterator[None]:
         """A short exclusive flock of ``out/.meta.lock`` around metadata changes (across processes)."""
+        _need_flock(self.out)
         fd = os.open(os.path.join(self.out, META_LOCK), os.O_RDWR | os.O_CREAT, files.file_mode())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -588,6 +620,11 @@ class StoreWriter:
                 )
         elif not 1 <= n <= self.chunk:
             raise InvalidInputError(f"A chunk has 1 to chunk={self.chunk} items. {received('len(ids)', n)}")
+        elif n < self.chunk and max(self.finished(), default=-1) > k:
+            raise InvalidInputError(
+                f"Only the last chunk may have fewer than chunk={self.chunk} items, and chunk "
+                f"{max(self.finished())} is finished after chunk {k}. {received('len(ids)', n)}"
+            )
         if os.path.exists(os.path.join(self.out, DONE, _marker_name(k))):
             raise ChunkFinishedError(
                 f"Chunk {k} of out={self.out!r} is finished (it has its commit marker): finished chunks are "
@@ -604,13 +641,18 @@ class StoreWriter:
                 array[start:stop] = _pad(value, stop - start, _fill_value(name, self._spec[name]["dtype"]))
                 key = array.metadata.encode_chunk_key((k,) + (0,) * (value.ndim - 1))
                 relative = f"{DATA}/{name}/{key}"
-                entries[relative] = _hash_file(os.path.join(self.out, *relative.split("/")), sync=True)
-            for name in values:
-                _fsync_path(os.path.join(self.out, DATA, *name.split("/")), directory=True)
+                entries[relative] = _hash_file(os.path.join(self.out, *relative.split("/")), sync=self.durable)
             part = _parquet_bytes(table)
             relative = f"{ROWS}/{_part_name(k)}"
-            files.write_bytes(os.path.join(self.out, ROWS, _part_name(k)), part)
-            _fsync_path(os.path.join(self.out, ROWS), directory=True)
+            if self.durable:
+                for name in values:
+                    _fsync_path(os.path.join(self.out, DATA, *name.split("/")), directory=True)
+                files.write_bytes(os.path.join(self.out, ROWS, _part_name(k)), part)
+                _fsync_path(os.path.join(self.out, ROWS), directory=True)
+            else:
+                with files.atomic_path(os.path.join(self.out, ROWS, _part_name(k))) as tmp:
+                    with open(tmp, "wb") as handle:
+                        handle.write(part)
             entries[relative] = {"sha256": hashlib.sha256(part).hexdigest(), "size": len(part)}
             marker = {"format": FORMAT + "-chunk", "version": VERSION, "chunk": k, "start": start, "stop": start + n,
                       "files": entries}
@@ -709,8 +751,9 @@ class StoreWriter:
                             f"out={self.out!r}: the array {name} has item shape {array.shape[1:]}, its record says "
                             f"{spec[name]['shape_per_item']}. {received('out', self.out)}"
                         )
-                    if array.shape[0] < length:
-                        array.resize((length,) + array.shape[1:])
+                    if array.shape[0] < length:  # size unknown: grown by doubling (few metadata rewrites)
+                        grown = max(length, -(-2 * array.shape[0] // self.chunk) * self.chunk)
+                        array.resize((grown,) + array.shape[1:])
                         _fsync_path(os.path.join(folder, "zarr.json"))
                 else:
                     dtype = str if name == "ids" else value.dtype
@@ -726,7 +769,10 @@ class StoreWriter:
                     )
                     array = array.with_config({"write_empty_chunks": True})
                     _fsync_path(os.path.join(folder, "zarr.json"))
-                    _fsync_path(os.path.dirname(folder), directory=True)
+                    parent = folder
+                    while parent != os.path.join(self.out, DATA):  # the new folders' entries, up to the group
+                        parent = os.path.dirname(parent)
+                        _fsync_path(parent, directory=True)
                 self._arrays[name] = array
             if not meta["arrays"]:
                 self._write_meta(dict(meta, arrays=spec))
@@ -742,7 +788,8 @@ class StoreWriter:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if self.durable:
+                    os.fsync(handle.fileno())
             os.chmod(tmp, files.file_mode())
             try:
                 os.link(tmp, path)
@@ -757,7 +804,8 @@ class StoreWriter:
         finally:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
-        _fsync_path(folder, directory=True)
+        if self.durable:
+            _fsync_path(folder, directory=True)
 
     def finish(self, num_items: int) -> None:
         """Record that the run is complete: ``num_items`` items, every chunk finished.
@@ -783,11 +831,19 @@ class StoreWriter:
                     f"out={self.out!r} is not complete: chunks {missing[:10]}{' ...' if len(missing) > 10 else ''} of "
                     f"{chunks} are not finished. {received('num_items', num_items)}"
                 )
-            if chunks and _read_marker(self.out, chunks - 1)["stop"] != num_items:
+            extra = sorted(k for k in _list_markers(self.out) if k >= chunks)
+            if extra:
                 raise InvalidInputError(
-                    f"out={self.out!r}: the last chunk ends at item {_read_marker(self.out, chunks - 1)['stop']}. "
+                    f"out={self.out!r} has finished chunks {extra[:10]} past item {num_items}. "
                     f"{received('num_items', num_items)}"
                 )
+            for k in range(chunks):  # each chunk full but the last, which ends at num_items
+                stop = _read_marker(self.out, k)["stop"]
+                if stop != min((k + 1) * self.chunk, num_items):
+                    raise InvalidInputError(
+                        f"out={self.out!r}: chunk {k} ends at item {stop}, not {min((k + 1) * self.chunk, num_items)}"
+                        f" (chunk={self.chunk}, num_items={num_items}). {received('num_items', num_items)}"
+                    )
             if meta["num_items"] is None:
                 self._set_num_items(meta, num_items)
                 meta = _read_store_file(self.out)
@@ -850,7 +906,7 @@ class StoreArray:
 
     @property
     def dtype(self):
-        return self.zarr.dtype if self.name != "ids" else np.dtype(object)
+        return self.zarr.dtype
 
     @property
     def ndim(self) -> int:
@@ -899,8 +955,10 @@ class StoreArray:
         try:
             if isinstance(selection, np.ndarray):
                 block = self.zarr.oindex[(selection,) + (slice(None),) * (self.zarr.ndim - 1)]
-                return block[(slice(None),) + rest] if rest else block
-            return self.zarr[(selection,) + rest]
+                values = block[(slice(None),) + rest] if rest else block
+            else:
+                values = self.zarr[(selection,) + rest]
+            return values[()] if isinstance(values, np.ndarray) and values.ndim == 0 else values  # a scalar, as NumPy
         except (IndexError, TypeError):
             raise
         except Exception as error:
@@ -948,6 +1006,7 @@ class Explanations:
                 del error
         self._arrays: Dict[str, Any] = {}
         self._valid = None
+        self._mask = None
         if self._meta["arrays"]:
             zarr = _zarr()
             try:
@@ -995,17 +1054,22 @@ class Explanations:
         return self._length
 
     def _finished_mask(self) -> np.ndarray:
-        mask = np.zeros(len(self), dtype=bool)
-        for marker in self._markers.values():
-            mask[int(marker["start"]): int(marker["stop"])] = True
-        return mask
+        """Per item: inside the item range of a finished chunk's marker."""
+        if self._mask is None:
+            mask = np.zeros(len(self), dtype=bool)
+            for marker in self._markers.values():
+                mask[int(marker["start"]): int(marker["stop"])] = True
+            self._mask = mask
+        return self._mask.copy()
 
     def _check_finished(self, items: np.ndarray, name: str) -> None:
-        chunks = np.unique(np.asarray(items, dtype=np.int64) // self.chunk)
+        items = np.asarray(items, dtype=np.int64)
+        chunks = np.unique(items // self.chunk)
         bad = [int(k) for k in chunks if int(k) in self._bad_markers]
         if bad:
             self.verify(bad)
-        missing = [int(k) for k in chunks if int(k) not in self._markers]
+        # item by item (a marker's range, not its chunk index, says what is written)
+        missing = [int(k) for k in np.unique(items[~self._finished_mask()[items]] // self.chunk)]
         if missing:
             first = missing[0]
             raise UnfinishedChunkError(
@@ -1142,7 +1206,9 @@ class Explanations:
             names = set(marker["files"])
             for name in self._arrays:
                 if not any(entry.startswith(f"{DATA}/{name}/") for entry in names):
-                    problems.append((k, f"{DATA}/{name}", "no file recorded in its marker"))
+                    problems.append((k, f"{DATA}/{name}", "has no file recorded in its marker"))
+            if f"{ROWS}/{_part_name(k)}" not in names:
+                problems.append((k, f"{ROWS}/{_part_name(k)}", "is not recorded in its marker"))
             for relative, expected in sorted(marker["files"].items()):
                 path = os.path.join(self.out, *relative.split("/"))
                 try:
@@ -1174,6 +1240,23 @@ class Explanations:
                            for name in self.array_names if name.startswith("attributions"))
         return (f"Explanations(out={self.out!r}, items={len(self)}, chunks finished {len(self._markers)}/{total}, "
                 f"complete={self.complete}{', ' + shapes if shapes else ''})")
+
+
+def recorded_settings(out) -> Optional[Dict[str, Any]]:
+    """The settings recorded in the store ``out``, or None if ``out`` holds no store yet.
+
+    For a runner that must reuse a recorded choice on resume (the engine chunk size measured under
+    ``batch_size="auto"`` by the first run) before it builds the settings it passes to
+    :meth:`StoreWriter.open`.
+
+    Raises:
+        CorruptStoreError: ``tfattr-store.json`` is unreadable.
+        NotAStoreError: it is not a tfattr store's.
+    """
+    out = os.path.abspath(os.fspath(out))
+    if not os.path.isfile(os.path.join(out, STORE_FILE)):
+        return None
+    return _read_store_file(out)["settings"]
 
 
 def open_explanations(out) -> Explanations:
