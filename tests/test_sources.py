@@ -70,6 +70,26 @@ def test_folder_pixels_equal_tfattr_explain_s_loading(folder, size):
             np.testing.assert_array_equal(decode_image_file(handle.read(), size, value_range=(-1, 2)), image)
 
 
+def test_jpeg_bmp_and_gif_files_decode_as_tfattr_explain_decodes_them(tmp_path):
+    """Also a large JPEG resized to a small size: the CLI decodes it at 1/8 of its side (a reduced decode)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (96, 80, 3), dtype=np.uint8), (5, 5), 0)
+    for name, kind in [("a.JPG", "JPEG"), ("b.bmp", "BMP"), ("c.gif", "GIF"), ("d.jpeg", "JPEG")]:
+        Image.fromarray(image).save(tmp_path / name, kind)
+    paths = [str(tmp_path / n) for n in ["a.JPG", "b.bmp", "c.gif", "d.jpeg"]]
+    for size in [None, (10, 10), (24, 20), (50, 40)]:  # JPEG reduced 8×, 2×, 1×
+        s = stream(str(tmp_path), batch=3, value_range=(0, 1), image_size=size)
+        assert s.ids == ["a.JPG", "b.bmp", "c.gif", "d.jpeg"]
+        _, _, x, _, errors = _collect(s)
+        assert errors == []
+        np.testing.assert_array_equal(x, cli._load_images(paths, size, (0.0, 1.0)))
+        np.testing.assert_array_equal(decode_image_file(paths[0], size, value_range=(0, 1)), x[0])
+    _, _, x, _, _ = _collect(stream(str(tmp_path), batch=3, value_range=(0, 1)))
+    np.testing.assert_array_equal(x[1], image / np.float32(255))  # BMP is lossless
+
+
 def test_grey_decoding_equals_the_cli_s(folder):
     root, images = folder
     paths = [os.path.join(root, name) for name in images]
@@ -105,7 +125,7 @@ def test_arrays_tuples_and_dicts_give_their_items_with_index_or_given_ids():
     u8 = rng.integers(0, 256, (5, 3, 3, 3), dtype=np.uint8)
     _, _, images, _, _ = _collect(stream(u8, batch=2, value_range=(0, 1)))
     np.testing.assert_array_equal(images, u8.astype(np.float32) / np.float32(255))
-    with pytest.raises(InvalidInputError, match="value_range scales 8-bit images.*Received: value_range"):
+    with pytest.raises(InvalidInputError, match="`value_range` scales 8-bit images.*Received: value_range"):
         stream(x, batch=2, value_range=(0, 1))
 
 
@@ -169,9 +189,9 @@ def test_an_error_inside_a_user_pipeline_is_named_with_its_batch():
     data = tf.data.Dataset.range(6).map(lambda i: tf.fill((2, 2, 1), tf.cast(i, tf.float32)))
     data = data.map(lambda x: tf.cond(x[0, 0, 0] != 3, lambda: x,
                                       lambda: tf.debugging.check_numerics(x + float("nan"), "bad item")))
-    with pytest.raises(InvalidInputError, match=r"data: the dataset failed while producing items 2 to 3 \(the batch "
-                                                r"starting at item 2\): InvalidArgumentError: Error in user-defined "
-                                                r"function.*bad item.*cannot tell which item"):
+    with pytest.raises(InvalidInputError, match=r"`data`: the dataset failed while producing items 2 to 3 \(the batch "
+                                                r"starting at item 2\): InvalidArgumentError: .*bad item.*"
+                                                r"cannot tell which item"):
         list(stream(data, batch=2, on_error="skip"))
 
 
@@ -203,7 +223,7 @@ def test_a_resume_start_gives_the_tail_of_a_full_pass_and_passes_repeat(folder, 
     if kind == "unknown cardinality":
         assert stream(data, batch=3).num_items is None
     else:
-        with pytest.raises(InvalidInputError, match="skip_batches: the source has 4 batches"):
+        with pytest.raises(InvalidInputError, match="`skip_batches`: the source has 4 batches"):
             stream(data, batch=3, skip_batches=5, **options)
 
 
@@ -249,7 +269,7 @@ def test_a_corrupt_file_raises_naming_it_or_is_skipped_in_place(damaged):
     assert not x[~keep].any()  # placeholders are zeros
     batches = list(stream(root, batch=3, on_error="skip"))
     np.testing.assert_array_equal(batches[1].valid, [True, False, True])
-    with pytest.raises(InvalidInputError, match=rf"path_or_bytes: cannot use the image file .*{names[4]}"):
+    with pytest.raises(InvalidInputError, match=rf"`path_or_bytes`: cannot use the image file .*{names[4]}"):
         decode_image_file(os.path.join(root, names[4]))
 
 
@@ -284,6 +304,12 @@ def test_mixed_sizes_without_image_size_are_named_skipped_or_resized(folder, tmp
                                             output_signature=tf.TensorSpec((None, 3, 1), tf.float32))
     with pytest.raises(InvalidInputError, match=r"item 2 \(id '2'\): the image has shape \(4, 3, 1\)"):
         list(stream(ragged, batch=3))
+    grey_and_rgb = tf.data.Dataset.from_generator(lambda: (np.zeros((3, 3, 1 + 2 * (i == 1)), np.uint8)
+                                                           for i in range(3)),
+                                                  output_signature=tf.TensorSpec((None, None, None), tf.uint8))
+    with pytest.raises(InvalidInputError, match=r"item 1 \(id '1'\): the image has 3 channels; the stream's images "
+                                                r"have 1"):
+        list(stream(grey_and_rgb, batch=3, image_size=(2, 2)))
 
 
 def test_wrong_rank_dtype_and_nan_images_are_named():
@@ -296,6 +322,11 @@ def test_wrong_rank_dtype_and_nan_images_are_named():
         stream(tf.data.Dataset.from_tensor_slices(np.zeros((2, 3, 3, 1), bool)), batch=2)
     with pytest.raises(InvalidInputError, match=r"each image is \(height, width, channels\) \(grey images"):
         stream(tf.data.Dataset.from_tensor_slices(np.zeros((2, 3, 3))), batch=2)
+    with pytest.raises(InvalidInputError, match=r"\(a batched dataset: pass dataset.unbatch\(\)\)"):
+        stream(tf.data.Dataset.from_tensor_slices(np.zeros((4, 3, 3, 1))).batch(2), batch=2)
+    with pytest.raises(InvalidInputError, match=r"`image_key`: the dataset's elements are dicts with keys \['img', "
+                                                r"'label'\], without 'image'.*Received: image_key='image'"):
+        stream(tf.data.Dataset.from_tensor_slices({"img": np.zeros((2, 3, 3, 1)), "label": [0, 1]}), batch=2)
     x = np.ones((5, 2, 2, 1), np.float32)
     x[3, 1, 1, 0] = np.nan
     x[4, 0, 0, 0] = np.inf
@@ -304,6 +335,20 @@ def test_wrong_rank_dtype_and_nan_images_are_named():
     for data in (x, tf.data.Dataset.from_tensor_slices(x)):
         _, _, images, _, errors = _collect(stream(data, batch=2, on_error="skip"))
         assert [e[0] for e in errors] == [3, 4] and not images[3:].any() and (images[:3] == 1).all()
+
+
+def test_a_single_file_a_missing_folder_and_an_unknown_tfds_name_are_named(folder, tmp_path):
+    root, images = folder
+    path = os.path.join(root, list(images)[0])
+    with pytest.raises(InvalidInputError, match=r"is a file; .*pass \[path\] for one file"):
+        stream(path, batch=2)
+    with pytest.raises(InvalidInputError, match="`data`: no folder"):
+        stream(tmp_path / "absent", batch=2)
+    with pytest.raises(InvalidInputError, match=r"`data`: 'no_such_dataset_xyz' is no folder, and cannot be loaded "
+                                                r"as a TFDS dataset .*Received: data='no_such_dataset_xyz'"):
+        stream("no_such_dataset_xyz", split="train", batch=2)
+    with pytest.raises(InvalidInputError, match="`split`: a TFDS dataset is read one split at a time"):
+        stream("mnist", batch=2)
 
 
 def test_an_infinite_dataset_is_refused():
@@ -348,5 +393,5 @@ def test_check_labels_names_labels_out_of_range():
                                      {"batch": 2, "channels": 2}, {"batch": 2, "value_range": (1, 0)}])
 def test_bad_arguments_are_named(options):
     name = [k for k in options if k != "batch"][-1] if len(options) > 1 else "batch"
-    with pytest.raises(InvalidInputError, match=rf"{name}.*Received: {name}="):
+    with pytest.raises(InvalidInputError, match=rf"`{name}`.*Received: {name}="):
         stream(np.zeros((3, 2, 2, 1), np.float32), **options)

@@ -1212,7 +1212,8 @@ def _explain_dataset(args) -> int:
                                 image_key=args.image_key, label_key=args.label_key, id_key=args.id_key,
                                 labels=args.labels, channels=channels, value_range=value_range,
                                 overwrite=args.overwrite)
-    print(f"{len(store)} items in {os.path.abspath(args.out)} (read with tfattr.open_explanations)")
+    skipped = int(np.count_nonzero(~np.asarray(store.valid[:], bool)))
+    print(f"{len(store)} items ({skipped} skipped) in {os.path.abspath(args.out)} (read with tfattr.open_explanations)")
     return 0
 
 
@@ -1231,12 +1232,18 @@ def _evaluate_dataset(args) -> int:
     kernel = args.aupc_kernel or (max(2, round(15 * side / 224)) if side else 15)
     methods = [(name, _dataset_settings(name, args, value_range)) for name in names]
     with _flag_errors():
-        evaluate_dataset(model, data, methods, metric_names, args.out, target=args.target, value_range=value_range,
-                         split=args.split, data_dir=args.data_dir, batch_size=args.chunk, seed=args.seed,
-                         on_error=args.on_error, verbose=0 if args.quiet else 1, image_size=size,
-                         image_key=args.image_key, label_key=args.label_key, id_key=args.id_key, labels=args.labels,
-                         channels=channels, aupc_kernel=kernel,
-                         confidence=args.confidence, overwrite=args.overwrite)
+        rows = evaluate_dataset(model, data, methods, metric_names, args.out, target=args.target,
+                                value_range=value_range, split=args.split, data_dir=args.data_dir,
+                                batch_size=args.chunk, seed=args.seed, on_error=args.on_error,
+                                verbose=0 if args.quiet else 1, image_size=size, image_key=args.image_key,
+                                label_key=args.label_key, id_key=args.id_key, labels=args.labels,
+                                channels=channels, aupc_kernel=kernel,
+                                confidence=args.confidence, overwrite=args.overwrite)
+    if args.quiet:  # no progress; the table and its notes all the same
+        from tfattr.evaluation import format_table
+
+        notes = dict.fromkeys(f"note ({row.method}): {note}" for row in rows for note in row.notes)
+        print("".join(f"{note}\n" for note in notes) + format_table(rows))
     print(os.path.join(args.out, "table.md"))
     return 0
 

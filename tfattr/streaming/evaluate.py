@@ -34,8 +34,10 @@ from tfattr.streaming.explain import (
     _settings,
     _target_spec,
     batch_items,
+    check_target_classes,
     explain_batch,
     run_stream,
+    show_summary,
 )
 
 __all__ = ["evaluate_dataset", "DEFAULT_METRICS", "METRIC_PREFIX"]
@@ -94,7 +96,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
                      label_key: Optional[str] = "label", id_key: Optional[str] = None, labels=None,
                      channels: Optional[int] = None, aupc_kernel: int = 15,
                      aupc_regions: int = 30, aupc_perturbations: int = 50, pixels_per_step: Optional[int] = None,
-                     confidence: float = 0.95, overwrite: bool = False):
+                     confidence: float = 0.95, overwrite: bool = False, durable: bool = True):
     """Explain and score every image of ``data`` with each method, streaming and resumable; return the table.
 
     Per batch: the explained classes (``target``; ``None``: ``model``'s top-1, as :func:`tfattr.evaluate`),
@@ -132,7 +134,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
             range, the range a method given by name is built with and, given, the range 8-bit images
             are scaled into (as :func:`tfattr.explain_dataset`).
         seed, batch_size, on_error, verbose, split, data_dir, image_size, image_key, label_key, id_key,
-        labels, channels, overwrite: as :func:`tfattr.explain_dataset`.
+        labels, channels, overwrite, durable: as :func:`tfattr.explain_dataset`.
 
     Returns:
         One :class:`tfattr.evaluation.EvaluationRow` per method, in order (``per_image`` over the
@@ -171,6 +173,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     item_shape = tuple(int(d) for d in getattr(probe, "item_shape", ()) or ())
     resolved = _methods(methods, model, item_shape, seed, value_range)
     num_classes = _output_classes(model)
+    check_target_classes(target, num_classes)
     if isinstance(target, np.ndarray) and probe.num_items is not None and len(target) != probe.num_items:
         raise InvalidInputError(f"`target` must hold one class per item ({probe.num_items}). "
                                 + received("len(target)", len(target)))
@@ -235,7 +238,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
         return results
 
     explained, resumed, seconds = run_stream(plans, probe, data_args, batch_size, settings_of, verbose, stores,
-                                             process, overwrite=overwrite)
+                                             process, overwrite=overwrite, durable=durable)
     rows = [_aggregate(folder, named[folder], batch_size, seed, confidence) for folder, _ in stores]
     from tfattr.core.files import write_text
     from tfattr.evaluation import format_table
@@ -243,12 +246,12 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     text = format_table(rows)
     write_text(os.path.join(out, "table.md"), text)
     write_text(os.path.join(out, "table.csv"), table_csv(rows, confidence))
-    if verbose != 0:
-        skipped = sum(note.startswith("skipped:") for row in rows for note in row.notes)
+    skipped = sum(note.startswith("skipped:") for row in rows for note in row.notes)
+    if show_summary(verbose, skipped):
+        notes = list(dict.fromkeys(f"  note ({row.method}): {note}" for row in rows for note in row.notes))
         print(f"evaluate_dataset: {explained} images explained and scored in {seconds:.1f}s"
-              + (f", {resumed} found finished" if resumed else "")
-              + (f"; {skipped} method(s) with skipped items (see the notes)" if skipped else "") + "\n\n" + text,
-              flush=True)
+              + (f", {resumed} found finished" if resumed else "") + "\n" + "".join(n + "\n" for n in notes)
+              + "\n" + text, flush=True)
     return rows
 
 
