@@ -160,6 +160,8 @@ def test_tfds_mock_mnist_equals_tfds_load_and_resumes_at_the_tail():
         assert s.description["kind"] == "tfds" and s.description["name"] == "mnist"
         index0s, ids, images, labels, errors = _collect(s)
         tail = _collect(stream("mnist", split="train", batch=5, skip_batches=2))
+        _, tfds_ids, _, _, _ = _collect(stream("mnist", split="train", batch=5, id_key="tfds_id"))
+    assert tfds_ids == [f"mnist-train.tfrecord-00000-of-00001__{i}" for i in range(13)]
     assert index0s == [0, 5, 10] and ids == [str(i) for i in range(13)] and errors == []
     np.testing.assert_array_equal(images, np.stack([e["image"] for e in reference]).astype(np.float32))
     np.testing.assert_array_equal(labels, [e["label"] for e in reference])
@@ -238,6 +240,30 @@ def test_files_before_the_resume_point_are_not_read(folder, tmp_path):
     paths[0] = paths[1]
     _, ids, _, _, errors = _collect(stream(paths, batch=3, skip_batches=1, image_size=(6, 5)))
     assert ids == paths[3:] and errors == []
+
+
+def test_items_are_read_ahead_while_the_consumer_works_and_read_ahead_is_bounded(folder, monkeypatch):
+    """While the consumer holds the first items, the pipeline reads the next ones in the background (decoding
+    overlaps the consumer), and no further than ``prefetch`` + ``decode_threads`` + one in the map's output."""
+    import time
+
+    from tfattr.streaming import sources
+
+    root, images = folder
+    reads = []
+    original = sources._read_file
+    monkeypatch.setattr(sources, "_read_file", lambda path: reads.append(path) or original(path))
+    s = stream(root, batch=2, decode_threads=1, prefetch=1, image_size=(6, 5))  # image_size: no shape probe
+    iterator = iter(s)
+    first = next(iterator)
+    assert first.ids == list(images)[:2]
+    deadline = time.monotonic() + 30
+    while len(reads) <= 2 and time.monotonic() < deadline:  # the consumer "works": the next items get read
+        time.sleep(0.01)
+    assert len(reads) > 2
+    time.sleep(0.5)
+    assert len(reads) <= 2 * 4 < 11  # held + prefetched + the map's output + in flight: 4 of the 6 groups
+    assert [b.index0 for b in iterator] == [2, 4, 6, 8, 10]
 
 
 @pytest.fixture()
@@ -369,6 +395,8 @@ def test_the_description_follows_the_data(folder, tmp_path):
     for name, image in images.items():
         _png(os.path.join(tmp_path, name), image)
     first = stream(str(tmp_path), batch=2).description
+    relative = stream(os.path.relpath(tmp_path), batch=2).description
+    assert relative == first  # the folder's absolute path and its files' names, sizes and times
     assert stream(str(tmp_path), batch=2, image_size=(3, 3)).description != first
     path = os.path.join(tmp_path, list(images)[0])
     _png(path, np.zeros((6, 5, 3), np.uint8))

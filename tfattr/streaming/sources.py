@@ -7,8 +7,9 @@ string ids, optional integer labels and the items that could not be used reporte
 
 Decoding and preprocessing run in a ``tf.data`` pipeline (``map`` with ``num_parallel_calls`` and
 ``prefetch``), so they overlap the consumer (attribution in the same process); each batch reaches the
-consumer as NumPy arrays. At most ``prefetch`` batches wait ready and about ``decode_threads`` (the
-cores, under ``AUTOTUNE``) are being prepared: memory stays a few batches whatever the source's size.
+consumer as NumPy arrays. At most ``prefetch`` batches wait ready and ``decode_threads`` batches (under
+``AUTOTUNE``: the cores, at most :data:`MAX_BATCHES_IN_FLIGHT`) are being prepared: memory stays a few
+batches whatever the source's size.
 Measured on two shared cores: 32×32 PNGs cost ~50 µs of CPU each (20,000 images per CPU-second),
 500×375 JPEGs resized to 224×224 ~2.2 ms each.
 
@@ -59,7 +60,8 @@ import tensorflow as tf
 from tfattr.core.keys import array_digest
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 
-__all__ = ["Batch", "Stream", "stream", "check_labels", "decode_image_file", "IMAGE_SUFFIXES", "MAX_PIXELS"]
+__all__ = ["Batch", "Stream", "stream", "check_labels", "decode_image_file", "IMAGE_SUFFIXES", "MAX_PIXELS",
+           "MAX_BATCHES_IN_FLIGHT"]
 
 #: the file name endings a folder source reads (compared case-insensitively); other files are ignored
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -69,11 +71,16 @@ MAX_PIXELS = 100_000_000
 
 ON_ERROR = ("raise", "skip")
 
+#: batches prepared at once under ``decode_threads=tf.data.AUTOTUNE`` where a batch is prepared by one call
+#: (files, arrays): the memory of a many-core machine stays a few batches, and 4 cores decode ~1,800
+#: ImageNet-size JPEGs a second, more than attribution consumes
+MAX_BATCHES_IN_FLIGHT = 4
+
 
 # ----------------------------------------------------------------------------------------------- batches
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Batch:
     """Items ``[index0, index0 + len(ids))`` of a source.
 
@@ -376,7 +383,7 @@ def _as_id(value) -> str:
 
 
 class _Random:
-    """A source with random access (files, arrays): ``item(i)``, known ids and labels."""
+    """A source with random access (files, arrays): ``load(i)`` prepares item ``i``; ids and labels known."""
 
     random_access = True
 
@@ -413,15 +420,16 @@ def _walk_folder(folder: str) -> List[str]:
     return sorted(found)
 
 
-def _files_digest(paths: Sequence[str]) -> str:
-    """SHA-256 of each file's name, size and modification time (``None`` for a file that cannot be read)."""
+def _files_digest(paths: Sequence[str], names: Optional[Sequence[str]] = None) -> str:
+    """SHA-256 of each file's name (``names``, else its path), size and modification time (``None`` for a
+    file that cannot be read)."""
     entries = []
-    for path in paths:
+    for path, name in zip(paths, names if names is not None else paths):
         try:
             info = os.stat(path)
-            entries.append([path, info.st_size, info.st_mtime_ns])
+            entries.append([name, info.st_size, info.st_mtime_ns])
         except OSError:
-            entries.append([path, None, None])
+            entries.append([name, None, None])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
@@ -456,7 +464,7 @@ def _folder_source(folder: str, labels, items: _Items) -> _Random:
         label_array = np.array([index[t] for t in top], dtype=np.int64)
     paths = [os.path.join(folder, *name.split("/")) for name in names]
     description = {"kind": "folder", "folder": os.path.abspath(folder), "files": len(names),
-                   "files_sha256": _files_digest(paths), "labels": class_names}
+                   "files_sha256": _files_digest(paths, names), "labels": class_names}
     return _Random("folder", len(names), names, label_array,
                    lambda i: items.encoded(_read_file(paths[i])), description, class_names)
 
@@ -598,8 +606,11 @@ def _tfds_source(name, split, data_dir, image_key, label_key, id_key, items: _It
         # images read as their encoded bytes, decoded after the skip of a resume (by TFDS's own decoder: the
         # pixels of tfds.load); skipping decoded images would decode every skipped one
         encoded = isinstance(image_feature, tfds.features.Image)
+        # id_key="tfds_id": TFDS's own record ids ("mnist-train.tfrecord-00000-of-00001__7")
+        read_config = tfds.ReadConfig(add_tfds_id=True) if id_key == "tfds_id" else None
         dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False,
-                                  decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
+                                  decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None,
+                                  read_config=read_config)
     except Exception as error:  # an unknown name, an unprepared dataset without internet, a bad split
         first_line = str(error).splitlines()[0] if str(error) else ""
         raise InvalidInputError(f"`data`: {name!r} is no folder, and cannot be loaded as a TFDS dataset (split "
@@ -738,6 +749,7 @@ class Stream:
         than decoding a small PNG), else one per item; OpenCV releases the GIL while it decodes."""
         items, source, shape, batch = self._items, self._source, self._items.item_shape, self.batch
         threads = self._threads
+        per_batch = min(MAX_BATCHES_IN_FLIGHT, os.cpu_count() or 1) if threads == tf.data.AUTOTUNE else threads
 
         def prepared(function, arguments):
             image, ok, message = tf.numpy_function(function, arguments, (tf.float32, tf.bool, tf.string),
@@ -760,7 +772,7 @@ class Stream:
                 return group(source.load, range(int(k) * batch, min((int(k) + 1) * batch, source.n)))
 
             dataset = tf.data.Dataset.range(self.skip_batches, self.num_batches)
-            dataset = dataset.map(lambda k: prepared(load, [k]), num_parallel_calls=threads, deterministic=True)
+            dataset = dataset.map(lambda k: prepared(load, [k]), num_parallel_calls=per_batch, deterministic=True)
         else:
             def fields(*parts):  # tf.data passes a tuple element's parts as arguments
                 e = parts[0] if len(parts) == 1 else parts
@@ -778,7 +790,7 @@ class Stream:
             spec = dataset.element_spec["image"]
             if spec.dtype != tf.string and spec.shape.is_fully_defined():  # batch first, one call per batch
                 dataset = dataset.batch(batch).map(lambda e: finish(e, lambda x: group(items.raw, x)),
-                                                   num_parallel_calls=threads, deterministic=True)
+                                                   num_parallel_calls=per_batch, deterministic=True)
             else:  # images of several shapes or encoded: one call per item, then batch
                 def one(image):
                     images, ok, messages = group(items.raw, [image])
@@ -835,7 +847,8 @@ def stream(data, *, split=None, data_dir=None, batch: int, image_key: str = "ima
               (``image_key``, ``label_key`` if present, ``id_key`` if given); images are ``(H, W, C)``
               numeric tensors or encoded image strings (decoded as image files are);
             * a TFDS name (``"mnist"``), loaded with ``tfds.load(data, split=split, data_dir=data_dir)``
-              (dict elements; ``id_key`` e.g. ``"id"`` or ``"file_name"`` where the dataset has one);
+              (dict elements; ``id_key`` e.g. ``"id"`` or ``"file_name"`` where the dataset has one, or
+              ``"tfds_id"``: TFDS's record ids, ``"mnist-test.tfrecord-00000-of-00001__7"``);
             * a folder: its PNG, JPEG, BMP and GIF files (:data:`IMAGE_SUFFIXES`, any case; also in
               sub-folders; hidden files and folders left out), in the order of their relative POSIX paths
               (code-point order), which are their ids;
@@ -858,7 +871,9 @@ def stream(data, *, split=None, data_dir=None, batch: int, image_key: str = "ima
             (index and id); ``"skip"``: it is reported in ``Batch.errors`` and its image is zeros.
         skip_batches: start at batch ``k`` (a resume): files and arrays are not read before it; a dataset
             skips ``k*batch`` elements (TFDS: before decoding where its reader allows).
-        decode_threads: parallel decoding calls (``tf.data.AUTOTUNE``: as many as tf.data finds useful).
+        decode_threads: parallel preparing calls: of a batch each (files, arrays, datasets of one image
+            shape) or of an item each (other datasets); ``tf.data.AUTOTUNE``: the cores, at most
+            :data:`MAX_BATCHES_IN_FLIGHT` batches at once.
         prefetch: batches prepared ahead of the consumer.
 
     Raises:
