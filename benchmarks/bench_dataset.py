@@ -11,7 +11,9 @@
    most). Runs are interleaved (loop, folder, tf.data, loop, …), best of ``--repeats`` each after a
    warm-up; printed: seconds, images/s, the throughput ratio store / loop (goal ≥ 0.95) from wall
    time, and the same from the process's CPU time (the machine is shared: the CPU-time ratio
-   shows the extra work — decoding, compression, hashing — whatever the other jobs do).
+   shows the extra work — decoding, compression, hashing — whatever the other jobs do). For the
+   gradient also a run with ``durable=False`` (no fsyncs) and the CPU of decoding alone and of
+   writing the store alone, which account for the gap.
 2. **Peak memory.** Each run in its own subprocess (``ru_maxrss`` of that child from ``wait4``):
    ``explain_dataset`` of the gradient on a small CNN at 32×32 over a ``tf.data`` pipeline that
    makes every image on the fly (``Dataset.range(n).map(stateless_uniform)``: no array of the whole
@@ -121,10 +123,10 @@ def throughput(args):
 
     counter = [0]
 
-    def store_run(method, data):
+    def store_run(method, data, durable=True):
         counter[0] += 1
         out = os.path.join(work, f"store_{counter[0]}")
-        tfattr.explain_dataset(method, data, out, batch_size=batch, value_range=(0, 1), verbose=0)
+        tfattr.explain_dataset(method, data, out, batch_size=batch, value_range=(0, 1), verbose=0, durable=durable)
         return out
 
     try:
@@ -140,6 +142,8 @@ def throughput(args):
 
             runs = [("loop", loop), ("folder", lambda m=method, d=sub: store_run(m, d)),
                     ("tf.data", lambda m=method, n=n: store_run(m, pipeline(n)))]
+            if label == "gradient":  # without the fsyncs (atomic against kills, not against power loss)
+                runs.append(("folder, durable=False", lambda m=method, d=sub: store_run(m, d, durable=False)))
             # warm-up (tracing, tf.data, zarr and pyarrow first calls) on a few images
             warm = batch if label == "gradient" else 2
             method.attribute(images[:warm])
@@ -159,10 +163,10 @@ def throughput(args):
             best = {kind: (min(w for w, _ in t), min(c for _, c in t)) for kind, t in results.items()}
             print(f"\n{label}, {n} images ({n // batch} batches), best of {args.repeats}; {load()}; "
                   f"stores == loop bit for bit: {same}")
-            print(f"{'run':>8} {'wall s':>8} {'images/s':>9} {'CPU s':>8} {'thr. ratio':>11} {'CPU ratio':>10}")
+            print(f"{'run':>22} {'wall s':>8} {'images/s':>9} {'CPU s':>8} {'thr. ratio':>11} {'CPU ratio':>10}")
             for kind, (wall, cpu) in best.items():
                 ratio, cpu_ratio = best["loop"][0] / wall, best["loop"][1] / cpu
-                print(f"{kind:>8} {wall:>8.2f} {n / wall:>9.1f} {cpu:>8.2f} {ratio:>11.3f} {cpu_ratio:>10.3f}")
+                print(f"{kind:>22} {wall:>8.2f} {n / wall:>9.1f} {cpu:>8.2f} {ratio:>11.3f} {cpu_ratio:>10.3f}")
                 if kind != "loop":
                     rows.append((label, kind, n, ratio, cpu_ratio))
             if label == "gradient":  # where the extra CPU goes: decoding alone, writing alone
