@@ -2,8 +2,8 @@
 
 1. **Throughput.** ``explain_dataset`` (decode in ``tf.data``, attribution, a background thread
    compressing and committing each chunk to the zarr store with its Parquet rows and marker) over
-   a folder of PNG files and over a ``tf.data`` pipeline (``list_files`` → ``read_file`` →
-   ``decode_png``) of the same files, against the best hand-written loop over the same images
+   a folder of PNG files and over a ``tf.data`` pipeline (``from_tensor_slices(paths)`` →
+   ``read_file`` → ``decode_png``) of the same files, against the best hand-written loop over the same images
    preloaded as float32 arrays — ``method.attribute(images[i:i + B])`` into a preallocated array,
    same batch ``B`` and the same fixed engine chunk size — on the small VGG-style CNN of
    ``bench_engine.py`` at 64×64: Integrated Gradients (32 steps, the common case) and the plain
@@ -14,14 +14,16 @@
    shows the extra work — decoding, compression, hashing — whatever the other jobs do). For the
    gradient also a run with ``durable=False`` (no fsyncs) and the CPU of decoding alone and of
    writing the store alone, which account for the gap.
-2. **Peak memory.** Each run in its own subprocess (``ru_maxrss`` of that child from ``wait4``):
+2. **Peak memory** (measured first). Each run in its own subprocess: ``ru_maxrss`` of that child
+   from ``wait4`` and the child's own ``VmHWM`` (on Linux a child's ``ru_maxrss`` starts at its
+   parent's RSS, so this runs while the parent is small):
    ``explain_dataset`` of the gradient on a small CNN at 32×32 over a ``tf.data`` pipeline that
    makes every image on the fly (``Dataset.range(n).map(stateless_uniform)``: no array of the whole
    dataset anywhere) for 1,000, 5,000 and 20,000 images; printed: peak RSS, the store's size on
    disk, and the ratio 20k / 1k (goal: flat).
 
-    nice python benchmarks/bench_dataset.py            # about 4 minutes on a loaded 2-core machine
-    nice python benchmarks/bench_dataset.py --quick    # about 1 minute: fewer images, RSS 1k / 3k
+    nice python benchmarks/bench_dataset.py            # about 6 minutes on 2 cores at load 6 (shared machine)
+    nice python benchmarks/bench_dataset.py --quick    # about 2 minutes at load 6: fewer images, RSS 1k / 3k
     nice python benchmarks/bench_dataset.py --only throughput   # or: rss
 """
 
