@@ -13,7 +13,8 @@ import pytest
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tfattr")
 
 # The faces and the methods: what the middle layer must never import.
-FACES = ("tfattr.methods", "tfattr.cli", "tfattr.evaluation", "tfattr.callbacks", "tfattr.distribute")
+FACES = ("tfattr.methods", "tfattr.cli", "tfattr.evaluation", "tfattr.callbacks", "tfattr.distribute",
+         "tfattr.streaming", "tfattr.beam")
 MIDDLE_LAYER = ("baselines", "metrics", "surgery", "viz", "data")
 
 
