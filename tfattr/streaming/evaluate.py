@@ -61,10 +61,7 @@ def _folder_name(name: str, used: set) -> str:
 def _methods(methods, model, item_shape, seed, value_range):
     """``[(name, method, per-call options)]`` from :func:`tfattr.evaluate`'s forms: ``(name, method)``
     pairs, registry names, ``(name, settings)`` pairs."""
-    if isinstance(methods, (str, tuple)) and not isinstance(methods, list):
-        methods = [methods] if isinstance(methods, str) or (len(methods) == 2 and isinstance(methods[0], str)
-                                                            and not isinstance(methods[1], str)) else list(methods)
-    methods = list(methods)
+    methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods:
         raise InvalidInputError("`methods` must name at least one method. " + received("methods", methods))
     resolved = []
