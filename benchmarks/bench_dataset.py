@@ -22,7 +22,7 @@
    dataset anywhere) for 1,000, 5,000 and 20,000 images; printed: peak RSS, the store's size on
    disk, and the ratio 20k / 1k (goal: flat).
 
-    nice python benchmarks/bench_dataset.py            # 3–4 minutes on 2 cores at load 2–4, 6 at load 6 (shared machine)
+    nice python benchmarks/bench_dataset.py            # 3–4 minutes on 2 cores at load 2–4, 6 at load 6
     nice python benchmarks/bench_dataset.py --quick    # about 2 minutes at load 6: fewer images, RSS 1k / 3k
     nice python benchmarks/bench_dataset.py --only throughput   # or: rss
 """
