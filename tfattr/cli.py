@@ -458,6 +458,99 @@ def _flag_errors():
         raise type(error)(text) from None
 
 
+#: the Beam runners ``explain-dataset --runner`` names (any other runner class name Beam knows is passed on too)
+RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PrismRunner", "PortableRunner")
+
+
+def _add_beam_flags(parser: argparse.ArgumentParser) -> None:
+    """``--runner`` of ``explain-dataset``: run on Apache Beam (``tfattr[beam]``) instead of locally; the
+    arguments the command does not know are Beam's pipeline options."""
+    parser.add_argument("--runner", default=None, metavar="RUNNER",
+                        help=f"run the explanation as an Apache Beam pipeline on RUNNER ({', '.join(RUNNERS)}; needs "
+                             "tfattr[beam]); the arguments this command does not know are passed to Beam's "
+                             "PipelineOptions, e.g. --direct_num_workers 2 --direct_running_mode multi_processing, or "
+                             "--project P --region R --temp_location gs://... for Dataflow (default: run locally)")
+
+
+def _beam_pipeline_options(runner: str, extra: List[str]):
+    """Beam's ``PipelineOptions`` from ``--runner`` and the arguments the command did not know; an
+    argument Beam does not know either is an error naming it (Beam itself would only log it)."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError:
+        raise InvalidInputError("--runner needs Apache Beam: pip install 'tfattr[beam]'. "
+                                + received("--runner", runner)) from None
+    flags = ["--runner", runner] + list(extra)
+    try:  # Beam's own parser class (value-provider arguments), as PipelineOptions.get_all_options parses
+        from apache_beam.options.pipeline_options import _BeamArgumentParser as BeamParser
+    except ImportError:  # pragma: no cover - another Beam version
+        BeamParser = argparse.ArgumentParser
+    parser = BeamParser(allow_abbrev=False, add_help=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - what PipelineOptions.get_all_options parses with
+    _, unknown = parser.parse_known_args(flags)
+    unknown = [arg for arg in unknown if arg.startswith("-")]
+    if unknown:
+        raise InvalidInputError(f"unknown argument(s) {' '.join(unknown)}: neither explain-dataset nor Beam's "
+                                "pipeline options take them. " + received("arguments", unknown))
+    return PipelineOptions(flags)
+
+
+def _explain_dataset_beam(args, extra: List[str]) -> int:
+    """``explain-dataset --runner R``: :class:`tfattr.beam.ExplainImages` on Beam, writing the store at
+    ``--out`` that the local command writes (same settings, so either may resume the other's run)."""
+    options = _beam_pipeline_options(args.runner, extra)
+    _check_rsi_notebook([args.method], args)
+    _check_method_flags([args.method], args)
+    for flag, dest in (("--split", "split"), ("--data-dir", "data_dir"), ("--labels", "labels")):
+        if getattr(args, dest, None) is not None:
+            raise InvalidInputError(f"{flag}: --runner reads image files (a folder or a glob pattern of image or "
+                                    "TFRecord files), not TFDS datasets or labels. " + received(flag, getattr(args, dest)))
+    if args.target == "label":
+        raise InvalidInputError("--target label: --runner explains the top-1 class or one class index. "
+                                + received("--target", "label"))
+    if "://" not in args.model and not os.path.exists(args.model):
+        raise InvalidInputError(f"--model: --runner's workers load the model from a file; no file {args.model!r} (a "
+                                "keras.applications name: save it as .keras first). " + received("--model", args.model))
+    _check_out(args.out)
+    if args.size is not None and len(args.size) > 2:
+        raise InvalidInputError("--size takes SIDE or H W. " + received("--size", args.size))
+    import apache_beam as beam
+
+    from tfattr.beam import ExplainImages, load_model
+
+    model = load_model(args.model, logits=True)
+    value_range = tuple(args.value_range) if args.value_range else (0.0, 1.0)
+    args.value_range = value_range
+    size, _ = _image_shape(model, args.size)  # the size the local command decodes to, as it records it
+    settings = _dataset_settings(args.method, args, value_range)
+    with _flag_errors():
+        transform = ExplainImages(args.data, args.out, method=args.method, model_uri=args.model,
+                                  method_options=settings, target=args.target, chunk=args.chunk, seed=args.seed,
+                                  image_size=size, value_range=value_range, logits=True, on_error=args.on_error,
+                                  overwrite=args.overwrite, image_key=args.image_key, id_key=args.id_key)
+        pipeline = beam.Pipeline(options=options)
+        _ = pipeline | "ExplainImages" >> transform
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as error:  # a worker's error (Beam wraps it in its own types): its message, one line
+        print(f"tfattr explain-dataset: error: the Beam pipeline failed: {_beam_error(error)}", file=sys.stderr)
+        return 1
+    print(f"{transform.num_items} items in {os.path.abspath(args.out)} (read with tfattr.open_explanations)")
+    return 0
+
+
+def _beam_error(error: BaseException) -> str:
+    """The innermost tfattr message in a Beam pipeline error (the worker's, wrapped in Beam's own
+    exception texts and tracebacks), else the error's last line."""
+    text = str(error)
+    found = re.findall(r"((?:InvalidInputError|InvalidTypeError|RuntimeError): [^\n]*Received: [^\n]*)", text)
+    if found:
+        return found[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tfattr", description="Explain Keras image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -504,7 +597,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for command in ("explain-dataset", "evaluate-dataset"):
         several = command == "evaluate-dataset"
-        dataset = sub.add_parser(command, help="score methods over a whole dataset, streaming and resumable (a store "
+        dataset = sub.add_parser(command, allow_abbrev=several,  # explain-dataset: Beam's flags never abbreviate ours
+                                 help="score methods over a whole dataset, streaming and resumable (a store "
                                                "per method, per-image metric rows, the table)" if several else
                                  "explain a whole dataset into a chunked on-disk store, streaming and resumable")
         dataset.add_argument("--model", required=True,
@@ -546,6 +640,8 @@ def _parser() -> argparse.ArgumentParser:
         dataset.add_argument("--quiet", action="store_true", help="no progress display")
         _method_options(dataset)
         dataset.add_argument("--out", required=True, help="output folder (the store; rerun the command to resume)")
+        if not several:
+            _add_beam_flags(dataset)
 
     demo = sub.add_parser("demo", help="run the demo (every method on real photos, pictures + table)")
     demo.add_argument("--out", default=os.path.join("outputs", "demo"))
@@ -1251,12 +1347,17 @@ def _evaluate_dataset(args) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not (args.command == "explain-dataset" and getattr(args, "runner", None)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         value_range = getattr(args, "value_range", None)
         if value_range is not None and not value_range[0] < value_range[1]:  # reversed: every image inverted
             raise InvalidInputError("--value-range: LOW must be below HIGH. "
                                     + received("--value-range", " ".join(f"{v:g}" for v in value_range)))
+        if args.command == "explain-dataset" and getattr(args, "runner", None):
+            return _explain_dataset_beam(args, extra)
         return {"explain": _explain, "evaluate": _evaluate, "demo": _demo, "baseline": _baseline,
                 "explain-dataset": _explain_dataset, "evaluate-dataset": _evaluate_dataset}[args.command](args)
     except (ValueError, TypeError, OSError) as error:

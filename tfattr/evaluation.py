@@ -28,7 +28,7 @@ from tfattr.core.keys import Uncacheable, canonical, digest
 from tfattr.errors import InvalidInputError, received
 
 __all__ = ["EvaluationRow", "evaluate", "format_table", "merge_rows", "result_key", "smoothtaylor_grid", "guided_ig_comparison",
-           "IMAGENET_STD", "Uncacheable"]
+           "IMAGENET_STD", "Uncacheable", "model_key", "summarize", "named_metric_values"]
 
 # the papers' σ are in ImageNet-normalised units (pixels / std, std ≈ 0.226 of the [0, 1] range);
 # the constant lives in the core (methods use it too) and is re-exported here
@@ -597,6 +597,17 @@ def _named_metrics(chosen, inputs, note) -> Dict[str, np.ndarray]:
                  "the others.")
         per_image[spec.label] = values
     return per_image
+
+
+# public names of the helpers the dataset runners (:mod:`tfattr.streaming`) share with :func:`evaluate`:
+# the same model key in their recorded settings, the same per-image metric values and the same
+# aggregation, so a dataset table is this module's table
+#: :func:`_model_key`: a Keras model by fingerprint, wiring, layer paths (and a subclass's source)
+model_key = _model_key
+#: :func:`_summary`: means over the images (NaN left out) and their bootstrap intervals
+summarize = _summary
+#: :func:`_named_metrics`: per-image values of named metrics on one batch, with notes
+named_metric_values = _named_metrics
 
 
 def _file_content(structure) -> List[Any]:

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Union
 
-__all__ = ["Verbose", "LineProgress", "ProgressCount", "progress_bar", "AUTO_PROGRESS_CHUNKS"]
+__all__ = ["Verbose", "LineProgress", "ProgressCount", "progress_bar", "interactive", "AUTO_PROGRESS_CHUNKS"]
 
 Verbose = Union[int, bool, str]
 
@@ -28,6 +28,10 @@ def _interactive() -> bool:
         return bool(sys.stdout.isatty())
     except (AttributeError, ValueError):  # no stdout, or a closed one
         return False
+
+
+#: public name of :func:`_interactive` (the dataset runners' image progress decides as the bar does)
+interactive = _interactive
 
 
 class LineProgress:

@@ -100,7 +100,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     each method's attributions (its store ``out/<name>/``, as :func:`tfattr.explain_dataset` writes) and
     each metric's per-image values, written in that store's rows (``metric:AUPC``, …). A run killed at
     any point continues after the chunks every store finished. At the end the rows are read back and
-    aggregated as :func:`tfattr.evaluate` aggregates them (:func:`tfattr.evaluation._summary`: the mean
+    aggregated as :func:`tfattr.evaluate` aggregates them (:func:`tfattr.evaluation.summarize`: the mean
     over images, NaN left out, and its percentile bootstrap interval at ``confidence`` from ``seed``);
     skipped items are left out of the table (a note says how many). The table is written atomically to
     ``out/table.md`` (:func:`tfattr.evaluation.format_table`) and ``out/table.csv``.
@@ -143,7 +143,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
         >>> print(tfattr.evaluation.format_table(rows))
     """
     from tfattr.core.ranges import resolve_value_range
-    from tfattr.evaluation import _model_key
+    from tfattr.evaluation import model_key as _model_key
     from tfattr.metrics.registry import resolve_metrics
     from tfattr.metrics.statistics import check_confidence
 
@@ -264,7 +264,7 @@ def _output_classes(model) -> Optional[int]:
 
 def _batch_metrics(chosen, default, model, images, keep, targets, plan, explanation, value_range, seed, settings):
     """``({column: (n,) values}, notes)`` of one method on one batch (NaN for skipped items)."""
-    from tfattr.evaluation import _named_metrics
+    from tfattr.evaluation import named_metric_values as _named_metrics
     from tfattr.metrics.registry import MetricInputs, resolve_metrics
 
     n = len(keep)
@@ -296,7 +296,8 @@ def _frame(rows):
 
 def _aggregate(folder: str, name: str, chunk: int, seed: int, confidence: float):
     """The :class:`~tfattr.evaluation.EvaluationRow` of one method's store."""
-    from tfattr.evaluation import EvaluationRow, _summary
+    from tfattr.evaluation import EvaluationRow
+    from tfattr.evaluation import summarize as _summary
     from tfattr.streaming.store import open_explanations
 
     frame = _frame(open_explanations(folder).rows()).sort_values("index")

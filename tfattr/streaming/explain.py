@@ -93,7 +93,9 @@ def engine_batch_size(method, images: np.ndarray, target=None, options: Optional
     target = target[: len(x)] if isinstance(target, np.ndarray) else target
     model = getattr(method, "model", None)
     model = getattr(getattr(method, "method", None), "model", None) if model is None else model
-    device = "GPU" if autotune._gpu_visible() else "CPU"
+    import tensorflow as tf
+
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     cap = autotune.limits(device)[0]
     start = autotune.start_size(model, tuple(x.shape[1:]), x.dtype, device) if model is not None else autotune.START
     sizes = [2 ** k for k in range(int(math.log2(cap)) + 1)]
@@ -118,7 +120,7 @@ def engine_batch_size(method, images: np.ndarray, target=None, options: Optional
 
 # -- progress ---------------------------------------------------------------------------------------
 def _interactive() -> bool:
-    from tfattr.core.progress import _interactive as interactive
+    from tfattr.core.progress import interactive
 
     return interactive()
 
@@ -404,7 +406,7 @@ def _method_key(method, options: Dict[str, Any]) -> Dict[str, Any]:
 
 def _settings(method, options, description, target_json, chunk, engine_bs, seed, on_error) -> Dict[str, Any]:
     from tfattr._version import __version__
-    from tfattr.evaluation import _model_key
+    from tfattr.evaluation import model_key as _model_key
 
     try:
         method_key = _method_key(method, options)
@@ -434,8 +436,8 @@ def _differences(stored, new, where: str = "") -> List[str]:
         for key in sorted(set(stored) | set(new), key=str):
             here = f"{where}.{key}" if where else str(key)
             if key not in stored or key not in new:
-                lines.append(f"{here}: {stored.get(key, '<absent>')!r} (stored) vs "
-                             f"{new.get(key, '<absent>')!r} (this run)")
+                lines.append(f"{here}: " + (f"recorded {json.dumps(stored[key])}, not in this run" if key in stored
+                                            else f"not recorded, this run {json.dumps(new[key])}"))
             else:
                 lines.extend(_differences(stored[key], new[key], here))
         return lines
@@ -443,7 +445,7 @@ def _differences(stored, new, where: str = "") -> List[str]:
         text_a, text_b = json.dumps(stored, sort_keys=True), json.dumps(new, sort_keys=True)
         if len(text_a) > 120:
             text_a, text_b = text_a[:117] + "...", text_b[:117] + "..."
-        return [f"{where}: {text_a} (stored) vs {text_b} (this run)"]
+        return [f"{where}: recorded {text_a}, this run {text_b}"]
     return []
 
 

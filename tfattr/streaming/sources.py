@@ -87,7 +87,8 @@ class Batch:
     Attributes:
         index0: the index of the first item in the source (batch ``k`` of a stream: ``k * batch``).
         ids: one string per item: a file's path relative to the folder (or as given in a list of
-            files), the ``id_key`` field, else the item's index as a string.
+            files; bytes of a file name that are not UTF-8 shown as ``\\xNN``), the ``id_key`` field, else
+            the item's index as a string.
         images: ``(n, *item_shape)`` float32; the rows of items in ``errors`` are zeros.
         labels: ``(n,)`` labels as the source gives them (NumPy), or ``None`` for a source without labels.
         errors: ``(index, id, message)`` of each item that could not be used (``on_error="skip"``).
@@ -126,7 +127,10 @@ def _item_error(index: int, item_id: str, message: str) -> InvalidInputError:
 
 
 def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
-    """``(height, width)`` from a PNG, GIF, BMP or JPEG header (no pixel decoded), else ``None``."""
+    """``(height, width)`` from a PNG, JPEG, GIF, BMP, WebP, TIFF or PNM header (no pixel decoded), else
+    ``None`` (other formats: OpenCV's own limit of 2^30 pixels holds, and the decoded size is checked).
+    The same reader as ``tfattr explain``'s (``tfattr.cli._header_size``): OpenCV decodes by content, so a
+    TIFF or WebP named ``.png`` is decoded too, and its declared size must be capped before decoding."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
@@ -136,13 +140,42 @@ def _header_size(data: bytes) -> Optional[Tuple[int, int]]:
             return int.from_bytes(data[20:22], "little"), int.from_bytes(data[18:20], "little")
         return (abs(int.from_bytes(data[22:26], "little", signed=True)),
                 abs(int.from_bytes(data[18:22], "little", signed=True)))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8X":
+            return int.from_bytes(data[27:30], "little") + 1, int.from_bytes(data[24:27], "little") + 1
+        if kind == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+        if kind == b"VP8 ":
+            return int.from_bytes(data[28:30], "little") & 0x3FFF, int.from_bytes(data[26:28], "little") & 0x3FFF
+        return None
+    if data[:4] in (b"II*\x00", b"MM\x00*") and len(data) >= 8:  # TIFF: tags 256/257 of the first IFD
+        order = "little" if data[:2] == b"II" else "big"
+        ifd = int.from_bytes(data[4:8], order)
+        if ifd + 2 > len(data):
+            return None
+        found = {}
+        for k in range(int.from_bytes(data[ifd:ifd + 2], order)):
+            entry = data[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+            if len(entry) < 12:
+                break
+            tag, kind = int.from_bytes(entry[:2], order), int.from_bytes(entry[2:4], order)
+            if tag in (256, 257):
+                found[tag] = int.from_bytes(entry[8:10] if kind == 3 else entry[8:12], order)
+        return (found[257], found[256]) if len(found) == 2 else None
+    if data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:  # PNM: "P6 <width> <height> ..."
+        tokens = re.sub(rb"#[^\n]*", b" ", data[2:256]).split()
+        if len(tokens) >= 2 and tokens[0].isdigit() and tokens[1].isdigit():
+            return int(tokens[1]), int(tokens[0])
+        return None
     if data[:2] == b"\xff\xd8":  # JPEG: the first start-of-frame marker
         i = 2
         while i + 9 <= len(data):
             if data[i] != 0xFF:
                 return None
             marker = data[i + 1]
-            if marker == 0xFF:
+            if marker == 0xFF:  # fill byte
                 i += 1
                 continue
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
@@ -180,7 +213,10 @@ def _decode_uint8(data: bytes, channels: int, size: Optional[Tuple[int, int]] = 
 
     if not data:
         raise _ItemError("cannot decode the image: the file is empty")
-    shape = _header_size(data[:65536]) or (_header_size(data) if data[:2] == b"\xff\xd8" else None)
+    # the first 64 KiB, or all of it for a JPEG or TIFF whose size is not in them (as ``tfattr explain``)
+    shape = _header_size(data[:65536])
+    if shape is None and len(data) > 65536 and (data[:2] == b"\xff\xd8" or data[:4] in (b"II*\x00", b"MM\x00*")):
+        shape = _header_size(data)
     if shape is not None and shape[0] * shape[1] > MAX_PIXELS:
         raise _ItemError(f"the image is {shape[1]}×{shape[0]} pixels, more than the {MAX_PIXELS} an image may have")
     factor = 1
@@ -279,6 +315,9 @@ def _check_image_size(image_size):
     if not ok or isinstance(image_size, (str, bytes)) or any(isinstance(v, bool) for v in image_size):
         raise InvalidInputError("`image_size` must be None or (height, width), two positive integers. "
                                 + received("image_size", image_size))
+    if size[0] * size[1] > MAX_PIXELS:  # a batch of them would not fit in memory
+        raise InvalidInputError(f"`image_size`: {size[0]}×{size[1]} is more than the {MAX_PIXELS} pixels an image may "
+                                "have. " + received("image_size", image_size))
     return size
 
 
@@ -301,6 +340,11 @@ def _check_value_range(value_range):
         raise InvalidInputError("`value_range` must be None or (low, high), finite numbers with low < high. "
                                 + received("value_range", value_range))
     return (low, high)
+
+
+def _is_numeric(dtype: np.dtype) -> bool:
+    """Integers and floats, the floats of ``ml_dtypes`` (``bfloat16``, ``float8_*``: NumPy kind ``V``) included."""
+    return dtype.kind in "uif" or (dtype.kind == "V" and dtype.name.startswith(("bfloat16", "float")))
 
 
 def _positive_int(name, value, minimum=1):
@@ -328,19 +372,26 @@ class _Items:
         image = np.asarray(image)
         if image.dtype.kind in "SOU" and image.ndim == 0:  # an encoded image in a string tensor
             return self.encoded(image.item())
-        if image.dtype.kind not in "uif":
+        if not _is_numeric(image.dtype):
             raise _ItemError(f"the image has dtype {image.dtype}; images are numeric (uint8 or float)")
         if image.ndim != 3:
             raise _ItemError(f"the image has shape {image.shape}; an image is (height, width, channels)")
+        if 0 in image.shape:
+            raise _ItemError(f"the image has shape {image.shape}: no pixels")
         if self.channels is not None and image.shape[2] != self.channels:
             raise _ItemError(f"the image has {image.shape[2]} channels, not channels={self.channels}")
         if image.dtype == np.uint8:
             return self._finish(image)
-        image = image.astype(np.float32)
-        if not np.all(np.isfinite(image)):
-            bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-            raise _ItemError(f"the image has {bad} NaN or infinite values")
-        return self._finish(image)
+        with np.errstate(over="ignore"):  # a finite float64 beyond float32's range: named below
+            cast = image.astype(np.float32)
+        if not np.all(np.isfinite(cast)):
+            finite = np.isfinite(image if image.dtype.kind == "f" else cast)  # ints, bfloat16: exact casts
+            bad = int(np.size(image) - np.count_nonzero(finite))
+            if bad:
+                raise _ItemError(f"the image has {bad} NaN or infinite values")
+            large = int(np.size(image) - np.count_nonzero(np.isfinite(cast)))
+            raise _ItemError(f"the image has {large} value{'s' * (large > 1)} beyond float32's range (±3.4e38)")
+        return self._finish(cast)
 
     def _finish(self, image: np.ndarray) -> np.ndarray:
         if self.image_size is not None:
@@ -376,7 +427,7 @@ def _as_id(value) -> str:
         return bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, (np.integer,)):
         return str(int(value))
-    return str(value)
+    return _storable(str(value))
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -409,15 +460,53 @@ class _Sequential:
         return self.after_skip(dataset) if self.after_skip is not None else dataset
 
 
-def _walk_folder(folder: str) -> List[str]:
-    """Relative POSIX paths of the image files under ``folder`` (hidden files and folders left out), sorted."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES):
-                found.append(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"))
-    return sorted(found)
+def _walk_folder(folder: str) -> Tuple[List[str], List[str]]:
+    """``(files, classes)``: the relative POSIX paths of the image files under ``folder``, sorted, and the
+    names of its first-level sub-folders, sorted (hidden files and folders, and ``lost+found``, left out of both).
+
+    Symbolic links to folders are followed (a class folder linked from elsewhere is read), except a link
+    back to one of its own ancestors (a loop: its files are read once, under their first path). A folder
+    that cannot be listed is an error naming it: its images are never silently left out."""
+    found, classes = [], []
+    top = os.stat(folder)
+    stack = [(folder, "", frozenset({(top.st_dev, top.st_ino)}))]
+    while stack:
+        path, relative, ancestors = stack.pop()
+        try:
+            with os.scandir(path) as listing:
+                entries = list(listing)
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name == "lost+found":  # hidden, a file system's recovery folder
+                    continue
+                try:
+                    info = entry.stat() if entry.is_dir() else None  # both follow symbolic links
+                except OSError:  # a broken link, a file gone since the listing: read (and named) as a file
+                    info = None
+                if info is not None:
+                    if (info.st_dev, info.st_ino) not in ancestors:
+                        if not relative:
+                            classes.append(name)
+                        stack.append((entry.path, f"{relative}{name}/", ancestors | {(info.st_dev, info.st_ino)}))
+                elif name.lower().endswith(IMAGE_SUFFIXES):
+                    found.append(relative + name)
+        except OSError as error:
+            raise InvalidInputError(f"`data`: cannot list the folder {path!r}: {error.strerror or error}; its images "
+                                    "would be left out. " + received("data", folder)) from None
+    return sorted(found), sorted(classes)
+
+
+def _storable(text: str) -> str:
+    """``text`` as a string any store can write (UTF-8): the bytes of a file name that are not UTF-8 (which
+    Python holds as lone surrogates) shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _files_digest(paths: Sequence[str], names: Optional[Sequence[str]] = None) -> str:
@@ -434,7 +523,7 @@ def _files_digest(paths: Sequence[str], names: Optional[Sequence[str]] = None) -
 
 
 def _folder_source(folder: str, labels, items: _Items) -> _Random:
-    names = _walk_folder(folder)
+    names, folders = _walk_folder(folder)
     if not names:
         raise InvalidInputError(f"`data`: the folder {folder!r} holds no image file (ending "
                                 f"{', '.join(IMAGE_SUFFIXES)}, "
@@ -448,7 +537,7 @@ def _folder_source(folder: str, labels, items: _Items) -> _Random:
                                     f"directly in {folder!r} (e.g. {loose[0]!r}); move them into a class folder. "
                                     + received("labels", labels))
         if isinstance(labels, str) and labels == "folders":
-            class_names = sorted(set(top))
+            class_names = folders  # every first-level sub-folder, an empty one too (as Keras numbers them)
         elif isinstance(labels, (list, tuple)) and labels and all(isinstance(c, str) for c in labels) \
                 and len(set(labels)) == len(labels):
             class_names = list(labels)
@@ -463,9 +552,9 @@ def _folder_source(folder: str, labels, items: _Items) -> _Random:
         index = {name: k for k, name in enumerate(class_names)}
         label_array = np.array([index[t] for t in top], dtype=np.int64)
     paths = [os.path.join(folder, *name.split("/")) for name in names]
-    description = {"kind": "folder", "folder": os.path.abspath(folder), "files": len(names),
+    description = {"kind": "folder", "folder": os.path.realpath(folder), "files": len(names),
                    "files_sha256": _files_digest(paths, names), "labels": class_names}
-    return _Random("folder", len(names), names, label_array,
+    return _Random("folder", len(names), [_storable(name) for name in names], label_array,
                    lambda i: items.encoded(_read_file(paths[i])), description, class_names)
 
 
@@ -475,7 +564,7 @@ def _files_source(paths, labels, items: _Items) -> _Random:
     if labels is not None:
         label_array = _array_labels(labels, len(paths))
     description = {"kind": "files", "files": len(paths), "files_sha256": _files_digest(paths)}
-    return _Random("files", len(paths), paths, label_array,
+    return _Random("files", len(paths), [_storable(path) for path in paths], label_array,
                    lambda i: items.encoded(_read_file(paths[i])), description)
 
 
@@ -490,14 +579,29 @@ def _array_labels(labels, n, name="labels"):
     return labels
 
 
+def _blockwise_digest(array: np.ndarray, block_bytes: int = 16 << 20) -> str:
+    """:func:`tfattr.core.keys.array_digest` (the same SHA-256: dtype, shape, C-order bytes) taken a block of
+    items at a time, so a memory-mapped array larger than memory is never copied whole."""
+    if array.ndim == 0 or array.shape[0] == 0:
+        return array_digest(array)
+    hasher = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    step = max(1, block_bytes // max(1, array[:1].nbytes))
+    for start in range(0, array.shape[0], step):
+        hasher.update(np.ascontiguousarray(array[start:start + step]).tobytes())
+    return hasher.hexdigest()
+
+
 def _arrays_source(images, labels, ids, items: _Items) -> _Random:
     images = np.asarray(images)
-    if images.dtype.kind not in "uif":
+    if not _is_numeric(images.dtype):
         raise InvalidTypeError(f"`data`: images are a numeric array (uint8 or float); got dtype {images.dtype}. "
                                + received("data", str(images.dtype)))
     if images.ndim != 4:
         hint = " (grey images of shape (N, H, W): pass images[..., None])" if images.ndim == 3 else ""
         raise InvalidInputError(f"`data`: images are an array of shape (N, height, width, channels){hint}. "
+                                + received("data.shape", images.shape))
+    if 0 in images.shape[1:]:
+        raise InvalidInputError("`data`: the images have no pixels (a height, width or channel count of 0). "
                                 + received("data.shape", images.shape))
     if items.value_range is not None and images.dtype != np.uint8:
         raise InvalidInputError(f"`value_range` scales 8-bit images; these images are {images.dtype} and are used as "
@@ -516,7 +620,7 @@ def _arrays_source(images, labels, ids, items: _Items) -> _Random:
             raise InvalidInputError(f"`ids`: one id per image is needed ({n}). " + received("ids", id_array.shape))
         id_list = [_as_id(v) for v in id_array]
     description = {"kind": "arrays", "images": {"dtype": images.dtype.str, "shape": list(images.shape),
-                                                "sha256": array_digest(images)},
+                                                "sha256": _blockwise_digest(images)},
                    "labels": None if label_array is None else array_digest(label_array),
                    "ids": None if ids is None else hashlib.sha256(json.dumps(id_list).encode()).hexdigest()}
     source = _Random("arrays", n, id_list, label_array, lambda i: items.raw(images[i]), description)
@@ -553,6 +657,44 @@ def _element_parts(spec, image_key, label_key, id_key, what):
                             + received("element_spec", spec))
 
 
+def _unreproducible_stage(dataset) -> Optional[str]:
+    """What makes ``dataset``'s order change from pass to pass, or ``None``: a ``shuffle`` that reshuffles at
+    every pass (its default) or has no seed, ``Dataset.random`` without a seed, a parallel ``map`` or
+    ``batch`` with ``deterministic=False`` (explicit, it overrides the stream's deterministic option).
+    Read from the dataset objects' stages (TensorFlow internals: a stage it cannot read is passed over;
+    functions inside ``interleave`` and ``flat_map`` are not looked into)."""
+    seen, stack = set(), [dataset]
+    while stack:
+        stage = stack.pop()
+        if id(stage) in seen:
+            continue
+        seen.add(id(stage))
+        attributes = getattr(stage, "__dict__", {})
+        name = type(stage).__name__
+        try:
+            seeds = [int(attributes[k]) for k in ("_seed", "_seed2") if k in attributes]
+            if "Shuffle" in name and attributes.get("_reshuffle_each_iteration") is True:
+                return ("a shuffle that reshuffles at every pass: pass seed= and reshuffle_each_iteration=False, or "
+                        "shuffle=False to list_files / image_dataset_from_directory")
+            if ("Shuffle" in name or "Random" in name) and seeds and not any(seeds):
+                return f"{name.strip('_')} without a seed: pass seed= (and reshuffle_each_iteration=False)"
+            if attributes.get("_deterministic") == "false":
+                return f"{name.strip('_')} with deterministic=False: drop that argument"
+            stack.extend(stage._inputs())
+        except Exception:  # TensorFlow internals changed: this stage cannot be read
+            continue
+    return None
+
+
+def _element_parts_specs(spec, image_key, label_key, id_key):
+    """The specs ``(label, id)`` of an element of structure ``spec`` (``None`` where there is none)."""
+    if isinstance(spec, dict):
+        return (spec.get(label_key) if label_key is not None else None), (spec.get(id_key) if id_key else None)
+    if isinstance(spec, tuple):
+        return spec[1], None
+    return None, None
+
+
 def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, description, class_names=None,
                     num_classes=None, what="dataset", after_skip=None) -> _Sequential:
     spec = (after_skip(dataset) if after_skip is not None else dataset).element_spec
@@ -560,6 +702,14 @@ def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, 
     if not isinstance(image_spec, tf.TensorSpec):
         raise InvalidInputError(f"`data`: the {what}'s images must be dense tensors. "
                                 + received("image spec", image_spec))
+    parts = _element_parts_specs(spec, image_key, label_key, id_key)
+    if parts[0] is not None and not isinstance(parts[0], tf.TensorSpec):
+        raise InvalidInputError(f"`label_key`: the {what}'s labels must be one tensor per element (one class index); "
+                                "these are nested (several targets?): map the dataset to (image, label) (dict "
+                                "elements: or pass label_key=None). " + received("label spec", parts[0]))
+    if parts[1] is not None and not (isinstance(parts[1], tf.TensorSpec) and parts[1].shape.rank == 0):
+        raise InvalidInputError(f"`id_key`: an id is one scalar per element (a string or a number); the {what}'s "
+                                f"{id_key!r} field is not. " + received("id spec", parts[1]))
     dtype = image_spec.dtype
     if dtype == tf.string:
         if image_spec.shape.rank not in (None, 0):
@@ -573,6 +723,9 @@ def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, 
                 4: " (a batched dataset: pass dataset.unbatch())"}.get(image_spec.shape.rank, "")
         raise InvalidInputError(f"`data`: each image is (height, width, channels){hint}. "
                                 + received("image spec", image_spec))
+    if dtype != tf.string and image_spec.shape.rank == 3 and 0 in image_spec.shape.as_list():
+        raise InvalidInputError(f"`data`: the {what}'s images have no pixels (a height, width or channel count of 0). "
+                                + received("image spec", image_spec))
     if items.value_range is not None and dtype not in (tf.string, tf.uint8):
         raise InvalidInputError(f"`value_range` scales 8-bit images; the {what}'s images are {dtype.name} and are used "
                                 "as they are: scale them to the model's range yourself, or drop value_range. "
@@ -581,6 +734,12 @@ def _dataset_source(dataset, kind, image_key, label_key, id_key, items: _Items, 
             and image_spec.shape[2] is not None and image_spec.shape[2] != items.channels:
         raise InvalidInputError(f"`channels`={items.channels}, and the {what}'s images have {image_spec.shape[2]} "
                                 "channels. " + received("image spec", image_spec))
+    if kind == "dataset":  # (TFDS reads its records in order: shuffle_files=False)
+        unreproducible = _unreproducible_stage(dataset)
+        if unreproducible is not None:
+            raise InvalidInputError(f"`data`: the {what}'s order changes from pass to pass ({unreproducible}). Item "
+                                    "ids are positions in that order, and a resumed run (skip_batches) would skip "
+                                    "other items than the first run explained. " + received("data", dataset))
     cardinality = int(dataset.cardinality())
     if cardinality == tf.data.INFINITE_CARDINALITY:
         raise InvalidInputError(f"`data`: the {what} is infinite (a .repeat() without a count?); a stream must end. "
@@ -600,6 +759,9 @@ def _tfds_source(name, split, data_dir, image_key, label_key, id_key, items: _It
     if split is None:
         raise InvalidInputError("`split`: a TFDS dataset is read one split at a time (e.g. \"test\", "
                                 "\"validation[:1000]\"). " + received("split", split))
+    if isinstance(split, (list, tuple, dict, set)):  # tfds.load would return several datasets
+        raise InvalidInputError("`split`: one split is streamed at a time; several splits in one stream are one "
+                                "split expression, e.g. 'train+test'. " + received("split", split))
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         image_feature = builder.info.features[image_key] if image_key in builder.info.features else None
@@ -671,6 +833,7 @@ class Stream:
         if self.num_batches is not None and skip_batches > self.num_batches:
             raise InvalidInputError(f"`skip_batches`: the source has {self.num_batches} batches of {batch}. "
                                     + received("skip_batches", skip_batches))
+        self._probe = None  # (index, id, digest) of a dataset's item read for the shape
         items.item_shape = self._first_shape()
         self.item_shape = items.item_shape
         self.description = dict(source.description, num_items=source.n, item_shape=list(self.item_shape),
@@ -726,7 +889,10 @@ class Stream:
         try:
             for index, item_id, load in candidates:
                 try:
-                    return load().shape
+                    image = load()
+                    if not self._source.random_access:  # checked when the pass reaches it (see __iter__)
+                        self._probe = (index, item_id, hashlib.sha256(image.tobytes()).digest())
+                    return image.shape
                 except _ItemError as error:
                     if self.on_error == "raise":
                         raise _item_error(index, item_id, str(error)) from None
@@ -786,10 +952,12 @@ class Stream:
             def finish(e, function):
                 return dict(e, **prepared(function, [e["image"]]))
 
-            dataset = source.read(self.skip_batches * batch).map(fields)
+            # plain Python, traced as it is (AutoGraph would try to parse the accessors' lambdas, and warn)
+            plain = tf.autograph.experimental.do_not_convert
+            dataset = source.read(self.skip_batches * batch).map(plain(fields))
             spec = dataset.element_spec["image"]
             if spec.dtype != tf.string and spec.shape.is_fully_defined():  # batch first, one call per batch
-                dataset = dataset.batch(batch).map(lambda e: finish(e, lambda x: group(items.raw, x)),
+                dataset = dataset.batch(batch).map(plain(lambda e: finish(e, lambda x: group(items.raw, x))),
                                                    num_parallel_calls=per_batch, deterministic=True)
             else:  # images of several shapes or encoded: one call per item, then batch
                 def one(image):
@@ -802,7 +970,7 @@ class Stream:
                     return dict(e, image=tf.ensure_shape(image, shape), ok=tf.ensure_shape(ok, ()),
                                 message=tf.ensure_shape(message, ()))
 
-                dataset = dataset.map(single, num_parallel_calls=threads, deterministic=True).batch(batch)
+                dataset = dataset.map(plain(single), num_parallel_calls=threads, deterministic=True).batch(batch)
         options = tf.data.Options()
         options.deterministic = True
         # no autotuning thread (the parallelism and prefetch are set above; AUTOTUNE left in a user's own
@@ -833,6 +1001,15 @@ class Stream:
                 ids = ([_as_id(v) for v in element["id"]] if "id" in element
                        else [str(i) for i in range(index0, index0 + n)])
                 labels = element.get("label")
+            if self._probe is not None and index0 <= self._probe[0] < index0 + n:
+                k = self._probe[0] - index0
+                if not ok[k] or hashlib.sha256(images[k].tobytes()).digest() != self._probe[2]:
+                    raise InvalidInputError(
+                        f"`data`: the {self.kind} gave another item {self._probe[0]} (id {self._probe[1]!r}) at this "
+                        "pass than when its image shape was read: its elements change from pass to pass (a one-shot "
+                        "Python iterator in from_generator? random augmentation?). A stream reads a dataset more than "
+                        "once (and a resume reads it again): pass a generator function that starts afresh, and seed "
+                        "any randomness. " + received("data", self.kind))
             errors = [(index0 + int(k), ids[k], messages[k].decode()) for k in np.flatnonzero(~ok)]
             if errors and self.on_error == "raise":
                 raise _item_error(*errors[0])
@@ -855,8 +1032,8 @@ def stream(data, *, split=None, data_dir=None, batch: int, image_key: str = "ima
               (dict elements; ``id_key`` e.g. ``"id"`` or ``"file_name"`` where the dataset has one, or
               ``"tfds_id"``: TFDS's record ids, ``"mnist-test.tfrecord-00000-of-00001__7"``);
             * a folder: its PNG, JPEG, BMP and GIF files (:data:`IMAGE_SUFFIXES`, any case; also in
-              sub-folders; hidden files and folders left out), in the order of their relative POSIX paths
-              (code-point order), which are their ids;
+              sub-folders, symbolic links to folders followed; hidden files and folders left out), in the
+              order of their relative POSIX paths (code-point order), which are their ids;
             * a list of image file paths (ids: the paths as given);
             * an array ``(N, H, W, C)``, an ``(images, labels)`` tuple, or a dict of arrays (``image_key``,
               ``label_key`` and ``id_key`` entries); ids: the index, or the ``id_key`` entry.
@@ -864,8 +1041,8 @@ def stream(data, *, split=None, data_dir=None, batch: int, image_key: str = "ima
         batch: items per batch; batch ``k`` holds items ``[k*batch, (k+1)*batch)`` (the last may be shorter).
         image_key, label_key, id_key: the fields of dict elements (a missing ``label_key``: no labels).
         labels: a folder's labels: ``None``, ``"folders"`` (the first-level sub-folder names, sorted, are
-            the classes 0, 1, ...) or a list of those names in class order; a list of files: one integer
-            label per file.
+            the classes 0, 1, ..., an empty sub-folder included, as Keras' ``image_dataset_from_directory``)
+            or a list of those names in class order; a list of files: one integer label per file.
         image_size: ``(h, w)`` to resize every image to by area averaging (OpenCV ``INTER_AREA``, as
             ``tfattr explain --size``); ``None``: every image must have the first usable item's size.
         channels: 1 (grey) or 3 (RGB) for decoded files (default 3, alpha dropped); for arrays and datasets

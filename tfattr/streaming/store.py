@@ -11,6 +11,8 @@ Layout of a store folder ``out/`` (issue #30)::
     out/done/chunk-00007.json      commit marker of chunk 7: item range, sha256 and size of each of its files
     out/lock                       fcntl.flock of the (local) writing process
     out/.meta.lock                 short flock around metadata changes (array creation, growth, finish)
+    out/done/.chunk-00007.json.lock  flock held while chunk 7 is written (two writers of one chunk never
+                                   interleave their files; deleted after)
 
 Store chunk ``k`` holds the items ``[k * chunk, (k + 1) * chunk)``: exactly one zarr chunk file per array
 (the item dimensions are not split), so writers of different chunks never touch the same file. A chunk
@@ -29,9 +31,12 @@ are fsync-ed, and happen only under the ``.meta.lock`` flock, so several process
 size, by the first chunk written (the item shape is known only then), and never resized.
 ``tfattr-store.json`` is written with :func:`tfattr.core.files.write_bytes` (temporary file, fsync, rename).
 
-Chunk files are compressed with zstd with its content checksum on, so a damaged file is an error when
-it is decoded (never other numbers); :meth:`Explanations.verify` compares every file of every finished
-chunk with the sha256 of its marker and names the chunk. Items of unfinished chunks are never returned:
+Chunk files are compressed with zstd with its content checksum on. Reading checks each file of a finished
+chunk against the sha256 and size in its marker as it reads it (a missing file, another chunk's file, a
+symlink, a truncated or changed file is a :class:`CorruptChunkError` naming the chunk and file, never fill
+values or other numbers), and the markers' item ranges and the arrays' ``zarr.json`` (dtype, byte order,
+codecs, chunks) are checked when the store is opened; :meth:`Explanations.verify` checks every file of
+every finished chunk at once. Items of unfinished chunks are never returned:
 reading them raises :class:`UnfinishedChunkError`; :attr:`Explanations.valid` is False for them.
 Unwritten items read through the raw zarr arrays are the fill value (NaN for floats, -1 for targets).
 
@@ -98,6 +103,7 @@ _STANDARD = {
     "valid": ("bool", False),
 }
 _ZSTD_LEVEL = 1
+_MAX_ITEMS = 2**53  # item indices stay exact in float64 (JSON readers) and zarr's int64 shapes
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -163,12 +169,24 @@ def _short(value, limit: int = 60) -> str:
 def _canonical(settings, name: str = "settings"):
     """``settings`` as JSON gives it back (tuples become lists, keys strings): the form that is recorded."""
     try:
-        return json.loads(json.dumps(settings, sort_keys=True))
+        return json.loads(json.dumps(settings, sort_keys=True, default=_json_scalar))
     except (TypeError, ValueError) as error:
         raise InvalidTypeError(
             f"`{name}` must be JSON-serialisable (dicts, lists, strings, numbers, booleans, None): {error}. "
             f"{received(name, settings)}"
         ) from None
+
+
+def _json_scalar(value):
+    """NumPy scalars as the Python numbers they hold (``np.int64(3)`` is recorded as ``3``)."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _same_float(old, new) -> bool:
+    """NaN equals NaN here: JSON records a NaN as ``NaN`` and reads it back as a NaN that equals nothing."""
+    return isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new)
 
 
 def _differences(old, new, path: str = "") -> List[str]:
@@ -184,6 +202,10 @@ def _differences(old, new, path: str = "") -> List[str]:
             else:
                 out.extend(_differences(old[key], new[key], where))
         return out
+    if _same_float(old, new):
+        return []
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [line for i, (a, b) in enumerate(zip(old, new)) for line in _differences(a, b, f"{path}[{i}]")]
     if old != new or type(old) is not type(new) and not (_is_number(old) and _is_number(new)):
         return [f"{path or 'settings'}: recorded {_short(old)}, this run {_short(new)}"]
     return []
@@ -234,7 +256,7 @@ def _need_flock(out: str) -> None:
 
 @contextlib.contextmanager
 def _writable(out: str) -> Iterator[None]:
-    """Turn permission and read-only-filesystem errors into :class:`StoreNotWritableError`."""
+    """Turn permission, read-only-filesystem and full-disk errors into :class:`StoreNotWritableError`."""
     try:
         yield
     except OSError as error:
@@ -242,6 +264,13 @@ def _writable(out: str) -> Iterator[None]:
             raise StoreNotWritableError(
                 f"out={out!r} cannot be written by this process ({error.strerror}: {error.filename}); a store "
                 f"can be read from a read-only folder, but not written. Use a writable out=. {received('out', out)}"
+            ) from error
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise StoreNotWritableError(
+                f"out={out!r} is full ({error.strerror}{': ' + str(error.filename) if error.filename else ''}): the "
+                f"chunk being written was not committed (its marker is written last); the finished chunks are "
+                f"intact. Free space (or raise the quota or file size limit) and run again to resume. "
+                f"{received('out', out)}"
             ) from error
         raise
 
@@ -255,7 +284,7 @@ def _read_store_file(out: str) -> Dict[str, Any]:
         raise NotAStoreError(
             f"out={out!r} is not a tfattr store: it has no {STORE_FILE}. {received('out', out)}"
         ) from None
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, OSError) as error:
         raise CorruptStoreError(
             f"out={out!r} has an unreadable {STORE_FILE} ({error}); the store's metadata is damaged. Delete the "
             f"folder (or pass overwrite=True to a writer) and run again. {received('out', out)}"
@@ -273,31 +302,265 @@ def _read_store_file(out: str) -> Dict[str, Any]:
     for key in ("settings", "chunk", "num_items", "arrays", "complete"):
         if key not in meta:
             raise CorruptStoreError(f"out={out!r}: {STORE_FILE} lacks the key {key!r}. {received('out', out)}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise CorruptStoreError(
+            f"out={out!r}: {STORE_FILE} is damaged: {problem}. Delete the folder (or pass overwrite=True to a "
+            f"writer) and run again. {received('out', out)}"
+        )
     return meta
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _meta_problem(meta: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the types of a store file's values (None if nothing)."""
+    if not isinstance(meta["settings"], dict):
+        return f"settings is {_short(meta['settings'])}, not a dict"
+    if not _is_int(meta["chunk"]) or meta["chunk"] < 1:
+        return f"chunk is {_short(meta['chunk'])}, not an int >= 1"
+    if meta["num_items"] is not None and (not _is_int(meta["num_items"]) or meta["num_items"] < 0):
+        return f"num_items is {_short(meta['num_items'])}, not None or an int >= 0"
+    if not isinstance(meta["complete"], bool):
+        return f"complete is {_short(meta['complete'])}, not true or false"
+    if meta["complete"] and meta["num_items"] is None:
+        return "complete is true but num_items is null"
+    arrays = meta["arrays"]
+    if not isinstance(arrays, dict):
+        return f"arrays is {_short(arrays)}, not a dict"
+    for name, spec in arrays.items():
+        if not _ARRAY_NAME.match(name) or not isinstance(spec, dict):
+            return f"arrays has the entry {_short(name)}: {_short(spec)}"
+        shape, dtype = spec.get("shape_per_item"), spec.get("dtype")
+        if not isinstance(shape, list) or not all(_is_int(size) and size >= 0 for size in shape):
+            return f"arrays[{name!r}].shape_per_item is {_short(shape)}, not a list of sizes"
+        try:
+            ok = dtype == "str" if name == "ids" else np.dtype(dtype).kind in "biuf"
+        except TypeError:
+            ok = False
+        if not ok:
+            return f"arrays[{name!r}].dtype is {_short(dtype)}"
+    return None
+
+
 def _list_markers(out: str) -> Set[int]:
+    """The chunk indices of the markers in ``out/done`` (names exactly as the writer makes them)."""
     try:
         names = os.listdir(os.path.join(out, DONE))
     except FileNotFoundError:
         return set()
-    return {int(match.group(1)) for match in map(_MARKER.match, names) if match}
+    chunks = set()
+    for match in map(_MARKER.match, names):
+        if match and _marker_name(int(match.group(1))) == match.group(0):
+            chunks.add(int(match.group(1)))
+    return chunks
 
 
-def _read_marker(out: str, k: int) -> Dict[str, Any]:
+def _chunk_key(name: str, k: int, shape_per_item) -> str:
+    """The zarr chunk file of store chunk ``k`` of array ``name``, relative to the store folder."""
+    return f"{DATA}/{name}/c.{k}" + ".0" * len(shape_per_item)
+
+
+def _marker_problem(marker, k: int, meta: Optional[Dict[str, Any]]) -> Optional[str]:
+    """What is wrong with the marker of chunk ``k`` (its range, its files) for the store ``meta``."""
+    if not isinstance(marker, dict):
+        return "not a JSON object"
+    if not _is_int(marker.get("chunk")) or marker["chunk"] != k:
+        return f"it is the marker of chunk {_short(marker.get('chunk'))}"
+    start, stop, entries = marker.get("start"), marker.get("stop"), marker.get("files")
+    if not _is_int(start) or not _is_int(stop):
+        return f"its item range {_short(start)} to {_short(stop)} is not two ints"
+    if not isinstance(entries, dict):
+        return f"its files are {_short(entries)}"
+    for relative, expected in entries.items():
+        if (not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str)
+                or not re.fullmatch(r"[0-9a-f]{64}", expected["sha256"]) or not _is_int(expected.get("size"))):
+            return f"its record of {_short(relative)} is {_short(expected)}"
+    if meta is None:
+        return None
+    chunk, num_items = meta["chunk"], meta["num_items"]
+    end = (k + 1) * chunk if num_items is None else min((k + 1) * chunk, num_items)
+    if num_items is not None and k * chunk >= num_items:
+        return f"chunk {k} (items from {k * chunk}) lies past the store's {num_items} items"
+    if start != k * chunk or not start < stop <= end:
+        return (f"its item range [{start}, {stop}) is not inside chunk {k}'s items [{k * chunk}, {end}) "
+                f"(chunk={chunk}, num_items={num_items})")
+    needed = [f"{ROWS}/{_part_name(k)}"] + [_chunk_key(name, k, spec["shape_per_item"])
+                                            for name, spec in sorted(meta["arrays"].items())]
+    missing = [relative for relative in needed if relative not in entries]
+    if missing:
+        return f"it records no {', '.join(missing[:3])}"
+    return None
+
+
+def _load_marker(out: str, k: int, meta: Optional[Dict[str, Any]]):
+    """``(marker, None)``, or ``(None, what is wrong)`` for the marker of chunk ``k`` (checked against ``meta``)."""
     path = os.path.join(out, DONE, _marker_name(k))
     try:
         with open(path, "rb") as handle:
             marker = json.loads(handle.read().decode("utf-8"))
-        if not isinstance(marker, dict) or marker.get("chunk") != k:
-            raise ValueError("not the marker of this chunk")
-        int(marker["start"]), int(marker["stop"]), dict(marker["files"])
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
+        problem = _marker_problem(marker, k, meta)
+    except (ValueError, UnicodeDecodeError, OSError) as error:
+        problem = str(error)
+    return (None, problem) if problem else (marker, None)
+
+
+def _read_marker(out: str, k: int, meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The marker of chunk ``k``, checked (its range and files against ``meta``, the store file, if given)."""
+    marker, problem = _load_marker(out, k, meta)
+    if problem:
         raise CorruptChunkError(
             f"chunk {k} of out={out!r} is damaged: its commit marker {DONE}/{_marker_name(k)} is unreadable "
-            f"({error}). {received('out', out)}"
-        ) from None
+            f"({problem}). {received('out', out)}"
+        )
     return marker
+
+
+_CHUNK_KEY = re.compile(r"^(?:.+/)?c\.(\d+)(?:\.\d+)*$")
+_VERIFIED = None
+
+
+def _verified_store_class():
+    """``_VerifiedStore``: zarr's ``LocalStore`` reading a finished chunk's files only as its marker records them.
+
+    zarr reads a missing chunk file as fill values and decodes any valid file put in a chunk's place (another
+    chunk's, a symlink, an older run's); this store compares each file of a finished chunk it returns with the
+    sha256 and size of the chunk's marker, and raises :class:`CorruptChunkError` naming it otherwise. Files of
+    unfinished chunks are returned as they are (raw reads through ``StoreArray.zarr``). Made on first use (the
+    module does not import zarr before), importable by name for pickling (``__getattr__`` of the module).
+    """
+    global _VERIFIED
+    if _VERIFIED is None:
+        import asyncio
+
+        zarr = _zarr()
+
+        class _VerifiedStore(zarr.storage.LocalStore):
+            def __init__(self, root, *, read_only: bool = True, out: str = "",
+                         expected: Optional[Dict[str, Dict[str, Any]]] = None, finished=()):
+                super().__init__(root, read_only=read_only)
+                self.out = out
+                self.expected = dict(expected or {})  # file relative to out -> {"sha256", "size"}
+                self.finished = frozenset(finished)
+
+            def with_read_only(self, read_only: bool = False):
+                return type(self)(self.root, read_only=read_only, out=self.out, expected=self.expected,
+                                  finished=self.finished)
+
+            def _check(self, key: str, value, byte_range) -> None:
+                match = _CHUNK_KEY.match(key)
+                if not match or int(match.group(1)) not in self.finished:
+                    return
+                k, relative = int(match.group(1)), f"{DATA}/{key}"
+                expected = self.expected.get(relative)
+                if expected is None:
+                    what = "is not recorded in its marker"
+                elif value is None:
+                    if not os.path.isfile(os.path.join(self.out, STORE_FILE)):
+                        raise NotAStoreError(
+                            f"out={self.out!r} no longer holds the store opened there (moved, renamed or deleted "
+                            f"since open_explanations): open it again where it is now. {received('out', self.out)}")
+                    what = "missing"
+                else:
+                    if byte_range is None:
+                        data = value.as_buffer_like()
+                    else:  # a part: check the whole file
+                        with open(os.path.join(self.out, *relative.split("/")), "rb") as handle:
+                            data = handle.read()
+                    size = memoryview(data).nbytes
+                    if size != expected["size"]:
+                        what = f"{size} bytes, {expected['size']} recorded"
+                    elif hashlib.sha256(data).hexdigest() != expected["sha256"]:
+                        what = "content differs from its sha256"
+                    else:
+                        return
+                raise CorruptChunkError(
+                    f"out={self.out!r}: chunk {k} is damaged (chunk {k}: {relative} {what}). Delete its marker "
+                    f"({DONE}/{_marker_name(k)}) and resume the run to rewrite it. {received('out', self.out)}"
+                )
+
+            async def get(self, key, prototype=None, byte_range=None):
+                value = await super().get(key, prototype, byte_range)
+                await asyncio.to_thread(self._check, key, value, byte_range)
+                return value
+
+            def get_sync(self, key, *, prototype=None, byte_range=None):
+                value = super().get_sync(key, prototype=prototype, byte_range=byte_range)
+                self._check(key, value, byte_range)
+                return value
+
+            async def get_partial_values(self, prototype, key_ranges):
+                key_ranges = list(key_ranges)
+                values = await super().get_partial_values(prototype, key_ranges)
+                for (key, byte_range), value in zip(key_ranges, values):
+                    self._check(key, value, byte_range)
+                return values
+
+        _VerifiedStore.__module__ = __name__
+        _VerifiedStore.__qualname__ = "_VerifiedStore"
+        _VERIFIED = _VerifiedStore
+    return _VERIFIED
+
+
+def __getattr__(name: str):
+    if name == "_VerifiedStore":
+        return _verified_store_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _array_problem(name: str, array, spec: Dict[str, Any], chunk: int, length: int) -> Optional[str]:
+    """What in a zarr array's metadata differs from the store's record (anything that would decode other numbers)."""
+    item = tuple(spec["shape_per_item"])
+    if tuple(array.shape[1:]) != item:
+        return f"item shape {tuple(array.shape[1:])}, recorded {item}"
+    if tuple(array.chunks) != (chunk,) + item:
+        return f"chunks {tuple(array.chunks)}, the store's are {(chunk,) + item}"
+    if array.shape[0] < length:
+        return f"{array.shape[0]} items, its finished chunks reach item {length}"
+    if name == "ids":
+        if array.dtype.kind not in "OTU":
+            return f"dtype {array.dtype}, recorded str"
+    elif np.dtype(array.dtype) != np.dtype(spec["dtype"]):
+        return f"dtype {array.dtype}, recorded {spec['dtype']}"
+    metadata = array.metadata.to_dict()
+    if metadata.get("chunk_key_encoding") != {"name": "default", "configuration": {"separator": "."}}:
+        return f"chunk key encoding {_short(metadata.get('chunk_key_encoding'))}"
+    codecs = list(metadata.get("codecs") or ())
+    names = [codec.get("name") if isinstance(codec, dict) else codec for codec in codecs]
+    if names != ["vlen-utf8" if name == "ids" else "bytes", "zstd"]:
+        return f"codecs {_short(names)}, the store's are {['vlen-utf8' if name == 'ids' else 'bytes', 'zstd']}"
+    endian = (codecs[0].get("configuration") or {}).get("endian")
+    if name != "ids" and endian not in ("little",) + ((None,) if np.dtype(array.dtype).itemsize == 1 else ()):
+        return f"byte order {endian!r}, the store's is 'little'"
+    return None
+
+
+def _check_ids(ids) -> List[str]:
+    """The ids as strings: ``str`` as they are, ints in decimal, bytes decoded as UTF-8; anything else is an error."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+        raise InvalidTypeError(f"`ids` must be a list of strings, one per item. {received('ids', ids)}")
+    out = []
+    for i, item in enumerate(ids):
+        if isinstance(item, (bytes, np.bytes_)):
+            try:
+                item = bytes(item).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(f"ids[{i}] is bytes that are not UTF-8 text. {received(f'ids[{i}]', item)}"
+                                        ) from None
+        elif isinstance(item, (int, np.integer)) and not isinstance(item, (bool, np.bool_)):
+            item = str(int(item))
+        elif not isinstance(item, str):
+            raise InvalidTypeError(
+                f"ids[{i}] must be a string (or an int, bytes in UTF-8). {received(f'ids[{i}]', item)}")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidInputError(
+                f"ids[{i}] cannot be stored as UTF-8 ({error.reason}). {received(f'ids[{i}]', item)}") from None
+        out.append(str(item))
+    return out
 
 
 def _array_spec(name: str, values: np.ndarray) -> Dict[str, Any]:
@@ -338,7 +601,22 @@ def _remove_entries(out: str) -> None:
 
 def _open_zarr_array(group, name: str):
     """The array ``name`` of ``group`` (writes chunks also when they hold only fill values)."""
-    return group[name].with_config({"write_empty_chunks": True})
+    try:
+        return group[name].with_config({"write_empty_chunks": True})
+    except Exception as error:
+        out = os.path.dirname(str(group.store.root))
+        raise CorruptStoreError(f"out={out!r}: the array {DATA}/{name} cannot be opened ({type(error).__name__}: "
+                                f"{error}); its zarr.json is damaged. {received('out', out)}") from None
+
+
+def _open_writer_group(out: str):
+    """The zarr group of the store ``out`` for writing (a damaged ``zarr.json`` is a :class:`CorruptStoreError`)."""
+    zarr = _zarr()
+    try:
+        return zarr.open_group(zarr.storage.LocalStore(os.path.join(out, DATA)), mode="r+")
+    except Exception as error:
+        raise CorruptStoreError(f"out={out!r}: the zarr group {DATA} cannot be opened ({type(error).__name__}: "
+                                f"{error}); its zarr.json is damaged. {received('out', out)}") from None
 
 
 # --------------------------------------------------------------------------------------------- the writer
@@ -414,6 +692,9 @@ class StoreWriter:
             )
         if os.path.exists(out) and not os.path.isdir(out):
             raise NotAStoreError(f"out={out!r} is a file, not a folder. {received('out', out)}")
+        if os.path.islink(out) and not os.path.exists(out):
+            raise NotAStoreError(f"out={out!r} is a symlink to {os.readlink(out)!r}, which does not exist. "
+                                 f"{received('out', out)}")
         is_store = os.path.isfile(os.path.join(out, STORE_FILE))
         if os.path.isdir(out) and not is_store:
             names = os.listdir(out)
@@ -453,7 +734,11 @@ class StoreWriter:
     @staticmethod
     def _take_lock(out: str) -> int:
         _need_flock(out)
-        fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, files.file_mode())
+        try:
+            fd = os.open(os.path.join(out, LOCK), os.O_RDWR | os.O_CREAT, files.file_mode())
+        except IsADirectoryError:
+            raise CorruptStoreError(f"out={out!r} has a folder named {LOCK!r} where its lock file belongs. "
+                                    f"{received('out', out)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -517,6 +802,8 @@ class StoreWriter:
             self._write_meta(meta)  # last: a store folder without it is ours and empty-ish
             return
         meta = _read_store_file(out)
+        for name in (DONE, ROWS):  # a store whose folder of markers was deleted: its chunks are unfinished
+            os.makedirs(os.path.join(out, name), exist_ok=True)
         differences = _differences(meta["settings"], self.settings)
         if meta["chunk"] != self.chunk:
             differences.insert(0, f"chunk: recorded {meta['chunk']}, this run {self.chunk}")
@@ -540,7 +827,7 @@ class StoreWriter:
 
     def _set_num_items(self, meta: Dict[str, Any], num_items: int) -> None:
         """Record a size learnt after creation (under the meta lock): arrays get exactly ``num_items``."""
-        stops = [_read_marker(self.out, k)["stop"] for k in sorted(_list_markers(self.out))]
+        stops = [_read_marker(self.out, k, meta)["stop"] for k in sorted(_list_markers(self.out))]
         if stops and max(stops) > num_items:
             raise InvalidInputError(
                 f"out={self.out!r} has finished chunks up to item {max(stops)}, more than num_items={num_items}. "
@@ -555,11 +842,40 @@ class StoreWriter:
         self._write_meta(meta)
         self._arrays.clear()
 
+    @contextlib.contextmanager
+    def _chunk_lock(self, k: int) -> Iterator[None]:
+        """An exclusive flock of ``done/.chunk-0000k.json.lock`` while chunk ``k`` is written (deleted after)."""
+        _need_flock(self.out)
+        path = os.path.join(self.out, DONE, f".{_marker_name(k)}.lock")
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, files.file_mode())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:  # the file may have been deleted by the holder we waited for: then lock the new one
+                    held, now = os.fstat(fd), os.stat(path)
+                    same = (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+                except FileNotFoundError:
+                    same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                break
+            os.close(fd)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            os.close(fd)
+
     def _remove_temporaries(self) -> None:
         """Delete temporary files of killed writers (only under the lock: nobody else writes)."""
         for folder, _, names in os.walk(self.out):
             for name in names:
-                if name.endswith(".partial") or ".tmp-" in name and name.startswith("."):
+                chunk_lock = (folder == os.path.join(self.out, DONE) and name.startswith(".chunk-")
+                              and name.endswith(".lock"))
+                if name.endswith(".partial") or ".tmp-" in name and name.startswith(".") or chunk_lock:
                     with contextlib.suppress(OSError):
                         os.remove(os.path.join(folder, name))
 
@@ -602,11 +918,15 @@ class StoreWriter:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise InvalidInputError(f"`k` must be a chunk index (an int >= 0). {received('k', k)}")
         k = int(k)
-        if start != k * self.chunk:
+        if (k + 1) * self.chunk > _MAX_ITEMS:
+            raise InvalidInputError(f"Chunk {k} (items from {k * self.chunk}) lies past the {_MAX_ITEMS} items a store "
+                                    f"can index. {received('k', k)}")
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start != k * self.chunk:
             raise InvalidInputError(
                 f"Chunk {k} starts at item {k * self.chunk} (chunk={self.chunk}). {received('start', start)}"
             )
-        ids = [str(item) for item in ids]
+        start = int(start)
+        ids = _check_ids(ids)
         n = len(ids)
         if self.num_items is not None:
             expected = min(self.chunk, self.num_items - start)
@@ -632,7 +952,14 @@ class StoreWriter:
             )
         values = self._prepare(ids, arrays, rows, n)
         table = self._rows_table(ids, start, values, rows)
-        with _writable(self.out):
+        with _writable(self.out), self._chunk_lock(k):
+            # under the chunk's lock: two writers of one chunk (a retried Beam bundle) never interleave
+            # their files, and the second finds the first one's marker before it writes anything
+            if os.path.exists(os.path.join(self.out, DONE, _marker_name(k))):
+                raise ChunkFinishedError(
+                    f"Chunk {k} of out={self.out!r} is finished (it has its commit marker): finished chunks are "
+                    f"never rewritten. {received('k', k)}"
+                )
             self._ensure_arrays(values, start + self.chunk)
             entries = {}
             for name, value in values.items():
@@ -662,6 +989,9 @@ class StoreWriter:
         """The chunk's arrays in their stored dtypes, defaults filled, checked against the store's schema."""
         if not isinstance(arrays, dict):
             raise InvalidTypeError(f"`arrays` must be a dict of name -> array. {received('arrays', arrays)}")
+        if rows is not None and (isinstance(rows, (str, bytes, dict)) or not hasattr(rows, "__len__")
+                                 or not all(isinstance(row, dict) for row in rows)):
+            raise InvalidTypeError(f"`rows` must be a list of dicts, one per id. {received('rows', rows)}")
         if rows is not None and len(rows) != n:
             raise InvalidInputError(f"`rows` must have one dict per id ({n}). {received('len(rows)', len(rows))}")
         values: Dict[str, np.ndarray] = {"ids": np.asarray(ids, dtype=object)}
@@ -677,13 +1007,31 @@ class StoreWriter:
                     f"arrays[{name!r}] must have one row per id ({n}). "
                     f"{received(f'arrays[{name!r}].shape', value.shape)}"
                 )
+            if value.dtype.kind not in "biuf":  # strings, objects (None), complex: never parsed or cut silently
+                raise InvalidTypeError(
+                    f"arrays[{name!r}] must be numeric or bool. "
+                    f"{received(f'arrays[{name!r}].dtype', str(value.dtype))}")
+            if 0 in value.shape[1:]:
+                raise InvalidInputError(
+                    f"arrays[{name!r}] has items of no values. {received(f'arrays[{name!r}].shape', value.shape)}")
             if name == "attributions" or name.startswith("attributions/"):
+                if value.dtype.kind == "f" and value.dtype.itemsize > 4:
+                    with np.errstate(invalid="ignore"):
+                        big = np.isfinite(value) & (np.abs(value) > np.finfo(np.float32).max)
+                    if big.any():
+                        largest = float(np.abs(value[big]).max())
+                        raise InvalidInputError(
+                            f"arrays[{name!r}] holds finite values beyond float32's range (attributions are stored "
+                            f"as float32; they would become inf). {received('max |value|', largest)}")
                 value = value.astype(np.float32, copy=False)
             elif name in _STANDARD:
                 dtype = np.dtype(_STANDARD[name][0])
                 if value.ndim != 1:
                     raise InvalidInputError(
                         f"arrays[{name!r}] must be 1-D. {received(f'arrays[{name!r}].shape', value.shape)}")
+                if dtype.kind == "b" and value.dtype.kind != "b" and not np.isin(value, (0, 1)).all():
+                    raise InvalidInputError(
+                        f"arrays['valid'] must be bool (or 0/1). {received(name, value)}")
                 if dtype.kind == "i" and value.dtype.kind not in "iub":
                     if value.dtype.kind != "f" or not np.all(value == np.round(value)):
                         raise InvalidInputError(f"arrays[{name!r}] must hold integers. {received(name, value)}")
@@ -691,10 +1039,6 @@ class StoreWriter:
                 if info is not None and value.size and (value.min() < info.min or value.max() > info.max):
                     raise InvalidInputError(f"arrays[{name!r}] does not fit {dtype}. {received(name, value)}")
                 value = value.astype(dtype, copy=False)
-            elif value.dtype.kind not in "biuf":
-                raise InvalidTypeError(
-                    f"arrays[{name!r}] must be numeric or bool. "
-                    f"{received(f'arrays[{name!r}].dtype', str(value.dtype))}")
             values[name] = np.ascontiguousarray(value)
         if "valid" not in values:
             statuses = [row.get("status") for row in rows] if rows is not None else []
@@ -724,9 +1068,7 @@ class StoreWriter:
             ) from None
 
     def _fresh_array(self, name: str):
-        zarr = _zarr()
-        group = zarr.open_group(zarr.storage.LocalStore(os.path.join(self.out, DATA)), mode="r+")
-        return _open_zarr_array(group, name)
+        return _open_zarr_array(_open_writer_group(self.out), name)
 
     def _ensure_arrays(self, values: Dict[str, np.ndarray], needed: int) -> None:
         """Create the arrays at the first chunk, or grow them (unknown size), under the meta lock."""
@@ -741,7 +1083,7 @@ class StoreWriter:
             spec = {name: _array_spec(name, value) for name, value in values.items()}
             if meta["arrays"] and meta["arrays"] != spec:
                 _schema_mismatch(meta["arrays"], spec, values)
-            group = zarr.open_group(zarr.storage.LocalStore(os.path.join(self.out, DATA)), mode="r+")
+            group = _open_writer_group(self.out)
             for name, value in values.items():
                 folder = os.path.join(self.out, DATA, *name.split("/"))
                 if os.path.isfile(os.path.join(folder, "zarr.json")):
@@ -838,7 +1180,7 @@ class StoreWriter:
                     f"{received('num_items', num_items)}"
                 )
             for k in range(chunks):  # each chunk full but the last, which ends at num_items
-                stop = _read_marker(self.out, k)["stop"]
+                stop = _read_marker(self.out, k, meta)["stop"]
                 if stop != min((k + 1) * self.chunk, num_items):
                     raise InvalidInputError(
                         f"out={self.out!r}: chunk {k} ends at item {stop}, not {min((k + 1) * self.chunk, num_items)}"
@@ -884,21 +1226,32 @@ def _parquet_bytes(table) -> bytes:
 class StoreArray:
     """A lazy, sliceable view of one stored array, guarded by the commit markers.
 
-    Indexing the first (item) axis with an int, a slice, an int array or a bool mask reads only the
-    chunks it touches. Items of unfinished chunks are never returned: a selection that touches one
-    raises :class:`UnfinishedChunkError` naming the chunk (use :attr:`Explanations.valid` or
-    :attr:`Explanations.finished_chunks` to select finished items). A chunk file that fails to decode
-    raises :class:`CorruptChunkError` naming the chunk.
+    Indexing is NumPy's (basic and advanced, ``a[[0, 1], [0, 1]]`` as NumPy pairs them); the first (item)
+    axis takes an int, a slice, an int array or a bool mask and reads only the chunks it touches (with
+    advanced indices, negative steps or ``None`` after it, the selected items are read whole, then indexed
+    by NumPy). ``None`` or a bool scalar as the first index is an ``IndexError``. Items of unfinished
+    chunks are never returned: a selection that touches one raises :class:`UnfinishedChunkError` naming
+    the chunk (use :attr:`Explanations.valid` or :attr:`Explanations.finished_chunks` to select finished
+    items). A chunk file that differs from its marker's sha256 (missing, replaced, truncated) raises
+    :class:`CorruptChunkError` naming the chunk and the file.
 
     Attributes:
-        zarr: The underlying zarr array (raw: unguarded, may be longer than the store while its size
-            is unknown; unwritten items read as the fill value, NaN for floats).
+        zarr: The underlying zarr array (raw: no marker guard, may be longer than the store while its
+            size is unknown; unwritten items read as the fill value, NaN for floats; files of finished
+            chunks are still checked against their markers).
     """
 
     def __init__(self, explanations: Explanations, name: str, array):
         self._store = explanations
         self.name = name
         self.zarr = array
+
+    def __getstate__(self):
+        return {"_store": self._store, "name": self.name}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.zarr = self._store._arrays[self.name]
 
     @property
     def shape(self):
@@ -916,54 +1269,98 @@ class StoreArray:
         return self.shape[0]
 
     def _items(self, first):
-        """(zarr selection for axis 0, item indices it covers, whether it drops the axis)."""
+        """(zarr selection for axis 0, item indices it covers, the index NumPy applies to the items read)."""
         n = len(self)
-        if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+        if isinstance(first, np.ndarray) and first.ndim == 0 and first.dtype.kind in "iu":
+            first = int(first)  # a 0-d int array indexes as an int
+        if isinstance(first, (int, np.integer)) and not isinstance(first, (bool, np.bool_)):
             index = int(first) + n if first < 0 else int(first)
             if not 0 <= index < n:
                 raise IndexError(f"index {first} is out of bounds for {self.name} of {n} items")
-            return index, np.array([index]), True
+            return slice(index, index + 1), np.array([index]), 0
         if isinstance(first, slice):
             begin, end, step = first.indices(n)
             items = np.arange(begin, end, step)
             if step == 1:
-                return slice(begin, max(begin, end)), items, False
-            return items, items, False
+                return slice(begin, max(begin, end)), items, slice(None)
+            return items, items, slice(None)
+        if first is None or first is Ellipsis or isinstance(first, (str, bytes, float, bool, np.bool_)):
+            raise IndexError(f"{self.name} takes an int, a slice, an int array or a boolean mask on its item "
+                             f"axis (first index), not {first!r}")
         items = np.asarray(first)
         if items.dtype == bool:
             if items.shape != (n,):
                 raise IndexError(f"a boolean mask over {self.name} must have shape ({n},), got {items.shape}")
             items = np.flatnonzero(items)
-        elif items.dtype.kind in "iu" and items.ndim == 1:
-            items = np.where(items < 0, items + n, items)
+        elif items.size == 0 and items.ndim == 1:
+            items = items.astype(np.int64)  # [] is an empty selection, as in NumPy
+        elif items.dtype.kind in "iu" and items.ndim >= 1:
+            shape = items.shape  # an int array of any shape: the items read once each, in its order, then reshaped
+            items = np.where(items < 0, items + n, items).astype(np.int64).ravel()
             if items.size and (items.min() < 0 or items.max() >= n):
                 raise IndexError(f"an index is out of bounds for {self.name} of {n} items")
+            return items, items, np.arange(items.size).reshape(shape)
         else:
-            raise IndexError(f"{self.name} takes ints, slices, 1-D int arrays or boolean masks on its item axis")
-        return items, items, False
+            raise IndexError(f"{self.name} takes an int, a slice, an int array or a boolean mask on its item "
+                             f"axis (first index). Received: {_short(first)}")
+        return items, items, np.arange(items.size)
+
+    @staticmethod
+    def _basic(index) -> bool:
+        """An index zarr applies as NumPy does to one axis: an int, a slice with a positive step."""
+        if isinstance(index, (int, np.integer)) and not isinstance(index, (bool, np.bool_)):
+            return True
+        return isinstance(index, slice) and (index.step is None or isinstance(index.step, (int, np.integer))
+                                             and index.step > 0)
+
+    def _expand(self, key: tuple) -> tuple:
+        """``key`` with its Ellipsis replaced by the full slices it stands for (as NumPy places them)."""
+        where = [i for i, part in enumerate(key) if part is Ellipsis]
+        if len(where) > 1:
+            raise IndexError(f"an index can only have a single ellipsis ('...'). Received: key={_short(key)}")
+        if not where:
+            return key
+        used = 0
+        for part in key:
+            if part is None or part is Ellipsis:
+                continue
+            array = part if isinstance(part, np.ndarray) else None
+            if array is None and isinstance(part, (list, tuple)):
+                array = np.asarray(part)
+            used += array.ndim if array is not None and array.dtype == bool else 1
+        i = where[0]
+        return key[:i] + (slice(None),) * max(0, self.ndim - used) + key[i + 1:]
 
     def __getitem__(self, key):
-        if key is Ellipsis:
-            key = (slice(None),)
-        if not isinstance(key, tuple):
-            key = (key,)
-        if key and key[0] is Ellipsis:
-            key = (slice(None),) + key
+        """NumPy indexing (basic and advanced); the item axis (the first) reads only the chunks it touches."""
+        key = key if isinstance(key, tuple) else (key,)
+        scalar = not any(part is Ellipsis for part in key)  # NumPy: a[0, ...] is a 0-d array, a[0] a scalar
+        key = self._expand(key)
         first, rest = (key[0], key[1:]) if key else (slice(None), ())
-        selection, items, _ = self._items(first)
+        selection, items, local = self._items(first)
         self._store._check_finished(items, self.name)
         try:
-            if isinstance(selection, np.ndarray):
-                block = self.zarr.oindex[(selection,) + (slice(None),) * (self.zarr.ndim - 1)]
-                values = block[(slice(None),) + rest] if rest else block
+            if not isinstance(selection, np.ndarray) and all(map(self._basic, rest)):
+                # ints and positive-step slices: zarr reads only the selected part of each item, as NumPy would
+                values = self.zarr[(selection.start if isinstance(local, int) else selection,) + rest]
             else:
-                values = self.zarr[(selection,) + rest]
-            return values[()] if isinstance(values, np.ndarray) and values.ndim == 0 else values  # a scalar, as NumPy
+                if isinstance(selection, np.ndarray):
+                    block = self.zarr.oindex[(selection,) + (slice(None),) * (self.zarr.ndim - 1)]
+                else:
+                    block = self.zarr[selection]
+                # the items read, then NumPy's own indexing with the rest of the key: advanced indices, negative
+                # steps, None and their combinations (zarr's orthogonal indexing would give other shapes)
+                values = np.asarray(block)[(local,) + rest]
         except (IndexError, TypeError):
             raise
         except Exception as error:
             self._store._raise_if_damaged(items, error)
             raise
+        if isinstance(values, np.ndarray) and values.ndim == 0 and scalar:
+            return values[()]
+        if not isinstance(values, np.ndarray) and not scalar:
+            return np.asarray(values)
+        return values
 
     def __array__(self, dtype=None, copy=None):
         values = self[:]
@@ -998,30 +1395,58 @@ class Explanations:
         markers = sorted(_list_markers(out))  # markers first, then arrays: their shapes cover the markers
         self._markers: Dict[int, Dict[str, Any]] = {}
         self._bad_markers: Dict[int, str] = {}  # damaged markers: neither finished nor readable; verify() names them
+        if markers and not self._meta["arrays"]:  # the arrays are recorded before the first marker
+            self._meta = _read_store_file(out)
         for k in markers:
-            try:
-                self._markers[k] = _read_marker(out, k)
-            except CorruptChunkError as error:
-                self._bad_markers[k] = f"{DONE}/{_marker_name(k)} unreadable"
-                del error
+            marker, problem = _load_marker(out, k, self._meta)
+            if problem:
+                self._bad_markers[k] = f"{DONE}/{_marker_name(k)} unreadable ({problem})"
+            else:
+                self._markers[k] = marker
         self._arrays: Dict[str, Any] = {}
         self._valid = None
         self._mask = None
-        if self._meta["arrays"]:
-            zarr = _zarr()
-            try:
-                group = zarr.open_group(zarr.storage.LocalStore(os.path.join(out, DATA), read_only=True), mode="r")
-                for name in self._meta["arrays"]:
-                    self._arrays[name] = group[name]
-            except Exception as error:
-                raise CorruptStoreError(
-                    f"out={out!r}: the zarr group {DATA} cannot be opened ({type(error).__name__}: {error}). "
-                    f"{received('out', out)}"
-                ) from None
         if self._meta["num_items"] is not None:
             self._length = int(self._meta["num_items"])
         else:
             self._length = max((int(m["stop"]) for m in self._markers.values()), default=0)
+        if self._meta["arrays"]:
+            self._open_arrays()
+
+    def _open_arrays(self) -> None:
+        """Open the zarr arrays through a :class:`_VerifiedStore` of the finished chunks; check their metadata."""
+        out, zarr = self.out, _zarr()
+        expected = {relative: entry for marker in self._markers.values() for relative, entry in marker["files"].items()}
+        store = _verified_store_class()(os.path.join(out, DATA), read_only=True, out=out, expected=expected,
+                                        finished=self._markers)
+        try:
+            group = zarr.open_group(store, mode="r")
+            for name in self._meta["arrays"]:
+                self._arrays[name] = group[name]
+        except Exception as error:
+            raise CorruptStoreError(
+                f"out={out!r}: the zarr group {DATA} cannot be opened ({type(error).__name__}: {error}). "
+                f"{received('out', out)}"
+            ) from None
+        reach = max((int(m["stop"]) for m in self._markers.values()), default=0)
+        for name, array in self._arrays.items():
+            problem = _array_problem(name, array, self._meta["arrays"][name], self.chunk, reach)
+            if problem:
+                raise CorruptStoreError(
+                    f"out={out!r}: the array {DATA}/{name} does not match the store's record ({problem}); its "
+                    f"zarr.json is damaged. {received('out', out)}"
+                )
+
+    def __getstate__(self):
+        """Pickled without the zarr arrays (reopened from the same snapshot of markers on unpickling)."""
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self._meta["arrays"]:
+            self._open_arrays()
 
     # ----------------------------------------------------------------------------------------- state
     @property
@@ -1064,12 +1489,15 @@ class Explanations:
 
     def _check_finished(self, items: np.ndarray, name: str) -> None:
         items = np.asarray(items, dtype=np.int64)
-        chunks = np.unique(items // self.chunk)
+        chunks, where = np.unique(items // self.chunk, return_inverse=True)
         bad = [int(k) for k in chunks if int(k) in self._bad_markers]
         if bad:
             self.verify(bad)
-        # item by item (a marker's range, not its chunk index, says what is written)
-        missing = [int(k) for k in np.unique(items[~self._finished_mask()[items]] // self.chunk)]
+        # item by item (a marker's range, not its chunk index, says what is written), without a mask of every item
+        stops = np.array([int(self._markers[int(k)]["stop"]) if int(k) in self._markers else -1 for k in chunks],
+                         dtype=np.int64)
+        finished = items < stops[where.reshape(-1)] if items.size else np.zeros(0, bool)
+        missing = [int(k) for k in np.unique(items[~finished] // self.chunk)]
         if missing:
             first = missing[0]
             raise UnfinishedChunkError(
@@ -1081,6 +1509,8 @@ class Explanations:
             )
 
     def _raise_if_damaged(self, items, error: BaseException) -> None:
+        if isinstance(error, StoreError):  # from the checking zarr store: it names the chunk and file already
+            raise error
         chunks = sorted({int(k) for k in np.unique(np.asarray(items, dtype=np.int64) // self.chunk)})
         try:
             self.verify(chunks)
@@ -1159,23 +1589,44 @@ class Explanations:
             as_arrow: Return a ``pyarrow.Table`` instead of a pandas DataFrame.
         """
         pa = _pyarrow()
-        tables = []
+        if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+            raise InvalidTypeError(f"`columns` must be a list of column names. {received('columns', columns)}")
+        tables, names = [], set()
         for k in self.finished_chunks:
             relative = f"{ROWS}/{_part_name(k)}"
             path = os.path.join(self.out, ROWS, _part_name(k))
-            expected = self._markers[k]["files"].get(relative)
+            expected = self._markers[k]["files"][relative]
             try:
                 with open(path, "rb") as handle:
                     data = handle.read()
-            except FileNotFoundError:
+            except OSError:
                 data = None
-            if data is None or expected is not None and hashlib.sha256(data).hexdigest() != expected["sha256"]:
+            if data is None or hashlib.sha256(data).hexdigest() != expected["sha256"]:
                 self.verify([k])
-            tables.append(pa.parquet.read_table(pa.BufferReader(data), columns=columns))
-        if tables:
-            table = pa.concat_tables(tables, promote_options="permissive")
-        else:
-            table = pa.table({})
+            part = pa.parquet.read_table(pa.BufferReader(data))
+            names.update(part.column_names)
+            tables.append((k, part.select([c for c in columns if c in part.column_names]) if columns else part))
+        unknown = [c for c in columns or () if c not in names]
+        if unknown and tables:
+            raise StoreError(f"The rows of out={self.out!r} have no column {', '.join(map(repr, unknown))} "
+                             f"(columns: {sorted(names)}). {received('columns', columns)}")
+        try:
+            table = (pa.concat_tables([part for _, part in tables], promote_options="permissive")
+                     if tables else pa.table({}))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            kinds: Dict[str, Dict[str, List[int]]] = {}
+            for k, part in tables:
+                for field in part.schema:
+                    kinds.setdefault(field.name, {}).setdefault(str(field.type), []).append(k)
+            clash = "; ".join(f"{name}: " + ", ".join(f"{kind} in chunks {where[:3]}" for kind, where in found.items())
+                              for name, found in kinds.items() if len({t for t in found if t != "null"}) > 1)
+            raise StoreError(
+                f"The rows of out={self.out!r} cannot be joined into one table: a column has other types in other "
+                f"chunks ({clash or error}). Read them with columns=[...] leaving it out, or chunk by chunk from "
+                f"{ROWS}/. {received('out', self.out)}"
+            ) from None
+        if columns:
+            table = table.select([c for c in columns if c in table.column_names])
         if as_arrow:
             return table
         try:
@@ -1197,6 +1648,9 @@ class Explanations:
         """
         if chunks is None:
             chunks, bad = self.finished_chunks, sorted(self._bad_markers)
+        elif (isinstance(chunks, (str, bytes)) or not hasattr(chunks, "__iter__")
+              or not all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in chunks)):
+            raise InvalidTypeError(f"`chunks` must be a list of chunk indices (ints). {received('chunks', chunks)}")
         else:
             bad = sorted(int(k) for k in chunks if int(k) in self._bad_markers)
             chunks = sorted(int(k) for k in chunks if int(k) in self._markers)
