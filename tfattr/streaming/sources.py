@@ -973,6 +973,11 @@ class Stream:
                 dataset = dataset.map(plain(single), num_parallel_calls=threads, deterministic=True).batch(batch)
         options = tf.data.Options()
         options.deterministic = True
+        # no autotuning thread (the parallelism and prefetch are set above; AUTOTUNE left in a user's own
+        # maps becomes the core count): destroying the iterator at the end of a stream joins that thread
+        # with the GIL held, and on a loaded 2-core machine it froze the whole process 4–15 s about one
+        # run in five (bench_dataset.py; none in 15 runs without it)
+        options.autotune.enabled = False
         return dataset.prefetch(self._prefetch).with_options(options)
 
     def __iter__(self):
