@@ -13,7 +13,7 @@ export KERAS_BACKEND := tensorflow
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,examples]'
+	$(PY) -m pip install -q -e '.[test,examples,beam]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,13 +24,14 @@ demo: $(VENV)/.installed
 # The second pass repeats the numeric-equality tests with one thread and other chunk sizes, so
 # the kernels sum in other orders, as on another CPU: they must hold within float32 bounds.
 # The `slow` tests (full keras.applications networks, EfficientNet-Lite0 at 224 against the
-# reference files) run in their own step, `make test-slow` (CI runs both).
+# reference files) and the `beam` tests (Apache Beam pipelines, worker processes) run in their own
+# step, `make test-slow` (CI runs both).
 test: $(VENV)/.installed
-	$(PY) -m pytest tests -m "not slow"
-	TF_NUM_INTRAOP_THREADS=1 TFATTR_TEST_CHUNK_SIZES=2,5,33 $(PY) -m pytest tests -m "numeric and not slow"
+	$(PY) -m pytest tests -m "not slow and not beam"
+	TF_NUM_INTRAOP_THREADS=1 TFATTR_TEST_CHUNK_SIZES=2,5,33 $(PY) -m pytest tests -m "numeric and not slow and not beam"
 
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest tests -m slow
+	$(PY) -m pytest tests -m "slow or beam"
 
 $(VENV)/.docs-installed: $(VENV)/.installed setup.cfg
 	$(PY) -m pip install -q -e '.[docs]'
