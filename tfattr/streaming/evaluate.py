@@ -130,8 +130,9 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
         value_range: the images' range (default: the model's declared range, else (0, 1)): AUPC's noise
             range, the range a method given by name is built with and, given, the range 8-bit images
             are scaled into (as :func:`tfattr.explain_dataset`).
-        seed, batch_size, on_error, verbose, split, data_dir, image_size, image_key, label_key, id_key,
-        labels, channels, overwrite, durable: as :func:`tfattr.explain_dataset`.
+        seed, batch_size, on_error, verbose, split, data_dir: as :func:`tfattr.explain_dataset`.
+        image_size, image_key, label_key, id_key, labels, channels, overwrite, durable: as
+            :func:`tfattr.explain_dataset`.
 
     Returns:
         One :class:`tfattr.evaluation.EvaluationRow` per method, in order (``per_image`` over the
