@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+import tfattr
+
 pytestmark = pytest.mark.examples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,12 +62,20 @@ def test_explain_text_finds_the_key_token_in_positive_sequences(tmp_path):
     assert positives and all("(token 7)" in line for line in positives)
 
 
-def test_explain_dataset_saves_every_map(tmp_path):
+def test_explain_dataset_streams_into_a_store_that_resumes(tmp_path):
     out = run("explain_dataset.py", "--images", "12", "--batch", "5", "--out", "out", cwd=tmp_path)
-    saved = np.load(tmp_path / "out" / "attributions.npz")
-    assert saved["attributions"].shape[0] == 12 and saved["completeness_error"].shape == (12,)
-    assert os.listdir(tmp_path / "out") == ["attributions.npz"]  # the temporary file was renamed
-    assert "12 images" in out
+    assert "12 images in 3 chunks" in out
+    store = tfattr.open_explanations(tmp_path / "out" / "store")
+    assert store.complete and list(store.ids[:]) == [str(i) for i in range(12)]
+    maps = store.attributions[:]
+    from tfattr.data import digits_on_photos
+
+    labels = digits_on_photos(12, size=maps.shape[1], split="test", seed=4)["label"]
+    np.testing.assert_array_equal(store.targets[:], labels)  # target="label": the dataset's labels, in order
+    assert np.all(np.isfinite(maps)) and np.all(store.valid[:])
+    again = run("explain_dataset.py", "--images", "12", "--batch", "5", "--out", "out", cwd=tmp_path)
+    assert "0 images explained" in again and "12 found finished" in again  # nothing recomputed
+    np.testing.assert_array_equal(tfattr.open_explanations(tmp_path / "out" / "store").attributions[:], maps)
 
 
 @pytest.mark.parametrize("epochs", [1])
