@@ -441,12 +441,31 @@ def _differences(stored, new, where: str = "") -> List[str]:
             else:
                 lines.extend(_differences(stored[key], new[key], here))
         return lines
-    if stored != new:
-        text_a, text_b = json.dumps(stored, sort_keys=True), json.dumps(new, sort_keys=True)
-        if len(text_a) > 120:
-            text_a, text_b = text_a[:117] + "...", text_b[:117] + "..."
-        return [f"{where}: recorded {text_a}, this run {text_b}"]
-    return []
+    if isinstance(stored, list) and isinstance(new, list) and len(stored) == len(new):
+        if any(_differences(a, b, f"{where}[{i}]") for i, (a, b) in enumerate(zip(stored, new))):
+            return _differences_leaf(stored, new, where)  # the whole list named once, as recorded
+        return []
+    if _same_leaf(stored, new):
+        return []
+    return _differences_leaf(stored, new, where)
+
+
+def _same_leaf(stored, new) -> bool:
+    """Two recorded JSON leaves are the same setting: NaN equals NaN (JSON reads a recorded NaN back as a
+    NaN that equals nothing, so every resume of a run with a NaN setting would be refused), and a
+    boolean is not a number (``True == 1`` in Python; ``1 == 1.0`` are the same number)."""
+    if isinstance(stored, float) and isinstance(new, float) and math.isnan(stored) and math.isnan(new):
+        return True
+    if isinstance(stored, bool) or isinstance(new, bool):
+        return type(stored) is type(new) and stored == new
+    return stored == new
+
+
+def _differences_leaf(stored, new, where: str) -> List[str]:
+    text_a, text_b = json.dumps(stored, sort_keys=True), json.dumps(new, sort_keys=True)
+    if len(text_a) > 120:
+        text_a, text_b = text_a[:117] + "...", text_b[:117] + "..."
+    return [f"{where}: recorded {text_a}, this run {text_b}"]
 
 
 def _named(line: str) -> str:
@@ -500,6 +519,11 @@ def _batch_targets(plan: _Plan, batch, keep: np.ndarray, errors: Dict[int, str])
             raise InvalidInputError("target='label' reads the dataset's labels, and the data yields none (set "
                                     "label_key=, or pass (images, labels)). " + received("target", "label"))
         values = _labels(batch)
+        if values.dtype.kind not in "uif":  # strings (b'3' would read as 3), booleans (read as 0/1), objects
+            shown = [_label_value(v) for v in values[:5]]
+            raise InvalidInputError(f"target='label' needs integer class labels; items {batch.index0}–"
+                                    f"{batch.index0 + n - 1} have {_label_kind(values)} labels (map them to class "
+                                    "indices first, or use another target). " + received("labels", shown))
         if not np.issubdtype(values.dtype, np.integer):
             if not np.all(np.isfinite(values.astype(np.float64))) or np.any(values != np.round(values)):
                 raise InvalidInputError("target='label' needs integer class labels. "
@@ -518,6 +542,29 @@ def _batch_targets(plan: _Plan, batch, keep: np.ndarray, errors: Dict[int, str])
                 errors[i] = message
                 plan.skipped["label out of range"] = plan.skipped.get("label out of range", 0) + 1
     return values
+
+
+def _label_kind(values: np.ndarray) -> str:
+    if values.dtype.kind == "b":
+        return "boolean"
+    if values.dtype.kind in "SU" or any(isinstance(v, (bytes, str)) for v in values.ravel()[:5]):
+        return "string"
+    return f"{values.dtype} (non-numeric)"
+
+
+def _label_value(value):
+    """One label as the rows' ``label`` column holds it: an int, a float, or text (a string label,
+    bytes decoded as UTF-8); a boolean as 0/1."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value
+    kind = np.asarray(value).dtype.kind
+    if kind in "iub":
+        return int(value)
+    if kind == "f":
+        return float(value)
+    return str(value)
 
 
 def _labels(batch) -> np.ndarray:
@@ -586,10 +633,7 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
         labels = _labels(batch)
     rows = []
     for i in range(n):
-        label = None
-        if labels is not None:
-            value = labels[i]
-            label = int(value) if np.issubdtype(np.asarray(value).dtype, np.integer) else float(value)
+        label = None if labels is None else _label_value(labels[i].item() if hasattr(labels[i], "item") else labels[i])
         rows.append({"id": str(batch.ids[i]), "index": int(batch.index0 + i),
                      "target": int(target_out[i]), "score": float(scores[i]), "delta": float(delta[i]),
                      "label": label, "status": "ok" if keep[i] else "skipped", "error": errors.get(i, "")})

@@ -1,0 +1,96 @@
+"""Audit of the dataset runner (explain_dataset / evaluate_dataset, issue #30): the settings compare, the
+labels read for ``target="label"`` and the rows, and further edge cases found by attacking the runner.
+
+A small CNN at 16 px with non-zero biases (built here, no training), 40 synthetic images; Gradient (one
+pass per image, exact) keeps each test to seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfattr
+from tfattr.errors import InvalidInputError
+from tfattr.streaming.explain import check_settings, explain_dataset
+
+N = 40
+
+
+def _cnn(classes=10):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Conv2D(4, 3, activation="relu", bias_initializer=keras.initializers.RandomNormal(0.1, 0.05, 1)),
+        keras.layers.MaxPooling2D(4),
+        keras.layers.Flatten(),
+        keras.layers.Dense(classes, bias_initializer=keras.initializers.RandomNormal(0.1, 0.05, 2)),
+    ])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _cnn()
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.uniform(size=(N, 16, 16, 3)).astype(np.float32), rng.integers(0, 10, N)
+
+
+def _gradient(model):
+    return tfattr.Gradient(model, batch_size=8)
+
+
+def _rows(store):
+    rows = store.rows()
+    rows = rows.to_pandas() if hasattr(rows, "to_pandas") else rows
+    return rows.sort_values("index").reset_index(drop=True)
+
+
+# -- the settings compare -----------------------------------------------------------------------------
+def test_a_nan_setting_resumes_and_a_boolean_is_not_a_number(tmp_path):
+    """JSON reads a recorded NaN back as a NaN that equals nothing: the same run was refused on every
+    resume. ``True == 1`` in Python: a flag recorded as a number was accepted as the same setting."""
+    stored = {"method": {"options": {"clip": float("nan"), "pair": [0.0, float("nan")], "flag": 1, "n": 1}}}
+    check_settings(tmp_path, stored, {"method": {"options": {"clip": math.nan, "pair": (0.0, math.nan), "flag": 1,
+                                                              "n": 1.0}}})
+    with pytest.raises(InvalidInputError, match=r"method option 'flag': recorded 1, this run true"):
+        check_settings(tmp_path, stored, {"method": {"options": {"clip": math.nan, "pair": [0.0, math.nan],
+                                                                  "flag": True, "n": 1}}})
+    with pytest.raises(InvalidInputError, match=r"method option 'pair': recorded \[0.0, NaN\], this run \[0.0, 1.0\]"):
+        check_settings(tmp_path, stored, {"method": {"options": {"clip": math.nan, "pair": [0.0, 1.0], "flag": 1,
+                                                                  "n": 1}}})
+
+
+# -- labels ------------------------------------------------------------------------------------------------
+def _labelled(images, labels):
+    return tf.data.Dataset.from_tensor_slices((images, labels))
+
+
+@pytest.mark.parametrize("kind", ["string", "boolean"])
+def test_non_numeric_labels_are_a_named_error_for_target_label(model, data, tmp_path, kind):
+    """String labels crashed in NumPy (TypeError: rint of bytes); b'3' would have been read as class 3 on a
+    path that converts; boolean labels were silently read as classes 0 and 1."""
+    images, labels = data
+    values = tf.constant([str(int(v)) for v in labels]) if kind == "string" else tf.constant(labels % 2 == 0)
+    with pytest.raises(InvalidInputError, match=rf"target='label' needs integer class labels.*{kind} labels"):
+        explain_dataset(_gradient(model), _labelled(images, values), tmp_path / "out", target="label", batch_size=16,
+                        verbose=0)
+
+
+def test_string_labels_are_kept_as_text_in_the_rows_with_another_target(model, data, tmp_path):
+    """With top-1 targets the labels only fill the rows' ``label`` column: string labels crashed there
+    (float(b'cat'))."""
+    images, _ = data
+    names = np.array(["cat", "dog", "3"] * 14)[:N]
+    store = explain_dataset(_gradient(model), _labelled(images, tf.constant(names)), tmp_path / "out", batch_size=16,
+                            verbose=0)
+    assert _rows(store)["label"].tolist() == names.tolist()
+    expected = _gradient(model).attribute(images)
+    np.testing.assert_array_equal(np.asarray(store.targets[:]), expected.targets)
