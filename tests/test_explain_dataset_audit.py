@@ -94,3 +94,31 @@ def test_string_labels_are_kept_as_text_in_the_rows_with_another_target(model, d
     assert _rows(store)["label"].tolist() == names.tolist()
     expected = _gradient(model).attribute(images)
     np.testing.assert_array_equal(np.asarray(store.targets[:]), expected.targets)
+
+
+# -- unknown cardinality -------------------------------------------------------------------------------------
+def test_a_finished_run_of_unknown_size_reruns_and_a_run_killed_before_finish_completes(model, data, tmp_path,
+                                                                                      monkeypatch):
+    """37 items in chunks of 16 from a dataset of unknown size: every chunk finished, the stream skipped them
+    all and the run counted 3 full chunks (48 items): the same run again was refused ("created for 37
+    items, num_items=48") and a run killed between its last commit and ``finish`` could never complete."""
+    from tfattr.streaming.store import StoreWriter
+
+    images = data[0][:37]
+    source = tf.data.Dataset.from_tensor_slices(images).filter(lambda image: True)
+    assert source.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    first = explain_dataset(_gradient(model), source, tmp_path / "a", batch_size=16, verbose=0)
+    again = explain_dataset(_gradient(model), source, tmp_path / "a", batch_size=16, verbose=0)
+    assert len(first) == len(again) == 37 and again.complete
+    finish = StoreWriter.finish
+
+    def killed(self, num_items):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(StoreWriter, "finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        explain_dataset(_gradient(model), source, tmp_path / "b", batch_size=16, verbose=0)
+    monkeypatch.setattr(StoreWriter, "finish", finish)
+    resumed = explain_dataset(_gradient(model), source, tmp_path / "b", batch_size=16, verbose=0)
+    assert resumed.complete and len(resumed) == 37
+    assert np.asarray(resumed.attributions[:]).tobytes() == np.asarray(first.attributions[:]).tobytes()

@@ -725,6 +725,12 @@ def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], bat
         elif iterator is None:
             iterator = iter(probe)
         resumed = leading * batch_size if num_items is None else min(leading * batch_size, num_items)
+        if num_items is None and leading > 0:
+            # unknown size: the last finished chunk may be the data's last, shorter one (a rerun of a finished
+            # run, or one killed between its last commit and finish): count its items, not a full chunk's
+            from tfattr.streaming.store import _read_marker
+
+            resumed = int(_read_marker(stores[0][0], leading - 1)["stop"])
         progress = ImageProgress(num_items, verbose, done=resumed)
         items = resumed
         explained = 0
