@@ -122,3 +122,33 @@ def test_a_finished_run_of_unknown_size_reruns_and_a_run_killed_before_finish_co
     resumed = explain_dataset(_gradient(model), source, tmp_path / "b", batch_size=16, verbose=0)
     assert resumed.complete and len(resumed) == 37
     assert np.asarray(resumed.attributions[:]).tobytes() == np.asarray(first.attributions[:]).tobytes()
+
+
+# -- models with several outputs -------------------------------------------------------------------------
+def _two_heads():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    hidden = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu", bias_initializer="ones")(inputs))
+    small = keras.layers.Dense(3, bias_initializer=keras.initializers.RandomNormal(0.1, 0.05, 1), name="small")(hidden)
+    large = keras.layers.Dense(10, bias_initializer=keras.initializers.RandomNormal(0.1, 0.05, 2), name="large")(hidden)
+    return keras.Model(inputs, [small, large])
+
+
+def test_labels_are_checked_against_the_chosen_output_of_a_model_with_several(data, tmp_path):
+    """The runner read no class count from a model with several outputs: a label outside the chosen
+    output's classes stopped the whole run with the method's error instead of following on_error
+    (skipped and reported), and a class target outside it was only found at the first batch."""
+    images, _ = data
+    model = _two_heads()
+    labels = np.r_[np.zeros(N - 1, int), 5]  # class 5: in the 10-class head, not in the 3-class one
+    method = tfattr.Gradient(model, batch_size=8)
+    store = explain_dataset(method, (images, labels), tmp_path / "small", target="label", on_error="skip",
+                            method_options={"output": "small"}, batch_size=16, verbose=0)
+    assert np.flatnonzero(~np.asarray(store.valid[:])).tolist() == [N - 1]
+    assert "out of range: the model has 3 classes" in _rows(store).loc[N - 1, "error"]
+    large = explain_dataset(tfattr.Gradient(model, batch_size=8, output=1), (images, labels), tmp_path / "large",
+                            target="label", on_error="skip", batch_size=16, verbose=0)
+    assert np.asarray(large.valid[:]).all() and np.asarray(large.targets[:])[-1] == 5
+    with pytest.raises(InvalidInputError, match="the model has 3 classes"):
+        explain_dataset(method, images, tmp_path / "target", target=5, method_options={"output": 0}, verbose=0)
+    assert not (tmp_path / "target").exists()  # refused before any work

@@ -335,11 +335,21 @@ def check_target_classes(target, num_classes: Optional[int]) -> None:
                                 + received("target" if np.ndim(target) == 0 else "max(target)", largest))
 
 
-def _num_classes(method) -> Optional[int]:
+def _num_classes(method, options: Optional[Mapping[str, Any]] = None) -> Optional[int]:
+    """The classes of the output the method explains (a model with several outputs: the one its
+    ``output`` option, or this run's, chooses); ``None`` when unknown."""
+    from tfattr.core.targets import resolve_output
+
     for owner in (method, getattr(method, "method", None)):
         spec = getattr(owner, "spec", None)
-        if spec is not None and getattr(spec, "num_classes", None):
-            return int(spec.num_classes)
+        if spec is None:
+            continue
+        output = dict(options or {}).get("output", (getattr(owner, "config", None) or {}).get("output"))
+        try:
+            _, classes = resolve_output(output, spec)
+        except (ValueError, TypeError):  # the method names it when it runs
+            classes = spec.num_classes
+        return int(classes) if classes else None
     return None
 
 
@@ -860,7 +870,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
     if seed is None:
         seed = int(config.get("seed") or 0) if seeded else 0
     plan = _Plan(method=method, target=target, on_error=on_error, seed=int(seed), seeded=seeded, options=options,
-                 num_classes=_num_classes(method), item_shape=item_shape)
+                 num_classes=_num_classes(method, options), item_shape=item_shape)
     check_target_classes(target, plan.num_classes)
     if isinstance(target, np.ndarray) and probe.num_items is not None and len(target) != probe.num_items:
         raise InvalidInputError(f"`target` must hold one class per item ({probe.num_items}). "
