@@ -152,3 +152,23 @@ def test_labels_are_checked_against_the_chosen_output_of_a_model_with_several(da
     with pytest.raises(InvalidInputError, match="the model has 3 classes"):
         explain_dataset(method, images, tmp_path / "target", target=5, method_options={"output": 0}, verbose=0)
     assert not (tmp_path / "target").exists()  # refused before any work
+
+
+# -- refused runs leave nothing behind ------------------------------------------------------------------------
+def test_a_run_refused_at_its_first_batch_leaves_no_store_to_refuse_the_corrected_run(model, data, tmp_path):
+    """target='label' on data without labels, one-hot labels, a label out of range with on_error='raise':
+    found at the first batch, after the store was created with the wrong run's settings, so the
+    corrected command was refused as "a run with other settings" (data.labels recorded null)."""
+    images, labels = data
+    out = tmp_path / "out"
+    with pytest.raises(InvalidInputError, match=r"yields none.*labels='folders'"):
+        explain_dataset(_gradient(model), images, out, target="label", batch_size=16, verbose=0)
+    with pytest.raises(InvalidInputError, match="one-hot"):
+        explain_dataset(_gradient(model), (images, np.eye(10)[labels]), out, target="label", batch_size=16, verbose=0)
+    wrong = labels.copy()
+    wrong[3] = 10
+    with pytest.raises(InvalidInputError, match=r"item 3 .*label 10 is out of range"):
+        explain_dataset(_gradient(model), (images, wrong), out, target="label", batch_size=16, verbose=0)
+    assert not out.exists()
+    store = explain_dataset(_gradient(model), (images, labels), out, target="label", batch_size=16, verbose=0)
+    np.testing.assert_array_equal(np.asarray(store.targets[:]), labels)

@@ -526,8 +526,9 @@ def _batch_targets(plan: _Plan, batch, keep: np.ndarray, errors: Dict[int, str])
         what = "target"
     else:
         if batch.labels is None:
-            raise InvalidInputError("target='label' reads the dataset's labels, and the data yields none (set "
-                                    "label_key=, or pass (images, labels)). " + received("target", "label"))
+            raise InvalidInputError("target='label' reads the dataset's labels, and the data yields none (pass "
+                                    "(images, labels); a folder: labels='folders', the CLI's --labels folders; dict "
+                                    "elements: label_key=). " + received("target", "label"))
         values = _labels(batch)
         if values.dtype.kind not in "uif":  # strings (b'3' would read as 3), booleans (read as 0/1), objects
             shown = [_label_value(v) for v in values[:5]]
@@ -679,6 +680,14 @@ def _summary_line(plan: _Plan, explained: int, resumed: int, seconds: float, out
     return text + f"; store {out!r}"
 
 
+def _check_first_batch(plan: _Plan, batch) -> None:
+    """Raise what the targets of ``batch`` would raise when it is explained (nothing counted, nothing
+    kept: the batch is explained later as any other)."""
+    bad = {int(index) - batch.index0 for index, _, _ in batch.errors}
+    keep = np.array([i not in bad for i in range(len(batch.ids))], bool)
+    _batch_targets(_Plan(**{**plan.__dict__, "skipped": {}}), batch, keep, {})
+
+
 def _measure(plan: _Plan, batch) -> int:
     """The engine chunk size of ``plan`` measured on ``batch``'s readable items (:func:`engine_batch_size`)."""
     bad = {int(index) - batch.index0 for index, _, _ in batch.errors}
@@ -719,6 +728,16 @@ def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], bat
                 iterator = iter(probe)
                 first = next(iterator, None)
             plan.engine_batch_size = 16 if first is None else _measure(plan, first)
+    if any(stored[key] is None for _, key in stores):
+        # a new store: the first batch's targets are checked before it is created (labels missing, of
+        # the wrong kind or shape, out of range with on_error="raise"), so that a run refused for its
+        # arguments leaves no store behind that would refuse the corrected run as "other settings"
+        if iterator is None:
+            iterator = iter(probe)
+            first = next(iterator, None)
+        if first is not None:
+            for _, key in stores:
+                _check_first_batch(plans[key], first)
     writers = {}
     try:
         for folder, key in stores:
