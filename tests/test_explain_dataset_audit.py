@@ -8,6 +8,7 @@ pass per image, exact) keeps each test to seconds.
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -172,3 +173,28 @@ def test_a_run_refused_at_its_first_batch_leaves_no_store_to_refuse_the_correcte
     assert not out.exists()
     store = explain_dataset(_gradient(model), (images, labels), out, target="label", batch_size=16, verbose=0)
     np.testing.assert_array_equal(np.asarray(store.targets[:]), labels)
+
+
+def test_a_store_inside_a_folder_of_class_folders_is_refused(model, data, tmp_path):
+    """out= inside the data folder with labels='folders': the first run worked, and its resume listed the
+    store's folder as one more class ('data.labels: recorded [a, z], this run [a, maps, z]') — a run that
+    could never be resumed."""
+    import cv2
+
+    images, _ = data
+    folder = tmp_path / "photos"
+    for c, name in enumerate(("a", "z")):
+        os.makedirs(folder / name)
+        for i in range(3):
+            cv2.imwrite(str(folder / name / f"{i}.png"), (images[3 * c + i] * 255).astype(np.uint8))
+    for run in (explain_dataset, None):
+        with pytest.raises(InvalidInputError, match="inside the data folder"):
+            if run is None:
+                tfattr.evaluate_dataset(model, folder, ["gradient"], ["deletion"], folder / "eval", labels="folders",
+                                        verbose=0)
+            else:
+                run(_gradient(model), folder, folder / "maps", target="label", labels="folders", verbose=0)
+    assert sorted(os.listdir(folder)) == ["a", "z"]
+    store = explain_dataset(_gradient(model), folder, folder / "maps", verbose=0)  # no classes: listed by suffix
+    again = explain_dataset(_gradient(model), folder, folder / "maps", verbose=0)
+    assert len(store) == len(again) == 6

@@ -34,6 +34,7 @@ from tfattr.streaming.explain import (
     _settings,
     _target_spec,
     batch_items,
+    check_out_outside_data,
     check_target_classes,
     explain_batch,
     run_stream,
@@ -149,6 +150,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     from tfattr.metrics.statistics import check_confidence
 
     out = _prepare_out(out)
+    check_out_outside_data(out, data, labels)
     batch_size = _check_positive("batch_size", batch_size)
     _check_choice("on_error", on_error, ON_ERROR)
     checks.verbose("verbose", verbose)

@@ -507,6 +507,19 @@ def _prepare_out(out) -> str:
     return out
 
 
+def check_out_outside_data(out: str, data, labels) -> None:
+    """A store inside a folder whose sub-folders are the classes (``labels`` given) would be read as one
+    more class folder by the next run (a resume), which then has other classes: refused at once."""
+    if labels is None or not isinstance(data, (str, os.PathLike)) or not os.path.isdir(data):
+        return
+    folder, where = os.path.realpath(data), os.path.realpath(out)
+    if os.path.commonpath([folder, where]) == folder:
+        raise InvalidInputError(f"`out` is inside the data folder {os.fspath(data)!r}, whose sub-folders are the "
+                                "classes (labels=): the next run (a resume) would list the store's folder as one "
+                                "more class and be refused. Choose an out= outside the data folder. "
+                                + received("out", out))
+
+
 # -- one batch ------------------------------------------------------------------------------------------
 def _batch_targets(plan: _Plan, batch, keep: np.ndarray, errors: Dict[int, str]):
     """The targets of ``batch`` (``None``: top-1) for the items in ``keep`` (updated: an out-of-range label
@@ -871,6 +884,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
         >>> store.attributions[:8].shape, store.rows()["status"].value_counts()
     """
     out = _prepare_out(out)
+    check_out_outside_data(out, data, labels)
     batch_size = _check_positive("batch_size", batch_size)
     _check_choice("on_error", on_error, ON_ERROR)
     checks.verbose("verbose", verbose)
