@@ -198,3 +198,34 @@ def test_a_store_inside_a_folder_of_class_folders_is_refused(model, data, tmp_pa
     store = explain_dataset(_gradient(model), folder, folder / "maps", verbose=0)  # no classes: listed by suffix
     again = explain_dataset(_gradient(model), folder, folder / "maps", verbose=0)
     assert len(store) == len(again) == 6
+
+
+# -- seeds ---------------------------------------------------------------------------------------------
+def test_a_seed_in_method_options_is_the_seed_the_batches_draw_from(model, data, tmp_path):
+    """method_options={'seed': 5} on a method made with seed=0: recorded as seed 5 in the method's options,
+    while every batch drew from batch_seed(0, b) — the maps of seed 0 under a record of seed 5."""
+    images, _ = data
+
+    def uniform(seed):
+        return tfattr.IntegratedGradients(model, steps=4, batch_size=16, baseline="uniform", seed=seed)
+
+    given = explain_dataset(uniform(0), images, tmp_path / "given", batch_size=16, method_options={"seed": 5},
+                            verbose=0)
+    made = explain_dataset(uniform(5), images, tmp_path / "made", batch_size=16, verbose=0)
+    assert given.settings["seed"] == 5 and given.settings["method"]["options"]["seed"] == 5
+    assert np.asarray(given.attributions[:]).tobytes() == np.asarray(made.attributions[:]).tobytes()
+    with pytest.raises(InvalidInputError, match=r"`seed` \(3\) and method_options\['seed'\] \(5\) disagree"):
+        explain_dataset(uniform(0), images, tmp_path / "both", seed=3, method_options={"seed": 5}, verbose=0)
+
+
+def test_evaluate_dataset_draws_a_named_methods_batches_from_its_settings_seed(model, data, tmp_path):
+    """('ig', {'baseline': 'uniform', 'seed': 7}): recorded with seed 7, drawn from the run's seed 0."""
+    images, _ = data
+    settings = {"steps": 4, "baseline": "uniform", "seed": 7}
+    tfattr.evaluate_dataset(model, images, [("ig", settings)], ["deletion"], tmp_path / "eval", batch_size=16,
+                            verbose=0)
+    stored = tfattr.open_explanations(tmp_path / "eval" / "ig")
+    engine = stored.settings["engine_batch_size"]
+    method = tfattr.IntegratedGradients(model, steps=4, baseline="uniform", seed=7, batch_size=engine)
+    expected = explain_dataset(method, images, tmp_path / "explained", batch_size=16, verbose=0)
+    assert np.asarray(stored.attributions[:]).tobytes() == np.asarray(expected.attributions[:]).tobytes()

@@ -989,7 +989,7 @@ class _EvaluateChunk(beam.DoFn):
 
     def setup(self):
         from tfattr.metrics.registry import resolve_metrics
-        from tfattr.streaming.evaluate import _methods, _output_classes
+        from tfattr.streaming.evaluate import _methods, _output_classes, method_seed
         from tfattr.streaming.explain import _Plan
 
         spec = self._spec
@@ -998,10 +998,10 @@ class _EvaluateChunk(beam.DoFn):
                             tuple(spec["method_range"]))
         num_classes = _output_classes(self._model)
         self._plans = {}
-        for (folder, engine), (_, method, options) in zip(spec["folders"], resolved):
+        for (folder, engine), (_, method, options, own_seed) in zip(spec["folders"], resolved):
             config = dict(getattr(method, "config", None) or {})
             self._plans[folder] = _Plan(method=method, target=spec["target"], on_error=spec["on_error"],
-                                        seed=spec["seed"], seeded="seed" in config,
+                                        seed=method_seed(own_seed, config, spec["seed"]), seeded="seed" in config,
                                         options=options, num_classes=num_classes, item_shape=tuple(spec["item_shape"]),
                                         engine_batch_size=engine)
         self._chosen = resolve_metrics(list(spec["metrics"]), spec["metric_options"], masks_given=False)

@@ -60,8 +60,8 @@ def _folder_name(name: str, used: set) -> str:
 
 
 def _methods(methods, model, item_shape, seed, value_range):
-    """``[(name, method, per-call options)]`` from :func:`tfattr.evaluate`'s forms: ``(name, method)``
-    pairs, registry names, ``(name, settings)`` pairs."""
+    """``[(name, method, per-call options, the seed its settings name or None)]`` from
+    :func:`tfattr.evaluate`'s forms: ``(name, method)`` pairs, registry names, ``(name, settings)`` pairs."""
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods:
         raise InvalidInputError("`methods` must name at least one method. " + received("methods", methods))
@@ -78,13 +78,19 @@ def _methods(methods, model, item_shape, seed, value_range):
                                     "pairs (('rise', {'n_masks': 500})). " + received(f"methods[{i}]", item))
         method, options = _resolve_method(given, model if isinstance(given, str) else None, settings, item_shape, seed,
                                           value_range)
-        resolved.append((name, method, options))
-    names = [name for name, _, _ in resolved]
+        resolved.append((name, method, options, (settings or {}).get("seed")))
+    names = [name for name, _, _, _ in resolved]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InvalidInputError(f"every method needs its own name (its store is out/<name>); repeated: {repeated}. "
                                 + received("methods", names))
     return resolved
+
+
+def method_seed(own_seed, config: Mapping[str, Any], seed: int) -> int:
+    """The base of a method's batch seeds: a ``(name, settings)`` pair's own ``seed`` (as its recorded
+    method options say), else the run's ``seed``."""
+    return int(own_seed) if own_seed is not None and "seed" in config else int(seed)
 
 
 def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
@@ -192,9 +198,10 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     plans: Dict[str, _Plan] = {}
     stores = []
     named = {}
-    for name, method, options in resolved:
+    for name, method, options, own_seed in resolved:
         config = dict(getattr(method, "config", None) or {})
-        plan = _Plan(method=method, target=target, on_error=on_error, seed=int(seed), seeded="seed" in config,
+        plan = _Plan(method=method, target=target, on_error=on_error, seed=method_seed(own_seed, config, seed),
+                     seeded="seed" in config,
                      options=options, num_classes=num_classes, item_shape=item_shape)
         if config.get("batch_size", "auto") != "auto":
             plan.engine_batch_size = int(config["batch_size"])

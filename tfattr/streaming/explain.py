@@ -900,8 +900,13 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
                                       value_range)
     config = dict(getattr(method, "config", None) or {})
     seeded = "seed" in config
-    if seed is None:
-        seed = int(config.get("seed") or 0) if seeded else 0
+    explicit = dict(method_options or {}).get("seed") if isinstance(method_options, Mapping) else None
+    if seeded and explicit is not None and seed is not None and int(explicit) != int(seed):
+        raise InvalidInputError(f"`seed` ({seed}) and method_options['seed'] ({explicit}) disagree; a random method "
+                                "explains batch b with batch_seed(seed, b): give one of them. "
+                                + received("method_options['seed']", explicit))
+    if seed is None:  # this run's method seed (method_options override the method's own): the batches' base
+        seed = int((explicit if explicit is not None else config.get("seed")) or 0) if seeded else 0
     plan = _Plan(method=method, target=target, on_error=on_error, seed=int(seed), seeded=seeded, options=options,
                  num_classes=_num_classes(method, options), item_shape=item_shape)
     check_target_classes(target, plan.num_classes)
