@@ -1165,7 +1165,7 @@ class EvaluateImages(beam.PTransform):
         used: set = set()
         settings_by, names, folders, todo = {}, {}, [], set()
         first = None
-        for name, method, options in resolved:
+        for name, method, options, _ in resolved:
             folder = os.path.join(out, _folder_name(name, used))
             recorded = read_settings(folder)
             given = dict(getattr(method, "config", None) or {}).get("batch_size", "auto")
