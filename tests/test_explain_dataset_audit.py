@@ -229,3 +229,26 @@ def test_evaluate_dataset_draws_a_named_methods_batches_from_its_settings_seed(m
     method = tfattr.IntegratedGradients(model, steps=4, baseline="uniform", seed=7, batch_size=engine)
     expected = explain_dataset(method, images, tmp_path / "explained", batch_size=16, verbose=0)
     assert np.asarray(stored.attributions[:]).tobytes() == np.asarray(expected.attributions[:]).tobytes()
+
+
+# -- a resume over other data ---------------------------------------------------------------------------------
+def test_a_resume_over_another_tf_data_pipeline_is_refused(model, data, tmp_path):
+    """A tf.data pipeline's recorded description is its element spec, cardinality and repr, nothing of its
+    content: a resume over another split, order or preprocessing with the same spec was accepted and
+    its chunks mixed into the store. The first batch is now digested (read again on a resume)."""
+    images, labels = data
+
+    def pipeline(values, classes):
+        return tf.data.Dataset.from_tensor_slices((values, classes))
+
+    out = tmp_path / "out"
+    first = explain_dataset(_gradient(model), pipeline(images, labels), out, batch_size=16, verbose=0)
+    reference = np.asarray(first.attributions[:])
+    os.remove(out / "done" / "chunk-00002.json")  # the last chunk unfinished, as after a kill
+    other = images.copy()
+    other[0, 0, 0, 0] += 0.25
+    for values, classes in ((other, labels), (images[::-1].copy(), labels[::-1].copy()), (images, (labels + 1) % 10)):
+        with pytest.raises(InvalidInputError, match="first batch"):
+            explain_dataset(_gradient(model), pipeline(values, classes), out, batch_size=16, verbose=0)
+    resumed = explain_dataset(_gradient(model), pipeline(images, labels), out, batch_size=16, verbose=0)
+    assert resumed.complete and np.asarray(resumed.attributions[:]).tobytes() == reference.tobytes()

@@ -480,6 +480,9 @@ def _differences_leaf(stored, new, where: str) -> List[str]:
 
 def _named(line: str) -> str:
     """``method.options.steps: ...`` → ``method option 'steps': ...``."""
+    if line.startswith("data.first_batch_sha256:"):
+        return ("data: the dataset's first batch (images, ids, labels) is not the one the store was made from "
+                "(another split, order or preprocessing?)")
     for prefix, word in (("method.options.", "method option"), ("method.method.options.", "wrapped method option")):
         if line.startswith(prefix):
             name, rest = line[len(prefix):].split(":", 1)
@@ -693,6 +696,21 @@ def _summary_line(plan: _Plan, explained: int, resumed: int, seconds: float, out
     return text + f"; store {out!r}"
 
 
+def _batch_digest(batch) -> str:
+    """SHA-256 of a batch's ids, images (dtype, shape, bytes) and labels."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    images = np.ascontiguousarray(batch.images)
+    digest.update(json.dumps([[str(i) for i in batch.ids], images.dtype.str, list(images.shape)]).encode())
+    digest.update(images.tobytes())
+    if batch.labels is not None:
+        labels = np.asarray(batch.labels)
+        digest.update(json.dumps([_label_value(v.item() if hasattr(v, "item") else v)
+                                  for v in labels.ravel()]).encode())
+    return digest.hexdigest()
+
+
 def _check_first_batch(plan: _Plan, batch) -> None:
     """Raise what the targets of ``batch`` would raise when it is explained (nothing counted, nothing
     kept: the batch is explained later as any other)."""
@@ -741,6 +759,15 @@ def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], bat
                 iterator = iter(probe)
                 first = next(iterator, None)
             plan.engine_batch_size = 16 if first is None else _measure(plan, first)
+    description = getattr(probe, "description", None)
+    if isinstance(description, dict) and description.get("kind") == "dataset":
+        # a tf.data pipeline's description holds no digest of its content (it cannot be read without
+        # streaming it): the first batch's images and ids are digested (read again on a resume, one batch)
+        # so that a resume over other data (another split, order or preprocessing) is refused, not mixed in
+        if iterator is None:
+            iterator = iter(probe)
+            first = next(iterator, None)
+        description["first_batch_sha256"] = None if first is None else _batch_digest(first)
     if any(stored[key] is None for _, key in stores):
         # a new store: the first batch's targets are checked before it is created (labels missing, of
         # the wrong kind or shape, out of range with on_error="raise"), so that a run refused for its
