@@ -252,3 +252,12 @@ def test_a_resume_over_another_tf_data_pipeline_is_refused(model, data, tmp_path
             explain_dataset(_gradient(model), pipeline(values, classes), out, batch_size=16, verbose=0)
     resumed = explain_dataset(_gradient(model), pipeline(images, labels), out, batch_size=16, verbose=0)
     assert resumed.complete and np.asarray(resumed.attributions[:]).tobytes() == reference.tobytes()
+
+
+def test_evaluate_dataset_names_a_model_with_several_outputs(data, tmp_path):
+    """The scoring model's top-1 of a list of outputs crashed in NumPy (boolean index assignment)."""
+    model = _two_heads()
+    with pytest.raises(InvalidInputError, match="this model has 2: pass the output to score"):
+        tfattr.evaluate_dataset(model, data[0], [("gradient", tfattr.Gradient(model, batch_size=8, output=1))],
+                                ["deletion"], tmp_path / "eval", batch_size=16, verbose=0)
+    assert not (tmp_path / "eval").exists()

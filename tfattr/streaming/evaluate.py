@@ -168,6 +168,12 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
     if metrics is None and metric_options is not None:
         raise InvalidInputError("`metric_options` sets options of named metrics: name them in `metrics`. "
                                 + received("metrics", None))
+    outputs = getattr(model, "outputs", None)
+    if isinstance(outputs, (list, tuple)) and len(outputs) > 1:  # the metrics query one logits output
+        raise InvalidInputError(f"evaluate_dataset scores a model with one output (its logits); this model has "
+                                f"{len(outputs)}: pass the output to score as a model of its own, "
+                                "keras.Model(model.inputs, model.outputs[k]). "
+                                + received("len(model.outputs)", len(outputs)))
     chosen = resolve_metrics(list(DEFAULT_METRICS) if metrics is None else metrics, metric_options, masks_given=False)
     target, target_json = _target_spec(target)
     stream_range = value_range  # 8-bit images scaled into it (None: kept 0–255)
