@@ -261,3 +261,14 @@ def test_evaluate_dataset_names_a_model_with_several_outputs(data, tmp_path):
         tfattr.evaluate_dataset(model, data[0], [("gradient", tfattr.Gradient(model, batch_size=8, output=1))],
                                 ["deletion"], tmp_path / "eval", batch_size=16, verbose=0)
     assert not (tmp_path / "eval").exists()
+
+
+def test_per_item_targets_longer_than_a_dataset_of_unknown_size_are_named(model, data, tmp_path):
+    """A dataset filtered after its targets were made: its size is unknown up front and the longer target
+    array was silently accepted, pairing later items with other items' classes."""
+    images, labels = data
+    kept = tf.data.Dataset.from_tensor_slices(images).filter(lambda image: tf.reduce_mean(image) > 0)  # all kept
+    with pytest.raises(InvalidInputError, match=rf"`target` holds {N + 1} classes and the data has {N} items"):
+        explain_dataset(_gradient(model), kept, tmp_path / "out", target=np.r_[labels, 0], batch_size=16, verbose=0)
+    store = explain_dataset(_gradient(model), kept, tmp_path / "ok", target=labels, batch_size=16, verbose=0)
+    assert store.complete and np.array_equal(np.asarray(store.targets[:]), labels)

@@ -825,6 +825,13 @@ def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], bat
             for thread in threads.values():
                 thread.abort()
             raise
+        for _, key in stores:  # the data's size was unknown until now: one class per item, no more
+            target = plans[key].target
+            if isinstance(target, np.ndarray) and len(target) != items:
+                raise InvalidInputError(f"`target` holds {len(target)} classes and the data has {items} items: one "
+                                        "class per item is needed (a filtered dataset whose targets were made "
+                                        "before filtering pairs later items with other items' classes). The store "
+                                        "is left incomplete. " + received("len(target)", len(target)))
         for writer in writers.values():
             writer.finish(items if num_items is None else num_items)
         progress.close()
