@@ -272,3 +272,17 @@ def test_per_item_targets_longer_than_a_dataset_of_unknown_size_are_named(model,
         explain_dataset(_gradient(model), kept, tmp_path / "out", target=np.r_[labels, 0], batch_size=16, verbose=0)
     store = explain_dataset(_gradient(model), kept, tmp_path / "ok", target=labels, batch_size=16, verbose=0)
     assert store.complete and np.array_equal(np.asarray(store.targets[:]), labels)
+
+
+def test_a_wrapped_methods_engine_chunk_size_is_used_not_measured(model, data, tmp_path, monkeypatch):
+    """NoiseTunnel(Gradient(model, batch_size=24)): the tunnel has no batch_size option, so the runner
+    measured an 'auto' size (extra passes) and explained with it instead of the 24 the user set."""
+    from tfattr.streaming import explain as runner
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(runner, "engine_batch_size", measured)
+    tunnel = tfattr.NoiseTunnel(tfattr.Gradient(model, batch_size=24), nt_samples=3, seed=1)
+    store = explain_dataset(tunnel, data[0], tmp_path / "out", batch_size=16, verbose=0)
+    assert store.settings["engine_batch_size"] == 24

@@ -1136,6 +1136,7 @@ class EvaluateImages(beam.PTransform):
             _target_spec,
             check_settings,
             engine_batch_size,
+            given_batch_size,
             read_settings,
         )
         from tfattr.streaming.store import StoreWriter
@@ -1168,7 +1169,7 @@ class EvaluateImages(beam.PTransform):
         for name, method, options, _ in resolved:
             folder = os.path.join(out, _folder_name(name, used))
             recorded = read_settings(folder)
-            given = dict(getattr(method, "config", None) or {}).get("batch_size", "auto")
+            given = given_batch_size(method)
             if given != "auto":
                 engine = int(given)
             elif recorded is not None and isinstance(recorded.get("engine_batch_size"), int):

@@ -37,6 +37,7 @@ from tfattr.streaming.explain import (
     check_out_outside_data,
     check_target_classes,
     explain_batch,
+    given_batch_size,
     run_stream,
     show_summary,
 )
@@ -209,8 +210,8 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
         plan = _Plan(method=method, target=target, on_error=on_error, seed=method_seed(own_seed, config, seed),
                      seeded="seed" in config,
                      options=options, num_classes=num_classes, item_shape=item_shape)
-        if config.get("batch_size", "auto") != "auto":
-            plan.engine_batch_size = int(config["batch_size"])
+        if given_batch_size(method) != "auto":
+            plan.engine_batch_size = int(given_batch_size(method))
         folder = os.path.join(out, _folder_name(name, used))
         plans[folder] = plan
         named[folder] = name

@@ -63,6 +63,16 @@ _PATIENCE = 2
 _MARGIN = 0.05
 
 
+def given_batch_size(method):
+    """The engine chunk size a method was made with: its ``batch_size`` option, for a wrapper without one
+    (:class:`~tfattr.core.noise.NoiseTunnel`) the wrapped method's; ``"auto"`` when none is an int."""
+    for owner in (method, getattr(method, "method", None)):
+        config = getattr(owner, "config", None) or {}
+        if "batch_size" in config:
+            return config["batch_size"]
+    return "auto"
+
+
 def engine_batch_size(method, images: np.ndarray, target=None, options: Optional[Mapping[str, Any]] = None,
                       sample: int = 16) -> int:
     """A fixed engine chunk size for ``method`` on images like ``images``: its ``batch_size`` when it is
@@ -82,8 +92,7 @@ def engine_batch_size(method, images: np.ndarray, target=None, options: Optional
     """
     from tfattr.core import autotune
 
-    config = getattr(method, "config", None) or {}
-    given = config.get("batch_size", "auto")
+    given = given_batch_size(method)
     if given != "auto":
         return int(given)
     options = dict(options or {})
@@ -947,7 +956,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
     if isinstance(target, np.ndarray) and probe.num_items is not None and len(target) != probe.num_items:
         raise InvalidInputError(f"`target` must hold one class per item ({probe.num_items}). "
                                 + received("len(target)", len(target)))
-    given = config.get("batch_size", "auto")
+    given = given_batch_size(method)
     if given != "auto":
         plan.engine_batch_size = int(given)
     description = probe.description
