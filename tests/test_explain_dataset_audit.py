@@ -286,3 +286,17 @@ def test_a_wrapped_methods_engine_chunk_size_is_used_not_measured(model, data, t
     tunnel = tfattr.NoiseTunnel(tfattr.Gradient(model, batch_size=24), nt_samples=3, seed=1)
     store = explain_dataset(tunnel, data[0], tmp_path / "out", batch_size=16, verbose=0)
     assert store.settings["engine_batch_size"] == 24
+
+
+def test_images_that_do_not_fit_the_model_leave_no_store_and_name_image_size(model, data, tmp_path):
+    """20-px images for a 16-px model with an integer engine size: the method's error came at the first
+    batch, after the store was created, and the corrected run (image_size=(16, 16)) was refused as
+    'data.image_size: recorded null'."""
+    images = np.random.default_rng(1).uniform(size=(N, 20, 20, 3)).astype(np.float32)
+    out = tmp_path / "out"
+    for method in (_gradient(model), tfattr.NoiseTunnel(_gradient(model), nt_samples=2)):
+        with pytest.raises(InvalidInputError, match=r"of shape \(20, 20, 3\), do not fit the model \(image_size="):
+            explain_dataset(method, images, out, batch_size=16, verbose=0)
+        assert not out.exists()
+    store = explain_dataset(_gradient(model), images, out, batch_size=16, image_size=(16, 16), verbose=0)
+    assert store.complete and store.attributions.shape == (N, 16, 16, 3)

@@ -726,6 +726,19 @@ def _check_first_batch(plan: _Plan, batch) -> None:
     bad = {int(index) - batch.index0 for index, _, _ in batch.errors}
     keep = np.array([i not in bad for i in range(len(batch.ids))], bool)
     _batch_targets(_Plan(**{**plan.__dict__, "skipped": {}}), batch, keep, {})
+    # the images against the model (another size, channels or input count), without a pass: a method
+    # or the method a wrapper (NoiseTunnel) drives, with this run's options that are its own
+    for owner in (plan.method, getattr(plan.method, "method", None)):
+        table = getattr(owner, "option_table", None)
+        if isinstance(table, Mapping) and callable(getattr(owner, "validate", None)) and keep.any():
+            own = {name: value for name, value in plan.options.items() if name in table}
+            images = np.asarray(batch.images)[keep][:1]
+            try:
+                owner.validate(images, owner.call_options(**own))
+            except InvalidInputError as error:
+                raise InvalidInputError(f"the data's images, of shape {tuple(images.shape[1:])}, do not fit the "
+                                        f"model (image_size=(height, width) resizes them): {error}") from None
+            break
 
 
 def _measure(plan: _Plan, batch) -> int:
