@@ -145,26 +145,47 @@ def batch_seed(seed: int, block: int) -> int:
 
 def _parse(element, position: int) -> Tuple[np.ndarray, Optional[int], Optional[int], Optional[str]]:
     """``(image, target, index, id)`` of an element: ``image``, ``(image, target)`` or a mapping with
-    ``image`` and optional ``target``, ``index`` (the item's place in the dataset) and ``id``."""
+    ``image`` and optional ``target``, ``index`` (the item's place in the dataset) and ``id``. The image
+    is ``uint8`` (scaled to the value range later) or a float array; the target an integer class ≥ 0."""
     index = item_id = None
     if isinstance(element, Mapping):
         if "image" not in element:
             raise InvalidInputError(f"element {position}: a mapping element needs an 'image' entry. "
-                                    + received("element keys", sorted(element)))
+                                    + received("element keys", sorted(map(str, element))))
         image, target = element["image"], element.get("target")
         index, item_id = element.get("index"), element.get("id")
+        if index is not None and (isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer))
+                                  or index < 0):
+            raise InvalidInputError(f"element {position}: 'index' is the item's place in the dataset, an integer ≥ 0. "
+                                    + received("index", index))
     elif isinstance(element, tuple) and len(element) == 2 and np.ndim(element[1]) == 0:
         image, target = element
+        if isinstance(image, (str, bytes)):  # ("key", image) given to the handler itself
+            raise InvalidInputError(f"element {position}: a (key, image) pair; keyed elements go through "
+                                    "KeyedModelHandler(ExplanationModelHandler(...)), and (image, target) pairs "
+                                    "hold an image first. " + received("element[0]", image))
+    elif isinstance(element, tuple) and len(element) == 2 and isinstance(element[0], (str, bytes)):
+        raise InvalidInputError(f"element {position}: a (key, image) pair; keyed elements go through "
+                                "KeyedModelHandler(ExplanationModelHandler(...)). " + received("key", element[0]))
     else:
         image, target = element, None
-    image = np.asarray(image)
+    name = f"element {str(item_id)!r}" if item_id is not None else f"element {position}"
+    try:
+        image = np.asarray(image)
+    except (ValueError, TypeError) as error:  # a ragged nesting of lists
+        raise InvalidInputError(f"{name}: an image is an (H, W, C) array ({error}). "
+                                + received("type(image)", type(image).__name__)) from None
     if image.ndim != 3:
-        raise InvalidInputError(f"element {item_id if item_id is not None else position}: an image is an (H, W, C) "
-                                "array (or (image, target)). " + received("image.shape", image.shape))
+        raise InvalidInputError(f"{name}: an image is an (H, W, C) array (or (image, target)). "
+                                + received("image.shape", image.shape))
+    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating) and image.dtype.name != "bfloat16":
+        raise InvalidInputError(f"{name}: an image is uint8 (scaled to the method's value_range) or float (taken as "
+                                "it is); other integer or boolean pixels are ambiguous (convert them first). "
+                                + received("image.dtype", image.dtype))
     if target is not None:
-        if isinstance(target, (bool, np.bool_)) or not float(target).is_integer() or int(target) < 0:
-            raise InvalidInputError(f"element {item_id if item_id is not None else position}: a target is a class "
-                                    "index ≥ 0. " + received("target", target))
+        if (isinstance(target, (bool, np.bool_, str, bytes)) or not isinstance(target, (int, float, np.number))
+                or not np.isfinite(float(target)) or not float(target).is_integer() or int(target) < 0):
+            raise InvalidInputError(f"{name}: a target is a class index ≥ 0. " + received("target", target))
         target = int(target)
     return image, target, None if index is None else int(index), None if item_id is None else str(item_id)
 
@@ -373,10 +394,11 @@ class ExplanationModelHandler(ModelHandler):
         if len(shapes) > 1:
             raise InvalidInputError(f"a batch holds images of shapes {shapes}; give image_size=(H, W) to resize them "
                                     "to one. " + received("image_size", self._image_size))
-        stacked = np.stack(images)
-        if stacked.dtype == np.uint8:
-            return _scale(stacked, self._options.get("value_range") or (0.0, 1.0))
-        return stacked.astype(np.float32, copy=False)
+        value_range = self._options.get("value_range") or (0.0, 1.0)
+        # each image by its own dtype (a batch may mix uint8 and float elements: stacked first, the uint8
+        # ones would become floats of 0-255 and escape the scaling)
+        return np.stack([_scale(image, value_range) if image.dtype == np.uint8 else image.astype(np.float32, copy=False)
+                         for image in images])
 
     def _attribute(self, loaded: _Loaded, items, block: Optional[int]) -> List[Dict[str, Any]]:
         x = self._stack(items)

@@ -1,0 +1,136 @@
+"""Audit of tfattr.beam (issue #30): the handler's elements, the store ExplainImages writes, the CLI's --runner.
+
+Each test is a defect found by the audit (it failed before its fix) unless its docstring says it pins a
+property that held. Pipelines run on Beam's in-process DirectRunner (multi-processing is not the point
+here; tests/test_beam.py runs two worker processes), on a small CNN with non-zero biases saved as .keras.
+
+Float bound (maps against ``method.attribute`` on the same images, as in tests/test_beam.py): another
+batch composition may make oneDNN sum a convolution's terms in another order; a map value sums few
+products (≤ 600 terms of at most a few times the map's largest value), so 600·6e-8·4 ≈ 1.5e-4 of
+max|map| bounds the reordering; we allow 2e-4·max|map| (a wrong scaling or image moves maps by their
+own size).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tfattr
+from tfattr.errors import InvalidInputError
+
+pytestmark = pytest.mark.beam
+
+SIDE = 16
+BOUND = 2e-4
+
+
+def _close(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=BOUND * float(np.abs(want).max()) + 1e-12)
+
+
+def _load(path):
+    from tfattr.beam import load_model
+
+    return load_model(path)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([
+        keras.Input((SIDE, SIDE, 3)),
+        keras.layers.Conv2D(4, 3, activation="relu", bias_initializer=keras.initializers.RandomNormal(0.1, 0.05)),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(6, 3, activation="relu", bias_initializer=keras.initializers.RandomNormal(0.1, 0.05)),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(5, bias_initializer=keras.initializers.RandomNormal(0.0, 0.5)),
+    ])
+    path = str(tmp_path_factory.mktemp("model") / "cnn.keras")
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(7).integers(0, 256, (12, SIDE, SIDE, 3), dtype=np.uint8)
+
+
+def _scaled(images):
+    return images.astype(np.float32) / np.float32(255.0)
+
+
+def _write_pngs(folder, images, prefix="im"):
+    import cv2
+
+    os.makedirs(folder, exist_ok=True)
+    for i, image in enumerate(images):
+        assert cv2.imwrite(os.path.join(folder, f"{prefix}{i:03d}.png"), image[..., ::-1])  # RGB → OpenCV's BGR
+    return str(folder)
+
+
+def _run(transform):
+    import apache_beam as beam
+
+    with beam.Pipeline() as pipeline:
+        _ = pipeline | transform
+
+
+# -- the handler's elements ----------------------------------------------------------------------------------
+
+def test_handler_batch_mixing_uint8_and_float_scales_each_element(model_path, images):
+    """A batch of a uint8 image and a float image: the uint8 one is scaled to [0, 1] as when it comes alone
+    (it was stacked with the float one first, became floats of 0-255 and was explained unscaled)."""
+    from tfattr.beam import ExplanationModelHandler
+
+    handler = ExplanationModelHandler(model_path, "gradient", {})
+    loaded = handler.load_model()
+    rows = [r.inference for r in handler.run_inference([images[0], _scaled(images[1:2])[0]], loaded)]
+    want = tfattr.Gradient(_load(model_path)).attribute(_scaled(images[:2]))
+    _close(np.stack([row["attributions"] for row in rows]), want.attributions)
+    assert [row["target"] for row in rows] == want.targets.tolist()
+
+
+def test_handler_names_ambiguous_elements(model_path, images):
+    """Elements the handler cannot read unambiguously are named errors (were: a string target read as its
+    number, "cat" a bare ValueError, int64 pixels explained as floats of 0-255, a keyed pair given to the
+    unkeyed handler a NumPy error, a non-integer index a bare ValueError); with on_error='skip' the element's
+    row carries the message and the others are explained."""
+    from tfattr.beam import ExplanationModelHandler
+
+    handler = ExplanationModelHandler(model_path, "gradient", {})
+    loaded = handler.load_model()
+    cases = [((images[0], "2"), "target"), ((images[0], "cat"), "target"), ((images[0], 2.5), "target"),
+             (images[0].astype(np.int64), "image.dtype"), (images[0] > 100, "image.dtype"),
+             (("key-1", images[0]), "KeyedModelHandler"), ({"image": images[0], "index": "a"}, "index"),
+             ({"image": images[0], "index": 2.0}, "index"), ([images[0], 3], "image")]
+    for element, word in cases:
+        with pytest.raises(InvalidInputError, match=word):
+            handler.run_inference([images[1], element], loaded)
+    skipping = ExplanationModelHandler(model_path, "gradient", {}, on_error="skip")
+    rows = [r.inference for r in skipping.run_inference([images[1], (images[0], "2")], skipping.load_model())]
+    assert "target" in rows[1]["error"] and rows[1]["attributions"] is None
+    _close(rows[0]["attributions"], tfattr.Gradient(_load(model_path)).attribute(_scaled(images[1:2])).attributions[0])
+    # what held: integral float targets and NumPy integers are class indices
+    rows = [r.inference for r in handler.run_inference([(images[0], 2.0), (images[1], np.int64(3))], loaded)]
+    assert [row["target"] for row in rows] == [2, 3]
+
+
+def test_without_apache_beam_the_import_names_the_extra():
+    """Held (pinned): with apache_beam not importable, ``import tfattr`` works and ``import tfattr.beam`` is an
+    ImportError (tfattr's MissingDependencyError) naming the ``[beam]`` extra."""
+    code = ("import sys; sys.modules['apache_beam'] = None\n"
+            "import tfattr\n"
+            "try:\n    import tfattr.beam\nexcept ImportError as error:\n"
+            "    print(type(error).__name__, '|', error)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, KERAS_BACKEND="tensorflow"))
+    assert out.stdout.startswith("MissingDependencyError | ") and "tfattr[beam]" in out.stdout
