@@ -134,3 +134,43 @@ def test_without_apache_beam_the_import_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, KERAS_BACKEND="tensorflow"))
     assert out.stdout.startswith("MissingDependencyError | ") and "tfattr[beam]" in out.stdout
+
+
+# -- ExplainImages: the store --------------------------------------------------------------------------------
+
+def test_explain_images_maps_without_channels_equal_the_local_store(model_path, images, tmp_path):
+    """RISE's maps are (H, W): ExplainImages wrote them into (H, W, C) rows (a NumPy broadcast error in the
+    writer: every RISE, CAM, Sobol, HSIC run failed). Now its store (a corrupt file skipped: a NaN (H, W) map)
+    equals explain_dataset's, and either resumes the other's run."""
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.store import open_explanations
+
+    folder = _write_pngs(tmp_path / "pngs", images[:10])
+    with open(os.path.join(folder, "im005.png"), "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n not really a png")
+    options = {"n_masks": 24, "grid": 4, "batch_size": 16}
+    beam_out, local_out = str(tmp_path / "beam"), str(tmp_path / "local")
+    _run(ExplainImages(folder, beam_out, "rise", model_path, options, chunk=4, seed=3, value_range=(0, 1),
+                       on_error="skip"))
+    local = tfattr.explain_dataset("rise", folder, local_out, model=_load(model_path), method_options=options,
+                                   batch_size=4, seed=3, value_range=(0, 1), on_error="skip", verbose=0)
+    store = open_explanations(beam_out)
+    assert store.complete and list(store.ids[:]) == list(local.ids[:])
+    assert np.asarray(store.valid[:]).tolist() == [i != 5 for i in range(10)]
+    maps, want = np.asarray(store.attributions[:]), np.asarray(local.attributions[:])
+    assert maps.shape == (10, SIDE, SIDE) and np.isnan(maps[5]).all()
+    keep = [i for i in range(10) if i != 5]
+    _close(maps[keep], want[keep])
+    assert np.asarray(store.targets[:]).tolist() == np.asarray(local.targets[:]).tolist()
+    # either resumes the other's run: the settings agree
+    os.remove(os.path.join(beam_out, "done", "chunk-00001.json"))
+    resumed = tfattr.explain_dataset("rise", folder, beam_out, model=_load(model_path), method_options=options,
+                                     batch_size=4, seed=3, value_range=(0, 1), on_error="skip", verbose=0)
+    assert resumed.complete
+    _close(np.asarray(resumed.attributions[:])[keep], want[keep])
+    os.remove(os.path.join(local_out, "done", "chunk-00002.json"))
+    again = ExplainImages(folder, local_out, "rise", model_path, options, chunk=4, seed=3, value_range=(0, 1),
+                          on_error="skip")
+    assert again.prepare()["todo"] == [2]
+    _run(again)
+    _close(np.asarray(open_explanations(local_out).attributions[:])[keep], want[keep])

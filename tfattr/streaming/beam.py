@@ -707,11 +707,12 @@ def _keyed_row(result, chunk: int):
 
 class _WriteChunk(beam.DoFn):
     """``(chunk k, rows)`` → chunk ``k`` of the store, committed atomically (its marker last); yields
-    ``k``. A chunk missing an item is an error (never a hole)."""
+    ``k``. A chunk missing an item is an error (never a hole). ``map_shape``: one item's attributions
+    (the image's shape, or ``(H, W)`` for RISE, the CAMs, …), the NaN map of a skipped item."""
 
-    def __init__(self, out, settings, chunk, num_items, item_shape):
+    def __init__(self, out, settings, chunk, num_items, map_shape):
         self._out, self._settings, self._chunk = out, settings, chunk
-        self._num_items, self._item_shape = num_items, tuple(item_shape)
+        self._num_items, self._map_shape = num_items, tuple(map_shape)
 
     def process(self, element):
         from tfattr.streaming.store import StoreWriter
@@ -725,9 +726,13 @@ class _WriteChunk(beam.DoFn):
             raise RuntimeError(f"chunk {k} of {self._out!r} lacks items {missing[:10]} (or holds one twice); it is not "
                                "written. " + received("indices", indices[:20]))
         valid = np.array([row["status"] == "ok" for row in rows])
-        attributions = np.full((len(rows),) + self._item_shape, np.nan, np.float32)  # skipped: NaN, as locally
+        attributions = np.full((len(rows),) + self._map_shape, np.nan, np.float32)  # skipped: NaN, as locally
         for j, row in enumerate(rows):
             if row["attributions"] is not None:
+                if np.shape(row["attributions"]) != self._map_shape:
+                    raise RuntimeError(f"item {row['index']} ({row['id']!r}) has attributions of shape "
+                                       f"{np.shape(row['attributions'])}; the method's maps were {self._map_shape} "
+                                       "when the pipeline was built. " + received("chunk", k))
                 attributions[j] = row["attributions"]
         arrays = {"attributions": attributions,
                   "targets": np.array([row["target"] for row in rows], np.int32),
@@ -767,6 +772,14 @@ class _Finish(beam.DoFn):
         finally:
             writer.close()
         yield self._num_items
+
+
+def _map_shape(method, item_shape, target, engine: int) -> Tuple[int, ...]:
+    """One item's attribution shape: the image's for most methods, ``(H, W)`` for RISE, the CAMs, …
+    (learnt from one call on a blank image, as the local runner learns it)."""
+    blank = np.zeros((1,) + tuple(item_shape), np.float32)
+    maps = method.attribute(blank, target=target, batch_size=engine, verbose=0).attributions
+    return tuple(int(d) for d in np.shape(maps)[1:])
 
 
 def _item_shape(model, image_size) -> Tuple[Tuple[int, int], int]:
@@ -927,6 +940,7 @@ class ExplainImages(beam.PTransform):
                                        self.target)
         settings = _settings(method, {}, description, _target_spec(self.target)[1], self.chunk, engine, self.seed,
                              self.on_error)
+        map_shape = _map_shape(method, item_shape, self.target, engine)
         if recorded is not None:
             check_settings(self.out, recorded, settings)  # the local runner's message naming what differs
         options["batch_size"] = engine
@@ -951,7 +965,8 @@ class ExplainImages(beam.PTransform):
             chunks = [(k, [(i, paths[i], ids[i]) for i in range(k * self.chunk, min((k + 1) * self.chunk, len(ids)))])
                       for k in todo]
         return {"settings": settings, "chunks": chunks, "shards": shards, "todo": todo, "num_items": len(ids),
-                "item_shape": item_shape, "handler": handler, "finished": finished, "value_range": value_range}
+                "item_shape": item_shape, "map_shape": map_shape, "handler": handler, "finished": finished,
+                "value_range": value_range}
 
     def expand(self, pbegin):
         from apache_beam.ml.inference.base import RunInference
@@ -981,7 +996,7 @@ class ExplainImages(beam.PTransform):
                    | "Rows" >> beam.Flatten()
                    | "GroupChunks" >> beam.GroupByKey()
                    | "WriteChunks" >> beam.ParDo(_WriteChunk(self.out, plan["settings"], chunk, plan["num_items"],
-                                                             shape)))
+                                                             plan["map_shape"])))
         return (written
                 | "CountChunks" >> beam.combiners.Count.Globally()
                 | "Finish" >> beam.ParDo(_Finish(self.out, plan["settings"], chunk, plan["num_items"])))
