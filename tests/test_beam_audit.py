@@ -174,3 +174,23 @@ def test_explain_images_maps_without_channels_equal_the_local_store(model_path, 
     assert again.prepare()["todo"] == [2]
     _run(again)
     _close(np.asarray(open_explanations(local_out).attributions[:])[keep], want[keep])
+
+
+def test_kernelshap_and_lime_take_a_dataset_runs_batch_seeds(model_path, images, tmp_path):
+    """KernelShap and Lime draw from NumPy's RandomState(seed), which refuses seeds ≥ 2**32, while a dataset
+    run seeds batch b with batch_seed(seed, b) < 2**53 (nearly always ≥ 2**32): every ExplainImages (and
+    explain_dataset) run of them failed with NumPy's ValueError. Now the Beam store equals the local one."""
+    from tfattr.beam import ExplainImages, batch_seed
+    from tfattr.streaming.store import open_explanations
+
+    assert batch_seed(0, 0) >= 2 ** 32  # the seeds a run passes
+    folder = _write_pngs(tmp_path / "pngs", images[:6])
+    for name, options in (("kernelshap", {"n_samples": 24, "cells": 4, "batch_size": 16}),
+                          ("lime", {"n_samples": 24, "cells": 4, "segmentation": "grid", "batch_size": 16})):
+        beam_out, local_out = str(tmp_path / f"beam-{name}"), str(tmp_path / f"local-{name}")
+        _run(ExplainImages(folder, beam_out, name, model_path, options, chunk=3, value_range=(0, 1)))
+        local = tfattr.explain_dataset(name, folder, local_out, model=_load(model_path), method_options=options,
+                                       batch_size=3, value_range=(0, 1), verbose=0, seed=0)
+        maps = np.asarray(open_explanations(beam_out).attributions[:])
+        _close(maps, np.asarray(local.attributions[:]))
+        assert np.abs(maps).max() > 0

@@ -17,7 +17,8 @@ __all__ = ["STREAM_UNIFORM", "STREAM_GAUSSIAN", "STREAM_NOISE_TUNNEL", "STREAM_S
            "STREAM_GRADIENT_SHAP", "STREAM_INFIDELITY", "STREAM_FAITHFULNESS_CORRELATION", "STREAM_SENSITIVITY",
            "STREAM_SHAPLEY_SAMPLING", "STREAM_SENSITIVITY_N", "STREAM_MU_FIDELITY", "STREAM_ROAD",
            "STREAM_MONOTONICITY_CORRELATION", "STREAM_SOBOL", "STREAM_FEATURE_PERMUTATION", "STREAM_LIPSCHITZ",
-           "STREAM_RELATIVE_STABILITY", "STREAM_SMOOTH_MPRT", "rng", "row_uniform", "row_normal", "compiled_row_draws"]
+           "STREAM_RELATIVE_STABILITY", "STREAM_SMOOTH_MPRT", "rng", "legacy_state", "row_uniform",
+           "row_normal", "compiled_row_draws"]
 
 # Independent random streams per purpose, all derived from the user's seed.
 STREAM_UNIFORM = 1
@@ -61,6 +62,25 @@ def rng(seed: Optional[int], stream: int, block: int = 0) -> np.random.Generator
     if block == 0:
         return np.random.default_rng([int(seed), int(stream)])
     return np.random.default_rng([int(seed), int(stream), int(block)])
+
+
+def legacy_state(seed: Optional[int]) -> np.random.RandomState:
+    """NumPy's legacy generator for a seed in ``[0, 2**53)`` (the range of every tfattr ``seed``), as
+    shap and lime draw: ``RandomState(seed)`` below ``2**32`` (the same draws as theirs with that seed),
+    else seeded by the seed's two 32-bit words (``RandomState`` itself refuses seeds ≥ 2³²; a dataset
+    run's per-batch seeds, :func:`tfattr.streaming.explain.batch_seed`, are mostly that large).
+    ``None``: fresh entropy.
+
+    Example:
+        >>> legacy_state(2 ** 40).randint(0, 2, 3).shape
+        (3,)
+    """
+    if seed is None:
+        return np.random.RandomState()
+    seed = int(seed)
+    if seed < 2 ** 32:
+        return np.random.RandomState(seed)
+    return np.random.RandomState([seed & 0xFFFFFFFF, seed >> 32])
 
 
 def _row_draws(sampler, seed, rows, shape, dtype, stream):

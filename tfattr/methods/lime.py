@@ -9,6 +9,7 @@ import numpy as np
 
 from tfattr.core import checks
 from tfattr.core.checks import Option
+from tfattr.core.random import legacy_state
 from tfattr.errors import InvalidInputError, InvalidTypeError, received
 from tfattr.methods.base import Explained, call_layout
 from tfattr.methods.coalitions import (
@@ -82,7 +83,7 @@ def lime_samples(groups: int, n_samples: int, seed=0) -> np.ndarray:
     on with probability ½ from ``numpy.random.RandomState(seed).randint(0, 2, n_samples · M)``,
     the first sample all ones (the image itself). The same ``seed`` as lime's ``random_state``
     gives lime's own samples."""
-    state = np.random.RandomState(None if seed is None else int(seed))
+    state = legacy_state(seed)  # RandomState(seed) below 2**32, as shap / lime
     data = state.randint(0, 2, int(n_samples) * int(groups)).reshape((int(n_samples), int(groups)))
     data[0, :] = 1
     return data.astype(bool)

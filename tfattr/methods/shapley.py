@@ -11,7 +11,7 @@ import numpy as np
 
 from tfattr.core import checks
 from tfattr.core.checks import Option
-from tfattr.core.random import STREAM_SHAPLEY_SAMPLING, rng
+from tfattr.core.random import STREAM_SHAPLEY_SAMPLING, legacy_state, rng
 from tfattr.errors import InvalidInputError, received
 from tfattr.methods.base import Explained
 from tfattr.methods.coalitions import (
@@ -70,7 +70,7 @@ def kernel_shap_coalitions(groups: int, n_samples, seed=0) -> Tuple[np.ndarray, 
         samples = min(samples, 2 ** m - 2)
     # shap's draws: numpy's legacy generator, called as KernelExplainer calls np.random (one
     # choice of sizes, then a permutation per draw), so np.random.seed(seed) there draws the same
-    generator = np.random.RandomState(None if seed is None else int(seed))
+    generator = legacy_state(seed)  # RandomState(seed) below 2**32, as shap / lime
     num_sizes = int(np.ceil((m - 1) / 2.0))
     num_paired = int(np.floor((m - 1) / 2.0))
     kernel = np.array([(m - 1.0) / (s * (m - s)) for s in range(1, num_sizes + 1)])
