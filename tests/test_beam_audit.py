@@ -194,3 +194,21 @@ def test_kernelshap_and_lime_take_a_dataset_runs_batch_seeds(model_path, images,
         maps = np.asarray(open_explanations(beam_out).attributions[:])
         _close(maps, np.asarray(local.attributions[:]))
         assert np.abs(maps).max() > 0
+
+
+def test_feature_permutation_only_on_whole_chunks(model_path, images, tmp_path):
+    """FeaturePermutation swaps features between the images of one call, so through RunInference its maps
+    depended on how Beam batched the elements (silently: image 0's map in a batch of 4 ≠ in a batch of 2).
+    The handler now refuses it by name; ExplainImages (one call per store chunk) equals explain_dataset."""
+    from tfattr.beam import ExplainImages, ExplanationModelHandler
+    from tfattr.streaming.store import open_explanations
+
+    with pytest.raises(InvalidInputError, match="ExplainImages"):
+        ExplanationModelHandler(model_path, "feature-permutation", {"cells": 4})
+    folder = _write_pngs(tmp_path / "pngs", images[:8])
+    options = {"cells": 4, "n_permutations": 2, "batch_size": 16}
+    out = str(tmp_path / "beam")
+    _run(ExplainImages(folder, out, "feature-permutation", model_path, options, chunk=4, value_range=(0, 1)))
+    local = tfattr.explain_dataset("feature-permutation", folder, str(tmp_path / "local"), model=_load(model_path),
+                                   method_options=options, batch_size=4, value_range=(0, 1), verbose=0, seed=0)
+    _close(np.asarray(open_explanations(out).attributions[:]), np.asarray(local.attributions[:]))

@@ -65,6 +65,9 @@ ON_ERROR = ("raise", "skip")
 
 #: the entries whose feature mask is built from each image (superpixels): rebuilt for every batch
 _PER_IMAGE_MASKS = ("feature-ablation", "kernelshap", "shapley-sampling")
+#: the entries whose maps depend on which images share an ``attribute`` call (a permutation swaps features
+#: between them): only whole store chunks (:class:`ExplainImages`), never Beam's own batches
+_BATCH_DEPENDENT = ("feature-permutation",)
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -272,7 +275,7 @@ class ExplanationModelHandler(ModelHandler):
                  *, logits: bool = False, seed_block: Optional[int] = None, on_error: str = "raise",
                  min_batch_size: Optional[int] = None, max_batch_size: Optional[int] = None,
                  max_batch_duration_secs: Optional[int] = None, large_model: bool = False,
-                 model_copies: Optional[int] = None, **kwargs):
+                 model_copies: Optional[int] = None, _whole_blocks: bool = False, **kwargs):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          max_batch_duration_secs=max_batch_duration_secs, large_model=large_model,
                          model_copies=model_copies, **kwargs)
@@ -282,6 +285,11 @@ class ExplanationModelHandler(ModelHandler):
             raise InvalidTypeError("`model_uri` must be a path to a .keras file or a SavedModel folder. "
                                    + received("model_uri", model_uri))
         item = entry(method)
+        if method in _BATCH_DEPENDENT and not _whole_blocks:
+            raise InvalidInputError(f"{method!r} permutes features between the images of one attribute call, so its "
+                                    "maps would depend on how Beam batches the elements (and a batch of one image "
+                                    "fails); explain a dataset with tfattr.beam.ExplainImages (one call per store "
+                                    "chunk) or locally. " + received("method", method))
         options = dict(method_options or {})
         unknown = sorted(set(options) - set(item.settings))
         if unknown:
@@ -774,10 +782,10 @@ class _Finish(beam.DoFn):
         yield self._num_items
 
 
-def _map_shape(method, item_shape, target, engine: int) -> Tuple[int, ...]:
+def _map_shape(method, item_shape, target, engine: int, count: int = 1) -> Tuple[int, ...]:
     """One item's attribution shape: the image's for most methods, ``(H, W)`` for RISE, the CAMs, …
-    (learnt from one call on a blank image, as the local runner learns it)."""
-    blank = np.zeros((1,) + tuple(item_shape), np.float32)
+    (learnt from one call on ``count`` blank images, as the local runner learns it)."""
+    blank = np.zeros((count,) + tuple(item_shape), np.float32)
     maps = method.attribute(blank, target=target, batch_size=engine, verbose=0).attributions
     return tuple(int(d) for d in np.shape(maps)[1:])
 
@@ -940,13 +948,13 @@ class ExplainImages(beam.PTransform):
                                        self.target)
         settings = _settings(method, {}, description, _target_spec(self.target)[1], self.chunk, engine, self.seed,
                              self.on_error)
-        map_shape = _map_shape(method, item_shape, self.target, engine)
+        map_shape = _map_shape(method, item_shape, self.target, engine, 2 if self.method in _BATCH_DEPENDENT else 1)
         if recorded is not None:
             check_settings(self.out, recorded, settings)  # the local runner's message naming what differs
         options["batch_size"] = engine
         handler = ExplanationModelHandler(self.model_uri, self.method, options, target=self.target,
                                           custom_objects=self.custom_objects, logits=self.logits,
-                                          seed_block=self.chunk, on_error=self.on_error)
+                                          seed_block=self.chunk, on_error=self.on_error, _whole_blocks=True)
         if self.overwrite:  # once, here, under the lock: the workers then write the new store
             StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=True, overwrite=True).close()
         with StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=False) as writer:
