@@ -212,3 +212,34 @@ def test_feature_permutation_only_on_whole_chunks(model_path, images, tmp_path):
     local = tfattr.explain_dataset("feature-permutation", folder, str(tmp_path / "local"), model=_load(model_path),
                                    method_options=options, batch_size=4, value_range=(0, 1), verbose=0, seed=0)
     _close(np.asarray(open_explanations(out).attributions[:]), np.asarray(local.attributions[:]))
+
+
+def test_a_list_of_files_is_taken_as_the_local_runner_takes_it(model_path, images, tmp_path):
+    """A list of files: ExplainImages sorted it, dropped a repeated file and silently dropped a missing one
+    (3 listed files → 2 items, no word). Now the list's order, repeats and missing files (skipped and named
+    by on_error, or a named error) are the local runner's: the same ids and maps as explain_dataset."""
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.store import open_explanations
+
+    folder = _write_pngs(tmp_path / "pngs", images[:3])
+    listed = [os.path.join(folder, name) for name in ("im002.png", "im000.png", "im002.png", "missing.png",
+                                                     "im001.png")]
+    out = str(tmp_path / "beam")
+    _run(ExplainImages(listed, out, "gradient", model_path, {"batch_size": 8}, chunk=2, value_range=(0, 1),
+                       on_error="skip"))
+    local = tfattr.explain_dataset("gradient", listed, str(tmp_path / "local"), model=_load(model_path),
+                                   method_options={"batch_size": 8}, batch_size=2, value_range=(0, 1),
+                                   on_error="skip", verbose=0)
+    store = open_explanations(out)
+    assert list(store.ids[:]) == listed == list(local.ids[:])
+    assert np.asarray(store.valid[:]).tolist() == [True, True, True, False, True]
+    assert "missing.png" in store.rows().sort_values("index")["error"].iloc[3]
+    keep = [0, 1, 2, 4]
+    _close(np.asarray(store.attributions[:])[keep], np.asarray(local.attributions[:])[keep])
+    _close(np.asarray(store.attributions[:])[keep], tfattr.Gradient(_load(model_path)).attribute(
+        _scaled(images[[2, 0, 2, 1]])).attributions)
+    with pytest.raises(Exception, match=r"missing\.png"):
+        _run(ExplainImages(listed, str(tmp_path / "raise"), "gradient", model_path, chunk=2, value_range=(0, 1)))
+    with pytest.raises(InvalidInputError, match=r"no file matches"):
+        ExplainImages([listed[0], os.path.join(folder, "*.jpg")], str(tmp_path / "none"), "gradient",
+                      model_path).prepare()

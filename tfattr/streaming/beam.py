@@ -487,33 +487,44 @@ def _is_remote(path: str) -> bool:
 
 
 def match_files(data) -> List[str]:
-    """The image files of ``data``, sorted: a local folder (every image file under it), a glob pattern
-    (Beam's file systems: local, ``gs://``, ``s3://``, …), or a list of paths and patterns."""
+    """The files of ``data``: a glob pattern's matches, sorted (Beam's file systems: local, ``gs://``,
+    ``s3://``, …), or a list of paths and patterns in the list's order, as the local runner takes a list:
+    a pattern expanded in place to its sorted matches, a path kept as given (listed twice: two items; a
+    missing file stays an item, which the reader names or skips by ``on_error``, never a silent hole)."""
     from apache_beam.io.filesystems import FileSystems
 
-    patterns = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    single = isinstance(data, (str, os.PathLike))
+    patterns = [data] if single else list(data) if isinstance(data, (list, tuple)) else []
     if not patterns or not all(isinstance(p, (str, os.PathLike)) for p in patterns):
         raise InvalidInputError("`data` must be a folder, a glob pattern or a list of them. " + received("data", data))
-    found = set()
+    found: List[str] = []
     for pattern in map(os.fspath, patterns):
         if not _is_glob(pattern) and not _is_remote(pattern) and os.path.isfile(pattern):
-            found.add(pattern)
+            found.append(pattern)
+            continue
+        if not single and not _is_glob(pattern):
+            if not _is_remote(pattern) and os.path.isdir(pattern):
+                raise InvalidInputError(f"`data`: a list holds image files and glob patterns; {pattern!r} is a folder "
+                                        "(pass a folder alone, or a pattern such as 'folder/*.png'). "
+                                        + received("data", pattern))
+            found.append(pattern)  # a listed file: read (or named missing) as the local runner reads it
             continue
         try:
             result = FileSystems.match([pattern])[0]
         except Exception as error:  # noqa: BLE001 - Beam's BeamIOError and the file systems' errors
             raise InvalidInputError(f"`data`: cannot list {pattern!r}: {error}. " + received("data", pattern)) from None
-        found.update(metadata.path for metadata in result.metadata_list)
-    if not found:
-        raise InvalidInputError(f"`data`: no file matches {data!r}. " + received("data", data))
-    return sorted(found)
+        matches = sorted(metadata.path for metadata in result.metadata_list)
+        if not matches:
+            raise InvalidInputError(f"`data`: no file matches {pattern!r}. " + received("data", pattern))
+        found.extend(matches)
+    return found
 
 
 def _source(data, size, channels, value_range, chunk) -> Tuple[List[str], List[str], Dict[str, Any]]:
     """``(paths, ids, description)`` of ``data``, as the local runner's source
     (:func:`tfattr.streaming.sources.stream`) lists and describes it: a local folder's files in the
-    order of their relative paths (the ids), a local glob or list as the sorted list of its files
-    (ids: the paths); files on a remote file system (``gs://``) by their sorted paths."""
+    order of their relative paths (the ids), a glob's matches sorted, a list in its order (ids: the
+    paths, :func:`match_files`); files on a remote file system (``gs://``) described by their paths."""
     from tfattr.streaming.sources import stream
 
     options = dict(batch=chunk, image_size=size, channels=channels,
@@ -815,8 +826,9 @@ class ExplainImages(beam.PTransform):
     """Explain a dataset of image files on Beam and write the store of :func:`tfattr.explain_dataset`.
 
     ``pipeline | ExplainImages(data, out, method="ig", model_uri="model.keras", ...)``: the files
-    matched by ``data`` are sorted by id (their path relative to the folder or to the pattern's
-    directory) — an item's index is its place in that order — and cut into store chunks of
+    of ``data`` are listed as the local runner lists them (a folder's by their paths relative to it, the
+    ids, sorted; a glob pattern's matches sorted; a list in its own order, :func:`match_files`) — an
+    item's index is its place in that order — and cut into store chunks of
     ``chunk`` items. Each unfinished chunk is read and decoded on a worker (as the local runner
     decodes files: 8-bit RGB, or grey for a one-channel model, area-resized to the model's size or
     ``image_size``, scaled to ``value_range``), explained by Beam's ``RunInference`` with
@@ -861,7 +873,7 @@ class ExplainImages(beam.PTransform):
         image_key, id_key: TFRecords (``data`` matching ``*.tfrecord``/``*.tfrecords`` files of
             ``tf.train.Example``): the feature holding the encoded image (PNG, JPEG, …) and the one holding
             each item's id (``None``: ``"<file name>:<record number>"``). Items are the records in the order
-            of the sorted files, then of the records; each shard is read once, by one worker.
+            of the files (:func:`match_files`), then of the records; each shard is read once, by one worker.
     """
 
     def __init__(self, data, out, method: str = "ig", model_uri: Optional[str] = None,
