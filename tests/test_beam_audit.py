@@ -243,3 +243,34 @@ def test_a_list_of_files_is_taken_as_the_local_runner_takes_it(model_path, image
     with pytest.raises(InvalidInputError, match=r"no file matches"):
         ExplainImages([listed[0], os.path.join(folder, "*.jpg")], str(tmp_path / "none"), "gradient",
                       model_path).prepare()
+
+
+def test_evaluate_images_skips_a_corrupt_file_and_equals_evaluate_dataset(model_path, images, tmp_path):
+    """EvaluateImages with on_error='skip' and a corrupt file among the first 16: the launcher decoded them to
+    measure the engine's chunk size and failed on it (skip was not honoured). Now the run skips the item and
+    its per-image rows (a seeded random method too) and table equal evaluate_dataset's."""
+    from tfattr.beam import EvaluateImages
+    from tfattr.streaming.evaluate import evaluate_dataset
+    from tfattr.streaming.store import open_explanations
+
+    folder = _write_pngs(tmp_path / "pngs", images[:8])
+    with open(os.path.join(folder, "im001.png"), "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n not really a png")
+    methods = ["gradient", ("smoothgrad", {"samples": 4})]
+    beam_out, local_out = str(tmp_path / "beam"), str(tmp_path / "local")
+    _run(EvaluateImages(folder, beam_out, methods, ["deletion"], model_path, chunk=4, seed=2, value_range=(0, 1),
+                        on_error="skip"))
+    evaluate_dataset(_load(model_path), folder, methods, ["deletion"], local_out, batch_size=4, seed=2,
+                     value_range=(0, 1), on_error="skip", verbose=0)
+    for name in ("gradient", "smoothgrad"):
+        got = open_explanations(os.path.join(beam_out, name)).rows().sort_values("index")
+        want = open_explanations(os.path.join(local_out, name)).rows().sort_values("index")
+        assert got["status"].tolist() == want["status"].tolist() == ["ok"] + ["skipped"] + ["ok"] * 6
+        assert "im001.png" in got["error"].iloc[1]
+        for column in ("metric:deletion", "score"):
+            np.testing.assert_allclose(got[column].to_numpy(), want[column].to_numpy(), rtol=1e-5, atol=1e-6)
+    tables = []
+    for out in (beam_out, local_out):
+        with open(os.path.join(out, "table.md"), encoding="utf-8") as handle:
+            tables.append([line.split("|")[:3] for line in handle.read().splitlines()])  # method, deletion
+    assert tables[0] == tables[1]

@@ -1022,6 +1022,20 @@ class ExplainImages(beam.PTransform):
                 | "Finish" >> beam.ParDo(_Finish(self.out, plan["settings"], chunk, plan["num_items"])))
 
 
+def _first_images(paths, size, channels, value_range, item_shape, count: int = 16) -> np.ndarray:
+    """The first ``count`` readable images of ``paths`` (for measuring the engine's chunk size; an unreadable
+    file is left to the pipeline, which names or skips it by ``on_error``)."""
+    first = []
+    for path in paths:
+        try:
+            first.append(_decode(path, size, channels, value_range))
+        except (ValueError, TypeError, OSError):
+            continue
+        if len(first) == count:
+            break
+    return np.stack(first) if first else np.zeros((0,) + tuple(item_shape), np.float32)
+
+
 def _scale(images: np.ndarray, value_range) -> np.ndarray:
     low, high = value_range
     return (np.float32(low) + images.astype(np.float32) / np.float32(255.0) * np.float32(high - low)).astype(np.float32)
@@ -1233,8 +1247,7 @@ class EvaluateImages(beam.PTransform):
                 engine = int(recorded["engine_batch_size"])
             else:
                 if first is None:
-                    first = np.stack([_decode(path, e.image_size or size, channels, e.value_range)
-                                      for path in paths[:16]])
+                    first = _first_images(paths, e.image_size or size, channels, e.value_range, item_shape)
                 engine = engine_batch_size(method, first, e.target, options)
             settings = _settings(method, options, description, _target_spec(e.target)[1], e.chunk, engine, e.seed,
                                  e.on_error)
