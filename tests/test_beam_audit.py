@@ -274,3 +274,34 @@ def test_evaluate_images_skips_a_corrupt_file_and_equals_evaluate_dataset(model_
         with open(os.path.join(out, "table.md"), encoding="utf-8") as handle:
             tables.append([line.split("|")[:3] for line in handle.read().splitlines()])  # method, deletion
     assert tables[0] == tables[1]
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+
+def test_cli_runner_names_what_it_cannot_run(model_path, images, tmp_path, capsys):
+    """explain-dataset --runner: a runner class that cannot be imported crashed with ModuleNotFoundError (a
+    traceback), a misspelt runner gave Beam's message without the flag, an empty --runner ran locally, a bad
+    value of a Beam option printed Beam's usage and exited, a stray word (`--method ig rise`) was dropped
+    without a word, and a TFDS name read as "no file matches". Each is now a named error (exit 2), before
+    the model loads and before anything is written; --target label stays a named error (held)."""
+    from tfattr.cli import main
+
+    folder = _write_pngs(tmp_path / "pngs", images[:4])
+    out = str(tmp_path / "store")
+    flags = ["explain-dataset", "--model", model_path, "--data", folder, "--out", out, "--method", "gradient",
+             "--chunk", "2"]
+    cases = [(["--runner", "no_such_module.Runner"], "--runner"), (["--runner", "DirectRuner"], "DirectRuner"),
+             (["--runner", ""], "--runner"), (["--runner", "DirectRunner", "--direct_num_workers", "x"],
+                                              "direct_num_workers"),
+             (["--runner", "DirectRunner", "rise"], "rise"), (["--runner", "DirectRunner", "--target", "label"],
+                                                              "--target label")]
+    for extra, word in cases:
+        capsys.readouterr()
+        assert main(flags + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert word in err and "Received:" in err and "Traceback" not in err, (extra, err)
+        assert not os.path.exists(out)
+    tfds = list(flags)
+    tfds[tfds.index("--data") + 1] = "mnist"
+    assert main(tfds + ["--runner", "DirectRunner"]) == 2
+    assert "TFDS" in capsys.readouterr().err

@@ -480,20 +480,45 @@ def _beam_pipeline_options(runner: str, extra: List[str]):
     except ImportError:
         raise InvalidInputError("--runner needs Apache Beam: pip install 'tfattr[beam]'. "
                                 + received("--runner", runner)) from None
+    _check_runner(runner)
     flags = ["--runner", runner] + list(extra)
     try:  # Beam's own parser class (value-provider arguments), as PipelineOptions.get_all_options parses
         from apache_beam.options.pipeline_options import _BeamArgumentParser as BeamParser
     except ImportError:  # pragma: no cover - another Beam version
         BeamParser = argparse.ArgumentParser
-    parser = BeamParser(allow_abbrev=False, add_help=False)
+
+    class Parser(BeamParser):
+        def error(self, message):  # a bad value of a Beam option: named here (argparse would print Beam's usage)
+            raise InvalidInputError(f"Beam's pipeline options: {message}. " + received("arguments", list(extra)))
+
+    parser = Parser(allow_abbrev=False, add_help=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)  # noqa: SLF001 - what PipelineOptions.get_all_options parses with
     _, unknown = parser.parse_known_args(flags)
-    unknown = [arg for arg in unknown if arg.startswith("-")]
-    if unknown:
+    if unknown:  # flags, and words no flag took (`--method ig rise`: "rise" would be dropped without a word)
         raise InvalidInputError(f"unknown argument(s) {' '.join(unknown)}: neither explain-dataset nor Beam's "
                                 "pipeline options take them. " + received("arguments", unknown))
     return PipelineOptions(flags)
+
+
+def _check_runner(runner: str) -> None:
+    """``--runner``: a runner Beam can make (a name such as DirectRunner, or a runner class's qualified
+    name), checked before the model loads; a misspelt name or a runner whose extra is not installed
+    (``apache-beam[gcp]`` for Dataflow) is named."""
+    from apache_beam.runners.runner import PipelineRunner, create_runner
+
+    try:
+        made = create_runner(runner) if runner.strip() else None
+    except Exception as error:  # noqa: BLE001 - Beam raises ValueError, ImportError, AttributeError, ...
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = f" ({type(error).__name__}: {lines[0] if lines else ''})"
+        made = None
+    else:
+        reason = ""
+    if not isinstance(made, PipelineRunner):
+        raise InvalidInputError(f"--runner: {runner!r} is not a Beam runner Beam can make here{reason}; name one "
+                                f"of {', '.join(RUNNERS)} (a runner's own extra installed, e.g. apache-beam[gcp] for "
+                                "Dataflow), or a runner class's qualified name. " + received("--runner", runner))
 
 
 def _explain_dataset_beam(args, extra: List[str]) -> int:
@@ -509,9 +534,14 @@ def _explain_dataset_beam(args, extra: List[str]) -> int:
     if args.target == "label":
         raise InvalidInputError("--target label: --runner explains the top-1 class or one class index. "
                                 + received("--target", "label"))
+    if "://" not in args.data and not any(ch in args.data for ch in "*?[") and not os.path.exists(args.data):
+        raise InvalidInputError(f"--data: --runner reads image or TFRecord files (a folder, a file or a glob pattern); "
+                                f"{args.data!r} is none of them (a TFDS dataset is explained without --runner). "
+                                + received("--data", args.data))
     if "://" not in args.model and not os.path.exists(args.model):
         raise InvalidInputError(f"--model: --runner's workers load the model from a file; no file {args.model!r} (a "
-                                "keras.applications name: save it as .keras first). " + received("--model", args.model))
+                                "keras.applications name: save it as .keras first, and give --value-range 0 255: "
+                                "it takes RGB pixels in [0, 255]). " + received("--model", args.model))
     _check_out(args.out)
     if args.size is not None and len(args.size) > 2:
         raise InvalidInputError("--size takes SIDE or H W. " + received("--size", args.size))
@@ -1349,14 +1379,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and not (args.command == "explain-dataset" and getattr(args, "runner", None)):
+    if extra and not (args.command == "explain-dataset" and getattr(args, "runner", None) is not None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         value_range = getattr(args, "value_range", None)
         if value_range is not None and not value_range[0] < value_range[1]:  # reversed: every image inverted
             raise InvalidInputError("--value-range: LOW must be below HIGH. "
                                     + received("--value-range", " ".join(f"{v:g}" for v in value_range)))
-        if args.command == "explain-dataset" and getattr(args, "runner", None):
+        if args.command == "explain-dataset" and getattr(args, "runner", None) is not None:
             return _explain_dataset_beam(args, extra)
         return {"explain": _explain, "evaluate": _evaluate, "demo": _demo, "baseline": _baseline,
                 "explain-dataset": _explain_dataset, "evaluate-dataset": _evaluate_dataset}[args.command](args)
