@@ -305,3 +305,51 @@ def test_cli_runner_names_what_it_cannot_run(model_path, images, tmp_path, capsy
     tfds[tfds.index("--data") + 1] = "mnist"
     assert main(tfds + ["--runner", "DirectRunner"]) == 2
     assert "TFDS" in capsys.readouterr().err
+
+
+def test_explain_images_checks_the_target_and_a_local_runs_lock_at_launch(model_path, images, tmp_path):
+    """A class target beyond the model's classes with on_error='skip' and a given engine size: the pipeline
+    'succeeded' with every item skipped (locally it is an argument error before any work); now a named error at
+    launch. And a store a local run is writing (its lock held) was listed and written by Beam's workers too;
+    now StoreLockedError at launch."""
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.store import StoreLockedError, StoreWriter, recorded_settings
+
+    folder = _write_pngs(tmp_path / "pngs", images[:4])
+    with pytest.raises(InvalidInputError, match="class 7"):
+        ExplainImages(folder, str(tmp_path / "t7"), "gradient", model_path, {"batch_size": 8}, target=7, chunk=2,
+                      value_range=(0, 1), on_error="skip").prepare()
+    out = str(tmp_path / "store")
+    tfattr.explain_dataset("gradient", folder, out, model=_load(model_path), method_options={"batch_size": 8},
+                           batch_size=2, value_range=(0, 1), verbose=0)
+    os.remove(os.path.join(out, "done", "chunk-00001.json"))
+    with StoreWriter.open(out, recorded_settings(out), 2, 4, lock=True):  # a local run resuming it
+        with pytest.raises(StoreLockedError):
+            ExplainImages(folder, out, "gradient", model_path, {"batch_size": 8}, chunk=2, value_range=(0, 1)).prepare()
+    assert ExplainImages(folder, out, "gradient", model_path, {"batch_size": 8}, chunk=2,
+                         value_range=(0, 1)).prepare()["todo"] == [1]
+
+
+def test_a_retried_write_of_a_committed_chunk_leaves_it(model_path, images, tmp_path, monkeypatch):
+    """A bundle retried after its chunk committed: the retry leaves the chunk as it is (held: finished chunks
+    are skipped), also when the other attempt commits between the retry's look and its write (was: the
+    store's ChunkFinishedError failed the retried bundle, and the pipeline)."""
+    from tfattr.streaming import beam as tbeam
+    from tfattr.streaming.store import StoreWriter, open_explanations
+
+    out = str(tmp_path / "store")
+    settings = {"run": 1}
+    rows = [{"index": i, "id": f"im{i}", "attributions": np.full((2, 2, 3), i, np.float32), "target": 1,
+             "score": 0.5, "delta": float("nan"), "status": "ok", "error": ""} for i in range(2)]
+    write = tbeam._WriteChunk(out, settings, 2, 4, (2, 2, 3))
+    assert list(write.process((0, rows))) == [0]
+    marker = os.path.join(out, "done", "chunk-00000.json")
+    stamp = os.stat(marker).st_mtime_ns
+    other = [dict(row, attributions=np.zeros((2, 2, 3), np.float32)) for row in rows]
+    assert list(write.process((0, other))) == [0]  # a retry: skipped
+    monkeypatch.setattr(StoreWriter, "finished", lambda self: set())  # the retry looked before the commit
+    assert list(write.process((0, other))) == [0]
+    monkeypatch.undo()
+    assert os.stat(marker).st_mtime_ns == stamp
+    np.testing.assert_array_equal(np.asarray(open_explanations(out).attributions[:2]),
+                                  np.stack([row["attributions"] for row in rows]))

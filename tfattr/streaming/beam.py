@@ -734,7 +734,7 @@ class _WriteChunk(beam.DoFn):
         self._num_items, self._map_shape = num_items, tuple(map_shape)
 
     def process(self, element):
-        from tfattr.streaming.store import StoreWriter
+        from tfattr.streaming.store import ChunkFinishedError, StoreWriter
 
         k, rows = element
         rows = sorted(rows, key=lambda row: row["index"])
@@ -764,7 +764,10 @@ class _WriteChunk(beam.DoFn):
         writer = StoreWriter.open(self._out, self._settings, self._chunk, self._num_items, lock=False)
         try:
             if k not in writer.finished():  # a retried bundle: the chunk is there already
-                writer.write_chunk(k, start, [row["id"] for row in rows], arrays, table)
+                try:
+                    writer.write_chunk(k, start, [row["id"] for row in rows], arrays, table)
+                except ChunkFinishedError:  # another attempt of this bundle committed it meanwhile: done
+                    pass
         finally:
             writer.close()
         yield k
@@ -914,10 +917,12 @@ class ExplainImages(beam.PTransform):
         chunks left to do. Called by :meth:`expand` when the pipeline is built."""
         from tfattr.core.ranges import resolve_value_range
         from tfattr.streaming.explain import (
+            _num_classes,
             _resolve_method,
             _settings,
             _target_spec,
             check_settings,
+            check_target_classes,
             engine_batch_size,
             read_settings,
         )
@@ -939,6 +944,7 @@ class ExplainImages(beam.PTransform):
         options.setdefault("value_range", value_range)
         options.setdefault("seed", self.seed)
         method, _ = _resolve_method(self.method, model, options, item_shape, self.seed, value_range)
+        check_target_classes(self.target, _num_classes(method))  # at launch whatever on_error says, as locally
         recorded = None if self.overwrite else read_settings(self.out)
         given = options.get("batch_size", "auto")
         if given != "auto":
@@ -969,7 +975,9 @@ class ExplainImages(beam.PTransform):
                                           seed_block=self.chunk, on_error=self.on_error, _whole_blocks=True)
         if self.overwrite:  # once, here, under the lock: the workers then write the new store
             StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=True, overwrite=True).close()
-        with StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=False) as writer:
+        # locked while the launcher reads it: a local run writing this store is a named error (StoreLockedError),
+        # not a second writer of its chunks; the workers then write without the lock
+        with StoreWriter.open(self.out, settings, self.chunk, len(ids), lock=True) as writer:
             finished = set(writer.finished())
         self.num_items = len(ids)
         todo = [k for k in range(-(-len(ids) // self.chunk)) if k not in finished]
@@ -1254,7 +1262,7 @@ class EvaluateImages(beam.PTransform):
             settings["evaluation"] = dict(evaluation_key, name=name)
             if recorded is not None:
                 check_settings(folder, recorded, settings)
-            with StoreWriter.open(folder, settings, e.chunk, len(ids), lock=False) as writer:
+            with StoreWriter.open(folder, settings, e.chunk, len(ids), lock=True) as writer:  # not a local run's
                 finished = set(writer.finished())
             todo |= set(range(-(-len(ids) // e.chunk))) - finished
             settings_by[folder], names[folder] = json_ready(settings), name
