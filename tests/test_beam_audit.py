@@ -353,3 +353,18 @@ def test_a_retried_write_of_a_committed_chunk_leaves_it(model_path, images, tmp_
     assert os.stat(marker).st_mtime_ns == stamp
     np.testing.assert_array_equal(np.asarray(open_explanations(out).attributions[:2]),
                                   np.stack([row["attributions"] for row in rows]))
+
+
+def test_handler_settings_error_is_not_an_elements_error(model_path, images):
+    """method_options the method refuses (steps=-1, a layer the model lacks): with on_error='skip' every
+    element was 'skipped' with the same message (the pipeline succeeded with nothing explained), with 'raise'
+    element 0 was blamed. Now a named settings error whatever on_error says."""
+    from tfattr.beam import ExplanationModelHandler
+
+    for options, word in (({"steps": -1}, "steps"), ({"layer": "nope"}, "nope")):
+        method = "ig" if "steps" in options else "gradcam"
+        for on_error in ("raise", "skip"):
+            handler = ExplanationModelHandler(model_path, method, options, on_error=on_error)
+            with pytest.raises(InvalidInputError, match=rf"cannot be made from method_options.*{word}") as raised:
+                handler.run_inference(list(images[:3]), handler.load_model())
+            assert "element" not in str(raised.value)

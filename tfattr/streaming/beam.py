@@ -199,6 +199,11 @@ def _name(position: int, item_id: Optional[str], index: Optional[int]) -> str:
     return f"item {index}" if index is not None else f"element {position} of the batch"
 
 
+class _SettingsError(InvalidInputError):
+    """The method cannot be made from the handler's settings on this model: not an element's failure
+    (raised whatever ``on_error`` says, never retried element by element)."""
+
+
 class _Loaded:
     """What :meth:`ExplanationModelHandler.load_model` returns: the model and its methods (one per
     image shape; a per-image segmentation is built for each batch), shared by a worker's threads."""
@@ -212,12 +217,17 @@ class _Loaded:
     def method(self, images: np.ndarray):
         """The method for ``images`` (``(N, H, W, C)``)."""
         handler = self.handler
-        if handler.per_batch:
+        if handler.per_batch:  # a segmentation of these images: their own failure
             return handler.build(self.model, images)
         shape = tuple(images.shape[1:])
         with self._lock:
             if shape not in self._methods:
-                self._methods[shape] = handler.build(self.model, images[:1])
+                try:
+                    self._methods[shape] = handler.build(self.model, images[:1])
+                except (ValueError, TypeError) as error:
+                    raise _SettingsError(f"method {handler.method_name!r} cannot be made from method_options="
+                                         f"{handler.method_options!r} on {handler._model_uri!r} for images of shape "
+                                         f"{shape}: {error}") from None
             return self._methods[shape]
 
 
@@ -439,6 +449,8 @@ class ExplanationModelHandler(ModelHandler):
         """The rows of ``items``; if the batch fails, each item alone, so the failing one is named."""
         try:
             return self._attribute(loaded, items, block)
+        except _SettingsError:  # the settings, not an element: every element would fail alike
+            raise
         except Exception as error:  # noqa: BLE001 - which element: retried alone below
             if len(items) == 1:
                 item = items[0]
