@@ -368,3 +368,32 @@ def test_handler_settings_error_is_not_an_elements_error(model_path, images):
             with pytest.raises(InvalidInputError, match=rf"cannot be made from method_options.*{word}") as raised:
                 handler.run_inference(list(images[:3]), handler.load_model())
             assert "element" not in str(raised.value)
+
+
+def test_unsupported_inputs_are_named_as_such(tmp_path, images, capsys):
+    """EvaluateImages on TFRecord files failed with "cannot decode the image" for item 0 (the shard read as an
+    image file); explain-dataset --runner with a model of free input size and no --size named `image_size`
+    (not a flag of the command). Both now say what is not supported and what to give."""
+    import cv2
+    import keras
+    import tensorflow as tf
+
+    from tfattr.beam import EvaluateImages
+    from tfattr.cli import main
+
+    keras.utils.set_random_seed(0)
+    free = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3, bias_initializer="ones"),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    model = str(tmp_path / "free.keras")
+    free.save(model)
+    with tf.io.TFRecordWriter(str(tmp_path / "a.tfrecord")) as writer:
+        png = cv2.imencode(".png", images[0])[1].tobytes()
+        feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))}
+        writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    with pytest.raises(InvalidInputError, match="TFRecords are read by ExplainImages"):
+        EvaluateImages(str(tmp_path / "*.tfrecord"), str(tmp_path / "ev"), ["gradient"], ["deletion"], model,
+                       image_size=(SIDE, SIDE)).prepare()
+    folder = _write_pngs(tmp_path / "pngs", images[:2])
+    code = main(["explain-dataset", "--model", model, "--data", folder, "--out", str(tmp_path / "o"), "--method",
+                 "gradient", "--runner", "DirectRunner"])
+    assert code == 2 and "--size SIDE or H W" in capsys.readouterr().err

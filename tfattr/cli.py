@@ -553,6 +553,10 @@ def _explain_dataset_beam(args, extra: List[str]) -> int:
     value_range = tuple(args.value_range) if args.value_range else (0.0, 1.0)
     args.value_range = value_range
     size, _ = _image_shape(model, args.size)  # the size the local command decodes to, as it records it
+    if size is None:
+        raise InvalidInputError("--size: the model takes images of any size, and the store --runner writes holds "
+                                "one size (the workers decode the files apart): give --size SIDE or H W. "
+                                + received("--size", None))
     settings = _dataset_settings(args.method, args, value_range)
     with _flag_errors():
         transform = ExplainImages(args.data, args.out, method=args.method, model_uri=args.model,

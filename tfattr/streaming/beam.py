@@ -1244,6 +1244,9 @@ class EvaluateImages(beam.PTransform):
         size, channels = _item_shape(model, e.image_size)
         item_shape = tuple(size) + (channels,)
         method_range = tuple(float(v) for v in resolve_value_range(e.value_range, model))
+        if _tfrecord_files(e.data) is not None:
+            raise InvalidInputError("`data`: EvaluateImages reads image files (a folder, a glob pattern or a list); "
+                                    "TFRecords are read by ExplainImages. " + received("data", e.data))
         paths, ids, description = _source(e.data, e.image_size, channels, e.value_range, e.chunk)
         resolved = _methods(self.methods, model, item_shape, e.seed, method_range)
         metric_settings = dict(self.metric_settings, value_range=method_range, seed=e.seed)
