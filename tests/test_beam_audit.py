@@ -397,3 +397,46 @@ def test_unsupported_inputs_are_named_as_such(tmp_path, images, capsys):
     code = main(["explain-dataset", "--model", model, "--data", folder, "--out", str(tmp_path / "o"), "--method",
                  "gradient", "--runner", "DirectRunner"])
     assert code == 2 and "--size SIDE or H W" in capsys.readouterr().err
+
+
+def _hammer(handler, shared, batch, results, errors, barrier, repeats: int = 3):
+    """run_inference on ``batch`` ``repeats`` times from this thread, once every thread is ready."""
+    barrier.wait()
+    try:
+        for _ in range(repeats):
+            rows = handler.run_inference(batch, shared)
+            results.append(np.stack([r.inference["attributions"] for r in rows]))
+    except Exception as error:  # noqa: BLE001 - reported by the test
+        errors.append(error)
+
+
+def test_one_loaded_model_shared_by_threads_gives_the_serial_maps(model_path, images):
+    """Held (pinned): Beam shares the loaded model (and its methods) between a worker's threads; concurrent
+    run_inference calls from three threads (other images, other targets, a random method's seed blocks)
+    give the maps of serial calls, within the float bound (oneDNN may sum in another order under load)."""
+    import threading
+
+    from tfattr.beam import ExplanationModelHandler
+
+    for method, options in (("ig", {"steps": 8}), ("rise", {"n_masks": 20, "grid": 4})):
+        handler = ExplanationModelHandler(model_path, method, dict(options, batch_size=16), seed_block=4)
+        batches = [[{"image": images[i], "index": i, "id": str(i)} for i in range(4)],
+                   [(images[i], 1) for i in range(4, 8)],
+                   [{"image": images[i], "index": i, "id": str(i), "target": 3} for i in range(8, 12)]]
+        serial_model = handler.load_model()
+        serial = [np.stack([r.inference["attributions"] for r in handler.run_inference(b, serial_model)])
+                  for b in batches]
+        shared = handler.load_model()
+        results, errors = {j: [] for j in range(3)}, []
+        barrier = threading.Barrier(3)
+        threads = [threading.Thread(target=_hammer, args=(handler, shared, batches[j], results[j], errors, barrier))
+                   for j in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        for j in range(3):
+            assert len(results[j]) == 3
+            for got in results[j]:
+                _close(got, serial[j])
