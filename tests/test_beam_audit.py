@@ -440,3 +440,28 @@ def test_one_loaded_model_shared_by_threads_gives_the_serial_maps(model_path, im
             assert len(results[j]) == 3
             for got in results[j]:
                 _close(got, serial[j])
+
+
+def test_skipped_malformed_elements_do_not_fail_the_pipeline(model_path, images, tmp_path):
+    """With on_error='skip', an element that is not an image (a ragged [image, 3]) got its skipped row from
+    run_inference, then Beam's byte count (get_num_bytes) failed on it with NumPy's ValueError and the pipeline
+    died. Now the pipeline ends with its row naming the problem and the other element explained."""
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+
+    from tfattr.beam import ExplanationModelHandler
+
+    handler = ExplanationModelHandler(model_path, "gradient", {}, on_error="skip", max_batch_size=4)
+    out = str(tmp_path / "rows")
+    with beam.Pipeline() as pipeline:
+        _ = (pipeline
+             | beam.Create([[images[0], 3], images[1]], reshuffle=False)
+             | RunInference(handler)
+             | beam.Map(lambda result: (result.inference.get("error"), result.inference["attributions"]))
+             | beam.combiners.ToList()
+             | beam.Map(lambda rows, out=out: np.save(out + ".npy", np.array(rows, dtype=object), allow_pickle=True)))
+    rows = np.load(out + ".npy", allow_pickle=True).tolist()
+    errors = sorted(row[0] or "" for row in rows)
+    assert errors[0] == "" and "an image is an (H, W, C) array" in errors[1]
+    explained = [row[1] for row in rows if row[0] is None]
+    _close(explained[0], tfattr.Gradient(_load(model_path)).attribute(_scaled(images[1:2])).attributions[0])

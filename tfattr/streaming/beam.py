@@ -362,12 +362,19 @@ class ExplanationModelHandler(ModelHandler):
         return [PredictionResult(element, row, self._model_uri) for element, row in zip(batch, results)]
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        """The bytes of the batch's images."""
+        """The bytes of the batch's images (Beam's metrics; an element that is not an image, which
+        ``run_inference`` named or skipped, counts 0)."""
         total = 0
         for element in batch:
             image = element.get("image") if isinstance(element, Mapping) else (
                 element[0] if isinstance(element, tuple) and len(element) == 2 else element)
-            total += int(getattr(image, "nbytes", 0) or np.asarray(image).nbytes)
+            nbytes = getattr(image, "nbytes", None)
+            if nbytes is None:
+                try:
+                    nbytes = np.asarray(image).nbytes
+                except (ValueError, TypeError):  # a ragged nesting: not an image
+                    nbytes = 0
+            total += int(nbytes)
         return total
 
     def get_metrics_namespace(self) -> str:
