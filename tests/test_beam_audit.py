@@ -310,15 +310,18 @@ def test_cli_runner_names_what_it_cannot_run(model_path, images, tmp_path, capsy
 def test_explain_images_checks_the_target_and_a_local_runs_lock_at_launch(model_path, images, tmp_path):
     """A class target beyond the model's classes with on_error='skip' and a given engine size: the pipeline
     'succeeded' with every item skipped (locally it is an argument error before any work); now a named error at
-    launch. And a store a local run is writing (its lock held) was listed and written by Beam's workers too;
-    now StoreLockedError at launch."""
-    from tfattr.beam import ExplainImages
+    launch (EvaluateImages alike). And a store a local run is writing (its lock held) was listed and written by
+    Beam's workers too; now StoreLockedError at launch."""
+    from tfattr.beam import EvaluateImages, ExplainImages
     from tfattr.streaming.store import StoreLockedError, StoreWriter, recorded_settings
 
     folder = _write_pngs(tmp_path / "pngs", images[:4])
     with pytest.raises(InvalidInputError, match="class 7"):
         ExplainImages(folder, str(tmp_path / "t7"), "gradient", model_path, {"batch_size": 8}, target=7, chunk=2,
                       value_range=(0, 1), on_error="skip").prepare()
+    with pytest.raises(InvalidInputError, match="class 7"):  # EvaluateImages alike
+        EvaluateImages(folder, str(tmp_path / "e7"), [("gradient", {"batch_size": 8})], ["deletion"], model_path,
+                       target=7, chunk=2, value_range=(0, 1), on_error="skip").prepare()
     out = str(tmp_path / "store")
     tfattr.explain_dataset("gradient", folder, out, model=_load(model_path), method_options={"batch_size": 8},
                            batch_size=2, value_range=(0, 1), verbose=0)

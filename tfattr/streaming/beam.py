@@ -1227,12 +1227,13 @@ class EvaluateImages(beam.PTransform):
         from tfattr.evaluation import model_key as _model_key
         from tfattr.metrics.registry import resolve_metrics
         from tfattr.metrics.statistics import check_confidence
-        from tfattr.streaming.evaluate import DEFAULT_METRICS, _folder_name, _methods
+        from tfattr.streaming.evaluate import DEFAULT_METRICS, _folder_name, _methods, _output_classes
         from tfattr.streaming.explain import (
             _prepare_out,
             _settings,
             _target_spec,
             check_settings,
+            check_target_classes,
             engine_batch_size,
             given_batch_size,
             read_settings,
@@ -1256,6 +1257,7 @@ class EvaluateImages(beam.PTransform):
                                     "TFRecords are read by ExplainImages. " + received("data", e.data))
         paths, ids, description = _source(e.data, e.image_size, channels, e.value_range, e.chunk)
         resolved = _methods(self.methods, model, item_shape, e.seed, method_range)
+        check_target_classes(e.target, _output_classes(model))  # at launch whatever on_error says, as locally
         metric_settings = dict(self.metric_settings, value_range=method_range, seed=e.seed)
         try:
             evaluation_key = {"model": _model_key(model), "metrics": [[spec.name, canonical(options, spec.name)]
