@@ -359,9 +359,10 @@ def test_a_retried_write_of_a_committed_chunk_leaves_it(model_path, images, tmp_
 
 
 def test_handler_settings_error_is_not_an_elements_error(model_path, images):
-    """method_options the method refuses (steps=-1, a layer the model lacks): with on_error='skip' every
-    element was 'skipped' with the same message (the pipeline succeeded with nothing explained), with 'raise'
-    element 0 was blamed. Now a named settings error whatever on_error says."""
+    """method_options the method refuses (steps=-1, a layer the model lacks) or a handler target beyond the
+    model's classes: with on_error='skip' every element was 'skipped' with the same message (the pipeline
+    succeeded with nothing explained), with 'raise' element 0 was blamed. Now a named settings error whatever
+    on_error says."""
     from tfattr.beam import ExplanationModelHandler
 
     for options, word in (({"steps": -1}, "steps"), ({"layer": "nope"}, "nope")):
@@ -371,6 +372,10 @@ def test_handler_settings_error_is_not_an_elements_error(model_path, images):
             with pytest.raises(InvalidInputError, match=rf"cannot be made from method_options.*{word}") as raised:
                 handler.run_inference(list(images[:3]), handler.load_model())
             assert "element" not in str(raised.value)
+    for on_error in ("raise", "skip"):  # the handler's own class target beyond the model's 5 classes: at load
+        handler = ExplanationModelHandler(model_path, "gradient", {}, target=7, on_error=on_error)
+        with pytest.raises(InvalidInputError, match="class 7"):
+            handler.run_inference(list(images[:3]), handler.load_model())
 
 
 def test_unsupported_inputs_are_named_as_such(tmp_path, images, capsys):

@@ -329,7 +329,15 @@ class ExplanationModelHandler(ModelHandler):
     def load_model(self) -> _Loaded:
         """Load the Keras model (Beam calls this once per worker process and shares the result
         between its threads, or across processes with ``large_model=True``)."""
-        return _Loaded(load_model(self._model_uri, self._custom_objects, self._logits), self)
+        from tfattr.streaming.evaluate import _output_classes
+        from tfattr.streaming.explain import check_target_classes
+
+        model = load_model(self._model_uri, self._custom_objects, self._logits)
+        try:  # the handler's own target: a setting, named here (not every element skipped with it)
+            check_target_classes(self._target, _output_classes(model))
+        except InvalidInputError as error:
+            raise _SettingsError(f"ExplanationModelHandler(target=...) on {self._model_uri!r}: {error}") from None
+        return _Loaded(model, self)
 
     def run_inference(self, batch: Sequence[Any], model: _Loaded,
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[PredictionResult]:
