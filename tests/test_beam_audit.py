@@ -473,3 +473,26 @@ def test_skipped_malformed_elements_do_not_fail_the_pipeline(model_path, images,
     assert errors[0] == "" and "an image is an (H, W, C) array" in errors[1]
     explained = [row[1] for row in rows if row[0] is None]
     _close(explained[0], tfattr.Gradient(_load(model_path)).attribute(_scaled(images[1:2])).attributions[0])
+
+
+def test_explain_images_seed_and_the_methods_seed_agree_as_locally(model_path, images, tmp_path):
+    """ExplainImages(seed=7, method_options={'seed': 5}) recorded seed 7 and drew from 5 (batch_seed(5, k));
+    explain_dataset refuses that pair. Now the same named error; method_options' seed alone is the run's seed
+    (it was recorded as 0 and drew from 5), and such a Beam run resumes a local one with the same draws."""
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.store import open_explanations
+
+    folder = _write_pngs(tmp_path / "pngs", images[:4])
+    options = {"n_masks": 20, "grid": 4, "batch_size": 8, "seed": 5}
+    with pytest.raises(InvalidInputError, match="disagree"):
+        ExplainImages(folder, str(tmp_path / "x"), "rise", model_path, options, chunk=2, seed=7)
+    full = tfattr.explain_dataset("rise", folder, str(tmp_path / "full"), model=_load(model_path),
+                                  method_options=options, batch_size=2, value_range=(0, 1), verbose=0)
+    out = str(tmp_path / "store")
+    tfattr.explain_dataset("rise", folder, out, model=_load(model_path), method_options=options, batch_size=2,
+                           value_range=(0, 1), verbose=0)
+    os.remove(os.path.join(out, "done", "chunk-00001.json"))
+    _run(ExplainImages(folder, out, "rise", model_path, options, chunk=2, value_range=(0, 1)))
+    store = open_explanations(out)
+    assert store.settings["seed"] == 5 and store.complete
+    _close(np.asarray(store.attributions[:]), np.asarray(full.attributions[:]))

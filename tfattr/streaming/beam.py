@@ -891,7 +891,9 @@ class ExplainImages(beam.PTransform):
         model_uri: a ``.keras`` file or SavedModel folder, readable from the launcher and the workers.
         target: ``None`` (top-1) or a class index.
         chunk: items per store chunk and per ``attribute`` call (default 64).
-        seed: the random methods' seed.
+        seed: the run's seed (chunk ``k`` of a random method is explained with :func:`batch_seed` ``(seed, k)``);
+            ``None``: ``method_options['seed']``, else 0. Both given and different: an error (as
+            :func:`tfattr.explain_dataset`).
         image_size: ``(H, W)`` for a model of free input size.
         value_range: ``(low, high)``: 8-bit pixels are scaled to ``low + p / 255 · (high − low)`` and the method
             is built with it; ``None``: pixels keep their 0–255 values and the method gets the model's
@@ -908,7 +910,7 @@ class ExplainImages(beam.PTransform):
 
     def __init__(self, data, out, method: str = "ig", model_uri: Optional[str] = None,
                  method_options: Optional[Mapping[str, Any]] = None, *, target: Optional[int] = None,
-                 chunk: int = 64, seed: int = 0, image_size=None, value_range=None, logits: bool = False,
+                 chunk: int = 64, seed: Optional[int] = None, image_size=None, value_range=None, logits: bool = False,
                  on_error: str = "raise", custom_objects: Optional[Mapping[str, Any]] = None,
                  overwrite: bool = False, image_key: str = "image", id_key: Optional[str] = None):
         super().__init__()
@@ -924,12 +926,17 @@ class ExplainImages(beam.PTransform):
         if on_error not in ON_ERROR:
             raise InvalidInputError(f"`on_error` must be one of {list(ON_ERROR)}. " + received("on_error", on_error))
         checks.seed("seed", seed)
-        if seed is None:
-            raise InvalidInputError("`seed` must be an integer: a store records its seed to resume. "
-                                    + received("seed", None))
         if method_options is not None and not isinstance(method_options, Mapping):
             raise InvalidTypeError("`method_options` must be a dict of settings. "
                                    + received("type(method_options)", type(method_options).__name__))
+        explicit = dict(method_options or {}).get("seed")
+        if explicit is not None and seed is not None and explicit != seed:  # as explain_dataset: one base seed
+            raise InvalidInputError(f"`seed` ({seed}) and method_options['seed'] ({explicit}) disagree; a random "
+                                    "method explains chunk k with batch_seed(seed, k): give one of them. "
+                                    + received("method_options['seed']", explicit))
+        if seed is None:  # the run's seed: the method's own, else 0 (as explain_dataset)
+            checks.seed("method_options['seed']", explicit)
+            seed = 0 if explicit is None else explicit
         self.data, self.out, self.method, self.model_uri = data, os.fspath(out), method, os.fspath(model_uri)
         self.method_options, self.target, self.chunk = dict(method_options or {}), target, int(chunk)
         self.seed, self.image_size = int(seed), _size(image_size)
