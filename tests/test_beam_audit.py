@@ -343,7 +343,8 @@ def test_a_retried_write_of_a_committed_chunk_leaves_it(model_path, images, tmp_
     out = str(tmp_path / "store")
     settings = {"run": 1}
     rows = [{"index": i, "id": f"im{i}", "attributions": np.full((2, 2, 3), i, np.float32), "target": 1,
-             "score": 0.5, "delta": float("nan"), "status": "ok", "error": ""} for i in range(2)]
+             "score": 0.5, "delta": float("nan"), "baseline_score": float("nan"), "status": "ok", "error": ""}
+            for i in range(2)]
     write = tbeam._WriteChunk(out, settings, 2, 4, (2, 2, 3))
     assert list(write.process((0, rows))) == [0]
     marker = os.path.join(out, "done", "chunk-00000.json")

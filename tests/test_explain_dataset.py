@@ -86,6 +86,13 @@ def test_store_equals_attribute_on_the_whole_batch(model, data, tmp_path):
     rows = _rows(store)
     assert rows["status"].eq("ok").all() and rows["index"].tolist() == list(range(N))
     np.testing.assert_array_equal(rows["label"].to_numpy(), labels)
+    # f(z) per image in the rows: IG's relative completeness error is the in-memory one
+    np.testing.assert_allclose(rows["baseline_score"], reference.baseline_scores, rtol=0, atol=scale)
+    gap = np.abs(rows["score"] - rows["baseline_score"]).to_numpy()
+    relative = np.abs(rows["delta"]).to_numpy() / gap
+    # each of delta, f(x), f(z) within `scale`: |d(|δ|/g)| ≤ (scale + 2·scale·|δ|/g) / g, to first order (×2 margin)
+    bound = 2 * (scale + 2 * scale * relative) / gap
+    assert np.all(np.abs(relative - reference.relative_delta) <= bound)
     assert store.settings["engine_batch_size"] == 64 and store.settings["chunk"] == 64
 
 

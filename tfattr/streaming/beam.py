@@ -7,7 +7,7 @@ store with). Imported only by ``import tfattr.beam`` (Apache Beam is the optiona
 * :class:`ExplanationModelHandler`: Beam's own ``RunInference`` with a tfattr method in place of a
   prediction. Elements are ``image`` (an ``(H, W, C)`` array) or ``(image, target)``; each gives a
   ``PredictionResult(example, inference)`` whose inference is the explanation row
-  ``{"attributions", "target", "score", "delta"}``. Keyed elements go through Beam's
+  ``{"attributions", "target", "score", "delta", "baseline_score"}``. Keyed elements go through Beam's
   ``KeyedModelHandler(ExplanationModelHandler(...))``::
 
       import apache_beam as beam
@@ -241,9 +241,10 @@ class ExplanationModelHandler(ModelHandler):
     settings: ``steps``, ``baseline``, ``n_masks``, ``layer``, ``value_range``, ``batch_size``, ``seed``,
     …, as ``tfattr explain``'s flags by their argparse names). ``run_inference`` explains a batch of
     elements with ONE ``method.attribute`` call and yields one
-    ``PredictionResult(example, inference={"attributions", "target", "score", "delta"})`` per
+    ``PredictionResult(example, inference={"attributions", "target", "score", "delta", "baseline_score"})`` per
     element (``attributions`` ``(H, W, C)`` float32, ``target`` the explained class, ``score`` f(x)
-    of that class, ``delta`` the completeness delta or NaN for methods without one).
+    of that class, ``delta`` the completeness delta or NaN for methods without one, ``baseline_score``
+    f(z) averaged over the baselines, or NaN).
 
     Elements: an ``(H, W, C)`` image, ``(image, target)``, or a mapping ``{"image", "target",
     "index", "id"}`` (what :class:`ExplainImages` feeds). ``uint8`` images are scaled to the
@@ -457,6 +458,8 @@ class ExplanationModelHandler(ModelHandler):
                 "target": int(explanation.targets[k]) if explanation.targets is not None else -1,
                 "score": float(explanation.scores[k]) if explanation.scores is not None else math.nan,
                 "delta": float(explanation.delta[k]) if explanation.delta is not None else math.nan,
+                "baseline_score": (float(explanation.baseline_scores[k]) if explanation.baseline_scores is not None
+                                   else math.nan),
             })
         return rows
 
@@ -480,7 +483,8 @@ class ExplanationModelHandler(ModelHandler):
 
 
 def _failed(message: str) -> Dict[str, Any]:
-    return {"attributions": None, "target": -1, "score": math.nan, "delta": math.nan, "error": message}
+    return {"attributions": None, "target": -1, "score": math.nan, "delta": math.nan, "baseline_score": math.nan,
+            "error": message}
 
 
 def _size(image_size) -> Optional[Tuple[int, int]]:
@@ -740,10 +744,11 @@ def _row(index: int, item_id: str, inference: Optional[Mapping[str, Any]], error
     if inference is not None and inference.get("error") is None:
         return {"index": index, "id": item_id, "attributions": inference["attributions"],
                 "target": int(inference["target"]), "score": float(inference["score"]),
-                "delta": float(inference["delta"]), "status": "ok", "error": ""}
+                "delta": float(inference["delta"]), "baseline_score": float(inference.get("baseline_score", math.nan)),
+                "status": "ok", "error": ""}
     message = error if error is not None else inference.get("error")
     return {"index": index, "id": item_id, "attributions": None, "target": -1, "score": math.nan,
-            "delta": math.nan, "status": "skipped", "error": message}
+            "delta": math.nan, "baseline_score": math.nan, "status": "skipped", "error": message}
 
 
 def _keyed_row(result, chunk: int):
@@ -786,7 +791,8 @@ class _WriteChunk(beam.DoFn):
                   "delta": np.array([row["delta"] for row in rows], np.float64),
                   "valid": valid}
         table = [{"id": row["id"], "index": row["index"], "target": row["target"], "score": row["score"],
-                  "delta": row["delta"], "label": None, "status": row["status"], "error": row["error"]}
+                  "delta": row["delta"], "baseline_score": row["baseline_score"], "label": None,
+                  "status": row["status"], "error": row["error"]}
                  for row in rows]
         writer = StoreWriter.open(self._out, self._settings, self._chunk, self._num_items, lock=False)
         try:

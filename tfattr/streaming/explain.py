@@ -641,6 +641,7 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
     target_out = np.full(n, -1, np.int32)
     scores = np.full(n, np.nan, np.float64)
     delta = np.full(n, np.nan, np.float64)
+    baseline_scores = np.full(n, np.nan, np.float64)
     explanation = None
     if keep.any():
         options = dict(plan.options, batch_size=plan.engine_batch_size, verbose=0)
@@ -658,6 +659,8 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
             scores[keep] = np.asarray(explanation.scores, np.float64)
         if explanation.delta is not None:
             delta[keep] = np.asarray(explanation.delta, np.float64)
+        if explanation.baseline_scores is not None:
+            baseline_scores[keep] = np.asarray(explanation.baseline_scores, np.float64)
     else:
         if plan.map_shape is None:  # nothing explained yet: one call on a blank item tells the maps' shape
             blank = np.zeros((1,) + images.shape[1:], images.dtype)
@@ -672,7 +675,8 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
         label = None if labels is None else _label_value(labels[i].item() if hasattr(labels[i], "item") else labels[i])
         rows.append({"id": str(batch.ids[i]), "index": int(batch.index0 + i),
                      "target": int(target_out[i]), "score": float(scores[i]), "delta": float(delta[i]),
-                     "label": label, "status": "ok" if keep[i] else "skipped", "error": errors.get(i, "")})
+                     "baseline_score": float(baseline_scores[i]), "label": label,
+                     "status": "ok" if keep[i] else "skipped", "error": errors.get(i, "")})
     arrays = {"attributions": attributions, "targets": target_out, "scores": scores, "delta": delta, "valid": keep}
     return arrays, rows, explanation, keep
 
