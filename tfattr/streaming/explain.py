@@ -662,8 +662,9 @@ def explain_batch(plan: _Plan, batch, k: int, items=None):
         if explanation.baseline_scores is not None:
             baseline_scores[keep] = np.asarray(explanation.baseline_scores, np.float64)
     else:
-        if plan.map_shape is None:  # nothing explained yet: one call on a blank item tells the maps' shape
-            blank = np.zeros((1,) + images.shape[1:], images.dtype)
+        if plan.map_shape is None:  # nothing explained yet: one call on blank items tells the maps' shape
+            # two items, not one: a method that works across the batch (FeaturePermutation) needs >= 2
+            blank = np.zeros((2,) + images.shape[1:], images.dtype)
             blank_maps = plan.method.attribute(blank, **dict(plan.options, verbose=0)).attributions
             plan.map_shape = tuple(np.shape(blank_maps)[1:])
         attributions = np.full((n,) + plan.map_shape, np.nan, np.float32)
