@@ -76,3 +76,30 @@ def test_all_skipped_first_batch_with_each_kind_of_method(tmp_path, model, kind)
     rows = rows.sort_values("index")
     assert list(rows["status"]) == ["skipped"] * 2 + ["ok"] * 4
     assert np.isfinite(rows["metric:deletion"].to_numpy()[2:]).all()
+
+
+# -- third-party readers ---------------------------------------------------------------------------------
+def test_store_is_read_by_xarray_dask_and_zarr_as_open_explanations_reads_it(tmp_path, model, images):
+    """The docs say the store is readable by xarray, dask and zarr directly: every array, the string ids
+    and the dimension names read by each equal what ``open_explanations`` gives."""
+    import dask.array as da
+    import xarray as xr
+    import zarr
+
+    out = str(tmp_path / "out")
+    tfattr.explain_dataset(tfattr.IntegratedGradients(model, steps=4), images, out, batch_size=3, verbose=0)
+    store = tfattr.open_explanations(out)
+    path = os.path.join(out, "data.zarr")
+    group = zarr.open_group(path, mode="r")
+    ds = xr.open_zarr(path, consolidated=False)
+    names = ["attributions", "ids", "targets", "scores", "delta", "valid"]
+    assert sorted(group.array_keys()) == sorted(names)
+    for name in names:
+        ours = np.asarray(getattr(store, name)[:])
+        assert ds[name].dims[0] == "item" and group[name].metadata.dimension_names[0] == "item"
+        for theirs in (group[name][:], ds[name].values, da.from_zarr(path, component=name).compute()):
+            if name == "ids":
+                assert [str(v) for v in theirs] == [str(v) for v in ours] == [str(i) for i in range(N)]
+            else:
+                assert theirs.dtype == ours.dtype
+                np.testing.assert_array_equal(theirs, ours)
