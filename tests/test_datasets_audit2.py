@@ -103,3 +103,99 @@ def test_store_is_read_by_xarray_dask_and_zarr_as_open_explanations_reads_it(tmp
             else:
                 assert theirs.dtype == ours.dtype
                 np.testing.assert_array_equal(theirs, ours)
+
+
+# -- models of unusual forms ------------------------------------------------------------------------------
+def _pngs(path, n=4, channels=3, seed=2):
+    import cv2
+
+    os.makedirs(path)
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (n, 16, 16, channels), dtype=np.uint8)
+    for i in range(n):
+        cv2.imwrite(os.path.join(path, f"{i}.png"), pixels[i][..., ::-1] if channels == 3 else pixels[i])
+    return pixels
+
+
+def _softmax_cnn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Conv2D(4, 3, activation="relu", bias_initializer=keras.initializers.RandomNormal(0.1, 0.05, 1)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, bias_initializer=keras.initializers.RandomNormal(0.1, 0.05, 2)),
+        keras.layers.Softmax(),
+    ])
+
+
+def test_softmax_head_api_explains_probabilities_and_cli_explains_logits(tmp_path):
+    """The docs: the Python function does not strip a softmax head, the command line does. The API's
+    scores are the softmax outputs (they sum below 1 per image, each in (0, 1)); the CLI's equal the
+    logits of ``logits_model``; the maps are each one's ``attribute``."""
+    from tfattr import cli
+
+    model = _softmax_cnn()
+    pixels = _pngs(str(tmp_path / "img"))
+    x = pixels.astype(np.float32) / 255.0
+    logits = tfattr.surgery.logits_model(model)
+    tfattr.explain_dataset(tfattr.Gradient(model), str(tmp_path / "img"), str(tmp_path / "api"),
+                           value_range=(0, 1), batch_size=2, verbose=0)
+    api = tfattr.open_explanations(str(tmp_path / "api"))
+    probabilities = np.asarray(model(x))
+    targets = probabilities.argmax(1)
+    np.testing.assert_allclose(np.asarray(api.scores[:]), probabilities[np.arange(4), targets], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(api.attributions[:]), tfattr.Gradient(model).attribute(x).attributions,
+                               rtol=1e-4, atol=1e-7)
+    model.save(tmp_path / "m.keras")
+    assert cli.main(["explain-dataset", "--model", str(tmp_path / "m.keras"), "--data", str(tmp_path / "img"),
+                     "--method", "gradient", "--chunk", "2", "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    store = tfattr.open_explanations(str(tmp_path / "cli"))
+    z = np.asarray(logits(x))
+    np.testing.assert_array_equal(np.asarray(store.targets[:]), z.argmax(1))
+    np.testing.assert_allclose(np.asarray(store.scores[:]), z[np.arange(4), z.argmax(1)], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(store.attributions[:]), tfattr.Gradient(logits).attribute(x).attributions,
+                               rtol=1e-4, atol=1e-6)
+
+
+def _unusual(kind):
+    keras.utils.set_random_seed(0)
+    bias = keras.initializers.RandomNormal(0.1, 0.05, 3)
+    channels = 1 if kind == "grey" else 3
+    layers = [keras.Input((16, 16, channels))]
+    if kind == "uint8":
+        layers.append(keras.layers.Rescaling(1 / 255.0))
+    if kind == "depthwise":
+        layers.append(keras.layers.DepthwiseConv2D(3, bias_initializer=bias, activation="relu"))
+    else:
+        layers.append(keras.layers.Conv2D(4, 3, bias_initializer=bias, activation="relu"))
+    if kind == "batchnorm":
+        layers.append(keras.layers.BatchNormalization(beta_initializer=bias, moving_mean_initializer=bias))
+    layers += [keras.layers.Flatten(), keras.layers.Dense(5, bias_initializer=bias)]
+    return keras.Sequential(layers)
+
+
+@pytest.mark.parametrize("kind", ["uint8", "grey", "batchnorm", "depthwise"])
+def test_unusual_models_from_files_equal_attribute_on_the_decoded_images(tmp_path, kind):
+    """A 0–255 model (a Rescaling layer) fed 8-bit files with ``value_range=(0, 255)``, a grey model fed
+    RGB files with ``channels=1`` (OpenCV's grey decoding), BatchNorm in inference and depthwise conv:
+    the store equals ``attribute`` on the images decoded by hand."""
+    import cv2
+
+    model = _unusual(kind)
+    pixels = _pngs(str(tmp_path / "img"))
+    if kind == "uint8":
+        x, options = pixels.astype(np.float32), {"value_range": (0, 255)}
+    elif kind == "grey":
+        # OpenCV's grey decoding, as ``tfattr explain`` (libpng's conversion: not cvtColor's rounding)
+        grey = np.stack([cv2.imread(str(tmp_path / "img" / f"{i}.png"), cv2.IMREAD_GRAYSCALE) for i in range(4)])
+        grey = grey[..., None]
+        x, options = grey.astype(np.float32) / 255.0, {"value_range": (0, 1), "channels": 1}
+    else:
+        x, options = pixels.astype(np.float32) / 255.0, {"value_range": (0, 1)}
+    method = tfattr.IntegratedGradients(model, steps=4, value_range=options["value_range"])
+    tfattr.explain_dataset(method, str(tmp_path / "img"), str(tmp_path / "out"), batch_size=3, verbose=0, **options)
+    store = tfattr.open_explanations(str(tmp_path / "out"))
+    reference = method.attribute(x)
+    scale = np.abs(reference.attributions).max()
+    np.testing.assert_allclose(np.asarray(store.attributions[:]), reference.attributions, atol=1e-5 * scale)
+    np.testing.assert_allclose(np.asarray(store.delta[:]), reference.delta, atol=1e-5 * scale * x[0].size)
