@@ -199,3 +199,45 @@ def test_unusual_models_from_files_equal_attribute_on_the_decoded_images(tmp_pat
     scale = np.abs(reference.attributions).max()
     np.testing.assert_allclose(np.asarray(store.attributions[:]), reference.attributions, atol=1e-5 * scale)
     np.testing.assert_allclose(np.asarray(store.delta[:]), reference.delta, atol=1e-5 * scale * x[0].size)
+
+
+# -- baseline_score ------------------------------------------------------------------------------------------
+def _rows(store):
+    rows = store.rows()
+    rows = rows.to_pandas() if hasattr(rows, "to_pandas") else rows
+    return rows.sort_values("index").reset_index(drop=True)
+
+
+def test_baseline_score_local_equals_beam_nan_without_baselines_mean_over_several(tmp_path, model):
+    """``baseline_score``: NaN for Gradient (no baseline); for IG with three uniform baselines the mean of
+    f(z) over them, as ``attribute`` with the batch's seed reports it; Beam's rows equal the local rows."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from tfattr.beam import ExplainImages
+    from tfattr.streaming.explain import batch_seed
+
+    pixels = _pngs(str(tmp_path / "img"), n=6)
+    x = pixels.astype(np.float32) / 255.0
+    model.save(tmp_path / "m.keras")
+    for name, options in (("gradient", {}), ("ig", {"steps": 4, "baseline": "uniform", "n_baselines": 3})):
+        local, remote = str(tmp_path / f"{name}-local"), str(tmp_path / f"{name}-beam")
+        tfattr.explain_dataset(name, str(tmp_path / "img"), local, model=model, method_options=options, batch_size=4,
+                               value_range=(0, 1), seed=5, verbose=0)
+        with beam.Pipeline(options=PipelineOptions()) as pipeline:
+            _ = pipeline | ExplainImages(str(tmp_path / "img"), remote, name, str(tmp_path / "m.keras"), options,
+                                         chunk=4, value_range=(0, 1), seed=5)
+        a, b = _rows(tfattr.open_explanations(local)), _rows(tfattr.open_explanations(remote))
+        assert a.columns.tolist() == b.columns.tolist() and "baseline_score" in a.columns
+        for column in ("id", "index", "target", "status"):
+            assert a[column].tolist() == b[column].tolist()
+        for column in ("score", "delta", "baseline_score"):
+            np.testing.assert_allclose(a[column].to_numpy(), b[column].to_numpy(), rtol=1e-6)
+        if name == "gradient":
+            assert np.isnan(a["baseline_score"]).all()
+            continue
+        method = tfattr.IntegratedGradients(model, steps=4, baseline="uniform", n_baselines=3, value_range=(0, 1))
+        for k, part in enumerate((slice(0, 4), slice(4, 6))):
+            want = method.attribute(x[part], seed=batch_seed(5, k)).baseline_scores
+            np.testing.assert_allclose(a["baseline_score"].to_numpy()[part], want, rtol=1e-5)
+        assert a["baseline_score"][0] != a["baseline_score"][4]  # each batch draws its own baselines
