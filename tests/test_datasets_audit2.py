@@ -241,3 +241,100 @@ def test_baseline_score_local_equals_beam_nan_without_baselines_mean_over_severa
             want = method.attribute(x[part], seed=batch_seed(5, k)).baseline_scores
             np.testing.assert_allclose(a["baseline_score"].to_numpy()[part], want, rtol=1e-5)
         assert a["baseline_score"][0] != a["baseline_score"][4]  # each batch draws its own baselines
+
+
+# -- evaluate_dataset killed and resumed, read while it runs ---------------------------------------------------
+_EVAL_CHILD = """
+import sys, numpy as np, keras, tfattr
+folder = sys.argv[1]
+model = keras.models.load_model(folder + "/model.keras")
+images, labels = np.load(folder + "/images.npy"), np.load(folder + "/labels.npy")
+ig = tfattr.IntegratedGradients(model, steps=4, baseline="uniform", seed=3)
+tfattr.evaluate_dataset(model, (images, labels), [("gradient", "gradient"), ("ig", ig)], ["deletion", "insertion"],
+                        folder + "/out", target="label", batch_size=6, verbose=0, pixels_per_step=32)
+"""
+
+
+def _evaluate(model, images, labels, out):
+    ig = tfattr.IntegratedGradients(model, steps=4, baseline="uniform", seed=3)
+    return tfattr.evaluate_dataset(model, (images, labels), [("gradient", "gradient"), ("ig", ig)],
+                                   ["deletion", "insertion"], out, target="label", batch_size=6, verbose=0,
+                                   pixels_per_step=32)
+
+
+def test_evaluate_dataset_killed_resumes_to_the_same_table_and_live_reads_are_snapshots(tmp_path, model):
+    """evaluate_dataset SIGKILLed in a subprocess after some chunks, then resumed: the per-image rows and
+    the table equal an uninterrupted run's. While the child writes, ``open_explanations`` of its stores
+    shows only whole finished chunks (their arrays and rows equal the final ones), ``complete`` is False,
+    ``len()`` is the number of items and ``rows()`` holds exactly the finished chunks' items."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tfattr.streaming.store import UnfinishedChunkError
+
+    n = 96  # 16 chunks of 6
+    rng = np.random.default_rng(4)
+    images, labels = rng.uniform(size=(n, 16, 16, 3)).astype(np.float32), rng.integers(0, 10, n)
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "labels.npy", labels)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), KERAS_BACKEND="tensorflow",
+               TF_CPP_MIN_LOG_LEVEL="3")
+    child = subprocess.Popen([sys.executable, "-c", _EVAL_CHILD, str(tmp_path)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    snapshots = []
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            try:
+                store = tfattr.open_explanations(str(out / "ig"))
+            except Exception:  # not created yet
+                time.sleep(0.05)
+                continue
+            done = store.finished_chunks
+            if done:
+                items = np.flatnonzero(np.asarray(store.valid[:]))
+                snapshots.append((done, len(store), store.complete, items, np.asarray(store.attributions[items]),
+                                  _rows(store)))
+                with pytest.raises(UnfinishedChunkError):
+                    store.attributions[:]
+            if len(done) >= 5:
+                break
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert snapshots, "the child wrote no chunk in time"
+    killed = tfattr.open_explanations(str(out / "ig"))
+    assert not killed.complete and 0 < len(killed.finished_chunks) < 16
+    kept_model = keras.models.load_model(tmp_path / "model.keras")
+    table = _evaluate(kept_model, images, labels, str(out))
+    fresh = _evaluate(kept_model, images, labels, str(tmp_path / "fresh"))
+    for name in ("gradient", "ig"):
+        a, b = _rows(tfattr.open_explanations(str(out / name))), _rows(tfattr.open_explanations(str(tmp_path / "fresh" / name)))
+        assert a.columns.tolist() == b.columns.tolist() and len(a) == n
+        for column in a.columns:
+            if column == "chunk_seconds":  # a timing
+                continue
+            if a[column].dtype.kind == "f":
+                np.testing.assert_array_equal(a[column].to_numpy(), b[column].to_numpy())
+            else:
+                assert a[column].tolist() == b[column].tolist(), column
+    import pandas as pd
+
+    tables = [pd.read_csv(path).drop(columns="seconds") for path in (out / "table.csv", tmp_path / "fresh" / "table.csv")]
+    assert tables[0].equals(tables[1]) and len(tables[0]) == 2  # the bootstrap intervals too (seeded)
+    assert table is not None and fresh is not None
+    final = tfattr.open_explanations(str(out / "ig"))
+    maps, rows = np.asarray(final.attributions[:]), _rows(final)
+    for done, length, complete, items, attributions, live_rows in snapshots:
+        assert length == n and not complete
+        want = np.concatenate([np.arange(k * 6, k * 6 + 6) for k in done])
+        np.testing.assert_array_equal(items, want)
+        np.testing.assert_array_equal(attributions, maps[items])
+        assert live_rows["index"].tolist() == want.tolist()
+        np.testing.assert_array_equal(live_rows["metric:deletion"].to_numpy(),
+                                      rows["metric:deletion"].to_numpy()[items])
