@@ -338,3 +338,42 @@ def test_evaluate_dataset_killed_resumes_to_the_same_table_and_live_reads_are_sn
         assert live_rows["index"].tolist() == want.tolist()
         np.testing.assert_array_equal(live_rows["metric:deletion"].to_numpy(),
                                       rows["metric:deletion"].to_numpy()[items])
+
+
+def test_evaluate_dataset_methods_as_objects_or_names_and_the_cli_run_twice_resumes(tmp_path, model, capsys):
+    """A method given as ``("ig", {"steps": 4})`` or as an ``IntegratedGradients(model, steps=4)`` object gives
+    the same rows and table, and either resumes the other's finished store. ``tfattr evaluate-dataset``
+    run twice: the second run rewrites no chunk and writes the same table."""
+    import pandas as pd
+
+    from tfattr import cli
+
+    rng = np.random.default_rng(4)
+    images, labels = rng.uniform(size=(12, 16, 16, 3)).astype(np.float32), rng.integers(0, 10, 12)
+    by_name, by_object = str(tmp_path / "name"), str(tmp_path / "object")
+    tfattr.evaluate_dataset(model, (images, labels), [("ig", {"steps": 4})], ["deletion"], by_name, batch_size=6,
+                            verbose=0)
+    tfattr.evaluate_dataset(model, (images, labels), [("ig", tfattr.IntegratedGradients(model, steps=4))],
+                            ["deletion"], by_object, batch_size=6, verbose=0)
+    a, b = _rows(tfattr.open_explanations(by_name + "/ig")), _rows(tfattr.open_explanations(by_object + "/ig"))
+    for column in ("target", "score", "delta", "baseline_score", "metric:deletion"):
+        np.testing.assert_array_equal(a[column].to_numpy(), b[column].to_numpy())
+    tfattr.evaluate_dataset(model, (images, labels), [("ig", tfattr.IntegratedGradients(model, steps=4))],
+                            ["deletion"], by_name, batch_size=6, verbose=0)  # resumes: nothing to do
+    tables = [pd.read_csv(os.path.join(o, "table.csv")).drop(columns="seconds") for o in (by_name, by_object)]
+    assert tables[0].equals(tables[1])
+
+    pixels = _pngs(str(tmp_path / "img"), n=6)
+    assert pixels.shape[0] == 6
+    model.save(tmp_path / "m.keras")
+    argv = ["evaluate-dataset", "--model", str(tmp_path / "m.keras"), "--data", str(tmp_path / "img"),
+            "--methods", "gradient,ig", "--steps", "4", "--metrics", "deletion", "--chunk", "4",
+            "--out", str(tmp_path / "cli")]
+    assert cli.main(argv) == 0
+    done = tmp_path / "cli" / "ig" / "done"
+    stamps = {name: os.stat(done / name).st_mtime_ns for name in os.listdir(done)}
+    first = pd.read_csv(tmp_path / "cli" / "table.csv").drop(columns="seconds")
+    assert cli.main(argv) == 0
+    assert {name: os.stat(done / name).st_mtime_ns for name in os.listdir(done)} == stamps and len(stamps) == 2
+    assert pd.read_csv(tmp_path / "cli" / "table.csv").drop(columns="seconds").equals(first)
+    capsys.readouterr()
