@@ -377,3 +377,29 @@ def test_evaluate_dataset_methods_as_objects_or_names_and_the_cli_run_twice_resu
     assert {name: os.stat(done / name).st_mtime_ns for name in os.listdir(done)} == stamps and len(stamps) == 2
     assert pd.read_csv(tmp_path / "cli" / "table.csv").drop(columns="seconds").equals(first)
     capsys.readouterr()
+
+
+def test_feature_permutation_with_a_batch_of_one_image(tmp_path, model, images):
+    """FeaturePermutation needs >= 2 images per call: 5 images in batches of 2 left a last batch of one
+    and the run died on the method's error after writing two chunks, whatever on_error said. Now
+    on_error='raise' is a named error at launch (nothing written) and on_error='skip' skips that image
+    with its reason in the row; the other batches equal ``attribute`` on them."""
+    from tfattr.errors import InvalidInputError
+    from tfattr.streaming.explain import batch_seed
+
+    x = images[:5]
+    method = tfattr.FeaturePermutation(model, seed=1)
+    with pytest.raises(InvalidInputError, match=r"last batch holds one image.*Received: batch_size=2"):
+        tfattr.explain_dataset(method, x, str(tmp_path / "raise"), batch_size=2, verbose=0)
+    assert not os.path.isdir(tmp_path / "raise" / "done") or not os.listdir(tmp_path / "raise" / "done")
+    with pytest.raises(InvalidInputError, match="last batch holds one image"):
+        tfattr.evaluate_dataset(model, x, [("fp", method)], ["deletion"], str(tmp_path / "eval"), batch_size=2,
+                                verbose=0)
+    store = tfattr.explain_dataset(method, x, str(tmp_path / "skip"), batch_size=2, verbose=0, on_error="skip")
+    rows = _rows(store)
+    assert rows["status"].tolist() == ["ok"] * 4 + ["skipped"] and "only readable image" in rows["error"][4]
+    maps = np.asarray(store.attributions[:])
+    assert np.isnan(maps[4]).all()
+    for k in range(2):
+        want = method.attribute(x[2 * k: 2 * k + 2], seed=batch_seed(1, k)).attributions
+        np.testing.assert_allclose(maps[2 * k: 2 * k + 2], want, rtol=1e-5, atol=1e-6)

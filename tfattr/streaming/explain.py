@@ -627,7 +627,22 @@ def batch_items(plan: _Plan, batch):
         keep[i] = False
         errors[i] = str(message)
         plan.skipped["unreadable"] = plan.skipped.get("unreadable", 0) + 1
-    return keep, errors, _batch_targets(plan, batch, keep, errors)
+    targets = _batch_targets(plan, batch, keep, errors)
+    if getattr(plan.method, "depends_on_batch", False) and np.count_nonzero(keep) == 1:
+        # FeaturePermutation swaps features between the images of one call: one image alone has none to
+        # swap with (the method's own error would end the run whatever on_error says)
+        i = int(np.flatnonzero(keep)[0])
+        message = (f"{type(plan.method).__name__} compares each image with the others of its batch, and item "
+                   f"{batch.index0 + i} ({str(batch.ids[i])!r}) is the only readable image of items "
+                   f"{batch.index0}–{batch.index0 + n - 1}")
+        if plan.on_error != "skip":
+            raise InvalidInputError(f"{message}: choose a batch_size that leaves no batch of one image (the last "
+                                    "batch holds num_items % batch_size), or on_error='skip' to skip it. "
+                                    + received("readable items in the batch", 1))
+        keep[i] = False
+        errors[i] = message
+        plan.skipped["alone in its batch"] = plan.skipped.get("alone in its batch", 0) + 1
+    return keep, errors, targets
 
 
 def explain_batch(plan: _Plan, batch, k: int, items=None):
@@ -775,6 +790,13 @@ def run_stream(plans: Mapping[str, _Plan], probe, data_args: Dict[str, Any], bat
 
     num_items = getattr(probe, "num_items", None)
     total_chunks = None if num_items is None else math.ceil(num_items / batch_size)
+    for plan in plans.values():  # known at launch: the last batch would hold one image (batch_items' error)
+        if (getattr(plan.method, "depends_on_batch", False) and plan.on_error != "skip" and num_items is not None
+                and num_items % batch_size == 1):
+            raise InvalidInputError(
+                f"{type(plan.method).__name__} compares each image with the others of its batch, and with "
+                f"{num_items} items in batches of {batch_size} the last batch holds one image: choose another "
+                "batch_size (or on_error='skip' to skip that image). " + received("batch_size", batch_size))
     stored = {key: None if overwrite else read_settings(folder) for folder, key in stores}
     iterator = first = None
     for _, key in stores:
