@@ -314,7 +314,8 @@ def test_evaluate_dataset_killed_resumes_to_the_same_table_and_live_reads_are_sn
     table = _evaluate(kept_model, images, labels, str(out))
     fresh = _evaluate(kept_model, images, labels, str(tmp_path / "fresh"))
     for name in ("gradient", "ig"):
-        a, b = _rows(tfattr.open_explanations(str(out / name))), _rows(tfattr.open_explanations(str(tmp_path / "fresh" / name)))
+        a = _rows(tfattr.open_explanations(str(out / name)))
+        b = _rows(tfattr.open_explanations(str(tmp_path / "fresh" / name)))
         assert a.columns.tolist() == b.columns.tolist() and len(a) == n
         for column in a.columns:
             if column == "chunk_seconds":  # a timing
@@ -325,7 +326,8 @@ def test_evaluate_dataset_killed_resumes_to_the_same_table_and_live_reads_are_sn
                 assert a[column].tolist() == b[column].tolist(), column
     import pandas as pd
 
-    tables = [pd.read_csv(path).drop(columns="seconds") for path in (out / "table.csv", tmp_path / "fresh" / "table.csv")]
+    paths = (out / "table.csv", tmp_path / "fresh" / "table.csv")
+    tables = [pd.read_csv(path).drop(columns="seconds") for path in paths]
     assert tables[0].equals(tables[1]) and len(tables[0]) == 2  # the bootstrap intervals too (seeded)
     assert table is not None and fresh is not None
     final = tfattr.open_explanations(str(out / "ig"))
