@@ -405,3 +405,26 @@ def test_feature_permutation_with_a_batch_of_one_image(tmp_path, model, images):
     for k in range(2):
         want = method.attribute(x[2 * k: 2 * k + 2], seed=batch_seed(1, k)).attributions
         np.testing.assert_allclose(maps[2 * k: 2 * k + 2], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_method_made_with_another_value_range_than_the_images_is_named(tmp_path):
+    """8-bit files scaled into value_range=(0, 1) explained by an IG made with value_range=(0, 255): its
+    uniform baselines were drawn in 0–255 against images in 0–1, silently (no range warning: the images
+    lie inside the method's wider range). Now a named error, in explain_dataset and evaluate_dataset; the
+    same range, or a method left on its default range, runs."""
+    from tfattr.errors import InvalidInputError
+
+    model = _unusual("batchnorm")
+    _pngs(str(tmp_path / "img"))
+    wide = tfattr.IntegratedGradients(model, steps=4, baseline="uniform", value_range=(0, 255))
+    with pytest.raises(InvalidInputError, match=r"value_range=\(0\.0, 255\.0\).*Received: value_range=\(0\.0, 1\.0\)"):
+        tfattr.explain_dataset(wide, str(tmp_path / "img"), str(tmp_path / "a"), value_range=(0, 1), verbose=0)
+    with pytest.raises(InvalidInputError, match="method 'ig'"):
+        tfattr.evaluate_dataset(model, str(tmp_path / "img"), [("ig", wide)], ["deletion"], str(tmp_path / "b"),
+                                value_range=(0, 1), verbose=0)
+    assert not os.path.exists(tmp_path / "b" / "ig" / "done")
+    same = tfattr.IntegratedGradients(model, steps=4, baseline="uniform", value_range=(0, 1), seed=2)
+    default = tfattr.IntegratedGradients(model, steps=4, baseline="uniform", seed=2)
+    a = tfattr.explain_dataset(same, str(tmp_path / "img"), str(tmp_path / "c"), value_range=(0, 1), verbose=0)
+    b = tfattr.explain_dataset(default, str(tmp_path / "img"), str(tmp_path / "d"), value_range=(0, 1), verbose=0)
+    np.testing.assert_array_equal(np.asarray(a.attributions[:]), np.asarray(b.attributions[:]))

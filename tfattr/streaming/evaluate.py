@@ -34,6 +34,7 @@ from tfattr.streaming.explain import (
     _settings,
     _target_spec,
     batch_items,
+    check_method_range,
     check_out_outside_data,
     check_target_classes,
     explain_batch,
@@ -60,9 +61,10 @@ def _folder_name(name: str, used: set) -> str:
     return folder
 
 
-def _methods(methods, model, item_shape, seed, value_range):
+def _methods(methods, model, item_shape, seed, value_range, given_range=None):
     """``[(name, method, per-call options, the seed its settings name or None)]`` from
-    :func:`tfattr.evaluate`'s forms: ``(name, method)`` pairs, registry names, ``(name, settings)`` pairs."""
+    :func:`tfattr.evaluate`'s forms: ``(name, method)`` pairs, registry names, ``(name, settings)`` pairs.
+    ``given_range``: the caller's explicit images' range, checked against a method object's own."""
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods:
         raise InvalidInputError("`methods` must name at least one method. " + received("methods", methods))
@@ -79,6 +81,7 @@ def _methods(methods, model, item_shape, seed, value_range):
                                     "pairs (('rise', {'n_masks': 500})). " + received(f"methods[{i}]", item))
         method, options = _resolve_method(given, model if isinstance(given, str) else None, settings, item_shape, seed,
                                           value_range)
+        check_method_range(given, options, given_range, f"method {name!r}")
         resolved.append((name, method, options, (settings or {}).get("seed")))
     names = [name for name, _, _, _ in resolved]
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -184,7 +187,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
                      on_error=on_error)
     probe = _open_stream(**data_args, batch_size=batch_size, skip_batches=0)
     item_shape = tuple(int(d) for d in getattr(probe, "item_shape", ()) or ())
-    resolved = _methods(methods, model, item_shape, seed, value_range)
+    resolved = _methods(methods, model, item_shape, seed, value_range, stream_range)
     num_classes = _output_classes(model)
     check_target_classes(target, num_classes)
     if isinstance(target, np.ndarray) and probe.num_items is not None and len(target) != probe.num_items:

@@ -409,6 +409,29 @@ def _resolve_method(method, model, method_options, item_shape, seed, value_range
     return method, options
 
 
+def check_method_range(method, options: Mapping[str, Any], value_range, name: str = "method") -> None:
+    """A method object whose own ``value_range`` differs from the run's explicit ``value_range`` (the range
+    8-bit files are scaled into): a named error. Its baselines and noise would be drawn in one range while
+    the images lie in the other (no warning when the method's range is the wider one)."""
+    if value_range is None or isinstance(method, str) or not hasattr(method, "option_table"):
+        return
+    try:
+        own = method.call_options(**dict(options)).get("value_range")
+    except Exception:  # pragma: no cover - the options were checked already
+        return
+    if own is None:
+        return
+    from tfattr.core.ranges import resolve_value_range
+
+    wanted = resolve_value_range(value_range)
+    if tuple(float(v) for v in own) != tuple(float(v) for v in wanted):
+        raise InvalidInputError(
+            f"{name} ({type(method).__name__}) was made with value_range={tuple(float(v) for v in own)} but the "
+            f"images are in value_range={wanted} (8-bit files are scaled into it): its baselines and noise would "
+            f"be drawn in another range than the images'. Make the method with the images' range. "
+            + received("value_range", wanted))
+
+
 def _method_key(method, options: Dict[str, Any]) -> Dict[str, Any]:
     """The method's cache key for this run's options, its ``batch_size`` left out (the engine chunk size
     is recorded on its own)."""
@@ -981,6 +1004,7 @@ def explain_dataset(method, data, out, target=None, *, model=None, method_option
     item_shape = tuple(int(d) for d in getattr(probe, "item_shape", ()) or ())
     method, options = _resolve_method(method, model, method_options, item_shape, 0 if seed is None else seed,
                                       value_range)
+    check_method_range(method, options, value_range)
     config = dict(getattr(method, "config", None) or {})
     seeded = "seed" in config
     explicit = dict(method_options or {}).get("seed") if isinstance(method_options, Mapping) else None
