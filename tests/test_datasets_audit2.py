@@ -428,3 +428,21 @@ def test_a_method_made_with_another_value_range_than_the_images_is_named(tmp_pat
     a = tfattr.explain_dataset(same, str(tmp_path / "img"), str(tmp_path / "c"), value_range=(0, 1), verbose=0)
     b = tfattr.explain_dataset(default, str(tmp_path / "img"), str(tmp_path / "d"), value_range=(0, 1), verbose=0)
     np.testing.assert_array_equal(np.asarray(a.attributions[:]), np.asarray(b.attributions[:]))
+
+
+def test_beam_feature_permutation_with_a_last_chunk_of_one_image_is_named_at_launch(tmp_path, model):
+    """ExplainImages explains a batch-dependent method one call per chunk: 5 files in chunks of 2 left
+    the last chunk with one image, which failed on a worker after the others were written; now a named
+    error when the pipeline is built (on_error='raise')."""
+    from tfattr.beam import ExplainImages
+    from tfattr.errors import InvalidInputError
+
+    _pngs(str(tmp_path / "img"), n=5)
+    model.save(tmp_path / "m.keras")
+    transform = ExplainImages(str(tmp_path / "img"), str(tmp_path / "out"), "feature-permutation",
+                              str(tmp_path / "m.keras"), chunk=2, value_range=(0, 1))
+    with pytest.raises(InvalidInputError, match=r"last chunk holds one image.*Received: chunk=2"):
+        transform.prepare()
+    prepared = ExplainImages(str(tmp_path / "img"), str(tmp_path / "out"), "feature-permutation",
+                             str(tmp_path / "m.keras"), chunk=2, value_range=(0, 1), on_error="skip").prepare()
+    assert [k for k, _ in prepared["chunks"]] == [0, 1, 2]

@@ -985,6 +985,11 @@ class ExplainImages(beam.PTransform):
         options.setdefault("seed", self.seed)
         method, _ = _resolve_method(self.method, model, options, item_shape, self.seed, value_range)
         check_target_classes(self.target, _num_classes(method))  # at launch whatever on_error says, as locally
+        if getattr(method, "depends_on_batch", False) and self.on_error != "skip" and len(ids) % self.chunk == 1:
+            raise InvalidInputError(  # one call per chunk: the last one would hold one image (as locally)
+                f"{type(method).__name__} compares each image with the others of its batch, and with {len(ids)} "
+                f"items in chunks of {self.chunk} the last chunk holds one image: choose another chunk (or "
+                "on_error='skip' to skip that image). " + received("chunk", self.chunk))
         recorded = None if self.overwrite else read_settings(self.out)
         given = options.get("batch_size", "auto")
         if given != "auto":
