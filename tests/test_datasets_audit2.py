@@ -431,9 +431,9 @@ def test_a_method_made_with_another_value_range_than_the_images_is_named(tmp_pat
 
 
 def test_beam_feature_permutation_with_a_last_chunk_of_one_image_is_named_at_launch(tmp_path, model):
-    """ExplainImages explains a batch-dependent method one call per chunk: 5 files in chunks of 2 left
-    the last chunk with one image, which failed on a worker after the others were written; now a named
-    error when the pipeline is built (on_error='raise')."""
+    """ExplainImages and EvaluateImages explain a batch-dependent method one call per chunk: 5 files in
+    chunks of 2 left the last chunk with one image, which failed on a worker after the others were
+    written; now a named error when the pipeline is built (on_error='raise')."""
     from tfattr.beam import ExplainImages
     from tfattr.errors import InvalidInputError
 
@@ -446,3 +446,9 @@ def test_beam_feature_permutation_with_a_last_chunk_of_one_image_is_named_at_lau
     prepared = ExplainImages(str(tmp_path / "img"), str(tmp_path / "out"), "feature-permutation",
                              str(tmp_path / "m.keras"), chunk=2, value_range=(0, 1), on_error="skip").prepare()
     assert [k for k, _ in prepared["chunks"]] == [0, 1, 2]
+    from tfattr.beam import EvaluateImages
+
+    scored = EvaluateImages(str(tmp_path / "img"), str(tmp_path / "eval"), ["gradient", "feature-permutation"],
+                            ["deletion"], str(tmp_path / "m.keras"), chunk=2, value_range=(0, 1))
+    with pytest.raises(InvalidInputError, match=r"method 'feature-permutation'.*last chunk holds one image"):
+        scored.prepare()

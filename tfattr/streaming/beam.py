@@ -1284,6 +1284,12 @@ class EvaluateImages(beam.PTransform):
         paths, ids, description = _source(e.data, e.image_size, channels, e.value_range, e.chunk)
         resolved = _methods(self.methods, model, item_shape, e.seed, method_range)
         check_target_classes(e.target, _output_classes(model))  # at launch whatever on_error says, as locally
+        for name, method, _, _ in resolved:  # one call per chunk: a last chunk of one image (as ExplainImages)
+            if getattr(method, "depends_on_batch", False) and e.on_error != "skip" and len(ids) % e.chunk == 1:
+                raise InvalidInputError(
+                    f"method {name!r} ({type(method).__name__}) compares each image with the others of its batch, "
+                    f"and with {len(ids)} items in chunks of {e.chunk} the last chunk holds one image: choose "
+                    "another chunk (or on_error='skip' to skip that image). " + received("chunk", e.chunk))
         metric_settings = dict(self.metric_settings, value_range=method_range, seed=e.seed)
         try:
             evaluation_key = {"model": _model_key(model), "metrics": [[spec.name, canonical(options, spec.name)]
