@@ -1131,9 +1131,8 @@ class _EvaluateChunk(beam.DoFn):
         self._chosen = resolve_metrics(list(spec["metrics"]), spec["metric_options"], masks_given=False)
 
     def process(self, element):
-        import json
 
-        from tfattr.streaming.evaluate import METRIC_PREFIX, _batch_metrics
+        from tfattr.streaming.evaluate import _batch_metrics, add_metric_columns
         from tfattr.streaming.explain import batch_items, explain_batch
         from tfattr.streaming.sources import Batch
         from tfattr.streaming.store import StoreWriter
@@ -1172,13 +1171,7 @@ class _EvaluateChunk(beam.DoFn):
                 columns, notes = _batch_metrics(self._chosen, spec["default_metrics"], self._model, images, kept,
                                                 targets, plan, explanation, tuple(spec["method_range"]), spec["seed"],
                                                 spec["metric_settings"])
-                gradients = 0 if explanation is None else int(explanation.gradients)
-                for i, row in enumerate(rows):
-                    for label, values in columns.items():
-                        row[METRIC_PREFIX + label] = float(values[i])
-                    row["chunk_seconds"] = float(seconds)
-                    row["chunk_gradients"] = gradients
-                    row["notes"] = json.dumps(notes)
+                add_metric_columns(rows, columns, seconds, explanation, notes)
                 writer.write_chunk(k, k * spec["chunk"], batch.ids, arrays, rows)
             finally:
                 writer.close()

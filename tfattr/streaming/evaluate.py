@@ -52,6 +52,19 @@ DEFAULT_METRICS = ("aupc", "autvc", "deletion", "insertion")
 METRIC_PREFIX = "metric:"
 
 
+
+def add_metric_columns(rows, columns, seconds: float, explanation, notes) -> None:
+    """Fill a chunk's ``rows`` (one dict per item) with each metric's per-image values (``metric:<label>``),
+    the chunk's seconds and gradients and the metrics' notes: the rows :func:`evaluate_dataset` and
+    :class:`tfattr.beam.EvaluateImages` write."""
+    gradients = 0 if explanation is None else int(explanation.gradients)
+    for i, row in enumerate(rows):
+        for label, values in columns.items():
+            row[METRIC_PREFIX + label] = float(values[i])
+        row["chunk_seconds"] = float(seconds)
+        row["chunk_gradients"] = gradients
+        row["notes"] = json.dumps(notes)
+
 def _folder_name(name: str, used: set) -> str:
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "method"
     folder, k = base, 2
@@ -244,13 +257,7 @@ def evaluate_dataset(model, data, methods, metrics, out, *, target=None,
             seconds = time.perf_counter() - begin
             columns, notes = _batch_metrics(chosen, metrics is None, model, images, keep, targets, plan, explanation,
                                             value_range, seed, metric_settings)
-            gradients = 0 if explanation is None else int(explanation.gradients)
-            for i, row in enumerate(rows):
-                for label, values in columns.items():
-                    row[METRIC_PREFIX + label] = float(values[i])
-                row["chunk_seconds"] = float(seconds)
-                row["chunk_gradients"] = gradients
-                row["notes"] = json.dumps(notes)
+            add_metric_columns(rows, columns, seconds, explanation, notes)
             results[key] = (arrays, rows)
         return results
 
